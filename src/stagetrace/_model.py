@@ -1,0 +1,336 @@
+"""The frozen data model: `Stage`, `Timeline`, `Finding`, and the stage vocabulary.
+
+These objects are built after a request ends (see `_pipeline.freeze`) and are what analyzers
+and sinks receive. `Timeline.to_dict()` is a public contract described in
+`docs/timeline-schema.md`; changing its shape means bumping `SCHEMA`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = "stagetrace/timeline@1"
+
+#: The fixed vocabulary of stage kinds shared by every adapter, in request order.
+KINDS: tuple[str, ...] = (
+    "gateway",
+    "middleware",
+    "route",
+    "view",
+    "orm.compile",
+    "db.connect",
+    "db.query",
+    "orm.fetch",
+    "transaction",
+    "template",
+    "serialize",
+    "cache",
+    "session",
+    "response.write",
+    "task",
+    "http.client",
+    "custom",
+)
+KIND_SET = frozenset(KINDS)
+
+PROTOCOLS = ("http", "websocket", "job")
+
+#: What an attribute value may be once frozen: JSON scalars, or flat lists of them.
+AttrValue = str | int | float | bool | None | list[Any]
+
+
+class SchemaError(ValueError):
+    """A dictionary does not follow the `stagetrace/timeline@1` schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageError:
+    """The exception a stage ended with: qualified type name and message."""
+
+    type: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a request, frozen.
+
+    `start_ns` is the offset from the timeline's start on a monotonic clock; `self_ns` is the
+    duration minus the time spent in child stages (never below zero). `phases` and
+    `short_circuit` are set on `middleware` stages only: `phases["in"]` runs from entering the
+    middleware until it calls the next layer, `phases["out"]` from that call's return until the
+    middleware returns, and `short_circuit` is true when it answered without calling the next
+    layer at all.
+    """
+
+    id: int
+    parent: int | None
+    kind: str
+    name: str
+    start_ns: int
+    duration_ns: int
+    self_ns: int
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    error: StageError | None = None
+    phases: Mapping[str, int] | None = None
+    short_circuit: bool | None = None
+
+    @property
+    def end_ns(self) -> int:
+        """Offset of the stage's end from the timeline's start."""
+        return self.start_ns + self.duration_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        """This stage as plain JSON-serializable data (see docs/timeline-schema.md)."""
+        d: dict[str, Any] = {
+            "id": self.id,
+            "parent": self.parent,
+            "kind": self.kind,
+            "name": self.name,
+            "start_ns": self.start_ns,
+            "duration_ns": self.duration_ns,
+            "self_ns": self.self_ns,
+            "attrs": dict(self.attrs),
+            "error": self.error.to_dict() if self.error is not None else None,
+        }
+        if self.kind == "middleware":
+            d["phases"] = dict(self.phases) if self.phases is not None else {"in": 0, "out": 0}
+            d["short_circuit"] = bool(self.short_circuit)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something an analyzer noticed about a timeline (an N+1 query pattern, say)."""
+
+    kind: str
+    message: str
+    stages: tuple[int, ...] = ()
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "stages": list(self.stages),
+            "attrs": dict(self.attrs),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KindSummary:
+    """Count, total and self time of the stages of one kind, dropped stages included."""
+
+    count: int
+    total_ns: int
+    self_ns: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "total_ns": self.total_ns, "self_ns": self.self_ns}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """One request (or websocket connection, or job) as a tree of stages, frozen."""
+
+    trace_id: str
+    span_id: str
+    request_id: str
+    service: str
+    framework: str
+    protocol: str
+    method: str | None
+    path: str | None
+    route: str | None
+    status: int | None
+    start_unix_nano: int
+    duration_ns: int
+    stages: tuple[Stage, ...]
+    by_kind: Mapping[str, KindSummary]
+    findings: tuple[Finding, ...] = ()
+    dropped_stages: int = 0
+
+    @property
+    def root(self) -> Stage | None:
+        """The outermost stage (the gateway, or the job's own stage)."""
+        return self.stages[0] if self.stages else None
+
+    @property
+    def name(self) -> str:
+        """A short human label: ``GET /books/{id}`` for requests, the job name for jobs."""
+        if self.protocol == "job":
+            return self.root.name if self.root is not None else "job"
+        target = self.route or self.path or ""
+        return f"{self.method} {target}" if self.method else target
+
+    def of_kind(self, kind: str) -> list[Stage]:
+        """The stages of one kind, in start order."""
+        return [s for s in self.stages if s.kind == kind]
+
+    def children(self, stage_id: int | None) -> list[Stage]:
+        """The direct children of a stage (or the top-level stages for ``None``)."""
+        return [s for s in self.stages if s.parent == stage_id]
+
+    def ancestors(self, stage: Stage) -> Iterator[Stage]:
+        """The stage's parent, grandparent, ... up to the root."""
+        parent = stage.parent
+        while parent is not None:
+            st = self.stages[parent]
+            yield st
+            parent = st.parent
+
+    def with_findings(self, findings: Sequence[Finding]) -> Timeline:
+        """A copy of this timeline with `findings` added to its own."""
+        if not findings:
+            return self
+        return _replace(self, findings=self.findings + tuple(findings))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@1`."""
+        return {
+            "schema": SCHEMA,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "request_id": self.request_id,
+            "service": self.service,
+            "framework": self.framework,
+            "protocol": self.protocol,
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "status": self.status,
+            "start_unix_nano": self.start_unix_nano,
+            "duration_ns": self.duration_ns,
+            "stages": [s.to_dict() for s in self.stages],
+            "summary": {"by_kind": {k: v.to_dict() for k, v in self.by_kind.items()}},
+            "findings": [f.to_dict() for f in self.findings],
+            "dropped_stages": self.dropped_stages,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Timeline:
+        """Rebuild a timeline from `to_dict()` output; `SchemaError` says what is wrong."""
+        return _timeline_from_dict(data)
+
+
+def _replace(tl: Timeline, **changes: Any) -> Timeline:
+    from dataclasses import replace
+
+    return replace(tl, **changes)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _need(d: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise SchemaError(f"{where}: missing field {key!r}")
+    value = d[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise SchemaError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+_NONE = type(None)
+
+
+def _stage_from_dict(d: Any, index: int) -> Stage:
+    where = f"stages[{index}]"
+    if not isinstance(d, Mapping):
+        raise SchemaError(f"{where}: expected an object")
+    kind = _need(d, "kind", str, where)
+    if kind not in KIND_SET:
+        raise SchemaError(f"{where}: unknown stage kind {kind!r}")
+    err = _need(d, "error", (Mapping, _NONE), where)
+    error = None
+    if err is not None:
+        error = StageError(
+            type=_need(err, "type", str, where + ".error"),
+            message=_need(err, "message", str, where + ".error"),
+        )
+    phases = short_circuit = None
+    if kind == "middleware":
+        ph = _need(d, "phases", Mapping, where)
+        phases = {
+            "in": _need(ph, "in", int, where + ".phases"),
+            "out": _need(ph, "out", int, where + ".phases"),
+        }
+        short_circuit = _need(d, "short_circuit", bool, where)
+    return Stage(
+        id=_need(d, "id", int, where),
+        parent=_need(d, "parent", (int, _NONE), where),
+        kind=kind,
+        name=_need(d, "name", str, where),
+        start_ns=_need(d, "start_ns", int, where),
+        duration_ns=_need(d, "duration_ns", int, where),
+        self_ns=_need(d, "self_ns", int, where),
+        attrs=dict(_need(d, "attrs", Mapping, where)),
+        error=error,
+        phases=phases,
+        short_circuit=short_circuit,
+    )
+
+
+def _timeline_from_dict(data: Any) -> Timeline:
+    if not isinstance(data, Mapping):
+        raise SchemaError("expected a JSON object")
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise SchemaError(f"unsupported schema {schema!r} (this version reads {SCHEMA!r})")
+    where = "timeline"
+    stages_raw = _need(data, "stages", list, where)
+    stages = tuple(_stage_from_dict(s, i) for i, s in enumerate(stages_raw))
+    for i, st in enumerate(stages):
+        if st.id != i:
+            raise SchemaError(f"stages[{i}]: id {st.id} is not its position {i}")
+        if st.parent is not None and not 0 <= st.parent < i:
+            raise SchemaError(f"stages[{i}]: parent {st.parent} does not precede it")
+    summary = _need(data, "summary", Mapping, where)
+    by_kind_raw = _need(summary, "by_kind", Mapping, "summary")
+    by_kind = {
+        k: KindSummary(
+            count=_need(v, "count", int, f"summary.by_kind.{k}"),
+            total_ns=_need(v, "total_ns", int, f"summary.by_kind.{k}"),
+            self_ns=_need(v, "self_ns", int, f"summary.by_kind.{k}"),
+        )
+        for k, v in by_kind_raw.items()
+    }
+    findings = tuple(
+        Finding(
+            kind=_need(f, "kind", str, "finding"),
+            message=_need(f, "message", str, "finding"),
+            stages=tuple(_need(f, "stages", list, "finding")),
+            attrs=dict(_need(f, "attrs", Mapping, "finding")),
+        )
+        for f in _need(data, "findings", list, where)
+    )
+    protocol = _need(data, "protocol", str, where)
+    if protocol not in PROTOCOLS:
+        raise SchemaError(f"timeline: unknown protocol {protocol!r}")
+    return Timeline(
+        trace_id=_need(data, "trace_id", str, where),
+        span_id=_need(data, "span_id", str, where),
+        request_id=_need(data, "request_id", str, where),
+        service=_need(data, "service", str, where),
+        framework=_need(data, "framework", str, where),
+        protocol=protocol,
+        method=_need(data, "method", (str, _NONE), where),
+        path=_need(data, "path", (str, _NONE), where),
+        route=_need(data, "route", (str, _NONE), where),
+        status=_need(data, "status", (int, _NONE), where),
+        start_unix_nano=_need(data, "start_unix_nano", int, where),
+        duration_ns=_need(data, "duration_ns", int, where),
+        stages=stages,
+        by_kind=by_kind,
+        findings=findings,
+        dropped_stages=_need(data, "dropped_stages", int, where),
+    )

@@ -1,0 +1,36 @@
+"""Test helpers shared by several modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from stagetrace import Timeline
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden"
+SCHEMA_DOC = HERE.parent / "docs" / "timeline-schema.md"
+
+
+def doc_example() -> dict:
+    """The complete example timeline of docs/timeline-schema.md (its only JSON block)."""
+    text = SCHEMA_DOC.read_text(encoding="utf-8")
+    (block,) = re.findall(r"```json\n(.*?)```", text, re.S)
+    return json.loads(block)
+
+
+def sample_timeline(**overrides: object) -> Timeline:
+    """The documented example timeline (a Django request), for renderer and CLI tests."""
+    data = doc_example()
+    data.update(overrides)
+    return Timeline.from_dict(data)
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare `text` with tests/golden/<name>; UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"output differs from golden file {name}"

@@ -1,0 +1,237 @@
+"""The pipeline: background delivery, bounded queue, flush, analyzers, failure isolation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import stagetrace
+from stagetrace import Finding, Timeline
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.got: list[Timeline] = []
+        self.threads: set[str] = set()
+
+    def emit(self, timeline: Timeline) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.got.append(timeline)
+
+
+class BlockingSink:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.got: list[Timeline] = []
+
+    def emit(self, timeline: Timeline) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        self.got.append(timeline)
+
+
+class BrokenSink:
+    def emit(self, timeline: Timeline) -> None:
+        raise RuntimeError("disk on fire")
+
+
+def test_sinks_receive_timelines_on_the_background_worker():
+    """Sinks run on the stagetrace worker thread, never on the thread that ended the request."""
+    sink = RecordingSink()
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("job"):
+        pass
+    assert stagetrace.flush(5)
+    assert [t.name for t in sink.got] == ["job"]
+    assert sink.threads == {"stagetrace-worker"}
+
+
+def test_a_full_queue_drops_and_counts_without_blocking():
+    """With the sink stuck, timelines beyond queue_size are dropped and counted; the
+    recording thread never waits."""
+    sink = BlockingSink()
+    stagetrace.configure(sinks=[sink], queue_size=3)
+    with stagetrace.timeline("first"):
+        pass
+    assert sink.entered.wait(5)  # the worker is now stuck inside emit()
+    for _ in range(10):
+        with stagetrace.timeline("more"):
+            pass
+    stats = stagetrace.stats()
+    assert stats["timelines_dropped"] == 7
+    assert stats["queue_depth"] == 3
+    sink.release.set()
+    assert stagetrace.flush(5)
+    assert len(sink.got) == 4
+    assert stagetrace.stats()["timelines"] == 11
+
+
+def test_flush_gives_up_at_its_deadline():
+    """flush(timeout) returns False when the sink does not catch up in time."""
+    sink = BlockingSink()
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("job"):
+        pass
+    assert sink.entered.wait(5)
+    assert stagetrace.flush(0.05) is False
+    sink.release.set()
+    assert stagetrace.flush(5) is True
+
+
+def test_a_failing_sink_is_counted_and_does_not_starve_the_others(caplog):
+    """A sink that raises is counted and logged once; the next sink still gets the timeline."""
+    good = RecordingSink()
+    stagetrace.configure(sinks=[BrokenSink(), good])
+    for _ in range(3):
+        with stagetrace.timeline("job"):
+            pass
+    assert stagetrace.flush(5)
+    assert len(good.got) == 3
+    assert stagetrace.stats()["sink_errors"] == 3
+    assert sum("disk on fire" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_analyzers_add_findings_before_sinks_and_captures_see_them():
+    """Findings returned by analyzers are attached to the timeline everyone receives."""
+
+    def slow_queries(tl: Timeline) -> list[Finding]:
+        ids = tuple(s.id for s in tl.of_kind("db.query"))
+        return [Finding("many_queries", f"{len(ids)} queries", ids, {"count": len(ids)})]
+
+    def broken(tl: Timeline) -> None:
+        raise ValueError("bug in analyzer")
+
+    sink = RecordingSink()
+    stagetrace.configure(sinks=[sink], analyzers=[broken, slow_queries])
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        for _ in range(2):
+            with stagetrace.stage("q", kind="db.query"):
+                pass
+    assert stagetrace.flush(5)
+    for tl in (got[0], sink.got[0]):
+        (f,) = tl.findings
+        assert f.kind == "many_queries" and f.stages == (1, 2)
+        assert tl.to_dict()["findings"][0]["attrs"] == {"count": 2}
+    assert stagetrace.stats()["analyzer_errors"] == 1
+
+
+def test_without_capture_the_timeline_is_frozen_on_the_worker():
+    """With no capture active, the request path only queues raw records."""
+    seen = []
+
+    class Probe:
+        def emit(self, timeline: Timeline) -> None:
+            seen.append((timeline.name, threading.current_thread().name))
+
+    stagetrace.configure(sinks=[Probe()])
+    with stagetrace.timeline("job"):
+        pass
+    worker = stagetrace._config.state().worker
+    assert stagetrace.flush(5)
+    assert seen == [("job", "stagetrace-worker")]
+    assert worker is stagetrace._config.state().worker
+
+
+def test_reconfiguring_drains_the_old_sinks_first():
+    """configure() replacing the sinks delivers what was queued to the old ones."""
+    old = RecordingSink()
+    stagetrace.configure(sinks=[old])
+    for _ in range(5):
+        with stagetrace.timeline("job"):
+            pass
+    new = RecordingSink()
+    stagetrace.configure(sinks=[new])
+    assert len(old.got) == 5 and new.got == []
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, stagetrace
+    stagetrace.configure(jsonl=sys.argv[1])
+    for i in range(50):
+        with stagetrace.timeline("exit-job", i=i):
+            pass
+    # no flush(): the worker must drain at interpreter exit
+    """
+)
+
+
+def test_the_worker_flushes_at_interpreter_exit(tmp_path):
+    """Timelines still queued when the program ends are written before it exits."""
+    path = tmp_path / "exit.jsonl"
+    subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(path)], check=True, timeout=60)
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["stages"][0]["attrs"]["i"] for x in lines] == list(range(50))
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, stagetrace
+    stagetrace.configure(jsonl=sys.argv[1])
+    with stagetrace.timeline("parent-before-fork"):
+        pass
+    stagetrace.flush(5)
+    pid = os.fork()
+    if pid == 0:
+        with stagetrace.timeline("child"):
+            pass
+        ok = stagetrace.flush(5)
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    with stagetrace.timeline("parent-after-fork"):
+        pass
+    stagetrace.flush(5)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_worker(tmp_path):
+    """After fork (gunicorn --preload) the child restarts the worker and writes its own lines."""
+    path = tmp_path / "fork.jsonl"
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", FORK_SCRIPT, str(path)], check=True, timeout=60
+    )
+    names = sorted(json.loads(x)["stages"][0]["name"] for x in path.read_text().splitlines())
+    assert names == ["child", "parent-after-fork", "parent-before-fork"]
+
+
+def test_shutdown_closes_sinks_and_recording_goes_on():
+    """shutdown() flushes and closes; a later timeline starts a fresh worker."""
+    closed = []
+
+    class Closing(RecordingSink):
+        def close(self) -> None:
+            closed.append(True)
+
+    sink = Closing()
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("a"):
+        pass
+    assert stagetrace.shutdown(5)
+    assert closed == [True] and [t.name for t in sink.got] == ["a"]
+    with stagetrace.timeline("b"):
+        pass
+    assert stagetrace.flush(5)
+    assert [t.name for t in sink.got] == ["a", "b"]
+
+
+def test_internal_errors_are_counted_not_raised(monkeypatch, captured):
+    """A bug inside stagetrace's recorder never reaches the application."""
+    from stagetrace import _config
+
+    def boom() -> None:
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(_config, "settings", boom)
+    with stagetrace.timeline("job"):
+        value = 42
+    assert value == 42 and captured == []
+    assert stagetrace.stats()["internal_errors"] == 1

@@ -1,0 +1,281 @@
+"""The recorder: nesting, timing, errors, middleware phases, the stage cap, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import stagetrace
+from stagetrace import _recorder
+
+
+def test_stages_nest_under_the_innermost_open_stage(captured):
+    """A stage opened inside another becomes its child; siblings share a parent."""
+    root = _recorder.begin("GET /", framework="test", method="GET", path="/")
+    a = _recorder.enter("view", "a")
+    b = _recorder.enter("db.query", "b")
+    _recorder.exit(b)
+    c = _recorder.enter("template", "c")
+    _recorder.exit(c)
+    _recorder.exit(a)
+    _recorder.end(root)
+    (tl,) = captured
+    assert [(s.kind, s.name, s.parent) for s in tl.stages] == [
+        ("gateway", "GET /", None),
+        ("view", "a", 0),
+        ("db.query", "b", 1),
+        ("template", "c", 1),
+    ]
+    assert tl.method == "GET" and tl.path == "/" and tl.framework == "test"
+    assert tl.protocol == "http"
+
+
+def test_self_time_is_duration_minus_children(captured):
+    """self_ns subtracts the time of child stages; starts are offsets from the timeline start."""
+    root = _recorder.begin("job", framework="test")
+    a = _recorder.enter("view", "a")
+    time.sleep(0.004)
+    b = _recorder.enter("db.query", "b")
+    time.sleep(0.006)
+    _recorder.exit(b)
+    _recorder.exit(a)
+    _recorder.end(root)
+    (tl,) = captured
+    view, query = tl.stages[1], tl.stages[2]
+    assert query.duration_ns >= 6_000_000
+    assert view.self_ns == view.duration_ns - query.duration_ns
+    assert 4_000_000 <= view.self_ns < view.duration_ns
+    assert query.start_ns >= view.start_ns + 4_000_000
+    assert query.end_ns <= view.end_ns <= tl.duration_ns
+    assert tl.stages[0].start_ns == 0
+
+
+def test_error_is_recorded_on_the_stage_it_left(captured):
+    """A stage closed with an exception carries its qualified type and message."""
+
+    class Boom(Exception):
+        pass
+
+    root = _recorder.begin("job", framework="test")
+    rec = _recorder.enter("view", "v")
+    _recorder.exit(rec, Boom("it broke"))
+    rec = _recorder.enter("view", "w")
+    _recorder.exit(rec, ValueError("x"))
+    _recorder.end(root)
+    (tl,) = captured
+    assert tl.stages[1].error.type.endswith(
+        "test_error_is_recorded_on_the_stage_it_left.<locals>.Boom"
+    )
+    assert tl.stages[1].error.message == "it broke"
+    assert tl.stages[2].error.to_dict() == {"type": "ValueError", "message": "x"}
+    assert tl.stages[0].error is None
+
+
+def test_middleware_phases_split_at_the_inner_call(captured):
+    """phases.in ends when the middleware calls the next layer; phases.out starts on return."""
+    root = _recorder.begin("GET /", framework="test")
+    mw = _recorder.enter_middleware("app.Timing")
+    time.sleep(0.003)
+    _recorder.inner_begin(mw)
+    inner = _recorder.enter("view", "v")
+    time.sleep(0.002)
+    _recorder.exit(inner)
+    _recorder.inner_end(mw)
+    time.sleep(0.005)
+    _recorder.exit(mw)
+    short = _recorder.enter_middleware("app.Cache")
+    _recorder.exit(short)
+    _recorder.end(root)
+    (tl,) = captured
+    m, v, s = tl.stages[1], tl.stages[2], tl.stages[3]
+    assert m.kind == "middleware" and m.short_circuit is False
+    assert 3_000_000 <= m.phases["in"] < 4_500_000
+    assert 5_000_000 <= m.phases["out"] < 7_000_000
+    assert m.phases["in"] + v.duration_ns + m.phases["out"] <= m.duration_ns
+    assert v.parent == m.id
+    assert s.short_circuit is True and s.phases == {"in": s.duration_ns, "out": 0}
+    d = m.to_dict()
+    assert d["phases"] == dict(m.phases) and d["short_circuit"] is False
+    assert "phases" not in v.to_dict()
+
+
+def test_stage_cap_keeps_memory_bounded_and_summary_exact(captured):
+    """Past max_stages stages are counted in dropped_stages, and summary counts stay exact."""
+    stagetrace.configure(max_stages=10)
+    root = _recorder.begin("job", framework="test")
+    for _ in range(30):
+        q = _recorder.enter("db.query", "q")
+        inner = _recorder.enter("orm.fetch", "f")
+        _recorder.exit(inner)
+        _recorder.exit(q)
+    live = root[_recorder.TL]
+    assert len(live) == 10
+    _recorder.end(root)
+    (tl,) = captured
+    assert len(tl.stages) == 10
+    assert tl.dropped_stages == 60 - 9
+    assert tl.by_kind["db.query"].count == 30
+    assert tl.by_kind["orm.fetch"].count == 30
+    assert tl.by_kind["gateway"].count == 1
+    total_q = tl.by_kind["db.query"].total_ns
+    fetch = tl.by_kind["orm.fetch"].total_ns
+    assert tl.by_kind["db.query"].self_ns <= total_q - fetch + 1000
+    assert tl.by_kind["gateway"].self_ns <= tl.duration_ns - total_q
+
+
+def test_dropped_children_are_subtracted_from_a_kept_parents_self_time(captured):
+    """A kept stage whose children were dropped still gets an honest self time."""
+    stagetrace.configure(max_stages=2)
+    root = _recorder.begin("job", framework="test")
+    v = _recorder.enter("view", "v")
+    q = _recorder.enter("db.query", "dropped")
+    time.sleep(0.005)
+    _recorder.exit(q)
+    _recorder.exit(v)
+    _recorder.end(root)
+    (tl,) = captured
+    view = tl.stages[1]
+    assert tl.dropped_stages == 1
+    assert view.duration_ns >= 5_000_000
+    assert view.self_ns < 2_000_000
+
+
+def test_stage_left_open_is_closed_at_the_timeline_end(captured):
+    """A stage still open when the request ends lasts until the end and is marked unfinished."""
+    root = _recorder.begin("job", framework="test")
+    _recorder.enter("custom", "leaked")
+    _recorder.end(root)
+    (tl,) = captured
+    leaked = tl.stages[1]
+    assert leaked.attrs == {"unfinished": True}
+    assert leaked.end_ns == tl.duration_ns
+
+
+def test_stages_after_the_end_are_not_part_of_the_timeline(captured):
+    """A task that outlives its request does not add stages to the finished timeline."""
+    root = _recorder.begin("job", framework="test")
+    holder = _recorder.enter("custom", "before")
+    _recorder.exit(holder)
+    parent = root
+    _recorder.end(root)
+    _recorder._set(parent)  # what a leaked task still sees
+    late = _recorder.enter("custom", "late")
+    _recorder.exit(late)
+    _recorder._set(None)
+    (tl,) = captured
+    assert [s.name for s in tl.stages] == ["job", "before"]
+
+
+def test_nothing_is_recorded_outside_a_timeline(captured):
+    """enter() outside a timeline returns None and exit(None) is harmless."""
+    rec = _recorder.enter("view", "v")
+    assert rec is None
+    _recorder.exit(rec)
+    with stagetrace.stage("x"):
+        stagetrace.annotate(a=1)
+    assert captured == []
+
+
+def test_a_nested_begin_joins_the_outer_timeline(captured):
+    """An adapter beginning inside a live timeline records into it instead of starting another."""
+    outer = _recorder.begin("outer", framework="asgi")
+    inner = _recorder.begin("inner", framework="django")
+    assert inner is None
+    rec = _recorder.enter("view", "v")
+    _recorder.set_route("books/<int:pk>/")
+    _recorder.exit(rec)
+    _recorder.end(inner)
+    _recorder.end(outer)
+    (tl,) = captured
+    assert tl.framework == "asgi" and tl.route == "books/<int:pk>/"
+    assert [s.name for s in tl.stages] == ["outer", "v"]
+
+
+def _work(label: str, n: int) -> None:
+    for i in range(n):
+        with stagetrace.stage(f"{label}-{i}"):
+            stagetrace.annotate(owner=label)
+            time.sleep(0)
+
+
+async def _async_work(label: str, n: int) -> None:
+    for i in range(n):
+        async with stagetrace.stage(f"{label}-{i}"):
+            stagetrace.annotate(owner=label)
+            await asyncio.sleep(0)
+
+
+async def test_concurrent_tasks_and_threads_never_share_stages(captured):
+    """100 asyncio tasks and 8 threads, each with its own timeline: no stage lands elsewhere."""
+
+    async def task_body(k: int) -> None:
+        with stagetrace.timeline(f"task-{k}", owner=f"task-{k}"):
+            await _async_work(f"task-{k}", 20)
+
+    def thread_body(k: int) -> None:
+        with stagetrace.timeline(f"thread-{k}", owner=f"thread-{k}"):
+            _work(f"thread-{k}", 200)
+
+    threads = [threading.Thread(target=thread_body, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    await asyncio.gather(*(task_body(k) for k in range(100)))
+    for t in threads:
+        t.join()
+    assert len(captured) == 108
+    for tl in captured:
+        owner = tl.stages[0].name
+        assert tl.stages[0].attrs["owner"] == owner
+        expected = 200 if owner.startswith("thread") else 20
+        assert len(tl.stages) == expected + 1
+        for st in tl.stages[1:]:
+            assert st.attrs["owner"] == owner, (owner, st)
+            assert st.name.startswith(owner + "-")
+            assert st.parent == 0
+    assert len({tl.trace_id for tl in captured}) == 108
+
+
+async def test_gathered_children_of_one_stage_keep_their_own_subtrees(captured):
+    """Tasks gathered inside a stage each nest their stages under it, never under each other."""
+
+    async def child(name: str) -> None:
+        async with stagetrace.stage(name):
+            await asyncio.sleep(0.001)
+            async with stagetrace.stage(name + ".inner"):
+                await asyncio.sleep(0.001)
+
+    with stagetrace.timeline("job"):
+        async with stagetrace.stage("fan-out"):
+            await asyncio.gather(child("a"), child("b"), child("c"))
+    (tl,) = captured
+    by_name = {s.name: s for s in tl.stages}
+    fan = by_name["fan-out"]
+    for n in "abc":
+        assert by_name[n].parent == fan.id
+        assert by_name[n + ".inner"].parent == by_name[n].id
+
+
+def test_context_survives_asgiref_hops(captured):
+    """Stages recorded across async_to_sync and sync_to_async land in the same timeline."""
+    asgiref_sync = pytest.importorskip("asgiref.sync")
+
+    async def async_part() -> None:
+        async with stagetrace.stage("async part"):
+            await asgiref_sync.sync_to_async(sync_inner)()
+
+    def sync_inner() -> None:
+        with stagetrace.stage("sync inner"):
+            pass
+
+    with stagetrace.timeline("job"):
+        asgiref_sync.async_to_sync(async_part)()
+        with stagetrace.stage("after"):
+            pass
+    (tl,) = captured
+    names = {s.name: s for s in tl.stages}
+    assert names["sync inner"].parent == names["async part"].id
+    assert names["async part"].parent == 0
+    assert names["after"].parent == 0

@@ -1,0 +1,100 @@
+"""The timeline schema is a tested contract: model, JSON Schema and documentation agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import jsonschema
+import pytest
+
+import stagetrace
+from stagetrace import SCHEMA, SchemaError, Timeline
+
+from .helpers import SCHEMA_DOC, doc_example
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(resources.files("stagetrace").joinpath("timeline.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def doc_fields(section: str) -> list[str]:
+    """Field names listed in the table under '## <section>' of the schema document."""
+    text = SCHEMA_DOC.read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([a-z_]+)` \|", body, re.M)
+
+
+def test_documentation_lists_exactly_the_schema_fields(validator):
+    """Each table in docs/timeline-schema.md names exactly the properties of the JSON Schema."""
+    schema = validator.schema
+    assert doc_fields("Timeline") == list(schema["properties"])
+    assert doc_fields("Stage") == list(schema["$defs"]["stage"]["properties"])
+    assert doc_fields("Finding") == list(schema["$defs"]["finding"]["properties"])
+    kinds = re.findall(r"^\| `([a-z.]+)` \| [A-Z]", SCHEMA_DOC.read_text(), re.M)
+    assert tuple(k for k in kinds if k in stagetrace.KINDS) == stagetrace.KINDS
+    assert tuple(schema["$defs"]["kind"]["enum"]) == stagetrace.KINDS
+
+
+def test_documented_example_is_valid_and_round_trips(validator):
+    """The example in the document validates and survives from_dict/to_dict unchanged."""
+    data = doc_example()
+    validator.validate(data)
+    assert Timeline.from_dict(data).to_dict() == data
+
+
+def test_recorded_timelines_match_the_schema(validator):
+    """Timelines from capture(), with middleware, errors, findings and drops, validate."""
+    from stagetrace import _recorder
+
+    stagetrace.configure(
+        max_stages=6,
+        analyzers=[lambda tl: [stagetrace.Finding("demo", "one finding", (1,), {"n": 1})]],
+    )
+    with stagetrace.capture() as got:
+        root = _recorder.begin("GET /x", framework="test", method="GET", path="/x")
+        mw = _recorder.enter_middleware("app.M")
+        _recorder.inner_begin(mw)
+        with pytest.raises(ValueError), stagetrace.stage("v", kind="view", n=1, f=1.5, l=[1, 2]):
+            raise ValueError("bad")
+        _recorder.inner_end(mw)
+        _recorder.exit(mw)
+        for _ in range(10):
+            with stagetrace.stage("q", kind="db.query"):
+                pass
+        _recorder.set_status(500)
+        _recorder.end(root)
+        with stagetrace.timeline("job"):
+            pass
+    for tl in got:
+        data = tl.to_dict()
+        validator.validate(data)
+        assert json.loads(json.dumps(data)) == data
+        assert data["schema"] == SCHEMA
+        assert Timeline.from_dict(data) == tl
+    assert got[0].dropped_stages == 7 and got[0].status == 500
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("trace_id"), "missing field 'trace_id'"),
+        (lambda d: d.update(schema="stagetrace/timeline@2"), "unsupported schema"),
+        (lambda d: d["stages"][1].update(kind="sql"), "unknown stage kind 'sql'"),
+        (lambda d: d["stages"][2].update(id=9), "id 9 is not its position 2"),
+        (lambda d: d["stages"][1].pop("phases"), "missing field 'phases'"),
+        (lambda d: d.update(status="200"), "'status' has the wrong type"),
+        (lambda d: d.update(duration_ns=True), "'duration_ns' has the wrong type"),
+        (lambda d: d["stages"][3].update(parent=5), "parent 5 does not precede it"),
+    ],
+)
+def test_from_dict_explains_what_is_wrong(mutate, message):
+    """Bad input to from_dict raises SchemaError with a precise reason."""
+    data = doc_example()
+    mutate(data)
+    with pytest.raises(SchemaError, match=re.escape(message)):
+        Timeline.from_dict(data)
