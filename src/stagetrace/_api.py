@@ -12,11 +12,9 @@ from typing import Any, TypeVar, overload
 
 from . import _config, _recorder
 from ._model import KIND_SET, KINDS, Timeline
-from ._recorder import _OVERFLOW, END, OWNER, PARENT, TL, _get, _set, now
+from ._recorder import _OVERFLOW, OWNER, TL, _get, _set, now
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_MAX_UNWIND = 64
 
 
 class StageScope:
@@ -58,7 +56,7 @@ class StageScope:
         if rec is None:
             return
         if rec[8] is not self:
-            rec = _find_open(rec, self)
+            rec = _recorder.find_open(self)
             if rec is None:
                 return
         rec[5] = now()
@@ -119,18 +117,6 @@ class StageScope:
 
     def __repr__(self) -> str:
         return f"stage({self.name!r}, kind={self.kind!r})"
-
-
-def _find_open(rec: list[Any], owner: StageScope) -> list[Any] | None:
-    """The innermost open record owned by `owner` above `rec` (an inner stage was left open)."""
-    tl = rec[TL]
-    for _ in range(_MAX_UNWIND):
-        rec = rec[PARENT]
-        if rec is None or rec[TL] is not tl:
-            return None
-        if rec[OWNER] is owner and not rec[END]:
-            return rec
-    return None
 
 
 _scopes: dict[tuple[str, str], StageScope] = {}

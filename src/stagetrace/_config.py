@@ -14,6 +14,7 @@ import math
 import os
 import re
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -307,6 +308,9 @@ class _State:
         self.worker: Worker | None = None
         self.listeners: tuple[list[Timeline], ...] = ()
         self.counters: Counter[str] = Counter()
+        # Requests being served right now, by every adapter. Weak, so a timeline that never
+        # ends (a server that never closes a response) cannot leak.
+        self.in_flight: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 _state = _State()

@@ -61,6 +61,30 @@ def clean_attrs(attrs: Mapping[Any, Any] | None) -> dict[str, Any]:
     return {str(k): _clean_value(v) for k, v in attrs.items()}
 
 
+def _name(raw: Any) -> str:
+    """A record's name: a string, or ``(function, argument)`` to compute it now, after the
+    request (adapters use that to keep parsing off the request path)."""
+    if type(raw) is str:
+        return raw
+    if type(raw) is tuple and len(raw) == 2 and callable(raw[0]):
+        try:
+            return str(raw[0](raw[1]))
+        except Exception as exc:
+            _safety.report("pipeline.name", exc)
+            return "?"
+    return str(raw)
+
+
+def _attrs(raw: Any) -> Any:
+    if type(raw) is tuple:
+        try:
+            return _recorder.attrs_of(raw)
+        except Exception as exc:
+            _safety.report("pipeline.attrs", exc)
+            return {}
+    return raw
+
+
 def freeze(tl: _recorder.Live) -> Timeline:
     """Build the immutable `Timeline` from a finished live timeline's records."""
     R = _recorder
@@ -102,7 +126,7 @@ def freeze(tl: _recorder.Live) -> Timeline:
         acc[0] += 1
         acc[1] += d
         acc[2] += own
-        attrs = clean_attrs(r[R.ATTRS])
+        attrs = clean_attrs(_attrs(r[R.ATTRS]))
         if unfinished[i]:
             attrs["unfinished"] = True
         err = r[R.ERROR]
@@ -110,19 +134,21 @@ def freeze(tl: _recorder.Live) -> Timeline:
         if kind == "middleware":
             aux = r[R.AUX]
             start = r[R.START]
-            if aux and aux[0]:
+            if type(aux) is list and aux[0]:
                 inner_end = aux[1] if aux[1] else start + d
                 phases = {"in": max(0, aux[0] - start), "out": max(0, start + d - inner_end)}
                 short = False
             else:
                 phases = {"in": d, "out": 0}
                 short = True
+            if type(aux) is list and len(aux) > 2:
+                short = bool(aux[2])
         stages.append(
             Stage(
                 id=i,
                 parent=parents[i],
                 kind=kind,
-                name=str(r[R.NAME]),
+                name=_name(r[R.NAME]),
                 start_ns=max(0, r[R.START] - t0),
                 duration_ns=d,
                 self_ns=own,

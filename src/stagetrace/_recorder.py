@@ -45,6 +45,7 @@ class Live(list):  # type: ignore[type-arg]
     """A timeline being recorded. The list holds the records; slots hold the request facts."""
 
     __slots__ = (
+        "__weakref__",
         "cap",
         "trace_id",
         "span_id",
@@ -225,12 +226,12 @@ def timeline_extra(key: str, value: Any) -> None:
 # --- stages: the hot path -------------------------------------------------------------------
 
 
-def enter(kind: str, name: str, attrs: dict[str, Any] | None = None) -> Record | None:
+def enter(kind: str, name: Any, attrs: Any = None) -> Record | None:
     """Open a stage under the current one; returns its record (or None when not recording).
 
-    `kind` must be one of `KINDS`; adapters pass constants, so it is not checked here.
-    `attrs` becomes the stage's attribute dict and must not be shared between calls if the
-    caller later adds to it.
+    `kind` must be one of `KINDS`; adapters pass constants, so it is not checked here. `name`
+    is a string, or ``(function, argument)`` to build the name after the request; `attrs` a
+    dict (never mutated by stagetrace, so constants may be shared) or ``(function, argument)``.
     """
     cur = _get()
     if cur is None:
@@ -253,6 +254,18 @@ def exit(rec: Record | None, exc: BaseException | None = None) -> None:
     if exc is not None:
         _exit_error(rec, exc)
     if rec[9] is _OVERFLOW:
+        _fold_overflow(rec)
+
+
+def close(rec: Record | None, exc: BaseException | None = None) -> None:
+    """Close a record from outside its context (a response closed by the server, say): like
+    `exit`, but leaves the caller's current stage alone. Closing twice keeps the first end."""
+    if rec is None or rec[END]:
+        return
+    rec[END] = now()
+    if exc is not None:
+        _exit_error(rec, exc)
+    if rec[AUX] is _OVERFLOW:
         _fold_overflow(rec)
 
 
@@ -330,14 +343,74 @@ def _fold_overflow(rec: Record) -> None:
         _safety.report("recorder.overflow", exc)
 
 
+def enter_owned(
+    kind: str, name: Any, owner: object, attrs: dict[str, Any] | None = None
+) -> Record | None:
+    """Like `enter`, but the record remembers `owner`, so `find_open` can close it later from
+    code that holds no reference to the record (``__exit__`` of a shared object, say), and so
+    a re-entrant call on the same owner can be recognised (`is_open_for`)."""
+    rec = enter(kind, name, attrs)
+    if rec is not None:
+        rec[OWNER] = owner
+    return rec
+
+
+def is_open_for(owner: object, kind: str) -> bool:
+    """True when the innermost open stage is a `kind` stage owned by `owner` (a method calling
+    its own super() implementation: record the outer call only)."""
+    cur = _get()
+    return cur is not None and cur[OWNER] is owner and cur[KIND] == kind
+
+
+MAX_UNWIND = 64
+
+
+def find_open(owner: object) -> Record | None:
+    """The innermost open record owned by `owner`, looking up from the current stage."""
+    rec = _get()
+    if rec is None:
+        return None
+    tl = rec[TL]
+    for _ in range(MAX_UNWIND):
+        if rec[OWNER] is owner and not rec[END]:
+            return rec
+        rec = rec[PARENT]
+        if rec is None or rec[TL] is not tl:
+            return None
+    return None
+
+
+def set_short_circuit(rec: Record | None, short: bool) -> None:
+    """Say explicitly whether a middleware stage answered without the next layer (hooks such
+    as ``process_view`` have no inner call to observe)."""
+    if rec is not None and type(rec[AUX]) is list:
+        rec[AUX] = [rec[AUX][0], rec[AUX][1], short]
+
+
+def attrs_of(raw: Any) -> dict[str, Any]:
+    """A record's attributes as a dict: adapters may store ``(function, argument)`` to build
+    them after the request instead (see `_pipeline.freeze`)."""
+    if not raw:
+        return {}
+    if type(raw) is tuple:
+        return dict(raw[0](raw[1]))
+    return dict(raw)
+
+
+def annotate_record(rec: Record | None, attrs: dict[str, Any]) -> None:
+    """Add attributes to a given (open or closed) record; a new dict, never mutated in place."""
+    if rec is None or rec[AUX] is _OVERFLOW:
+        return
+    old = rec[ATTRS]
+    if type(old) is tuple:
+        old = attrs_of(old)
+    rec[ATTRS] = {**old, **attrs} if old else dict(attrs)
+
+
 def annotate(attrs: dict[str, Any]) -> None:
     """Add attributes to the innermost open stage (a new dict: attr dicts are never mutated
     in place, so a dict passed to `enter` may be shared)."""
-    cur = _get()
-    if cur is None or cur[AUX] is _OVERFLOW:
-        return
-    old = cur[ATTRS]
-    cur[ATTRS] = {**old, **attrs} if old else dict(attrs)
+    annotate_record(_get(), attrs)
 
 
 def current_record() -> Record | None:

@@ -1,0 +1,160 @@
+"""``cache`` and ``session`` stages.
+
+Cache backends are created lazily by ``caches`` (``CacheHandler.create_connection``); the first
+time a backend class is created its operations are patched, on the class that defines each one,
+so every backend — LocMem, database, file, memcached, Redis, third-party — is covered. A call
+that an operation makes to another on the same backend (``get_or_set`` calling ``get``) is part
+of the outer stage, not a second one.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+from .. import _recorder
+from ._common import patcher
+
+enter_owned, leave = _recorder.enter_owned, _recorder.exit
+_get = _recorder._get
+ATTRS = _recorder.ATTRS
+
+CACHE_OPS = (
+    "get",
+    "set",
+    "add",
+    "delete",
+    "touch",
+    "incr",
+    "decr",
+    "has_key",
+    "clear",
+    "get_many",
+    "set_many",
+    "delete_many",
+    "get_or_set",
+)
+_aliases: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_patched_classes: set[type] = set()
+_MISSING = object()
+
+
+def _cache_name(backend_and_op: tuple[Any, str]) -> str:
+    backend, op = backend_and_op
+    alias = _aliases.get(backend)
+    return f"{alias}.{op}" if alias else op
+
+
+def _cache_method(op: str, orig: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cur = _get()
+        if cur is None or (cur[_recorder.OWNER] is self and cur[_recorder.KIND] == "cache"):
+            return orig(self, *args, **kwargs)
+        rec = enter_owned("cache", (_cache_name, (self, op)), self)
+        try:
+            result = orig(self, *args, **kwargs)
+        except BaseException as exc:
+            leave(rec, exc)
+            raise
+        if rec is not None:
+            attrs: dict[str, Any] = {"cache.backend": type(self).__name__, "cache.operation": op}
+            if op == "get":
+                default = args[1] if len(args) > 1 else kwargs.get("default")
+                attrs["cache.hit"] = result is not default
+            elif op == "get_many":
+                keys = args[0] if args else kwargs.get("keys", ())
+                try:
+                    attrs["cache.keys"] = len(keys)
+                except TypeError:
+                    pass
+                attrs["cache.hits"] = len(result)
+            elif op in ("set_many", "delete_many"):
+                keys = args[0] if args else kwargs.get("data", kwargs.get("keys", ()))
+                try:
+                    attrs["cache.keys"] = len(keys)
+                except TypeError:
+                    pass
+            elif op == "has_key":
+                attrs["cache.hit"] = bool(result)
+            rec[ATTRS] = attrs
+        leave(rec)
+        return result
+
+    return method
+
+
+def _patch_ops(cls: type, ops: tuple[str, ...], make: Any, stop: type = object) -> None:
+    """Patch each operation on the class of `cls`'s MRO that defines it (once per class)."""
+    if cls in _patched_classes:
+        return
+    _patched_classes.add(cls)
+    for op in ops:
+        owner = next((k for k in cls.__mro__ if op in vars(k)), None)
+        if owner is None or owner is object or owner is stop or (owner, op) in _patched_methods:
+            continue
+        _patched_methods.add((owner, op))
+        patcher.wrap(owner, op, functools.partial(make, op))
+
+
+_patched_methods: set[tuple[type, str]] = set()
+
+
+def _session_method(op: str, orig: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cur = _get()
+        if cur is None or (cur[_recorder.OWNER] is self and cur[_recorder.KIND] == "session"):
+            return orig(self, *args, **kwargs)
+        rec = enter_owned("session", op, self, {"session.engine": type(self).__module__})
+        try:
+            result = orig(self, *args, **kwargs)
+        except BaseException as exc:
+            leave(rec, exc)
+            raise
+        leave(rec)
+        return result
+
+    return method
+
+
+def install() -> None:
+    from django.contrib.sessions.middleware import SessionMiddleware
+    from django.core.cache import CacheHandler, caches
+
+    _patched_classes.clear()
+    _patched_methods.clear()
+
+    def create_connection(orig: Any) -> Any:
+        def create_connection(self: Any, alias: str) -> Any:
+            backend = orig(self, alias)
+            try:
+                _aliases[backend] = alias
+                _patch_ops(type(backend), CACHE_OPS, _cache_method)
+            except Exception:
+                pass
+            return backend
+
+        return create_connection
+
+    patcher.wrap(CacheHandler, "create_connection", create_connection)
+    try:
+        for alias in caches:
+            if hasattr(caches._connections, alias):
+                backend = caches[alias]
+                _aliases[backend] = alias
+                _patch_ops(type(backend), CACHE_OPS, _cache_method)
+    except Exception:
+        pass  # settings not configured yet: backends get patched when created
+
+    def session_init(orig: Any) -> Any:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            orig(self, *args, **kwargs)
+            store = getattr(self, "SessionStore", None)
+            if isinstance(store, type):
+                from django.contrib.sessions.backends.base import SessionBase
+
+                _patch_ops(store, ("load", "save", "delete"), _session_method, SessionBase)
+
+        return __init__
+
+    patcher.wrap(SessionMiddleware, "__init__", session_init)

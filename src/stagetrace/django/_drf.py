@@ -1,0 +1,45 @@
+"""Django REST framework: serializer ``.data`` as a ``serialize`` stage.
+
+DRF views are ordinary Django views to the view stage (named ``Class.action``), and DRF's
+``Response`` renders through ``SimpleTemplateResponse.render``, which is a ``serialize`` stage
+named after the renderer. What remains is the serializer's own work: ``.data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _recorder
+from ._common import patcher
+
+_get = _recorder._get
+
+
+def _serializer_name(serializer: Any) -> str:
+    child = getattr(serializer, "child", None)
+    if child is not None:  # ListSerializer(many=True)
+        return f"{type(child).__name__}(many=True).data"
+    return f"{type(serializer).__name__}.data"
+
+
+def _data_getter(fget: Any) -> Any:
+    def data(self: Any) -> Any:
+        if _get() is None or _recorder.is_open_for(self, "serialize"):
+            return fget(self)
+        rec = _recorder.enter_owned("serialize", (_serializer_name, self), self)
+        try:
+            result = fget(self)
+        except BaseException as exc:
+            _recorder.exit(rec, exc)
+            raise
+        _recorder.exit(rec)
+        return result
+
+    return data
+
+
+def install(module: Any) -> None:
+    """Patch ``rest_framework.serializers`` (called when that module is imported)."""
+    for cls in (module.BaseSerializer, module.Serializer, module.ListSerializer):
+        if "data" in vars(cls):
+            patcher.wrap_property(cls, "data", _data_getter)

@@ -1,0 +1,112 @@
+"""`instrument()` / `uninstrument()` for Django, and reading ``settings.STAGETRACE``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import wrapt
+
+from .. import _config
+from .._safety import report
+from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
+from ._common import patcher
+
+_lock = threading.RLock()
+_generation = 0
+_jinja2_installed = False
+
+
+def load_settings() -> None:
+    """Install ``settings.STAGETRACE`` as stagetrace's framework-settings layer. A bad value
+    raises `stagetrace.ConfigurationError` at startup, naming the option."""
+    from django.conf import settings
+
+    options = getattr(settings, "STAGETRACE", None)
+    if options is None:
+        options = {}
+    _config.configure_from_framework(options, "settings.STAGETRACE")
+
+
+def is_instrumented() -> bool:
+    """Whether Django is currently instrumented."""
+    return patcher.applied
+
+
+def _when_imported(name: str, patch: Any) -> None:
+    """Run `patch(module)` now if `name` is imported, else when it is; only for the current
+    instrumentation (a hook registered by an earlier, undone `instrument()` stays quiet)."""
+    generation = _generation
+
+    def hook(module: Any) -> None:
+        if generation == _generation and patcher.applied:
+            try:
+                patch(module)
+            except Exception as exc:
+                report(f"django.patch.{name}", exc)
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+    else:
+        wrapt.register_post_import_hook(hook, name)
+
+
+def _install_jinja2(module: Any) -> None:
+    global _jinja2_installed
+    if not _jinja2_installed:
+        _templates.install_jinja2()
+        _jinja2_installed = True
+
+
+def _uninstall_jinja2() -> None:
+    global _jinja2_installed
+    if _jinja2_installed:
+        _templates.uninstall_jinja2()
+        _jinja2_installed = False
+
+
+def instrument() -> None:
+    """Instrument Django: every request served afterwards yields a full stage timeline.
+
+    Idempotent, and safe before or after ``django.setup()``. Middleware stages need the request
+    handler to be built afterwards (as it is when the app is in ``INSTALLED_APPS`` or when this
+    runs before ``get_wsgi_application()``/``get_asgi_application()``); every other stage works
+    for handlers that already exist too.
+    """
+    global _generation
+    with _lock:
+        if patcher.applied:
+            return
+        _generation += 1
+        try:
+            _gateway.install()
+            _middleware.install()
+            _views.install()
+            _db.install()
+            _templates.install()
+            _cache.install()
+        except Exception:
+            patcher.undo()
+            _db.uninstall()
+            raise
+        _when_imported("django.test.client", lambda module: _gateway.install_test_client())
+        _when_imported("django.test.utils", _templates.install_test_utils)
+        _when_imported("jinja2", _install_jinja2)
+        _when_imported("rest_framework.serializers", _drf.install)
+
+
+def uninstrument() -> None:
+    """Undo `instrument()`: every patched object gets its original attribute back.
+
+    Objects built while instrumented (a request handler's middleware chain, compiled Jinja2
+    templates) keep thin wrappers that record nothing from now on.
+    """
+    global _generation
+    with _lock:
+        if not patcher.applied:
+            return
+        _generation += 1
+        patcher.undo()
+        _db.uninstall()
+        _uninstall_jinja2()

@@ -1,0 +1,206 @@
+"""Middleware stages, each split into its inbound and outbound halves.
+
+``BaseHandler.load_middleware`` builds the chain once: for each ``settings.MIDDLEWARE`` entry it
+calls ``import_string(path)`` to get the factory, reads its ``sync_capable``/``async_capable``
+flags, calls ``factory(get_response)``, and wraps the instance. We stand in for
+``import_string`` inside that module only, returning a transparent proxy of the factory:
+
+* the factory proxy forwards every attribute (the capability flags included), so Django adapts
+  the chain exactly as it would without stagetrace — no extra thread hops;
+* calling it builds the real middleware around a handler that marks the moment the middleware
+  calls the next layer (end of the inbound phase) and the moment that call returns (start of the
+  outbound phase);
+* the instance proxy forwards every attribute, ``isinstance`` and the coroutine markers, and
+  records one ``middleware`` stage per call; its ``process_view``, ``process_exception`` and
+  ``process_template_response`` hooks are recorded as ``<path>.<hook>`` stages.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+from asgiref.sync import iscoroutinefunction
+
+from .. import _recorder
+from ._common import active, patcher, take_thread_wait
+
+KIND, NAME, PARENT, TL, AUX = _recorder.KIND, _recorder.NAME, _recorder.PARENT, _recorder.TL, 9
+_get = _recorder._get
+now = _recorder.now
+enter_middleware, leave = _recorder.enter_middleware, _recorder.exit
+
+_HOOKS = ("process_view", "process_exception", "process_template_response")
+
+
+def _own_record(path: str) -> list[Any] | None:
+    """The open middleware record of `path` in this context (usually the current record)."""
+    rec = _get()
+    for _ in range(8):
+        if rec is None:
+            return None
+        if rec[NAME] is path and rec[KIND] == "middleware":
+            return rec
+        rec = rec[PARENT]
+    return None
+
+
+def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
+    """The `get_response` a middleware receives: marks the in/out split of its stage. Same
+    sync/async nature as the handler Django built, so the middleware adapts itself the same."""
+    if iscoroutinefunction(get_response):
+
+        async def inner(request: Any) -> Any:
+            rec = _own_record(path)
+            if rec is not None and not rec[AUX][0]:
+                rec[AUX][0] = now()
+            try:
+                return await get_response(request)
+            finally:
+                if rec is not None:
+                    rec[AUX][1] = now()
+
+    else:
+
+        def inner(request: Any) -> Any:  # type: ignore[misc]
+            rec = _own_record(path)
+            if rec is not None and not rec[AUX][0]:
+                rec[AUX][0] = now()
+            try:
+                return get_response(request)
+            finally:
+                if rec is not None:
+                    rec[AUX][1] = now()
+
+    functools.update_wrapper(inner, get_response, updated=())
+    return inner
+
+
+def _hook(method: Any, name: str, short_if_result: bool) -> Any:
+    """A `process_*` hook as a bound method of the same instance (Django reads ``__self__``),
+    with the same sync/async nature."""
+    func = method.__func__ if isinstance(method, types.MethodType) else method
+    owner = getattr(method, "__self__", None)
+
+    if iscoroutinefunction(method):
+
+        async def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:
+            rec = enter_middleware(name) if active() else None
+            try:
+                result = await method(*args, **kwargs)
+            except BaseException as exc:
+                leave(rec, exc)
+                raise
+            _recorder.set_short_circuit(rec, short_if_result and result is not None)
+            leave(rec)
+            return result
+
+    else:
+
+        def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            rec = enter_middleware(name) if active() else None
+            take_thread_wait(rec)
+            try:
+                result = method(*args, **kwargs)
+            except BaseException as exc:
+                leave(rec, exc)
+                raise
+            _recorder.set_short_circuit(rec, short_if_result and result is not None)
+            leave(rec)
+            return result
+
+    functools.update_wrapper(hook, func, updated=())
+    return types.MethodType(hook, owner) if owner is not None else functools.partial(hook, None)
+
+
+class _MiddlewareProxy(wrapt.ObjectProxy):
+    """Stands in for a middleware instance; forwards everything, records each call."""
+
+    def __init__(self, wrapped: Any, path: str) -> None:
+        super().__init__(wrapped)
+        self._self_path = path
+        self._self_hooks: dict[str, Any] = {}
+
+    def _self_hook(self, hook: str) -> Any:
+        found = self._self_hooks.get(hook)
+        if found is None:
+            method = getattr(self.__wrapped__, hook)  # AttributeError: hasattr() stays false
+            found = _hook(method, f"{self._self_path}.{hook}", hook != "process_template_response")
+            self._self_hooks[hook] = found
+        return found
+
+    @property
+    def process_view(self) -> Any:
+        return self._self_hook("process_view")
+
+    @property
+    def process_exception(self) -> Any:
+        return self._self_hook("process_exception")
+
+    @property
+    def process_template_response(self) -> Any:
+        return self._self_hook("process_template_response")
+
+
+class _SyncMiddleware(_MiddlewareProxy):
+    def __call__(self, request: Any) -> Any:
+        if not active():
+            return self.__wrapped__(request)
+        rec = enter_middleware(self._self_path)
+        take_thread_wait(rec)
+        try:
+            response = self.__wrapped__(request)
+        except BaseException as exc:
+            leave(rec, exc)
+            raise
+        leave(rec)
+        return response
+
+
+class _AsyncMiddleware(_MiddlewareProxy):
+    async def __call__(self, request: Any) -> Any:
+        if not active():
+            return await self.__wrapped__(request)
+        rec = enter_middleware(self._self_path)
+        try:
+            response = await self.__wrapped__(request)
+        except BaseException as exc:
+            leave(rec, exc)
+            raise
+        leave(rec)
+        return response
+
+
+class _FactoryProxy(wrapt.ObjectProxy):
+    """Stands in for a middleware class or factory in ``load_middleware``."""
+
+    def __init__(self, wrapped: Any, path: str) -> None:
+        super().__init__(wrapped)
+        self._self_path = path
+
+    def __call__(self, get_response: Any, *args: Any, **kwargs: Any) -> Any:
+        path = self._self_path
+        instance = self.__wrapped__(_inner_handler(get_response, path), *args, **kwargs)
+        if instance is None:
+            return None  # Django reports "Middleware factory ... returned None."
+        proxy = _AsyncMiddleware if iscoroutinefunction(instance) else _SyncMiddleware
+        return proxy(instance, path)
+
+
+def install() -> None:
+    from django.core.handlers import base
+
+    def import_string(orig: Any) -> Any:
+        def import_string(dotted_path: str) -> Any:
+            target = orig(dotted_path)
+            if not active():
+                return target
+            # Interned-by-identity: records compare names with `is` (see _own_record).
+            return _FactoryProxy(target, str(dotted_path))
+
+        return import_string
+
+    patcher.wrap(base, "import_string", import_string)

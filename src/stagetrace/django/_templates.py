@@ -1,0 +1,105 @@
+"""``template`` and ``serialize`` stages.
+
+Django templates render through ``Template._render``: top-level renders, ``{% include %}``,
+inclusion tags (via ``Template.render``) and ``{% extends %}`` parents (which call ``_render``
+directly) all pass there, so each is one stage, nested as rendered. Jinja2 (Django's Jinja2
+backend) is shared with the Starlette adapter (`stagetrace._jinja2`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _jinja2, _recorder
+from ._common import patcher, qualname, take_thread_wait
+
+enter, leave = _recorder.enter, _recorder.exit
+_get = _recorder._get
+
+_DTL = {"template.engine": "django"}
+
+
+def _template_response_name(response: Any) -> str:
+    renderer = getattr(response, "accepted_renderer", None)
+    if renderer is not None:  # Django REST framework's Response
+        return f"{type(response).__name__} {qualname(type(renderer))}"
+    template = getattr(response, "template_name", None)
+    cls = type(response).__name__
+    if isinstance(template, str):
+        return f"{cls} {template}"
+    if isinstance(template, (list, tuple)) and template and isinstance(template[0], str):
+        return f"{cls} {template[0]}"
+    return cls
+
+
+def _timed_render(orig: Any) -> Any:
+    def _render(self: Any, context: Any) -> Any:
+        if _get() is None:
+            return orig(self, context)
+        rec = enter("template", self.name or "<string>", _DTL)
+        try:
+            result = orig(self, context)
+        except BaseException as exc:
+            leave(rec, exc)
+            raise
+        leave(rec)
+        return result
+
+    return _render
+
+
+def install_test_utils(module: Any) -> None:
+    """Django's test environment replaces ``Template._render`` with its own
+    ``instrumented_test_render`` (which skips the original): time that one as well."""
+    patcher.wrap(module, "instrumented_test_render", _timed_render)
+
+
+def install() -> None:
+    from django.http import response as http_response
+    from django.template import base
+    from django.template.response import SimpleTemplateResponse
+
+    patcher.wrap(base.Template, "_render", _timed_render)
+
+    def render(orig: Any) -> Any:
+        def render(self: Any) -> Any:
+            if _get() is None or self._is_rendered:
+                return orig(self)
+            rec = enter("serialize", (_template_response_name, self))
+            take_thread_wait(rec)
+            try:
+                result = orig(self)
+            except BaseException as exc:
+                leave(rec, exc)
+                raise
+            leave(rec)
+            return result
+
+        return render
+
+    patcher.wrap(SimpleTemplateResponse, "render", render)
+
+    def json_init(orig: Any) -> Any:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if _get() is None:
+                return orig(self, *args, **kwargs)  # type: ignore[no-any-return]
+            rec = enter("serialize", "JsonResponse")
+            try:
+                orig(self, *args, **kwargs)
+            except BaseException as exc:
+                leave(rec, exc)
+                raise
+            leave(rec)
+            return None
+
+        return __init__
+
+    patcher.wrap(http_response.JsonResponse, "__init__", json_init)
+
+
+def install_jinja2() -> None:
+    _jinja2.install()
+
+
+def uninstall_jinja2() -> None:
+    _jinja2.uninstall()

@@ -1,0 +1,34 @@
+from django.urls import include, path, re_path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+router = SimpleRouter()
+router.register("api/books", views.BookViewSet, basename="book")
+
+shop = [
+    path("books/<int:pk>/", views.BookDetail.as_view(), name="book-detail"),
+]
+
+urlpatterns = [
+    path("books.json", views.books_json, name="books-json"),
+    path("books/", views.books_page, name="books-page"),
+    path("books/template-response/", views.books_template_response),
+    path("jinja/", views.jinja_page),
+    path("async/", views.async_books),
+    path("stream/", views.stream),
+    path("async-stream/", views.async_stream),
+    path("download/", views.file_download),
+    path("boom/", views.boom),
+    path("shop/", include((shop, "shop"), namespace="shop")),
+    path("exempt/", views.exempt_post),
+    path("cache/<str:alias>/", views.cache_view),
+    path("session/", views.session_view),
+    path("atomic/", views.atomic_view),
+    path("raw/", views.raw_view),
+    path("pg/books.json", views.pg_books),
+    path("api/count/", views.BookCountAPI.as_view()),
+    path("request-id/", views.echo_request_id),
+    re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,140 @@
+import asyncio
+import time
+
+from django.core.cache import caches
+from django.db import connection, transaction
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.template.response import TemplateResponse
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import viewsets
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .models import Author, Book
+from .serializers import BookSerializer
+
+
+def books_json(request):
+    """The N+1 view: one query for books, one per book for its author."""
+    data = [{"title": b.title, "author": b.author.name} for b in Book.objects.order_by("id")]
+    return JsonResponse({"books": data})
+
+
+def books_page(request):
+    books = Book.objects.select_related("author").order_by("id")
+    return render(request, "books/list.html", {"books": books})
+
+
+def books_template_response(request):
+    return TemplateResponse(request, "books/list.html", {"books": Book.objects.none()})
+
+
+def jinja_page(request):
+    return render(request, "page.jinja", {"items": [1, 2, 3]}, using="jinja2")
+
+
+async def async_books(request):
+    count = await Book.objects.acount()
+    titles = [b.title async for b in Book.objects.order_by("id")[:2]]
+    return JsonResponse({"count": count, "titles": titles})
+
+
+def stream(request):
+    def chunks():
+        for i in range(3):
+            time.sleep(0.02)
+            yield f"chunk {i} {Book.objects.count()}\n"
+
+    return StreamingHttpResponse(chunks())
+
+
+def async_stream(request):
+    async def chunks():
+        for i in range(3):
+            await asyncio.sleep(0.02)
+            yield f"chunk {i}\n"
+
+    return StreamingHttpResponse(chunks())
+
+
+def file_download(request):
+    return FileResponse(open(__file__, "rb"), filename="views.py")
+
+
+class ViewError(Exception):
+    pass
+
+
+def boom(request):
+    raise ViewError("the view failed")
+
+
+class BookDetail(View):
+    def get(self, request, pk):
+        book = Book.objects.select_related("author").get(pk=pk)
+        return JsonResponse({"title": book.title, "author": book.author.name})
+
+
+@csrf_exempt
+def exempt_post(request):
+    return HttpResponse("ok")
+
+
+def cache_view(request, alias):
+    cache = caches[alias]
+    hit_before = cache.get("answer")
+    cache.set("answer", 42)
+    hit_after = cache.get("answer")
+    cache.get_many(["answer", "missing"])
+    return JsonResponse({"before": hit_before, "after": hit_after})
+
+
+def session_view(request):
+    request.session["visits"] = request.session.get("visits", 0) + 1
+    return JsonResponse({"visits": request.session["visits"]})
+
+
+def atomic_view(request):
+    with transaction.atomic():
+        author = Author.objects.create(name="Atomic Author")
+        Book.objects.create(title="Atomic Book", author=author)
+    author.delete()  # leave the shared test data as it was
+    return JsonResponse({"ok": True})
+
+
+def raw_view(request):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM djapp_book WHERE title <> %s", ["secret-value"])
+        (count,) = cursor.fetchone()
+    names = [a.name for a in Author.objects.raw("SELECT id, name FROM djapp_author")]
+    return JsonResponse({"count": count, "authors": len(names)})
+
+
+def pg_books(request):
+    data = [
+        {"title": b.title, "author": b.author.name} for b in Book.objects.using("pg").order_by("id")
+    ]
+    Book.objects.using("pg").filter(title="nothing").update(title="still nothing")
+    return JsonResponse({"books": data})
+
+
+class BookViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Book.objects.select_related("author").order_by("id")
+    serializer_class = BookSerializer
+
+
+class BookCountAPI(APIView):
+    def get(self, request):
+        return Response({"count": Book.objects.count()})
+
+
+def echo_request_id(request):
+    import stagetrace
+
+    return JsonResponse({"request_id": stagetrace.current_timeline().request_id})
+
+
+def legacy(request, slug):
+    return HttpResponse(slug)
