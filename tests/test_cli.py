@@ -22,7 +22,7 @@ def test_show_prints_a_waterfall_per_timeline(tmp_path, capsys):
     write_jsonl(path, [good, good])
     assert main(["show", str(path), "--color", "never"]) == 0
     out = capsys.readouterr().out
-    assert out.count("GET books/ → 200") == 2
+    assert out.count("GET /books/ → 200") == 2
     assert "SessionMiddleware" in out
 
 
@@ -58,7 +58,7 @@ def test_corrupt_lines_are_reported_and_good_ones_still_shown(tmp_path, capsys):
     write_jsonl(path, [good, "{not json", wrong_schema, good[: len(good) // 2]])
     assert main(["show", str(path), "--color", "never"]) == 1
     captured = capsys.readouterr()
-    assert captured.out.count("GET books/") == 1
+    assert captured.out.count("GET /books/") == 1
     errors = captured.err.strip().splitlines()
     assert errors[0].startswith(f"stagetrace: {path}:2: not valid JSON")
     assert errors[1].startswith(f"stagetrace: {path}:3: not a stagetrace timeline")

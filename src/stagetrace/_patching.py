@@ -25,10 +25,8 @@ class Patcher:
     def __init__(self, name: str) -> None:
         self.name = name
         self._undo: list[tuple[Any, str, Any, bool, Any]] = []
-
-    @property
-    def applied(self) -> bool:
-        return bool(self._undo)
+        #: True while patches are applied: a plain attribute, cheap to test on hot paths.
+        self.applied = False
 
     def replace(self, owner: Any, attr: str, new: Any) -> Any:
         """Set ``owner.attr = new``; return what ``owner.attr`` was."""
@@ -37,15 +35,24 @@ class Patcher:
         original = own[attr] if had_own else getattr(owner, attr)
         setattr(owner, attr, new)
         self._undo.append((owner, attr, original, had_own, vars(owner).get(attr)))
+        self.applied = True
         return original
 
     def wrap(
         self, owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
     ) -> None:
-        """Replace the function ``owner.attr`` by ``make(original)``, keeping its metadata."""
+        """Replace the function ``owner.attr`` by ``make(original)``, keeping its metadata.
+
+        If ``owner.attr`` is a wrapper of ours left behind by an earlier instrumentation (one
+        someone else saved and put back, as Django's test environment does with
+        ``Template._render``), the new wrapper goes around what that one wrapped, so nothing
+        is ever recorded twice."""
         original = getattr(owner, attr)
+        while getattr(original, "__stagetrace_patch__", False):
+            original = original.__wrapped__
         new = make(original)
         functools.update_wrapper(new, original)
+        new.__stagetrace_patch__ = True  # type: ignore[attr-defined]
         self.replace(owner, attr, new)
 
     def wrap_property(
@@ -65,6 +72,7 @@ class Patcher:
         An attribute someone else replaced after us (another tool patching on top, Django's
         test environment swapping ``Template._render``) is left as they set it: restoring ours
         would undo their patch. Our wrapper stays underneath theirs, and goes quiet."""
+        self.applied = False
         while self._undo:
             owner, attr, original, had_own, new = self._undo.pop()
             if vars(owner).get(attr) is not new:

@@ -58,7 +58,16 @@ def clean_attrs(attrs: Mapping[Any, Any] | None) -> dict[str, Any]:
     """Attributes as JSON-safe values: scalars kept, long strings cut, anything else `str()`."""
     if not attrs:
         return {}
-    return {str(k): _clean_value(v) for k, v in attrs.items()}
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        t = type(v)
+        if t is str:
+            if len(v) > MAX_ATTR_STRING:
+                v = v[:MAX_ATTR_STRING] + "…"
+        elif not (t is int or t is bool or v is None):
+            v = _clean_value(v)
+        out[k if type(k) is str else str(k)] = v
+    return out
 
 
 def _name(raw: Any) -> str:
@@ -115,25 +124,22 @@ def freeze(tl: _recorder.Live) -> Timeline:
     by_kind: dict[str, list[int]] = {}
     stages: list[Stage] = []
     for i, r in enumerate(records):
+        _, _, kind, name, start, _, raw_attrs, err, _, aux = r
         d = durations[i]
-        own = d - child_ns[i] - ovf_child.get(id(r), 0)
+        own = d - child_ns[i] - ovf_child.get(id(r), 0) if ovf_child else d - child_ns[i]
         if own < 0:
             own = 0
-        kind = r[R.KIND]
         acc = by_kind.get(kind)
         if acc is None:
             acc = by_kind[kind] = [0, 0, 0]
         acc[0] += 1
         acc[1] += d
         acc[2] += own
-        attrs = clean_attrs(_attrs(r[R.ATTRS]))
+        attrs = clean_attrs(raw_attrs if type(raw_attrs) is not tuple else _attrs(raw_attrs))
         if unfinished[i]:
             attrs["unfinished"] = True
-        err = r[R.ERROR]
         phases = short = None
         if kind == "middleware":
-            aux = r[R.AUX]
-            start = r[R.START]
             if type(aux) is list and aux[0]:
                 inner_end = aux[1] if aux[1] else start + d
                 phases = {"in": max(0, aux[0] - start), "out": max(0, start + d - inner_end)}
@@ -145,17 +151,17 @@ def freeze(tl: _recorder.Live) -> Timeline:
                 short = bool(aux[2])
         stages.append(
             Stage(
-                id=i,
-                parent=parents[i],
-                kind=kind,
-                name=_name(r[R.NAME]),
-                start_ns=max(0, r[R.START] - t0),
-                duration_ns=d,
-                self_ns=own,
-                attrs=attrs,
-                error=StageError(err[0], err[1]) if err is not None else None,
-                phases=phases,
-                short_circuit=short,
+                i,
+                parents[i],
+                kind,
+                name if type(name) is str else _name(name),
+                start - t0 if start > t0 else 0,
+                d,
+                own,
+                attrs,
+                StageError(err[0], err[1]) if err is not None else None,
+                phases,
+                short,
             )
         )
     for kind, (count, total, own) in (tl.ovf_kinds or {}).items():
@@ -202,7 +208,11 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
 
 
 def process(tl: _recorder.Live) -> Timeline:
-    return analyze(freeze(tl), tl.settings.analyzers)
+    """Freeze and analyze a finished live timeline, then release its records."""
+    try:
+        return analyze(freeze(tl), tl.settings.analyzers)
+    finally:
+        tl.dispose()
 
 
 def submit(tl: _recorder.Live) -> None:
@@ -221,8 +231,8 @@ def submit(tl: _recorder.Live) -> None:
             target.append(timeline)
         if worker is not None:
             worker.put(timeline)
-    elif worker is not None:
-        worker.put(tl)
+    elif worker is None or not worker.put(tl):
+        tl.dispose()  # nobody wants it
 
 
 _warned: set[str] = set()

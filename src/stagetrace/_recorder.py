@@ -97,6 +97,15 @@ class Live(list):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return f"<Live timeline {self.trace_id:032x} {len(self)} records>"
 
+    def dispose(self) -> None:
+        """Drop the records once frozen (or not wanted). Each record points back at this list,
+        so without this every timeline is a reference cycle that only the garbage collector
+        frees — measured at +1 ms per request on a Django view with 77 stages, from the extra
+        full collections over Django's large heap."""
+        del self[:]
+        self.last_exc = None
+        self.ovf_child = None
+
 
 def describe(tl: Live, exc: BaseException) -> tuple[str, str]:
     """(qualified type, message) of an exception, computed once per exception per timeline."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import IO
@@ -63,9 +64,13 @@ def _cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
-    from ._demo import run_demo
+    from ._demo import DemoError, run_demo
 
-    return run_demo(out, color=_use_color(args.color, out), width=args.width or 120)
+    width = args.width or (shutil.get_terminal_size((120, 24)).columns if out.isatty() else 120)
+    try:
+        return run_demo(out, color=_use_color(args.color, out), width=width)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -351,3 +351,43 @@ def test_excluded_paths_and_sampling_apply(client, captured):
     client.get("/books.json")
     client.get("/shop/books/1/")
     assert [t.path for t in captured] == ["/shop/books/1/"]
+
+
+def test_middleware_exception_is_recorded_on_that_middleware(client, captured):
+    """An exception raised by a middleware is on its stage; Django answers 500 as usual."""
+    from tests.djapp.middleware import MiddlewareError
+
+    client.raise_request_exception = False
+    assert client.get("/mw-error/").status_code == 500
+    (tl,) = captured
+    broken = one(tl, "middleware", "tests.djapp.middleware.ShortCircuitMiddleware")
+    assert broken.error.type == "tests.djapp.middleware.MiddlewareError"
+    assert broken.short_circuit is True  # it never called the next layer
+    outer = one(tl, "middleware", "django.middleware.clickjacking.XFrameOptionsMiddleware")
+    assert outer.error is None and tl.status == 500
+    client.raise_request_exception = True
+    with pytest.raises(MiddlewareError):
+        client.get("/mw-error/")
+
+
+def test_process_exception_hooks_are_stages(client, captured):
+    """process_exception runs as <path>.process_exception; answering marks short_circuit."""
+    client.raise_request_exception = False
+    assert client.get("/boom/handled/").status_code == 503
+    client.get("/boom/")
+    handled, unhandled = captured
+    name = "tests.djapp.middleware.ViewSpyMiddleware.process_exception"
+    assert one(handled, "middleware", name).short_circuit is True
+    assert one(unhandled, "middleware", name).short_circuit is False
+    assert handled.status == 503
+
+
+def test_gateway_records_process_thread_and_requests_in_flight(client, captured):
+    import os
+    import threading
+
+    client.get("/books.json")
+    attrs = captured[0].stages[0].attrs
+    assert attrs["process.pid"] == os.getpid()
+    assert attrs["thread.id"] == threading.get_ident()
+    assert attrs["stagetrace.in_flight"] == 1

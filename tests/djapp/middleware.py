@@ -12,7 +12,13 @@ class ShortCircuitMiddleware:
     def __call__(self, request):
         if request.path == "/short/":
             return HttpResponse("short")
+        if request.path == "/mw-error/":
+            raise MiddlewareError("middleware broke")
         return self.get_response(request)
+
+
+class MiddlewareError(Exception):
+    pass
 
 
 class ViewSpyMiddleware:
@@ -26,4 +32,9 @@ class ViewSpyMiddleware:
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         SEEN_VIEWS.append(view_func)
+        return None
+
+    def process_exception(self, request, exception):
+        if request.path == "/boom/handled/":
+            return HttpResponse("handled by middleware", status=503)
         return None

@@ -20,6 +20,7 @@ urlpatterns = [
     path("async-stream/", views.async_stream),
     path("download/", views.file_download),
     path("boom/", views.boom),
+    path("boom/handled/", views.boom),
     path("shop/", include((shop, "shop"), namespace="shop")),
     path("exempt/", views.exempt_post),
     path("cache/<str:alias>/", views.cache_view),

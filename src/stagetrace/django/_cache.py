@@ -137,14 +137,14 @@ def install() -> None:
         return create_connection
 
     patcher.wrap(CacheHandler, "create_connection", create_connection)
-    try:
+    from django.conf import settings
+
+    if settings.configured:  # else no backend exists yet: each is patched when created
         for alias in caches:
-            if hasattr(caches._connections, alias):
+            if hasattr(caches._connections, alias):  # what all(initialized_only=True) checks
                 backend = caches[alias]
                 _aliases[backend] = alias
                 _patch_ops(type(backend), CACHE_OPS, _cache_method)
-    except Exception:
-        pass  # settings not configured yet: backends get patched when created
 
     def session_init(orig: Any) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:

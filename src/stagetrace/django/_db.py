@@ -13,11 +13,11 @@ from typing import Any
 
 from .. import _recorder, _sql
 from .._safety import report
-from ._common import active, patcher
+from ._common import patcher
 
 enter, leave = _recorder.enter, _recorder.exit
 _get = _recorder._get
-OWNER, TL, ATTRS = _recorder.OWNER, _recorder.TL, _recorder.ATTRS
+OWNER, TL, ATTRS, KIND = _recorder.OWNER, _recorder.TL, _recorder.ATTRS, _recorder.KIND
 
 _COMPILERS = {
     "SQLCompiler": "SELECT",
@@ -46,7 +46,7 @@ def _model_name(model: Any) -> str:
 def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
     """Django execute wrapper: one ``db.query`` stage per statement."""
     cur = _get()
-    if cur is None or not active():
+    if cur is None or not patcher.applied:
         return execute(sql, params, many, context)
     try:
         conn = context["connection"]
@@ -79,7 +79,9 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
         leave(rec, exc)
         raise
     try:
-        rowcount = context["cursor"].rowcount
+        # The DB-API cursor itself: Django's CursorWrapper would go through its __getattr__.
+        cursor = context["cursor"]
+        rowcount = getattr(cursor, "cursor", cursor).rowcount
         if type(rowcount) is int and rowcount >= 0:
             attrs["db.rows"] = rowcount
     except Exception:
@@ -95,7 +97,7 @@ def _add_wrapper(connection: Any) -> None:
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if active():
+    if patcher.applied:
         _add_wrapper(connection)
 
 
@@ -111,18 +113,18 @@ def install() -> None:
     def init(orig: Any) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             orig(self, *args, **kwargs)
-            if active():
+            if patcher.applied:
                 _add_wrapper(self)
 
         return __init__
 
     patcher.wrap(BaseDatabaseWrapper, "__init__", init)
     connection_created.connect(_on_connection_created, dispatch_uid="stagetrace.django")
-    try:
+    from django.conf import settings
+
+    if settings.configured:  # else no connection exists yet: each gets it when created
         for conn in connections.all(initialized_only=True):
             _add_wrapper(conn)
-    except Exception as exc:  # settings not configured yet: later connections get it
-        report("django.db.existing", exc)
 
     def connect(orig: Any) -> Any:
         def connect(self: Any) -> Any:
@@ -201,9 +203,13 @@ def install() -> None:
     # --- ORM compile: every compiler class that defines as_sql -----------------------------
     def as_sql(orig: Any) -> Any:
         def as_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _get() is None or _recorder.is_open_for(self, "orm.compile"):
+            cur = _get()
+            # Not recording, or a compiler calling its own super().as_sql(): one stage only.
+            if cur is None or (cur[OWNER] is self and cur[KIND] == "orm.compile"):
                 return orig(self, *args, **kwargs)
-            rec = _recorder.enter_owned("orm.compile", (_compile_name, self), self)
+            rec = enter("orm.compile", (_compile_name, self))
+            if rec is not None:
+                rec[OWNER] = self
             try:
                 result = orig(self, *args, **kwargs)
             except BaseException as exc:
@@ -251,13 +257,12 @@ def _exit_owned(rec: Any, exc: BaseException | None) -> None:
 
 
 def uninstall() -> None:
+    from django.conf import settings
     from django.db import connections
     from django.db.backends.signals import connection_created
 
     connection_created.disconnect(dispatch_uid="stagetrace.django")
-    try:
+    if settings.configured:
         for conn in connections.all(initialized_only=True):
             while execute_wrapper in conn.execute_wrappers:
                 conn.execute_wrappers.remove(execute_wrapper)
-    except Exception as exc:
-        report("django.db.uninstall", exc)

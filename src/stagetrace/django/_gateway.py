@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _config, _http, _recorder
 from .._safety import report
-from ._common import active, patcher
+from ._common import ensure_settings, patcher
 
 TL, END, KIND = _recorder.TL, _recorder.END, _recorder.KIND
 
@@ -56,6 +56,7 @@ def _wsgi_text(environ: dict[str, Any], key: str, default: str) -> str:
 
 
 def _begin_environ(environ: dict[str, Any], gateway: str) -> list[Any] | None:
+    ensure_settings()
     cfg = _config.settings()
     root = _http.begin_http(
         gateway,
@@ -83,6 +84,7 @@ def _scope_headers(scope: dict[str, Any], wanted: frozenset[bytes]) -> dict[byte
 
 
 def _begin_scope(scope: dict[str, Any], gateway: str) -> list[Any] | None:
+    ensure_settings()
     cfg = _config.settings()
     rid = cfg.request_id_header.encode("latin-1")
     h = _scope_headers(
@@ -247,7 +249,7 @@ def install() -> None:
 
     def wrap_wsgi_call(orig: Any, gateway: str) -> Any:
         def __call__(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
-            if not active():
+            if not patcher.applied:
                 return orig(self, environ, *args, **kwargs)
             prev = _get()
             root = _begin_environ(environ, gateway)
@@ -267,7 +269,7 @@ def install() -> None:
 
     def asgi_call(orig: Any) -> Any:
         async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
-            if not active() or scope.get("type") != "http":
+            if not patcher.applied or scope.get("type") != "http":
                 return await orig(self, scope, receive, send)
             root = _begin_scope(scope, "ASGI")
             if root is None:
@@ -299,7 +301,7 @@ def install() -> None:
 
     def send_response(orig: Any) -> Any:
         async def send_response(self: Any, response: Any, send: Any) -> Any:
-            rec = _recorder.enter("response.write", "body") if active() else None
+            rec = _recorder.enter("response.write", "body") if patcher.applied else None
             try:
                 result = await orig(self, response, send)
             except BaseException as exc:
@@ -315,7 +317,7 @@ def install() -> None:
     def get_response(orig: Any) -> Any:
         def get_response(self: Any, request: Any) -> Any:
             response = orig(self, request)
-            if active():
+            if patcher.applied:
                 _on_response(response)
             return response
 
@@ -324,7 +326,7 @@ def install() -> None:
     def get_response_async(orig: Any) -> Any:
         async def get_response_async(self: Any, request: Any) -> Any:
             response = await orig(self, request)
-            if active():
+            if patcher.applied:
                 _on_response(response)
             return response
 
@@ -354,7 +356,7 @@ def install_test_client() -> None:
 
     def client_call(orig: Any) -> Any:
         def __call__(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
-            if not active():
+            if not patcher.applied:
                 return orig(self, environ, *args, **kwargs)
             prev = _get()
             root = _begin_environ(environ, "test client")
@@ -372,7 +374,7 @@ def install_test_client() -> None:
 
     def async_client_call(orig: Any) -> Any:
         async def __call__(self: Any, scope: Any, *args: Any, **kwargs: Any) -> Any:
-            if not active():
+            if not patcher.applied:
                 return await orig(self, scope, *args, **kwargs)
             prev = _get()
             root = _begin_scope(scope, "async test client")

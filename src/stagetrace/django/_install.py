@@ -8,25 +8,15 @@ from typing import Any
 
 import wrapt
 
-from .. import _config
 from .._safety import report
 from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
-from ._common import patcher
+from ._common import load_settings, patcher, settings_state
+
+__all__ = ["instrument", "is_instrumented", "load_settings", "uninstrument"]
 
 _lock = threading.RLock()
 _generation = 0
 _jinja2_installed = False
-
-
-def load_settings() -> None:
-    """Install ``settings.STAGETRACE`` as stagetrace's framework-settings layer. A bad value
-    raises `stagetrace.ConfigurationError` at startup, naming the option."""
-    from django.conf import settings
-
-    options = getattr(settings, "STAGETRACE", None)
-    if options is None:
-        options = {}
-    _config.configure_from_framework(options, "settings.STAGETRACE")
 
 
 def is_instrumented() -> bool:
@@ -79,6 +69,7 @@ def instrument() -> None:
         if patcher.applied:
             return
         _generation += 1
+        settings_state.tried = False
         try:
             _gateway.install()
             _middleware.install()

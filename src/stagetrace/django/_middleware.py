@@ -26,7 +26,7 @@ import wrapt
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
-from ._common import active, patcher, take_thread_wait
+from ._common import patcher, take_thread_wait
 
 KIND, NAME, PARENT, TL, AUX = _recorder.KIND, _recorder.NAME, _recorder.PARENT, _recorder.TL, 9
 _get = _recorder._get
@@ -88,7 +88,7 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
     if iscoroutinefunction(method):
 
         async def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:
-            rec = enter_middleware(name) if active() else None
+            rec = enter_middleware(name) if patcher.applied else None
             try:
                 result = await method(*args, **kwargs)
             except BaseException as exc:
@@ -101,7 +101,7 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
     else:
 
         def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            rec = enter_middleware(name) if active() else None
+            rec = enter_middleware(name) if patcher.applied else None
             take_thread_wait(rec)
             try:
                 result = method(*args, **kwargs)
@@ -147,7 +147,7 @@ class _MiddlewareProxy(wrapt.ObjectProxy):
 
 class _SyncMiddleware(_MiddlewareProxy):
     def __call__(self, request: Any) -> Any:
-        if not active():
+        if not patcher.applied:
             return self.__wrapped__(request)
         rec = enter_middleware(self._self_path)
         take_thread_wait(rec)
@@ -162,7 +162,7 @@ class _SyncMiddleware(_MiddlewareProxy):
 
 class _AsyncMiddleware(_MiddlewareProxy):
     async def __call__(self, request: Any) -> Any:
-        if not active():
+        if not patcher.applied:
             return await self.__wrapped__(request)
         rec = enter_middleware(self._self_path)
         try:
@@ -196,7 +196,7 @@ def install() -> None:
     def import_string(orig: Any) -> Any:
         def import_string(dotted_path: str) -> Any:
             target = orig(dotted_path)
-            if not active():
+            if not patcher.applied:
                 return target
             # Interned-by-identity: records compare names with `is` (see _own_record).
             return _FactoryProxy(target, str(dotted_path))

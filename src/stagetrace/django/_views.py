@@ -8,7 +8,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
-from ._common import active, hop_started, patcher, qualname, take_thread_wait
+from ._common import hop_started, patcher, qualname, take_thread_wait
 
 enter, leave = _recorder.enter, _recorder.exit
 _get = _recorder._get
@@ -84,7 +84,7 @@ def install() -> None:
 
     def resolve_request(orig: Any) -> Any:
         def resolve_request(self: Any, request: Any) -> Any:
-            if _get() is None or not active():
+            if _get() is None or not patcher.applied:
                 return orig(self, request)
             rec = enter("route", "<unresolved>")
             try:
@@ -110,7 +110,7 @@ def install() -> None:
         def make_view_atomic(self: Any, view: Any) -> Any:
             callback = orig(self, view)
             cur = _get()
-            if cur is None or not active():
+            if cur is None or not patcher.applied:
                 return callback
             method = getattr(cur[_recorder.TL], "method", None)
             return _timed_view(callback, (view_name, (view, method)))

@@ -66,7 +66,7 @@ def _label(st: Stage, depth: int, width: int, unicode: bool) -> str:
     if st.kind == "middleware" and st.phases is not None:
         if st.short_circuit:
             suffix = "  [short-circuit]"
-        else:
+        elif st.phases["out"]:  # hooks such as process_view have no inner call to split at
             suffix = f"  [in {_ms(st.phases['in'])} / out {_ms(st.phases['out'])}]"
     if st.error is not None:
         suffix += ("  ✗ " if unicode else "  ! ") + st.error.type.rpartition(".")[2]
@@ -141,10 +141,16 @@ def render_waterfall(
         return f"{code}{text}{_RESET}" if color and code else text
 
     status = "" if timeline.status is None else f" {arrow} {timeline.status}"
-    head = (
-        f"{paint(_BOLD, timeline.name + status)}  {_ms(timeline.duration_ns)} ms  "
-        f"{timeline.framework}/{timeline.protocol}  {len(timeline.stages)} stages  "
-        f"trace {timeline.trace_id}"
+    if timeline.protocol == "job" or not timeline.path:
+        title = timeline.name
+    else:
+        title = f"{timeline.method} {timeline.path}" if timeline.method else timeline.path
+    head = f"{paint(_BOLD, title + status)}  {_ms(timeline.duration_ns)} ms"
+    if timeline.route is not None and timeline.route != timeline.path:
+        head += f"  route {timeline.route}"
+    head += (
+        f"  {timeline.framework}/{timeline.protocol}  {len(timeline.stages)} stages"
+        f"  trace {timeline.trace_id}"
     )
     if timeline.request_id != timeline.trace_id:
         head += f"  request {timeline.request_id}"
@@ -171,12 +177,11 @@ def render_waterfall(
             )
         )
     parts = [
-        f"{kind} {s.count}× {_ms(s.total_ns)} ms"
+        f"{kind} {s.count}× {_ms(s.self_ns)} ms"
         for kind, s in sorted(timeline.by_kind.items(), key=lambda kv: -kv[1].self_ns)
-        if kind != "gateway"
     ]
     if parts:
-        lines.extend(paint(_DIM, row) for row in _wrap("  by kind: ", parts, width))
+        lines.extend(paint(_DIM, row) for row in _wrap("  self time by kind: ", parts, width))
     lines.extend(paint(_RED, f"  ! {f.kind}: {f.message}") for f in timeline.findings)
     text = "\n".join(lines) + "\n"
     return text if unicode else text.translate(_ASCII)

@@ -1,0 +1,138 @@
+"""Async views, AsyncClient, and asgiref's thread hops under ASGI."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from asgiref.sync import iscoroutinefunction
+from django.test import AsyncClient, override_settings
+
+from .conftest import by_kind, descendants, one
+
+
+async def test_async_view_through_async_client(captured):
+    """An async view records its async ORM calls, in a timeline like any other."""
+    response = await AsyncClient().get("/async/")
+    assert response.status_code == 200
+    (tl,) = captured
+    assert tl.stages[0].name == "async test client"
+    view = one(tl, "view")
+    assert view.name == "tests.djapp.views.async_books"
+    inside = descendants(tl, view)
+    assert [s.kind for s in inside].count("db.query") == 2
+    assert tl.route == "async/" and tl.status == 200
+
+
+async def test_sync_view_under_asgi_records_its_thread_wait(captured):
+    """A sync view served by the async handler waits for asgiref's thread: recorded."""
+    response = await AsyncClient().get("/books.json")
+    assert response.status_code == 200
+    (tl,) = captured
+    view = one(tl, "view")
+    assert view.attrs["asgi.thread_wait_ns"] >= 0
+    first_sync = one(tl, "middleware", "django.middleware.security.SecurityMiddleware")
+    assert first_sync.attrs["asgi.thread_wait_ns"] >= 0
+    assert len(by_kind(tl, "db.query")) == 7
+
+
+async def test_async_streaming_response_lasts_until_the_last_chunk(captured):
+    response = await AsyncClient().get("/async-stream/")
+    assert captured == []
+    chunks = [chunk async for chunk in response.streaming_content]
+    assert len(chunks) == 3
+    (tl,) = captured
+    write = one(tl, "response.write")
+    assert write.attrs["chunks"] == 3 and write.duration_ns >= 60_000_000
+
+
+class AsyncOnly:
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        from asgiref.sync import markcoroutinefunction
+
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        request.async_only_thread = threading.get_ident()
+        return await self.get_response(request)
+
+
+class Both:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            from asgiref.sync import markcoroutinefunction
+
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request):
+        return await self.get_response(request)
+
+
+MIXED = [
+    "tests.django.test_async.Both",
+    "django.middleware.security.SecurityMiddleware",
+    "tests.django.test_async.AsyncOnly",
+    "tests.djapp.middleware.ShortCircuitMiddleware",
+    "tests.django.test_async.Both",
+    "django.middleware.common.CommonMiddleware",
+]
+
+
+def adaptations(handler_class, caplog) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="django.request"):
+        handler_class()
+    return [r.getMessage() for r in caplog.records if "adapted" in r.getMessage()]
+
+
+@pytest.mark.parametrize("gateway", ["asgi", "wsgi"])
+def test_django_adapts_the_chain_exactly_as_without_stagetrace(gateway, caplog):
+    """sync_capable/async_capable are seen through the proxies: the same adapters (thread
+    hops) are inserted with and without stagetrace, for WSGI and ASGI."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    import stagetrace.django
+
+    handler_class = ASGIHandler if gateway == "asgi" else WSGIHandler
+    with override_settings(MIDDLEWARE=MIXED, DEBUG=True):
+        with_stagetrace = adaptations(handler_class, caplog)
+        stagetrace.django.uninstrument()
+        try:
+            without = adaptations(handler_class, caplog)
+        finally:
+            stagetrace.django.instrument()
+    assert with_stagetrace == without
+    assert with_stagetrace  # the mixed stack does need adapters
+
+
+async def test_async_chain_stays_on_the_event_loop(captured):
+    """Async-capable middleware and an async view run on the loop thread: no extra hop."""
+    loop_thread = threading.get_ident()
+    with override_settings(
+        MIDDLEWARE=["tests.django.test_async.Both", "tests.django.test_async.AsyncOnly"]
+    ):
+        response = await AsyncClient().get("/async/")
+    assert response.status_code == 200
+    assert response.asgi_request.async_only_thread == loop_thread
+    (tl,) = captured
+    names = [s.name for s in by_kind(tl, "middleware")]
+    assert names == ["tests.django.test_async.Both", "tests.django.test_async.AsyncOnly"]
+    assert all("asgi.thread_wait_ns" not in s.attrs for s in by_kind(tl, "middleware"))
+    for mw in by_kind(tl, "middleware"):
+        assert mw.phases["in"] > 0 and mw.phases["out"] > 0

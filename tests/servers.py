@@ -1,0 +1,73 @@
+"""Run real servers (gunicorn, uvicorn) on loopback for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not listen on {port} within {timeout}s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def serve(args: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[str]:
+    """Start `python -m <args>` and yield its base URL; stop it (SIGTERM) afterwards."""
+    full_env = {**os.environ, **env}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        wait_for_port(port, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def read_timelines(path: Path, count: int, timeout: float = 15.0) -> list[dict]:
+    """Wait until `path` holds at least `count` timelines (the sink writes in the background)."""
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = [x for x in path.read_text().splitlines() if x.strip()]
+            if len(lines) >= count:
+                break
+        time.sleep(0.05)
+    assert len(lines) >= count, f"expected {count} timelines in {path}, found {len(lines)}"
+    return [json.loads(x) for x in lines]
