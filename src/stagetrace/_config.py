@@ -14,7 +14,6 @@ import math
 import os
 import re
 import threading
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,9 +307,9 @@ class _State:
         self.worker: Worker | None = None
         self.listeners: tuple[list[Timeline], ...] = ()
         self.counters: Counter[str] = Counter()
-        # Requests being served right now, by every adapter. Weak, so a timeline that never
-        # ends (a server that never closes a response) cannot leak.
-        self.in_flight: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Timelines of requests being served right now, by every adapter (set.add and
+        # set.discard are atomic; _http.begin_http bounds the size).
+        self.in_flight: set[Any] = set()
 
 
 _state = _State()

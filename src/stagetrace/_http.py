@@ -102,20 +102,10 @@ def begin_http(
 ) -> _recorder.Record | None:
     """Start an HTTP (or websocket) timeline with the gateway attributes every adapter records:
     method, scheme, request size, process and thread, requests in flight in this process, and
-    the queue time the proxy reported. Returns the root record, or None when not recording."""
-    trace_id = trace_id_from_traceparent(traceparent) if traceparent else None
-    attrs: dict[str, Any] = {
-        "process.pid": os.getpid(),
-        "thread.id": threading.get_ident(),
-        "stagetrace.in_flight": len(_config.state().in_flight) + 1,
-    }
-    if method is not None:
-        attrs["http.request.method"] = method
-    if scheme is not None:
-        attrs["url.scheme"] = scheme
-    size = _int(body_size)
-    if size is not None:
-        attrs["http.request.body.size"] = size
+    the queue time the proxy reported. Returns the root record, or None when not recording.
+
+    The root's attribute dict belongs to the gateway: `end_http` and the adapters add to it in
+    place (`gateway_attrs`)."""
     root = _recorder.begin(
         gateway,
         kind="gateway",
@@ -123,19 +113,48 @@ def begin_http(
         protocol=protocol,
         method=method,
         path=path,
-        attrs=attrs,
         request_id=valid_request_id(request_id) if request_id else None,
-        trace_id=trace_id,
+        trace_id=trace_id_from_traceparent(traceparent) if traceparent else None,
     )
     if root is None:
         return None
     tl = root[_recorder.TL]
-    _config.state().in_flight.add(tl)
+    in_flight = _config._state.in_flight
+    if len(in_flight) > MAX_IN_FLIGHT:  # timelines that never ended: do not grow forever
+        in_flight.clear()
+    in_flight.add(tl)
+    attrs: dict[str, Any] = {
+        "process.pid": os.getpid(),
+        "thread.id": threading.get_ident(),
+        "stagetrace.in_flight": len(in_flight),
+    }
+    if method is not None:
+        attrs["http.request.method"] = method
+    if scheme is not None:
+        attrs["url.scheme"] = scheme
+    if body_size is not None:
+        size = _int(body_size)
+        if size is not None:
+            attrs["http.request.body.size"] = size
     if queue_start:
         waited = queue_time_ns(queue_start, tl.wall0)
         if waited is not None:
             attrs["stagetrace.queue_time_ns"] = waited
+    root[_recorder.ATTRS] = attrs
     return root
+
+
+#: More requests in flight than this means timelines are not being ended (a server that never
+#: closes responses): the bookkeeping resets rather than growing.
+MAX_IN_FLIGHT = 10_000
+
+
+def gateway_attrs(root: _recorder.Record) -> dict[str, Any]:
+    """The gateway's own attribute dict, to add to in place."""
+    attrs = root[_recorder.ATTRS]
+    if type(attrs) is not dict:
+        attrs = root[_recorder.ATTRS] = _recorder.attrs_of(attrs)
+    return attrs  # type: ignore[no-any-return]
 
 
 def end_http(
@@ -150,12 +169,10 @@ def end_http(
     tl = root[_recorder.TL]
     if status is not None:
         tl.status = status
-    extra: dict[str, Any] = {}
+    attrs = gateway_attrs(root)
     if tl.status is not None:
-        extra["http.response.status_code"] = tl.status
+        attrs["http.response.status_code"] = tl.status
     if response_size is not None:
-        extra["http.response.body.size"] = response_size
-    if extra:
-        _recorder.annotate_record(root, extra)
-    _config.state().in_flight.discard(tl)
+        attrs["http.response.body.size"] = response_size
+    _config._state.in_flight.discard(tl)
     _recorder.end(root, exc)

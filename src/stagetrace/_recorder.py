@@ -308,6 +308,13 @@ def inner_end(rec: Record | None) -> None:
             aux[1] = now()
 
 
+def set_error(rec: Record | None, exc: BaseException) -> None:
+    """Record `exc` on a stage that stays open (an exception a framework handler will turn
+    into a response, say)."""
+    if rec is not None and rec[AUX] is not _OVERFLOW:
+        _exit_error(rec, exc)
+
+
 def _exit_error(rec: Record, exc: BaseException) -> None:
     try:
         rec[ERROR] = describe(rec[TL], exc)

@@ -1,0 +1,138 @@
+"""Outbound HTTP calls as ``http.client`` stages: httpx and httpx2 (sync and async), requests.
+
+Every request these libraries send goes through ``Client.send``, ``AsyncClient.send`` or
+``requests.Session.send``. The stage is named ``METHOD host`` and
+carries scheme, host, port, path, the query's parameter *names* (never their values), the status
+code and any error; the URL is taken apart after the request, not on it. Installed by the web
+adapters (reference-counted); a library that is not installed is skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import wrapt
+
+from . import _recorder
+from ._patching import Patcher
+
+_patcher = Patcher("http clients")
+_users = 0
+_get = _recorder._get
+
+
+def _attrs(raw: tuple[str, str, list[Any]]) -> dict[str, Any]:
+    method, url, outcome = raw
+    parts = urlsplit(url)
+    attrs: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": parts.scheme,
+        "server.address": parts.hostname or "",
+        "url.path": parts.path or "/",
+    }
+    if parts.port is not None:
+        attrs["server.port"] = parts.port
+    if parts.query:
+        names = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)})
+        attrs["url.query"] = "&".join(f"{k}=" for k in names)
+    if outcome and outcome[0] is not None:
+        attrs["http.response.status_code"] = outcome[0]
+    return attrs
+
+
+def _name(raw: tuple[str, str]) -> str:
+    method, url = raw
+    return f"{method} {urlsplit(url).hostname or url}"
+
+
+def _wrap_sync(orig: Any, url_of: Any) -> Any:
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _get() is None or not _patcher.applied:
+            return orig(self, request, *args, **kwargs)
+        method, url = request.method, url_of(request)
+        outcome: list[Any] = [None]
+        rec = _recorder.enter(
+            "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
+        )
+        try:
+            response = orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _recorder.exit(rec, exc)
+            raise
+        outcome[0] = getattr(response, "status_code", None)
+        _recorder.exit(rec)
+        return response
+
+    return send
+
+
+def _wrap_async(orig: Any, url_of: Any) -> Any:
+    async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _get() is None or not _patcher.applied:
+            return await orig(self, request, *args, **kwargs)
+        method, url = request.method, url_of(request)
+        outcome: list[Any] = [None]
+        rec = _recorder.enter(
+            "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
+        )
+        try:
+            response = await orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _recorder.exit(rec, exc)
+            raise
+        outcome[0] = getattr(response, "status_code", None)
+        _recorder.exit(rec)
+        return response
+
+    return send
+
+
+def _url(request: Any) -> str:
+    return str(request.url)
+
+
+def _patch_httpx(module: Any) -> None:
+    _patcher.wrap(module.Client, "send", lambda orig: _wrap_sync(orig, _url))
+    _patcher.wrap(module.AsyncClient, "send", lambda orig: _wrap_async(orig, _url))
+
+
+def _patch_requests(module: Any) -> None:
+    _patcher.wrap(module.Session, "send", lambda orig: _wrap_sync(orig, _url))
+
+
+# httpx2 is httpx's successor with the same client API.
+_LIBRARIES = {"httpx": _patch_httpx, "httpx2": _patch_httpx, "requests": _patch_requests}
+_patched: set[str] = set()
+
+
+def _when_imported(name: str) -> None:
+    def hook(module: Any) -> None:
+        if _users and name not in _patched:
+            _patched.add(name)
+            _LIBRARIES[name](module)
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+    else:
+        wrapt.register_post_import_hook(hook, name)
+
+
+def install() -> None:
+    """Patch the HTTP client libraries — now if imported, else when they are (once, however
+    many adapters ask)."""
+    global _users
+    _users += 1
+    if _users == 1:
+        for name in _LIBRARIES:
+            _when_imported(name)
+
+
+def uninstall() -> None:
+    """Undo `install` once no adapter needs it any more."""
+    global _users
+    _users = max(0, _users - 1)
+    if _users == 0:
+        _patcher.undo()
+        _patched.clear()

@@ -1,0 +1,44 @@
+"""Generic ASGI adapter: wrap any ASGI 3 application once.
+
+::
+
+    from stagetrace.asgi import StagetraceMiddleware
+    app = StagetraceMiddleware(app)
+
+Every HTTP request and websocket connection then yields a timeline (see `stagetrace._asgi` for
+what the gateway records). Lifespan passes through untouched. Works with any framework; for
+Starlette and FastAPI, `stagetrace.starlette.instrument()` adds middleware, route, endpoint,
+serialization, template and background-task stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _config, _outbound
+from ._asgi import ASGIApp, Receive, Scope, Send, serve
+
+__all__ = ["StagetraceMiddleware"]
+
+
+class StagetraceMiddleware:
+    """Records a stage timeline for every request and websocket connection of `app`.
+
+    `framework` names the framework in the timelines (default ``"asgi"``). `http_clients`
+    (default true) also records outbound calls made with httpx and requests as
+    ``http.client`` stages. Any other keyword is a stagetrace option, applied with
+    `stagetrace.configure()` when the middleware is created.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, framework: str = "asgi", http_clients: bool = True, **options: Any
+    ) -> None:
+        self.app = app
+        self.framework = framework
+        if options:
+            _config.configure(**options)
+        if http_clients:
+            _outbound.install()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve(self.app, scope, receive, send, self.framework)

@@ -1,0 +1,88 @@
+"""Outbound HTTP calls (httpx, httpx2, requests) as http.client stages, against a real local
+HTTP server on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import stagetrace
+from stagetrace import _outbound
+
+httpx = pytest.importorskip("httpx")
+requests = pytest.importorskip("requests")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = 404 if self.path.startswith("/missing") else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def patched() -> Iterator[None]:
+    _outbound.install()
+    yield
+    _outbound.uninstall()
+
+
+def calls(tl):
+    return [s for s in tl.stages if s.kind == "http.client"]
+
+
+async def test_each_library_call_is_a_stage(server, patched, captured):
+    """httpx (sync, async), httpx2 and requests: method, host, port, path, status; query
+    parameter names but never their values."""
+    httpx2 = pytest.importorskip("httpx2")
+    async with stagetrace.timeline("job"):
+        httpx.get(f"{server}/rates?currency=EUR&token=secret")
+        async with httpx.AsyncClient() as client:
+            await client.get(f"{server}/async")
+        httpx2.get(f"{server}/two")
+        requests.get(f"{server}/missing?id=42", timeout=5)
+    (tl,) = captured
+    stages = calls(tl)
+    assert [s.name for s in stages] == ["GET 127.0.0.1"] * 4
+    first = stages[0].attrs
+    assert first["url.path"] == "/rates" and first["url.query"] == "currency=&token="
+    assert first["server.address"] == "127.0.0.1" and first["server.port"] > 0
+    assert first["http.response.status_code"] == 200
+    assert stages[3].attrs["http.response.status_code"] == 404
+    assert "secret" not in repr(tl.to_dict()) and "42" not in stages[3].attrs["url.query"]
+    assert all(s.duration_ns > 0 for s in stages)
+
+
+def test_connection_errors_are_recorded_and_raised(patched, captured):
+    with pytest.raises(httpx.ConnectError), stagetrace.timeline("job"):
+        httpx.get("http://127.0.0.1:9/", timeout=2)
+    (call,) = calls(captured[0])
+    assert call.error.type == "httpx.ConnectError"
+
+
+def test_nothing_is_recorded_outside_a_timeline_or_after_uninstall(server, captured):
+    _outbound.install()
+    httpx.get(f"{server}/x")
+    _outbound.uninstall()
+    with stagetrace.timeline("job"):
+        httpx.get(f"{server}/y")
+    assert calls(captured[0]) == []
+    assert not hasattr(httpx.Client.send, "__stagetrace_patch__")
