@@ -78,11 +78,23 @@ def test_connection_errors_are_recorded_and_raised(patched, captured):
     assert call.error.type == "httpx.ConnectError"
 
 
-def test_nothing_is_recorded_outside_a_timeline_or_after_uninstall(server, captured):
-    _outbound.install()
-    httpx.get(f"{server}/x")
-    _outbound.uninstall()
-    with stagetrace.timeline("job"):
-        httpx.get(f"{server}/y")
-    assert calls(captured[0]) == []
-    assert not hasattr(httpx.Client.send, "__stagetrace_patch__")
+def test_nothing_is_recorded_outside_a_timeline_or_after_the_last_uninstall(server, captured):
+    """Install is reference-counted across adapters; the last uninstall restores the clients."""
+    others = _outbound._users  # adapters instrumented by other tests (Django's app, say)
+    for _ in range(others):
+        _outbound.uninstall()
+    try:
+        _outbound.install()
+        _outbound.install()
+        httpx.get(f"{server}/x")  # outside a timeline
+        _outbound.uninstall()
+        with stagetrace.timeline("one user left"):
+            httpx.get(f"{server}/y")
+        _outbound.uninstall()
+        with stagetrace.timeline("none left"):
+            httpx.get(f"{server}/z")
+        assert [len(calls(tl)) for tl in captured] == [1, 0]
+        assert not hasattr(httpx.Client.send, "__stagetrace_patch__")
+    finally:
+        for _ in range(others):
+            _outbound.install()

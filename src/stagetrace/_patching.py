@@ -15,8 +15,16 @@ per-stage budget. `wrapt.ObjectProxy` is used where transparency of an *object* 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
+
+import wrapt
+
+from . import _recorder
+from ._safety import report
+
+Naming = Any  # a constant, or a function of the call's arguments returning it
 
 
 class Patcher:
@@ -25,8 +33,35 @@ class Patcher:
     def __init__(self, name: str) -> None:
         self.name = name
         self._undo: list[tuple[Any, str, Any, bool, Any]] = []
-        #: True while patches are applied: a plain attribute, cheap to test on hot paths.
+        #: True while instrumented: a plain attribute, cheap to test on hot paths; wrappers
+        #: left behind after `undo()` check it and record nothing.
         self.applied = False
+        #: Counts instrumentations, so import hooks of an earlier one stay quiet.
+        self.generation = 0
+
+    def start(self) -> None:
+        """Begin an instrumentation: patches and import hooks from here on belong to it."""
+        self.generation += 1
+        self.applied = True
+
+    def when_imported(self, module_name: str, patch: Callable[[Any], None]) -> None:
+        """Run `patch(module)` now if `module_name` is imported, else when it gets imported —
+        but only while this instrumentation lasts (import hooks cannot be unregistered, so a
+        hook from an earlier, undone one must do nothing). A failing patch is reported, not
+        raised: the application's import goes on."""
+        generation = self.generation
+
+        def hook(module: Any) -> None:
+            if generation == self.generation and self.applied:
+                try:
+                    patch(module)
+                except Exception as exc:
+                    report(f"{self.name}.patch.{module_name}", exc)
+
+        if module_name in sys.modules:
+            hook(sys.modules[module_name])
+        else:
+            wrapt.register_post_import_hook(hook, module_name)
 
     def replace(self, owner: Any, attr: str, new: Any) -> Any:
         """Set ``owner.attr = new``; return what ``owner.attr`` was."""
@@ -73,6 +108,7 @@ class Patcher:
         test environment swapping ``Template._render``) is left as they set it: restoring ours
         would undo their patch. Our wrapper stays underneath theirs, and goes quiet."""
         self.applied = False
+        self.generation += 1
         while self._undo:
             owner, attr, original, had_own, new = self._undo.pop()
             if vars(owner).get(attr) is not new:
@@ -84,3 +120,52 @@ class Patcher:
                     delattr(owner, attr)
                 except AttributeError:
                     pass
+
+
+def _resolve(value: Naming, args: tuple[Any, ...]) -> Any:
+    return value(*args) if callable(value) else value
+
+
+def timed(kind: str, name: Naming, attrs: Naming = None) -> Callable[[Any], Any]:
+    """A `Patcher.wrap` maker recording each call of a sync function as a `kind` stage.
+
+    `name` and `attrs` are constants or functions of the call's positional arguments (``self``
+    first for methods). Outside a timeline the original is called straight away."""
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _recorder._get() is None:
+                return orig(*args, **kwargs)
+            rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            try:
+                result = orig(*args, **kwargs)
+            except BaseException as exc:
+                _recorder.exit(rec, exc)
+                raise
+            _recorder.exit(rec)
+            return result
+
+        return wrapper
+
+    return make
+
+
+def timed_async(kind: str, name: Naming, attrs: Naming = None) -> Callable[[Any], Any]:
+    """`timed` for coroutine functions: the stage lasts until the coroutine finishes."""
+
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _recorder._get() is None:
+                return await orig(*args, **kwargs)
+            rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            try:
+                result = await orig(*args, **kwargs)
+            except BaseException as exc:
+                _recorder.exit(rec, exc)
+                raise
+            _recorder.exit(rec)
+            return result
+
+        return wrapper
+
+    return make

@@ -24,7 +24,6 @@ Where each stage comes from:
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import weakref
 from contextvars import ContextVar
@@ -33,8 +32,7 @@ from typing import Any
 import wrapt
 
 from . import _asgi, _jinja2, _outbound, _recorder
-from ._patching import Patcher
-from ._safety import report
+from ._patching import Patcher, timed, timed_async
 
 patcher = Patcher("starlette")
 _lock = threading.RLock()
@@ -55,7 +53,6 @@ _built: weakref.WeakSet[Any] = weakref.WeakSet()  # stacks built while instrumen
 _building: ContextVar[dict[int, str] | None] = ContextVar(
     "stagetrace.starlette.building", default=None
 )
-_generation = 0
 
 
 def _qualname(obj: Any) -> str:
@@ -250,22 +247,6 @@ def _record_raised(app: Any) -> Any:
 # --- installation ----------------------------------------------------------------------------
 
 
-def _when_imported(name: str, patch: Any) -> None:
-    generation = _generation
-
-    def hook(module: Any) -> None:
-        if generation == _generation and patcher.applied:
-            try:
-                patch(module)
-            except Exception as exc:
-                report(f"starlette.patch.{name}", exc)
-
-    if name in sys.modules:
-        hook(sys.modules[name])
-    else:
-        wrapt.register_post_import_hook(hook, name)
-
-
 def _install_core() -> None:
     from starlette import applications, background, responses, routing
     from starlette.middleware import Middleware
@@ -321,22 +302,11 @@ def _install_core() -> None:
 
     patcher.wrap(responses.JSONResponse, "render", _render)
 
-    def task_call(orig: Any) -> Any:
-        async def __call__(self: Any) -> None:
-            if _get() is None:
-                return await orig(self)  # type: ignore[no-any-return]
-            rec = enter("task", _qualname(self.func))
-            try:
-                await orig(self)
-            except BaseException as exc:
-                leave(rec, exc)
-                raise
-            leave(rec)
-            return None
-
-        return __call__
-
-    patcher.wrap(background.BackgroundTask, "__call__", task_call)
+    patcher.wrap(
+        background.BackgroundTask,
+        "__call__",
+        timed_async("task", lambda task: (_qualname, task.func)),
+    )
 
 
 def _build(orig: Any) -> Any:
@@ -361,20 +331,7 @@ def _render_name(response: Any) -> str:
     return f"{type(response).__name__}.render"
 
 
-def _render(orig: Any) -> Any:
-    def render(self: Any, content: Any) -> Any:
-        if _get() is None:
-            return orig(self, content)
-        rec = enter("serialize", (_render_name, self))
-        try:
-            result = orig(self, content)
-        except BaseException as exc:
-            leave(rec, exc)
-            raise
-        leave(rec)
-        return result
-
-    return render
+_render = timed("serialize", lambda response, content: (_render_name, response))
 
 
 def _router_app(orig: Any) -> Any:
@@ -448,25 +405,6 @@ def _wrap_handling(orig: Any) -> Any:
     return wrap_app_handling_exceptions
 
 
-def _timed_async(kind: str, name: Any) -> Any:
-    def make(orig: Any) -> Any:
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            if _get() is None:
-                return await orig(*args, **kwargs)
-            rec = enter(kind, name)
-            try:
-                result = await orig(*args, **kwargs)
-            except BaseException as exc:
-                leave(rec, exc)
-                raise
-            leave(rec)
-            return result
-
-        return timed
-
-    return make
-
-
 def _install_fastapi_applications(module: Any) -> None:
     if "build_middleware_stack" in vars(module.FastAPI):
         patcher.wrap(module.FastAPI, "build_middleware_stack", _build)
@@ -481,8 +419,8 @@ def _install_fastapi_routing(module: Any) -> None:
             patcher.wrap(cls, "handle", _leaf_handle)
     if hasattr(module, "_route_selected"):
         patcher.wrap(module, "_route_selected", _route_selected)
-    patcher.wrap(module, "solve_dependencies", _timed_async("view", "dependencies"))
-    patcher.wrap(module, "serialize_response", _timed_async("serialize", "response model"))
+    patcher.wrap(module, "solve_dependencies", timed_async("view", "dependencies"))
+    patcher.wrap(module, "serialize_response", timed_async("serialize", "response model"))
     if hasattr(module, "wrap_app_handling_exceptions"):
         patcher.wrap(module, "wrap_app_handling_exceptions", _wrap_handling)
 
@@ -504,7 +442,7 @@ def _install_fastapi_validation(utils: Any) -> None:
         return request_params_to_args
 
     patcher.wrap(utils, "request_params_to_args", params)
-    patcher.wrap(utils, "request_body_to_args", _timed_async("serialize", "validate request body"))
+    patcher.wrap(utils, "request_body_to_args", timed_async("serialize", "validate request body"))
 
 
 def _install_fastapi_responses(module: Any) -> None:
@@ -515,15 +453,14 @@ def _install_fastapi_responses(module: Any) -> None:
 
 
 def _install() -> None:
-    global _generation
     if patcher.applied:
         return
-    _generation += 1
+    patcher.start()
     _install_core()
-    _when_imported("fastapi.applications", _install_fastapi_applications)
-    _when_imported("fastapi.routing", _install_fastapi_routing)
-    _when_imported("fastapi.dependencies.utils", _install_fastapi_validation)
-    _when_imported("fastapi.responses", _install_fastapi_responses)
+    patcher.when_imported("fastapi.applications", _install_fastapi_applications)
+    patcher.when_imported("fastapi.routing", _install_fastapi_routing)
+    patcher.when_imported("fastapi.dependencies.utils", _install_fastapi_validation)
+    patcher.when_imported("fastapi.responses", _install_fastapi_responses)
     _jinja2.install()
     _outbound.install()
 
@@ -547,13 +484,12 @@ def instrument_app(app: Any) -> Any:
 def uninstrument() -> None:
     """Undo `instrument()` and `instrument_app()`: every patched attribute is restored.
     Middleware stacks built meanwhile keep thin proxies that record nothing."""
-    global _everything, _generation
+    global _everything
     with _lock:
         if not patcher.applied:
             return
         _everything = False
         _apps.clear()
-        _generation += 1
         patcher.undo()
         _jinja2.uninstall()
         _outbound.uninstall()

@@ -391,3 +391,31 @@ def test_gateway_records_process_thread_and_requests_in_flight(client, captured)
     assert attrs["process.pid"] == os.getpid()
     assert attrs["thread.id"] == threading.get_ident()
     assert attrs["stagetrace.in_flight"] == 1
+
+
+def test_outbound_http_calls_are_stages_inside_the_view(client, captured):
+    """httpx and requests calls made by a view are http.client stages nested in it."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/rates?key=secret"
+        assert client.get("/outbound/", {"url": url}).json() == {"statuses": [204, 204]}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    tl = captured[0]
+    view = one(tl, "view")
+    calls = by_kind(tl, "http.client")
+    assert len(calls) == 2 and all(c.parent == view.id for c in calls)
+    assert calls[0].attrs["url.query"] == "key=" and calls[0].attrs["url.path"] == "/rates"

@@ -30,6 +30,7 @@ urlpatterns = [
     path("pg/books.json", views.pg_books),
     path("api/count/", views.BookCountAPI.as_view()),
     path("request-id/", views.echo_request_id),
+    path("outbound/", views.outbound),
     re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
     path("", include(router.urls)),
 ]

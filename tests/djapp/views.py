@@ -138,3 +138,13 @@ def echo_request_id(request):
 
 def legacy(request, slug):
     return HttpResponse(slug)
+
+
+def outbound(request):
+    import httpx
+    import requests
+
+    url = request.GET["url"]
+    a = httpx.get(url).status_code
+    b = requests.get(url, timeout=5).status_code
+    return JsonResponse({"statuses": [a, b]})

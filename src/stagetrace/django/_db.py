@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder, _sql
+from .._patching import timed
 from .._safety import report
 from ._common import patcher
 
@@ -126,41 +127,19 @@ def install() -> None:
         for conn in connections.all(initialized_only=True):
             _add_wrapper(conn)
 
-    def connect(orig: Any) -> Any:
-        def connect(self: Any) -> Any:
-            rec = enter(
-                "db.connect", self.alias, {"db.system": self.vendor, "db.alias": self.alias}
-            )
-            try:
-                result = orig(self)
-            except BaseException as exc:
-                leave(rec, exc)
-                raise
-            leave(rec)
-            return result
-
-        return connect
-
-    patcher.wrap(BaseDatabaseWrapper, "connect", connect)
-
-    def txn(op: str) -> Any:
-        def make(orig: Any) -> Any:
-            def method(self: Any) -> Any:
-                rec = enter("transaction", op, {"db.alias": self.alias})
-                try:
-                    result = orig(self)
-                except BaseException as exc:
-                    leave(rec, exc)
-                    raise
-                leave(rec)
-                return result
-
-            return method
-
-        return make
-
-    patcher.wrap(BaseDatabaseWrapper, "commit", txn("commit"))
-    patcher.wrap(BaseDatabaseWrapper, "rollback", txn("rollback"))
+    patcher.wrap(
+        BaseDatabaseWrapper,
+        "connect",
+        timed(
+            "db.connect",
+            lambda conn: conn.alias,
+            lambda conn: {"db.system": conn.vendor, "db.alias": conn.alias},
+        ),
+    )
+    for op in ("commit", "rollback"):
+        patcher.wrap(
+            BaseDatabaseWrapper, op, timed("transaction", op, lambda conn: {"db.alias": conn.alias})
+        )
 
     # --- atomic blocks: one Atomic object may be entered by many threads at once, so the open
     # stage is found again by owner, never stored on the object.

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
-import wrapt
-
-from .._safety import report
+from .. import _outbound
 from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
 from ._common import load_settings, patcher, settings_state
 
 __all__ = ["instrument", "is_instrumented", "load_settings", "uninstrument"]
 
 _lock = threading.RLock()
-_generation = 0
 _jinja2_installed = False
 
 
 def is_instrumented() -> bool:
     """Whether Django is currently instrumented."""
     return patcher.applied
-
-
-def _when_imported(name: str, patch: Any) -> None:
-    """Run `patch(module)` now if `name` is imported, else when it is; only for the current
-    instrumentation (a hook registered by an earlier, undone `instrument()` stays quiet)."""
-    generation = _generation
-
-    def hook(module: Any) -> None:
-        if generation == _generation and patcher.applied:
-            try:
-                patch(module)
-            except Exception as exc:
-                report(f"django.patch.{name}", exc)
-
-    if name in sys.modules:
-        hook(sys.modules[name])
-    else:
-        wrapt.register_post_import_hook(hook, name)
 
 
 def _install_jinja2(module: Any) -> None:
@@ -64,11 +42,10 @@ def instrument() -> None:
     runs before ``get_wsgi_application()``/``get_asgi_application()``); every other stage works
     for handlers that already exist too.
     """
-    global _generation
     with _lock:
         if patcher.applied:
             return
-        _generation += 1
+        patcher.start()
         settings_state.tried = False
         try:
             _gateway.install()
@@ -81,10 +58,11 @@ def instrument() -> None:
             patcher.undo()
             _db.uninstall()
             raise
-        _when_imported("django.test.client", lambda module: _gateway.install_test_client())
-        _when_imported("django.test.utils", _templates.install_test_utils)
-        _when_imported("jinja2", _install_jinja2)
-        _when_imported("rest_framework.serializers", _drf.install)
+        patcher.when_imported("django.test.client", lambda module: _gateway.install_test_client())
+        patcher.when_imported("django.test.utils", _templates.install_test_utils)
+        patcher.when_imported("jinja2", _install_jinja2)
+        patcher.when_imported("rest_framework.serializers", _drf.install)
+        _outbound.install()
 
 
 def uninstrument() -> None:
@@ -93,11 +71,10 @@ def uninstrument() -> None:
     Objects built while instrumented (a request handler's middleware chain, compiled Jinja2
     templates) keep thin wrappers that record nothing from now on.
     """
-    global _generation
     with _lock:
         if not patcher.applied:
             return
-        _generation += 1
         patcher.undo()
         _db.uninstall()
         _uninstall_jinja2()
+        _outbound.uninstall()

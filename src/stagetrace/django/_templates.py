@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _jinja2, _recorder
+from .._patching import timed
 from ._common import patcher, qualname, take_thread_wait
 
 enter, leave = _recorder.enter, _recorder.exit
@@ -79,22 +80,7 @@ def install() -> None:
 
     patcher.wrap(SimpleTemplateResponse, "render", render)
 
-    def json_init(orig: Any) -> Any:
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            if _get() is None:
-                return orig(self, *args, **kwargs)  # type: ignore[no-any-return]
-            rec = enter("serialize", "JsonResponse")
-            try:
-                orig(self, *args, **kwargs)
-            except BaseException as exc:
-                leave(rec, exc)
-                raise
-            leave(rec)
-            return None
-
-        return __init__
-
-    patcher.wrap(http_response.JsonResponse, "__init__", json_init)
+    patcher.wrap(http_response.JsonResponse, "__init__", timed("serialize", "JsonResponse"))
 
 
 def install_jinja2() -> None:
