@@ -399,7 +399,7 @@ def test_outbound_http_calls_are_stages_inside_the_view(client, captured):
     import threading
 
     class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(204)
             self.end_headers()
 
