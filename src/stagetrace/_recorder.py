@@ -292,6 +292,20 @@ def enter_middleware(name: str, attrs: dict[str, Any] | None = None) -> Record |
     return _enter_overflow(cur, "middleware")
 
 
+def open_middleware(name: str) -> Record | None:
+    """The open middleware record named `name` (the same string object the stage was entered
+    with): the current record, or a near ancestor when the middleware opened stages of its own
+    around calling the next layer."""
+    rec = _get()
+    for _ in range(8):
+        if rec is None:
+            return None
+        if rec[NAME] is name and rec[KIND] == "middleware":
+            return rec
+        rec = rec[PARENT]
+    return None
+
+
 def inner_begin(rec: Record | None) -> None:
     """The middleware `rec` is calling the next layer now: its inbound phase ends."""
     if rec is not None:

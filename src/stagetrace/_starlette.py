@@ -36,7 +36,7 @@ from ._patching import Patcher, timed, timed_async
 
 patcher = Patcher("starlette")
 _lock = threading.RLock()
-_get, _set = _recorder._get, _recorder._set
+_get = _recorder._get
 enter, leave = _recorder.enter, _recorder.exit
 KIND, NAME, END, AUX, TL = (
     _recorder.KIND,
@@ -76,17 +76,6 @@ def _instrumented(app: Any) -> bool:
 # stack are the real objects (identity, isinstance and attributes untouched).
 
 
-def _own_record(name: str) -> list[Any] | None:
-    rec = _get()
-    for _ in range(8):
-        if rec is None:
-            return None
-        if rec[NAME] is name and rec[KIND] == "middleware":
-            return rec
-        rec = rec[_recorder.PARENT]
-    return None
-
-
 class _Link:
     """Between two layers: ``outer`` (the middleware holding this link as its app, or None at
     the top) and ``app`` (the next middleware, named ``inner``, or the router when None).
@@ -109,20 +98,17 @@ class _Link:
             return
         outer = None
         if self.outer is not None and (self.split_http or kind != "http"):
-            outer = _own_record(self.outer)
-            if outer is not None and not outer[AUX][0]:
-                outer[AUX][0] = _recorder.now()
+            outer = _recorder.open_middleware(self.outer)
+            _recorder.inner_begin(outer)
         rec = _recorder.enter_middleware(self.inner) if self.inner is not None else None
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
             leave(rec, exc)
-            if outer is not None:
-                outer[AUX][1] = _recorder.now()
+            _recorder.inner_end(outer)
             raise
         leave(rec)
-        if outer is not None:
-            outer[AUX][1] = _recorder.now()
+        _recorder.inner_end(outer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
@@ -130,16 +116,14 @@ class _Link:
 
 def _split_at_call_next(dispatch: Any, name: str) -> Any:
     async def dispatch_func(request: Any, call_next: Any) -> Any:
-        rec = _own_record(name)
+        rec = _recorder.open_middleware(name)
 
         async def marked_call_next(request: Any) -> Any:
-            if rec is not None and not rec[AUX][0]:
-                rec[AUX][0] = _recorder.now()
+            _recorder.inner_begin(rec)
             try:
                 return await call_next(request)
             finally:
-                if rec is not None:
-                    rec[AUX][1] = _recorder.now()
+                _recorder.inner_end(rec)
 
         return await dispatch(request, marked_call_next)
 

@@ -28,24 +28,9 @@ from asgiref.sync import iscoroutinefunction
 from .. import _recorder
 from ._common import patcher, take_thread_wait
 
-KIND, NAME, PARENT, TL, AUX = _recorder.KIND, _recorder.NAME, _recorder.PARENT, _recorder.TL, 9
-_get = _recorder._get
-now = _recorder.now
 enter_middleware, leave = _recorder.enter_middleware, _recorder.exit
-
-_HOOKS = ("process_view", "process_exception", "process_template_response")
-
-
-def _own_record(path: str) -> list[Any] | None:
-    """The open middleware record of `path` in this context (usually the current record)."""
-    rec = _get()
-    for _ in range(8):
-        if rec is None:
-            return None
-        if rec[NAME] is path and rec[KIND] == "middleware":
-            return rec
-        rec = rec[PARENT]
-    return None
+open_middleware = _recorder.open_middleware
+inner_begin, inner_end = _recorder.inner_begin, _recorder.inner_end
 
 
 def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
@@ -54,26 +39,22 @@ def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[...,
     if iscoroutinefunction(get_response):
 
         async def inner(request: Any) -> Any:
-            rec = _own_record(path)
-            if rec is not None and not rec[AUX][0]:
-                rec[AUX][0] = now()
+            rec = open_middleware(path)
+            inner_begin(rec)
             try:
                 return await get_response(request)
             finally:
-                if rec is not None:
-                    rec[AUX][1] = now()
+                inner_end(rec)
 
     else:
 
         def inner(request: Any) -> Any:  # type: ignore[misc]
-            rec = _own_record(path)
-            if rec is not None and not rec[AUX][0]:
-                rec[AUX][0] = now()
+            rec = open_middleware(path)
+            inner_begin(rec)
             try:
                 return get_response(request)
             finally:
-                if rec is not None:
-                    rec[AUX][1] = now()
+                inner_end(rec)
 
     functools.update_wrapper(inner, get_response, updated=())
     return inner
@@ -198,7 +179,7 @@ def install() -> None:
             target = orig(dotted_path)
             if not patcher.applied:
                 return target
-            # Interned-by-identity: records compare names with `is` (see _own_record).
+            # Interned-by-identity: records compare names with `is` (see _recorder.open_middleware).
             return _FactoryProxy(target, str(dotted_path))
 
         return import_string
