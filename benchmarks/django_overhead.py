@@ -17,10 +17,10 @@ Timing is CPU time, not wall time, so that other load on a shared machine does n
 background worker. Each figure is the median over rounds of the per-request mean of a block.
 Prints the added CPU time per request and per recorded stage.
 
-``--instructions`` counts instructions instead, with valgrind's callgrind: deterministic,
-unaffected by other load, so small differences are real. Each (view, mode) runs in its own
-process twice, serving 5 and 25 requests; the difference over 20 requests is the per-request
-count, setup cancelled out.
+``--instructions`` counts instructions instead, with valgrind's callgrind: unaffected by other
+load, so small differences are real (counts still move a few percent between runs). Each (view, mode) runs in its own
+process twice, serving 10 and 50 requests with a fixed hash seed; the difference over 40
+requests is the per-request count, setup cancelled out.
 """
 
 from __future__ import annotations
@@ -122,13 +122,14 @@ def instructions() -> None:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # same dict layouts in every run
         ).stderr
         return int(re.search(r"Collected : (\d+)", out).group(1))
 
     print("instructions per request (callgrind), in-process WSGI, SQLite\n")
     print(f"{'view':15s} {'off':>12s} {'on':>12s} {'added':>10s} {'added %':>8s}")
     for path in VIEWS:
-        per = {m: (count(m, path, 25) - count(m, path, 5)) / 20 for m in ("off", "on")}
+        per = {m: (count(m, path, 50) - count(m, path, 10)) / 40 for m in ("off", "on")}
         added = per["on"] - per["off"]
         print(
             f"{path:15s} {per['off']:12,.0f} {per['on']:12,.0f} {added:10,.0f} "
