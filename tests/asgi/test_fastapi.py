@@ -149,3 +149,27 @@ def test_one_timeline_per_websocket_connection(client, captured):
         ["websocket.accept"] + ["websocket.send"] * 3
     )
     assert named(tl, "view", "app.echo")
+
+
+def test_included_routers_with_prefixes_and_router_dependencies(instrumented, captured):
+    """include_router(prefix=...) joins the template; router-level dependencies still leave
+    the endpoint as the view stage."""
+    from fastapi import APIRouter, Depends, FastAPI
+
+    async def dep() -> int:
+        return 1
+
+    router = APIRouter(dependencies=[Depends(dep)])
+
+    @router.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/r")
+    with TestClient(app) as c:
+        assert c.get("/r/items/3").json() == {"id": 3}
+    (tl,) = captured
+    assert tl.route == "/r/items/{item_id}"
+    (view,) = [s for s in tl.stages if s.kind == "view" and s.name.endswith(".item")]
+    assert any(s.name == "dependencies" and s.parent == view.id for s in tl.stages)
