@@ -234,22 +234,10 @@ class _Websocket:
                 size = _size(message)
                 self.sent_bytes += size
                 if self.sent <= MAX_MESSAGE_STAGES:
-                    rec = _recorder.enter("response.write", "websocket.send", {"bytes": size})
-                    try:
-                        await send(message)
-                    except BaseException as exc:
-                        _recorder.exit(rec, exc)
-                        raise
-                    _recorder.exit(rec)
+                    await _send_as_stage(send, message, "websocket.send", {"bytes": size})
                     return
             elif kind == "websocket.accept":
-                rec = _recorder.enter("response.write", "websocket.accept")
-                try:
-                    await send(message)
-                except BaseException as exc:
-                    _recorder.exit(rec, exc)
-                    raise
-                _recorder.exit(rec)
+                await _send_as_stage(send, message, "websocket.accept", None)
                 self.accepted = now() - self.root[START]
                 return
             elif kind == "websocket.close" and self.close_code is None:
@@ -270,6 +258,16 @@ class _Websocket:
         if self.close_code is not None:
             attrs["websocket.close_code"] = self.close_code
         _http.end_http(self.root, self.close_code, None, exc)
+
+
+async def _send_as_stage(send: Send, message: Message, name: str, attrs: Any) -> None:
+    rec = _recorder.enter("response.write", name, attrs)
+    try:
+        await send(message)
+    except BaseException as exc:
+        _recorder.exit(rec, exc)
+        raise
+    _recorder.exit(rec)
 
 
 def _size(message: Message) -> int:

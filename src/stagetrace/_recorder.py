@@ -222,16 +222,6 @@ def set_status(status: int | None) -> None:
         cur[TL].status = status
 
 
-def timeline_extra(key: str, value: Any) -> None:
-    """Stash adapter data on the live timeline (read back after the request, never exported)."""
-    cur = _get()
-    if cur is not None:
-        tl: Live = cur[TL]
-        if tl.extra is None:
-            tl.extra = {}
-        tl.extra[key] = value
-
-
 # --- stages: the hot path -------------------------------------------------------------------
 
 
@@ -441,7 +431,3 @@ def annotate(attrs: dict[str, Any]) -> None:
     """Add attributes to the innermost open stage (a new dict: attr dicts are never mutated
     in place, so a dict passed to `enter` may be shared)."""
     annotate_record(_get(), attrs)
-
-
-def current_record() -> Record | None:
-    return _get()
