@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 
 import stagetrace
-from stagetrace import _config
 
 #: Set by .ci/run: a test that needs a service must fail, not skip, when it is unreachable.
 REQUIRE_SERVICES = os.environ.get("STAGETRACE_TEST_REQUIRE_SERVICES") == "1"
@@ -51,8 +50,15 @@ def captured() -> Iterator[list[stagetrace.Timeline]]:
         yield timelines
 
 
+def begin(name: str, **kwargs: object):
+    """Start a timeline with the current configuration (the recorder takes it explicitly)."""
+    from stagetrace import _recorder
+
+    return _recorder.begin(stagetrace.settings(), name, **kwargs)
+
+
 def stage_names(timeline: stagetrace.Timeline, kind: str | None = None) -> list[str]:
     return [s.name for s in timeline.stages if kind is None or s.kind == kind]
 
 
-__all__ = ["_config", "need_service", "stage_names"]
+__all__ = ["begin", "need_service", "stage_names"]

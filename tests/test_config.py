@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 import stagetrace
-from stagetrace import _config, _recorder
+from stagetrace import _options, _recorder, _runtime
 from stagetrace.sinks import ConsoleSink, JsonlSink, MemorySink
+
+from .conftest import begin
 
 
 def test_defaults_without_any_configuration():
@@ -22,7 +24,7 @@ def test_precedence_is_explicit_then_settings_then_environment_then_default(monk
     monkeypatch.setenv("STAGETRACE_MAX_STAGES", "50")
     monkeypatch.setenv("STAGETRACE_SAMPLE_RATE", "0.5")
     monkeypatch.setenv("STAGETRACE_SERVICE", "from-env")
-    _config.configure_from_framework(
+    _runtime.configure_from_framework(
         {"sample_rate": 0.25, "service": "from-settings"}, "settings.STAGETRACE"
     )
     s = stagetrace.configure(service="explicit")
@@ -102,9 +104,9 @@ def test_bad_explicit_value_keeps_the_previous_configuration():
 def test_bad_framework_settings_name_their_source():
     """Errors in the framework layer say they came from it."""
     with pytest.raises(stagetrace.ConfigurationError, match=r"settings\.STAGETRACE"):
-        _config.configure_from_framework({"sample_rate": "high"}, "settings.STAGETRACE")
+        _runtime.configure_from_framework({"sample_rate": "high"}, "settings.STAGETRACE")
     with pytest.raises(stagetrace.ConfigurationError, match="must be a dict"):
-        _config.configure_from_framework(["x"], "settings.STAGETRACE")  # type: ignore[arg-type]
+        _runtime.configure_from_framework(["x"], "settings.STAGETRACE")  # type: ignore[arg-type]
 
 
 def test_environment_lists_accept_commas_or_json(monkeypatch):
@@ -142,7 +144,7 @@ def test_a_sink_object_without_emit_is_rejected():
 def test_disabled_records_nothing(captured):
     """enabled=False: no timeline starts at all."""
     stagetrace.configure(enabled=False)
-    assert _recorder.begin("x") is None
+    assert begin("x") is None
     with stagetrace.timeline("job"):
         pass
     assert captured == []
@@ -166,12 +168,12 @@ def test_exclude_paths_skip_matching_requests(captured):
     """A path matching any exclude regex is not recorded."""
     stagetrace.configure(exclude_paths=[r"^/health$", r"^/static/"])
     for path in ("/health", "/static/app.css", "/books/", "/healthz"):
-        root = _recorder.begin(f"GET {path}", path=path)
+        root = begin(f"GET {path}", path=path)
         _recorder.end(root)
     assert [t.path for t in captured] == ["/books/", "/healthz"]
 
 
 def test_known_options_are_documented():
     """Every option has a one-line description (used by the README table)."""
-    names = [n for n, doc in _config.known_options() if doc]
-    assert names == list(_config.OPTIONS)
+    names = [n for n, doc in _options.known_options() if doc]
+    assert names == list(_options.OPTIONS)

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import stagetrace
+import stagetrace._state
 from stagetrace import Finding, Timeline
 
 
@@ -132,10 +133,10 @@ def test_without_capture_the_timeline_is_frozen_on_the_worker():
     stagetrace.configure(sinks=[Probe()])
     with stagetrace.timeline("job"):
         pass
-    worker = stagetrace._config.state().worker
+    worker = stagetrace._state.STATE.pipeline
     assert stagetrace.flush(5)
     assert seen == [("job", "stagetrace-worker")]
-    assert worker is stagetrace._config.state().worker
+    assert worker is stagetrace._state.STATE.pipeline
 
 
 def test_reconfiguring_drains_the_old_sinks_first():
@@ -225,12 +226,12 @@ def test_shutdown_closes_sinks_and_recording_goes_on():
 
 def test_internal_errors_are_counted_not_raised(monkeypatch, captured):
     """A bug inside stagetrace's recorder never reaches the application."""
-    from stagetrace import _config
+    from stagetrace import _runtime
 
     def boom() -> None:
         raise RuntimeError("internal bug")
 
-    monkeypatch.setattr(_config, "settings", boom)
+    monkeypatch.setattr(_runtime, "settings", boom)
     with stagetrace.timeline("job"):
         value = 42
     assert value == 42 and captured == []

@@ -11,10 +11,12 @@ import pytest
 import stagetrace
 from stagetrace import _recorder
 
+from .conftest import begin
+
 
 def test_stages_nest_under_the_innermost_open_stage(captured):
     """A stage opened inside another becomes its child; siblings share a parent."""
-    root = _recorder.begin("GET /", framework="test", method="GET", path="/")
+    root = begin("GET /", framework="test", method="GET", path="/")
     a = _recorder.enter("view", "a")
     b = _recorder.enter("db.query", "b")
     _recorder.exit(b)
@@ -35,7 +37,7 @@ def test_stages_nest_under_the_innermost_open_stage(captured):
 
 def test_self_time_is_duration_minus_children(captured):
     """self_ns subtracts the time of child stages; starts are offsets from the timeline start."""
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     a = _recorder.enter("view", "a")
     time.sleep(0.004)
     b = _recorder.enter("db.query", "b")
@@ -59,7 +61,7 @@ def test_error_is_recorded_on_the_stage_it_left(captured):
     class Boom(Exception):
         pass
 
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     rec = _recorder.enter("view", "v")
     _recorder.exit(rec, Boom("it broke"))
     rec = _recorder.enter("view", "w")
@@ -76,7 +78,7 @@ def test_error_is_recorded_on_the_stage_it_left(captured):
 
 def test_middleware_phases_split_at_the_inner_call(captured):
     """phases.in ends when the middleware calls the next layer; phases.out starts on return."""
-    root = _recorder.begin("GET /", framework="test")
+    root = begin("GET /", framework="test")
     mw = _recorder.enter_middleware("app.Timing")
     time.sleep(0.003)
     _recorder.inner_begin(mw)
@@ -105,13 +107,13 @@ def test_middleware_phases_split_at_the_inner_call(captured):
 def test_stage_cap_keeps_memory_bounded_and_summary_exact(captured):
     """Past max_stages stages are counted in dropped_stages, and summary counts stay exact."""
     stagetrace.configure(max_stages=10)
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     for _ in range(30):
         q = _recorder.enter("db.query", "q")
         inner = _recorder.enter("orm.fetch", "f")
         _recorder.exit(inner)
         _recorder.exit(q)
-    live = root[_recorder.TL]
+    live = _recorder.timeline_of(root)
     assert len(live) == 10
     _recorder.end(root)
     (tl,) = captured
@@ -129,7 +131,7 @@ def test_stage_cap_keeps_memory_bounded_and_summary_exact(captured):
 def test_dropped_children_are_subtracted_from_a_kept_parents_self_time(captured):
     """A kept stage whose children were dropped still gets an honest self time."""
     stagetrace.configure(max_stages=2)
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     v = _recorder.enter("view", "v")
     q = _recorder.enter("db.query", "dropped")
     time.sleep(0.005)
@@ -145,7 +147,7 @@ def test_dropped_children_are_subtracted_from_a_kept_parents_self_time(captured)
 
 def test_stage_left_open_is_closed_at_the_timeline_end(captured):
     """A stage still open when the request ends lasts until the end and is marked unfinished."""
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     _recorder.enter("custom", "leaked")
     _recorder.end(root)
     (tl,) = captured
@@ -156,15 +158,15 @@ def test_stage_left_open_is_closed_at_the_timeline_end(captured):
 
 def test_stages_after_the_end_are_not_part_of_the_timeline(captured):
     """A task that outlives its request does not add stages to the finished timeline."""
-    root = _recorder.begin("job", framework="test")
+    root = begin("job", framework="test")
     holder = _recorder.enter("custom", "before")
     _recorder.exit(holder)
     parent = root
     _recorder.end(root)
-    _recorder._set(parent)  # what a leaked task still sees
+    _recorder.restore(parent)  # what a leaked task still sees
     late = _recorder.enter("custom", "late")
     _recorder.exit(late)
-    _recorder._set(None)
+    _recorder.restore(None)
     (tl,) = captured
     assert [s.name for s in tl.stages] == ["job", "before"]
 
@@ -181,8 +183,8 @@ def test_nothing_is_recorded_outside_a_timeline(captured):
 
 def test_a_nested_begin_joins_the_outer_timeline(captured):
     """An adapter beginning inside a live timeline records into it instead of starting another."""
-    outer = _recorder.begin("outer", framework="asgi")
-    inner = _recorder.begin("inner", framework="django")
+    outer = begin("outer", framework="asgi")
+    inner = begin("inner", framework="django")
     assert inner is None
     rec = _recorder.enter("view", "v")
     _recorder.set_route("books/<int:pk>/")

@@ -12,6 +12,7 @@ import pytest
 import stagetrace
 from stagetrace import SCHEMA, SchemaError, Timeline
 
+from .conftest import begin
 from .helpers import SCHEMA_DOC, doc_example
 
 
@@ -56,7 +57,7 @@ def test_recorded_timelines_match_the_schema(validator):
         analyzers=[lambda tl: [stagetrace.Finding("demo", "one finding", (1,), {"n": 1})]],
     )
     with stagetrace.capture() as got:
-        root = _recorder.begin("GET /x", framework="test", method="GET", path="/x")
+        root = begin("GET /x", framework="test", method="GET", path="/x")
         mw = _recorder.enter_middleware("app.M")
         _recorder.inner_begin(mw)
         with pytest.raises(ValueError), stagetrace.stage("v", kind="view", n=1, f=1.5, l=[1, 2]):

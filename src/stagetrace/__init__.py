@@ -19,10 +19,10 @@ from ._api import (
     stage,
     timeline,
 )
-from ._config import ConfigurationError, Settings, configure, reset, settings, stats
 from ._logging import LogContextFilter
 from ._model import KINDS, SCHEMA, Finding, KindSummary, SchemaError, Stage, StageError, Timeline
-from ._pipeline import flush, shutdown
+from ._options import ConfigurationError, Settings
+from ._runtime import configure, flush, reset, settings, shutdown, stats
 from .typing import Analyzer, Sink
 
 __version__ = "0.1.0.dev0"

@@ -10,9 +10,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from . import _config, _recorder
+from . import _recorder, _runtime
 from ._model import KIND_SET, KINDS, Timeline
-from ._recorder import _OVERFLOW, OWNER, TL, _get, _set, now
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,17 +30,10 @@ class StageScope:
         self.attrs = attrs
 
     def __enter__(self) -> StageScope:
-        cur = _get()
-        if cur is not None:
-            tl = cur[0]
-            if len(tl) < tl.cap:
-                rec = [tl, cur, self.kind, self.name, now(), 0, self.attrs, None, self, None]
-                tl.append(rec)
-                _set(rec)
-            else:
-                ovf = _recorder._enter_overflow(cur, self.kind)
-                if ovf is not None:
-                    ovf[OWNER] = self
+        try:
+            _recorder.enter_owned(self.kind, self.name, self, self.attrs)
+        except Exception as exc:
+            _recorder.internal_error("api.stage", exc)
         return self
 
     def __exit__(
@@ -50,21 +42,10 @@ class StageScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Numeric slots (see _recorder: 5 END, 1 PARENT, 8 OWNER, 9 AUX) keep this path free
-        # of global lookups; it runs once per stage.
-        rec = _get()
-        if rec is None:
-            return
-        if rec[8] is not self:
-            rec = _recorder.find_open(self)
-            if rec is None:
-                return
-        rec[5] = now()
-        _set(rec[1])
-        if exc is not None:
-            _recorder._exit_error(rec, exc)
-        if rec[9] is _OVERFLOW:
-            _recorder._fold_overflow(rec)
+        try:
+            _recorder.exit_owned(self, exc)
+        except Exception as e:
+            _recorder.internal_error("api.stage", e)
 
     async def __aenter__(self) -> StageScope:
         return self.__enter__()
@@ -85,38 +66,57 @@ class StageScope:
                 " use `with stagetrace.stage(...):` inside it around the work to time"
             )
         kind, name, attrs = self.kind, self.name, self.attrs
-        enter, leave = _recorder.enter, _recorder.exit
+        R = _recorder
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                rec = enter(kind, name, attrs)
+                if R.current() is None:
+                    return await func(*args, **kwargs)
+                try:
+                    rec = R.enter(kind, name, attrs)
+                except Exception as e:
+                    R.internal_error("api.stage", e)
+                    rec = None
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
-                    leave(rec, exc)
+                    _leave(rec, exc)
                     raise
-                leave(rec)
+                _leave(rec, None)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            rec = enter(kind, name, attrs)
+            if R.current() is None:
+                return func(*args, **kwargs)
+            try:
+                rec = R.enter(kind, name, attrs)
+            except Exception as e:
+                R.internal_error("api.stage", e)
+                rec = None
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                leave(rec, exc)
+                _leave(rec, exc)
                 raise
-            leave(rec)
+            _leave(rec, None)
             return result
 
         return wrapper  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"stage({self.name!r}, kind={self.kind!r})"
+
+
+def _leave(rec: Any, exc: BaseException | None) -> None:
+    try:
+        _recorder.exit(rec, exc)
+    except Exception as e:
+        _recorder.internal_error("api.stage", e)
 
 
 _scopes: dict[tuple[str, str], StageScope] = {}
@@ -170,34 +170,32 @@ def _make_stage(name: Any, kind: str, attrs: dict[str, Any] | None) -> Any:
 def annotate(**attrs: Any) -> None:
     """Add attributes to the current stage (the innermost open one). No-op outside a timeline."""
     if attrs:
-        _recorder.annotate(attrs)
+        try:
+            _recorder.annotate(attrs)
+        except Exception as exc:
+            _recorder.internal_error("api.annotate", exc)
 
 
 class TimelineScope:
-    """Context manager (sync or async) and decorator starting a root timeline; see `timeline`."""
+    """Context manager (sync or async) and decorator starting a root timeline; see `timeline`.
 
-    __slots__ = ("_attrs", "_name", "_root", "_sub")
+    It keeps no per-use state: what a use opened is found again in the recorder's context
+    variable (each thread and task has its own), so one scope may be shared by many threads
+    and tasks at once, and nested in itself."""
+
+    __slots__ = ("_attrs", "_name")
 
     def __init__(self, name: str, attrs: dict[str, Any]) -> None:
         self._name = name
         self._attrs = attrs
-        self._root: list[Any] | None = None
-        self._sub: list[Any] | None = None
 
     def __enter__(self) -> CurrentTimeline | None:
-        root = _recorder.begin(
-            self._name,
-            kind="task",
-            framework="python",
-            protocol="job",
-            attrs=dict(self._attrs) or None,
-        )
-        if root is None:
-            # Already inside a timeline (or not recording): be a `task` stage of it instead.
-            self._sub = _recorder.enter("task", self._name, dict(self._attrs) or None)
-            return current_timeline()
-        self._root = root
-        return CurrentTimeline(root[TL])
+        try:
+            cfg = _runtime.settings()
+            _recorder.begin_owned_job(cfg, self._name, self, dict(self._attrs) or None)
+        except Exception as exc:
+            _recorder.internal_error("api.timeline", exc)
+        return current_timeline()
 
     def __exit__(
         self,
@@ -205,12 +203,10 @@ class TimelineScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        root, self._root = self._root, None
-        if root is not None:
-            _recorder.end(root, exc)
-        else:
-            sub, self._sub = self._sub, None
-            _recorder.exit(sub, exc)
+        try:
+            _recorder.end_owned_job(self, exc)
+        except Exception as e:
+            _recorder.internal_error("api.timeline", e)
 
     async def __aenter__(self) -> CurrentTimeline | None:
         return self.__enter__()
@@ -225,22 +221,25 @@ class TimelineScope:
 
     def __call__(self, func: F) -> F:
         """Decorate a function (sync or async): each call is one timeline."""
-        name, attrs = self._name, self._attrs
+        scope = self
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with TimelineScope(name, attrs):
+                async with scope:
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with TimelineScope(name, attrs):
+            with scope:
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"timeline({self._name!r})"
 
 
 def timeline(name: str, **attrs: Any) -> TimelineScope:
@@ -304,7 +303,7 @@ class CurrentTimeline:
     @property
     def elapsed_ns(self) -> int:
         """Nanoseconds since the timeline started."""
-        return int(now() - self._tl[0][_recorder.START])
+        return int(_recorder.now() - _recorder.start_of(_recorder.root_of(self._tl)))
 
     @property
     def stage_count(self) -> int:
@@ -321,7 +320,7 @@ class CurrentTimeline:
 
 def current_timeline() -> CurrentTimeline | None:
     """The timeline being recorded in this context (request, task, thread), or None."""
-    tl = _recorder.live_timeline()
+    tl = _recorder.live()
     return None if tl is None else CurrentTimeline(tl)
 
 
@@ -339,9 +338,5 @@ def capture() -> Iterator[list[Timeline]]:
     test client that runs the app in another thread works — already analyzed, before any sink
     sees them.
     """
-    collected: list[Timeline] = []
-    _config.add_listener(collected)
-    try:
+    with _runtime.listening() as collected:
         yield collected
-    finally:
-        _config.remove_listener(collected)

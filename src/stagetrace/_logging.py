@@ -20,7 +20,7 @@ class LogContextFilter(logging.Filter):
         self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
-        tl = _recorder.live_timeline()
+        tl = _recorder.live()
         if tl is None:
             request_id = trace_id = span_id = self.default
         else:

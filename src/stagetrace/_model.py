@@ -7,9 +7,10 @@ and sinks receive. `Timeline.to_dict()` is a public contract described in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 SCHEMA = "stagetrace/timeline@1"
 
@@ -40,6 +41,8 @@ PROTOCOLS = ("http", "websocket", "job")
 #: What an attribute value may be once frozen: JSON scalars, or flat lists of them.
 AttrValue = str | int | float | bool | None | list[Any]
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
 
 class SchemaError(ValueError):
     """A dictionary does not follow the `stagetrace/timeline@1` schema."""
@@ -56,8 +59,7 @@ class StageError:
         return {"type": self.type, "message": self.message}
 
 
-@dataclass(frozen=True, slots=True)
-class Stage:
+class Stage(NamedTuple):
     """One step of a request, frozen.
 
     `start_ns` is the offset from the timeline's start on a monotonic clock; `self_ns` is the
@@ -66,6 +68,9 @@ class Stage:
     middleware until it calls the next layer, `phases["out"]` from that call's return until the
     middleware returns, and `short_circuit` is true when it answered without calling the next
     layer at all.
+
+    A `Stage` is an immutable named tuple: cheap to build (timelines can hold thousands), and
+    its fields are read by name.
     """
 
     id: int
@@ -75,7 +80,7 @@ class Stage:
     start_ns: int
     duration_ns: int
     self_ns: int
-    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    attrs: Mapping[str, AttrValue] = _EMPTY
     error: StageError | None = None
     phases: Mapping[str, int] | None = None
     short_circuit: bool | None = None
@@ -134,9 +139,68 @@ class KindSummary:
         return {"count": self.count, "total_ns": self.total_ns, "self_ns": self.self_ns}
 
 
-@dataclass(frozen=True, slots=True)
+class ByKind(dict):  # type: ignore[type-arg]
+    """Per-kind totals of a timeline: ``{kind: KindSummary}``. A known kind with no stage reads
+    as a zero summary (``by_kind["db.query"].count == 0`` on a request without queries) but is not
+    listed (``"db.query" in by_kind`` is false); an unknown kind raises `KeyError`."""
+
+    __slots__ = ()
+
+    def __missing__(self, kind: str) -> KindSummary:
+        if kind in KIND_SET:
+            return _ZERO
+        raise KeyError(kind)
+
+
+_ZERO = KindSummary(0, 0, 0)
+
+#: Builds (stages, by_kind) when first read; see `Timeline`.
+Loader = Callable[[], "tuple[tuple[Stage, ...], Mapping[str, KindSummary]]"]
+
+_HEADER = (
+    "trace_id",
+    "span_id",
+    "request_id",
+    "service",
+    "framework",
+    "protocol",
+    "method",
+    "path",
+    "route",
+    "status",
+    "start_unix_nano",
+    "duration_ns",
+)
+
+
 class Timeline:
-    """One request (or websocket connection, or job) as a tree of stages, frozen."""
+    """One request (or websocket connection, or job) as a tree of stages, frozen.
+
+    A timeline recorded in this process builds its `stages` and `by_kind` only when they are
+    first read: finishing a request costs the same whether or not any sink ever looks inside
+    (the memory sink, sampled-out export, and most timelines in production never do). Both are
+    computed once, then cached; a timeline is read-only and safe to share between threads.
+    """
+
+    __slots__ = (
+        "_by_kind",
+        "_load",
+        "_stages",
+        "dropped_stages",
+        "duration_ns",
+        "findings",
+        "framework",
+        "method",
+        "path",
+        "protocol",
+        "request_id",
+        "route",
+        "service",
+        "span_id",
+        "start_unix_nano",
+        "status",
+        "trace_id",
+    )
 
     trace_id: str
     span_id: str
@@ -150,21 +214,104 @@ class Timeline:
     status: int | None
     start_unix_nano: int
     duration_ns: int
-    stages: tuple[Stage, ...]
-    by_kind: Mapping[str, KindSummary]
-    findings: tuple[Finding, ...] = ()
-    dropped_stages: int = 0
+    findings: tuple[Finding, ...]
+    dropped_stages: int
+    _stages: tuple[Stage, ...] | None
+    _by_kind: ByKind | None
+    _load: Loader | None
+
+    def __init__(
+        self,
+        trace_id: str,
+        span_id: str,
+        request_id: str,
+        service: str,
+        framework: str,
+        protocol: str,
+        method: str | None,
+        path: str | None,
+        route: str | None,
+        status: int | None,
+        start_unix_nano: int,
+        duration_ns: int,
+        stages: Sequence[Stage] | None = None,
+        by_kind: Mapping[str, KindSummary] | None = None,
+        findings: Sequence[Finding] = (),
+        dropped_stages: int = 0,
+        *,
+        load: Loader | None = None,
+    ) -> None:
+        if stages is None and load is None:
+            raise TypeError("Timeline needs stages (or a loader)")
+        s = _set
+        s(self, "trace_id", trace_id)
+        s(self, "span_id", span_id)
+        s(self, "request_id", request_id)
+        s(self, "service", service)
+        s(self, "framework", framework)
+        s(self, "protocol", protocol)
+        s(self, "method", method)
+        s(self, "path", path)
+        s(self, "route", route)
+        s(self, "status", status)
+        s(self, "start_unix_nano", start_unix_nano)
+        s(self, "duration_ns", duration_ns)
+        s(self, "findings", tuple(findings))
+        s(self, "dropped_stages", dropped_stages)
+        s(self, "_stages", tuple(stages) if stages is not None else None)
+        s(self, "_by_kind", ByKind(by_kind) if by_kind is not None else None)
+        s(self, "_load", load)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Timeline is read-only (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Timeline is read-only (cannot delete {name!r})")
+
+    def _loaded(self) -> None:
+        load = self._load
+        if load is None:
+            stages = self._stages or ()
+            _set(self, "_stages", stages)
+            _set(self, "_by_kind", ByKind(_summarize(stages)))
+            return
+        stages, by_kind = load()
+        _set(self, "_stages", tuple(stages))
+        _set(self, "_by_kind", ByKind(by_kind))
+        _set(self, "_load", None)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """Every kept stage in start order; ``stages[i].id == i``; the root first."""
+        stages = self._stages
+        if stages is None or self._by_kind is None:
+            self._loaded()
+            stages = self._stages
+        assert stages is not None
+        return stages
+
+    @property
+    def by_kind(self) -> Mapping[str, KindSummary]:
+        """Count, total and self time per stage kind, dropped stages included."""
+        by_kind = self._by_kind
+        if by_kind is None:
+            self._loaded()
+            by_kind = self._by_kind
+        assert by_kind is not None
+        return by_kind
 
     @property
     def root(self) -> Stage | None:
         """The outermost stage (the gateway, or the job's own stage)."""
-        return self.stages[0] if self.stages else None
+        stages = self.stages
+        return stages[0] if stages else None
 
     @property
     def name(self) -> str:
         """A short human label: ``GET /books/{id}`` for requests, the job name for jobs."""
         if self.protocol == "job":
-            return self.root.name if self.root is not None else "job"
+            root = self.root
+            return root.name if root is not None else "job"
         target = self.route or self.path or ""
         return f"{self.method} {target}" if self.method else target
 
@@ -178,17 +325,23 @@ class Timeline:
 
     def ancestors(self, stage: Stage) -> Iterator[Stage]:
         """The stage's parent, grandparent, ... up to the root."""
+        stages = self.stages
         parent = stage.parent
         while parent is not None:
-            st = self.stages[parent]
+            st = stages[parent]
             yield st
             parent = st.parent
 
     def with_findings(self, findings: Sequence[Finding]) -> Timeline:
-        """A copy of this timeline with `findings` added to its own."""
+        """This timeline with `findings` added to its own (a copy; stages are shared, and a
+        timeline not yet built stays lazy)."""
         if not findings:
             return self
-        return _replace(self, findings=self.findings + tuple(findings))
+        new = object.__new__(Timeline)
+        for name in Timeline.__slots__:
+            _set(new, name, getattr(self, name))
+        _set(new, "findings", self.findings + tuple(findings))
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@1`."""
@@ -217,11 +370,33 @@ class Timeline:
         """Rebuild a timeline from `to_dict()` output; `SchemaError` says what is wrong."""
         return _timeline_from_dict(data)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timeline):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
 
-def _replace(tl: Timeline, **changes: Any) -> Timeline:
-    from dataclasses import replace
+    __hash__ = None  # type: ignore[assignment]
 
-    return replace(tl, **changes)
+    def __repr__(self) -> str:
+        return (
+            f"<Timeline {self.name!r} {self.framework}/{self.protocol} status={self.status} "
+            f"{self.duration_ns / 1e6:.2f} ms trace={self.trace_id}>"
+        )
+
+
+_set = object.__setattr__
+
+
+def _summarize(stages: Sequence[Stage]) -> dict[str, KindSummary]:
+    acc: dict[str, list[int]] = {}
+    for s in stages:
+        a = acc.get(s.kind)
+        if a is None:
+            a = acc[s.kind] = [0, 0, 0]
+        a[0] += 1
+        a[1] += s.duration_ns
+        a[2] += s.self_ns
+    return {k: KindSummary(*v) for k, v in acc.items()}
 
 
 # --- parsing --------------------------------------------------------------------------------

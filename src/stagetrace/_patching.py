@@ -22,7 +22,7 @@ from typing import Any
 import wrapt
 
 from . import _recorder
-from ._safety import report
+from ._guard import report
 
 Naming = Any  # a constant, or a function of the call's arguments returning it
 
@@ -126,23 +126,63 @@ def _resolve(value: Naming, args: tuple[Any, ...]) -> Any:
     return value(*args) if callable(value) else value
 
 
-def timed(kind: str, name: Naming, attrs: Naming = None) -> Callable[[Any], Any]:
+# --- guarded recorder calls, for adapters -----------------------------------------------------
+#
+# Adapters call the recorder through these (or inline the same try/except on their hottest
+# paths): if stagetrace's own code fails, the failure is reported and the request goes on; a
+# stage that could not be left still gives the context back to its parent.
+
+
+def enter(site: str, kind: str, name: Any, attrs: Any = None) -> _recorder.Record | None:
+    """`_recorder.enter`, guarded: None (nothing recorded) if it fails."""
+    try:
+        return _recorder.enter(kind, name, attrs)
+    except Exception as exc:
+        _recorder.internal_error(site, exc)
+        return None
+
+
+def leave(site: str, rec: _recorder.Record | None, exc: BaseException | None = None) -> None:
+    """`_recorder.exit`, guarded: on failure the context still goes back to the parent."""
+    if rec is None:
+        return
+    try:
+        _recorder.exit(rec, exc)
+    except Exception as e:
+        _recorder.internal_error(site, e)
+        abandon(rec)
+
+
+def abandon(rec: _recorder.Record | None) -> None:
+    """Give the context back to `rec`'s parent without recording anything more on it."""
+    try:
+        _recorder.restore(_recorder.parent_of(rec))
+    except Exception:  # pragma: no cover - nothing more can be done
+        pass
+
+
+def timed(kind: str, name: Naming, attrs: Naming = None, site: str = "") -> Callable[[Any], Any]:
     """A `Patcher.wrap` maker recording each call of a sync function as a `kind` stage.
 
     `name` and `attrs` are constants or functions of the call's positional arguments (``self``
     first for methods). Outside a timeline the original is called straight away."""
+    where = site or f"timed.{kind}"
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _recorder._get() is None:
+            if _recorder.current() is None:
                 return orig(*args, **kwargs)
-            rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            try:
+                rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            except Exception as e:
+                _recorder.internal_error(where, e)
+                rec = None
             try:
                 result = orig(*args, **kwargs)
             except BaseException as exc:
-                _recorder.exit(rec, exc)
+                leave(where, rec, exc)
                 raise
-            _recorder.exit(rec)
+            leave(where, rec)
             return result
 
         return wrapper
@@ -150,20 +190,27 @@ def timed(kind: str, name: Naming, attrs: Naming = None) -> Callable[[Any], Any]
     return make
 
 
-def timed_async(kind: str, name: Naming, attrs: Naming = None) -> Callable[[Any], Any]:
+def timed_async(
+    kind: str, name: Naming, attrs: Naming = None, site: str = ""
+) -> Callable[[Any], Any]:
     """`timed` for coroutine functions: the stage lasts until the coroutine finishes."""
+    where = site or f"timed.{kind}"
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _recorder._get() is None:
+            if _recorder.current() is None:
                 return await orig(*args, **kwargs)
-            rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            try:
+                rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+            except Exception as e:
+                _recorder.internal_error(where, e)
+                rec = None
             try:
                 result = await orig(*args, **kwargs)
             except BaseException as exc:
-                _recorder.exit(rec, exc)
+                leave(where, rec, exc)
                 raise
-            _recorder.exit(rec)
+            leave(where, rec)
             return result
 
         return wrapper

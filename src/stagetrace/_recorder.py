@@ -1,36 +1,57 @@
-"""The recorder: what runs on the request path.
+"""The recorder: what runs on the request path, and the only module that knows a record's layout.
 
-A timeline in progress is a `Live` list of *records*; a record is a plain list (see the slot
-constants below). The `ContextVar` holds the record of the innermost open stage, so each asyncio
-task, thread, and asgiref hop sees its own position in the tree, and concurrent requests never
-share anything. Entering a stage appends one record and sets the ContextVar; leaving it stores
-the end time and sets the ContextVar back to the parent. No locks, no span objects, no string
-formatting: everything else is built after the request by `_pipeline.freeze`.
+A timeline in progress is a `Live` list of *records*; a record is a plain list (slots below). The
+`ContextVar` holds the record of the innermost open stage, so each asyncio task, thread and
+asgiref hop sees its own position in the tree and concurrent requests never share anything.
+Entering a stage appends one record and sets the ContextVar; leaving it stores the end time and
+sets the ContextVar back to the parent. No locks, no span objects, no string formatting.
 
-Every function here is called from inside the host application's request and must never raise:
-the hot paths are written so that they cannot (no lookups that can fail), the rest are guarded.
+When a timeline ends, `end` *seals* it (one pass over its records: deferred names and attributes
+are computed, values that are not plain data are turned into strings, references to the
+application's objects are dropped, the record→timeline cycle is broken) and hands a lazy
+`Timeline` to the callback `connect` installed. Stages are built from the records only when
+someone reads them (`_load`).
+
+Everything here runs inside the host's request and must never raise into it: the hot paths are
+written so that they cannot, the rest report to `internal_error` and carry on. Adapters use the
+functions below and never index a record themselves.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _config, _pipeline, _safety
+from . import _guard
+from ._model import KindSummary, Stage, StageError, Timeline
+from ._state import STATE
+
+if TYPE_CHECKING:
+    from ._options import Settings
 
 now = time.perf_counter_ns
 _wall = time.time_ns
 _rand = random.random
 _bits = random.getrandbits
 
-# Record slots.
+# Record slots. OWNER holds the object a stage belongs to while it is open (see `enter_owned`)
+# and the record's index once the timeline is sealed.
 TL, PARENT, KIND, NAME, START, END, ATTRS, ERROR, OWNER, AUX = range(10)
 
+#: An opaque handle on an open (or closed) stage.
 Record = list[Any]
 
 _current: ContextVar[Record | None] = ContextVar("stagetrace.current", default=None)
+
+#: The innermost open record of this context (None outside a timeline). Adapters call it to
+#: decide cheaply whether they are recording at all.
+current = _current.get
+#: Put back a position taken with `current()` (streaming bodies resume where they left off).
+restore = _current.set
+
 _get = _current.get
 _set = _current.set
 
@@ -39,6 +60,7 @@ _set = _current.set
 _OVERFLOW = object()
 
 MAX_ERROR_MESSAGE = 1000
+MAX_LIST_ITEMS = 100
 
 
 class Live(list):  # type: ignore[type-arg]
@@ -49,6 +71,9 @@ class Live(list):  # type: ignore[type-arg]
         "cap",
         "trace_id",
         "span_id",
+        "parent_span_id",
+        "trace_flags",
+        "tracestate",
         "request_id",
         "framework",
         "protocol",
@@ -65,6 +90,9 @@ class Live(list):  # type: ignore[type-arg]
         "last_exc",
         "settings",
         "extra",
+        "queries",
+        "internal_errors",
+        "sent",
     )
 
     cap: int
@@ -75,10 +103,13 @@ class Live(list):  # type: ignore[type-arg]
     method: str | None
     path: str | None
     wall0: int
-    settings: _config.Settings
+    settings: Settings
 
     def __init__(self) -> None:
         super().__init__()
+        self.parent_span_id: int | None = None
+        self.trace_flags = 1
+        self.tracestate: str | None = None
         self.request_id: str | None = None
         self.route: str | None = None
         self.status: int | None = None
@@ -89,6 +120,9 @@ class Live(list):  # type: ignore[type-arg]
         self.ovf_child: dict[int, int] | None = None
         self.last_exc: tuple[BaseException, tuple[str, str]] | None = None
         self.extra: dict[str, Any] | None = None
+        self.queries: dict[Any, list[Any]] | None = None
+        self.internal_errors = 0
+        self.sent = 0
 
     # list subclasses compare by content; a timeline is only ever equal to itself.
     __eq__ = object.__eq__
@@ -97,21 +131,53 @@ class Live(list):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return f"<Live timeline {self.trace_id:032x} {len(self)} records>"
 
-    def dispose(self) -> None:
-        """Drop the records once frozen (or not wanted). Each record points back at this list,
-        so without this every timeline is a reference cycle that only the garbage collector
-        frees — measured at +1 ms per request on a Django view with 77 stages, from the extra
-        full collections over Django's large heap."""
-        del self[:]
-        self.last_exc = None
-        self.ovf_child = None
+
+class _Sealed(list):  # type: ignore[type-arg]
+    """Stands in for the timeline of every record once its timeline ended: ``cap`` 0 sends a
+    late `enter` (a task that outlived its request) to the overflow path, which records
+    nothing, with no extra test on the hot path."""
+
+    __slots__ = ()
+    cap = 0
+    ended = True
+    last_exc = None
 
 
-def describe(tl: Live, exc: BaseException) -> tuple[str, str]:
+_SEALED = _Sealed()
+
+
+def _ignore(timeline: Timeline) -> None:
+    pass
+
+
+_deliver: Callable[[Timeline], None] = _ignore
+
+
+def connect(deliver: Callable[[Timeline], None] | None) -> None:
+    """Hand every finished timeline to `deliver` (the pipeline's `submit`); None: drop them."""
+    global _deliver
+    _deliver = deliver or _ignore
+
+
+def internal_error(site: str, exc: BaseException | None = None) -> None:
+    """Report an internal error at `site` (see `_guard.report`) and mark the live timeline of
+    this context, whose root then carries ``stagetrace.internal_errors``."""
+    _guard.report(site, exc)
+    try:
+        cur = _get()
+        if cur is not None:
+            tl = cur[TL]
+            if not tl.ended:
+                tl.internal_errors += 1
+    except Exception:  # pragma: no cover - a corrupted context var is not worth a crash
+        pass
+
+
+def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
     """(qualified type, message) of an exception, computed once per exception per timeline."""
     last = tl.last_exc
     if last is not None and last[0] is exc:
-        return last[1]
+        return last[1]  # type: ignore[no-any-return]
     t = type(exc)
     mod = t.__module__
     name = t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
@@ -121,15 +187,30 @@ def describe(tl: Live, exc: BaseException) -> tuple[str, str]:
         msg = "<unprintable>"
     if len(msg) > MAX_ERROR_MESSAGE:
         msg = msg[:MAX_ERROR_MESSAGE] + "…"
-    out = (name, msg)
-    tl.last_exc = (exc, out)
+    out = (_plain_str(name), _plain_str(msg))
+    if type(tl) is Live:
+        tl.last_exc = (exc, out)
     return out
 
 
 # --- timelines ------------------------------------------------------------------------------
 
 
+def sampled(cfg: Settings, path: str | None) -> bool:
+    """Whether a request for `path` is recorded: enabled, not excluded, sampled in."""
+    if not cfg.enabled:
+        return False
+    if path is not None and cfg.exclude_re is not None and cfg.exclude_re.search(path):
+        STATE.counters["timelines_excluded"] += 1
+        return False
+    if cfg.sample_rate < 1.0 and _rand() >= cfg.sample_rate:
+        STATE.counters["timelines_sampled_out"] += 1
+        return False
+    return True
+
+
 def begin(
+    cfg: Settings,
     name: str,
     *,
     kind: str = "gateway",
@@ -140,51 +221,58 @@ def begin(
     attrs: dict[str, Any] | None = None,
     request_id: str | None = None,
     trace_id: int | None = None,
+    parent_span_id: int | None = None,
+    trace_flags: int = 1,
+    tracestate: str | None = None,
+    owner: object = None,
+    sample: bool = True,
 ) -> Record | None:
     """Start a timeline and its root stage in the current context; None when not recording.
 
     Not recording means: disabled, sampled out, an excluded path, or already inside a live
     timeline (an inner adapter then adds its stages to the outer timeline instead of starting a
-    second one, so wrapping an app twice never doubles anything).
+    second one, so wrapping an app twice never doubles anything). Everything is prepared before
+    the context variable is set: if anything fails, the context is left as it was. With
+    ``sample=False`` the caller already decided (`sampled`) that this one is recorded.
     """
     try:
         cur = _get()
         if cur is not None and not cur[TL].ended:
             return None
-        cfg = _config.settings()
-        if not cfg.enabled:
-            return None
-        if path is not None and cfg.exclude_re is not None and cfg.exclude_re.search(path):
-            return None
-        if cfg.sample_rate < 1.0 and _rand() >= cfg.sample_rate:
+        if sample and not sampled(cfg, path):
             return None
         tl = Live()
         tl.cap = cfg.max_stages
         tl.settings = cfg
         tl.trace_id = trace_id or _bits(128) or 1
         tl.span_id = _bits(64) or 1
+        tl.parent_span_id = parent_span_id
+        tl.trace_flags = trace_flags
+        tl.tracestate = tracestate
         tl.request_id = request_id
         tl.framework = framework
         tl.protocol = protocol
         tl.method = method
         tl.path = path
         tl.wall0 = _wall()
-        root = [tl, None, kind, name, now(), 0, attrs, None, None, None]
+        # AUX of a root: the position to restore when it ends.
+        root = [tl, None, kind, name, now(), 0, attrs, None, owner, cur]
         tl.append(root)
-        _set(root)
-        return root
     except Exception as exc:
-        _safety.report("recorder.begin", exc)
+        _guard.report("recorder.begin", exc)
         return None
+    _set(root)
+    return root
 
 
 def end(root: Record | None, exc: BaseException | None = None) -> None:
-    """End the timeline whose root record is `root` and hand it to the pipeline."""
+    """End the timeline whose root record is `root` and hand it to the pipeline. If the root is
+    this context's current position, the position from before `begin` is restored."""
     if root is None:
         return
     t = now()
     try:
-        tl: Live = root[TL]
+        tl = root[TL]
         if tl.ended:
             return
         root[END] = t
@@ -194,19 +282,38 @@ def end(root: Record | None, exc: BaseException | None = None) -> None:
         tl.final = len(tl)
         cur = _get()
         if cur is not None and cur[TL] is tl:
-            _set(None)
-        _pipeline.submit(tl)
+            prev = root[AUX]
+            _set(prev if prev is not None and not prev[TL].ended else None)
+        timeline = _seal(tl)
     except Exception as e:
-        _safety.report("recorder.end", e)
+        _guard.report("recorder.end", e)
+        return
+    try:
+        _deliver(timeline)
+    except Exception as e:
+        _guard.report("pipeline.submit", e)
 
 
-def live_timeline() -> Live | None:
+def live() -> Live | None:
     """The live timeline of the current context, if one is being recorded."""
     cur = _get()
     if cur is None:
         return None
-    tl: Live = cur[TL]
+    tl = cur[TL]
     return None if tl.ended else tl
+
+
+def timeline_of(rec: Record | None) -> Live | None:
+    """The live timeline a record belongs to (None once it ended)."""
+    if rec is None:
+        return None
+    tl = rec[TL]
+    return None if tl.ended else tl
+
+
+def root_of(tl: Live) -> Record:
+    """The root record of a live timeline."""
+    return tl[0]  # type: ignore[no-any-return]
 
 
 def set_route(route: str | None) -> None:
@@ -217,9 +324,47 @@ def set_route(route: str | None) -> None:
 
 
 def set_status(status: int | None) -> None:
+    """Set the current timeline's status (HTTP status, websocket close code)."""
     cur = _get()
     if cur is not None:
         cur[TL].status = status
+
+
+def parent_of(rec: Record | None) -> Record | None:
+    """The record of the stage enclosing `rec` (None for a root)."""
+    return None if rec is None else rec[PARENT]
+
+
+def mark_sent(root: Record | None) -> None:
+    """The response is complete (its last byte handed to the server): remember when, as the
+    gateway's ``http.response.sent_ns``. The first mark counts."""
+    if root is None:
+        return
+    tl = root[TL]
+    if not tl.ended and not tl.sent:
+        tl.sent = now() - root[START] or 1
+
+
+def response_sent(rec: Record | None = None) -> bool:
+    """Whether the response of the timeline of `rec` (default: the current one) was sent."""
+    rec = _get() if rec is None else rec
+    if rec is None:
+        return False
+    tl = rec[TL]
+    return bool(not tl.ended and tl.sent)
+
+
+def start_of(rec: Record) -> int:
+    """When a stage started (``perf_counter_ns``)."""
+    return rec[START]  # type: ignore[no-any-return]
+
+
+def root_attrs(root: Record) -> dict[str, Any]:
+    """The root stage's own attribute dict, which its adapter adds to in place."""
+    attrs = root[ATTRS]
+    if type(attrs) is not dict:
+        attrs = root[ATTRS] = _attrs_now(attrs)
+    return attrs  # type: ignore[no-any-return]
 
 
 # --- stages: the hot path -------------------------------------------------------------------
@@ -229,8 +374,10 @@ def enter(kind: str, name: Any, attrs: Any = None) -> Record | None:
     """Open a stage under the current one; returns its record (or None when not recording).
 
     `kind` must be one of `KINDS`; adapters pass constants, so it is not checked here. `name`
-    is a string, or ``(function, argument)`` to build the name after the request; `attrs` a
-    dict (never mutated by stagetrace, so constants may be shared) or ``(function, argument)``.
+    is a string, or ``(function, argument)`` to build the name when the timeline is sealed;
+    `attrs` a dict (never mutated by stagetrace, so constants may be shared) or
+    ``(function, argument)``. Deferred forms are computed when the timeline ends, on the
+    request's thread, so they must not keep the application's objects alive longer than that.
     """
     cur = _get()
     if cur is None:
@@ -241,15 +388,18 @@ def enter(kind: str, name: Any, attrs: Any = None) -> Record | None:
         tl.append(rec)
         _set(rec)
         return rec
-    return _enter_overflow(cur, kind)
+    return _enter_overflow(cur, kind, None)
 
 
 def exit(rec: Record | None, exc: BaseException | None = None) -> None:
-    """Close a stage opened by `enter`; `exc` is the exception it ended with, if any."""
+    """Close a stage opened by `enter`; `exc` is the exception it ended with, if any. A stage
+    closed earlier (see `detach_to_root`) keeps its first end."""
     if rec is None:
         return
-    rec[5] = now()
+    t = now()
     _set(rec[1])
+    if not rec[5]:
+        rec[5] = t
     if exc is not None:
         _exit_error(rec, exc)
     if rec[9] is _OVERFLOW:
@@ -268,26 +418,73 @@ def close(rec: Record | None, exc: BaseException | None = None) -> None:
         _fold_overflow(rec)
 
 
-def enter_middleware(name: str, attrs: dict[str, Any] | None = None) -> Record | None:
-    """Open a `middleware` stage whose in/out phases are split by `inner_begin`/`inner_end`."""
+def finish(rec: Record | None, exc: BaseException | None = None) -> None:
+    """Close `rec` whether or not it is this context's current stage: `exit` when it is, else
+    `close` (inner stages were left open, or it was opened in another task)."""
+    if rec is None:
+        return
+    if _get() is rec:
+        exit(rec, exc)
+    else:
+        close(rec, exc)
+
+
+def is_closed(rec: Record | None) -> bool:
+    """Whether a stage has ended (None counts as closed)."""
+    return rec is None or bool(rec[END])
+
+
+def enter_middleware(
+    name: str, attrs: Any = None, split_at_response: bool = False
+) -> Record | None:
+    """Open a `middleware` stage whose in/out phases are split by `inner_begin`/`inner_end`.
+    With `split_at_response`, the outbound phase starts only at `inner_end(rec, True)` (for
+    middleware such as ``BaseHTTPMiddleware`` that get the response before the inner layer is
+    done)."""
     cur = _get()
     if cur is None:
         return None
     tl = cur[0]
     if len(tl) < tl.cap:
-        rec = [tl, cur, "middleware", name, now(), 0, attrs, None, None, [0, 0]]
+        rec = [
+            tl,
+            cur,
+            "middleware",
+            name,
+            now(),
+            0,
+            attrs,
+            None,
+            None,
+            [0, 0, None, split_at_response],
+        ]
         tl.append(rec)
         _set(rec)
         return rec
-    return _enter_overflow(cur, "middleware")
+    return _enter_overflow(cur, "middleware", None)
 
 
-def open_middleware(name: str) -> Record | None:
+def nearest_middleware(limit: int = 16) -> Record | None:
+    """The innermost open middleware stage around the current position: the layer whose call
+    to the next one is happening now."""
+    rec = _get()
+    for _ in range(limit):
+        if rec is None:
+            return None
+        if rec[KIND] == "middleware" and not rec[END]:
+            return rec if type(rec[AUX]) is list else None
+        if rec[PARENT] is None:
+            return None
+        rec = rec[PARENT]
+    return None
+
+
+def open_middleware(name: str, limit: int = 8) -> Record | None:
     """The open middleware record named `name` (the same string object the stage was entered
     with): the current record, or a near ancestor when the middleware opened stages of its own
     around calling the next layer."""
     rec = _get()
-    for _ in range(8):
+    for _ in range(limit):
         if rec is None:
             return None
         if rec[NAME] is name and rec[KIND] == "middleware":
@@ -300,49 +497,71 @@ def inner_begin(rec: Record | None) -> None:
     """The middleware `rec` is calling the next layer now: its inbound phase ends."""
     if rec is not None:
         aux = rec[9]
-        if aux is not _OVERFLOW and not aux[0]:
+        if type(aux) is list and not aux[0]:
             aux[0] = now()
 
 
-def inner_end(rec: Record | None) -> None:
-    """The next layer returned to the middleware `rec`: its outbound phase starts."""
+def inner_end(rec: Record | None, at_response: bool = False) -> None:
+    """The next layer returned to the middleware `rec`: its outbound phase starts. For a stage
+    entered with ``split_at_response``, only the call with `at_response` counts."""
     if rec is not None:
         aux = rec[9]
-        if aux is not _OVERFLOW:
+        if type(aux) is list and not rec[5] and (at_response or not aux[3]):
             aux[1] = now()
+
+
+def set_short_circuit(rec: Record | None, short: bool) -> None:
+    """Say explicitly whether a middleware stage answered without the next layer (hooks such
+    as ``process_view`` have no inner call to observe)."""
+    if rec is not None and type(rec[AUX]) is list:
+        rec[AUX][2] = short
 
 
 def set_error(rec: Record | None, exc: BaseException) -> None:
     """Record `exc` on a stage that stays open (an exception a framework handler will turn
-    into a response, say)."""
-    if rec is not None and rec[AUX] is not _OVERFLOW:
+    into a response, say); the first error recorded on a stage is kept."""
+    if rec is not None and rec[AUX] is not _OVERFLOW and rec[ERROR] is None:
         _exit_error(rec, exc)
+
+
+def current_error_is_unset() -> bool:
+    """Whether the current stage has no error recorded yet."""
+    cur = _get()
+    return cur is not None and cur[ERROR] is None
+
+
+def set_error_here(exc: BaseException) -> None:
+    """Record `exc` on the current stage, unless it already has an error."""
+    set_error(_get(), exc)
 
 
 def _exit_error(rec: Record, exc: BaseException) -> None:
     try:
         rec[ERROR] = describe(rec[TL], exc)
     except Exception as e:
-        _safety.report("recorder.exit_error", e)
+        internal_error("recorder.exit_error", e)
 
 
-def _enter_overflow(cur: Record, kind: str) -> Record | None:
-    """Past `max_stages`: time the stage so the summary stays exact, but do not keep it."""
+def _enter_overflow(cur: Record, kind: str, owner: object) -> Record | None:
+    """Past `max_stages` (or after the timeline ended): time the stage so the summary stays
+    exact, but do not keep it."""
     try:
-        tl: Live = cur[TL]
+        tl = cur[TL]
+        if tl.ended:
+            return None
         tl.dropped += 1
-        rec = [tl, cur, kind, None, now(), 0, None, None, None, _OVERFLOW]
+        rec = [tl, cur, kind, None, now(), 0, None, None, owner, _OVERFLOW]
         _set(rec)
         return rec
     except Exception as exc:
-        _safety.report("recorder.overflow", exc)
+        internal_error("recorder.overflow", exc)
         return None
 
 
 def _fold_overflow(rec: Record) -> None:
     try:
-        tl: Live = rec[TL]
-        if tl.ended and tl.final and rec[START] > tl[0][END]:
+        tl = rec[TL]
+        if tl.ended:
             return
         duration = rec[END] - rec[START]
         if tl.ovf_child is None:
@@ -360,19 +579,27 @@ def _fold_overflow(rec: Record) -> None:
         if parent is not None:
             tl.ovf_child[id(parent)] = tl.ovf_child.get(id(parent), 0) + duration
     except Exception as exc:
-        _safety.report("recorder.overflow", exc)
+        internal_error("recorder.overflow", exc)
 
 
-def enter_owned(
-    kind: str, name: Any, owner: object, attrs: dict[str, Any] | None = None
-) -> Record | None:
-    """Like `enter`, but the record remembers `owner`, so `find_open` can close it later from
-    code that holds no reference to the record (``__exit__`` of a shared object, say), and so
-    a re-entrant call on the same owner can be recognised (`is_open_for`)."""
-    rec = enter(kind, name, attrs)
-    if rec is not None:
-        rec[OWNER] = owner
-    return rec
+# --- stages that belong to an object ---------------------------------------------------------
+
+
+def enter_owned(kind: str, name: Any, owner: object, attrs: Any = None) -> Record | None:
+    """Like `enter`, but the record remembers `owner` while it is open, so `find_open` can
+    close it later from code that holds no reference to the record (``__exit__`` of a shared
+    object, say), and so a re-entrant call on the same owner can be recognised
+    (`is_open_for`)."""
+    cur = _get()
+    if cur is None:
+        return None
+    tl = cur[0]
+    if len(tl) < tl.cap:
+        rec = [tl, cur, kind, name, now(), 0, attrs, None, owner, None]
+        tl.append(rec)
+        _set(rec)
+        return rec
+    return _enter_overflow(cur, kind, owner)
 
 
 def is_open_for(owner: object, kind: str) -> bool:
@@ -388,28 +615,114 @@ MAX_UNWIND = 64
 def find_open(owner: object) -> Record | None:
     """The innermost open record owned by `owner`, looking up from the current stage."""
     rec = _get()
-    if rec is None:
-        return None
-    tl = rec[TL]
     for _ in range(MAX_UNWIND):
+        if rec is None:
+            return None
         if rec[OWNER] is owner and not rec[END]:
             return rec
         rec = rec[PARENT]
-        if rec is None or rec[TL] is not tl:
-            return None
     return None
 
 
-def set_short_circuit(rec: Record | None, short: bool) -> None:
-    """Say explicitly whether a middleware stage answered without the next layer (hooks such
-    as ``process_view`` have no inner call to observe)."""
-    if rec is not None and type(rec[AUX]) is list:
-        rec[AUX] = [rec[AUX][0], rec[AUX][1], short]
+def exit_owned(owner: object, exc: BaseException | None = None) -> bool:
+    """Close the innermost open stage owned by `owner` (the current one, usually); the context
+    goes back to that stage's parent. False when there is none (not recording, or it was
+    already closed)."""
+    rec = _get()
+    if rec is None:
+        return False
+    if rec[8] is not owner:
+        rec = find_open(owner)
+        if rec is None:
+            return False
+    t = now()
+    _set(rec[1])
+    if not rec[5]:
+        rec[5] = t
+    if exc is not None:
+        _exit_error(rec, exc)
+    if rec[9] is _OVERFLOW:
+        _fold_overflow(rec)
+    return True
 
 
-def attrs_of(raw: Any) -> dict[str, Any]:
-    """A record's attributes as a dict: adapters may store ``(function, argument)`` to build
-    them after the request instead (see `_pipeline.freeze`)."""
+def begin_owned_job(cfg: Settings, name: str, owner: object, attrs: dict[str, Any] | None) -> bool:
+    """Start a ``job`` timeline owned by `owner`, or — inside a live timeline — a ``task``
+    stage of it. Returns whether anything is being recorded. See `end_owned_job`."""
+    root = begin(
+        cfg, name, kind="task", framework="python", protocol="job", attrs=attrs, owner=owner
+    )
+    if root is not None:
+        return True
+    return enter_owned("task", name, owner, attrs) is not None
+
+
+def end_owned_job(owner: object, exc: BaseException | None = None) -> None:
+    """End what `begin_owned_job(owner)` started in this context: the timeline when its root is
+    the innermost stage `owner` has open, else the task stage."""
+    rec = find_open(owner)
+    if rec is None:
+        return
+    if rec[PARENT] is None:
+        end(rec, exc)
+    else:
+        finish(rec, exc)
+
+
+# --- attributes and names ------------------------------------------------------------------
+
+
+def set_attrs(rec: Record | None, attrs: Mapping[str, Any]) -> None:
+    """Add attributes to a given (open or closed) record; a new dict, never mutated in place."""
+    if rec is None or rec[AUX] is _OVERFLOW:
+        return
+    old = rec[ATTRS]
+    if type(old) is tuple:
+        old = _attrs_now(old)
+    rec[ATTRS] = {**old, **attrs} if old else dict(attrs)
+
+
+def annotate(attrs: Mapping[str, Any]) -> None:
+    """Add attributes to the innermost open stage (a new dict: attr dicts are never mutated
+    in place, so a dict passed to `enter` may be shared)."""
+    set_attrs(_get(), attrs)
+
+
+def set_name(rec: Record | None, name: Any) -> None:
+    """Rename a stage (a route once it matched, say)."""
+    if rec is not None and rec[AUX] is not _OVERFLOW:
+        rec[NAME] = name
+
+
+def aux(rec: Record | None) -> Any:
+    """Adapter-owned scratch data kept on a non-middleware stage while it is open (routing
+    state, say); None if unset."""
+    if rec is None:
+        return None
+    value = rec[AUX]
+    return None if value is _OVERFLOW else value
+
+
+def set_aux(rec: Record | None, value: Any) -> None:
+    """Set a stage's adapter-owned scratch data (plain data only: it is queued with the
+    timeline). Not for middleware stages, whose AUX holds their phases."""
+    if rec is not None and rec[AUX] is not _OVERFLOW and rec[KIND] != "middleware":
+        rec[AUX] = value
+
+
+def nearest_open(kind: str, limit: int = 32) -> Record | None:
+    """The innermost open stage of `kind` around the current position."""
+    rec = _get()
+    for _ in range(limit):
+        if rec is None:
+            return None
+        if rec[KIND] == kind and not rec[END] and rec[AUX] is not _OVERFLOW:
+            return rec
+        rec = rec[PARENT]
+    return None
+
+
+def _attrs_now(raw: Any) -> dict[str, Any]:
     if not raw:
         return {}
     if type(raw) is tuple:
@@ -417,17 +730,336 @@ def attrs_of(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def annotate_record(rec: Record | None, attrs: dict[str, Any]) -> None:
-    """Add attributes to a given (open or closed) record; a new dict, never mutated in place."""
-    if rec is None or rec[AUX] is _OVERFLOW:
+# --- after the response: background work outside the request's stages ------------------------
+
+
+def detach_to_root() -> None:
+    """The response is complete and work continues after it (background tasks): close every
+    stage still open between the root and here, so that the middleware, route and view they
+    belong to end when the response was sent, and continue at the root. Their wrappers' later
+    exits keep these ends."""
+    rec = _get()
+    if rec is None:
         return
-    old = rec[ATTRS]
-    if type(old) is tuple:
-        old = attrs_of(old)
-    rec[ATTRS] = {**old, **attrs} if old else dict(attrs)
+    t = now()
+    try:
+        while rec[PARENT] is not None:
+            if not rec[END]:
+                aux_ = rec[AUX]
+                if type(aux_) is list and aux_[0] and not aux_[1]:
+                    aux_[1] = t
+                rec[END] = t
+            rec = rec[PARENT]
+    except Exception as exc:
+        internal_error("recorder.detach", exc)
+        return
+    if not rec[TL].ended:
+        _set(rec)
 
 
-def annotate(attrs: dict[str, Any]) -> None:
-    """Add attributes to the innermost open stage (a new dict: attr dicts are never mutated
-    in place, so a dict passed to `enter` may be shared)."""
-    annotate_record(_get(), attrs)
+def enter_at(parent: Record, kind: str, name: Any, attrs: Any = None) -> Record | None:
+    """Open a stage as a child of `parent` (instead of the current stage)."""
+    prev = _get()
+    _set(parent)
+    rec = enter(kind, name, attrs)
+    if rec is None:
+        _set(prev)
+    return rec
+
+
+# --- SQL repeats (for N+1 and duplicate analysis) ---------------------------------------------
+
+
+def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, int | None]:
+    """Remember that the db.query stage `rec` ran `text` with parameters hashing to
+    `params_key` (None: not hashable). Returns (first repeat of this text in the timeline,
+    index of an earlier stage with the same text and the same parameters, or None)."""
+    if rec is None or rec[AUX] is _OVERFLOW:
+        return False, None
+    tl = rec[TL]
+    seen = tl.queries
+    if seen is None:
+        seen = tl.queries = {}
+    entry = seen.get(text)
+    index = len(tl) - 1 if tl[-1] is rec else None
+    if entry is None:
+        seen[text] = [1, {params_key: index} if params_key is not None else {}]
+        return False, None
+    entry[0] += 1
+    dup = None
+    if params_key is not None:
+        by_params = entry[1]
+        dup = by_params.get(params_key)
+        if dup is None:
+            by_params[params_key] = index
+    return entry[0] == 2, dup
+
+
+# --- sealing and loading -------------------------------------------------------------------
+
+
+def _plain_str(text: str) -> str:
+    """`text` with lone surrogates replaced, so it encodes as UTF-8 everywhere."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _plain(value: Any, limit: int) -> Any:
+    """A value as plain data: JSON scalars kept, long strings cut with a marker, flat lists of
+    scalars, anything else as its ``str()``."""
+    t = type(value)
+    if t is str:
+        if len(value) > limit:
+            value = value[:limit] + "…"
+        return _plain_str(value)
+    if value is None or t is int or t is bool:
+        return value
+    if t is float:
+        return (
+            value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+        )
+    if isinstance(value, (list, tuple)):
+        return [_scalar(v, limit) for v in value[:MAX_LIST_ITEMS]]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _plain(float(value), limit)
+    if isinstance(value, str):  # a subclass (Django's SafeString): as a plain str
+        return _plain(str.__str__(value), limit)
+    try:
+        text = str(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return _plain(text, limit)
+
+
+def _scalar(value: Any, limit: int) -> Any:
+    out = _plain(value, limit)
+    return out if type(out) is not list else str(out)
+
+
+def _clean_attrs(attrs: Any, limit: int) -> dict[str, Any] | None:
+    """Attributes as plain data; the same dict when it already is (shared constants stay
+    shared and unmodified)."""
+    if type(attrs) is tuple:
+        attrs = _attrs_now(attrs)
+    if not attrs:
+        return None
+    for k, v in attrs.items():
+        t = type(v)
+        if type(k) is not str or not (
+            v is None or t is int or t is bool or (t is str and len(v) <= limit)
+        ):
+            break
+    else:
+        return attrs  # type: ignore[no-any-return]
+    return {(k if type(k) is str else str(k)): _plain(v, limit) for k, v in attrs.items()}
+
+
+def _name_now(raw: Any) -> str:
+    if type(raw) is tuple and len(raw) == 2 and callable(raw[0]):
+        raw = raw[0](raw[1])
+    if isinstance(raw, str):
+        return str.__str__(raw)
+    return str(raw)
+
+
+def _seal(tl: Live) -> Timeline:
+    """Make a finished live timeline safe to queue and cheap to keep: compute deferred names and
+    attributes, turn values that are not plain data into strings, drop references to the
+    application's objects and to the timeline itself (each record pointed back at it, a cycle
+    only the garbage collector would free), number the records. Returns a lazy `Timeline`."""
+    final = tl.final
+    limit = tl.settings.max_attr_length
+    root = tl[0]
+    records = tl[:final]
+    for i, r in enumerate(records):
+        r[0] = _SEALED
+        r[8] = i
+        name = r[3]
+        if type(name) is not str:
+            try:
+                r[3] = _plain(_name_now(name), limit)
+            except Exception as exc:
+                internal_error("recorder.name", exc)
+                r[3] = "?"
+        attrs = r[6]
+        if attrs is not None:
+            try:
+                r[6] = _clean_attrs(attrs, limit)
+            except Exception as exc:
+                internal_error("recorder.attrs", exc)
+                r[6] = None
+        aux_ = r[9]
+        if aux_ is not None and type(aux_) is not list:
+            r[9] = None
+    del tl[:]
+    tl.last_exc = None
+    tl.queries = None
+    root[AUX] = None
+    if tl.internal_errors or tl.sent:
+        attrs = dict(root[ATTRS] or {})
+        if tl.sent:
+            attrs["http.response.sent_ns"] = tl.sent
+        if tl.internal_errors:
+            attrs["stagetrace.internal_errors"] = tl.internal_errors
+        root[ATTRS] = attrs
+    t0 = root[START]
+    t_end = root[END] or now()
+    ovf_kinds, ovf_child = tl.ovf_kinds, tl.ovf_child
+    trace_id = f"{tl.trace_id:032x}"
+    status = tl.status
+    return Timeline(
+        trace_id,
+        f"{tl.span_id:016x}",
+        tl.request_id or trace_id,
+        tl.settings.service,
+        tl.framework,
+        tl.protocol,
+        tl.method,
+        tl.path,
+        tl.route,
+        status if type(status) is int else None,
+        tl.wall0,
+        max(0, t_end - t0),
+        None,
+        None,
+        (),
+        tl.dropped,
+        load=lambda: _load(records, t0, t_end, ovf_kinds, ovf_child),
+    )
+
+
+_tuple_new = tuple.__new__
+
+
+def _load(
+    records: list[Record],
+    t0: int,
+    t_end: int,
+    ovf_kinds: dict[str, list[int]] | None,
+    ovf_child: dict[int, int] | None,
+) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
+    """Build the `Stage`s and per-kind totals of a sealed timeline (when first read)."""
+    n = len(records)
+    durations = [0] * n
+    child_ns = [0] * n
+    parents: list[int | None] = [None] * n
+    for i, r in enumerate(records):
+        end_ = r[5] or t_end
+        d = end_ - r[4]
+        if d < 0:
+            d = 0
+        durations[i] = d
+        p = r[1]
+        if p is not None and i:
+            pi = p[8]
+            if type(pi) is int and pi < i:
+                parents[i] = pi
+                child_ns[pi] += d
+    by_kind: dict[str, list[int]] = {}
+    stages: list[Stage] = []
+    append = stages.append
+    for i, r in enumerate(records):
+        kind = r[2]
+        d = durations[i]
+        own = d - child_ns[i]
+        if ovf_child:
+            own -= ovf_child.get(id(r), 0)
+        if own < 0:
+            own = 0
+        acc = by_kind.get(kind)
+        if acc is None:
+            acc = by_kind[kind] = [0, 0, 0]
+        acc[0] += 1
+        acc[1] += d
+        acc[2] += own
+        attrs = r[6]
+        attrs = dict(attrs) if attrs else {}
+        if not r[5]:
+            attrs["unfinished"] = True
+        err = r[7]
+        start = r[4]
+        phases = short = None
+        if kind == "middleware":
+            aux_ = r[9]
+            if type(aux_) is list and aux_[0]:
+                inner_end_ = aux_[1] if aux_[1] else start + d
+                phases = {"in": max(0, aux_[0] - start), "out": max(0, start + d - inner_end_)}
+                short = False
+            else:
+                phases = {"in": d, "out": 0}
+                short = True
+            if type(aux_) is list and aux_[2] is not None:
+                short = bool(aux_[2])
+        append(
+            _tuple_new(
+                Stage,
+                (
+                    i,
+                    parents[i],
+                    kind,
+                    r[3],
+                    start - t0 if start > t0 else 0,
+                    d,
+                    own,
+                    attrs,
+                    StageError(err[0], err[1]) if err is not None else None,
+                    phases,
+                    short,
+                ),
+            )
+        )
+    for kind, (count, total, own) in (ovf_kinds or {}).items():
+        acc = by_kind.get(kind)
+        if acc is None:
+            acc = by_kind[kind] = [0, 0, 0]
+        acc[0] += count
+        acc[1] += total
+        acc[2] += own
+    return tuple(stages), {k: KindSummary(*v) for k, v in by_kind.items()}
+
+
+# --- streaming: a body produced chunk by chunk ------------------------------------------------
+
+
+def carry(content: Iterable[Any], at: Record | None) -> Iterator[Any]:
+    """Iterate `content` with the recorder positioned at `at` for the first chunk and, for each
+    later one, where producing the previous chunk left it — so a stage the producer holds open
+    across ``yield`` (``with stage(...)`` around a loop of yields, a template streaming its
+    output) nests and closes correctly although the server resumes it from another context."""
+    it = iter(content)
+    pos = at
+    while True:
+        prev = _get()
+        _set(pos)
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        finally:
+            pos = _get()
+            _set(prev)
+        yield chunk
+
+
+async def acarry(content: Any, at: Record | None) -> AsyncIterator[Any]:
+    """`carry` for an async iterable."""
+    it = content.__aiter__()
+    pos = at
+    while True:
+        prev = _get()
+        _set(pos)
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            pos = _get()
+            _set(prev)
+        yield chunk

@@ -1,8 +1,13 @@
-"""Names for SQL statements, computed after the request from the recorded text."""
+"""SQL text as stages show it: a short name, the operation, and where in the application's
+code a query was issued (for repeated queries only)."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import sysconfig
+from typing import Any
 
 _WORD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)", re.S)
 _TABLE = {
@@ -12,25 +17,98 @@ _TABLE = {
     "UPDATE": re.compile(r"^\s*UPDATE\s+([`\"\[]?[\w.$]+[`\"\]]?)", re.I),
 }
 
-
 _QUOTES = '`"[]'
 
 
 def operation(sql: str) -> str:
     """The statement's first keyword, upper-cased (``SELECT``, ``INSERT``, ``SAVEPOINT``...)."""
-    m = _WORD.match(sql)
+    m = _WORD.match(sql, 0, 2000)
     return m.group(1).upper() if m else "SQL"
 
 
 def statement_name(sql: str) -> str:
     """A short name for a statement: operation and first table, ``SELECT shop_book``."""
+    return describe(sql)[0]
+
+
+_described: dict[str, tuple[str, str]] = {}
+
+
+def describe(sql: str) -> tuple[str, str]:
+    """(short name, operation) of a statement; cached by text (applications repeat theirs)."""
+    found = _described.get(sql)
+    if found is not None:
+        return found
     op = operation(sql)
-    pattern = _TABLE.get(op)
-    if op == "WITH":
-        pattern = _TABLE["SELECT"]
+    pattern = _TABLE.get("SELECT" if op == "WITH" else op)
+    name = op
     if pattern is not None:
-        m = pattern.search(sql)
+        m = pattern.search(sql, 0, 8192)
         if m:
-            table = m.group(1).strip(_QUOTES)
-            return f"{op} {table}"
-    return op
+            name = f"{op} {m.group(1).strip(_QUOTES)}"
+    found = (name, op)
+    if len(_described) >= 2048:
+        _described.clear()
+    _described[sql] = found
+    return found
+
+
+# --- call sites ------------------------------------------------------------------------------
+
+_LIBRARY_DIRS = tuple(
+    {
+        os.path.normcase(os.path.realpath(p)) + os.sep
+        for p in (
+            sysconfig.get_paths().get("stdlib"),
+            sysconfig.get_paths().get("platstdlib"),
+            sysconfig.get_paths().get("purelib"),
+            sysconfig.get_paths().get("platlib"),
+            os.path.dirname(os.path.abspath(__file__)),  # stagetrace itself
+        )
+        if p
+    }
+)
+_user_code: dict[Any, bool] = {}
+
+
+def _is_user_code(code: Any) -> bool:
+    found = _user_code.get(code)
+    if found is None:
+        filename = code.co_filename
+        if (
+            filename.startswith("<")
+            or "/site-packages/" in filename
+            or "/dist-packages/" in filename
+        ):
+            found = False
+        else:
+            path = os.path.normcase(os.path.realpath(filename))
+            found = not path.startswith(_LIBRARY_DIRS)
+        if len(_user_code) >= 4096:
+            _user_code.clear()
+        _user_code[code] = found
+    return found
+
+
+def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
+    """``code.file.path``, ``code.line.number`` and ``code.function.name`` of the first frame
+    in the application's own code (outside the standard library, installed packages and
+    stagetrace), looking up from the caller; empty when there is none."""
+    try:
+        frame: Any = sys._getframe(depth)
+    except ValueError:
+        return {}
+    for _ in range(limit):
+        if frame is None:
+            return {}
+        code = frame.f_code
+        if _is_user_code(code):
+            return {
+                "code.file.path": code.co_filename,
+                "code.line.number": frame.f_lineno,
+                "code.function.name": code.co_qualname
+                if hasattr(code, "co_qualname")
+                else code.co_name,
+            }
+        frame = frame.f_back
+    return {}

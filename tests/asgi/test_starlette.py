@@ -17,7 +17,7 @@ from starlette.templating import Jinja2Templates
 from starlette.testclient import TestClient
 
 import stagetrace.starlette
-from stagetrace._starlette import patcher
+from stagetrace.starlette import patcher
 
 from .conftest import named
 

@@ -17,14 +17,20 @@ def test_postgresql_queries_are_recorded_with_their_database(pg_db, captured):
     response = Client().get("/pg/books.json")
     assert response.status_code == 200
     (tl,) = captured
-    queries = [q for q in by_kind(tl, "db.query") if q.attrs["db.alias"] == "pg"]
+    queries = [q for q in by_kind(tl, "db.query") if q.attrs["stagetrace.db.alias"] == "pg"]
     assert len(queries) == 8  # books, 6 authors, one UPDATE
-    assert {q.attrs["db.system"] for q in queries} == {"postgresql"}
-    assert queries[0].attrs["db.name"].startswith("test_stagetrace_")
-    assert queries[0].name == "SELECT djapp_book" and queries[0].attrs["db.rows"] == 6
-    assert queries[-1].name == "UPDATE djapp_book" and queries[-1].attrs["db.rows"] == 0
+    assert {q.attrs["db.system.name"] for q in queries} == {"postgresql"}
+    assert queries[0].attrs["db.namespace"].startswith("test_stagetrace_")
+    assert (
+        queries[0].name == "SELECT djapp_book"
+        and queries[0].attrs["db.response.returned_rows"] == 6
+    )
+    assert (
+        queries[-1].name == "UPDATE djapp_book"
+        and queries[-1].attrs["db.response.returned_rows"] == 0
+    )
     connect = one(tl, "db.connect")
-    assert connect.attrs == {"db.system": "postgresql", "db.alias": "pg"}
+    assert connect.attrs == {"db.system.name": "postgresql", "stagetrace.db.alias": "pg"}
     view = one(tl, "view")
     assert connect.id in {s.id for s in descendants(tl, view)}
     compiles = by_kind(tl, "orm.compile")

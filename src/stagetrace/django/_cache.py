@@ -14,11 +14,10 @@ import weakref
 from typing import Any
 
 from .. import _recorder
+from .._patching import leave
 from ._common import patcher
 
-enter_owned, leave = _recorder.enter_owned, _recorder.exit
-_get = _recorder._get
-ATTRS = _recorder.ATTRS
+_SITE = "django.cache"
 
 CACHE_OPS = (
     "get",
@@ -40,45 +39,61 @@ _patched_classes: set[type] = set()
 _MISSING = object()
 
 
-def _cache_name(backend_and_op: tuple[Any, str]) -> str:
-    backend, op = backend_and_op
+def _cache_name(backend: Any, op: str) -> str:
     alias = _aliases.get(backend)
     return f"{alias}.{op}" if alias else op
 
 
+def _size(value: Any) -> int | None:
+    try:
+        n = len(value)
+    except Exception:
+        return None
+    return n if type(n) is int else None
+
+
+def _cache_attrs(self: Any, op: str, args: Any, kwargs: Any, result: Any) -> dict[str, Any]:
+    """What a cache call tells, computed defensively: a backend may return anything."""
+    attrs: dict[str, Any] = {"cache.backend": type(self).__name__, "cache.operation": op}
+    if op == "get":
+        default = args[1] if len(args) > 1 else kwargs.get("default")
+        attrs["cache.hit"] = result is not default
+    elif op == "get_many":
+        keys = _size(args[0] if args else kwargs.get("keys", ()))
+        if keys is not None:
+            attrs["cache.keys"] = keys
+        hits = _size(result)
+        if hits is not None:
+            attrs["cache.hits"] = hits
+    elif op in ("set_many", "delete_many"):
+        keys = _size(args[0] if args else kwargs.get("data", kwargs.get("keys", ())))
+        if keys is not None:
+            attrs["cache.keys"] = keys
+    elif op == "has_key":
+        attrs["cache.hit"] = result is True or (type(result) is int and result > 0)
+    return attrs
+
+
 def _cache_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cur = _get()
-        if cur is None or (cur[_recorder.OWNER] is self and cur[_recorder.KIND] == "cache"):
+        if _recorder.current() is None or _recorder.is_open_for(self, "cache"):
             return orig(self, *args, **kwargs)
-        rec = enter_owned("cache", (_cache_name, (self, op)), self)
+        try:
+            rec = _recorder.enter_owned("cache", _cache_name(self, op), self)
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            rec = None
         try:
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
-            leave(rec, exc)
+            leave(_SITE, rec, exc)
             raise
         if rec is not None:
-            attrs: dict[str, Any] = {"cache.backend": type(self).__name__, "cache.operation": op}
-            if op == "get":
-                default = args[1] if len(args) > 1 else kwargs.get("default")
-                attrs["cache.hit"] = result is not default
-            elif op == "get_many":
-                keys = args[0] if args else kwargs.get("keys", ())
-                try:
-                    attrs["cache.keys"] = len(keys)
-                except TypeError:
-                    pass
-                attrs["cache.hits"] = len(result)
-            elif op in ("set_many", "delete_many"):
-                keys = args[0] if args else kwargs.get("data", kwargs.get("keys", ()))
-                try:
-                    attrs["cache.keys"] = len(keys)
-                except TypeError:
-                    pass
-            elif op == "has_key":
-                attrs["cache.hit"] = bool(result)
-            rec[ATTRS] = attrs
-        leave(rec)
+            try:
+                _recorder.set_attrs(rec, _cache_attrs(self, op, args, kwargs, result))
+            except Exception as exc:
+                _recorder.internal_error(_SITE, exc)
+        leave(_SITE, rec)
         return result
 
     return method
@@ -102,16 +117,21 @@ _patched_methods: set[tuple[type, str]] = set()
 
 def _session_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cur = _get()
-        if cur is None or (cur[_recorder.OWNER] is self and cur[_recorder.KIND] == "session"):
+        if _recorder.current() is None or _recorder.is_open_for(self, "session"):
             return orig(self, *args, **kwargs)
-        rec = enter_owned("session", op, self, {"session.engine": type(self).__module__})
+        try:
+            rec = _recorder.enter_owned(
+                "session", op, self, {"session.engine": type(self).__module__}
+            )
+        except Exception as exc:
+            _recorder.internal_error("django.session", exc)
+            rec = None
         try:
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
-            leave(rec, exc)
+            leave("django.session", rec, exc)
             raise
-        leave(rec)
+        leave("django.session", rec)
         return result
 
     return method
@@ -130,8 +150,8 @@ def install() -> None:
             try:
                 _aliases[backend] = alias
                 _patch_ops(type(backend), CACHE_OPS, _cache_method)
-            except Exception:
-                pass
+            except Exception as exc:
+                _recorder.internal_error(_SITE, exc)
             return backend
 
         return create_connection

@@ -4,7 +4,9 @@ SQL execution goes through Django's documented hook, ``connection.execute_wrappe
 first in every connection's ``execute_wrappers`` (so it is outermost and never disturbs the
 stack that ``execute_wrapper()`` blocks push and pop), which covers ORM queries, raw cursors,
 ``.raw()``, ``executemany`` and every backend. Parameter values are never recorded unless the
-``record_sql_params`` option is on; the SQL text keeps its placeholders.
+``record_sql_params`` option is on; the SQL text keeps its placeholders. Attributes follow
+OpenTelemetry's database conventions (``db.system.name``, ``db.namespace``, ``db.query.text``,
+``db.operation.name``, ``db.response.returned_rows``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder, _sql
-from .._patching import timed
-from .._safety import report
+from .._patching import leave, timed
 from ._common import patcher
 
-enter, leave = _recorder.enter, _recorder.exit
-_get = _recorder._get
-OWNER, TL, ATTRS, KIND = _recorder.OWNER, _recorder.TL, _recorder.ATTRS, _recorder.KIND
+_SITE = "django.db"
 
 _COMPILERS = {
     "SQLCompiler": "SELECT",
@@ -28,66 +27,108 @@ _COMPILERS = {
     "SQLAggregateCompiler": "SELECT",
 }
 
+#: Django's vendor names as OpenTelemetry's ``db.system.name`` values.
+_SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "oracle": "oracle.db"}
+
+_compile_names: dict[tuple[type, Any], str] = {}
+
 
 def _compile_name(compiler: Any) -> str:
-    op = "SQL"
-    for cls in type(compiler).__mro__:
-        op = _COMPILERS.get(cls.__name__, "")
-        if op:
-            break
     model = getattr(compiler.query, "model", None)
-    label = model._meta.label if model is not None else "query"
-    return f"{op} {label}".strip()
+    key = (type(compiler), model)
+    name = _compile_names.get(key)
+    if name is None:
+        op = "SQL"
+        for cls in type(compiler).__mro__:
+            op = _COMPILERS.get(cls.__name__, "")
+            if op:
+                break
+        label = model._meta.label if model is not None else "query"
+        name = f"{op} {label}".strip()
+        if len(_compile_names) < 4096:
+            _compile_names[key] = name
+    return name
 
 
 def _model_name(model: Any) -> str:
     return str(model._meta.label) if model is not None else "query"
 
 
+def _conn_attrs(conn: Any) -> dict[str, Any]:
+    """The attributes of a query that come from its connection (read per query: test runners
+    change a connection's database name)."""
+    name = conn.settings_dict.get("NAME")
+    return {
+        "db.system.name": _SYSTEMS.get(conn.vendor, str(conn.vendor)),
+        "db.namespace": name if type(name) is str else (str(name) if name is not None else None),
+        "stagetrace.db.alias": conn.alias,
+    }
+
+
+def _params_key(params: Any) -> Any:
+    """A hash of the parameters, to tell repeated identical queries (never stored)."""
+    try:
+        if type(params) is tuple:
+            return hash(params)
+        if type(params) is list:
+            return hash(tuple(params))
+        if isinstance(params, dict):
+            return hash(tuple(sorted(params.items())))
+        if params is None:
+            return 0
+    except TypeError:
+        pass
+    return None
+
+
 def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
     """Django execute wrapper: one ``db.query`` stage per statement."""
-    cur = _get()
-    if cur is None or not patcher.applied:
+    tl = _recorder.live()
+    if tl is None or not patcher.applied:
         return execute(sql, params, many, context)
     try:
         conn = context["connection"]
-        cfg = cur[TL].settings
+        cfg = tl.settings
         if type(sql) is str:
-            text = sql if len(sql) <= cfg.max_sql_length else sql[: cfg.max_sql_length] + "…"
-            name: Any = (_sql.statement_name, text)
+            limit = cfg.max_sql_length
+            text = sql if len(sql) <= limit else sql[:limit] + "…"
+            name, op = _sql.describe(text)
         else:  # a composed SQL object: its str() may hold literal values
-            text = f"<{type(sql).__name__}>"
-            name = "SQL"
-        attrs: dict[str, Any] = {
-            "db.system": conn.vendor,
-            "db.name": conn.settings_dict.get("NAME"),
-            "db.alias": conn.alias,
-            "db.statement": text,
-        }
+            text, name, op = f"<{type(sql).__name__}>", "SQL", None
+        attrs = _conn_attrs(conn)
+        attrs["db.query.text"] = text
+        if op:
+            attrs["db.operation.name"] = op
         if many:
-            attrs["db.executemany"] = True
-            if isinstance(params, (list, tuple)):
-                attrs["db.batch_size"] = len(params)
+            attrs["db.operation.batch.size"] = (
+                len(params) if isinstance(params, (list, tuple)) else None
+            )
         if cfg.record_sql_params and params is not None:
-            attrs["db.params"] = repr(params)[: cfg.max_sql_length]
+            attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
+        rec = _recorder.enter("db.query", name, attrs)
+        if rec is not None and not many:
+            repeat, dup = _recorder.note_query(rec, text, _params_key(params))
+            if dup is not None:
+                attrs["stagetrace.duplicate_of"] = dup
+            if repeat:
+                attrs.update(_sql.call_site())
     except Exception as exc:
-        report("django.db.attrs", exc)
+        _recorder.internal_error(_SITE, exc)
         return execute(sql, params, many, context)
-    rec = enter("db.query", name, attrs)
     try:
         result = execute(sql, params, many, context)
     except BaseException as exc:
-        leave(rec, exc)
+        leave(_SITE, rec, exc)
         raise
     try:
         # The DB-API cursor itself: Django's CursorWrapper would go through its __getattr__.
         cursor = context["cursor"]
         rowcount = getattr(cursor, "cursor", cursor).rowcount
         if type(rowcount) is int and rowcount >= 0:
-            attrs["db.rows"] = rowcount
+            attrs["db.response.returned_rows"] = rowcount
     except Exception:
         pass
-    leave(rec)
+    leave(_SITE, rec)
     return result
 
 
@@ -100,6 +141,13 @@ def _add_wrapper(connection: Any) -> None:
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     if patcher.applied:
         _add_wrapper(connection)
+
+
+def _connect_attrs(conn: Any) -> dict[str, Any]:
+    return {
+        "db.system.name": _SYSTEMS.get(conn.vendor, str(conn.vendor)),
+        "stagetrace.db.alias": str(conn.alias),
+    }
 
 
 def install() -> None:
@@ -130,15 +178,18 @@ def install() -> None:
     patcher.wrap(
         BaseDatabaseWrapper,
         "connect",
-        timed(
-            "db.connect",
-            lambda conn: conn.alias,
-            lambda conn: {"db.system": conn.vendor, "db.alias": conn.alias},
-        ),
+        timed("db.connect", lambda conn: str(conn.alias), _connect_attrs, site="django.connect"),
     )
     for op in ("commit", "rollback"):
         patcher.wrap(
-            BaseDatabaseWrapper, op, timed("transaction", op, lambda conn: {"db.alias": conn.alias})
+            BaseDatabaseWrapper,
+            op,
+            timed(
+                "transaction",
+                op,
+                lambda conn: {"stagetrace.db.alias": str(conn.alias)},
+                site="django.transaction",
+            ),
         )
 
     # --- atomic blocks: one Atomic object may be entered by many threads at once, so the open
@@ -146,32 +197,41 @@ def install() -> None:
     def atomic_enter(orig: Any) -> Any:
         def __enter__(self: Any) -> Any:
             rec = None
-            if _get() is not None:
-                rec = _recorder.enter_owned(
-                    "transaction",
-                    "atomic",
-                    self,
-                    {"db.alias": self.using or "default", "savepoint": bool(self.savepoint)},
-                )
+            if _recorder.current() is not None:
+                try:
+                    rec = _recorder.enter_owned(
+                        "transaction",
+                        "atomic",
+                        self,
+                        {
+                            "stagetrace.db.alias": str(self.using or "default"),
+                            "savepoint": bool(self.savepoint),
+                        },
+                    )
+                except Exception as exc:
+                    _recorder.internal_error("django.atomic", exc)
             try:
                 return orig(self)
             except BaseException as exc:
-                leave(rec, exc)
+                leave("django.atomic", rec, exc)
                 raise
 
         return __enter__
 
     def atomic_exit(orig: Any) -> Any:
         def __exit__(self: Any, exc_type: Any, exc_value: Any, traceback: Any) -> Any:
-            rec = _recorder.find_open(self) if _get() is not None else None
+            rec = None
+            if _recorder.current() is not None:
+                try:
+                    rec = _recorder.find_open(self)
+                except Exception as exc:
+                    _recorder.internal_error("django.atomic", exc)
             try:
                 result = orig(self, exc_type, exc_value, traceback)
             except BaseException as exc:
-                _recorder.annotate_record(rec, {"outcome": "error"})
-                _exit_owned(rec, exc)
+                _exit_owned(rec, exc, "error")
                 raise
-            _recorder.annotate_record(rec, {"outcome": "rollback" if exc_type else "commit"})
-            _exit_owned(rec, exc_value)
+            _exit_owned(rec, exc_value, "rollback" if exc_type else "commit")
             return result
 
         return __exit__
@@ -182,19 +242,20 @@ def install() -> None:
     # --- ORM compile: every compiler class that defines as_sql -----------------------------
     def as_sql(orig: Any) -> Any:
         def as_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
-            cur = _get()
             # Not recording, or a compiler calling its own super().as_sql(): one stage only.
-            if cur is None or (cur[OWNER] is self and cur[KIND] == "orm.compile"):
+            if _recorder.current() is None or _recorder.is_open_for(self, "orm.compile"):
                 return orig(self, *args, **kwargs)
-            rec = enter("orm.compile", (_compile_name, self))
-            if rec is not None:
-                rec[OWNER] = self
+            try:
+                rec = _recorder.enter_owned("orm.compile", _compile_name(self), self)
+            except Exception as exc:
+                _recorder.internal_error("django.compile", exc)
+                rec = None
             try:
                 result = orig(self, *args, **kwargs)
             except BaseException as exc:
-                leave(rec, exc)
+                leave("django.compile", rec, exc)
                 raise
-            leave(rec)
+            leave("django.compile", rec)
             return result
 
         return as_sql
@@ -207,17 +268,24 @@ def install() -> None:
     # --- ORM fetch: a queryset evaluated (rows fetched, instances built) -------------------
     def fetch_all(orig: Any) -> Any:
         def _fetch_all(self: Any) -> None:
-            if self._result_cache is not None or _get() is None:
+            if self._result_cache is not None or _recorder.current() is None:
                 return orig(self)  # type: ignore[no-any-return]
-            rec = enter("orm.fetch", (_model_name, self.model))
+            try:
+                rec = _recorder.enter("orm.fetch", _model_name(self.model))
+            except Exception as exc:
+                _recorder.internal_error("django.fetch", exc)
+                rec = None
             try:
                 orig(self)
             except BaseException as exc:
-                leave(rec, exc)
+                leave("django.fetch", rec, exc)
                 raise
-            if rec is not None and self._result_cache is not None:
-                rec[ATTRS] = {"rows": len(self._result_cache)}
-            leave(rec)
+            try:
+                if rec is not None and self._result_cache is not None:
+                    _recorder.set_attrs(rec, {"rows": len(self._result_cache)})
+            except Exception as exc:
+                _recorder.internal_error("django.fetch", exc)
+            leave("django.fetch", rec)
             return None
 
         return _fetch_all
@@ -226,13 +294,14 @@ def install() -> None:
     patcher.wrap(query.RawQuerySet, "_fetch_all", fetch_all)
 
 
-def _exit_owned(rec: Any, exc: BaseException | None) -> None:
+def _exit_owned(rec: Any, exc: BaseException | None, outcome: str) -> None:
     if rec is None:
         return
-    if _get() is rec:
-        leave(rec, exc)
-    else:  # inner stages left open: close ours without disturbing the current one
-        _recorder.close(rec, exc)
+    try:
+        _recorder.set_attrs(rec, {"outcome": outcome})
+        _recorder.finish(rec, exc)
+    except Exception as e:
+        _recorder.internal_error("django.atomic", e)
 
 
 def uninstall() -> None:

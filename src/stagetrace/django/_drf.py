@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder
+from .._patching import leave
 from ._common import patcher
-
-_get = _recorder._get
 
 
 def _serializer_name(serializer: Any) -> str:
@@ -24,15 +23,19 @@ def _serializer_name(serializer: Any) -> str:
 
 def _data_getter(fget: Any) -> Any:
     def data(self: Any) -> Any:
-        if _get() is None or _recorder.is_open_for(self, "serialize"):
+        if _recorder.current() is None or _recorder.is_open_for(self, "serialize"):
             return fget(self)
-        rec = _recorder.enter_owned("serialize", (_serializer_name, self), self)
+        try:
+            rec = _recorder.enter_owned("serialize", _serializer_name(self), self)
+        except Exception as exc:
+            _recorder.internal_error("django.drf", exc)
+            rec = None
         try:
             result = fget(self)
         except BaseException as exc:
-            _recorder.exit(rec, exc)
+            leave("django.drf", rec, exc)
             raise
-        _recorder.exit(rec)
+        leave("django.drf", rec)
         return result
 
     return data

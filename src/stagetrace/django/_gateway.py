@@ -4,25 +4,29 @@
   server iterates the body after ``__call__`` returns, so the timeline ends when the response is
   closed (``HttpResponseBase.close``, which every WSGI server and the test client call). A
   ``response.write`` stage covers the time from the view chain's return to that close; for
-  streaming responses the stages of producing each chunk nest under it.
+  streaming responses the stages of producing each chunk nest under it. Whatever handler
+  produced the response (``StaticFilesHandler`` overrides ``get_response``), the gateway makes
+  sure the timeline ends: it registers the response it returns to the server if nobody did.
 * ASGI (``ASGIHandler.__call__``): the body is sent inside the call, so the timeline ends when it
   returns; ``send_response`` is the ``response.write`` stage. ``AsyncClient`` behaves like the
   test ``Client``.
+
+The pending end is kept in the response's ``__dict__`` (not in a dict keyed by the response: a
+response class may define ``__eq__`` and be unhashable), and holds only stagetrace's records.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from .. import _config, _http, _recorder
-from .._safety import report
-from ._common import ensure_settings, patcher
+from .. import _recorder, _runtime
+from .._http import asgi as asgi_request
+from .._http import wsgi as wsgi_request
+from .._http.gateway import begin_http, end_http
+from ._common import patcher, settings_loaded
 
-TL, END, KIND = _recorder.TL, _recorder.END, _recorder.KIND
-
-_get, _set = _recorder._get, _recorder._set
+_KEY = "_stagetrace_pending"
 
 
 class _Pending:
@@ -36,76 +40,52 @@ class _Pending:
         self.done = False
 
 
-_pending: weakref.WeakKeyDictionary[Any, _Pending] = weakref.WeakKeyDictionary()
-_environ_keys: dict[str, str] = {}
+def _cfg() -> Any:
+    if not settings_loaded():
+        _load_settings_once()
+    return _runtime.active()
 
 
-def _environ_key(header: str) -> str:
-    key = _environ_keys.get(header)
-    if key is None:
-        key = _environ_keys[header] = "HTTP_" + header.upper().replace("-", "_")
-    return key
+_tried_settings = [False]
 
 
-def _wsgi_text(environ: dict[str, Any], key: str, default: str) -> str:
-    raw = environ.get(key, default)
+def _load_settings_once() -> None:
+    """`instrument()` called without the app in ``INSTALLED_APPS`` and before settings were
+    configured: read ``settings.STAGETRACE`` at the first request (a bad value is reported once,
+    and the request goes on)."""
+    if _tried_settings[0]:
+        return
+    _tried_settings[0] = True
     try:
-        return str(raw.encode("latin-1").decode("utf-8"))
-    except (UnicodeError, AttributeError):
-        return str(raw)
+        from ._common import load_settings
+
+        load_settings()
+    except Exception as exc:
+        _recorder.internal_error("django.settings", exc)
 
 
-def _begin_environ(environ: dict[str, Any], gateway: str) -> list[Any] | None:
-    ensure_settings()
-    cfg = _config.settings()
-    root = _http.begin_http(
-        gateway,
-        framework="django",
-        method=environ.get("REQUEST_METHOD"),
-        path=_wsgi_text(environ, "SCRIPT_NAME", "") + _wsgi_text(environ, "PATH_INFO", "/"),
-        scheme=environ.get("wsgi.url_scheme"),
-        request_id=environ.get(_environ_key(cfg.request_id_header)),
-        queue_start=environ.get("HTTP_X_REQUEST_START") or environ.get("HTTP_X_QUEUE_START"),
-        traceparent=environ.get("HTTP_TRACEPARENT"),
-        body_size=environ.get("CONTENT_LENGTH") or None,
-    )
-    if root is not None:
-        root[TL].extra = {"django.gateway": gateway}
+def _begin_environ(environ: Any, gateway: str) -> list[Any] | None:
+    cfg = _cfg()
+    if not cfg.enabled:
+        return None
+    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg), framework="django")
+    _tag(root, gateway)
     return root
 
 
-def _scope_headers(scope: dict[str, Any], wanted: frozenset[bytes]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
-    for name, value in scope.get("headers") or ():
-        lname = name.lower()
-        if lname in wanted and lname not in found:
-            found[lname] = value
-    return found
-
-
-def _begin_scope(scope: dict[str, Any], gateway: str) -> list[Any] | None:
-    ensure_settings()
-    cfg = _config.settings()
-    rid = cfg.request_id_header.encode("latin-1")
-    h = _scope_headers(
-        scope,
-        frozenset((rid, b"x-request-start", b"x-queue-start", b"traceparent", b"content-length")),
-    )
-    path = scope.get("root_path", "") + scope.get("path", "")
-    root = _http.begin_http(
-        gateway,
-        framework="django",
-        method=scope.get("method"),
-        path=path,
-        scheme=scope.get("scheme"),
-        request_id=h.get(rid),
-        queue_start=h.get(b"x-request-start") or h.get(b"x-queue-start"),
-        traceparent=h.get(b"traceparent"),
-        body_size=h.get(b"content-length"),
-    )
-    if root is not None:
-        root[TL].extra = {"django.gateway": gateway}
+def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
+    cfg = _cfg()
+    if not cfg.enabled:
+        return None
+    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg), framework="django")
+    _tag(root, gateway)
     return root
+
+
+def _tag(root: Any, gateway: str) -> None:
+    tl = _recorder.timeline_of(root)
+    if tl is not None:
+        tl.extra = {"django.gateway": gateway}
 
 
 def _finish(pending: _Pending, exc: BaseException | None = None) -> None:
@@ -115,13 +95,10 @@ def _finish(pending: _Pending, exc: BaseException | None = None) -> None:
     pending.done = True
     try:
         _recorder.close(pending.write, exc)
-        size = None
-        write = pending.write
-        if write is not None and write[_recorder.ATTRS]:
-            size = write[_recorder.ATTRS].get("http.response.body.size")
-        _http.end_http(pending.root, response_size=size)
+        _recorder.mark_sent(pending.root)
+        end_http(pending.root)
     except Exception as e:
-        report("django.finish", e)
+        _recorder.internal_error("django.finish", e)
 
 
 def _response_size(response: Any) -> int | None:
@@ -135,63 +112,82 @@ def _response_size(response: Any) -> int | None:
 
 
 def _on_response(response: Any) -> None:
-    """After the middleware chain returned `response` (inside the gateway)."""
-    cur = _get()
-    if cur is None:
+    """After the middleware chain returned `response` (inside the gateway): record the status,
+    echo the request id, and for WSGI start the response.write stage that ends on close()."""
+    tl = _recorder.live()
+    if tl is None:
         return
-    tl = cur[TL]
     status = getattr(response, "status_code", None)
     if isinstance(status, int):
         tl.status = status
     cfg = tl.settings
     if cfg.echo_request_id:
-        try:
-            header = cfg.request_id_header
-            if not response.has_header(header):
-                response[header] = tl.request_id or f"{tl.trace_id:032x}"
-        except Exception as e:
-            report("django.echo_request_id", e)
+        header = cfg.request_id_header
+        if not response.has_header(header):
+            response[header] = tl.request_id or f"{tl.trace_id:032x}"
     gateway = (tl.extra or {}).get("django.gateway")
-    if gateway is None or gateway == "ASGI" or tl.ended:
+    if gateway is None or gateway == "ASGI" or "pending" in tl.extra:  # type: ignore[operator]
         return
-    root = tl[0]
-    # The body goes out after the gateway returns: a response.write stage, ended on close().
+    _register(tl, response)
+
+
+def _register(tl: Any, response: Any) -> None:
+    """The body goes out after the gateway returns: a response.write stage, ended on close()."""
+    root = _recorder.root_of(tl)
     attrs: dict[str, Any] = {}
     size = _response_size(response)
     if size is not None:
         attrs["http.response.body.size"] = size
-    write = _recorder.enter("response.write", "body", attrs)
+    write = _recorder.enter_at(root, "response.write", "body", attrs)
     if write is not None:
-        _set(write[_recorder.PARENT])
+        _recorder.restore(_recorder.parent_of(write))
     pending = _Pending(root, write)
-    _pending[response] = pending
+    try:
+        vars(response)[_KEY] = pending
+    except TypeError:  # no __dict__: nothing to find on close; end now
+        _finish(pending)
+        return
+    tl.extra["pending"] = True
     if (
         write is not None
         and getattr(response, "streaming", False)
         and getattr(response, "file_to_stream", None) is None
     ):
-        # Producing the chunks is the view's work continuing: make it nest under response.write.
+        # Producing the chunks is the view's work continuing: it nests under response.write.
         if getattr(response, "is_async", False):
             response.streaming_content = _stream_async(response.streaming_content, pending)
         else:
             response.streaming_content = _stream_sync(response.streaming_content, pending)
 
 
+def _ensure_ending(root: list[Any], result: Any) -> None:
+    """The handler returned `result` to the server: make sure the timeline will end. Normally
+    `_on_response` registered the response already; a handler that bypasses
+    ``BaseHandler.get_response`` (``StaticFilesHandler``) did not, so register what it returned
+    — the response, or the file wrapper around its file, whose close is the response's."""
+    tl = _recorder.timeline_of(root)
+    if tl is None or "pending" in (tl.extra or {}):
+        return
+    from django.http.response import HttpResponseBase
+
+    response = result
+    if not isinstance(response, HttpResponseBase):
+        close = getattr(getattr(result, "filelike", None), "close", None)
+        response = getattr(close, "__self__", None)
+    if isinstance(response, HttpResponseBase):
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            tl.status = status
+        _register(tl, response)
+    else:
+        end_http(root)
+
+
 def _stream_sync(content: Iterable[bytes], pending: _Pending) -> Iterator[bytes]:
-    write = pending.write
-    it = iter(content)
     chunks = size = 0
     error: BaseException | None = None
     try:
-        while True:
-            prev = _get()
-            _set(write)
-            try:
-                chunk = next(it)
-            except StopIteration:
-                break
-            finally:
-                _set(prev)
+        for chunk in _recorder.carry(content, pending.write):
             chunks += 1
             size += len(chunk)
             yield chunk
@@ -201,25 +197,15 @@ def _stream_sync(content: Iterable[bytes], pending: _Pending) -> Iterator[bytes]
         error = exc
         raise
     finally:
-        _recorder.annotate_record(write, {"chunks": chunks, "http.response.body.size": size})
+        _recorder.set_attrs(pending.write, {"chunks": chunks, "http.response.body.size": size})
         _finish(pending, error)
 
 
 async def _stream_async(content: Any, pending: _Pending) -> AsyncIterator[bytes]:
-    write = pending.write
-    it = content.__aiter__()
     chunks = size = 0
     error: BaseException | None = None
     try:
-        while True:
-            prev = _get()
-            _set(write)
-            try:
-                chunk = await it.__anext__()
-            except StopAsyncIteration:
-                break
-            finally:
-                _set(prev)
+        async for chunk in _recorder.acarry(content, pending.write):
             chunks += 1
             size += len(chunk)
             yield chunk
@@ -229,85 +215,126 @@ async def _stream_async(content: Any, pending: _Pending) -> AsyncIterator[bytes]
         error = exc
         raise
     finally:
-        _recorder.annotate_record(write, {"chunks": chunks, "http.response.body.size": size})
+        _recorder.set_attrs(pending.write, {"chunks": chunks, "http.response.body.size": size})
         _finish(pending, error)
 
 
-def _leave_pending(root: list[Any], prev: list[Any] | None) -> None:
-    """The gateway call returned but the body is still to be sent: give the caller its
-    context back; the timeline ends when the response is closed."""
-    if not root[TL].ended:
-        _set(prev)
-
-
 # --- patches --------------------------------------------------------------------------------
+
+
+def _wsgi_call(orig: Any, gateway: str) -> Any:
+    def __call__(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
+        if not patcher.applied:
+            return orig(self, environ, *args, **kwargs)
+        prev = _recorder.current()
+        try:
+            root = _begin_environ(environ, gateway)
+        except Exception as exc:
+            _recorder.internal_error("django.begin", exc)
+            _recorder.restore(prev)
+            root = None
+        if root is None:
+            return orig(self, environ, *args, **kwargs)
+        try:
+            result = orig(self, environ, *args, **kwargs)
+        except BaseException as exc:
+            _end_now(root, exc)
+            _recorder.restore(prev)
+            raise
+        try:
+            _ensure_ending(root, result)
+        except Exception as exc:
+            _recorder.internal_error("django.end", exc)
+            _end_now(root, None)
+        # The body is still to be sent: the caller gets its context back; the timeline ends
+        # when the server closes the response.
+        _recorder.restore(prev)
+        return result
+
+    return __call__
+
+
+def _end_now(root: Any, exc: BaseException | None) -> None:
+    try:
+        end_http(root, exc=exc)
+    except Exception as e:
+        _recorder.internal_error("django.end", e)
+
+
+def _asgi_call(orig: Any, gateway: str) -> Any:
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any, *args: Any) -> Any:
+        if not patcher.applied or scope.get("type") != "http":
+            return await orig(self, scope, receive, send, *args)
+        prev = _recorder.current()
+        try:
+            root = _begin_scope(scope, gateway)
+        except Exception as exc:
+            _recorder.internal_error("django.begin", exc)
+            _recorder.restore(prev)
+            root = None
+        if root is None:
+            return await orig(self, scope, receive, send, *args)
+        box: list[Any] = [None, 0]
+
+        async def observed_send(message: Any) -> None:
+            try:
+                kind = message.get("type")
+                if kind == "http.response.start":
+                    box[0] = message.get("status")
+                    _recorder.root_attrs(root)["http.response.first_byte_ns"] = (
+                        _recorder.now() - _recorder.start_of(root)
+                    )
+                elif kind == "http.response.body":
+                    box[1] += len(message.get("body", b""))
+            except Exception as exc:
+                _recorder.internal_error("django.asgi.send", exc)
+                kind = None
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                _recorder.mark_sent(root)
+
+        try:
+            result = await orig(self, scope, receive, observed_send, *args)
+        except BaseException as exc:
+            _end_asgi(root, box, exc)
+            _recorder.restore(prev)
+            raise
+        _end_asgi(root, box, None)
+        _recorder.restore(prev)
+        return result
+
+    return __call__
+
+
+def _end_asgi(root: Any, box: list[Any], exc: BaseException | None) -> None:
+    try:
+        status = box[0] if type(box[0]) is int else None
+        end_http(root, status, box[1], exc)
+    except Exception as e:
+        _recorder.internal_error("django.end", e)
 
 
 def install() -> None:
     from django.core.handlers import asgi, base, wsgi
     from django.http import response as http_response
 
-    def wrap_wsgi_call(orig: Any, gateway: str) -> Any:
-        def __call__(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
-            if not patcher.applied:
-                return orig(self, environ, *args, **kwargs)
-            prev = _get()
-            root = _begin_environ(environ, gateway)
-            if root is None:
-                return orig(self, environ, *args, **kwargs)
-            try:
-                result = orig(self, environ, *args, **kwargs)
-            except BaseException as exc:
-                _http.end_http(root, exc=exc)
-                raise
-            _leave_pending(root, prev)
-            return result
-
-        return __call__
-
-    patcher.wrap(wsgi.WSGIHandler, "__call__", lambda orig: wrap_wsgi_call(orig, "WSGI"))
-
-    def asgi_call(orig: Any) -> Any:
-        async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
-            if not patcher.applied or scope.get("type") != "http":
-                return await orig(self, scope, receive, send)
-            root = _begin_scope(scope, "ASGI")
-            if root is None:
-                return await orig(self, scope, receive, send)
-            box: list[Any] = [None, 0]
-
-            async def observed_send(message: Any) -> None:
-                kind = message.get("type")
-                if kind == "http.response.start":
-                    box[0] = message.get("status")
-                    _recorder.annotate_record(
-                        root,
-                        {"http.response.first_byte_ns": _recorder.now() - root[_recorder.START]},
-                    )
-                elif kind == "http.response.body":
-                    box[1] += len(message.get("body", b""))
-                await send(message)
-
-            try:
-                await orig(self, scope, receive, observed_send)
-            except BaseException as exc:
-                _http.end_http(root, box[0], box[1], exc)
-                raise
-            _http.end_http(root, box[0], box[1])
-
-        return __call__
-
-    patcher.wrap(asgi.ASGIHandler, "__call__", asgi_call)
+    patcher.wrap(wsgi.WSGIHandler, "__call__", lambda orig: _wsgi_call(orig, "WSGI"))
+    patcher.wrap(asgi.ASGIHandler, "__call__", lambda orig: _asgi_call(orig, "ASGI"))
 
     def send_response(orig: Any) -> Any:
         async def send_response(self: Any, response: Any, send: Any) -> Any:
-            rec = _recorder.enter("response.write", "body") if patcher.applied else None
+            rec = None
+            if patcher.applied and _recorder.current() is not None:
+                try:
+                    rec = _recorder.enter("response.write", "body")
+                except Exception as exc:
+                    _recorder.internal_error("django.send_response", exc)
             try:
                 result = await orig(self, response, send)
             except BaseException as exc:
-                _recorder.exit(rec, exc)
+                _leave(rec, exc)
                 raise
-            _recorder.exit(rec)
+            _leave(rec, None)
             return result
 
         return send_response
@@ -318,7 +345,10 @@ def install() -> None:
         def get_response(self: Any, request: Any) -> Any:
             response = orig(self, request)
             if patcher.applied:
-                _on_response(response)
+                try:
+                    _on_response(response)
+                except Exception as exc:
+                    _recorder.internal_error("django.response", exc)
             return response
 
         return get_response
@@ -327,7 +357,10 @@ def install() -> None:
         async def get_response_async(self: Any, request: Any) -> Any:
             response = await orig(self, request)
             if patcher.applied:
-                _on_response(response)
+                try:
+                    _on_response(response)
+                except Exception as exc:
+                    _recorder.internal_error("django.response", exc)
             return response
 
         return get_response_async
@@ -340,55 +373,61 @@ def install() -> None:
             try:
                 orig(self)
             finally:
-                if _pending:
-                    pending = _pending.pop(self, None)
-                    if pending is not None:
-                        _finish(pending)
+                try:
+                    pending = vars(self).pop(_KEY, None)
+                except Exception:
+                    pending = None
+                if pending is not None:
+                    _finish(pending)
 
         return close
 
     patcher.wrap(http_response.HttpResponseBase, "close", close)
 
 
+def _leave(rec: Any, exc: BaseException | None) -> None:
+    if rec is None:
+        return
+    try:
+        _recorder.exit(rec, exc)
+    except Exception as e:
+        _recorder.internal_error("django.send_response", e)
+        _recorder.restore(_recorder.parent_of(rec))
+
+
 def install_test_client() -> None:
     """Django's test clients, so a project's own tests see the same timelines."""
     from django.test import client
 
-    def client_call(orig: Any) -> Any:
-        def __call__(self: Any, environ: Any, *args: Any, **kwargs: Any) -> Any:
-            if not patcher.applied:
-                return orig(self, environ, *args, **kwargs)
-            prev = _get()
-            root = _begin_environ(environ, "test client")
-            if root is None:
-                return orig(self, environ, *args, **kwargs)
-            try:
-                result = orig(self, environ, *args, **kwargs)
-            except BaseException as exc:
-                _http.end_http(root, exc=exc)
-                raise
-            _leave_pending(root, prev)
-            return result
-
-        return __call__
+    patcher.wrap(client.ClientHandler, "__call__", lambda orig: _wsgi_call(orig, "test client"))
 
     def async_client_call(orig: Any) -> Any:
         async def __call__(self: Any, scope: Any, *args: Any, **kwargs: Any) -> Any:
             if not patcher.applied:
                 return await orig(self, scope, *args, **kwargs)
-            prev = _get()
-            root = _begin_scope(scope, "async test client")
+            prev = _recorder.current()
+            try:
+                root = _begin_scope(scope, "async test client")
+            except Exception as exc:
+                _recorder.internal_error("django.begin", exc)
+                _recorder.restore(prev)
+                root = None
             if root is None:
                 return await orig(self, scope, *args, **kwargs)
             try:
                 result = await orig(self, scope, *args, **kwargs)
             except BaseException as exc:
-                _http.end_http(root, exc=exc)
+                _end_now(root, exc)
+                _recorder.restore(prev)
                 raise
-            _leave_pending(root, prev)
+            try:
+                _ensure_ending(root, result)
+            except Exception as exc:
+                _recorder.internal_error("django.end", exc)
+                _end_now(root, None)
+            _recorder.restore(prev)
             return result
 
         return __call__
 
-    patcher.wrap(client.ClientHandler, "__call__", client_call)
     patcher.wrap(client.AsyncClientHandler, "__call__", async_client_call)

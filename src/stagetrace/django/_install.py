@@ -1,13 +1,14 @@
-"""`instrument()` / `uninstrument()` for Django, and reading ``settings.STAGETRACE``."""
+"""`instrument()` / `uninstrument()` for Django."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from .. import _outbound
+from .. import _runtime, httpclients
+from .. import jinja2 as _jinja2
 from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
-from ._common import load_settings, patcher, settings_state
+from ._common import load_settings, patcher
 
 __all__ = ["instrument", "is_instrumented", "load_settings", "uninstrument"]
 
@@ -23,30 +24,44 @@ def is_instrumented() -> bool:
 def _install_jinja2(module: Any) -> None:
     global _jinja2_installed
     if not _jinja2_installed:
-        _templates.install_jinja2()
+        _jinja2.install()
         _jinja2_installed = True
 
 
 def _uninstall_jinja2() -> None:
     global _jinja2_installed
     if _jinja2_installed:
-        _templates.uninstall_jinja2()
+        _jinja2.uninstall()
         _jinja2_installed = False
+
+
+def _check_configuration() -> None:
+    """Resolve the configuration now, so that a bad option (``settings.STAGETRACE`` or a
+    ``STAGETRACE_*`` variable) raises `ConfigurationError` at start-up — never inside a
+    request."""
+    from django.conf import settings
+
+    if settings.configured:
+        load_settings()
+    else:
+        _runtime.settings()
 
 
 def instrument() -> None:
     """Instrument Django: every request served afterwards yields a full stage timeline.
 
-    Idempotent, and safe before or after ``django.setup()``. Middleware stages need the request
-    handler to be built afterwards (as it is when the app is in ``INSTALLED_APPS`` or when this
-    runs before ``get_wsgi_application()``/``get_asgi_application()``); every other stage works
-    for handlers that already exist too.
+    Idempotent, and safe before or after ``django.setup()``. Raises `ConfigurationError` when the
+    configuration is bad. Middleware stages need the request handler to be built afterwards (as
+    it is when the app is in ``INSTALLED_APPS`` or when this runs before
+    ``get_wsgi_application()``/``get_asgi_application()``); every other stage works for handlers
+    that already exist too.
     """
     with _lock:
         if patcher.applied:
             return
+        _check_configuration()
         patcher.start()
-        settings_state.tried = False
+        _gateway._tried_settings[0] = False
         try:
             _gateway.install()
             _middleware.install()
@@ -62,7 +77,7 @@ def instrument() -> None:
         patcher.when_imported("django.test.utils", _templates.install_test_utils)
         patcher.when_imported("jinja2", _install_jinja2)
         patcher.when_imported("rest_framework.serializers", _drf.install)
-        _outbound.install()
+        httpclients.install()
 
 
 def uninstrument() -> None:
@@ -77,4 +92,4 @@ def uninstrument() -> None:
         patcher.undo()
         _db.uninstall()
         _uninstall_jinja2()
-        _outbound.uninstall()
+        httpclients.uninstall()

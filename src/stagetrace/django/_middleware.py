@@ -26,11 +26,35 @@ import wrapt
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
+from .._patching import leave
 from ._common import patcher, take_thread_wait
 
-enter_middleware, leave = _recorder.enter_middleware, _recorder.exit
-open_middleware = _recorder.open_middleware
-inner_begin, inner_end = _recorder.inner_begin, _recorder.inner_end
+_SITE = "django.middleware"
+
+
+def _enter(name: str) -> Any:
+    try:
+        return _recorder.enter_middleware(name)
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+        return None
+
+
+def _mark_in(path: str) -> Any:
+    try:
+        rec = _recorder.open_middleware(path)
+        _recorder.inner_begin(rec)
+        return rec
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+        return None
+
+
+def _mark_out(rec: Any) -> None:
+    try:
+        _recorder.inner_end(rec)
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
 
 
 def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
@@ -39,22 +63,22 @@ def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[...,
     if iscoroutinefunction(get_response):
 
         async def inner(request: Any) -> Any:
-            rec = open_middleware(path)
-            inner_begin(rec)
+            rec = _mark_in(path) if _recorder.current() is not None else None
             try:
                 return await get_response(request)
             finally:
-                inner_end(rec)
+                if rec is not None:
+                    _mark_out(rec)
 
     else:
 
         def inner(request: Any) -> Any:  # type: ignore[misc]
-            rec = open_middleware(path)
-            inner_begin(rec)
+            rec = _mark_in(path) if _recorder.current() is not None else None
             try:
                 return get_response(request)
             finally:
-                inner_end(rec)
+                if rec is not None:
+                    _mark_out(rec)
 
     functools.update_wrapper(inner, get_response, updated=())
     return inner
@@ -69,32 +93,39 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
     if iscoroutinefunction(method):
 
         async def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:
-            rec = enter_middleware(name) if patcher.applied else None
+            rec = _enter(name) if patcher.applied and _recorder.current() is not None else None
             try:
                 result = await method(*args, **kwargs)
             except BaseException as exc:
-                leave(rec, exc)
+                leave(_SITE, rec, exc)
                 raise
-            _recorder.set_short_circuit(rec, short_if_result and result is not None)
-            leave(rec)
+            _short(rec, short_if_result and result is not None)
+            leave(_SITE, rec)
             return result
 
     else:
 
         def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            rec = enter_middleware(name) if patcher.applied else None
+            rec = _enter(name) if patcher.applied and _recorder.current() is not None else None
             take_thread_wait(rec)
             try:
                 result = method(*args, **kwargs)
             except BaseException as exc:
-                leave(rec, exc)
+                leave(_SITE, rec, exc)
                 raise
-            _recorder.set_short_circuit(rec, short_if_result and result is not None)
-            leave(rec)
+            _short(rec, short_if_result and result is not None)
+            leave(_SITE, rec)
             return result
 
     functools.update_wrapper(hook, func, updated=())
     return types.MethodType(hook, owner) if owner is not None else functools.partial(hook, None)
+
+
+def _short(rec: Any, short: bool) -> None:
+    try:
+        _recorder.set_short_circuit(rec, short)
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
 
 
 class _MiddlewareProxy(wrapt.ObjectProxy):
@@ -128,34 +159,34 @@ class _MiddlewareProxy(wrapt.ObjectProxy):
 
 class _SyncMiddleware(_MiddlewareProxy):
     def __call__(self, request: Any) -> Any:
-        if not patcher.applied:
+        if not patcher.applied or _recorder.current() is None:
             return self.__wrapped__(request)
-        rec = enter_middleware(self._self_path)
+        rec = _enter(self._self_path)
         take_thread_wait(rec)
         try:
             response = self.__wrapped__(request)
         except BaseException as exc:
-            leave(rec, exc)
+            leave(_SITE, rec, exc)
             raise
-        leave(rec)
+        leave(_SITE, rec)
         return response
 
 
 class _AsyncMiddleware(_MiddlewareProxy):
     async def __call__(self, request: Any) -> Any:
-        if not patcher.applied:
+        if not patcher.applied or _recorder.current() is None:
             return await self.__wrapped__(request)
-        rec = enter_middleware(self._self_path)
+        rec = _enter(self._self_path)
         try:
             response = await self.__wrapped__(request)
         except BaseException as exc:
-            leave(rec, exc)
+            leave(_SITE, rec, exc)
             raise
-        leave(rec)
+        leave(_SITE, rec)
         return response
 
 
-class _FactoryProxy(wrapt.ObjectProxy):
+class _MiddlewareFactory(wrapt.ObjectProxy):
     """Stands in for a middleware class or factory in ``load_middleware``."""
 
     def __init__(self, wrapped: Any, path: str) -> None:
@@ -180,7 +211,7 @@ def install() -> None:
             if not patcher.applied:
                 return target
             # Interned-by-identity: records compare names with `is` (see _recorder.open_middleware).
-            return _FactoryProxy(target, str(dotted_path))
+            return _MiddlewareFactory(target, str(dotted_path))
 
         return import_string
 

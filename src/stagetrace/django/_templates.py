@@ -3,19 +3,17 @@
 Django templates render through ``Template._render``: top-level renders, ``{% include %}``,
 inclusion tags (via ``Template.render``) and ``{% extends %}`` parents (which call ``_render``
 directly) all pass there, so each is one stage, nested as rendered. Jinja2 (Django's Jinja2
-backend) is shared with the Starlette adapter (`stagetrace._jinja2`).
+backend) is shared with the Starlette adapter (`stagetrace.jinja2`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import _jinja2, _recorder
-from .._patching import timed
+from .. import _recorder
+from .. import jinja2 as _jinja2
+from .._patching import leave, timed
 from ._common import patcher, qualname, take_thread_wait
-
-enter, leave = _recorder.enter, _recorder.exit
-_get = _recorder._get
 
 _DTL = {"template.engine": "django"}
 
@@ -35,15 +33,19 @@ def _template_response_name(response: Any) -> str:
 
 def _timed_render(orig: Any) -> Any:
     def _render(self: Any, context: Any) -> Any:
-        if _get() is None:
+        if _recorder.current() is None:
             return orig(self, context)
-        rec = enter("template", self.name or "<string>", _DTL)
+        try:
+            rec = _recorder.enter("template", str(self.name or "<string>"), _DTL)
+        except Exception as exc:
+            _recorder.internal_error("django.template", exc)
+            rec = None
         try:
             result = orig(self, context)
         except BaseException as exc:
-            leave(rec, exc)
+            leave("django.template", rec, exc)
             raise
-        leave(rec)
+        leave("django.template", rec)
         return result
 
     return _render
@@ -64,23 +66,31 @@ def install() -> None:
 
     def render(orig: Any) -> Any:
         def render(self: Any) -> Any:
-            if _get() is None or self._is_rendered:
+            if _recorder.current() is None or self._is_rendered:
                 return orig(self)
-            rec = enter("serialize", (_template_response_name, self))
+            try:
+                rec = _recorder.enter("serialize", _template_response_name(self))
+            except Exception as exc:
+                _recorder.internal_error("django.serialize", exc)
+                rec = None
             take_thread_wait(rec)
             try:
                 result = orig(self)
             except BaseException as exc:
-                leave(rec, exc)
+                leave("django.serialize", rec, exc)
                 raise
-            leave(rec)
+            leave("django.serialize", rec)
             return result
 
         return render
 
     patcher.wrap(SimpleTemplateResponse, "render", render)
 
-    patcher.wrap(http_response.JsonResponse, "__init__", timed("serialize", "JsonResponse"))
+    patcher.wrap(
+        http_response.JsonResponse,
+        "__init__",
+        timed("serialize", "JsonResponse", site="django.serialize"),
+    )
 
 
 def install_jinja2() -> None:

@@ -1,4 +1,5 @@
-"""URL resolution (``route``), the view (``view``), and asgiref's thread hop."""
+"""URL resolution (``route``), the view (``view``), the error response Django builds from an
+exception (404/500 handlers and their templates), and asgiref's thread hop."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
+from .._http.headers import safe
+from .._patching import leave
 from ._common import hop_started, patcher, qualname, take_thread_wait
 
-enter, leave = _recorder.enter, _recorder.exit
-_get = _recorder._get
+_SITE = "django.view"
 
 
 def _route_attrs(match: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"http.route": match.route}
+    attrs: dict[str, Any] = {"http.route": str(match.route)}
     if match.view_name:
-        attrs["django.view_name"] = match.view_name
+        attrs["django.view_name"] = str(match.view_name)
     if match.namespace:
-        attrs["django.namespace"] = match.namespace
+        attrs["django.namespace"] = str(match.namespace)
     return attrs
 
 
@@ -48,58 +50,90 @@ def view_name(view_and_method: tuple[Any, str | None]) -> str:
     return f"{qualname(cls)}.{handler}" if handler else qualname(cls)
 
 
-def _timed_view(callback: Any, name: tuple[Any, Any]) -> Any:
+_view_names: dict[tuple[Any, Any], str] = {}
+
+
+def _cached_view_name(view: Any, method: Any) -> str:
+    key = (view, method)
+    try:
+        name = _view_names.get(key)
+    except TypeError:  # an unhashable view object
+        return view_name(key)
+    if name is None:
+        name = view_name(key)
+        if len(_view_names) < 4096:
+            _view_names[key] = name
+    return name
+
+
+def _enter(kind: str, name: Any) -> Any:
+    try:
+        return _recorder.enter(kind, name)
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+        return None
+
+
+def _timed_view(callback: Any, name: str) -> Any:
     """The view as Django will call it, recorded; same sync/async nature as `callback`."""
     if iscoroutinefunction(callback):
 
         async def view(*args: Any, **kwargs: Any) -> Any:
-            rec = enter("view", name)
+            rec = _enter("view", name)
             try:
                 response = await callback(*args, **kwargs)
             except BaseException as exc:
-                leave(rec, exc)
+                leave(_SITE, rec, exc)
                 raise
-            leave(rec)
+            leave(_SITE, rec)
             return response
 
         return view
 
     def sync_view(*args: Any, **kwargs: Any) -> Any:
-        rec = enter("view", name)
+        rec = _enter("view", name)
         take_thread_wait(rec)
         try:
             response = callback(*args, **kwargs)
         except BaseException as exc:
-            leave(rec, exc)
+            leave(_SITE, rec, exc)
             raise
-        leave(rec)
+        leave(_SITE, rec)
         return response
 
     return sync_view
 
 
+def _exception_name(exc: Any) -> str:
+    return f"error response {type(exc).__name__}"
+
+
 def install() -> None:
     from asgiref.sync import SyncToAsync
-    from django.core.handlers import base
+    from django.core.handlers import base, exception
 
     def resolve_request(orig: Any) -> Any:
         def resolve_request(self: Any, request: Any) -> Any:
-            if _get() is None or not patcher.applied:
+            if _recorder.current() is None or not patcher.applied:
                 return orig(self, request)
-            rec = enter("route", "<unresolved>")
+            rec = _enter("route", "<unresolved>")
             try:
                 match = orig(self, request)
             except BaseException as exc:
-                if rec is not None:
-                    rec[_recorder.ATTRS] = {"http.route": None, "url.path": request.path_info}
-                leave(rec, exc)
+                try:
+                    _recorder.set_attrs(rec, {"url.path": safe(str(request.path_info))})
+                except Exception as e:
+                    _recorder.internal_error("django.route", e)
+                leave(_SITE, rec, exc)
                 raise
-            if rec is not None:
-                route = match.route
-                rec[_recorder.NAME] = route or "<root>"
-                rec[_recorder.ATTRS] = (_route_attrs, match)
-                rec[_recorder.TL].route = route
-            leave(rec)
+            try:
+                route = str(match.route)
+                _recorder.set_name(rec, route or "<root>")
+                _recorder.set_attrs(rec, _route_attrs(match))
+                _recorder.set_route(route)
+            except Exception as exc:
+                _recorder.internal_error("django.route", exc)
+            leave(_SITE, rec)
             return match
 
         return resolve_request
@@ -109,20 +143,49 @@ def install() -> None:
         # user's view object itself is never replaced (csrf_exempt, identity checks hold).
         def make_view_atomic(self: Any, view: Any) -> Any:
             callback = orig(self, view)
-            cur = _get()
-            if cur is None or not patcher.applied:
+            if not patcher.applied:
                 return callback
-            method = getattr(cur[_recorder.TL], "method", None)
-            return _timed_view(callback, (view_name, (view, method)))
+            tl = _recorder.live()
+            if tl is None:
+                return callback
+            try:
+                name = _cached_view_name(view, tl.method)
+            except Exception as exc:
+                _recorder.internal_error("django.view_name", exc)
+                return callback
+            return _timed_view(callback, name)
 
         return make_view_atomic
 
     patcher.wrap(base.BaseHandler, "resolve_request", resolve_request)
     patcher.wrap(base.BaseHandler, "make_view_atomic", make_view_atomic)
 
+    def response_for_exception(orig: Any) -> Any:
+        # Turning an exception into a response (404/403/400/500 handlers, their templates, the
+        # technical debug page) is work of its own, not the innermost middleware's.
+        def response_for_exception(request: Any, exc: Any) -> Any:
+            if _recorder.current() is None or not patcher.applied:
+                return orig(request, exc)
+            rec = _enter("view", _exception_name(exc))
+            try:
+                response = orig(request, exc)
+            except BaseException as e:
+                leave(_SITE, rec, e)
+                raise
+            try:
+                _recorder.set_attrs(rec, {"exception.type": qualname(type(exc))})
+            except Exception as e:
+                _recorder.internal_error(_SITE, e)
+            leave(_SITE, rec)
+            return response
+
+        return response_for_exception
+
+    patcher.wrap(exception, "response_for_exception", response_for_exception)
+
     def sync_to_async_call(orig: Any) -> Any:
         async def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _get() is None:
+            if _recorder.current() is None:
                 return await orig(self, *args, **kwargs)
             token = hop_started.set(_recorder.now())
             try:

@@ -14,5 +14,7 @@ class StagetraceConfig(AppConfig):
     def ready(self) -> None:
         from . import _install
 
-        _install.load_settings()
-        _install.instrument()
+        if _install.is_instrumented():  # instrument() ran before setup: read the settings now
+            _install.load_settings()
+        else:
+            _install.instrument()

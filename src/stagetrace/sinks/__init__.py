@@ -1,8 +1,33 @@
 """Built-in sinks. Each one is also selectable by name in `configure(sinks=[...])` or
 ``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
 from ._console import ConsoleSink, render_waterfall
 from ._jsonl import JsonlSink, read_jsonl
 from ._memory import MemorySink
 
-__all__ = ["ConsoleSink", "JsonlSink", "MemorySink", "read_jsonl", "render_waterfall"]
+if TYPE_CHECKING:
+    from ..typing import Sink
+
+__all__ = ["ConsoleSink", "JsonlSink", "MemorySink", "build", "read_jsonl", "render_waterfall"]
+
+
+def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
+    """The sink objects for a plan of names and objects (see `_options.sink_plan`), configured
+    from the resolved option `values`. A sink that cannot work (a JSON lines file that cannot
+    be written) raises `ConfigurationError` here, at configuration, not at the first request."""
+    built: list[Sink] = []
+    for item in plan:
+        if not isinstance(item, str):
+            built.append(item)
+        elif item == "jsonl":
+            built.append(JsonlSink(values["jsonl"]))
+        elif item == "console":
+            built.append(ConsoleSink(color=values.get("color", "auto")))
+        elif item == "memory":
+            built.append(MemorySink(values.get("memory_size", 100)))
+    return tuple(built)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from .._config import ConfigurationError
 from .._model import SchemaError, Timeline
+from .._options import ConfigurationError
 
 try:  # POSIX advisory locks keep lines whole when several processes append to one file.
     import fcntl
@@ -34,6 +34,12 @@ class JsonlSink:
             raise ConfigurationError(f"stagetrace option 'jsonl': {self.path!r} is a directory")
         self._fd: int | None = None
         self._ino: tuple[int, int] | None = None
+        try:  # can we write it? Say so now, at start-up, not at the first request.
+            self._open()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"stagetrace option 'jsonl': cannot write {self.path!r} ({exc.strerror})"
+            ) from None
 
     def _open(self) -> int:
         fd = self._fd

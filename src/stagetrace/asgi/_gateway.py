@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from . import _config, _http, _recorder
-from ._safety import report
+from .. import _recorder, _runtime
+from .._http import asgi as _parse
+from .._http.gateway import begin_http, end_http
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,61 +28,29 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 now = _recorder.now
-_get, _set = _recorder._get, _recorder._set
-TL, START = _recorder.TL, _recorder.START
 
 #: Sent websocket messages recorded as stages of their own; later ones are only counted.
 MAX_MESSAGE_STAGES = 100
 
 
-def _headers(scope: Scope, wanted: frozenset[bytes]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
-    for name, value in scope.get("headers") or ():
-        if name in wanted or name.lower() in wanted:  # servers send lower case already
-            lname = name.lower()
-            if lname not in found:
-                found[lname] = value
-    return found
-
-
-_wanted: dict[str, tuple[bytes, frozenset[bytes]]] = {}
-
-
-def _wanted_headers(request_id_header: str) -> tuple[bytes, frozenset[bytes]]:
-    found = _wanted.get(request_id_header)
-    if found is None:
-        rid = request_id_header.encode("latin-1")
-        found = _wanted[request_id_header] = (
-            rid,
-            frozenset(
-                (rid, b"x-request-start", b"x-queue-start", b"traceparent", b"content-length")
-            ),
-        )
-    return found
-
-
 def begin(scope: Scope, framework: str) -> list[Any] | None:
     """Start the timeline of an HTTP request or websocket connection (None: not recording)."""
-    rid, wanted = _wanted_headers(_config.settings().request_id_header)
-    h = _headers(scope, wanted)
+    cfg = _runtime.active()
+    if not cfg.enabled:
+        return None
     websocket = scope["type"] == "websocket"
-    root = _http.begin_http(
+    return begin_http(
+        cfg,
         "ASGI websocket" if websocket else "ASGI",
+        _parse.request(scope, cfg),
         framework=framework,
-        method=None if websocket else scope.get("method"),
-        path=scope.get("root_path", "") + scope.get("path", ""),
-        scheme=scope.get("scheme"),
-        request_id=h.get(rid),
-        queue_start=h.get(b"x-request-start") or h.get(b"x-queue-start"),
-        traceparent=h.get(b"traceparent"),
-        body_size=h.get(b"content-length"),
         protocol="websocket" if websocket else "http",
     )
-    return root
 
 
 class _Http:
-    """Observes one HTTP request's receive/send."""
+    """Observes one HTTP request's receive/send. Our side work is guarded; the app's own
+    messages and exceptions pass through untouched."""
 
     __slots__ = (
         "body_bytes",
@@ -104,89 +73,94 @@ class _Http:
         self.write: list[Any] | None = None
         self.chunks = 0
         self.write_bytes = 0
-        self.sent = 0
+        self.sent = False
 
     def receive(self, receive: Receive) -> Receive:
         async def observed_receive() -> Message:
             t0 = now()
             message = await receive()
-            kind = message.get("type")
-            if kind == "http.request":
-                self.body_wait += now() - t0
-                self.body_bytes += len(message.get("body", b""))
-            elif kind == "http.disconnect" and not self.sent:
-                self.disconnected = True
+            try:
+                kind = message.get("type")
+                if kind == "http.request":
+                    self.body_wait += now() - t0
+                    self.body_bytes += len(message.get("body", b""))
+                elif kind == "http.disconnect" and not self.sent:
+                    self.disconnected = True
+            except Exception as exc:
+                _recorder.internal_error("asgi.receive", exc)
             return message
 
         return observed_receive
 
     def send(self, send: Send) -> Send:
-        root = self.root
-        tl = root[TL]
-
         async def observed_send(message: Message) -> None:
-            kind = message.get("type")
-            if kind == "http.response.start":
-                self.status = message.get("status")
-                tl.status = self.status
-                _http.gateway_attrs(root)["http.response.first_byte_ns"] = now() - root[START]
-                if tl.settings.echo_request_id:
-                    message = _with_request_id(message, tl)
-                self.write = _recorder.enter("response.write", "body")
-                await send(message)
-                return
-            if kind == "http.response.body":
-                body = message.get("body", b"")
-                self.chunks += 1
-                self.write_bytes += len(body)
-                await send(message)
-                if not message.get("more_body", False):
-                    self._finish_write()
-                return
+            try:
+                kind = message.get("type")
+                if kind == "http.response.start":
+                    message = self._started(message)
+                elif kind == "http.response.body":
+                    self.chunks += 1
+                    self.write_bytes += len(message.get("body", b""))
+            except Exception as exc:
+                _recorder.internal_error("asgi.send", exc)
+                kind = None
             await send(message)
-            if kind == "http.response.pathsend":
-                self._finish_write()
+            try:
+                if (kind == "http.response.body" and not message.get("more_body", False)) or (
+                    kind == "http.response.pathsend"
+                ):
+                    self._finish_write()
+            except Exception as exc:
+                _recorder.internal_error("asgi.send", exc)
 
         return observed_send
+
+    def _started(self, message: Message) -> Message:
+        root = self.root
+        tl = _recorder.timeline_of(root)
+        status = message.get("status")
+        self.status = status if type(status) is int else None
+        if tl is None:
+            return message
+        tl.status = self.status
+        _recorder.root_attrs(root)["http.response.first_byte_ns"] = now() - _recorder.start_of(root)
+        if tl.settings.echo_request_id:
+            message = _with_request_id(message, tl)
+        self.write = _recorder.enter("response.write", "body")
+        return message
 
     def _finish_write(self, exc: BaseException | None = None) -> None:
         write, self.write = self.write, None
         if not self.sent:
-            self.sent = now() - self.root[START]
+            self.sent = True
+            _recorder.mark_sent(self.root)
         if write is None:
             return
-        _recorder.annotate_record(
+        _recorder.set_attrs(
             write, {"chunks": self.chunks, "http.response.body.size": self.write_bytes}
         )
-        if _get() is write:
-            _recorder.exit(write, exc)
-        else:  # sent from another task than the response start: leave its context alone
-            _recorder.close(write, exc)
+        # Sent from another task than the response start: finish leaves its context alone.
+        _recorder.finish(write, exc)
 
     def end(self, exc: BaseException | None = None) -> None:
         if self.write is not None:
             self._finish_write(exc)
-        attrs = _http.gateway_attrs(self.root)
+        attrs = _recorder.root_attrs(self.root)
         if self.body_bytes:
             attrs["http.request.body.read_ns"] = self.body_wait
             attrs["http.request.body.received"] = self.body_bytes
-        if self.sent:
-            attrs["http.response.sent_ns"] = self.sent
         if self.disconnected:
             attrs["http.client_disconnected"] = True
-        _http.end_http(self.root, self.status, self.write_bytes if self.sent else None, exc)
+        end_http(self.root, self.status, self.write_bytes if self.sent else None, exc)
 
 
 def _with_request_id(message: Message, tl: Any) -> Message:
-    try:
-        header = tl.settings.request_id_header.encode("latin-1")
-        headers = list(message.get("headers") or ())
-        if not any(bytes(k).lower() == header for k, _ in headers):
-            value = (tl.request_id or f"{tl.trace_id:032x}").encode("latin-1")
-            headers.append((header, value))
-            return {**message, "headers": headers}
-    except Exception as exc:
-        report("asgi.echo_request_id", exc)
+    header = tl.settings.request_id_header.encode("latin-1")
+    headers = list(message.get("headers") or ())
+    if not any(bytes(k).lower() == header for k, _ in headers):
+        value = (tl.request_id or f"{tl.trace_id:032x}").encode("latin-1")
+        headers.append((header, value))
+        return {**message, "headers": headers}
     return message
 
 
@@ -215,39 +189,53 @@ class _Websocket:
         async def observed_receive() -> Message:
             t0 = now()
             message = await receive()
-            kind = message.get("type")
-            if kind == "websocket.receive":
-                self.received += 1
-                self.receive_wait += now() - t0
-                self.received_bytes += _size(message)
-            elif kind == "websocket.disconnect" and self.close_code is None:
-                self.close_code = message.get("code", 1005)
+            try:
+                kind = message.get("type")
+                if kind == "websocket.receive":
+                    self.received += 1
+                    self.receive_wait += now() - t0
+                    self.received_bytes += _size(message)
+                elif kind == "websocket.disconnect" and self.close_code is None:
+                    code = message.get("code", 1005)
+                    self.close_code = code if type(code) is int else 1005
+            except Exception as exc:
+                _recorder.internal_error("asgi.websocket.receive", exc)
             return message
 
         return observed_receive
 
     def send(self, send: Send) -> Send:
         async def observed_send(message: Message) -> None:
-            kind = message.get("type")
-            if kind == "websocket.send":
-                self.sent += 1
-                size = _size(message)
-                self.sent_bytes += size
-                if self.sent <= MAX_MESSAGE_STAGES:
-                    await _send_as_stage(send, message, "websocket.send", {"bytes": size})
-                    return
-            elif kind == "websocket.accept":
-                await _send_as_stage(send, message, "websocket.accept", None)
-                self.accepted = now() - self.root[START]
-                return
-            elif kind == "websocket.close" and self.close_code is None:
-                self.close_code = message.get("code", 1000)
-            await send(message)
+            rec = None
+            try:
+                kind = message.get("type")
+                if kind == "websocket.send":
+                    self.sent += 1
+                    size = _size(message)
+                    self.sent_bytes += size
+                    if self.sent <= MAX_MESSAGE_STAGES:
+                        rec = _recorder.enter("response.write", "websocket.send", {"bytes": size})
+                elif kind == "websocket.accept":
+                    rec = _recorder.enter("response.write", "websocket.accept")
+                elif kind == "websocket.close" and self.close_code is None:
+                    code = message.get("code", 1000)
+                    self.close_code = code if type(code) is int else 1000
+            except Exception as exc:
+                _recorder.internal_error("asgi.websocket.send", exc)
+                kind = None
+            try:
+                await send(message)
+            except BaseException as exc:
+                _leave(rec, exc)
+                raise
+            _leave(rec, None)
+            if kind == "websocket.accept" and not self.accepted:
+                self.accepted = now() - _recorder.start_of(self.root)
 
         return observed_send
 
     def end(self, exc: BaseException | None = None) -> None:
-        attrs = _http.gateway_attrs(self.root)
+        attrs = _recorder.root_attrs(self.root)
         attrs["websocket.messages_received"] = self.received
         attrs["websocket.bytes_received"] = self.received_bytes
         attrs["websocket.receive_wait_ns"] = self.receive_wait
@@ -257,17 +245,17 @@ class _Websocket:
             attrs["websocket.accepted_ns"] = self.accepted
         if self.close_code is not None:
             attrs["websocket.close_code"] = self.close_code
-        _http.end_http(self.root, self.close_code, None, exc)
+        end_http(self.root, self.close_code, None, exc)
 
 
-async def _send_as_stage(send: Send, message: Message, name: str, attrs: Any) -> None:
-    rec = _recorder.enter("response.write", name, attrs)
+def _leave(rec: Any, exc: BaseException | None) -> None:
+    if rec is None:
+        return
     try:
-        await send(message)
-    except BaseException as exc:
         _recorder.exit(rec, exc)
-        raise
-    _recorder.exit(rec)
+    except Exception as e:
+        _recorder.internal_error("asgi.websocket.send", e)
+        _recorder.restore(_recorder.parent_of(rec))
 
 
 def _size(message: Message) -> int:
@@ -279,17 +267,19 @@ def _size(message: Message) -> int:
 
 async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framework: str) -> None:
     """Run `app` for one ASGI connection, recording it. Lifespan and unknown scope types, and
-    connections inside a timeline that is already recording, pass straight through."""
+    connections inside a timeline that is already recording, pass straight through. The
+    recorder's context is put back as it was afterwards, whatever happened."""
     kind = scope.get("type")
     if kind not in ("http", "websocket"):
         await app(scope, receive, send)
         return
-    cur = _get()
-    if cur is not None and not cur[TL].ended:
+    prev = _recorder.current()
+    tl = _recorder.timeline_of(prev)
+    if tl is not None:
         # Wrapped twice (middleware + instrument()): the outer gateway records; the more
         # specific adapter names the framework.
-        if cur[TL].framework == "asgi":
-            cur[TL].framework = framework
+        if tl.framework == "asgi":
+            tl.framework = framework
         await app(scope, receive, send)
         return
     try:
@@ -298,21 +288,23 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
         if root is not None:
             observer = _Http(root) if kind == "http" else _Websocket(root)
     except Exception as exc:
-        report("asgi.begin", exc)
-        root = observer = None
+        _recorder.internal_error("asgi.begin", exc)
+        _recorder.restore(prev)
+        observer = None
     if observer is None:
         await app(scope, receive, send)
         return
     try:
         await app(scope, observer.receive(receive), observer.send(send))
     except BaseException as exc:
-        _end(observer, exc)
+        _end(observer, exc, prev)
         raise
-    _end(observer, None)
+    _end(observer, None, prev)
 
 
-def _end(observer: _Http | _Websocket, exc: BaseException | None) -> None:
+def _end(observer: _Http | _Websocket, exc: BaseException | None, prev: Any) -> None:
     try:
         observer.end(exc)
     except Exception as e:
-        report("asgi.end", e)
+        _recorder.internal_error("asgi.end", e)
+    _recorder.restore(prev)

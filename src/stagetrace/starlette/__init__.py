@@ -15,19 +15,17 @@ dependency resolution and validation, serialization, Jinja2 templates and backgr
 from __future__ import annotations
 
 try:
-    import starlette  # noqa: F401
+    import starlette as _starlette  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised without Starlette installed
     raise ImportError(
         'stagetrace.starlette needs Starlette: pip install "stagetrace[starlette]"'
     ) from exc
 
-from ._starlette import instrument, instrument_app, uninstrument
+from ._install import instrument, instrument_app, patcher, uninstrument
 
 __all__ = ["instrument", "instrument_app", "is_instrumented", "uninstrument"]
 
 
 def is_instrumented() -> bool:
     """Whether `instrument()` or `instrument_app()` is in effect."""
-    from ._starlette import patcher
-
     return patcher.applied

@@ -12,8 +12,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _recorder
-from ._patching import Patcher
+from .. import _recorder
+from .._patching import Patcher, leave
 
 _ATTRS = {"template.engine": "jinja2"}
 _patcher = Patcher("jinja2")
@@ -21,22 +21,24 @@ _users = 0
 
 
 def _timed(func: Callable[[Any], Iterator[str]], name: str) -> Callable[[Any], Iterator[str]]:
-    enter, leave, current = _recorder.enter, _recorder.exit, _recorder._get
-
     def root_render_func(context: Any) -> Iterator[str]:
-        if current() is None or not _patcher.applied:
+        if _recorder.current() is None or not _patcher.applied:
             yield from func(context)
             return
-        rec = enter("template", name, _ATTRS)
+        try:
+            rec = _recorder.enter("template", name, _ATTRS)
+        except Exception as exc:
+            _recorder.internal_error("jinja2.render", exc)
+            rec = None
         try:
             yield from func(context)
         except GeneratorExit:
-            leave(rec)
+            leave("jinja2.render", rec)
             raise
         except BaseException as exc:
-            leave(rec, exc)
+            leave("jinja2.render", rec, exc)
             raise
-        leave(rec)
+        leave("jinja2.render", rec)
 
     root_render_func.__wrapped__ = func  # type: ignore[attr-defined]
     return root_render_func

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import sys
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import wrapt
 
-from . import _recorder
-from ._patching import Patcher
+from .. import _recorder
+from .._http.headers import redact_query, safe
+from .._patching import Patcher, leave
+
+__all__ = ["install", "uninstall"]
 
 _patcher = Patcher("http clients")
 _users = 0
-_get = _recorder._get
 
 
 def _attrs(raw: tuple[str, str, list[Any]]) -> dict[str, Any]:
@@ -30,13 +32,17 @@ def _attrs(raw: tuple[str, str, list[Any]]) -> dict[str, Any]:
         "http.request.method": method,
         "url.scheme": parts.scheme,
         "server.address": parts.hostname or "",
-        "url.path": parts.path or "/",
+        "url.path": safe(parts.path or "/"),
     }
-    if parts.port is not None:
-        attrs["server.port"] = parts.port
-    if parts.query:
-        names = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)})
-        attrs["url.query"] = "&".join(f"{k}=" for k in names)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        attrs["server.port"] = port
+    query = redact_query(parts.query)
+    if query:
+        attrs["url.query"] = query
     if outcome and outcome[0] is not None:
         attrs["http.response.status_code"] = outcome[0]
     return attrs
@@ -47,22 +53,41 @@ def _name(raw: tuple[str, str]) -> str:
     return f"{method} {urlsplit(url).hostname or url}"
 
 
-def _wrap_sync(orig: Any, url_of: Any) -> Any:
-    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _get() is None or not _patcher.applied:
-            return orig(self, request, *args, **kwargs)
-        method, url = request.method, url_of(request)
-        outcome: list[Any] = [None]
-        rec = _recorder.enter(
+_SITE = "httpclients.send"
+
+
+def _begin(request: Any, url_of: Any, outcome: list[Any]) -> Any:
+    try:
+        method, url = str(request.method), str(url_of(request))
+        return _recorder.enter(
             "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
         )
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+        return None
+
+
+def _status(outcome: list[Any], response: Any) -> None:
+    try:
+        status = getattr(response, "status_code", None)
+        outcome[0] = status if type(status) is int else None
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+
+
+def _wrap_sync(orig: Any, url_of: Any) -> Any:
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _recorder.current() is None or not _patcher.applied:
+            return orig(self, request, *args, **kwargs)
+        outcome: list[Any] = [None]
+        rec = _begin(request, url_of, outcome)
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _recorder.exit(rec, exc)
+            leave(_SITE, rec, exc)
             raise
-        outcome[0] = getattr(response, "status_code", None)
-        _recorder.exit(rec)
+        _status(outcome, response)
+        leave(_SITE, rec)
         return response
 
     return send
@@ -70,20 +95,17 @@ def _wrap_sync(orig: Any, url_of: Any) -> Any:
 
 def _wrap_async(orig: Any, url_of: Any) -> Any:
     async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _get() is None or not _patcher.applied:
+        if _recorder.current() is None or not _patcher.applied:
             return await orig(self, request, *args, **kwargs)
-        method, url = request.method, url_of(request)
         outcome: list[Any] = [None]
-        rec = _recorder.enter(
-            "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
-        )
+        rec = _begin(request, url_of, outcome)
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _recorder.exit(rec, exc)
+            leave(_SITE, rec, exc)
             raise
-        outcome[0] = getattr(response, "status_code", None)
-        _recorder.exit(rec)
+        _status(outcome, response)
+        leave(_SITE, rec)
         return response
 
     return send

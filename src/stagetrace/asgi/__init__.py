@@ -5,8 +5,8 @@
     from stagetrace.asgi import StagetraceMiddleware
     app = StagetraceMiddleware(app)
 
-Every HTTP request and websocket connection then yields a timeline (see `stagetrace._asgi` for
-what the gateway records). Lifespan passes through untouched. Works with any framework; for
+Every HTTP request and websocket connection then yields a timeline (see `._gateway` for what
+the gateway records). Lifespan passes through untouched. Works with any framework; for
 Starlette and FastAPI, `stagetrace.starlette.instrument()` adds middleware, route, endpoint,
 serialization, template and background-task stages.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _config, _outbound
-from ._asgi import ASGIApp, Receive, Scope, Send, serve
+from .. import _runtime, httpclients
+from ._gateway import ASGIApp, Receive, Scope, Send, serve
 
 __all__ = ["StagetraceMiddleware"]
 
@@ -27,7 +27,8 @@ class StagetraceMiddleware:
     `framework` names the framework in the timelines (default ``"asgi"``). `http_clients`
     (default true) also records outbound calls made with httpx and requests as
     ``http.client`` stages. Any other keyword is a stagetrace option, applied with
-    `stagetrace.configure()` when the middleware is created.
+    `stagetrace.configure()` when the middleware is created; the configuration is resolved
+    then, so a bad value fails at start-up, never inside a request.
     """
 
     def __init__(
@@ -36,9 +37,11 @@ class StagetraceMiddleware:
         self.app = app
         self.framework = framework
         if options:
-            _config.configure(**options)
+            _runtime.configure(**options)
+        else:
+            _runtime.settings()
         if http_clients:
-            _outbound.install()
+            httpclients.install()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve(self.app, scope, receive, send, self.framework)

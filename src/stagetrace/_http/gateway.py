@@ -1,0 +1,171 @@
+"""The gateway stage every HTTP (and websocket) timeline starts with, for every adapter.
+
+`begin_http` takes what the protocol parser (`asgi.request` or `wsgi.request`) found and starts
+the timeline with the attributes OpenTelemetry's HTTP server conventions name, plus stagetrace's
+own (queue time, requests in flight, process and thread). Nothing is recorded for a request that
+is not sampled, beyond the sampling decision itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .. import _recorder
+from .._state import STATE
+from . import headers as H
+
+if TYPE_CHECKING:
+    from .._options import Settings
+
+#: More requests in flight than this means timelines are not being ended (a server that never
+#: closes responses): the bookkeeping resets rather than growing.
+MAX_IN_FLIGHT = 10_000
+
+#: Headers every adapter reads (besides the configured request id header and the allowlist).
+BASE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-request-start",
+    "x-queue-start",
+    "content-length",
+    "host",
+    "user-agent",
+)
+
+_wanted_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+
+
+def wanted_headers(cfg: Settings) -> frozenset[str]:
+    """The lower-case names of the headers a gateway needs to look at, for this configuration."""
+    key = (cfg.request_id_header, cfg.record_headers)
+    found = _wanted_cache.get(key)
+    if found is None:
+        found = _wanted_cache[key] = frozenset((*BASE_HEADERS, key[0], *key[1]))
+    return found
+
+
+class Request:
+    """What a protocol parser found in an incoming request (plain data)."""
+
+    __slots__ = ("client", "headers", "method", "path", "query", "scheme", "version")
+
+    def __init__(
+        self,
+        method: str | None,
+        path: str,
+        query: str | bytes | None,
+        scheme: str | None,
+        headers: dict[str, Any],
+        client: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.scheme = scheme
+        self.headers = headers
+        self.client = client
+        self.version = version
+
+
+def begin_http(
+    cfg: Settings,
+    gateway: str,
+    request: Request,
+    *,
+    framework: str,
+    protocol: str = "http",
+) -> _recorder.Record | None:
+    """Start an HTTP (or websocket) timeline for `request`; its root record, or None when not
+    recording. The root's attribute dict belongs to the gateway: `end_http` and the adapters
+    add to it (`_recorder.root_attrs`)."""
+    cur = _recorder.current()
+    if cur is not None and _recorder.timeline_of(cur) is not None:
+        return None
+    path = H.safe(request.path)
+    if not _recorder.sampled(cfg, path):
+        return None
+    h = request.headers
+    attrs: dict[str, Any] = {}
+    if request.method is not None:
+        attrs["http.request.method"] = request.method
+    if request.scheme:
+        attrs["url.scheme"] = request.scheme
+    query = H.redact_query(request.query, cfg.record_query_values)
+    if query:
+        attrs["url.query"] = query
+    host, port = H.host_and_port(h.get("host"))
+    if host:
+        attrs["server.address"] = H.safe(host, 255)
+        if port is not None:
+            attrs["server.port"] = port
+    if request.client:
+        attrs["client.address"] = H.safe(request.client, 64)
+    agent = H.text(h.get("user-agent"), 512)
+    if agent:
+        attrs["user_agent.original"] = H.safe(agent, 512)
+    if request.version:
+        attrs["network.protocol.version"] = request.version
+    size = H.content_length(h.get("content-length"))
+    if size is not None:
+        attrs["http.request.body.size"] = size
+    start = h.get("x-request-start") or h.get("x-queue-start")
+    if start:
+        waited = H.queue_time_ns(start, _recorder._wall())
+        if waited is not None:
+            attrs["stagetrace.queue_time_ns"] = waited
+    if cfg.record_headers:
+        attrs.update(H.header_attrs(h, cfg.record_headers))
+    parent = H.traceparent(h.get("traceparent"))
+    in_flight = STATE.in_flight
+    if len(in_flight) > MAX_IN_FLIGHT:
+        in_flight.clear()
+    attrs["process.pid"] = os.getpid()
+    attrs["thread.id"] = threading.get_ident()
+    attrs["stagetrace.in_flight"] = len(in_flight) + 1
+    root = _recorder.begin(
+        cfg,
+        gateway,
+        kind="gateway",
+        framework=framework,
+        protocol=protocol,
+        method=request.method,
+        path=path,
+        attrs=attrs,
+        request_id=H.request_id(h.get(cfg.request_id_header)),
+        trace_id=parent[0] if parent else None,
+        parent_span_id=parent[1] if parent else None,
+        trace_flags=parent[2] if parent else 1,
+        tracestate=H.tracestate(h.get("tracestate")) if parent else None,
+        sample=False,
+    )
+    if root is not None:
+        tl = _recorder.timeline_of(root)
+        if tl is not None:
+            in_flight.add(tl)
+    return root
+
+
+def end_http(
+    root: _recorder.Record | None,
+    status: int | None = None,
+    response_size: int | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    """End an HTTP timeline begun by `begin_http`, recording status and response size."""
+    if root is None:
+        return
+    tl = _recorder.timeline_of(root)
+    if tl is None:
+        return
+    if status is not None:
+        tl.status = status
+    attrs = _recorder.root_attrs(root)
+    if tl.status is not None:
+        attrs["http.response.status_code"] = tl.status
+    if response_size is not None:
+        attrs["http.response.body.size"] = response_size
+    STATE.in_flight.discard(tl)
+    _recorder.end(root, exc)

@@ -1,0 +1,348 @@
+"""Options: what each one accepts, and how the configuration layers are merged.
+
+Pure functions of their inputs: nothing here keeps state, builds sinks or starts threads (that is
+`_runtime`). Configuration comes from layers, highest first: explicit `configure(...)` arguments,
+the framework's settings (Django's ``STAGETRACE = {...}``), ``STAGETRACE_<OPTION>`` environment
+variables, defaults a framework adapter proposes (Django under ``DEBUG``: the console sink), and
+the built-in defaults. Every value is checked where it came from, and a bad one raises
+`ConfigurationError` naming the option, its source and what it accepts — in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .typing import Analyzer, Sink
+
+
+class ConfigurationError(ValueError):
+    """An option has a value stagetrace cannot use; the message names the option and its source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration. Read it with `stagetrace.settings()`; change it with
+    `stagetrace.configure()`."""
+
+    enabled: bool = True
+    sinks: tuple[Sink, ...] = ()
+    jsonl: str | None = None
+    sample_rate: float = 1.0
+    exclude_paths: tuple[str, ...] = ()
+    max_stages: int = 2000
+    service: str = "unknown_service"
+    analyzers: tuple[Analyzer, ...] = ()
+    queue_size: int = 1000
+    memory_size: int = 100
+    color: str = "auto"
+    request_id_header: str = "x-request-id"
+    echo_request_id: bool = False
+    record_sql_params: bool = False
+    max_sql_length: int = 4096
+    max_attr_length: int = 4096
+    record_headers: tuple[str, ...] = ()
+    record_query_values: tuple[str, ...] = ()
+    # derived, for the request path
+    exclude_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+
+# --- coercers: (value, from_env) -> value, or raise _Bad(what it accepts) -----------------------
+
+
+class _Bad(Exception):
+    """Raised by an option's coercer; carries what the option accepts."""
+
+
+def _to_bool(value: Any, from_env: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if from_env and isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off", ""):
+            return False
+    raise _Bad("true or false")
+
+
+def _to_rate(value: Any, from_env: bool) -> float:
+    accepts = "a number from 0 to 1"
+    if isinstance(value, bool):
+        raise _Bad(accepts)
+    if from_env and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Bad(accepts) from None
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise _Bad(accepts)
+    return float(value)
+
+
+def _positive_int(value: Any, from_env: bool) -> int:
+    accepts = "a whole number of at least 1"
+    if isinstance(value, bool):
+        raise _Bad(accepts)
+    if from_env and isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise _Bad(accepts) from None
+    if not isinstance(value, int) or value < 1:
+        raise _Bad(accepts)
+    return value
+
+
+def _str_list(value: Any, from_env: bool) -> tuple[str, ...]:
+    """A list of strings; from the environment a comma list, or a JSON array when a value
+    itself needs commas."""
+    if from_env and isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise _Bad("a comma-separated list or a JSON array of strings") from None
+        else:
+            return tuple(p.strip() for p in text.split(",") if p.strip())
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
+        items = tuple(value)
+        if all(isinstance(v, str) for v in items):
+            return items
+    raise _Bad("a list of strings")
+
+
+def _regexes(value: Any, from_env: bool) -> tuple[str, ...]:
+    patterns = _str_list(value, from_env)
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise _Bad(f"valid regular expressions ({p!r}: {exc})") from None
+    return patterns
+
+
+def _text(value: Any, from_env: bool) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise _Bad("a non-empty string")
+
+
+def _path_or_none(value: Any, from_env: bool) -> str | None:
+    if value is None or (from_env and value == ""):
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value:
+        return value
+    raise _Bad("a file path")
+
+
+def _color(value: Any, from_env: bool) -> str:
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    if isinstance(value, str) and value.strip().lower() in ("auto", "always", "never"):
+        return value.strip().lower()
+    raise _Bad("'auto', 'always' or 'never'")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _header(value: Any, from_env: bool) -> str:
+    if isinstance(value, str) and _TOKEN.fullmatch(value.strip()):
+        return value.strip().lower()
+    raise _Bad("an HTTP header name")
+
+
+#: Headers whose values are never recorded, whatever the configuration says.
+SECRET_HEADERS = frozenset(
+    ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-csrftoken")
+)
+
+
+def _header_list(value: Any, from_env: bool) -> tuple[str, ...]:
+    names = _str_list(value, from_env)
+    out = []
+    for name in names:
+        if not _TOKEN.fullmatch(name.strip()):
+            raise _Bad(f"a list of HTTP header names ({name!r} is not one)")
+        lname = name.strip().lower()
+        if lname in SECRET_HEADERS:
+            raise _Bad(
+                f"a list of HTTP header names; {lname!r} carries secrets and is never recorded"
+            )
+        out.append(lname)
+    return tuple(out)
+
+
+def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
+    return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
+
+
+SINK_NAMES = ("console", "jsonl", "memory")
+
+
+def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
+    accepts = f"a list of sink names ({', '.join(SINK_NAMES)}) or sink objects"
+    if from_env or isinstance(value, str):
+        items: tuple[Any, ...] = _str_list(value, from_env)
+    elif isinstance(value, Iterable) and not isinstance(value, Mapping):
+        items = tuple(value)
+    else:
+        raise _Bad(accepts)
+    for item in items:
+        if isinstance(item, str):
+            if item == "otel":
+                raise _Bad(
+                    f"{accepts}; the 'otel' sink is not available in this version of stagetrace"
+                )
+            if item not in SINK_NAMES:
+                raise _Bad(f"{accepts}; {item!r} is not one")
+        elif not callable(getattr(item, "emit", None)):
+            raise _Bad(f"{accepts}; {item!r} has no emit() method")
+    return items
+
+
+def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
+    if from_env:
+        raise _Bad("analyzer objects (set them with configure(), not the environment)")
+    if isinstance(value, Iterable) and not isinstance(value, (str, Mapping)):
+        items = tuple(value)
+        if all(callable(a) for a in items):
+            return items
+    raise _Bad("a list of callables taking a Timeline")
+
+
+@dataclass(frozen=True)
+class _Option:
+    coerce: Callable[[Any, bool], Any]
+    doc: str
+
+
+OPTIONS: dict[str, _Option] = {
+    "enabled": _Option(_to_bool, "record timelines at all"),
+    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory"),
+    "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
+    "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
+    "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
+    "max_stages": _Option(_positive_int, "stages kept per timeline; later ones are counted"),
+    "service": _Option(_text, "service name (default: OTEL_SERVICE_NAME)"),
+    "analyzers": _Option(_analyzers, "callables that add findings to finished timelines"),
+    "queue_size": _Option(_positive_int, "timelines waiting for background sinks"),
+    "memory_size": _Option(_positive_int, "timelines the memory sink keeps"),
+    "color": _Option(_color, "console colours: auto (only on a terminal), always, never"),
+    "request_id_header": _Option(_header, "incoming header holding the request id"),
+    "echo_request_id": _Option(_to_bool, "add the request id header to responses"),
+    "record_sql_params": _Option(_to_bool, "record SQL parameter values (off: placeholders)"),
+    "max_sql_length": _Option(_positive_int, "characters of SQL text kept per query"),
+    "max_attr_length": _Option(_positive_int, "characters kept of any other attribute value"),
+    "record_headers": _Option(_header_list, "request headers whose values are recorded"),
+    "record_query_values": _Option(
+        _query_names, "query parameters whose values are recorded (others: name only)"
+    ),
+}
+
+
+def known_options() -> Sequence[tuple[str, str]]:
+    """(name, description) of every option, for documentation and error messages."""
+    return [(name, opt.doc) for name, opt in OPTIONS.items()]
+
+
+def default_service(environ: Mapping[str, str]) -> str:
+    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``."""
+    name = environ.get("OTEL_SERVICE_NAME", "").strip()
+    if name:
+        return name
+    for part in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "service.name" and value.strip():
+            return value.strip()
+    return "unknown_service"
+
+
+def check_names(options: Mapping[str, Any], source: str) -> None:
+    """Refuse option names stagetrace does not know, naming the known ones."""
+    for name in options:
+        if name not in OPTIONS:
+            known = ", ".join(OPTIONS)
+            raise ConfigurationError(
+                f"unknown stagetrace option {name!r} ({source}); known options: {known}"
+            )
+
+
+def coerce(name: str, value: Any, source: str, from_env: bool = False) -> Any:
+    """One option's value, checked; `ConfigurationError` says what is wrong in one line."""
+    try:
+        return OPTIONS[name].coerce(value, from_env)
+    except _Bad as bad:
+        raise ConfigurationError(
+            f"stagetrace option {name!r} ({source}): expected {bad}, got {_short(value)}"
+        ) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def resolve(
+    explicit: Mapping[str, Any],
+    framework: Mapping[str, Any],
+    framework_source: str,
+    environ: Mapping[str, str],
+    proposed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge the layers into a dict of checked option values (sinks still as given: names and
+    objects; `_runtime` builds them). `proposed` holds an adapter's defaults, below the
+    environment."""
+    values: dict[str, Any] = {}
+    for name in OPTIONS:
+        env_name = "STAGETRACE_" + name.upper()
+        if env_name in environ:
+            values[name] = coerce(name, environ[env_name], f"environment {env_name}", True)
+    for layer, source in ((framework, framework_source), (explicit, "configure()")):
+        check_names(layer, source)
+        for name, value in layer.items():
+            values[name] = coerce(name, value, source)
+    for name, value in (proposed or {}).items():
+        # An adapter's proposal fills only what no layer chose; a proposed sink list gives way
+        # to a JSON lines path set anywhere.
+        if name not in values and not (name == "sinks" and values.get("jsonl")):
+            values[name] = coerce(name, value, "framework default")
+    if "service" not in values:
+        values["service"] = default_service(environ)
+    return values
+
+
+def sink_plan(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The sinks to build, as names and objects: what was asked for, plus ``jsonl`` whenever a
+    path is set (setting a path means the file gets written, whatever else is chosen)."""
+    requested = tuple(values.get("sinks") or ())
+    if values.get("jsonl") and "jsonl" not in requested:
+        requested += ("jsonl",)
+    if "jsonl" in requested and not values.get("jsonl"):
+        raise ConfigurationError(
+            "stagetrace option 'sinks' lists 'jsonl' but no file is set: "
+            "set 'jsonl' (STAGETRACE_JSONL) to a path"
+        )
+    return requested
+
+
+def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Settings:
+    """The `Settings` object for resolved values and built sinks."""
+    data = dict(values)
+    data["sinks"] = sinks
+    patterns = data.get("exclude_paths", ())
+    if patterns:
+        data["exclude_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return Settings(**data)

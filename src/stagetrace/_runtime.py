@@ -1,0 +1,207 @@
+"""Configuration and lifecycle: `configure`, `settings`, `reset`, `flush`, `shutdown`, `stats`.
+
+Puts the pieces together — resolves options (`_options`), builds the sinks (`sinks`), starts a
+`Pipeline` for them, connects the recorder to it — and keeps the result in `_state`. The layers
+are read when `configure()` runs, or on first use when it never ran — never at import and never
+per request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from . import _options, _pipeline, _recorder
+from ._model import Timeline
+from ._options import ConfigurationError, Settings
+from ._state import STATE
+
+__all__ = [
+    "ConfigurationError",
+    "Settings",
+    "configure",
+    "configure_from_framework",
+    "flush",
+    "listening",
+    "propose_defaults",
+    "reset",
+    "settings",
+    "shutdown",
+    "stats",
+]
+
+
+def settings() -> Settings:
+    """The current configuration, resolving it from the environment on first use."""
+    s = STATE.settings
+    if s is None:
+        s = _apply()
+    return s
+
+
+_DISABLED = Settings(enabled=False)
+
+
+def active() -> Settings:
+    """The configuration for an adapter inside a request: like `settings`, but never raises.
+    A configuration that cannot be resolved (a bad environment variable when nothing was
+    configured at start-up) is reported once, and stagetrace records nothing until it is
+    fixed — the request itself goes on untouched."""
+    s = STATE.settings
+    if s is not None:
+        return s
+    try:
+        return _apply()
+    except Exception as exc:
+        from . import _guard
+
+        _guard.report("configuration", exc)
+        with STATE.lock:
+            if STATE.settings is None:
+                STATE.settings = _DISABLED
+        return _DISABLED
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    from . import sinks
+
+    plan = _options.sink_plan(values)
+    built = sinks.build(plan, values)
+    return _options.settings_from(values, built)
+
+
+def _apply() -> Settings:
+    with STATE.lock:
+        values = _options.resolve(
+            STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
+        )
+        new = _build(values)
+        old = STATE.pipeline
+        STATE.settings = new
+        STATE.pipeline = (
+            _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
+        )
+        _recorder.connect(_pipeline.submit)
+    if old is not None:
+        old.retire()
+    return new
+
+
+def configure(**options: Any) -> Settings:
+    """Set options explicitly (highest precedence); returns the resolved configuration.
+
+    Calls are cumulative: options not named keep their earlier explicit value. A bad value
+    raises `ConfigurationError` naming the option, where it came from, and what it accepts;
+    the previous configuration then stays in force.
+    """
+    with STATE.lock:
+        _options.check_names(options, "configure()")
+        for name, value in options.items():
+            _options.coerce(name, value, "configure()")
+        previous = dict(STATE.explicit)
+        STATE.explicit.update(options)
+        try:
+            return _apply()
+        except ConfigurationError:
+            STATE.explicit = previous
+            raise
+
+
+def configure_from_framework(options: Any, source: str) -> Settings:
+    """Install the framework-settings layer (Django's ``STAGETRACE``) and re-resolve."""
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"{source} must be a dict of stagetrace options, got {type(options).__name__}"
+        )
+    with STATE.lock:
+        previous, previous_source = STATE.framework, STATE.framework_source
+        STATE.framework, STATE.framework_source = dict(options), source
+        try:
+            return _apply()
+        except ConfigurationError:
+            STATE.framework, STATE.framework_source = previous, previous_source
+            raise
+
+
+def propose_defaults(options: Mapping[str, Any]) -> Settings:
+    """Defaults an adapter proposes for its framework (below the environment and every explicit
+    layer): Django under ``DEBUG`` proposes the console sink, say."""
+    with STATE.lock:
+        previous = STATE.proposed
+        STATE.proposed = dict(options)
+        try:
+            return _apply()
+        except ConfigurationError:
+            STATE.proposed = previous
+            raise
+
+
+def framework_source() -> str:
+    """Where the framework-settings layer came from (empty layer: ``framework settings``)."""
+    return STATE.framework_source
+
+
+def reset() -> None:
+    """Forget all configuration and captures, stop the background worker, zero the counters."""
+    with STATE.lock:
+        pipeline = STATE.pipeline
+        STATE.clear()
+        _recorder.connect(None)
+    if pipeline is not None:
+        pipeline.retire()
+
+
+def flush(timeout: float | None = 5.0) -> bool:
+    """Deliver every finished timeline to the sinks, waiting at most `timeout` seconds."""
+    pipeline = STATE.pipeline
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: float = 5.0) -> bool:
+    """Flush, then stop the background worker and close the sinks. Recording continues; the
+    next timeline starts a fresh worker with the same configuration."""
+    with STATE.lock:
+        pipeline = STATE.pipeline
+        if pipeline is None:
+            return True
+        STATE.pipeline = _pipeline.Pipeline(pipeline.sinks, pipeline.analyzers, pipeline.maxsize)
+    return pipeline.retire(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """A snapshot of the internal counters: ``timelines`` recorded, ``timelines_dropped`` (queue
+    full), ``timelines_sampled_out``, ``timelines_excluded``, ``stages_dropped`` (past
+    `max_stages`), ``sink_errors``, ``analyzer_errors``, ``internal_errors`` and
+    ``internal_errors_by_site``, ``queue_depth``. Counters only go up until `reset()`."""
+    out: dict[str, Any] = {
+        "timelines": 0,
+        "timelines_dropped": 0,
+        "timelines_sampled_out": 0,
+        "timelines_excluded": 0,
+        "stages_dropped": 0,
+        "sink_errors": 0,
+        "analyzer_errors": 0,
+        "internal_errors": 0,
+    }
+    out.update(STATE.counters)
+    out["internal_errors_by_site"] = dict(STATE.errors_by_site)
+    pipeline = STATE.pipeline
+    out["queue_depth"] = pipeline.depth() if pipeline is not None else 0
+    return out
+
+
+@contextmanager
+def listening() -> Iterator[list[Timeline]]:
+    """Collect every timeline that finishes anywhere in the process while the block runs."""
+    collected: list[Timeline] = []
+    settings()  # resolve now: the recorder must be connected before the first timeline ends
+    with STATE.lock:
+        STATE.listeners = (*STATE.listeners, collected)
+        _recorder.connect(_pipeline.submit)
+    try:
+        yield collected
+    finally:
+        with STATE.lock:
+            STATE.listeners = tuple(t for t in STATE.listeners if t is not collected)

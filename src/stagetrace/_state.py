@@ -1,0 +1,56 @@
+"""The only module-level state of stagetrace, in one object so `reset()` can put it back.
+
+Data only: the configuration layers, the resolved settings, the running pipeline, `capture()`
+listeners, internal counters, and the timelines in flight. What to do with it lives elsewhere
+(`_runtime` resolves and applies configuration, `_pipeline` runs the worker, `_guard` counts
+internal errors).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._model import Timeline
+    from ._options import Settings
+    from ._pipeline import Pipeline
+
+
+class State:
+    """Everything stagetrace keeps between calls."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        #: configure() arguments, the framework's settings and the adapter-proposed defaults.
+        self.explicit: dict[str, Any] = {}
+        self.framework: dict[str, Any] = {}
+        self.framework_source = "framework settings"
+        self.proposed: dict[str, Any] = {}
+        self.settings: Settings | None = None
+        self.pipeline: Pipeline | None = None
+        self.listeners: tuple[list[Timeline], ...] = ()
+        #: stats() counters; internal errors by site; sites already logged.
+        self.counters: Counter[str] = Counter()
+        self.errors_by_site: Counter[str] = Counter()
+        self.logged_sites: set[str] = set()
+        #: Timelines of requests being served now, by every adapter (set.add/discard are atomic).
+        self.in_flight: set[Any] = set()
+
+    def clear(self) -> None:
+        """Back to a fresh process's state (the caller retires the old pipeline)."""
+        self.explicit = {}
+        self.framework = {}
+        self.framework_source = "framework settings"
+        self.proposed = {}
+        self.settings = None
+        self.pipeline = None
+        self.listeners = ()
+        self.counters.clear()
+        self.errors_by_site.clear()
+        self.logged_sites.clear()
+        self.in_flight.clear()
+
+
+STATE = State()

@@ -1,0 +1,590 @@
+"""Starlette and FastAPI: every app, every stage, by reversible class-level patches.
+
+Where each stage comes from:
+
+* gateway — ``Starlette.__call__`` (the generic ASGI gateway, `stagetrace.asgi._gateway`).
+* middleware — each layer's class ``__call__`` is wrapped (once per class, on the class that
+  defines it; `uninstrument()` puts it back). The layer objects in the app's stack are the
+  app's own, untouched: ``self.app`` of a middleware is the real next layer. A layer's wrapper
+  records its stage and marks the in/out split of the layer that called it (the innermost
+  open middleware). ``BaseHTTPMiddleware`` gets its response before the inner layer is done
+  (``call_next`` returns when the response starts), so for it the outbound phase starts when
+  ``call_next`` builds that response. Classes are found while a stack is built
+  (``Middleware`` entries) and, for a stack built before instrumentation, by following the
+  layers' ``app`` attributes.
+* route — ``Router.__call__`` opens the stage, which ends when a route's ``handle`` starts
+  (Mounts add their prefix and keep matching; FastAPI announces its template through its own
+  ``_route_selected`` hook). Routers built before instrumentation are covered too.
+* view — ``Route.handle``/``WebSocketRoute.handle`` (and FastAPI's): the endpoint; exceptions it
+  raises are recorded on it even when an exception handler turns them into a response.
+  FastAPI's dependency resolution and request validation are stages inside it.
+* serialize — ``JSONResponse.render`` (and FastAPI's JSON responses), FastAPI's
+  ``serialize_response`` (response_model validation and encoding).
+* template — Jinja2 (`stagetrace.jinja2`); task — each ``BackgroundTask``, after the response:
+  the stages the request left open end when the response was sent, and tasks are stages of
+  the root.
+* streaming — a sync iterator given to ``StreamingResponse`` is resumed where it left off, so
+  stages it holds open across ``yield`` close correctly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import weakref
+from typing import Any
+
+from .. import _recorder, _runtime, httpclients
+from .. import jinja2 as _jinja2
+from .._names import qualname
+from .._patching import Patcher, leave, timed, timed_async
+from ..asgi import _gateway
+
+patcher = Patcher("starlette")
+_lock = threading.RLock()
+
+_everything = False  # instrument(): every app; instrument_app(): only these
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+_walked: weakref.WeakSet[Any] = weakref.WeakSet()  # apps whose built stack was looked at
+_SITE = "starlette"
+
+
+def _instrumented(app: Any) -> bool:
+    return patcher.applied and (_everything or app in _apps)
+
+
+# --- middleware -------------------------------------------------------------------------------
+
+_class_names: dict[type, str] = {}
+_func_names: dict[Any, str] = {}
+_base_http: type | None = None
+
+
+def _layer_name(layer: Any) -> str:
+    """The stage name of a middleware layer: its class; for a ``BaseHTTPMiddleware`` built
+    around a ``dispatch`` function (FastAPI's ``@app.middleware("http")``), that function."""
+    cls = type(layer)
+    if _base_http is not None and isinstance(layer, _base_http):
+        dispatch = getattr(layer, "dispatch_func", None)
+        if dispatch is not None and getattr(dispatch, "__self__", None) is not layer:
+            func = getattr(dispatch, "__func__", dispatch)
+            name = _func_names.get(func)
+            if name is None:
+                name = qualname(func)
+                if len(_func_names) < 1024:
+                    _func_names[func] = name
+            return name
+    name = _class_names.get(cls)
+    if name is None:
+        name = _class_names[cls] = qualname(cls)
+    return name
+
+
+def _layer_call(orig: Any) -> Any:
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if _recorder.current() is None or not patcher.applied or scope["type"] == "lifespan":
+            return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
+        try:
+            outer = _recorder.nearest_middleware()
+            _recorder.inner_begin(outer)
+            split = (
+                _base_http is not None and scope["type"] == "http" and isinstance(self, _base_http)
+            )
+            rec = _recorder.enter_middleware(_layer_name(self), None, split)
+        except Exception as exc:
+            _recorder.internal_error("starlette.middleware", exc)
+            outer = rec = None
+        try:
+            await orig(self, scope, receive, send)
+        except BaseException as exc:
+            _after_layer(rec, outer, exc)
+            raise
+        _after_layer(rec, outer, None)
+        return None
+
+    return __call__
+
+
+def _after_layer(rec: Any, outer: Any, exc: BaseException | None) -> None:
+    leave("starlette.middleware", rec, exc)
+    try:
+        _recorder.inner_end(outer)
+    except Exception as e:
+        _recorder.internal_error("starlette.middleware", e)
+
+
+_patched_classes: set[type] = set()
+
+
+def _watch_layer(layer: Any) -> None:
+    """Make sure calls of `layer` (a middleware object) are recorded: wrap ``__call__`` on the
+    class that defines it, once."""
+    cls = type(layer)
+    if cls in _patched_classes:
+        return
+    _patched_classes.add(cls)
+    owner = next((k for k in cls.__mro__ if "__call__" in vars(k)), None)
+    if owner is None or owner is object or owner in _patched_owners:
+        return
+    func = vars(owner)["__call__"]
+    if getattr(func, "__stagetrace_patch__", False) or not inspect.iscoroutinefunction(func):
+        return  # a sync __call__ returning an awaitable: left alone (not recorded)
+    _patched_owners.add(owner)
+    patcher.wrap(owner, "__call__", _layer_call)
+
+
+_patched_owners: set[type] = set()
+
+
+def _walk_stack(stack: Any) -> None:
+    """Find the layers of a stack built before instrumentation, by their ``app`` attributes."""
+    from starlette.routing import Router
+
+    layer = stack
+    for _ in range(64):
+        if layer is None or isinstance(layer, Router) or inspect.isfunction(layer):
+            return
+        if not callable(layer):
+            return
+        _watch_layer(layer)
+        layer = getattr(layer, "app", None)
+
+
+def _factory(cls: Any) -> Any:
+    """Stands in for a middleware class in a ``Middleware`` entry while a stack is built: builds
+    the real middleware, untouched, and watches its class."""
+
+    def build(app: Any, *args: Any, **kwargs: Any) -> Any:
+        instance = cls(app, *args, **kwargs)
+        try:
+            if not inspect.isfunction(instance) and not inspect.ismethod(instance):
+                _watch_layer(instance)
+        except Exception as exc:
+            _recorder.internal_error("starlette.build", exc)
+        return instance
+
+    return build
+
+
+def _response_started(orig: Any) -> Any:
+    """``BaseHTTPMiddleware``'s ``call_next`` builds a ``_StreamingResponse`` the moment the
+    inner layer starts its response: the outbound phase of the middleware starts there."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        if _recorder.current() is not None:
+            try:
+                _recorder.inner_end(_recorder.nearest_middleware(), True)
+            except Exception as exc:
+                _recorder.internal_error("starlette.call_next", exc)
+
+    return __init__
+
+
+# --- routing and endpoints -------------------------------------------------------------------
+
+
+def _open_route() -> Any:
+    """The route stage still matching, if any: the current stage, or an ancestor when a
+    mounted sub-app's middleware runs inside it."""
+    return _recorder.nearest_open("route")
+
+
+def _route_state(rec: Any) -> dict[str, Any]:
+    """Per-request routing state kept on the open route record: Mount prefixes passed, and
+    the template FastAPI announced (``_route_selected``), if it does."""
+    state = _recorder.aux(rec)
+    if state is None:
+        state = {"prefix": "", "template": None, "announced": False}
+        _recorder.set_aux(rec, state)
+    return state  # type: ignore[no-any-return]
+
+
+def _template(route: Any) -> str:
+    return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
+
+
+def _matched(rec: Any, template: str, route: Any) -> None:
+    _recorder.set_name(rec, template)
+    attrs: dict[str, Any] = {"http.route": template}
+    name = getattr(route, "name", None)
+    if isinstance(name, str) and name:
+        attrs["starlette.route_name"] = name
+    _recorder.set_attrs(rec, attrs)
+    tl = _recorder.timeline_of(rec)
+    if tl is not None:
+        tl.route = template
+    _recorder.finish(rec)
+
+
+def _endpoint_name(raw: tuple[Any, Any]) -> str:
+    endpoint, method = raw
+    if isinstance(endpoint, type):
+        handler = method.lower() if isinstance(method, str) else None
+        if handler == "head" and not hasattr(endpoint, "head"):
+            handler = "get"
+        if handler and hasattr(endpoint, handler):
+            return f"{qualname(endpoint)}.{handler}"
+    return qualname(endpoint)
+
+
+_endpoint_names: dict[tuple[Any, Any], str] = {}
+
+
+def _view_name(endpoint: Any, method: Any) -> str:
+    key = (endpoint, method)
+    try:
+        name = _endpoint_names.get(key)
+    except TypeError:  # an unhashable endpoint
+        return _endpoint_name(key)
+    if name is None:
+        name = _endpoint_name(key)
+        if len(_endpoint_names) < 4096:
+            _endpoint_names[key] = name
+    return name
+
+
+def _record_raised(app: Any) -> Any:
+    """Inside ``wrap_app_handling_exceptions``: note an exception on the current stage (the
+    endpoint's) before an exception handler turns it into a response."""
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        except BaseException as exc:
+            try:
+                _recorder.set_error_here(exc)
+            except Exception as e:
+                _recorder.internal_error("starlette.exception", e)
+            raise
+
+    return recording
+
+
+def _router_call(orig: Any) -> Any:
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            _recorder.current() is None
+            or not patcher.applied
+            or scope["type"] == "lifespan"
+            or _open_route() is not None
+        ):
+            return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
+        try:
+            outer = _recorder.nearest_middleware()
+            _recorder.inner_begin(outer)
+            rec = _recorder.enter("route", "<unmatched>")
+        except Exception as exc:
+            _recorder.internal_error("starlette.route", exc)
+            outer = rec = None
+        try:
+            await orig(self, scope, receive, send)
+        except BaseException as exc:
+            _after_route(rec, outer, exc)
+            raise
+        _after_route(rec, outer, None)
+        return None
+
+    return __call__
+
+
+def _after_route(rec: Any, outer: Any, exc: BaseException | None) -> None:
+    try:
+        if rec is not None and not _recorder.is_closed(rec):
+            _recorder.finish(rec, exc)
+        _recorder.inner_end(outer)
+    except Exception as e:
+        _recorder.internal_error("starlette.route", e)
+
+
+def _leaf_handle(orig: Any) -> Any:
+    """A route's ``handle``: routing is over (the route stage ends) and the endpoint runs (the
+    view stage). A subclass handle calling its base's is recorded once."""
+
+    async def handle(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if _recorder.current() is None or _recorder.is_open_for(self, "view"):
+            return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
+        try:
+            rec = _open_route()
+            if rec is not None:
+                state = _route_state(rec)
+                template = state["template"] if state["announced"] else None
+                _matched(rec, template or state["prefix"] + _template(self), self)
+            view = _recorder.enter_owned(
+                "view", _view_name(self.endpoint, scope.get("method")), self
+            )
+        except Exception as exc:
+            _recorder.internal_error("starlette.view", exc)
+            view = None
+        try:
+            await orig(self, scope, receive, send)
+        except BaseException as exc:
+            leave("starlette.view", view, exc)
+            raise
+        leave("starlette.view", view)
+        return None
+
+    return handle
+
+
+def _mount_handle(orig: Any) -> Any:
+    async def handle(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if _recorder.current() is not None:
+            try:
+                from starlette import routing
+
+                rec = _open_route()
+                if rec is not None:
+                    state = _route_state(rec)
+                    prefix = getattr(self, "path", "")
+                    router = getattr(self.app, "router", self.app)
+                    if not isinstance(router, routing.Router):
+                        # a mounted ASGI app (static files, ...): the mount is the route
+                        template = state["template"] or state["prefix"] + prefix + "/{path}"
+                        _matched(rec, template, self)
+                    elif not state["announced"]:
+                        state["prefix"] += prefix  # keep matching inside
+            except Exception as exc:
+                _recorder.internal_error("starlette.mount", exc)
+        await orig(self, scope, receive, send)
+
+    return handle
+
+
+def _route_selected(orig: Any) -> Any:
+    """FastAPI announces each routing decision (its own telemetry hook): take the template from
+    there, as FastAPI computes it for included routers and mounts."""
+
+    def route_selected(*, scope: Any, path: str | None, mount: bool = False) -> None:
+        try:
+            rec = _open_route() if _recorder.current() is not None else None
+            if rec is not None and isinstance(path, str):
+                state = _route_state(rec)
+                state["announced"] = True
+                if mount:
+                    state["prefix"] += path.removesuffix("/{path}")
+                    state["template"] = state["prefix"] + "/{path}"
+                else:
+                    state["template"] = state["prefix"] + path
+        except Exception as exc:
+            _recorder.internal_error("fastapi.route_selected", exc)
+        orig(scope=scope, path=path, mount=mount)
+
+    return route_selected
+
+
+def _wrap_handling(orig: Any) -> Any:
+    def wrap_app_handling_exceptions(app: Any, conn: Any) -> Any:
+        return orig(_record_raised(app), conn)
+
+    return wrap_app_handling_exceptions
+
+
+def _task_name(task: Any) -> str:
+    return qualname(getattr(task, "func", task))
+
+
+def _background_task(orig: Any) -> Any:
+    """A background task runs after the response was sent: the request's stages end at that
+    moment, and the task is a stage of the root."""
+
+    async def __call__(self: Any) -> None:
+        if _recorder.current() is None:
+            return await orig(self)  # type: ignore[no-any-return]
+        try:
+            if _recorder.response_sent():
+                _recorder.detach_to_root()
+            rec = _recorder.enter("task", _task_name(self))
+        except Exception as exc:
+            _recorder.internal_error("starlette.task", exc)
+            rec = None
+        try:
+            await orig(self)
+        except BaseException as exc:
+            leave("starlette.task", rec, exc)
+            raise
+        leave("starlette.task", rec)
+        return None
+
+    return __call__
+
+
+def _streaming_init(orig: Any) -> Any:
+    """``StreamingResponse`` runs a sync iterator's ``next()`` in a thread, in a fresh copy of
+    the context each time: resume each chunk where the previous one left the recorder."""
+
+    def __init__(self: Any, content: Any, *args: Any, **kwargs: Any) -> None:
+        if (
+            _recorder.current() is not None
+            and not hasattr(content, "__aiter__")
+            and hasattr(content, "__iter__")
+        ):
+            content = _recorder.carry(content, _recorder.current())
+        orig(self, content, *args, **kwargs)
+
+    return __init__
+
+
+# --- installation ----------------------------------------------------------------------------
+
+
+def _app_call(orig: Any) -> Any:
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if not _instrumented(self):
+            return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
+        if self.middleware_stack is not None and self not in _walked:
+            try:  # built before instrumentation: watch its layers where they are
+                _walked.add(self)
+                _walk_stack(self.middleware_stack)
+            except Exception as exc:
+                _recorder.internal_error("starlette.build", exc)
+        framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
+        await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
+        return None
+
+    return __call__
+
+
+def _build(orig: Any) -> Any:
+    def build_middleware_stack(self: Any) -> Any:
+        stack = orig(self)
+        if _instrumented(self):
+            _walked.add(self)
+        return stack
+
+    return build_middleware_stack
+
+
+def _install_core() -> None:
+    global _base_http
+    from starlette import applications, background, responses, routing
+    from starlette.middleware import Middleware
+    from starlette.middleware import base as base_module
+
+    _base_http = base_module.BaseHTTPMiddleware
+    patcher.wrap(applications.Starlette, "__call__", _app_call)
+    patcher.wrap(applications.Starlette, "build_middleware_stack", _build)
+
+    def middleware_iter(orig: Any) -> Any:
+        def __iter__(self: Any) -> Any:
+            if not patcher.applied:
+                return orig(self)
+            cls, args, kwargs = orig(self)
+            return iter((_factory(cls), args, kwargs))
+
+        return __iter__
+
+    patcher.wrap(Middleware, "__iter__", middleware_iter)
+    streaming = getattr(base_module, "_StreamingResponse", None)
+    if streaming is not None and "__init__" in vars(streaming):
+        patcher.wrap(streaming, "__init__", _response_started)
+    patcher.wrap(routing.Router, "__call__", _router_call)
+    patcher.wrap(routing.Route, "handle", _leaf_handle)
+    patcher.wrap(routing.WebSocketRoute, "handle", _leaf_handle)
+    patcher.wrap(routing.Mount, "handle", _mount_handle)
+    patcher.wrap(routing.Host, "handle", _mount_handle)
+    patcher.wrap(routing, "wrap_app_handling_exceptions", _wrap_handling)
+    patcher.wrap(responses.JSONResponse, "render", _render)
+    patcher.wrap(responses.StreamingResponse, "__init__", _streaming_init)
+    patcher.wrap(background.BackgroundTask, "__call__", _background_task)
+
+
+def _render_name(response: Any) -> str:
+    return f"{type(response).__name__}.render"
+
+
+_render = timed(
+    "serialize", lambda response, *rest: _render_name(response), site="starlette.render"
+)
+
+
+def _install_fastapi_routing(module: Any) -> None:
+    for name in ("APIRoute", "APIWebSocketRoute"):
+        cls = getattr(module, name, None)
+        if cls is not None and "handle" in vars(cls):
+            patcher.wrap(cls, "handle", _leaf_handle)
+    if hasattr(module, "_route_selected"):
+        patcher.wrap(module, "_route_selected", _route_selected)
+    patcher.wrap(module, "solve_dependencies", timed_async("view", "dependencies"))
+    patcher.wrap(module, "serialize_response", timed_async("serialize", "response model"))
+    if hasattr(module, "wrap_app_handling_exceptions"):
+        patcher.wrap(module, "wrap_app_handling_exceptions", _wrap_handling)
+
+
+def _install_fastapi_validation(utils: Any) -> None:
+    def params(orig: Any) -> Any:
+        def request_params_to_args(fields: Any, *args: Any, **kwargs: Any) -> Any:
+            if not fields or _recorder.current() is None:
+                return orig(fields, *args, **kwargs)
+            try:
+                rec = _recorder.enter("serialize", "validate request params")
+            except Exception as exc:
+                _recorder.internal_error("fastapi.validate", exc)
+                rec = None
+            try:
+                result = orig(fields, *args, **kwargs)
+            except BaseException as exc:
+                leave("fastapi.validate", rec, exc)
+                raise
+            leave("fastapi.validate", rec)
+            return result
+
+        return request_params_to_args
+
+    patcher.wrap(utils, "request_params_to_args", params)
+    patcher.wrap(utils, "request_body_to_args", timed_async("serialize", "validate request body"))
+
+
+def _install_fastapi_responses(module: Any) -> None:
+    for name in ("ORJSONResponse", "UJSONResponse"):
+        cls = getattr(module, name, None)
+        if cls is not None and "render" in vars(cls):
+            patcher.wrap(cls, "render", _render)
+
+
+def _install() -> None:
+    if patcher.applied:
+        return
+    _runtime.settings()  # a configuration error shows here, at start-up, not in a request
+    patcher.start()
+    _patched_classes.clear()
+    _patched_owners.clear()
+    _install_core()
+    patcher.when_imported("fastapi.routing", _install_fastapi_routing)
+    patcher.when_imported("fastapi.dependencies.utils", _install_fastapi_validation)
+    patcher.when_imported("fastapi.responses", _install_fastapi_responses)
+    _jinja2.install()
+    httpclients.install()
+
+
+def instrument() -> None:
+    """Instrument every Starlette and FastAPI app, those built already and those built later."""
+    global _everything
+    with _lock:
+        _install()
+        _everything = True
+
+
+def instrument_app(app: Any) -> Any:
+    """Instrument one Starlette or FastAPI app; returns it (the same object)."""
+    with _lock:
+        _install()
+        _apps.add(app)
+    return app
+
+
+def uninstrument() -> None:
+    """Undo `instrument()` and `instrument_app()`: every patched attribute is restored."""
+    global _everything
+    with _lock:
+        if not patcher.applied:
+            return
+        _everything = False
+        _apps.clear()
+        _walked.clear()
+        patcher.undo()
+        _patched_classes.clear()
+        _patched_owners.clear()
+        _jinja2.uninstall()
+        httpclients.uninstall()
