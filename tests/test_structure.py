@@ -120,7 +120,9 @@ def test_the_core_does_not_import_the_adapters_or_sinks():
     graph = _graph()
     core = ["stagetrace._recorder", "stagetrace._pipeline", "stagetrace._model"]
     for name in core:
-        bad = {m for m in graph[name] if m.split(".")[1] in ("django", "starlette", "asgi", "sinks")}
+        bad = {
+            m for m in graph[name] if m.split(".")[1] in ("django", "starlette", "asgi", "sinks")
+        }
         assert not bad, f"{name} imports {bad}"
 
 

@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "rest_framework",
     "tests.djapp",
     "stagetrace.django",
@@ -47,6 +48,7 @@ DATABASE_ROUTERS: list = []
 
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "weird": {"BACKEND": "tests.djapp.cache.WeirdCache"},
     "redis": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": "redis://127.0.0.1:6379/15",
@@ -74,5 +76,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
 }
+
+STATIC_URL = "/static/"
 
 STAGETRACE = {"service": "djapp-tests"}

@@ -32,5 +32,9 @@ urlpatterns = [
     path("request-id/", views.echo_request_id),
     path("outbound/", views.outbound),
     re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
+    path("unhashable/", views.unhashable),
+    path("weird-cache/", views.weird_cache),
+    path("stream-stage/", views.stream_with_stage),
+    path("big/", views.big_page),
     path("", include(router.urls)),
 ]

@@ -148,3 +148,45 @@ def outbound(request):
     a = httpx.get(url).status_code
     b = requests.get(url, timeout=5).status_code
     return JsonResponse({"statuses": [a, b]})
+
+
+class ComparableResponse(HttpResponse):
+    """A response class defining __eq__ (and so, unhashable)."""
+
+    def __eq__(self, other):
+        return isinstance(other, HttpResponse) and self.content == other.content
+
+
+def unhashable(request):
+    return ComparableResponse("compared by content")
+
+
+def weird_cache(request):
+    cache = caches["weird"]
+    cache.set("k", 1)
+    return JsonResponse({"many": cache.get_many(["k"]), "has": cache.has_key("k")})
+
+
+def stream_with_stage(request):
+    import stagetrace
+
+    def rows():
+        with stagetrace.stage("produce rows"):
+            for i in range(3):
+                yield f"row {i} {Book.objects.count()}\n"
+        with stagetrace.stage("footer"):
+            yield "done\n"
+
+    return StreamingHttpResponse(rows())
+
+
+RESPONSES: list = []
+
+
+def big_page(request):
+    """A 1 MB page rendered by a TemplateResponse; the response is remembered weakly."""
+    import weakref
+
+    response = TemplateResponse(request, "books/list.html", {"books": [], "pad": "x" * 1_000_000})
+    RESPONSES.append(weakref.ref(response))
+    return response

@@ -1,0 +1,316 @@
+"""Regression tests for the ASGI, Starlette and FastAPI defects of issues 7 and 8: each failed on
+the code before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import stagetrace
+import stagetrace.starlette
+from stagetrace.asgi import StagetraceMiddleware
+
+from ..servers import free_port, read_timelines, serve
+from .conftest import descendants, named
+
+SEEN: list[tuple[str, bool, str]] = []
+
+
+class Inspecting:
+    """A pure ASGI middleware that looks at the layer it wraps, as real ones do."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            inner = self.app
+            SEEN.append(
+                (type(inner).__name__, isinstance(inner, GZipMiddleware), type(inner.app).__name__)
+            )
+        await self.app(scope, receive, send)
+
+
+async def hello(request):
+    return PlainTextResponse("hello " * 100)
+
+
+def test_a_middleware_sees_its_real_next_layer(instrumented, captured):
+    """A link object between layers used to shadow the wrapped layer's own attributes: an outer
+    middleware around GZip saw ('_Link', False, 'GZipMiddleware')."""
+    SEEN.clear()
+    app = Starlette(
+        routes=[Route("/", hello)],
+        middleware=[Middleware(Inspecting), Middleware(GZipMiddleware, minimum_size=10)],
+    )
+    client = TestClient(app)
+    assert client.get("/", headers={"accept-encoding": "gzip"}).text.startswith("hello")
+    assert SEEN == [("GZipMiddleware", True, "ExceptionMiddleware")]
+    (tl,) = captured
+    names = [s.name for s in named(tl, "middleware")]
+    assert names[1:3] == [
+        "tests.asgi.test_reliability.Inspecting",
+        "starlette.middleware.gzip.GZipMiddleware",
+    ]
+    inspecting = named(tl, "middleware", "tests.asgi.test_reliability.Inspecting")[0]
+    assert inspecting.phases["in"] > 0 and inspecting.phases["out"] > 0
+
+
+def test_a_stage_held_across_yield_in_a_sync_streaming_response_closes(instrumented, captured):
+    """Starlette runs each next() of a sync iterator in a fresh copy of the context, so a
+    `with stage()` around the yields never closed and later stages attached elsewhere."""
+
+    def rows():
+        with stagetrace.stage("produce rows"):
+            for i in range(3):
+                with stagetrace.stage("row"):
+                    pass
+                yield f"row {i}\n"
+        yield "done\n"
+
+    async def stream(request):
+        return StreamingResponse(rows())
+
+    client = TestClient(Starlette(routes=[Route("/", stream)]))
+    assert client.get("/").text.endswith("done\n")
+    (tl,) = captured
+    (produce,) = named(tl, "custom", "produce rows")
+    assert "unfinished" not in produce.attrs
+    rows_ = named(tl, "custom", "row")
+    assert len(rows_) == 3 and all(r.parent == produce.id for r in rows_)
+
+
+async def test_root_path_is_not_counted_twice(captured):
+    """Current servers put root_path inside path already; the ASGI gateway prepended it again
+    (/api/api/items) and exclude_paths stopped matching."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = StagetraceMiddleware(app, exclude_paths=["^/api/health$"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    for path in ("/api/items", "/api/health"):
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "/api"}
+        await wrapped(scope, receive, send)
+    # an older server that left the mount point out of `path`
+    await wrapped(
+        {"type": "http", "method": "GET", "path": "/items", "root_path": "/api"}, receive, send
+    )
+    assert [t.path for t in captured] == ["/api/items", "/api/items"]
+
+
+def test_root_path_under_a_real_uvicorn(tmp_path):
+    """`uvicorn --root-path /api`: the recorded path is the request's path, once."""
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    port = free_port()
+    jsonl = tmp_path / "t.jsonl"
+    (tmp_path / "rootapp.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "import stagetrace.starlette\n"
+        "stagetrace.starlette.instrument()\n"
+        "app = Starlette(routes=[Route('/items', lambda r: PlainTextResponse('ok')),"
+        " Route('/health', lambda r: PlainTextResponse('up'))])\n"
+    )
+    args = ["uvicorn", "--app-dir", str(tmp_path), "--root-path", "/api", "--port", str(port)]
+    env = {"STAGETRACE_JSONL": str(jsonl), "STAGETRACE_EXCLUDE_PATHS": "^/api/health$"}
+    # A proxy in front strips /api; uvicorn puts it back into `path` (and `root_path`).
+    with serve([*args, "rootapp:app"], env, tmp_path / "log", port) as base:
+        assert httpx.get(f"{base}/items").text == "ok"
+        assert httpx.get(f"{base}/health").text == "up"
+        assert httpx.get(f"{base}/items").text == "ok"
+        (first, second) = read_timelines(jsonl, 2)
+    assert first["path"] == second["path"] == "/api/items"
+    assert first["route"] == "/items"
+
+
+def test_fastapi_instrumented_after_the_app_exists_records_routing(captured):
+    """`app = FastAPI()`, routes added, *then* instrument(): routers built before kept the
+    original routing method, so timelines had no route stage and no route."""
+    fastapi = pytest.importorskip("fastapi")
+    app = fastapi.FastAPI()
+
+    @app.get("/things/{thing_id}")
+    async def thing(thing_id: int):
+        return {"id": thing_id}
+
+    stagetrace.starlette.instrument()
+    try:
+        with TestClient(app) as client:
+            assert client.get("/things/3").json() == {"id": 3}
+    finally:
+        stagetrace.starlette.uninstrument()
+    (tl,) = captured
+    assert tl.route == "/things/{thing_id}"
+    (route,) = named(tl, "route")
+    assert route.name == "/things/{thing_id}"
+    assert named(tl, "view")[0].name == (
+        "tests.asgi.test_reliability.test_fastapi_instrumented_after_the_app_exists_records_"
+        "routing.<locals>.thing"
+    )
+    assert named(tl, "middleware")  # the stack was built before, and is still split
+
+
+def test_fastapi_instrumented_in_the_lifespan_records_routing(captured):
+    """instrument() called from the app's own lifespan: the same."""
+    fastapi = pytest.importorskip("fastapi")
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        stagetrace.starlette.instrument()
+        yield
+
+    app = fastapi.FastAPI(lifespan=lifespan)
+
+    @app.get("/ping")
+    async def ping():
+        return "pong"
+
+    try:
+        with TestClient(app) as client:
+            assert client.get("/ping").json() == "pong"
+    finally:
+        stagetrace.starlette.uninstrument()
+    (tl,) = captured
+    assert tl.route == "/ping" and named(tl, "route")[0].name == "/ping"
+
+
+def test_http_middleware_functions_are_named_after_the_function(instrumented, captured):
+    """FastAPI's @app.middleware("http") showed as starlette...BaseHTTPMiddleware."""
+    fastapi = pytest.importorskip("fastapi")
+    app = fastapi.FastAPI()
+
+    @app.middleware("http")
+    async def add_timing_header(request, call_next):
+        response = await call_next(request)
+        response.headers["x-timing"] = "1"
+        return response
+
+    @app.get("/")
+    async def root():
+        return {}
+
+    with TestClient(app) as client:
+        assert client.get("/").headers["x-timing"] == "1"
+    (tl,) = captured
+    names = [s.name for s in named(tl, "middleware")]
+    assert (
+        "tests.asgi.test_reliability.test_http_middleware_functions_are_named_after_the_"
+        "function.<locals>.add_timing_header" in names
+    )
+    assert "starlette.middleware.base.BaseHTTPMiddleware" not in names
+
+
+TASKS: list[str] = []
+
+
+def slow_task(name: str) -> None:
+    import time
+
+    time.sleep(0.05)
+    TASKS.append(name)
+
+
+class Timing:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+def test_background_tasks_are_kept_out_of_middleware_phases_and_the_view(instrumented, captured):
+    """A middleware's out-phase (and the view) used to include the body write and the
+    background tasks run after the response: [in 0.26 / out 51.95] for a 50 ms task."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    class Pass(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            return await call_next(request)
+
+    async def endpoint(request):
+        return PlainTextResponse("ok", background=BackgroundTask(slow_task, "t"))
+
+    app = Starlette(
+        routes=[Route("/", endpoint)], middleware=[Middleware(Pass), Middleware(Timing)]
+    )
+    assert TestClient(app).get("/").text == "ok"
+    (tl,) = captured
+    (task,) = named(tl, "task")
+    assert task.parent == 0  # a stage of the root, after the response
+    assert task.duration_ns >= 50_000_000
+    sent = tl.stages[0].attrs["http.response.sent_ns"]
+    assert sent <= task.start_ns
+    for st in named(tl, "middleware") + named(tl, "view"):
+        assert st.end_ns <= task.start_ns, st.name
+        assert task.id not in {d.id for d in descendants(tl, st)}
+    (timing,) = named(tl, "middleware", "tests.asgi.test_reliability.Timing")
+    (passing,) = named(
+        tl,
+        "middleware",
+        "tests.asgi.test_reliability.test_background_tasks_are_"
+        "kept_out_of_middleware_phases_and_the_view.<locals>.Pass",
+    )
+    assert passing.phases["out"] < 50_000_000 and timing.phases["out"] < 50_000_000
+    assert tl.duration_ns >= task.end_ns
+
+
+def test_an_overflowing_queue_start_header_under_asgi(instrumented, captured):
+    """The gateway's header parsing raised OverflowError into the ASGI server for
+    `X-Request-Start: t=1e400`; now the header is ignored and the request recorded."""
+    client = TestClient(Starlette(routes=[Route("/", hello)]))
+    assert client.get("/", headers={"x-request-start": "t=1e400"}).status_code == 200
+    assert client.get("/").status_code == 200
+    assert len(captured) == 2 and all(t.route == "/" for t in captured)
+
+
+async def test_concurrent_tasks_of_one_request_never_cross_into_another(captured):
+    """asyncio.gather children of concurrent requests each record into their own timeline."""
+
+    async def app(scope, receive, send):
+        rid = scope["path"]
+
+        async def child(i):
+            with stagetrace.stage(f"{rid} child {i}"):
+                await asyncio.sleep(0.001 * (i % 3))
+
+        await asyncio.gather(*(child(i) for i in range(5)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = StagetraceMiddleware(app)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    await asyncio.gather(
+        *(
+            wrapped({"type": "http", "method": "GET", "path": f"/r{i}"}, receive, send)
+            for i in range(50)
+        )
+    )
+    assert len(captured) == 50
+    for tl in captured:
+        children = named(tl, "custom")
+        assert len(children) == 5 and all(c.name.startswith(tl.path + " ") for c in children)

@@ -1,0 +1,256 @@
+"""Regression tests for the ways one Django request could break a request, blind a thread,
+record wrong data or hold memory (issue 7). Each failed on the code before the fix."""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import Client
+
+import stagetrace
+from stagetrace._state import STATE
+
+from ..servers import ROOT
+from .conftest import by_kind, one
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+def wsgi_get(handler, path: str, **headers: str) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        **{"HTTP_" + k.upper(): v for k, v in headers.items()},
+    }
+    status: list[str] = []
+    body = handler(environ, lambda s, h, exc_info=None: status.append(s))
+    try:
+        data = b"".join(body)
+    finally:
+        body.close()
+    return status[0], data
+
+
+@pytest.mark.parametrize("value", ["t=1e400", "inf", "t=1.8e308", "9" * 400, "t=-1", "nan"])
+def test_an_overflowing_queue_start_header_neither_breaks_nor_blinds(value, captured):
+    """`X-Request-Start: t=1e400` (anything parsing to infinity) used to raise OverflowError out
+    of the gateway and leave the context on the half-begun timeline, so every later request on
+    the thread nested into it. Now the header is ignored and the next request is its own."""
+    handler = WSGIHandler()
+    status, _ = wsgi_get(handler, "/books.json", x_request_start=value)
+    assert status.startswith("200")
+    assert stagetrace.current_timeline() is None
+    status, _ = wsgi_get(handler, "/books.json")
+    assert status.startswith("200")
+    assert len(captured) == 2
+    assert all(t.path == "/books.json" and t.stages[0].kind == "gateway" for t in captured)
+    assert "stagetrace.queue_time_ns" not in captured[0].stages[0].attrs
+
+
+def test_a_bad_environment_value_fails_at_start_up_never_in_a_request(tmp_path):
+    """STAGETRACE_SAMPLE_RATE=lots with instrument() called in code: every request used to raise
+    ConfigurationError. The error now comes from instrument(), at start-up, and requests served
+    anyway (the error ignored, or the environment broken after start-up) are never affected."""
+    script = tmp_path / "check.py"
+    script.write_text(
+        """
+import io, os, sys
+import django
+from django.conf import settings
+settings.configure(
+    DEBUG=False, SECRET_KEY="x", ROOT_URLCONF="urls", ALLOWED_HOSTS=["*"],
+    MIDDLEWARE=["django.middleware.common.CommonMiddleware"], INSTALLED_APPS=[],
+)
+with open("urls.py", "w") as f:
+    f.write("from django.http import HttpResponse\\n"
+            "from django.urls import path\\n"
+            "urlpatterns = [path('', lambda r: HttpResponse('hi'))]\\n")
+sys.path.insert(0, ".")
+os.environ["STAGETRACE_SAMPLE_RATE"] = "lots"
+import stagetrace, stagetrace.django
+try:
+    stagetrace.django.instrument()
+except stagetrace.ConfigurationError as exc:
+    print("startup:", exc)
+django.setup()
+from django.test import Client
+from django.core.handlers.wsgi import WSGIHandler
+# The application goes on regardless: instrumenting with a good configuration, then breaking
+# the environment and forgetting the configuration, must not break a single request.
+os.environ["STAGETRACE_SAMPLE_RATE"] = "1"
+stagetrace.django.instrument()
+os.environ["STAGETRACE_SAMPLE_RATE"] = "lots"
+stagetrace.reset()
+print("client:", Client().get("/").status_code)
+environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80",
+           "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()}
+out = []
+body = WSGIHandler()(environ, lambda s, h, e=None: out.append(s))
+body.close()
+print("wsgi:", out[0])
+print("errors:", stagetrace.stats()["internal_errors_by_site"])
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["PYTHONPATH"] = str(ROOT / "src")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "startup: stagetrace option 'sample_rate' (environment STAGETRACE_SAMPLE_RATE)" in out
+    assert "client: 200" in out and "wsgi: 200 OK" in out
+    assert "'configuration': 1" in out  # reported once, not once per request
+
+
+def test_an_unhashable_response_is_served_and_recorded(client, captured):
+    """A response class defining __eq__ is unhashable; registering it in a dict keyed by the
+    response raised TypeError inside the request."""
+    response = client.get("/unhashable/")
+    assert response.status_code == 200 and response.content == b"compared by content"
+    (tl,) = captured
+    assert tl.status == 200 and one(tl, "response.write").duration_ns >= 0
+
+
+def test_a_cache_backend_returning_none_from_get_many_is_not_a_500(client, captured):
+    """A backend whose get_many returns None made len(result) raise, turning a working
+    request into a 500 and leaving the cache stage open."""
+    response = client.get("/weird-cache/")
+    assert response.status_code == 200 and response.json() == {"many": None, "has": "maybe"}
+    (tl,) = captured
+    caches = by_kind(tl, "cache")
+    assert [c.name for c in caches] == ["weird.set", "weird.get_many", "weird.has_key"]
+    assert all("unfinished" not in c.attrs for c in caches)
+    assert "cache.hits" not in caches[1].attrs and caches[2].attrs["cache.hit"] is False
+
+
+def test_static_files_served_through_the_static_handler_end_their_timeline(captured):
+    """StaticFilesHandler (what runserver and LiveServerTestCase serve through) overrides
+    get_response; its timelines were never emitted and stayed counted in flight."""
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+
+    handler = StaticFilesHandler(WSGIHandler())
+    before = len(STATE.in_flight)
+    for _ in range(3):
+        status, body = wsgi_get(handler, "/static/site.css")
+        assert status.startswith("200") and b"teal" in body
+    assert len(captured) == 3
+    assert all(t.path == "/static/site.css" and t.status == 200 for t in captured)
+    assert len(STATE.in_flight) == before
+    status, _ = wsgi_get(handler, "/books.json")  # and the application's own requests too
+    assert status.startswith("200") and captured[-1].route == "books.json"
+
+
+def test_a_stage_held_across_yield_in_a_streamed_body_closes(client, captured):
+    """`with stage(...)` around the yields of a StreamingHttpResponse generator: Django resumes
+    the generator in a restored context, which used to discard its position, so the stage ended
+    'unfinished' and later stages attached to response.write."""
+    response = client.get("/stream-stage/")
+    body = b"".join(response.streaming_content)
+    response.close()
+    assert body.endswith(b"done\n")
+    (tl,) = captured
+    write = one(tl, "response.write")
+    produce = one(tl, "custom", "produce rows")
+    footer = one(tl, "custom", "footer")
+    assert produce.parent == write.id and footer.parent == write.id
+    assert "unfinished" not in produce.attrs and "unfinished" not in footer.attrs
+    queries = by_kind(tl, "db.query")
+    assert len(queries) == 3 and all(q.parent == produce.id for q in queries)
+    assert footer.start_ns >= produce.end_ns
+
+
+async def test_root_path_is_not_counted_twice_under_asgi(captured):
+    """Behind `uvicorn --root-path /api`, current servers put the root path inside `path`
+    already; prepending it again recorded /api/api/items and broke exclude_paths."""
+    stagetrace.configure(exclude_paths=["^/api/health$"])
+    handler = ASGIHandler()
+
+    import asyncio
+
+    def receiver():
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # no disconnect while the handler works
+
+        return receive
+
+    async def send(message):
+        pass
+
+    for path in ("/api/books.json", "/api/health"):
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "root_path": "/api",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        await handler(scope, receiver(), send)
+    assert [t.path for t in captured] == ["/api/books.json"]
+    assert captured[0].route == "books.json"
+
+
+def test_queued_timelines_keep_no_response_alive():
+    """A stage named from the response object kept a 1 MB TemplateResponse alive while its
+    timeline waited in the queue (49 MB after 50 requests with a slow sink). Names and
+    attributes are plain data once the request ends."""
+    from tests.djapp import views
+
+    release = threading.Event()
+
+    class SlowSink:
+        def __init__(self) -> None:
+            self.got: list = []
+
+        def emit(self, timeline) -> None:
+            release.wait(10)
+            self.got.append(timeline)
+
+    sink = SlowSink()
+    stagetrace.configure(sinks=[sink], queue_size=100)
+    views.RESPONSES.clear()
+    client = Client()
+    for _ in range(5):
+        response = client.get("/big/")
+        assert response.status_code == 200
+        del response
+    gc.collect()
+    alive = [r for r in views.RESPONSES if r() is not None]
+    release.set()
+    assert stagetrace.flush(10)
+    assert alive == []
+    assert len(sink.got) == 5
+    assert sink.got[0].of_kind("serialize")[0].name == "TemplateResponse books/list.html"
