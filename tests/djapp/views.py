@@ -67,8 +67,13 @@ class ViewError(Exception):
     pass
 
 
+RAISED: list = []
+
+
 def boom(request):
-    raise ViewError("the view failed")
+    exc = ViewError("the view failed")
+    RAISED.append(exc)
+    raise exc
 
 
 class BookDetail(View):
