@@ -320,7 +320,11 @@ class CurrentTimeline:
 
 def current_timeline() -> CurrentTimeline | None:
     """The timeline being recorded in this context (request, task, thread), or None."""
-    tl = _recorder.live()
+    try:
+        tl = _recorder.live()
+    except Exception as exc:
+        _recorder.internal_error("api.current_timeline", exc)
+        return None
     return None if tl is None else CurrentTimeline(tl)
 
 

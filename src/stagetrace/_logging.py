@@ -20,7 +20,11 @@ class LogContextFilter(logging.Filter):
         self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
-        tl = _recorder.live()
+        try:
+            tl = _recorder.live()
+        except Exception as exc:
+            _recorder.internal_error("logging", exc)
+            tl = None
         if tl is None:
             request_id = trace_id = span_id = self.default
         else:

@@ -36,5 +36,6 @@ urlpatterns = [
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),
+    path("api-use/", views.api_use),
     path("", include(router.urls)),
 ]

@@ -195,3 +195,18 @@ def big_page(request):
     response = TemplateResponse(request, "books/list.html", {"books": [], "pad": "x" * 1_000_000})
     RESPONSES.append(weakref.ref(response))
     return response
+
+
+def api_use(request):
+    """The public recording API used inside a view: annotate, a nested job, a decorated call."""
+    import stagetrace
+
+    @stagetrace.stage("helper")
+    def helper():
+        return 2
+
+    stagetrace.annotate(customer="c-1")
+    with stagetrace.timeline("nested job"):
+        value = helper()
+    stagetrace.current_timeline()
+    return JsonResponse({"value": value})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _recorder
@@ -113,7 +114,7 @@ def begin_http(
         attrs["http.request.body.size"] = size
     start = h.get("x-request-start") or h.get("x-queue-start")
     if start:
-        waited = H.queue_time_ns(start, _recorder._wall())
+        waited = H.queue_time_ns(start, time.time_ns())
         if waited is not None:
             attrs["stagetrace.queue_time_ns"] = waited
     if cfg.record_headers:

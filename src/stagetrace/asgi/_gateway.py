@@ -230,7 +230,10 @@ class _Websocket:
                 raise
             _leave(rec, None)
             if kind == "websocket.accept" and not self.accepted:
-                self.accepted = now() - _recorder.start_of(self.root)
+                try:
+                    self.accepted = now() - _recorder.start_of(self.root)
+                except Exception as exc:
+                    _recorder.internal_error("asgi.websocket.send", exc)
 
         return observed_send
 
@@ -274,7 +277,11 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
         await app(scope, receive, send)
         return
     prev = _recorder.current()
-    tl = _recorder.timeline_of(prev)
+    try:
+        tl = _recorder.timeline_of(prev)
+    except Exception as exc:
+        _recorder.internal_error("asgi.begin", exc)
+        tl = prev = None
     if tl is not None:
         # Wrapped twice (middleware + instrument()): the outer gateway records; the more
         # specific adapter names the framework.

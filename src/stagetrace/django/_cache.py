@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _recorder
 from .._patching import leave
-from ._common import patcher
+from ._common import patcher, reentered
 
 _SITE = "django.cache"
 
@@ -76,7 +76,7 @@ def _cache_attrs(self: Any, op: str, args: Any, kwargs: Any, result: Any) -> dic
 
 def _cache_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _recorder.current() is None or _recorder.is_open_for(self, "cache"):
+        if _recorder.current() is None or reentered(self, "cache"):
             return orig(self, *args, **kwargs)
         try:
             rec = _recorder.enter_owned("cache", _cache_name(self, op), self)
@@ -117,7 +117,7 @@ _patched_methods: set[tuple[type, str]] = set()
 
 def _session_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _recorder.current() is None or _recorder.is_open_for(self, "session"):
+        if _recorder.current() is None or reentered(self, "session"):
             return orig(self, *args, **kwargs)
         try:
             rec = _recorder.enter_owned(

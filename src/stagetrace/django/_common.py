@@ -9,7 +9,15 @@ from .. import _recorder, _runtime
 from .._names import qualname
 from .._patching import Patcher
 
-__all__ = ["hop_started", "load_settings", "patcher", "qualname", "take_thread_wait"]
+__all__ = [
+    "hop_started",
+    "load_settings",
+    "patcher",
+    "qualname",
+    "reentered",
+    "take_thread_wait",
+    "thread_wait",
+]
 
 #: All of the Django adapter's patches. ``patcher.applied`` is the "instrumented" flag that
 #: wrappers left behind after `uninstrument()` check before recording anything.
@@ -31,6 +39,27 @@ def take_thread_wait(rec: list[Any] | None) -> None:
         wait = _recorder.start_of(rec) - t0
         if wait >= 0:
             _recorder.set_attrs(rec, {"asgi.thread_wait_ns": wait})
+    except Exception as exc:
+        _recorder.internal_error("django.thread_wait", exc)
+
+
+def reentered(owner: Any, kind: str) -> bool:
+    """Whether this call runs inside a stage of the same object (a method calling its own
+    super() implementation): record the outer call only. On an internal error, record
+    nothing."""
+    try:
+        return _recorder.is_open_for(owner, kind)
+    except Exception as exc:
+        _recorder.internal_error("django.reentry", exc)
+        return True
+
+
+def thread_wait(rec: list[Any] | None) -> None:
+    """`take_thread_wait`, guarded (call sites in a request use this)."""
+    if rec is None:
+        return
+    try:
+        take_thread_wait(rec)
     except Exception as exc:
         _recorder.internal_error("django.thread_wait", exc)
 

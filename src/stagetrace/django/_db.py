@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _recorder, _sql
 from .._patching import leave, timed
-from ._common import patcher
+from ._common import patcher, reentered
 
 _SITE = "django.db"
 
@@ -83,10 +83,12 @@ def _params_key(params: Any) -> Any:
 
 def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
     """Django execute wrapper: one ``db.query`` stage per statement."""
-    tl = _recorder.live()
-    if tl is None or not patcher.applied:
+    if _recorder.current() is None or not patcher.applied:
         return execute(sql, params, many, context)
     try:
+        tl = _recorder.live()
+        if tl is None:
+            return execute(sql, params, many, context)
         conn = context["connection"]
         cfg = tl.settings
         if type(sql) is str:
@@ -243,7 +245,7 @@ def install() -> None:
     def as_sql(orig: Any) -> Any:
         def as_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
             # Not recording, or a compiler calling its own super().as_sql(): one stage only.
-            if _recorder.current() is None or _recorder.is_open_for(self, "orm.compile"):
+            if _recorder.current() is None or reentered(self, "orm.compile"):
                 return orig(self, *args, **kwargs)
             try:
                 rec = _recorder.enter_owned("orm.compile", _compile_name(self), self)

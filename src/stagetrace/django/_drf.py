@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import _recorder
 from .._patching import leave
-from ._common import patcher
+from ._common import patcher, reentered
 
 
 def _serializer_name(serializer: Any) -> str:
@@ -23,7 +23,7 @@ def _serializer_name(serializer: Any) -> str:
 
 def _data_getter(fget: Any) -> Any:
     def data(self: Any) -> Any:
-        if _recorder.current() is None or _recorder.is_open_for(self, "serialize"):
+        if _recorder.current() is None or reentered(self, "serialize"):
             return fget(self)
         try:
             rec = _recorder.enter_owned("serialize", _serializer_name(self), self)

@@ -183,11 +183,24 @@ def _ensure_ending(root: list[Any], result: Any) -> None:
         end_http(root)
 
 
+def _stream_done(pending: _Pending, chunks: int, size: int, error: BaseException | None) -> None:
+    try:
+        _recorder.set_attrs(pending.write, {"chunks": chunks, "http.response.body.size": size})
+        _finish(pending, error)
+    except Exception as exc:
+        _recorder.internal_error("django.stream", exc)
+
+
 def _stream_sync(content: Iterable[bytes], pending: _Pending) -> Iterator[bytes]:
     chunks = size = 0
     error: BaseException | None = None
     try:
-        for chunk in _recorder.carry(content, pending.write):
+        try:
+            chunks_of: Iterable[bytes] = _recorder.carry(content, pending.write)
+        except Exception as exc:
+            _recorder.internal_error("django.stream", exc)
+            chunks_of = content
+        for chunk in chunks_of:
             chunks += 1
             size += len(chunk)
             yield chunk
@@ -197,15 +210,19 @@ def _stream_sync(content: Iterable[bytes], pending: _Pending) -> Iterator[bytes]
         error = exc
         raise
     finally:
-        _recorder.set_attrs(pending.write, {"chunks": chunks, "http.response.body.size": size})
-        _finish(pending, error)
+        _stream_done(pending, chunks, size, error)
 
 
 async def _stream_async(content: Any, pending: _Pending) -> AsyncIterator[bytes]:
     chunks = size = 0
     error: BaseException | None = None
     try:
-        async for chunk in _recorder.acarry(content, pending.write):
+        try:
+            achunks: Any = _recorder.acarry(content, pending.write)
+        except Exception as exc:
+            _recorder.internal_error("django.stream", exc)
+            achunks = content
+        async for chunk in achunks:
             chunks += 1
             size += len(chunk)
             yield chunk
@@ -215,8 +232,7 @@ async def _stream_async(content: Any, pending: _Pending) -> AsyncIterator[bytes]
         error = exc
         raise
     finally:
-        _recorder.set_attrs(pending.write, {"chunks": chunks, "http.response.body.size": size})
-        _finish(pending, error)
+        _stream_done(pending, chunks, size, error)
 
 
 # --- patches --------------------------------------------------------------------------------
@@ -291,7 +307,10 @@ def _asgi_call(orig: Any, gateway: str) -> Any:
                 kind = None
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                _recorder.mark_sent(root)
+                try:
+                    _recorder.mark_sent(root)
+                except Exception as exc:
+                    _recorder.internal_error("django.asgi.send", exc)
 
         try:
             result = await orig(self, scope, receive, observed_send, *args)
@@ -375,10 +394,10 @@ def install() -> None:
             finally:
                 try:
                     pending = vars(self).pop(_KEY, None)
-                except Exception:
-                    pending = None
-                if pending is not None:
-                    _finish(pending)
+                    if pending is not None:
+                        _finish(pending)
+                except Exception as exc:
+                    _recorder.internal_error("django.finish", exc)
 
         return close
 

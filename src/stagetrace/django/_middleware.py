@@ -27,7 +27,8 @@ from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
 from .._patching import leave
-from ._common import patcher, take_thread_wait
+from ._common import patcher
+from ._common import thread_wait as _thread_wait
 
 _SITE = "django.middleware"
 
@@ -107,7 +108,7 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
 
         def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
             rec = _enter(name) if patcher.applied and _recorder.current() is not None else None
-            take_thread_wait(rec)
+            _thread_wait(rec)
             try:
                 result = method(*args, **kwargs)
             except BaseException as exc:
@@ -162,7 +163,7 @@ class _SyncMiddleware(_MiddlewareProxy):
         if not patcher.applied or _recorder.current() is None:
             return self.__wrapped__(request)
         rec = _enter(self._self_path)
-        take_thread_wait(rec)
+        _thread_wait(rec)
         try:
             response = self.__wrapped__(request)
         except BaseException as exc:

@@ -13,7 +13,8 @@ from typing import Any
 from .. import _recorder
 from .. import jinja2 as _jinja2
 from .._patching import leave, timed
-from ._common import patcher, qualname, take_thread_wait
+from ._common import patcher, qualname
+from ._common import thread_wait as _thread_wait
 
 _DTL = {"template.engine": "django"}
 
@@ -73,7 +74,7 @@ def install() -> None:
             except Exception as exc:
                 _recorder.internal_error("django.serialize", exc)
                 rec = None
-            take_thread_wait(rec)
+            _thread_wait(rec)
             try:
                 result = orig(self)
             except BaseException as exc:

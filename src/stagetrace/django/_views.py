@@ -11,7 +11,8 @@ from asgiref.sync import iscoroutinefunction
 from .. import _recorder
 from .._http.headers import safe
 from .._patching import leave
-from ._common import hop_started, patcher, qualname, take_thread_wait
+from ._common import hop_started, patcher, qualname
+from ._common import thread_wait as _thread_wait
 
 _SITE = "django.view"
 
@@ -92,7 +93,7 @@ def _timed_view(callback: Any, name: str) -> Any:
 
     def sync_view(*args: Any, **kwargs: Any) -> Any:
         rec = _enter("view", name)
-        take_thread_wait(rec)
+        _thread_wait(rec)
         try:
             response = callback(*args, **kwargs)
         except BaseException as exc:
@@ -145,10 +146,10 @@ def install() -> None:
             callback = orig(self, view)
             if not patcher.applied:
                 return callback
-            tl = _recorder.live()
-            if tl is None:
-                return callback
             try:
+                tl = _recorder.live()
+                if tl is None:
+                    return callback
                 name = _cached_view_name(view, tl.method)
             except Exception as exc:
                 _recorder.internal_error("django.view_name", exc)

@@ -262,13 +262,31 @@ def _record_raised(app: Any) -> Any:
     return recording
 
 
+def _reentered(owner: Any, kind: str) -> bool:
+    """Whether this call runs inside a stage of the same object (a subclass calling its base's
+    method): record the outer call only. On an internal error, record nothing."""
+    try:
+        return _recorder.is_open_for(owner, kind)
+    except Exception as exc:
+        _recorder.internal_error("starlette.reentry", exc)
+        return True
+
+
+def _routing_underway() -> bool:
+    try:
+        return _open_route() is not None
+    except Exception as exc:
+        _recorder.internal_error("starlette.route", exc)
+        return True
+
+
 def _router_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if (
             _recorder.current() is None
             or not patcher.applied
             or scope["type"] == "lifespan"
-            or _open_route() is not None
+            or _routing_underway()
         ):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         try:
@@ -303,7 +321,7 @@ def _leaf_handle(orig: Any) -> Any:
     view stage). A subclass handle calling its base's is recorded once."""
 
     async def handle(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if _recorder.current() is None or _recorder.is_open_for(self, "view"):
+        if _recorder.current() is None or _reentered(self, "view"):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         try:
             rec = _open_route()
@@ -420,7 +438,10 @@ def _streaming_init(orig: Any) -> Any:
             and not hasattr(content, "__aiter__")
             and hasattr(content, "__iter__")
         ):
-            content = _recorder.carry(content, _recorder.current())
+            try:
+                content = _recorder.carry(content, _recorder.current())
+            except Exception as exc:
+                _recorder.internal_error("starlette.streaming", exc)
         orig(self, content, *args, **kwargs)
 
     return __init__

@@ -1,0 +1,446 @@
+"""Fault injection: each of stagetrace's hooks made to raise, in turn, under every adapter
+(Django, and Starlette and FastAPI too: this module lives with the Django tests for their
+database and settings).
+
+For every function of the recorder that an adapter calls, and every helper an adapter runs
+inside the host's request, a test replaces it with one that raises, serves a set of requests
+through Django (WSGI test client, WSGIHandler, ASGIHandler), Starlette and FastAPI, and checks:
+
+* every response is the same (status, headers but the volatile ones, body) as untraced;
+* the application's own exceptions reach the caller as the very same object;
+* the failure was counted as an internal error;
+* once the fault is gone, the next request on the same thread or task is recorded normally.
+
+A final test checks that each hook was actually reached by at least one adapter (so a hook the
+adapters stopped calling through the module cannot pass vacuously).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("starlette")
+pytest.importorskip("fastapi")
+
+from django.test import Client
+
+import stagetrace
+import stagetrace.django
+import stagetrace.starlette
+
+SRC = Path(stagetrace.__file__).parent
+#: The context variable's own get/set and the clock cannot fail; internal_error is the guard.
+NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect"}
+
+
+def _recorder_hooks() -> list[str]:
+    """Every recorder function the adapters and the API call, read from their source."""
+    names: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        if path.name == "_recorder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "_recorder"
+            ):
+                names.add(node.func.attr)
+    return sorted(names - NOT_HOOKS)
+
+
+#: Helpers the adapters run inside a request, called through their module.
+ADAPTER_HOOKS = [
+    ("stagetrace.django._gateway", "begin_http"),
+    ("stagetrace.django._gateway", "end_http"),
+    ("stagetrace.asgi._gateway", "begin_http"),
+    ("stagetrace.asgi._gateway", "end_http"),
+    ("stagetrace._http.headers", "traceparent"),
+    ("stagetrace._http.headers", "queue_time_ns"),
+    ("stagetrace._http.headers", "redact_query"),
+    ("stagetrace._http.headers", "host_and_port"),
+    ("stagetrace._http.asgi", "request"),
+    ("stagetrace._http.wsgi", "request"),
+    ("stagetrace._sql", "describe"),
+    ("stagetrace._sql", "call_site"),
+    ("stagetrace.django._gateway", "_register"),
+    ("stagetrace.django._gateway", "_ensure_ending"),
+    ("stagetrace.django._gateway", "_finish"),
+    ("stagetrace.django._views", "_cached_view_name"),
+    ("stagetrace.django._views", "_route_attrs"),
+    ("stagetrace.django._db", "_conn_attrs"),
+    ("stagetrace.django._db", "_params_key"),
+    ("stagetrace.django._db", "_compile_name"),
+    ("stagetrace.django._cache", "_cache_attrs"),
+    ("stagetrace.django._cache", "_cache_name"),
+    ("stagetrace.django._templates", "_template_response_name"),
+    ("stagetrace.django._drf", "_serializer_name"),
+    ("stagetrace.django._common", "take_thread_wait"),
+    ("stagetrace.starlette._install", "_layer_name"),
+    ("stagetrace.starlette._install", "_view_name"),
+    ("stagetrace.starlette._install", "_route_state"),
+    ("stagetrace.starlette._install", "_matched"),
+    ("stagetrace.starlette._install", "_task_name"),
+    ("stagetrace.asgi._gateway", "begin"),
+]
+
+HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS
+HITS: dict[tuple[str, str], set[str]] = {}
+VOLATILE = {"set-cookie", "date", "x-request-id", "content-length", "etag"}
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, hook: tuple[str, str]) -> list[int]:
+    module, name = hook
+    calls = [0]
+    original = getattr(_module(module), name)
+
+    def faulty(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        raise InjectedFault(f"injected fault in {module}.{name}")
+
+    faulty.__wrapped__ = original  # type: ignore[attr-defined]
+    monkeypatch.setattr(_module(module), name, faulty)
+    return calls
+
+
+# --- the applications ------------------------------------------------------------------------
+
+
+def _snapshot(status: int, headers: Any, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    kept = sorted((k.lower(), v) for k, v in headers if k.lower() not in VOLATILE)
+    return status, kept, body
+
+
+DJANGO_PATHS = [
+    "/books.json",
+    "/books/",
+    "/jinja/",
+    "/cache/default/",
+    "/session/",
+    "/atomic/",
+    "/stream/",
+    "/nowhere/",
+    "/boom/",
+    "/api/books/",
+    "/shop/books/1/",
+    "/unhashable/",
+    "/weird-cache/",
+    "/stream-stage/",
+    "/raw/",
+    "/api-use/",
+]
+
+
+def _django_client() -> list[Any]:
+    from django.core.cache import caches
+
+    caches["default"].clear()
+    client = Client(raise_request_exception=False)
+    out = []
+    for path in DJANGO_PATHS:
+        r = client.get(path)
+        body = b"".join(r.streaming_content) if r.streaming else r.content
+        r.close()
+        out.append(_snapshot(r.status_code, r.items(), body))
+    r = client.post("/exempt/")
+    out.append(_snapshot(r.status_code, r.items(), r.content))
+    return out
+
+
+def _django_raises() -> Any:
+    """The view's own exception reaches the caller as the same object."""
+    from tests.djapp.views import RAISED, ViewError
+
+    client = Client(raise_request_exception=True)
+    try:
+        client.get("/boom/")
+    except ViewError as exc:
+        return exc is RAISED[-1]
+    return "not raised"
+
+
+def _wsgi(path: str) -> Any:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_X_REQUEST_START": "t=1e400",
+        "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    got: list[Any] = []
+    body = WSGIHandler()(environ, lambda s, h, e=None: got.append((s, h)))
+    try:
+        data = b"".join(body)
+    finally:
+        body.close()
+    return _snapshot(int(got[0][0][:3]), got[0][1], data)
+
+
+def _asgi(path: str) -> Any:
+    from django.core.handlers.asgi import ASGIHandler
+
+    async def run() -> Any:
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> Any:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "root_path": "",
+            "query_string": b"a=1",
+            "headers": [(b"host", b"testserver"), (b"x-request-start", b"inf")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        await ASGIHandler()(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        headers = [(k.decode(), v.decode()) for k, v in start.get("headers", [])]
+        return _snapshot(start["status"], headers, body)
+
+    return asyncio.run(run())
+
+
+def _starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.routing import Mount, Route
+
+    class Header(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            response = await call_next(request)
+            response.headers["x-mw"] = "1"
+            return response
+
+    class Pure:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            await self.app(scope, receive, send)
+
+    async def boom(request):
+        exc = KeyError("app error")
+        STARLETTE_RAISED.append(exc)
+        raise exc
+
+    def rows():
+        with stagetrace.stage("rows"):
+            yield "a\n"
+            yield "b\n"
+
+    return Starlette(
+        routes=[
+            Route("/json", lambda r: JSONResponse({"a": [1, 2, 3]})),
+            Route("/task", lambda r: PlainTextResponse("t", background=BackgroundTask(print))),
+            Route("/stream", lambda r: StreamingResponse(rows())),
+            Route("/boom", boom),
+            Mount("/sub", routes=[Route("/x/{n:int}", lambda r: PlainTextResponse("x" * 300))]),
+        ],
+        middleware=[Middleware(Header), Middleware(Pure), Middleware(GZipMiddleware)],
+    )
+
+
+STARLETTE_RAISED: list[BaseException] = []
+
+
+def _starlette() -> list[Any]:
+    from starlette.testclient import TestClient
+
+    client = TestClient(_starlette_app(), raise_server_exceptions=False)
+    out = []
+    for path in ("/json", "/task", "/stream", "/boom", "/sub/x/3", "/nope"):
+        r = client.get(path, headers={"x-request-start": "t=1e400", "accept-encoding": "gzip"})
+        out.append(_snapshot(r.status_code, r.headers.items(), r.content))
+    return out
+
+
+def _starlette_raises() -> Any:
+    from starlette.testclient import TestClient
+
+    client = TestClient(_starlette_app(), raise_server_exceptions=True)
+    try:
+        client.get("/boom")
+    except KeyError as exc:
+        return exc is STARLETTE_RAISED[-1]
+    return "not raised"
+
+
+def _fastapi() -> list[Any]:
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
+    sys.path.insert(0, str(example))
+    sys.modules.pop("app", None)
+    try:
+        import app as module  # type: ignore[import-not-found]
+
+        out = []
+        with TestClient(module.app) as client:
+            for method, path, kwargs in (
+                ("GET", "/items/3", {}),
+                ("GET", "/items?limit=3", {}),
+                ("GET", "/page", {}),
+                ("GET", "/stream", {}),
+                ("POST", "/orders", {"json": {"item_id": 1}}),
+                ("POST", "/orders", {"content": b"x"}),
+                ("GET", "/items/999", {}),
+                ("GET", "/missing", {}),
+            ):
+                r = client.request(method, path, **kwargs)
+                out.append(_snapshot(r.status_code, r.headers.items(), r.content))
+            with client.websocket_connect("/ws") as ws:
+                ws.send_text("hi")
+                out.append(ws.receive_text())
+                ws.send_text("bye")
+        return out
+    finally:
+        sys.path.remove(str(example))
+        sys.modules.pop("app", None)
+
+
+def _django_async_client() -> list[Any]:
+    from django.test import AsyncClient
+
+    async def run() -> list[Any]:
+        client = AsyncClient(raise_request_exception=False)
+        out = []
+        for path in ("/books.json", "/async/", "/async-stream/", "/api-use/", "/boom/"):
+            r = await client.get(path)
+            if r.streaming:
+                body = b"".join([part async for part in r.streaming_content])
+            else:
+                body = r.content
+            out.append(_snapshot(r.status_code, r.items(), body))
+        return out
+
+    return asyncio.run(run())
+
+
+SCENARIOS: dict[str, Callable[[], Any]] = {
+    "django-client": lambda: [*_django_client(), _django_raises()],
+    "django-async-client": _django_async_client,
+    "django-wsgi": lambda: [_wsgi("/books.json"), _wsgi("/static/site.css"), _wsgi("/nowhere/")],
+    "django-asgi": lambda: [
+        _asgi("/books.json"),
+        _asgi("/async/"),
+        _asgi("/async-stream/"),
+        _asgi("/boom/"),
+    ],
+    "starlette": lambda: [*_starlette(), _starlette_raises()],
+    "fastapi": _fastapi,
+}
+
+
+def _untraced(name: str) -> Any:
+    """The scenario's responses with stagetrace switched off entirely."""
+    if name.startswith(("starlette", "fastapi")):
+        return SCENARIOS[name]()
+    stagetrace.django.uninstrument()
+    try:
+        return SCENARIOS[name]()
+    finally:
+        stagetrace.django.instrument()
+        # Jinja2 templates compiled while uninstrumented are cached unrecorded (a documented
+        # limitation): forget them, so later tests compile them instrumented.
+        from django.template import engines
+
+        engines["jinja2"].env.cache.clear()
+
+
+_baseline: dict[str, Any] = {}
+
+
+def _recorded_normally(name: str) -> None:
+    """After the fault: the next request on this thread is a complete timeline of its own."""
+    assert stagetrace.current_timeline() is None
+    with stagetrace.capture() as got:
+        if name.startswith("django"):
+            Client().get("/books.json")
+        elif name == "starlette":
+            from starlette.testclient import TestClient
+
+            TestClient(_starlette_app()).get("/json")
+        else:
+            _fastapi()
+    assert got, "nothing recorded after the fault"
+    tl = got[0]
+    assert tl.stages[0].kind == "gateway" and tl.stages[0].parent is None
+    assert any(s.kind == "view" for s in tl.stages)
+    assert all("unfinished" not in s.attrs for s in tl.stages if s.kind != "task")
+    assert stagetrace.current_timeline() is None
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda h: f"{h[0].rpartition('.')[2]}.{h[1]}")
+def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
+    """See the module docstring."""
+    if scenario.startswith(("starlette", "fastapi")):
+        stagetrace.starlette.instrument()
+        monkeypatch.setattr(stagetrace, "_undo_starlette", True, raising=False)
+    try:
+        if scenario not in _baseline:
+            _baseline[scenario] = _untraced(scenario)
+        expected = _baseline[scenario]
+        calls = _inject(monkeypatch, hook)
+        with stagetrace.capture():
+            got = SCENARIOS[scenario]()
+        monkeypatch.undo()
+        assert got == expected
+        if calls[0]:
+            HITS.setdefault(hook, set()).add(scenario)
+            assert stagetrace.stats()["internal_errors"] >= 1
+        _recorded_normally(scenario)
+    finally:
+        if scenario.startswith(("starlette", "fastapi")):
+            stagetrace.starlette.uninstrument()
+
+
+def test_every_hook_was_reached_by_some_adapter():
+    """Each hook above was called, and failed, in at least one scenario (runs last)."""
+    missing = " ".join(".".join(h) for h in HOOKS if h not in HITS)
+    assert not missing, missing
