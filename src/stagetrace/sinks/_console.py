@@ -12,6 +12,7 @@ Written for people reading a terminal, from 40 columns up (80 is the design widt
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -179,6 +180,7 @@ _QUOTED_IDENT = re.compile(r'"([A-Za-z_][A-Za-z0-9_$]*)"')
 _SELECT_LIST = re.compile(r"^(SELECT\s+(?:DISTINCT\s+)?)(.+?)(\s+FROM\s)", re.I)
 
 
+@functools.lru_cache(maxsize=128)  # an N+1 repeats one text; texts have no values
 def short_sql(text: str) -> str:
     """SQL for one line: whitespace collapsed, identifier quotes dropped, a long select list
     shown as ``…`` (``SELECT … FROM shop_publisher WHERE shop_publisher.id = %s LIMIT 21``).
@@ -281,28 +283,44 @@ def _tree_rows(timeline: Timeline, collapse: bool) -> list[tuple[int, list[int]]
 class _Row:
     depth: int
     members: list[Stage]
+    first: Stage
     start: int
     dur: int
     self_ns: int
     end: int
-
-    @property
-    def first(self) -> Stage:
-        return self.members[0]
+    forms: list[str]  # names to try, longest first
+    err: str  # the error marker and type, or ""
 
 
-def _make_row(timeline: Timeline, depth: int, ids: list[int]) -> _Row:
+def _make_row(
+    timeline: Timeline,
+    depth: int,
+    ids: list[int],
+    g: _Glyphs,
+    verbose: bool,
+    names: dict[tuple[str, str], list[str]],
+) -> _Row:
     members = [timeline.stages[i] for i in ids]
+    st = members[0]
+    key = (st.kind, st.name)
+    forms = names.get(key)
+    if forms is None:  # an N+1 repeats its names: work each out once
+        forms = names[key] = _name_forms(st, verbose)
+    err = "" if st.error is None else f" {g.cross} {_clean(st.error.type).rpartition('.')[2]}"
     if len(members) == 1:
-        st = members[0]
-        return _Row(depth, members, st.start_ns, st.duration_ns, st.self_ns, st.end_ns)
+        return _Row(
+            depth, members, st, st.start_ns, st.duration_ns, st.self_ns, st.end_ns, forms, err
+        )
     return _Row(
         depth,
         members,
+        st,
         min(s.start_ns for s in members),
         sum(s.duration_ns for s in members),
         sum(s.self_ns for s in members),
         max(s.end_ns for s in members),
+        forms,
+        err,
     )
 
 
@@ -434,12 +452,6 @@ def _name_forms(st: Stage, verbose: bool) -> list[str]:
     return [full, short] if short != full else [full]
 
 
-def _error_text(st: Stage, g: _Glyphs) -> str:
-    if st.error is None:
-        return ""
-    return f" {g.cross} {_clean(st.error.type).rpartition('.')[2]}"
-
-
 def _head(row: _Row, lay: _Layout, g: _Glyphs) -> str:
     """Indentation, repeat count and kind tag of a row."""
     indent = " " * min(row.depth * lay.step, lay.cap)
@@ -455,8 +467,8 @@ def _label(row: _Row, lay: _Layout, g: _Glyphs, details: list[str], verbose: boo
     room = lay.label_w
     st = row.first
     head = _head(row, lay, g)
-    err = _error_text(st, g)
-    forms = _name_forms(st, verbose)
+    err = row.err
+    forms = row.forms
     min_name = min(len(forms[-1]), 6)
     if err and len(head) + min_name + len(err) > room:  # the type's text goes, not the ✗
         err = _cut(err, max(len(g.cross) + 1, room - len(head) - min_name), g.ellipsis)
@@ -473,17 +485,16 @@ def _label(row: _Row, lay: _Layout, g: _Glyphs, details: list[str], verbose: boo
     return text.ljust(room)
 
 
-def _needed(row: _Row, lay: _Layout, g: _Glyphs, details: list[str] | None, verbose: bool) -> int:
+def _needed(row: _Row, lay: _Layout, details: list[str] | None) -> int:
     """Columns the row's label wants: head, full name, error, and `details`."""
-    head = _head(row, lay, g)
-    name = _name_forms(row.first, verbose)[0]
+    indent = min(row.depth * lay.step, lay.cap)
+    count = len(str(len(row.members))) + 2 if len(row.members) > 1 else 0
+    tag = _SHORT_KIND.get(row.first.kind, row.first.kind) if lay.short_kinds else row.first.kind
     more = sum(len(d) + 2 for d in details) if details else 0
-    return len(head) + len(name) + len(_error_text(row.first, g)) + more
+    return indent + count + len(tag) + 1 + len(row.forms[0]) + len(row.err) + more
 
 
-def _layout(
-    width: int, rows: list[_Row], details: list[list[str]], g: _Glyphs, verbose: bool
-) -> _Layout:
+def _layout(width: int, rows: list[_Row], details: list[list[str]]) -> _Layout:
     """Column widths: the numbers, then the label (as wide as the rows need, between the bar's
     largest and smallest share), then the bar. Full kind names when every row's essentials
     (indentation, kind, name, error) fit with them, short tags otherwise. Names may narrow the
@@ -498,12 +509,10 @@ def _layout(
     lay = _Layout(width, show_start, num_w, label_max, bar_min, False, 1, max(2, label_max // 4))
     if width >= 100 and max_depth * 2 <= lay.cap:
         lay.step = 2
-    if max((_needed(r, lay, g, None, verbose) for r in rows), default=0) > label_max:
+    if max((_needed(r, lay, None) for r in rows), default=0) > label_max:
         lay.short_kinds = True
-    essential = max((_needed(r, lay, g, None, verbose) for r in rows), default=0)
-    wanted = max(
-        (_needed(r, lay, g, d, verbose) for r, d in zip(rows, details, strict=True)), default=0
-    )
+    essential = max((_needed(r, lay, None) for r in rows), default=0)
+    wanted = max((_needed(r, lay, d) for r, d in zip(rows, details, strict=True)), default=0)
     # names may take the bar down to its smallest; details down to a quarter above that
     for_details = avail - (bar_min + (bar_max - bar_min) // 4)
     lay.label_w = max(avail - bar_max, min(wanted, for_details), min(essential, label_max))
@@ -512,7 +521,7 @@ def _layout(
 
 
 def _phases_everywhere_or_nowhere(
-    rows: list[_Row], details: list[list[str]], lay: _Layout, g: _Glyphs, verbose: bool
+    rows: list[_Row], details: list[list[str]], lay: _Layout
 ) -> list[list[str]]:
     """The details to try on the rows: middleware in/out times on every middleware row or on
     none, since a chain where some rows have them reads as if the others had no phases."""
@@ -521,7 +530,7 @@ def _phases_everywhere_or_nowhere(
         for r, d in zip(rows, details, strict=True)
         if r.first.kind == "middleware" and d[:1] and d[0].startswith("in ")
     ]
-    if not any(_needed(r, lay, g, d[:1], verbose) > lay.label_w for r, d in phased):
+    if not any(_needed(r, lay, d[:1]) > lay.label_w for r, d in phased):
         return details
     return [
         d[1:] if r.first.kind == "middleware" and d[:1] and d[0].startswith("in ") else d
@@ -672,11 +681,15 @@ def render_waterfall(
     for f in timeline.findings:
         for sid in f.stages:
             finding_of.setdefault(sid, f.kind)
-    rows = [_make_row(timeline, d, ids) for d, ids in _tree_rows(timeline, not verbose)]
+    names: dict[tuple[str, str], list[str]] = {}
+    rows = [
+        _make_row(timeline, d, ids, g, verbose, names)
+        for d, ids in _tree_rows(timeline, not verbose)
+    ]
     with_error = {s.parent for s in timeline.stages if s.error is not None}
     details = [_details(r, g, finding_of) for r in rows]
-    lay = _layout(width, rows, details, g, verbose)
-    on_rows = _phases_everywhere_or_nowhere(rows, details, lay, g, verbose)
+    lay = _layout(width, rows, details)
+    on_rows = _phases_everywhere_or_nowhere(rows, details, lay)
 
     title, status, facts = _header(timeline, width, g)
     whole = title + status
