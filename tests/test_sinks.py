@@ -425,6 +425,36 @@ def test_console_sink_follows_the_terminal_width(monkeypatch):
     assert max(len(line) for line in out.getvalue().splitlines()) == 100
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_console_sink_follows_the_size_of_its_own_terminal(monkeypatch):
+    """On a real terminal (a pty sized 66 columns, no COLUMNS) the sink renders at its size,
+    in colour."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 66, 0, 0))
+        with open(follower, "w", encoding="utf-8", closefd=False) as tty:
+            ConsoleSink(tty).emit(waterfalls.django_404())
+        chunks = []
+        while True:
+            data = os.read(leader, 65536)
+            chunks.append(data)
+            if len(data) < 65536:
+                break
+    finally:
+        os.close(follower)
+        os.close(leader)
+    text = b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+    assert "\x1b[" in text
+    assert max(len(line) for line in plain(text).splitlines()) == 66
+
+
 def test_console_sink_verbose_and_sql_options():
     """verbose=True expands repeats; sql=True adds the SQL text under the queries."""
     out = io.StringIO()
