@@ -286,6 +286,24 @@ def test_deep_trees_keep_room_for_names():
     assert len(rows_of(deep)) == 1502
 
 
+def test_odd_timelines_still_render():
+    """Schema-valid oddities read from a file (negative offsets, stages outliving the
+    timeline, zero durations, empty names, huge counts) render within the width."""
+    b = Builder(path="", method=None)
+    gw = b.add("gateway", "", 0, 0)
+    b.add("view", "", -5, 3, gw)
+    b.add("custom", "x" * 500, 2, 10_000_000, gw, error=("E" * 300, "m" * 2000))
+    for i in range(3):
+        b.add("cache", "default.get", 1, 0, gw, attrs={"cache.hits": 10**12, "cache.keys": -1})
+        b.add("db.query", "SELECT t", 1 + i, 0.1, gw, attrs={"db.query.text": 7, "db.rows": "x"})
+    tl = b.build()
+    for width in (40, 80, 300):
+        for options in ({}, {"verbose": True}, {"sql": True, "color": True}):
+            text = plain(render_waterfall(tl, width=width, **options))
+            assert max(len(x) for x in text.splitlines()) <= width
+            assert sum("✗" in r for r in rows_of(text)) == 1
+
+
 def test_names_are_shortened_to_the_class_or_function():
     """Dotted paths show as their class or function by default, in full under -v."""
     tl = waterfalls.django_404()

@@ -274,7 +274,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--sql", action="store_true", help="the SQL text under each query")
     for cmd in (demo, show):
-        cmd.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+        cmd.add_argument(
+            "--color",
+            choices=("auto", "always", "never"),
+            default="auto",
+            help="colours: auto (on a terminal, unless NO_COLOR), always, never",
+        )
         cmd.add_argument(
             "--width",
             type=_width,

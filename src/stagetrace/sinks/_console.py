@@ -548,7 +548,7 @@ def _bar(row: _Row, total: int, width: int, g: _Glyphs) -> str:
     if len(row.members) > 1:
         return _group_bar(row.members, scale, width, g)
     st = row.first
-    a = min(width - 1, int(st.start_ns * scale))
+    a = max(0, min(width - 1, int(st.start_ns * scale)))
     b = min(width, max(a + 1, round(st.end_ns * scale)))
     if st.duration_ns * scale < 0.5:
         cells = g.tiny
@@ -568,7 +568,7 @@ def _group_bar(members: list[Stage], scale: float, width: int, g: _Glyphs) -> st
     covered = [0.0] * width
     for st in members:
         a, b = st.start_ns * scale, st.end_ns * scale
-        cell = min(width - 1, int(a))
+        cell = max(0, min(width - 1, int(a)))
         while cell < width and cell < b:
             covered[cell] += max(min(b, cell + 1) - max(a, cell), 1e-9)
             cell += 1
