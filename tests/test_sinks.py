@@ -327,6 +327,10 @@ def test_details_on_the_rows():
     assert "orm.fetch shop.Publisher  0 rows" in text
     text = render_waterfall(waterfalls.background_task(), width=120)
     assert "default.get_many  2/3 hits" in text and "INSERT shop_order  1 row" in text
+    b = Builder()  # a sync view under ASGI that waited 0.31 ms for its thread
+    gw = b.add("gateway", "ASGI", 0, 5)
+    b.add("view", "shop.views.home", 1, 3, gw, attrs={"asgi.thread_wait_ns": 310_000})
+    assert "view home  thread wait 0.31" in render_waterfall(b.build(), width=80)
 
 
 def test_sql_text_is_shortened_and_never_shows_parameter_values():
