@@ -1,13 +1,18 @@
-"""The stagetrace command line: show and demo, and its handling of bad input."""
+"""The stagetrace command line: show and demo, their filters, widths and handling of bad input."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
+import pytest
+
 from stagetrace.cli import main
 
+from . import waterfalls
 from .helpers import sample_timeline
 
 
@@ -15,31 +20,142 @@ def write_jsonl(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
 
 
+def line(**overrides) -> str:
+    return json.dumps(sample_timeline(**overrides).to_dict())
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A file as a user would have: Django routes (no leading slash) and Starlette routes."""
+    path = tmp_path / "t.jsonl"
+    timelines = [
+        sample_timeline(request_id="r0", route="albums/", path="/albums/"),
+        sample_timeline(request_id="r1", route="albums/<int:pk>/", path="/albums/1/"),
+        sample_timeline(request_id="r2", route="albums/", path="/albums/"),
+        sample_timeline(request_id="r3", route="albums/<int:pk>/", path="/albums/2/", status=404),
+        sample_timeline(request_id="r4", route="/items/{item_id}", path="/items/9", status=500),
+        sample_timeline(request_id="r5", route="albums/", path="/albums/", duration_ns=90_000_000),
+    ]
+    write_jsonl(path, [json.dumps(t.to_dict()) for t in timelines])
+    return path
+
+
+def shown(out: str) -> list[str]:
+    """The request ids in the headers of the waterfalls printed."""
+    return re.findall(r"  request (\S+)", out)
+
+
 def test_show_prints_a_waterfall_per_timeline(tmp_path, capsys):
     """`stagetrace show FILE` renders every timeline in the file."""
-    good = json.dumps(sample_timeline().to_dict())
     path = tmp_path / "t.jsonl"
-    write_jsonl(path, [good, good])
+    write_jsonl(path, [line(), line()])
     assert main(["show", str(path), "--color", "never"]) == 0
     out = capsys.readouterr().out
     assert out.count("GET /books/ → 200") == 2
     assert "SessionMiddleware" in out
 
 
-def test_show_last_and_route_filter(tmp_path, capsys):
-    """--last N keeps the newest N; --route keeps one route."""
-    lines = [
-        json.dumps(sample_timeline(request_id=str(i), route=f"r{i % 2}").to_dict())
-        for i in range(5)
-    ]
+def test_last_applies_after_the_filters(mixed, capsys):
+    """--route R --last 1 shows the newest timeline OF THAT ROUTE (it printed nothing when
+    --last was applied first)."""
+    assert main(["show", str(mixed), "--route", "albums/<int:pk>/", "--last", "1"]) == 0
+    assert shown(capsys.readouterr().out) == ["r3"]
+    assert main(["show", str(mixed), "--last", "2"]) == 0
+    assert shown(capsys.readouterr().out) == ["r4", "r5"]
+    assert main(["show", str(mixed), "--route", "albums/", "--last", "5"]) == 0
+    assert shown(capsys.readouterr().out) == ["r0", "r2", "r5"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", ""])
+def test_a_bad_last_is_refused(mixed, capsys, value):
+    """--last takes a whole number from 1 up; anything else is one line on stderr, exit 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(["show", str(mixed), "--last", value])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err
+    assert err.startswith("stagetrace show: error: argument --last: expected a whole number")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--status", "6xx"], "--status"),
+        (["--status", "40"], "--status"),
+        (["--min-ms", "-3"], "--min-ms"),
+        (["--min-ms", "nan"], "--min-ms"),
+        (["--width", "10"], "--width"),
+        (["--width", "wide"], "--width"),
+        (["--color", "sometimes"], "--color"),
+    ],
+)
+def test_bad_option_values_are_refused(mixed, capsys, args, option):
+    """Every bad value is refused before anything is read: one line naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        main(["show", str(mixed), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"argument {option}" in err
+
+
+def test_route_matches_with_or_without_the_leading_slash(mixed, capsys):
+    """Django templates have no leading slash, Starlette's have one: either spelling matches."""
+    assert main(["show", str(mixed), "--route", "/albums/"]) == 0
+    assert shown(capsys.readouterr().out) == ["r0", "r2", "r5"]
+    assert main(["show", str(mixed), "--route", "items/{item_id}"]) == 0
+    assert shown(capsys.readouterr().out) == ["r4"]
+    assert main(["show", str(mixed), "--route", "albums/*"]) == 0
+    assert shown(capsys.readouterr().out) == ["r0", "r1", "r2", "r3", "r5"]
+
+
+def test_path_status_and_duration_filters(mixed, capsys):
+    """--path matches the request path (globs with *), --status a code or class, --min-ms the
+    duration; all given filters must match."""
+    assert main(["show", str(mixed), "--path", "/albums/2/"]) == 0
+    assert shown(capsys.readouterr().out) == ["r3"]
+    assert main(["show", str(mixed), "--status", "4xx,500"]) == 0
+    assert shown(capsys.readouterr().out) == ["r3", "r4"]
+    assert main(["show", str(mixed), "--min-ms", "50"]) == 0
+    assert shown(capsys.readouterr().out) == ["r5"]
+    assert main(["show", str(mixed), "--path", "/albums/*", "--status", "200"]) == 0
+    assert shown(capsys.readouterr().out) == ["r0", "r1", "r2", "r5"]
+
+
+def test_nothing_matched_is_said_and_exits_1(mixed, capsys):
+    """A filter that matches nothing prints nothing on stdout, one line on stderr, exit 1,
+    and hints at --path when the value was a path."""
+    assert main(["show", str(mixed), "--route", "/artists/"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"stagetrace: no timeline matched --route /artists/ (of 6 in {mixed})\n"
+    assert main(["show", str(mixed), "--route", "/albums/2/"]) == 1
+    assert "1 has that path (use --path)" in capsys.readouterr().err
+
+
+def test_show_follows_the_terminal_width(mixed):
+    """Without --width, show follows COLUMNS (the terminal) like the demo; --width wins."""
+    env = {**os.environ, "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "stagetrace", "show", str(mixed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert max(len(x) for x in out.stdout.splitlines()) == 80
+    out = subprocess.run(
+        [*cmd, "--width", "100"], capture_output=True, text=True, env=env, timeout=60, check=True
+    )
+    assert max(len(x) for x in out.stdout.splitlines()) == 100
+
+
+def test_show_verbose_and_sql(tmp_path, capsys):
+    """-v expands collapsed repeats; --sql adds the SQL text under the queries."""
     path = tmp_path / "t.jsonl"
-    write_jsonl(path, lines)
-    assert main(["show", str(path), "--last", "2", "--color", "never"]) == 0
-    out = capsys.readouterr().out
-    assert "request 3" in out and "request 4" in out and "request 2" not in out
-    assert main(["show", str(path), "--route", "r1", "--color", "never"]) == 0
-    out = capsys.readouterr().out
-    assert out.count(" → 200") == 2
+    write_jsonl(path, [json.dumps(waterfalls.n_plus_one().to_dict())])
+    assert main(["show", str(path), "--width", "80"]) == 0
+    assert "30× fetch shop.Publisher" in capsys.readouterr().out
+    assert main(["show", str(path), "--width", "80", "-v"]) == 0
+    assert capsys.readouterr().out.count("fetch shop.Publisher") == 30
+    assert main(["show", str(path), "--width", "80", "--sql"]) == 0
+    assert "SELECT … FROM shop_publisher WHERE" in capsys.readouterr().out
 
 
 def test_missing_file_is_one_line_and_exit_1(tmp_path, capsys):
@@ -52,7 +168,7 @@ def test_missing_file_is_one_line_and_exit_1(tmp_path, capsys):
 
 def test_corrupt_lines_are_reported_and_good_ones_still_shown(tmp_path, capsys):
     """Bad lines name their line number; good timelines are still printed; exit is non-zero."""
-    good = json.dumps(sample_timeline().to_dict())
+    good = line()
     wrong_schema = json.dumps({**sample_timeline().to_dict(), "schema": "other@9"})
     path = tmp_path / "t.jsonl"
     write_jsonl(path, [good, "{not json", wrong_schema, good[: len(good) // 2]])
@@ -66,7 +182,19 @@ def test_corrupt_lines_are_reported_and_good_ones_still_shown(tmp_path, capsys):
     assert errors[2].startswith(f"stagetrace: {path}:4: not valid JSON")
 
 
+def test_bad_lines_with_filters_still_show_the_matches(tmp_path, capsys):
+    """Filters apply to the good timelines; the bad lines are still reported, exit 1."""
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, [line(request_id="a", route="x/"), "{", line(request_id="b", route="y/")])
+    assert main(["show", str(path), "--route", "y/"]) == 1
+    captured = capsys.readouterr()
+    assert shown(captured.out) == ["b"]
+    assert captured.err.startswith(f"stagetrace: {path}:2: not valid JSON")
+    assert captured.err.count("\n") == 1
+
+
 def test_a_directory_or_empty_file_is_an_error(tmp_path, capsys):
+    """A directory or an empty file is one line on stderr and exit 1."""
     assert main(["show", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("")
@@ -75,10 +203,37 @@ def test_a_directory_or_empty_file_is_an_error(tmp_path, capsys):
 
 
 def test_binary_garbage_does_not_crash(tmp_path, capsys):
+    """Bytes that are not text are a bad line, not a traceback."""
     path = tmp_path / "bin.jsonl"
     path.write_bytes(b"\xff\xfe\x00garbage\n")
     assert main(["show", str(path)]) == 1
     assert "line" not in capsys.readouterr().out
+
+
+def test_standard_input(mixed):
+    """`show -` reads standard input."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "stagetrace", "show", "-", "--route", "/items/{item_id}"],
+        input=mixed.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and shown(proc.stdout) == ["r4"]
+
+
+def test_a_closed_pipe_is_quiet(mixed):
+    """`stagetrace show FILE | head -1` ends without an error message."""
+    big = mixed.parent / "big.jsonl"
+    big.write_text(mixed.read_text() * 200)
+    proc = subprocess.run(
+        f"{sys.executable} -m stagetrace show {big} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.startswith("GET /albums/") and proc.stderr == ""
 
 
 def test_console_script_runs_as_module(tmp_path):
@@ -91,3 +246,23 @@ def test_console_script_runs_as_module(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"stagetrace: {tmp_path / 'x'}: no such file"
+
+
+def test_demo_follows_the_terminal_width():
+    """The demo's waterfalls follow COLUMNS, as show does."""
+    pytest.importorskip("django")
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stagetrace", "demo", "--color", "never"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    blocks = proc.stdout.split("\n# ")[1:]
+    assert len(blocks) == 5
+    for block in blocks:
+        waterfall = block.split("\n", 1)[1].split("\nYour own project")[0]
+        assert max(len(x) for x in waterfall.splitlines()) <= 80
+    assert "20× fetch shop.Author" in proc.stdout  # the N+1 collapsed

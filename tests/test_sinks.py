@@ -5,14 +5,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import stagetrace
+from stagetrace import Timeline
 from stagetrace.sinks import ConsoleSink, JsonlSink, MemorySink, render_waterfall
 
+from . import waterfalls
 from .helpers import assert_golden, sample_timeline
+from .waterfalls import Builder
 
 
 def test_memory_sink_keeps_only_the_last_n():
@@ -95,60 +101,409 @@ def test_jsonl_lines_never_interleave_across_processes(tmp_path):
     assert counts == {"0": 150, "1": 150, "2": 150, "3": 150}
 
 
-def test_waterfall_plain_golden():
-    """The plain-text waterfall of a fixed timeline matches its golden file."""
-    assert_golden("waterfall.txt", render_waterfall(sample_timeline(), width=110))
+# --- the console waterfall ------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXAMPLES = {"doc-example": sample_timeline(), **waterfalls.all_examples()}
 
 
-def test_waterfall_color_golden():
-    """Colour mode adds ANSI codes per kind and red for errors."""
-    text = render_waterfall(sample_timeline(), width=110, color=True)
-    assert "\x1b[35m" in text and "\x1b[31m" in text
-    assert_golden("waterfall-color.txt", text)
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
 
 
-def test_waterfall_ascii_golden():
-    """Without Unicode the waterfall uses ASCII bars only."""
-    text = render_waterfall(sample_timeline(), width=110, unicode=False)
+def rows_of(text: str) -> list[str]:
+    """The stage rows of a waterfall: the lines that start with the numbers columns."""
+    return [line for line in plain(text).splitlines() if re.match(r"^ *\d+(\.\d+)?[smh]? ", line)]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_waterfall_golden(name, width):
+    """Each example timeline renders exactly as its golden file, at 80 and 120 columns."""
+    assert_golden(f"waterfall-{name}-{width}.txt", render_waterfall(EXAMPLES[name], width=width))
+
+
+@pytest.mark.parametrize("name", ["doc-example", "n-plus-one", "django-404"])
+def test_waterfall_color_golden(name):
+    """Colour adds ANSI codes per kind, red for errors and 5xx, and changes nothing else."""
+    tl = EXAMPLES[name]
+    text = render_waterfall(tl, width=80, color=True)
+    assert "\x1b[35m" in text  # middleware
+    assert plain(text) == render_waterfall(tl, width=80)
+    assert_golden(f"waterfall-{name}-80-color.txt", text)
+
+
+@pytest.mark.parametrize("name", ["doc-example", "n-plus-one", "starlette-500"])
+def test_waterfall_ascii_golden(name):
+    """Without Unicode the waterfall is pure ASCII (bars, markers, and recorded text alike)."""
+    text = render_waterfall(EXAMPLES[name], width=80, unicode=False)
     assert text.isascii()
-    assert_golden("waterfall-ascii.txt", text)
+    assert_golden(f"waterfall-{name}-80-ascii.txt", text)
 
 
-def test_waterfall_shows_middleware_phases_depth_and_errors():
-    """Middleware rows carry in/out, children are indented under parents, errors are flagged."""
-    text = render_waterfall(sample_timeline(), width=140)
-    rows = text.splitlines()
-    session = next(r for r in rows if "SessionMiddleware" in r)
-    assert "[in 0.20 / out 1.00]" in session
-    row = next(r for r in rows if "books/_row.html" in r)
-    lst = next(r for r in rows if "books/list.html" in r)
-    assert row.index("template") > lst.index("template")
-    assert "✗ TemplateSyntaxError" in row
-    assert "2 more stages not kept" in text
-    assert "! n_plus_one: 3 similar queries" in text
+def test_waterfall_verbose_and_sql_golden():
+    """-v adds full names and detail lines; --sql adds the SQL under each query."""
+    assert_golden(
+        "waterfall-starlette-500-80-verbose.txt",
+        render_waterfall(EXAMPLES["starlette-500"], width=80, verbose=True),
+    )
+    assert_golden(
+        "waterfall-n-plus-one-80-sql.txt",
+        render_waterfall(EXAMPLES["n-plus-one"], width=80, sql=True),
+    )
 
 
-def test_console_sink_uses_color_only_on_a_terminal():
-    """A plain stream gets no escape codes; color='always' forces them."""
+WIDTHS = [40, 53, 64, 80, 99, 100, 120, 200]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_no_line_is_wider_than_the_width(name, width):
+    """Every line fits, in every mode: plain, colour (codes not counted), ASCII, -v, --sql."""
+    tl = EXAMPLES[name]
+    for options in (
+        {},
+        {"color": True},
+        {"unicode": False},
+        {"verbose": True},
+        {"sql": True, "unicode": False},
+    ):
+        text = plain(render_waterfall(tl, width=width, **options))
+        too_wide = [line for line in text.splitlines() if len(line) > width]
+        assert not too_wide, (options, too_wide)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_error_marker_is_shown(name, width):
+    """Each stage with an error keeps its ✗ marker on its row at every width, with the
+    exception's class name wherever 80 columns or more leave room for it."""
+    tl = EXAMPLES[name]
+    errors = [s for s in tl.stages if s.error is not None]
+    for verbose in (False, True):
+        rows = rows_of(render_waterfall(tl, width=width, verbose=verbose))
+        marked = [r for r in rows if "✗" in r]
+        assert len(marked) == len(errors), (verbose, marked)
+        if width >= 80:
+            for st, row in zip(errors, marked, strict=True):
+                assert "✗ " + st.error.type.rpartition(".")[2] in row
+
+
+def test_the_404_keeps_its_marker_and_names_at_80_columns():
+    """The issue's example: at 80 columns Http404 is still marked and names are readable."""
+    text = render_waterfall(waterfalls.django_404(), width=80)
+    assert "view PublisherDetailView.get ✗ Http404" in text
+    assert "✗ Http404 in view PublisherDetailView.get: No Publisher matches" in text
+    for name in ("SessionMiddleware", "AuthenticationMiddleware", "XFrameOptionsMiddleware"):
+        assert f"mw {name} " in text
+    assert "…iddleware" not in text and "compil…" not in text
+    assert "compile SELECT shop.Publisher" in text and "sql SELECT shop_publisher" in text
+
+
+def test_an_n_plus_one_collapses_and_fits_on_one_screen():
+    """30 (or 300) repeated fetch -> compile + query subtrees are three rows with counts and
+    totals; the whole waterfall stays within 40 lines at 80 columns."""
+    for repeats in (30, 300):
+        tl = waterfalls.n_plus_one(repeats)
+        text = render_waterfall(tl, width=80)
+        assert len(text.splitlines()) <= 40
+        rows = rows_of(text)
+        fetch = next(r for r in rows if f"{repeats}× fetch shop.Publisher" in r)
+        assert f"{repeats} rows" in fetch
+        assert any(f"{repeats}× compile SELECT shop.Publisher" in r for r in rows)
+        assert any(f"{repeats}× sql SELECT shop_publisher" in r for r in rows)
+        assert sum("Publisher" in r for r in rows) == 2  # the fetch and compile rows, once each
+    group = [s for s in waterfalls.n_plus_one(30).stages if s.name == "shop.Publisher"]
+    total = sum(s.duration_ns for s in group) / 1e6
+    own = sum(s.self_ns for s in group) / 1e6
+    row = next(
+        r for r in rows_of(render_waterfall(waterfalls.n_plus_one(30), width=80)) if "30×" in r
+    )
+    assert row.split()[:3] == ["4.00", f"{total:.2f}", f"{own:.2f}"]
+
+
+def test_verbose_shows_every_repeat():
+    """-v expands the groups: one row per stage, no counts."""
+    tl = waterfalls.n_plus_one(30)
+    rows = rows_of(render_waterfall(tl, width=80, verbose=True))
+    assert len(rows) == len(tl.stages)
+    assert sum("fetch shop.Publisher" in r for r in rows) == 30
+    assert not any("×" in r for r in rows)
+
+
+def alternating(repeats: int) -> Timeline:
+    """A view fetching each book's author, then its publisher: A B A B ..."""
+    b = Builder()
+    gw = b.add("gateway", "WSGI", 0, 10 + repeats)
+    view = b.add("view", "shop.views.books", 0.1, 9 + repeats, gw)
+    t = 0.2
+    for _ in range(repeats):
+        for model in ("shop.Author", "shop.Publisher"):
+            b.add("orm.fetch", model, t, 0.4, view, attrs={"rows": 1})
+            t += 0.5
+    return b.build()
+
+
+def test_alternating_repeats_collapse_into_one_row_each():
+    """A repeating unit of two siblings (author, publisher) collapses too: one row per
+    position of the unit; two repetitions alone are left unfolded."""
+    rows = rows_of(render_waterfall(alternating(20), width=100))
+    assert any(re.search(r"20× (orm\.)?fetch shop\.Author  20 rows", r) for r in rows)
+    assert any(re.search(r"20× (orm\.)?fetch shop\.Publisher  20 rows", r) for r in rows)
+    assert len(rows) == 4
+    rows = rows_of(render_waterfall(alternating(2), width=80))
+    assert len(rows) == 6 and not any("×" in r for r in rows)
+
+
+def test_repeats_with_errors_collapse_and_keep_the_marker():
+    """Identical failing calls collapse into one row that still carries the error."""
+    b = Builder()
+    gw = b.add("gateway", "WSGI", 0, 20)
+    view = b.add("view", "shop.views.home", 0.1, 19, gw)
+    for i in range(12):
+        b.add(
+            "cache",
+            "default.get",
+            1 + i,
+            0.5,
+            view,
+            attrs={"cache.hit": False},
+            error=("redis.exceptions.ConnectionError", "Connection refused"),
+        )
+    text = render_waterfall(b.build(), width=120)
+    (row,) = [r for r in rows_of(text) if "cache" in r]
+    assert "12× cache default.get ✗ ConnectionError" in row and "0/12 hits" in row
+    assert "✗ ConnectionError in cache default.get (12×): Connection refused" in text
+
+
+def test_deep_trees_keep_room_for_names():
+    """Indentation is capped: a 24-deep job still shows the names, and a 1500-deep one
+    renders at all (no recursion limit)."""
+    text = render_waterfall(waterfalls.deep_nesting(), width=80)
+    assert all("custom StatementSectionRenderer" in r for r in rows_of(text)[1:-1])
+    assert "sql SELECT ledger_entry ✗ QueryCanceled" in text or "✗ QueryCanceled" in text
+    deep = render_waterfall(waterfalls.deep_nesting(1500), width=80)
+    assert len(rows_of(deep)) == 1502
+
+
+def test_odd_timelines_still_render():
+    """Schema-valid oddities read from a file (negative offsets, stages outliving the
+    timeline, zero durations, empty names, huge counts) render within the width."""
+    b = Builder(path="", method=None)
+    gw = b.add("gateway", "", 0, 0)
+    b.add("view", "", -5, 3, gw)
+    b.add("custom", "x" * 500, 2, 10_000_000, gw, error=("E" * 300, "m" * 2000))
+    for i in range(3):
+        b.add("cache", "default.get", 1, 0, gw, attrs={"cache.hits": 10**12, "cache.keys": -1})
+        b.add("db.query", "SELECT t", 1 + i, 0.1, gw, attrs={"db.query.text": 7, "db.rows": "x"})
+    tl = b.build()
+    for width in (40, 80, 300):
+        for options in ({}, {"verbose": True}, {"sql": True, "color": True}):
+            text = plain(render_waterfall(tl, width=width, **options))
+            assert max(len(x) for x in text.splitlines()) <= width
+            assert sum("✗" in r for r in rows_of(text)) == 1
+
+
+def test_names_are_shortened_to_the_class_or_function():
+    """Dotted paths show as their class or function by default, in full under -v."""
+    tl = waterfalls.django_404()
+    short = render_waterfall(tl, width=120)
+    assert "SessionMiddleware" in short
+    assert "django.contrib.sessions.middleware.SessionMiddleware" not in short
+    assert "PublisherDetailView.get" in short and "shop.views.PublisherDetailView" not in short
+    full = render_waterfall(tl, width=120, verbose=True)
+    assert "django.contrib.sessions.middleware.SessionMiddleware" in full
+    assert "shop.views.PublisherDetailView.get" in full
+
+
+def test_details_on_the_rows():
+    """Rows, cache hits and misses, outbound status and middleware phases are on the rows
+    when there is room."""
+    text = render_waterfall(waterfalls.starlette_500(), width=120)
+    assert "cache default.get  miss" in text
+    assert "http.client POST payments.example.com  → 502" in text
+    text = render_waterfall(waterfalls.django_404(), width=120)
+    assert "middleware SessionMiddleware  in 0.02 out 0.01" in text
+    assert "orm.fetch shop.Publisher  0 rows" in text
+    text = render_waterfall(waterfalls.background_task(), width=120)
+    assert "default.get_many  2/3 hits" in text and "INSERT shop_order  1 row" in text
+    b = Builder()  # a sync view under ASGI that waited 0.31 ms for its thread
+    gw = b.add("gateway", "ASGI", 0, 5)
+    b.add("view", "shop.views.home", 1, 3, gw, attrs={"asgi.thread_wait_ns": 310_000})
+    assert "view home  thread wait 0.31" in render_waterfall(b.build(), width=80)
+
+
+def test_sql_text_is_shortened_and_never_shows_parameter_values():
+    """--sql shows the recorded text with whitespace collapsed and a long select list
+    elided; parameter values, even when recorded, are never printed."""
+    b = Builder()
+    gw = b.add("gateway", "WSGI", 0, 5)
+    b.add(
+        "db.query",
+        "SELECT auth_user",
+        1,
+        1,
+        gw,
+        attrs={
+            "db.query.text": 'SELECT "auth_user"."id",\n  "auth_user"."password", "auth_user"."email"'
+            ' FROM "auth_user" WHERE "auth_user"."email" = %s',
+            "db.query.parameter.0": "alice@example.com",
+        },
+    )
+    for options in ({"sql": True}, {"verbose": True}):
+        text = render_waterfall(b.build(), width=100, **options)
+        assert "SELECT … FROM auth_user WHERE auth_user.email = %s" in text
+        assert "alice@example.com" not in text
+
+
+def test_sql_recorded_under_the_old_attribute_name_is_shown():
+    """Files written before the semantic-convention rename (db.statement, db.rows) still read."""
+    b = Builder()
+    gw = b.add("gateway", "WSGI", 0, 5)
+    b.add(
+        "db.query", "SELECT shop_book", 1, 1, gw, attrs={"db.statement": "SELECT 1", "db.rows": 4}
+    )
+    text = render_waterfall(b.build(), width=80, sql=True)
+    assert "sql SELECT shop_book  4 rows" in text or "db.query SELECT shop_book  4 rows" in text
+    assert "SELECT 1" in text
+
+
+def test_header_shows_when_the_response_was_sent():
+    """A timeline that outlived its response (a background task) says when it was sent."""
+    text = render_waterfall(waterfalls.background_task(), width=80)
+    assert text.startswith("POST /orders → 201  53.10 ms (response sent at 2.00 ms)")
+    for tl in (waterfalls.django_404(), waterfalls.starlette_500()):  # sent at the end: quiet
+        assert "response sent" not in render_waterfall(tl, width=80)
+
+
+def test_findings_are_listed_under_the_waterfall():
+    """Findings are wrapped to the width under the rows; their stages are tagged where room."""
+    text = render_waterfall(waterfalls.n_plus_one(), width=80)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  ! n_plus_one: "))
+    assert lines[start + 1].startswith("    ") and "books_by_publisher" in lines[start + 1]
+    wide = render_waterfall(waterfalls.n_plus_one(), width=120)
+    assert any(
+        "sql SELECT shop_publisher  ! n_plus_one" in r
+        or "db.query SELECT shop_publisher  ! n_plus_one" in r
+        for r in rows_of(wide)
+    )
+
+
+def test_control_characters_from_requests_never_reach_the_terminal():
+    """An escape sequence in a request path or error message is printed harmlessly."""
+    b = Builder(path="/x\x1b[2J\x1b]0;pwned\x07/")
+    gw = b.add("gateway", "WSGI", 0, 5, error=("ValueError", "bad\x1b[31m input\r\n"))
+    b.add("view", "app.x\x1b[1m", 1, 1, gw)
+    text = render_waterfall(b.build(), width=80)
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "GET /x?[2J?]0;pwned?/" in text
+
+
+def test_middleware_bars_are_thin_while_inner_layers_run():
+    """A middleware bar is solid for its own phases and thin in between."""
+    row = next(r for r in rows_of(render_waterfall(sample_timeline(), width=80)) if "Session" in r)
+    assert re.search("█─+█", row)
+
+
+def test_console_sink_uses_color_only_on_a_terminal(monkeypatch):
+    """A plain stream gets no escape codes; a terminal does; NO_COLOR and FORCE_COLOR win
+    over the stream; color='always' forces them."""
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    plain, tty = io.StringIO(), Tty()
-    ConsoleSink(plain).emit(sample_timeline())
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    plain_stream, tty = io.StringIO(), Tty()
+    ConsoleSink(plain_stream).emit(sample_timeline())
     ConsoleSink(tty, width=100).emit(sample_timeline())
-    assert "\x1b[" not in plain.getvalue() and "SessionMiddleware" in plain.getvalue()
+    assert "\x1b[" not in plain_stream.getvalue() and "SessionMiddleware" in plain_stream.getvalue()
     assert "\x1b[" in tty.getvalue()
     forced = io.StringIO()
     ConsoleSink(forced, color="always").emit(sample_timeline())
     assert "\x1b[" in forced.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty = Tty()
+    ConsoleSink(tty).emit(sample_timeline())
+    assert "\x1b[" not in tty.getvalue()
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    piped = io.StringIO()
+    ConsoleSink(piped).emit(sample_timeline())
+    assert "\x1b[" in piped.getvalue()
+
+
+def test_console_sink_follows_the_terminal_width(monkeypatch):
+    """Without a width the sink follows COLUMNS (the terminal); width= overrides it."""
+    monkeypatch.setenv("COLUMNS", "72")
+    out = io.StringIO()
+    ConsoleSink(out).emit(waterfalls.django_404())
+    widths = [len(line) for line in out.getvalue().splitlines()]
+    assert max(widths) == 72
+    out = io.StringIO()
+    ConsoleSink(out, width=100).emit(waterfalls.django_404())
+    assert max(len(line) for line in out.getvalue().splitlines()) == 100
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_console_sink_follows_the_size_of_its_own_terminal(monkeypatch):
+    """On a real terminal (a pty sized 66 columns, no COLUMNS) the sink renders at its size,
+    in colour."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 66, 0, 0))
+        with open(follower, "w", encoding="utf-8", closefd=False) as tty:
+            ConsoleSink(tty).emit(waterfalls.django_404())
+        chunks = []
+        while True:
+            data = os.read(leader, 65536)
+            chunks.append(data)
+            if len(data) < 65536:
+                break
+    finally:
+        os.close(follower)
+        os.close(leader)
+    text = b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+    assert "\x1b[" in text
+    assert max(len(line) for line in plain(text).splitlines()) == 66
+
+
+def test_console_sink_verbose_and_sql_options():
+    """verbose=True expands repeats; sql=True adds the SQL text under the queries."""
+    out = io.StringIO()
+    ConsoleSink(out, width=80, verbose=True).emit(waterfalls.n_plus_one())
+    assert out.getvalue().count("fetch shop.Publisher") == 30
+    out = io.StringIO()
+    ConsoleSink(out, width=80, sql=True).emit(waterfalls.n_plus_one())
+    text = " ".join(out.getvalue().split())  # the SQL line may wrap
+    assert "30× " in text
+    assert "SELECT … FROM shop_publisher WHERE shop_publisher.id = %s LIMIT 21" in text
 
 
 def test_console_sink_falls_back_to_ascii_on_a_narrow_encoding():
     """A stream that cannot encode block characters gets ASCII bars, not an exception."""
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="ascii")
-    ConsoleSink(stream).emit(sample_timeline())
+    ConsoleSink(stream, width=80).emit(waterfalls.django_404())
     stream.flush()
     assert b"#" in raw.getvalue() and b"SessionMiddleware" in raw.getvalue()
+    assert b"! Http404" in raw.getvalue()
+
+
+def test_console_sink_prints_through_the_pipeline(capsys):
+    """configure(sinks=["console"]) prints each finished timeline's waterfall on stderr."""
+    stagetrace.configure(sinks=["console"])
+    with stagetrace.timeline("nightly"), stagetrace.stage("load rows"):
+        pass
+    assert stagetrace.flush(5)
+    err = capsys.readouterr().err
+    assert err.startswith("nightly  ") and "custom load rows" in err

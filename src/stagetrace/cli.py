@@ -1,15 +1,22 @@
-"""The ``stagetrace`` command: ``demo`` and ``show``."""
+"""The ``stagetrace`` command: ``demo`` and ``show``.
+
+Exit status: 0 when everything asked for was shown; 1 when the input had problems (a missing
+file, bad lines — the good timelines are still shown) or nothing matched the filters; 2 for a
+bad command line (argparse's convention), with one line saying what was wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import fnmatch
 import os
-import shutil
 import sys
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Iterator, Sequence
+from typing import IO, NoReturn
 
-from .sinks._console import _use_color, render_waterfall
+from ._model import Timeline
+from .sinks._console import MIN_WIDTH, _use_color, render_waterfall, terminal_width
 from .sinks._jsonl import BadLine, read_jsonl
 
 
@@ -17,56 +24,228 @@ class CliError(Exception):
     """A problem to report as one line on standard error."""
 
 
-def _cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
-    path = args.file
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (``stagetrace show: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types: a bad value is refused before anything is read --------------------------
+
+
+def _positive_int(text: str) -> int:
     try:
-        if path == "-":
-            stream: IO[str] = sys.stdin
-        else:
-            if os.path.isdir(path):
-                raise CliError(f"{path} is a directory, not a JSON lines file")
-            stream = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return value
+
+
+def _width(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < MIN_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of columns from {MIN_WIDTH} up, got {text!r}"
+        )
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected milliseconds (0 or more), got {text!r}")
+    return value
+
+
+def _statuses(text: str) -> list[str]:
+    """``404``, ``4xx``, or a comma list of those."""
+    items = [item.strip().lower() for item in text.split(",")]
+    for item in items:
+        if not (
+            len(item) == 3
+            and item[0] in "12345"
+            and (item[1:].isdigit() or item[1:] == "xx")
+            and item.isascii()
+        ):
+            raise argparse.ArgumentTypeError(
+                f"expected a status like 404, 4xx or 404,5xx, got {text!r}"
+            )
+    return items
+
+
+# --- selecting timelines ---------------------------------------------------------------------
+
+
+def _matches(pattern: str, value: str | None) -> bool:
+    """Exact match, or a glob when `pattern` has a ``*``; a leading ``/`` never matters, since
+    Django's route templates have none (``albums/<int:pk>/``) and Starlette's have one."""
+    if value is None:
+        return False
+    pattern, value = pattern.lstrip("/"), value.lstrip("/")
+    if "*" in pattern:
+        return fnmatch.fnmatchcase(value, pattern)
+    return value == pattern
+
+
+def _status_matches(wanted: list[str], status: int | None) -> bool:
+    if status is None:
+        return False
+    code = str(status)
+    return any(code == w or (w.endswith("xx") and code[0] == w[0]) for w in wanted)
+
+
+def selected(timeline: Timeline, args: argparse.Namespace) -> bool:
+    """Whether `timeline` passes the filters added by `add_filters` (all of them)."""
+    if args.route is not None and not _matches(args.route, timeline.route):
+        return False
+    if args.path is not None and not _matches(args.path, timeline.path):
+        return False
+    if args.status is not None and not _status_matches(args.status, timeline.status):
+        return False
+    return args.min_ms is None or timeline.duration_ns >= args.min_ms * 1e6
+
+
+def add_filters(parser: argparse.ArgumentParser) -> None:
+    """The timeline filters shared by the commands that read JSON lines files."""
+    group = parser.add_argument_group(
+        "filters", "All given filters must match; --last then keeps the newest N of those."
+    )
+    group.add_argument(
+        "--route",
+        metavar="R",
+        help="route template, as recorded (books/<int:pk>/, /items/{item_id}); "
+        "a leading / is optional, * matches anything",
+    )
+    group.add_argument("--path", metavar="P", help="request path (/books/7/); * matches anything")
+    group.add_argument(
+        "--status", metavar="S", type=_statuses, help="status: 404, 4xx, or a list: 404,5xx"
+    )
+    group.add_argument(
+        "--min-ms",
+        metavar="MS",
+        type=_milliseconds,
+        help="only timelines that lasted at least MS milliseconds",
+    )
+    group.add_argument(
+        "--last", metavar="N", type=_positive_int, help="only the newest N of the matches"
+    )
+
+
+def _describe(args: argparse.Namespace) -> str:
+    parts = []
+    for option, value in (
+        ("--route", args.route),
+        ("--path", args.path),
+        ("--status", None if args.status is None else ",".join(args.status)),
+        ("--min-ms", args.min_ms),
+    ):
+        if value is not None:
+            parts.append(f"{option} {value}")
+    return " ".join(parts)
+
+
+def _open(path: str) -> IO[str]:
+    if path == "-":
+        return sys.stdin
+    if os.path.isdir(path):
+        raise CliError(f"{path} is a directory, not a JSON lines file")
+    try:
+        return open(path, encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
     except PermissionError:
         raise CliError(f"{path}: permission denied") from None
+
+
+class Selection:
+    """The timelines of one file that pass the filters, read lazily, with what was seen."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.name = "<stdin>" if args.file == "-" else args.file
+        self.bad: list[BadLine] = []
+        self.total = 0
+        self.matched = 0
+        self.path_matches = 0  # timelines whose *path* equals --route: a hint for the user
+
+    def __iter__(self) -> Iterator[Timeline]:
+        stream = _open(self.args.file)
+        last = self.args.last
+        kept: collections.deque[Timeline] | None = collections.deque(maxlen=last) if last else None
+        try:
+            for item in read_jsonl(stream):
+                if isinstance(item, BadLine):
+                    self.bad.append(item)
+                    continue
+                self.total += 1
+                if not selected(item, self.args):
+                    if self.args.route is not None and _matches(self.args.route, item.path):
+                        self.path_matches += 1
+                    continue
+                self.matched += 1
+                if kept is None:
+                    yield item
+                else:
+                    kept.append(item)
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+        if kept is not None:
+            yield from kept
+
+    def report(self) -> int:
+        """Print the problems on standard error; the exit status."""
+        for b in self.bad[:20]:
+            print(f"stagetrace: {self.name}:{b.lineno}: {b.reason}", file=sys.stderr)
+        if len(self.bad) > 20:
+            print(f"stagetrace: {self.name}: {len(self.bad) - 20} more bad lines", file=sys.stderr)
+        if not self.total:
+            if not self.bad:
+                print(f"stagetrace: {self.name}: no timelines in the file", file=sys.stderr)
+            return 1
+        if not self.matched:
+            hint = ""
+            if self.path_matches:
+                n = self.path_matches
+                hint = f"; {n} {'has' if n == 1 else 'have'} that path (use --path)"
+            print(
+                f"stagetrace: no timeline matched {_describe(self.args)} "
+                f"(of {self.total} in {self.name}){hint}",
+                file=sys.stderr,
+            )
+            return 1
+        return 1 if self.bad else 0
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     color = _use_color(args.color, out)
-    width = args.width or 120
-    bad: list[BadLine] = []
-    shown = 0
-    try:
-        items = list(read_jsonl(stream))
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    timelines = [t for t in items if not isinstance(t, BadLine)]
-    bad = [t for t in items if isinstance(t, BadLine)]
-    if args.last:
-        timelines = timelines[-args.last :]
-    for tl in timelines:
-        if args.route and tl.route != args.route:
-            continue
+    width = args.width or terminal_width(out)
+    selection = Selection(args)
+    for shown, tl in enumerate(selection):
         if shown:
             out.write("\n")
-        out.write(render_waterfall(tl, width=width, color=color))
-        shown += 1
-    name = "<stdin>" if path == "-" else path
-    for b in bad[:20]:
-        print(f"stagetrace: {name}:{b.lineno}: {b.reason}", file=sys.stderr)
-    if len(bad) > 20:
-        print(f"stagetrace: {name}: {len(bad) - 20} more bad lines", file=sys.stderr)
-    if bad:
-        return 1
-    if not items:
-        print(f"stagetrace: {name}: no timelines in the file", file=sys.stderr)
-        return 1
-    return 0
+        text = render_waterfall(tl, width=width, color=color, verbose=args.verbose, sql=args.sql)
+        out.write(text)
+    out.flush()
+    return selection.report()
 
 
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     from ._demo import DemoError, run_demo
 
-    width = args.width or (shutil.get_terminal_size((120, 24)).columns if out.isatty() else 120)
+    width = args.width or terminal_width(out)
     try:
         return run_demo(out, color=_use_color(args.color, out), width=width)
     except DemoError as exc:
@@ -74,19 +253,39 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="stagetrace", description="Per-request stage timelines for Python web apps."
-    )
+    p = _Parser(prog="stagetrace", description="Per-request stage timelines for Python web apps.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run the bundled example through a few requests")
-    show = sub.add_parser("show", help="print waterfalls of timelines from a JSON lines file")
+    show = sub.add_parser(
+        "show",
+        help="print waterfalls of timelines from a JSON lines file",
+        description="Print the waterfall of each timeline in a file written by the jsonl sink. "
+        "Repeated sibling stages (an N+1) are collapsed into one row with a count; -v shows "
+        "them all. Exit status: 0 shown, 1 bad lines or nothing matched, 2 bad arguments.",
+    )
     show.add_argument("file", help="a file written by the jsonl sink ('-' for standard input)")
-    show.add_argument("--last", type=int, metavar="N", help="only the last N timelines")
-    show.add_argument("--route", help="only timelines of this route")
+    add_filters(show)
+    show.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every stage (no collapsing), full names, SQL, URLs and error messages",
+    )
+    show.add_argument("--sql", action="store_true", help="the SQL text under each query")
     for cmd in (demo, show):
-        cmd.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-        cmd.add_argument("--width", type=int, metavar="COLUMNS", help="output width")
+        cmd.add_argument(
+            "--color",
+            choices=("auto", "always", "never"),
+            default="auto",
+            help="colours: auto (on a terminal, unless NO_COLOR), always, never",
+        )
+        cmd.add_argument(
+            "--width",
+            type=_width,
+            metavar="COLUMNS",
+            help="output width (default: the terminal's, COLUMNS, else 120)",
+        )
     return p
 
 
@@ -109,4 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep the interpreter's final flush
+        # of standard output from reporting the same broken pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
