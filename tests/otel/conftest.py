@@ -105,7 +105,9 @@ class Collector:
         self.http_endpoint = f"http://127.0.0.1:{self.http_port}"
         self.grpc_endpoint = f"http://127.0.0.1:{self.grpc_port}"
         self.receiver = _Receiver()
-        self._serving = threading.Thread(target=self.receiver.serve_forever, daemon=True)
+        self._serving = threading.Thread(
+            target=self.receiver.serve_forever, args=(0.05,), daemon=True
+        )
         self._serving.start()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "rotel.log"
