@@ -144,15 +144,19 @@ _UINT64_MASK = 2**64 - 1
 _VARINT1 = tuple(bytes((i,)) for i in range(128))
 _KINDS = {k: (b"0" + bytes((k,)) if k else b"") for k in range(6)}
 
-#: Entries per cache before it is emptied and refilled. Typical apps have a few hundred distinct
-#: attribute values that repeat; unique ones (paths, row counts) cycle through without growing
-#: memory. 4096 short entries are a few hundred kilobytes at most.
-CACHE_LIMIT = 4096
+#: Values cached per attribute key and type (and keys cached) before that cache is emptied and
+#: refilled. Typical keys have a handful of distinct values that repeat (``db.system.name``,
+#: ``http.request.method``) or a few hundred (``db.query.text``); a key with unique values
+#: (``url.path`` with ids, timings) cycles through its own cache without evicting the others or
+#: growing memory.
+CACHE_LIMIT = 512
 
 
 def _varint(n: int) -> bytes:
-    if n < 128:
+    if n < 0x80:
         return _VARINT1[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
@@ -241,6 +245,12 @@ def _kvlist_value(mapping: Mapping[Any, Any]) -> bytes | None:
     return _ld(b"\x32", b"".join(parts))
 
 
+def _kv(key_field: bytes, body: bytes) -> bytes:
+    """A length-prefixed ``KeyValue`` from its encoded key field and ``AnyValue`` body."""
+    kv = key_field + b"\x12" + _varint(len(body)) + body
+    return _varint(len(kv)) + kv
+
+
 def _key_value(key: str, value: Any) -> bytes | None:
     """A ``KeyValue`` message, length-prefixed (without its field tag); ``None`` if unsupported."""
     body = _any_value(value)
@@ -275,9 +285,8 @@ class SpanEncoder:
         #: Attributes left out because their value's type is not one OTLP can carry.
         self.dropped = 0
         self._limit = cache_limit
-        self._str_cache: dict[tuple[str, Any], bytes] = {}
-        self._int_cache: dict[tuple[str, Any], bytes] = {}
-        self._bool_cache: dict[tuple[str, Any], bytes] = {}
+        self._key_limit = cache_limit
+        self._keys: dict[str, list[Any]] = {}
         self._names: dict[str, bytes] = {}
         res_attrs = self._attributes(resource)
         resource_msg = (b"\x0a" + b"\x0a".join(res_attrs)) if res_attrs else b""
@@ -298,40 +307,75 @@ class SpanEncoder:
             _ld(b"\x1a", utf8(resource_schema_url)) if resource_schema_url else b""
         )
 
+    def _key(self, key: str) -> list[Any]:
+        """The per-key cache: ``[key field, {str: kv}, {int: kv}, kv for True, kv for False]``."""
+        if len(self._keys) >= self._key_limit:
+            self._keys.clear()
+        field = _ld(b"\x0a", utf8(key)) if key else b""
+        entry: list[Any] = [field, {}, {}, _kv(field, b"\x10\x01"), _kv(field, b"\x10\x00")]
+        self._keys[key] = entry
+        return entry
+
+    def _miss(self, entry: list[Any], slot: int, value: Any) -> bytes:
+        """Encode a str (slot 1) or int (slot 2) value under a key and remember it."""
+        cache: dict[Any, bytes] = entry[slot]
+        if len(cache) >= self._limit:
+            cache.clear()  # a high-cardinality key: start over rather than grow
+        body = _ld(b"\x0a", utf8(value)) if slot == 1 else _int_value(value)
+        kv = cache[value] = _kv(entry[0], body)
+        return kv
+
     def _attributes(self, attributes: Attributes | None) -> list[bytes]:
         """Length-prefixed ``KeyValue`` messages, to be joined with the field's tag."""
         if not attributes:
             return []
-        items = attributes.items() if isinstance(attributes, Mapping) else attributes
+        if type(attributes) is dict or isinstance(attributes, Mapping):
+            items: Iterable[tuple[str, Any]] = attributes.items()
+        else:
+            items = attributes
         out = []
-        str_cache = self._str_cache
-        int_cache = self._int_cache
-        bool_cache = self._bool_cache
+        keys = self._keys
         for key, value in items:
+            entry = keys.get(key)
+            if entry is None:
+                if type(key) is not str:
+                    key = str(key)
+                entry = self._key(key)
             t = type(value)
-            cache: dict[tuple[str, Any], bytes]
+            # One dict per value type under each key: 1, True and 1.0 are equal dict keys.
             if t is str:
-                cache = str_cache
-            elif t is int:
-                cache = int_cache
-            elif t is bool:
-                cache = bool_cache
-            else:
-                kv = _key_value(key, value)
+                kv = entry[1].get(value)
                 if kv is None:
+                    kv = self._miss(entry, 1, value)
+            elif t is int:
+                kv = entry[2].get(value)
+                if kv is None:
+                    kv = self._miss(entry, 2, value)
+            elif t is bool:
+                kv = entry[3] if value else entry[4]
+            elif t is float:  # never cached: 0.0 == -0.0, nan != nan
+                kv = _kv(entry[0], b"\x21" + _pack_double(value))
+            else:
+                body = _any_value(value)
+                if body is None:
                     self.dropped += 1
-                else:
-                    out.append(kv)
-                continue
-            cache_key = (key, value)
-            kv = cache.get(cache_key)
-            if kv is None:
-                kv = _key_value(key, value)
-                assert kv is not None  # str, int and bool are always supported
-                if len(cache) >= self._limit:
-                    cache.clear()
-                cache[cache_key] = kv
+                    continue
+                kv = _kv(entry[0], body)
             out.append(kv)
+        return out
+
+    def _events(self, events: Iterable[Sequence[Any]]) -> bytes:
+        """``Span.events`` fields for ``(time_unix_nano, name, attributes)`` triples."""
+        out = b""
+        for time, name, attrs in events:
+            event = b"\x09" + _pack_fixed64(time) if time else b""
+            if name:
+                event += _ld(b"\x12", utf8(name))
+            if attrs:
+                kvs = self._attributes(attrs)
+                if kvs:
+                    event += b"\x1a" + b"\x1a".join(kvs)
+            out += _ld(b"\x5a", event)
         return out
 
     def encode(self, spans: Iterable[Sequence[Any]]) -> bytes:
@@ -366,62 +410,66 @@ class SpanEncoder:
                 span_id = _id_bytes(span_id, 8, span)
             if len(trace_id) != 16 or len(span_id) != 8:
                 raise ValueError(f"span {name!r}: trace id must be 16 bytes, span id 8")
-            body: list[bytes] = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
-            if trace_state:
-                body.append(_ld(b"\x1a", utf8(trace_state)))
+            state_field = _ld(b"\x1a", utf8(trace_state)) if trace_state else b""
+            parent_field = b""
             if parent_id:
                 if type(parent_id) is not bytes:
                     parent_id = _id_bytes(parent_id, 8, span)
                 if len(parent_id) != 8:
                     raise ValueError(f"span {name!r}: parent span id must be 8 bytes")
-                body.append(b"\x22\x08")
-                body.append(parent_id)
+                parent_field = b"\x22\x08" + parent_id
             name_field = names.get(name)
             if name_field is None:
                 name_field = _ld(b"\x2a", utf8(name)) if name else b""
                 if len(names) >= limit:
                     names.clear()
                 names[name] = name_field
-            body.append(name_field)
-            if kind:
-                kind_field = kinds.get(kind)
-                body.append(kind_field or b"0" + _varint(kind & _UINT64_MASK))
+            kind_field = kinds.get(kind)
+            if kind_field is None:
+                kind_field = b"0" + _varint(kind & _UINT64_MASK)
             if start and end:
-                body.append(_pack_times(0x39, start, 0x41, end))
+                times = _pack_times(0x39, start, 0x41, end)
             else:
-                if start:
-                    body.append(b"\x39" + _pack_fixed64(start))
-                if end:
-                    body.append(b"\x41" + _pack_fixed64(end))
+                times = (b"\x39" + _pack_fixed64(start) if start else b"") + (
+                    b"\x41" + _pack_fixed64(end) if end else b""
+                )
+            attr_field = b""
             if attrs:
                 kvs = attributes(attrs)
                 if kvs:
-                    body.append(b"\x4a")
-                    body.append(b"\x4a".join(kvs))
+                    attr_field = b"\x4a" + b"\x4a".join(kvs)
+            event_fields = b""
             if events:
-                for time, event_name, event_attrs in events:
-                    event = b"\x09" + _pack_fixed64(time) if time else b""
-                    if event_name:
-                        event += _ld(b"\x12", utf8(event_name))
-                    if event_attrs:
-                        kvs = attributes(event_attrs)
-                        if kvs:
-                            event += b"\x1a" + b"\x1a".join(kvs)
-                    body.append(_ld(b"\x5a", event))
+                event_fields = self._events(events)
+            status_field = b""
             if status is not None:
                 code, message = status
                 if message:
                     status_msg = _ld(b"\x12", utf8(message))
                     if code:
                         status_msg += b"\x18" + _varint(code & _UINT64_MASK)
-                    body.append(_ld(b"\x7a", status_msg))
+                    status_field = _ld(b"\x7a", status_msg)
                 elif code:
-                    body.append(_ld(b"\x7a", b"\x18" + _varint(code & _UINT64_MASK)))
+                    status_field = _ld(b"\x7a", b"\x18" + _varint(code & _UINT64_MASK))
                 else:
-                    body.append(b"\x7a\x00")
-            if flags:
-                body.append(b"\x85\x01" + _pack_fixed32(flags))
-            encoded = b"".join(body)
+                    status_field = b"\x7a\x00"
+            encoded = b"".join(
+                (
+                    b"\x0a\x10",
+                    trace_id,
+                    b"\x12\x08",
+                    span_id,
+                    state_field,
+                    parent_field,
+                    name_field,
+                    kind_field,
+                    times,
+                    attr_field,
+                    event_fields,
+                    status_field,
+                    b"\x85\x01" + _pack_fixed32(flags) if flags else b"",
+                )
+            )
             head = b"\x12" + _varint(len(encoded))
             parts.append(head)
             parts.append(encoded)
