@@ -373,3 +373,17 @@ def test_scope_attributes_and_schema_urls_match_the_official_encoder() -> None:
     assert rs.schema_url.endswith("1.30.0") and rs.scope_spans[0].schema_url.endswith("1.31.0")
     assert rs.scope_spans[0].scope.attributes[0].value.int_value == 1
     assert rs.resource.attributes[0].value.string_value == "svc"
+
+
+@settings(max_examples=60, deadline=None)
+@given(static=attribute_dicts, dynamic=attribute_dicts)
+def test_pre_encoded_attribute_blocks_concatenate(
+    static: dict[str, Any], dynamic: dict[str, Any]
+) -> None:
+    """Attributes pre-encoded with ``span_attributes`` (a static block plus a per-span block)
+    give the same bytes as the same pairs passed in one go."""
+    encoder = SpanEncoder({"service.name": "x"})
+    pairs = tuple(static.items()) + tuple(dynamic.items())
+    block = encoder.span_attributes(static) + encoder.span_attributes(dynamic)
+    span = (1, 2, None, "s", 1, 10, 20, pairs, None, (0, ""), None, 0x100)
+    assert encoder.encode([(*span[:7], block, *span[8:])]) == encoder.encode([span])

