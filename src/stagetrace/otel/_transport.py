@@ -526,6 +526,9 @@ class HttpTransport:
                 payload = response.read()
                 if response.will_close:
                     self._drop()
+            except ssl.SSLCertVerificationError as exc:
+                self._drop()  # retrying cannot make the certificate valid
+                return ExportOutcome(ExportResult.FAILED, attempt, _describe(exc))
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 detail = _describe(exc)
