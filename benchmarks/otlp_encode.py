@@ -191,7 +191,9 @@ def bench_encoding(rounds: int, size: int) -> dict[str, Any]:
         samples: dict[str, list[float]] = {"ours": [], "official": [], "build ReadableSpan": []}
         for r in range(rounds):
             d, s = datasets[r], sdk[r]
-            samples["official"].append(timed(lambda s=s: encode_spans(s).SerializeToString()) / size)
+            samples["official"].append(
+                timed(lambda s=s: encode_spans(s).SerializeToString()) / size
+            )
             samples["ours"].append(timed(lambda d=d: encoder.encode(d)) / size)
             samples["build ReadableSpan"].append(timed(lambda d=d: readable(d)) / size)
         medians = {k: statistics.median(v) for k, v in samples.items()}
@@ -238,7 +240,9 @@ def bench_transport(rounds: int, posts: int, sizes: list[int]) -> dict[str, Any]
     results: dict[str, Any] = {}
     try:
         ours_http = HttpTransport(exporter_config({}, {"endpoint": http_url}))
-        ours_gzip = HttpTransport(exporter_config({}, {"endpoint": http_url, "compression": "gzip"}))
+        ours_gzip = HttpTransport(
+            exporter_config({}, {"endpoint": http_url, "compression": "gzip"})
+        )
         ours_grpc = GrpcTransport(exporter_config({}, {"endpoint": grpc_url, "protocol": "grpc"}))
         session = requests.Session()
         channel = grpc.insecure_channel(grpc_url.split("//", 1)[1])
@@ -263,7 +267,7 @@ def bench_transport(rounds: int, posts: int, sizes: list[int]) -> dict[str, Any]
             def official_grpc(message: Any = message) -> None:
                 stub.Export(message, timeout=10)
 
-            def check(transport: Any) -> Callable[[], None]:
+            def check(transport: Any, data: bytes = data) -> Callable[[], None]:
                 def run() -> None:
                     assert transport.export(data).ok
 
@@ -334,7 +338,9 @@ def main() -> None:
     )
     out: dict[str, Any] = {"encoding": bench_encoding(args.rounds, args.batch)}
     print(f"\nEncoding, {args.batch} spans a batch, median ns per span over {args.rounds} rounds")
-    print(f"{'workload':<10} {'ours':>8} {'official':>9} {'ratio':>7} {'(ReadableSpan build)':>21} {'bytes/span':>11}")
+    print(
+        f"{'workload':<10} {'ours':>8} {'official':>9} {'ratio':>7} {'(ReadableSpan build)':>21} {'bytes/span':>11}"
+    )
     for workload, r in out["encoding"].items():
         ns = r["ns_per_span"]
         print(
@@ -347,11 +353,15 @@ def main() -> None:
         )
         for size, rows in out["transport"].items():
             base = rows["requests.Session (official HTTP exporter)"]["cpu_us"]
-            print(f"\nTransport, {size} spans ({rows['bytes']} bytes) a POST: client CPU and wall µs, median")
+            print(
+                f"\nTransport, {size} spans ({rows['bytes']} bytes) a POST: client CPU and wall µs, median"
+            )
             for name, r in rows.items():
                 if name == "bytes":
                     continue
-                print(f"  {name:<46} cpu {r['cpu_us']:>7.0f}  wall {r['wall_us']:>7.0f}  cpu/requests {r['cpu_us'] / base:>5.2f}")
+                print(
+                    f"  {name:<46} cpu {r['cpu_us']:>7.0f}  wall {r['wall_us']:>7.0f}  cpu/requests {r['cpu_us'] / base:>5.2f}"
+                )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
