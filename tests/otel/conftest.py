@@ -175,6 +175,10 @@ class Collector:
                     out.extend((resource, span) for span in ss.spans)
         return out
 
+    def span_dicts(self) -> list[dict[str, Any]]:
+        """Every span forwarded so far as a plain dict (ids in hex, attributes as Python values)."""
+        return [span_dict(span, resource) for resource, span in self.spans()]
+
     def wait_for_spans(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, Any], Any]]:
         """Block until at least ``count`` spans arrived (or fail after ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
@@ -204,6 +208,32 @@ def any_value(value: Any) -> Any:
     if which == "kvlist_value":
         return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, which)
+
+
+def span_dict(span: Any, resource: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A decoded ``Span`` as a plain dict, for readable assertions."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": span.parent_span_id.hex() or None,
+        "start_time_unix_nano": span.start_time_unix_nano,
+        "end_time_unix_nano": span.end_time_unix_nano,
+        "attributes": {kv.key: any_value(kv.value) for kv in span.attributes},
+        "events": [
+            {
+                "name": e.name,
+                "time_unix_nano": e.time_unix_nano,
+                "attributes": {kv.key: any_value(kv.value) for kv in e.attributes},
+            }
+            for e in span.events
+        ],
+        "status": {"code": span.status.code, "message": span.status.message},
+        "trace_state": span.trace_state,
+        "flags": span.flags,
+        "resource": resource or {},
+    }
 
 
 @pytest.fixture

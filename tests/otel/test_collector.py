@@ -104,6 +104,10 @@ def test_encoded_spans_reach_the_collector_intact(
     assert mw["stagetrace.short_circuit"] is False
     assert spans["SessionMiddleware"].kind == 1
     assert db.end_time_unix_nano - db.start_time_unix_nano == 600
+    as_dicts = {d["name"]: d for d in collector.span_dicts()}
+    assert as_dicts["items/detail.html"]["parent_span_id"] == ROOT.hex()
+    assert as_dicts["GET /items/{id}"]["resource"]["service.name"] == "shop"
+    assert as_dicts["SELECT shop_item"]["events"][0]["attributes"] == {"rows": 1}
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
