@@ -150,7 +150,7 @@ def test_collector_down_fails_within_the_deadline_and_export_resumes(
         elapsed = time.monotonic() - started
         counts[down.result] += 1
         assert down.result is ExportResult.RETRYABLE, down
-        assert elapsed < 1.5 + 0.5, elapsed  # bounded by the deadline, plus scheduling slack
+        assert elapsed < 1.5 + 1.0, elapsed  # the deadline, plus slack for a loaded machine
         assert down.detail
 
         collector.start()
