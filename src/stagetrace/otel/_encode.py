@@ -403,6 +403,12 @@ class SpanEncoder:
         attributes = self._attributes
         kinds = _KINDS
         size = 0
+        # Spans of one request share a parent, a status and flags: reuse the last encoding.
+        last_parent: Any = None
+        last_parent_field = b""
+        last_status: Any = _NOTHING
+        last_flags: Any = None
+        last_tail = b""
         for span in spans:
             (
                 trace_id,
@@ -425,13 +431,17 @@ class SpanEncoder:
             if len(trace_id) != 16 or len(span_id) != 8:
                 raise ValueError(f"span {name!r}: trace id must be 16 bytes, span id 8")
             state_field = _ld(b"\x1a", utf8(trace_state)) if trace_state else b""
-            parent_field = b""
-            if parent_id:
+            if parent_id is last_parent:
+                parent_field = last_parent_field
+            elif parent_id:
                 if type(parent_id) is not bytes:
                     parent_id = _id_bytes(parent_id, 8, span)
                 if len(parent_id) != 8:
                     raise ValueError(f"span {name!r}: parent span id must be 8 bytes")
-                parent_field = b"\x22\x08" + parent_id
+                parent_field = last_parent_field = b"\x22\x08" + parent_id
+                last_parent = parent_id
+            else:
+                parent_field = b""
             name_field = names.get(name)
             if name_field is None:
                 name_field = _ld(b"\x2a", utf8(name)) if name else b""
@@ -458,18 +468,13 @@ class SpanEncoder:
             event_fields = b""
             if events:
                 event_fields = self._events(events)
-            status_field = b""
-            if status is not None:
-                code, message = status
-                if message:
-                    status_msg = _ld(b"\x12", utf8(message))
-                    if code:
-                        status_msg += b"\x18" + _varint(code & _UINT64_MASK)
-                    status_field = _ld(b"\x7a", status_msg)
-                elif code:
-                    status_field = _ld(b"\x7a", b"\x18" + _varint(code & _UINT64_MASK))
-                else:
-                    status_field = b"\x7a\x00"
+            if status is last_status and flags == last_flags:
+                tail = last_tail
+            else:
+                tail = _status_field(status) + (
+                    b"\x85\x01" + _pack_fixed32(flags) if flags else b""
+                )
+                last_status, last_flags, last_tail = status, flags, tail
             encoded = b"".join(
                 (
                     b"\x0a\x10",
@@ -483,8 +488,7 @@ class SpanEncoder:
                     times,
                     attr_field,
                     event_fields,
-                    status_field,
-                    b"\x85\x01" + _pack_fixed32(flags) if flags else b"",
+                    tail,
                 )
             )
             head = b"\x12" + _varint(len(encoded))
@@ -515,6 +519,24 @@ class SpanEncoder:
                 self._resource_tail,
             ]
         )
+
+
+_NOTHING = object()
+
+
+def _status_field(status: Sequence[Any] | None) -> bytes:
+    """``Span.status`` (field 15) for ``(code, message)``; nothing for ``None``."""
+    if status is None:
+        return b""
+    code, message = status
+    if message:
+        status_msg = _ld(b"\x12", utf8(message))
+        if code:
+            status_msg += b"\x18" + _varint(code & _UINT64_MASK)
+        return _ld(b"\x7a", status_msg)
+    if code:
+        return _ld(b"\x7a", b"\x18" + _varint(code & _UINT64_MASK))
+    return b"\x7a\x00"
 
 
 def _id_bytes(value: object, length: int, span: Sequence[Any]) -> bytes:
