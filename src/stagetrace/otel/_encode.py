@@ -434,12 +434,12 @@ class SpanEncoder:
             if parent_id is last_parent:
                 parent_field = last_parent_field
             elif parent_id:
+                last_parent = parent_id
                 if type(parent_id) is not bytes:
                     parent_id = _id_bytes(parent_id, 8, span)
                 if len(parent_id) != 8:
                     raise ValueError(f"span {name!r}: parent span id must be 8 bytes")
                 parent_field = last_parent_field = b"\x22\x08" + parent_id
-                last_parent = parent_id
             else:
                 parent_field = b""
             name_field = names.get(name)
