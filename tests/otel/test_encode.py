@@ -387,3 +387,17 @@ def test_pre_encoded_attribute_blocks_concatenate(
     block = encoder.span_attributes(static) + encoder.span_attributes(dynamic)
     span = (1, 2, None, "s", 1, 10, 20, pairs, None, (0, ""), None, 0x100)
     assert encoder.encode([(*span[:7], block, *span[8:])]) == encoder.encode([span])
+
+
+def test_caches_stay_bounded_and_correct_when_values_never_repeat() -> None:
+    """Unique long values under many keys: the caches empty themselves (bounded memory) and every
+    span still encodes exactly as the official encoder does."""
+    encoder = SpanEncoder({"service.name": "x"}, "s", cache_limit=16, cache_bytes=4096)
+    for n in range(5):
+        attrs = {f"k{i}": f"{'v' * 200}{n}-{i}" for i in range(40)} | {"n": n, "same": "x"}
+        span = (1, n + 1, None, "s", 1, 10, 20, attrs, None, (0, ""), None, 0x100)
+        assert_same(
+            encoder.encode([span]), official_bytes([span], {"service.name": "x"}, "s", None)
+        )
+        assert len(encoder._keys) <= 16
+        assert encoder._cached_bytes <= 4096

@@ -9,10 +9,12 @@ protobuf wire format of ``opentelemetry.proto.collector.trace.v1.ExportTraceServ
 directly:
 
 * the resource and the scope are encoded once, when the :class:`SpanEncoder` is made;
-* each attribute is encoded once per distinct ``(key, value)`` and kept in a bounded cache split
-  by value type (``(k, 1) == (k, True) == (k, 1.0)`` in Python, so one shared cache would write
-  a bool where an int was recorded); floats are not cached at all (``0.0 == -0.0`` and
-  ``nan != nan``), they cost one ``struct.pack``;
+* each attribute is encoded once per distinct ``(key, value)`` and kept in a bounded cache:
+  one per key, and under each key one per value type (``(k, 1) == (k, True) == (k, 1.0)`` in
+  Python, so a shared cache would write a bool where an int was recorded). Floats are not cached
+  at all (``0.0 == -0.0`` and ``nan != nan``); they cost one ``struct.pack``. A key whose values
+  never repeat (``url.path`` with ids, timings) churns only its own cache, and all caches
+  together stay under :data:`CACHE_BYTES` of encoded bytes;
 * span names are cached too; spans are concatenated.
 
 The output is the same bytes the official encoder produces for the same spans (property-tested
@@ -151,6 +153,8 @@ _KINDS = {k: (b"0" + bytes((k,)) if k else b"") for k in range(6)}
 #: (``url.path`` with ids, timings) cycles through its own cache without evicting the others or
 #: growing memory.
 CACHE_LIMIT = 512
+#: Encoded bytes held by all attribute caches of one encoder before they are all emptied.
+CACHE_BYTES = 4 * 1024 * 1024
 
 
 def _varint(n: int) -> bytes:
@@ -282,11 +286,14 @@ class SpanEncoder:
         resource_schema_url: str = "",
         scope_schema_url: str = "",
         cache_limit: int = CACHE_LIMIT,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         #: Attributes left out because their value's type is not one OTLP can carry.
         self.dropped = 0
         self._limit = cache_limit
         self._key_limit = cache_limit
+        self._byte_limit = cache_bytes
+        self._cached_bytes = 0
         self._keys: dict[str, list[Any]] = {}
         self._names: dict[str, bytes] = {}
         res_attrs = self._attributes(resource)
@@ -324,6 +331,10 @@ class SpanEncoder:
             cache.clear()  # a high-cardinality key: start over rather than grow
         body = _ld(b"\x0a", utf8(value)) if slot == 1 else _int_value(value)
         kv = cache[value] = _kv(entry[0], body)
+        self._cached_bytes += len(kv)
+        if self._cached_bytes > self._byte_limit:  # many keys with long values: start over
+            self._keys.clear()
+            self._cached_bytes = 0
         return kv
 
     def _attributes(self, attributes: Attributes | None) -> list[bytes]:
