@@ -126,6 +126,7 @@ def test_grpc_endpoints_and_insecure() -> None:
         ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TIMEOUT: 'soon' is not a number of milliseconds"),
         ({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "-5"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '-5' is not a number of milliseconds above zero"),
         ({"OTEL_EXPORTER_OTLP_TIMEOUT": "nan"}, "is not a number of milliseconds above zero"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10"}, "OTEL_EXPORTER_OTLP_TIMEOUT: '10' ms is too short for an export; the value is in milliseconds (the Python SDK reads seconds), e.g. 10000 for 10 s"),
         ({"OTEL_EXPORTER_OTLP_COMPRESSION": "br"}, "OTEL_EXPORTER_OTLP_COMPRESSION: 'br' is not supported; use gzip or none"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "OTEL_EXPORTER_OTLP_HEADERS: 'novalue' has no '=value'"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "bad key=1"}, "OTEL_EXPORTER_OTLP_HEADERS: 'bad key' is not a valid header name"),

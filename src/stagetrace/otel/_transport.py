@@ -51,6 +51,8 @@ GRPC: Final = "grpc"
 _DEFAULT_HTTP = "http://localhost:4318"
 _DEFAULT_GRPC = "http://localhost:4317"
 _DEFAULT_TIMEOUT = 10.0
+#: Below this an OTEL_EXPORTER_OTLP_TIMEOUT was almost surely meant in seconds.
+_MIN_TIMEOUT_MS = 100.0
 _GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 
@@ -108,8 +110,9 @@ def exporter_config(
     winning over the generic one: ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``_PROTOCOL``
     (``http/protobuf``, the default, or ``grpc``), ``_HEADERS`` (``k1=v1,k2=v2``, URL-encoded),
     ``_TIMEOUT`` (milliseconds, as the specification says, default 10 s; the Python SDK reads
-    seconds), ``_COMPRESSION`` (``gzip`` or ``none``), ``_INSECURE`` (gRPC without a scheme),
-    ``_CERTIFICATE``, ``_CLIENT_KEY``, ``_CLIENT_CERTIFICATE``.
+    seconds, so values under 100 ms are refused as a likely mix-up), ``_COMPRESSION``
+    (``gzip`` or ``none``), ``_INSECURE`` (gRPC without a scheme), ``_CERTIFICATE``,
+    ``_CLIENT_KEY``, ``_CLIENT_CERTIFICATE``.
 
     For OTLP/HTTP the generic endpoint is a base URL that gets ``/v1/traces`` appended; the
     traces endpoint is used as it is. ``overrides`` win over both and use the same rules:
@@ -180,6 +183,13 @@ def exporter_config(
         timeout_pick = pick("TIMEOUT", "timeout")
         if timeout_pick is not None:
             ms = _number(timeout_pick[0], timeout_pick[1], "a number of milliseconds")
+            if ms < _MIN_TIMEOUT_MS:
+                # The Python SDK reads this variable as seconds; the specification says ms.
+                raise ConfigurationError(
+                    f"{timeout_pick[1]}: {timeout_pick[0]!r} ms is too short for an export; the "
+                    f"value is in milliseconds (the Python SDK reads seconds), e.g. 10000 for "
+                    f"10 s, or pass stagetrace's timeout option in seconds"
+                )
             timeout = ms / 1000.0
 
     compression_pick = pick("COMPRESSION", "compression")
