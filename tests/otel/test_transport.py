@@ -1,0 +1,325 @@
+"""The transports against misbehaving servers on loopback: retries, deadlines, keep-alive."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from stagetrace.otel._transport import (
+    ExportResult,
+    GrpcTransport,
+    HttpTransport,
+    exporter_config,
+    partial_success_rejected,
+)
+
+BODY = b"\x0a\x02\x0a\x00"  # any bytes: these servers do not decode them
+
+
+class Scripted(http.server.ThreadingHTTPServer):
+    """Answers each POST with the next (status, headers, body) of a script; the last repeats."""
+
+    daemon_threads = True
+
+    def __init__(self, script: list[tuple[int, dict[str, str], bytes]]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script = script
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.connections = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        self.connections += 1
+        return super().get_request()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Scripted
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        status, headers, payload = self.server.script[
+            min(len(self.server.requests), len(self.server.script)) - 1
+        ]
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[list[tuple[int, dict[str, str], bytes]]], Scripted]]:
+    servers: list[Scripted] = []
+
+    def start(script: list[tuple[int, dict[str, str], bytes]]) -> Scripted:
+        server = Scripted(script)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+_open: list[HttpTransport | GrpcTransport] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_transports() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def http_transport(url: str, **overrides: Any) -> HttpTransport:
+    transport = HttpTransport(
+        exporter_config({}, {"traces_endpoint": url + "/v1/traces", **overrides})
+    )
+    _open.append(transport)
+    return transport
+
+
+def test_retryable_statuses_are_retried_until_accepted(serve: Any) -> None:
+    """429, 502, 503 and 504 are retried (Retry-After honoured); then the 200 counts as OK."""
+    server = serve(
+        [
+            (429, {"Retry-After": "0"}, b""),
+            (502, {}, b""),
+            (503, {}, b""),
+            (504, {}, b""),
+            (200, {}, b""),
+        ]
+    )
+    transport = http_transport(server.url)
+    transport._backoff.initial = 0.01
+    outcome = transport.export(BODY, deadline=time.monotonic() + 10)
+    transport.close()
+    assert outcome.ok and outcome.attempts == 5
+    assert [body for _, body in server.requests] == [BODY] * 5
+
+
+def test_permanent_statuses_are_not_retried(serve: Any) -> None:
+    """400 is a permanent failure: one attempt, reported as FAILED with the status."""
+    server = serve([(400, {}, b"")])
+    outcome = http_transport(server.url).export(BODY)
+    assert outcome.result is ExportResult.FAILED
+    assert (outcome.attempts, outcome.detail) == (1, "HTTP 400")
+    assert len(server.requests) == 1
+
+
+def test_retries_stop_at_the_deadline(serve: Any) -> None:
+    """A collector that keeps answering 503: the export gives up before its deadline."""
+    server = serve([(503, {}, b"")])
+    transport = http_transport(server.url)
+    started = time.monotonic()
+    outcome = transport.export(BODY, deadline=started + 1.2)
+    elapsed = time.monotonic() - started
+    assert outcome.result is ExportResult.RETRYABLE and outcome.detail == "HTTP 503"
+    assert outcome.attempts >= 2 and elapsed < 1.2 + 1.0  # the deadline, plus slack
+
+
+def test_a_stalled_collector_cannot_hold_an_export_past_its_deadline() -> None:
+    """A server that accepts the connection and never answers: the export returns on time."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    transport = http_transport(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    started = time.monotonic()
+    outcome = transport.export(BODY, deadline=started + 0.5)
+    elapsed = time.monotonic() - started
+    transport.close()
+    listener.close()
+    for conn in accepted:
+        conn.close()
+    assert outcome.result is ExportResult.RETRYABLE
+    assert "timed out" in outcome.detail
+    assert elapsed < 0.5 + 1.0  # the deadline, plus slack for a loaded machine
+
+
+def test_one_connection_is_kept_across_exports(serve: Any) -> None:
+    """Keep-alive: ten exports over one TCP connection."""
+    server = serve([(200, {}, b"")])
+    transport = http_transport(server.url)
+    assert all(transport.export(BODY).ok for _ in range(10))
+    transport.close()
+    assert len(server.requests) == 10 and server.connections == 1
+
+
+def test_a_connection_closed_by_the_collector_is_replaced_without_backoff(serve: Any) -> None:
+    """The server closes after each response: the next export reconnects and succeeds at once."""
+    server = serve([(200, {"Connection": "close"}, b"")])
+    transport = http_transport(server.url)
+    outcomes = [transport.export(BODY) for _ in range(3)]
+    assert [(o.ok, o.attempts) for o in outcomes] == [(True, 1)] * 3
+    assert server.connections == 3
+
+
+def test_an_idle_connection_dropped_by_the_collector_is_retried_at_once() -> None:
+    """The collector drops a kept-alive connection while idle: the next export still succeeds in
+    one attempt, on a fresh connection."""
+    served = 0
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        nonlocal served
+        while served < 2:
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                served += 1
+                # close without "Connection: close": the client believes it is kept alive
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    transport = http_transport(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    first = transport.export(BODY)
+    time.sleep(0.1)
+    second = transport.export(BODY)
+    transport.close()
+    thread.join(5)
+    listener.close()
+    assert first.ok and second.ok and second.attempts == 1
+    assert served == 2
+
+
+def test_close_interrupts_a_backoff_sleep(serve: Any) -> None:
+    """close() from another thread (shutdown) ends an export waiting to retry, at once."""
+    server = serve([(503, {"Retry-After": "30"}, b"")])
+    transport = http_transport(server.url)
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(transport.export(BODY, deadline=time.monotonic() + 60))
+    )
+    worker.start()
+    while not server.requests:
+        time.sleep(0.01)
+    started = time.monotonic()
+    transport.close()
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - started < 2  # not the 30 s Retry-After
+    assert results[0].result is ExportResult.RETRYABLE
+
+
+def test_headers_and_gzip_are_sent(serve: Any) -> None:
+    """Configured headers go out, the body is gzip with Content-Encoding, protobuf content type."""
+    server = serve([(200, {}, b"")])
+    transport = HttpTransport(
+        exporter_config(
+            {
+                "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cr%3Dt",
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+            },
+            {"endpoint": server.url},
+        )
+    )
+    _open.append(transport)
+    assert transport.export(BODY * 100).ok
+    headers, body = server.requests[0]
+    assert headers["x-api-key"] == "s3cr=t"
+    assert headers["content-encoding"] == "gzip"
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["user-agent"].startswith("stagetrace/")
+    assert gzip.decompress(body) == BODY * 100
+
+
+def test_partial_success_is_reported(serve: Any) -> None:
+    """A 200 whose ExportTraceServiceResponse reports rejected spans is OK with the count."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTracePartialSuccess,
+        ExportTraceServiceResponse,
+    )
+
+    reply = ExportTraceServiceResponse(
+        partial_success=ExportTracePartialSuccess(rejected_spans=3, error_message="too old")
+    ).SerializeToString()
+    server = serve([(200, {"Content-Type": "application/x-protobuf"}, reply)])
+    outcome = http_transport(server.url).export(BODY)
+    assert outcome.ok and outcome.rejected == 3 and outcome.detail == "too old"
+    assert partial_success_rejected(b"") == (0, "")
+    assert partial_success_rejected(b"\x0a\x05\xff") == (0, "")  # truncated: ignored, no error
+
+
+def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
+    """A real gRPC server answering UNAVAILABLE once: the export retries and succeeds; headers
+    arrive as metadata; our bytes arrive unchanged."""
+    seen: list[tuple[bytes, dict[str, str]]] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen.append((request, dict(context.invocation_metadata())))
+        if len(seen) == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        transport = GrpcTransport(
+            exporter_config(
+                {"OTEL_EXPORTER_OTLP_HEADERS": "X-Tenant=blue"},
+                {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc", "compression": "gzip"},
+            )
+        )
+        transport._backoff.initial = 0.01
+        outcome = transport.export(BODY, deadline=time.monotonic() + 10)
+        transport.close()
+    finally:
+        server.stop(0)
+    assert outcome.ok and outcome.attempts == 2, outcome
+    assert [request for request, _ in seen] == [BODY, BODY]
+    assert seen[1][1]["x-tenant"] == "blue"
+
+
+def test_grpc_unreachable_fails_within_the_deadline() -> None:
+    """Nothing listening: UNAVAILABLE until the deadline, reported as retryable, on time."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    transport = GrpcTransport(
+        exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+    )
+    started = time.monotonic()
+    outcome = transport.export(BODY, deadline=started + 1.0)
+    elapsed = time.monotonic() - started
+    transport.close()
+    assert outcome.result is ExportResult.RETRYABLE and outcome.detail == "gRPC UNAVAILABLE"
+    assert elapsed < 1.0 + 1.0  # the deadline, plus slack for a loaded machine
