@@ -177,6 +177,7 @@ def _join(tokens: list[tuple[int, str]]) -> str:
                 or (cls == _X and text in (")", ",", "]", ";"))
                 or (pcls == _X and ptext in ("(", "["))
                 or (cls == _X and text in ("(", "[") and pcls in (_W, _Q))
+                or (text == "[" and ptext == "ARRAY")
             )
             if not tight:
                 parts.append(" ")
@@ -205,7 +206,7 @@ def _unquote(m: re.Match[str]) -> str:
 
 
 def short_sql(fp: str, width: int = 100) -> str:
-    """A fingerprint shortened for a one-line message: identifier quotes dropped, the column
+    """A fingerprint shortened for a one-line message: identifier quotes dropped, a long column
     list of a ``SELECT`` written ``...``, at most `width` characters
     (``SELECT ... FROM shop_author WHERE shop_author.id = ? LIMIT ?``)."""
     text = _QUOTED.sub(_unquote, fp)
@@ -223,7 +224,8 @@ def short_sql(fp: str, width: int = 100) -> str:
             elif c == ")":
                 depth -= 1
             elif depth == 0 and text.startswith(" FROM ", i):
-                if i - start > 3:
+                columns = text[start:i]
+                if len(columns) > 20 or "," in columns:
                     text = text[:start] + "..." + text[i:]
                 break
             i += 1

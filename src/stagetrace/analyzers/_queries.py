@@ -153,7 +153,7 @@ def _finding_attrs(
         location = ""
     if template is not None:
         attrs["template"] = template
-        if site is not None:
+        if site is not None or view is not None:
             location += f", rendering {template}"
     if view is not None:
         attrs["view"] = view
