@@ -1,4 +1,4 @@
-"""The ``stagetrace`` command: ``demo`` and ``show``."""
+"""The ``stagetrace`` command: ``demo``, ``show``, ``summary`` and ``report``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from .sinks._console import _use_color, render_waterfall
 from .sinks._jsonl import BadLine, read_jsonl
@@ -87,7 +87,42 @@ def _parser() -> argparse.ArgumentParser:
     for cmd in (demo, show):
         cmd.add_argument("--color", choices=("auto", "always", "never"), default="auto")
         cmd.add_argument("--width", type=int, metavar="COLUMNS", help="output width")
+    _add_analysis_commands(sub)
     return p
+
+
+# --- analysis commands: `summary` and `report` ----------------------------------------------
+# Their arguments and logic live in stagetrace._summary and stagetrace.report; this block only
+# registers them. Each sets `run`, a function (args, out) -> exit status.
+
+
+def _add_analysis_commands(sub: Any) -> None:
+    summary = sub.add_parser(
+        "summary", help="per-route latency, time per stage kind, top queries and findings"
+    )
+    summary.set_defaults(run=_run_summary)
+    report = sub.add_parser("report", help="write a self-contained HTML report")
+    report.set_defaults(run=_run_report)
+    from . import _summary
+    from .report import _cli as _report_cli
+
+    _summary.add_arguments(summary)
+    _report_cli.add_arguments(report)
+
+
+def _run_summary(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import _summary
+
+    return _summary.main(args, out)
+
+
+def _run_report(args: argparse.Namespace, out: IO[str]) -> int:
+    from .report import _cli as _report_cli
+
+    return _report_cli.main(args, out)
+
+
+# --- end of analysis commands ----------------------------------------------------------------
 
 
 def _version() -> str:
@@ -100,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetrace`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "run", None) is not None:  # summary, report
+            return int(args.run(args, sys.stdout))
         if args.command == "show":
             return _cmd_show(args, sys.stdout)
         return _cmd_demo(args, sys.stdout)
