@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -249,7 +250,9 @@ class Summary:
 
     def to_dict(self, files: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         """The summary as JSON-serializable data (``stagetrace/summary@1``)."""
-        total = self.total_ns or 1
+        # Shares of self time: they add up to 100 % (concurrent stages, such as background
+        # tasks, can make the sum of self times exceed the requests' durations).
+        total = sum(k.self_ns for k in self.kinds.values()) or 1
         routes = sorted(self.routes.items(), key=lambda kv: -kv[1].total_ns)
         kinds = sorted(self.kinds.items(), key=lambda kv: -kv[1].self_ns)
         queries = sorted(self.queries.items(), key=lambda kv: -kv[1].total_ns)
@@ -294,6 +297,7 @@ class Summary:
                     "total_ms": _ms(q.total_ns),
                     "mean_ms": _ms(q.total_ns / q.count if q.count else 0),
                     "requests": q.requests,
+                    # requests of each route that ran it (the first 20 routes)
                     "routes": dict(sorted(q.routes.items(), key=lambda kv: -kv[1])),
                 }
                 for fp, q in queries
@@ -373,6 +377,7 @@ class Summary:
                     for q in queries[:top]
                 ],
                 width,
+                wrap=3,
             )
         findings = d["findings"]
         if findings:
@@ -383,6 +388,7 @@ class Summary:
                 width,
                 flex=3,
                 shrink=1,
+                wrap=3,
             )
         else:
             lines += ["Findings: none", ""]
@@ -444,10 +450,11 @@ def _table(
     *,
     flex: int = 0,
     shrink: int | None = None,
+    wrap: int = 1,
 ) -> list[str]:
     """A table whose column `flex` takes the width the others leave (cut with …); column
-    `shrink`, if given, is capped at a third of the width. Column `flex` is left-aligned, the
-    first column too, the others right-aligned."""
+    `shrink`, if given, is capped at a third of the width; the `flex` column wraps onto up to
+    `wrap` lines. Column `flex` is left-aligned, the first column too, the others right-aligned."""
     if not rows:
         return []
     ncols = len(headers)
@@ -465,7 +472,18 @@ def _table(
             out.append(text.ljust(widths[i]) if i in left else text.rjust(widths[i]))
         return "  ".join(out).rstrip()
 
-    return [title, fmt(headers), *(fmt(r) for r in rows), ""]
+    out = [title, fmt(headers)]
+    w = widths[flex]
+    for row in rows:
+        text = row[flex]
+        pieces = textwrap.wrap(text, w, subsequent_indent="  ") or [""]
+        if len(pieces) > wrap:
+            rest = " ".join(p.strip() for p in pieces[wrap - 1 :])
+            pieces = [*pieces[: wrap - 1], _cut("  " + rest, w)]
+        out.append(fmt([pieces[0] if i == flex else c for i, c in enumerate(row)]))
+        out.extend(fmt([p if i == flex else "" for i in range(ncols)]) for p in pieces[1:])
+    out.append("")
+    return out
 
 
 # --- reading files --------------------------------------------------------------------------
@@ -523,26 +541,32 @@ class FileResult:
         }
 
 
-def _open(path: str) -> tuple[IO[str], Callable[[], int], int]:
-    """A text stream for `path`, a function giving the bytes consumed so far, and the size."""
+def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None]]:
+    """A text stream for `path` (gzip or plain), a function giving the bytes consumed so far,
+    the file's size, and a function closing everything."""
     if path == "-":
-        return sys.stdin, lambda: 0, 0
+        return sys.stdin, lambda: 0, 0, lambda: None
     if os.path.isdir(path):
         raise IsADirectoryError(path)
     size = os.path.getsize(path)
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the text stream
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the returned function
     try:
         magic = raw.read(2)
         raw.seek(0)
-        if magic == b"\x1f\x8b":
-            gz = gzip.GzipFile(fileobj=raw)
-            stream: IO[str] = _text(gz)
-        else:
-            stream = _text(raw)
+        binary: Any = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        stream = _text(binary)
     except BaseException:
         raw.close()
         raise
-    return stream, raw.tell, size
+
+    def close() -> None:
+        try:
+            stream.close()
+        except (OSError, EOFError):
+            pass
+        raw.close()
+
+    return stream, raw.tell, size, close
 
 
 def _text(binary: Any) -> IO[str]:
@@ -575,7 +599,7 @@ def read_files(
         result = FileResult(name)
         results.append(result)
         try:
-            stream, position, size = _open(path)
+            stream, position, size, close = _open(path)
         except FileNotFoundError:
             result.error = "no such file"
         except IsADirectoryError:
@@ -606,8 +630,7 @@ def read_files(
             bar.clear()
             print(f"stagetrace: {name}: {result.error}", file=err)
         finally:
-            if stream is not sys.stdin:
-                stream.close()
+            close()
         bar.clear()
         if result.bad_lines > MAX_BAD_REPORTED:
             print(
