@@ -27,13 +27,25 @@ def record(app: str, out: Path, repeat: int = 3) -> Path:
     return out
 
 
+def recording(factory: pytest.TempPathFactory, app: str) -> Path:
+    """The example app's recording for this session, made once (several conftests share it)."""
+    path = factory.getbasetemp() / "recordings" / f"{app}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.unlink(missing_ok=True)
+        record(app, tmp)
+        tmp.rename(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def django_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bookshop example (examples/django_site) recorded with the jsonl sink."""
-    return record("django", tmp_path_factory.mktemp("rec") / "django.jsonl")
+    return recording(tmp_path_factory, "django")
 
 
 @pytest.fixture(scope="session")
 def fastapi_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The FastAPI example (examples/fastapi_app) recorded with the jsonl sink."""
-    return record("fastapi", tmp_path_factory.mktemp("rec") / "fastapi.jsonl")
+    return recording(tmp_path_factory, "fastapi")
