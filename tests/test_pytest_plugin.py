@@ -101,8 +101,10 @@ def write(pytester: pytest.Pytester, files: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def django_project(pytester: pytest.Pytester) -> pytest.Pytester:
+def django_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytest.importorskip("django")
+    # tests/django sets this for the outer run; the inner run uses its own project's settings.
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     pytest.importorskip("pytest_django")
     write(pytester, DJANGO_FILES)
     pytester.makeini(INI.format(extra="DJANGO_SETTINGS_MODULE = djproj.settings"))

@@ -33,4 +33,5 @@ urlpatterns = [
     path("outbound/", views.outbound),
     re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
     path("", include(router.urls)),
+    path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

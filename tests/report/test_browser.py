@@ -160,3 +160,26 @@ def test_hostile_data_is_shown_as_text(browser: Any, tmp_path: Path) -> None:
         "SELECT '<b>' </script>"
     )
     assert by_css(browser, "img") == []
+
+
+def test_dev_page_variant_loads(browser: Any, django_recording: Path, tmp_path: Path) -> None:
+    """The page as the Django dev page serves it (a notice, a reload button, newest first)
+    loads without console errors and lists the newest request first."""
+    from stagetrace.report import render_html
+
+    recorded = timelines(django_recording)
+    page = tmp_path / "dev.html"
+    page.write_text(
+        render_html(recorded, notice="a notice", reload_button=True, sort="newest"),
+        encoding="utf-8",
+    )
+    load(browser, page)
+    assert console_errors(browser) == []
+    assert browser.find_element("id", "notice").text == "a notice"
+    assert browser.find_element("id", "f-sort").get_attribute("value") == "newest"
+    newest = max(recorded, key=lambda t: t.start_unix_nano)
+    first = by_css(browser, "#list-body tr")[0]
+    assert newest.path in first.text
+    assert browser.find_element("css selector", ".req-head h2").text.startswith(
+        f"{newest.method} {newest.path}"
+    )

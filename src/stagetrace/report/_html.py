@@ -161,15 +161,20 @@ def render_html(
     notice: str | None = None,
     total: int | None = None,
     reload_button: bool = False,
+    sort: str = "slowest",
 ) -> str:
     """One HTML page showing `timelines`: a request list (filter, sort), a waterfall per
     request, stage details and findings. It loads nothing from anywhere: CSS, JS and data are
     inline, and its Content-Security-Policy forbids any other source. `notice` is shown above
-    the list (plain text); `total` is how many timelines were read, when only some are given."""
+    the list (plain text); `total` is how many timelines were read, when only some are given;
+    `sort` the list's initial order: ``slowest``, ``fastest``, ``newest`` or ``oldest``."""
+    if sort not in ("slowest", "fastest", "newest", "oldest"):
+        raise ValueError(f"unknown sort order {sort!r}")
     data_list = [timeline_data(tl) for tl in timelines]
     data = {
         "kinds": list(KINDS),
         "total": total if total is not None else len(data_list),
+        "sort": sort,
         "timelines": data_list,
     }
     from .. import __version__

@@ -387,6 +387,7 @@
   }
 
   // --- start ------------------------------------------------------------------------------
+  if (DATA.sort) { $('f-sort').value = DATA.sort; }
   fillRoutes();
   ['f-text', 'f-route', 'f-status', 'f-findings', 'f-sort'].forEach(function (id) {
     $(id).addEventListener(id === 'f-text' ? 'input' : 'change', applyFilters);
