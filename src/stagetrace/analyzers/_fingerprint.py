@@ -205,6 +205,7 @@ def _unquote(m: re.Match[str]) -> str:
     return m.group(2).replace("``", "`")
 
 
+@lru_cache(maxsize=CACHE_SIZE)
 def short_sql(fp: str, width: int = 100) -> str:
     """A fingerprint shortened for a one-line message: identifier quotes dropped, a long column
     list of a ``SELECT`` written ``...``, at most `width` characters

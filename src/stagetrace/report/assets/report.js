@@ -257,12 +257,12 @@
       row.dataset.stageId = st[0];
       row.dataset.kind = kind;
       var lab = el('div', 'wf-label');
-      lab.style.paddingLeft = (6 + Math.min(depth, 16) * 12) + 'px';
+      lab.style.paddingLeft = (6 + Math.min(depth, 16) * 10) + 'px';
       lab.appendChild(el('span', 'wf-kind', kind));
       lab.appendChild(el('span', 'wf-name', shortName(st[3])));
       if (kind === 'middleware' && st[9]) {
-        lab.appendChild(el('span', 'wf-kind',
-          st[10] ? '  short-circuit' : '  in ' + ms(st[9][0]) + ' / out ' + ms(st[9][1])));
+        lab.appendChild(el('span', 'wf-phase',
+          st[10] ? 'short-circuit' : 'in ' + ms(st[9][0]) + ' / out ' + ms(st[9][1])));
       }
       if (st[8]) { lab.appendChild(el('span', 'wf-err', '\u2717 ' + st[8][0].split('.').pop())); }
       lab.title = kind + ' ' + st[3];
@@ -389,8 +389,15 @@
   // --- start ------------------------------------------------------------------------------
   if (DATA.sort) { $('f-sort').value = DATA.sort; }
   fillRoutes();
-  ['f-text', 'f-route', 'f-status', 'f-findings', 'f-sort'].forEach(function (id) {
-    $(id).addEventListener(id === 'f-text' ? 'input' : 'change', applyFilters);
+  ['f-route', 'f-status', 'f-findings', 'f-sort'].forEach(function (id) {
+    $(id).addEventListener('change', applyFilters);
+  });
+  // With thousands of requests, filter once typing pauses rather than on every key.
+  var typing = null;
+  $('f-text').addEventListener('input', function () {
+    if (TLS.length < 1000) { applyFilters(); return; }
+    clearTimeout(typing);
+    typing = setTimeout(applyFilters, 150);
   });
   $('more').addEventListener('click', renderMore);
   var reload = $('reload');
