@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ._model import Finding, Stage, Timeline
+    from . import Finding, Stage, Timeline
 
 __all__ = ["StagetraceCapture", "stagetrace_capture"]
 
@@ -58,7 +58,7 @@ class StagetraceCapture:
     # --- collecting -----------------------------------------------------------------------
 
     def __enter__(self) -> StagetraceCapture:
-        from ._api import capture
+        from . import capture
 
         self._cm = capture()
         self.timelines = self._cm.__enter__()
@@ -167,9 +167,9 @@ class StagetraceCapture:
         `kind` (``"db.query"``, ``"template"``, ``"view"``, ...). Nested stages of the same
         kind (a template's includes) count once: the time inside the outermost ones."""
         __tracebackhide__ = True
-        from ._model import KIND_SET, KINDS
+        from . import KINDS
 
-        if kind not in KIND_SET:
+        if kind not in KINDS:
             raise ValueError(f"unknown stage kind {kind!r}; use one of: {', '.join(KINDS)}")
         if isinstance(max_ms, bool) or not isinstance(max_ms, (int, float)) or not max_ms >= 0:
             raise ValueError(f"max_ms must be a number of milliseconds >= 0, not {max_ms!r}")

@@ -135,19 +135,23 @@ def test_n_plus_one_ignores_transaction_control_and_distinct_statements() -> Non
     assert analyzers.detect_n_plus_one(record(body)) == []
 
 
-def test_n_plus_one_skips_timelines_with_few_queries_without_reading_stages() -> None:
-    """With fewer queries than the threshold (from the per-kind summary) no stage is read."""
+def test_analyzers_skip_timelines_with_few_queries_without_grouping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With fewer queries than the threshold (read from the per-kind summary) no stage is
+    grouped or fingerprinted."""
+    from stagetrace.analyzers import _queries
 
-    class Exploding(tuple):  # type: ignore[type-arg]
-        def __iter__(self) -> Any:
-            raise AssertionError("stages were read")
+    def fail(tl: Timeline) -> Any:
+        raise AssertionError("stages were grouped")
 
     tl = record(n_plus_one_body(3))
-    from dataclasses import replace
-
-    tl = replace(tl, stages=Exploding(tl.stages))
+    monkeypatch.setattr(_queries, "_group_queries", fail)
+    monkeypatch.setattr(_queries, "_duplicate_groups", fail)
     assert analyzers.detect_n_plus_one(tl) == []
-    assert analyzers.detect_duplicate_queries(replace(tl, by_kind={})) == []
+    assert analyzers.duplicate_query(threshold=5)(tl) == []
+    with pytest.raises(AssertionError, match="grouped"):
+        analyzers.n_plus_one(threshold=3)(tl)
 
 
 def test_duplicate_query_groups_by_first_execution() -> None:
@@ -194,11 +198,8 @@ def test_log_findings_once_per_route_and_fingerprint(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="stagetrace"):
         assert analyzers.log_findings(tl) == 1
         assert analyzers.log_findings(tl) == 0
-        from dataclasses import replace
-
-        assert (
-            analyzers.log_findings(replace(tl, protocol="http", route="other/", method="GET")) == 1
-        )
+        other = {**tl.to_dict(), "protocol": "http", "route": "other/", "method": "GET"}
+        assert analyzers.log_findings(Timeline.from_dict(other)) == 1
         analyzers.reset_logged()
         assert analyzers.log_findings(tl) == 1
     records = [r for r in caplog.records if r.name == "stagetrace"]

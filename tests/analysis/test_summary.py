@@ -10,12 +10,11 @@ import pty
 import random
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stagetrace import _summary, cli
+from stagetrace import Timeline, _summary, cli
 from stagetrace._summary import EXACT, Quantiles, Summary
 from tests.helpers import sample_timeline
 
@@ -258,8 +257,9 @@ def test_memory_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_summary, "MAX_KEYS", 3)
     s = Summary()
     base = sample_timeline()
+    data = base.to_dict()
     for i in range(EXACT + 500):
-        s.add(replace(base, route=f"r{i % 5}/", duration_ns=1_000_000 + i))
+        s.add(Timeline.from_dict({**data, "route": f"r{i % 5}/", "duration_ns": 1_000_000 + i}))
     assert set(s.routes) == {"GET r0/", "GET r1/", "GET r2/", _summary.OTHER}
     assert s.routes[_summary.OTHER].durations.count == sum(
         1 for i in range(EXACT + 500) if i % 5 >= 3

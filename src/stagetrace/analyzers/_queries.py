@@ -234,30 +234,8 @@ class DuplicateQueries:
     def __call__(self, timeline: Timeline) -> list[Finding]:
         if _query_count(timeline) < self.threshold:
             return []
-        stages = timeline.stages
-        n = len(stages)
-        groups: dict[int, list[Stage]] = {}
-        for st in stages:
-            if st.kind != "db.query":
-                continue
-            dup = st.attrs.get("stagetrace.duplicate_of")
-            if type(dup) is not int or not 0 <= dup < st.id:
-                continue
-            root = dup
-            seen = 0
-            while seen < n:  # follow chains to the first execution
-                nxt = stages[root].attrs.get("stagetrace.duplicate_of")
-                if type(nxt) is not int or not 0 <= nxt < root:
-                    break
-                root = nxt
-                seen += 1
-            group = groups.get(root)
-            if group is None:
-                groups[root] = [stages[root], st]
-            elif st is not group[0]:
-                group.append(st)
         found = []
-        for group in groups.values():
+        for group in _duplicate_groups(timeline):
             if len(group) < self.threshold:
                 continue
             text = sql_text(group[0])
@@ -272,6 +250,33 @@ class DuplicateQueries:
 
     def __repr__(self) -> str:
         return f"duplicate_query(threshold={self.threshold})"
+
+
+def _duplicate_groups(timeline: Timeline) -> list[list[Stage]]:
+    """Queries marked ``stagetrace.duplicate_of``, grouped with their first execution."""
+    stages = timeline.stages
+    n = len(stages)
+    groups: dict[int, list[Stage]] = {}
+    for st in stages:
+        if st.kind != "db.query":
+            continue
+        dup = st.attrs.get("stagetrace.duplicate_of")
+        if type(dup) is not int or not 0 <= dup < st.id:
+            continue
+        root = dup
+        seen = 0
+        while seen < n:  # follow chains to the first execution
+            nxt = stages[root].attrs.get("stagetrace.duplicate_of")
+            if type(nxt) is not int or not 0 <= nxt < root:
+                break
+            root = nxt
+            seen += 1
+        group = groups.get(root)
+        if group is None:
+            groups[root] = [stages[root], st]
+        else:
+            group.append(st)
+    return list(groups.values())
 
 
 def n_plus_one(threshold: int = 5, *, min_total_ms: float = 0.0) -> NPlusOne:

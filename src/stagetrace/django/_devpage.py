@@ -12,9 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from .._api import annotate
-from .._config import settings as stagetrace_settings
-from .._model import SCHEMA, Timeline
+from .. import SCHEMA, Timeline, annotate, recent
+from .. import settings as stagetrace_settings
 from ..report import ensure_analyzed, page_meta, render_html
 from ..sinks import MemorySink
 
@@ -60,8 +59,6 @@ def _count(request: HttpRequest) -> int:
 
 
 def _recent(request: HttpRequest) -> tuple[list[Timeline], int]:
-    from .. import recent
-
     kept = [t for t in recent() if not _is_devpage(t)]
     shown = kept[-_count(request) :]
     return [ensure_analyzed(t) for t in shown], len(kept)
