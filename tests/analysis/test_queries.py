@@ -267,7 +267,8 @@ def test_example_n_plus_one_names_the_loop_file_and_line(django_recording: Path)
     (f,) = example_findings(django_recording)["/api/books/"][0]
     assert str(f.attrs["code.file.path"]).endswith("shop/views.py")
     assert f.attrs["code.line.number"] == line
-    assert f.attrs["code.function.name"] in ("api_books", "<listcomp>")
+    # Python 3.11 names the comprehension's own frame; 3.12 inlines comprehensions
+    assert str(f.attrs["code.function.name"]).startswith("api_books")
     assert f"shop/views.py:{line}" in f.message
 
 
