@@ -76,7 +76,7 @@ def test_staff_sees_recent_requests_with_waterfalls(staff: User, memory: None) -
     paths = [t["path"] for t in data["timelines"]]
     assert paths == ["/books.json", "/books/", "/request-id/"]
     n1 = data["timelines"][0]
-    assert [f["kind"] for f in n1["findings"]] == ["n_plus_one"]
+    assert "n_plus_one" in [f["kind"] for f in n1["findings"]]
     assert len(n1["stages"]) > 10
     assert 'id="notice"' not in html
     assert "stagetrace: recent requests" in html
