@@ -1,4 +1,4 @@
-"""The ``stagetrace`` command: ``demo`` and ``show``.
+"""The ``stagetrace`` command: ``demo``, ``show``, ``summary`` and ``report``.
 
 Exit status: 0 when everything asked for was shown; 1 when the input had problems (a missing
 file, bad lines — the good timelines are still shown) or nothing matched the filters; 2 for a
@@ -13,7 +13,7 @@ import fnmatch
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from ._model import Timeline
 from .sinks._console import MIN_WIDTH, _use_color, render_waterfall, terminal_width
@@ -286,7 +286,42 @@ def _parser() -> argparse.ArgumentParser:
             metavar="COLUMNS",
             help="output width (default: the terminal's, COLUMNS, else 120)",
         )
+    _add_analysis_commands(sub)
     return p
+
+
+# --- analysis commands: `summary` and `report` ----------------------------------------------
+# Their arguments and logic live in stagetrace._summary and stagetrace.report; this block only
+# registers them. Each sets `run`, a function (args, out) -> exit status.
+
+
+def _add_analysis_commands(sub: Any) -> None:
+    summary = sub.add_parser(
+        "summary", help="per-route latency, time per stage kind, top queries and findings"
+    )
+    summary.set_defaults(run=_run_summary)
+    report = sub.add_parser("report", help="write a self-contained HTML report")
+    report.set_defaults(run=_run_report)
+    from . import _summary
+    from .report import _cli as _report_cli
+
+    _summary.add_arguments(summary)
+    _report_cli.add_arguments(report)
+
+
+def _run_summary(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import _summary
+
+    return _summary.main(args, out)
+
+
+def _run_report(args: argparse.Namespace, out: IO[str]) -> int:
+    from .report import _cli as _report_cli
+
+    return _report_cli.main(args, out)
+
+
+# --- end of analysis commands ----------------------------------------------------------------
 
 
 def _version() -> str:
@@ -299,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagetrace`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "run", None) is not None:  # summary, report
+            return int(args.run(args, sys.stdout))
         if args.command == "show":
             return _cmd_show(args, sys.stdout)
         return _cmd_demo(args, sys.stdout)

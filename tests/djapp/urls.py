@@ -38,4 +38,5 @@ urlpatterns = [
     path("big/", views.big_page),
     path("api-use/", views.api_use),
     path("", include(router.urls)),
+    path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

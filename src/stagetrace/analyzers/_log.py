@@ -1,0 +1,69 @@
+"""Logging findings once per route and fingerprint per process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .._model import Timeline
+
+__all__ = ["log_findings", "reset_logged"]
+
+logger = logging.getLogger("stagetrace")
+
+#: Distinct (route, kind, fingerprint) keys remembered. Past this many, new keys are no longer
+#: logged (and a single line says so): memory stays bounded in a process that sees an unbounded
+#: number of distinct statements.
+MAX_KEYS = 10_000
+
+_lock = threading.Lock()
+_logged: set[tuple[str, str, str]] = set()
+_full = False
+
+
+def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) -> int:
+    """Log each finding of `timeline` on logger ``stagetrace`` at WARNING, once per process
+    for each (route, kind, fingerprint) — later timelines with the same pattern are silent.
+    Findings without a ``fingerprint`` attribute are keyed by their message. `kinds` limits
+    which finding kinds are logged (all by default). Returns the number of lines logged.
+
+    The pipeline calls this for every analyzed timeline; call `reset_logged` to forget.
+    """
+    global _full
+    if not timeline.findings:
+        return 0
+    route = timeline.name
+    logged = 0
+    for f in timeline.findings:
+        if kinds is not None and f.kind not in kinds:
+            continue
+        fp = f.attrs.get("fingerprint")
+        key = (route, f.kind, fp if isinstance(fp, str) else f.message)
+        with _lock:
+            if key in _logged:
+                continue
+            if len(_logged) >= MAX_KEYS:
+                if _full:
+                    continue
+                _full = True
+                full_now = True
+            else:
+                _logged.add(key)
+                full_now = False
+        if full_now:
+            logger.warning(
+                "stagetrace: %d distinct findings logged; further new ones are not logged",
+                MAX_KEYS,
+            )
+            continue
+        logger.warning("stagetrace: %s: %s", route, f.message)
+        logged += 1
+    return logged
+
+
+def reset_logged() -> None:
+    """Forget which findings were logged (for tests and `stagetrace.reset()`)."""
+    global _full
+    with _lock:
+        _logged.clear()
+        _full = False

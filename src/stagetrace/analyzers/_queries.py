@@ -1,0 +1,296 @@
+"""Query analyzers: N+1 patterns and duplicate queries within one timeline.
+
+Both are plain callables taking a `stagetrace.Timeline` and returning `stagetrace.Finding`s, so
+they can be passed to ``stagetrace.configure(analyzers=[...])`` as they are, or built with other
+options by their factories.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._model import Finding, Stage, Timeline
+from ._fingerprint import fingerprint, short_sql
+
+__all__ = [
+    "DuplicateQueries",
+    "NPlusOne",
+    "call_site",
+    "duplicate_query",
+    "n_plus_one",
+    "sql_text",
+]
+
+#: Statements that manage transactions and sessions: a loop of ``atomic()`` blocks repeats
+#: them, but they are not queries anyone could batch.
+_CONTROL = frozenset(
+    ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "START", "END", "SHOW")
+)
+
+
+def sql_text(stage: Stage) -> str | None:
+    """The SQL text of a ``db.query`` stage: ``db.query.text``, or ``db.statement`` as written
+    by stagetrace before the attribute names followed OpenTelemetry's current conventions."""
+    attrs = stage.attrs
+    text = attrs.get("db.query.text")
+    if type(text) is not str:
+        text = attrs.get("db.statement")
+        if type(text) is not str:
+            return None
+    if text.startswith("<") and text.endswith(">"):  # a composed SQL object, text not recorded
+        return None
+    return text
+
+
+def call_site(attrs: Mapping[str, Any]) -> tuple[str, int | None, str | None] | None:
+    """``(file, line, function)`` from a stage's ``code.*`` attributes, or None."""
+    path = attrs.get("code.file.path")
+    if type(path) is not str or not path:
+        return None
+    line = attrs.get("code.line.number")
+    func = attrs.get("code.function.name")
+    return (
+        path,
+        line if type(line) is int else None,
+        func if type(func) is str and func else None,
+    )
+
+
+def _short_path(path: str) -> str:
+    """A path relative to the working directory when it is inside it (for messages)."""
+    if os.path.isabs(path):
+        try:
+            rel = os.path.relpath(path)
+        except ValueError:  # another drive on Windows
+            return path
+        if not rel.startswith(".."):
+            return rel
+    return path
+
+
+def _where(site: tuple[str, int | None, str | None] | None) -> str:
+    if site is None:
+        return ""
+    path, line, func = site
+    text = _short_path(path) + (f":{line}" if line is not None else "")
+    return f"{text} in {func}" if func else text
+
+
+def _ms(ns: int) -> str:
+    ms = ns / 1e6
+    return f"{ms:.1f} ms" if ms >= 0.95 else f"{ms:.2f} ms"
+
+
+def _context(tl: Timeline, stage: Stage) -> tuple[str | None, str | None]:
+    """The innermost enclosing ``template`` and ``view`` stage names of a stage."""
+    template = view = None
+    for anc in tl.ancestors(stage):
+        if template is None and anc.kind == "template":
+            template = anc.name
+        elif anc.kind == "view":
+            view = anc.name
+            break
+    return template, view
+
+
+def _group_queries(tl: Timeline) -> dict[str, list[Stage]]:
+    groups: dict[str, list[Stage]] = {}
+    for st in tl.stages:
+        if st.kind != "db.query":
+            continue
+        text = sql_text(st)
+        if text is None:
+            continue
+        fp = fingerprint(text)
+        group = groups.get(fp)
+        if group is None:
+            groups[fp] = [st]
+        else:
+            group.append(st)
+    return groups
+
+
+def _query_count(tl: Timeline) -> int:
+    summary = tl.by_kind.get("db.query")
+    return summary.count if summary is not None else 0
+
+
+def _finding_attrs(
+    tl: Timeline, fp: str, stages: Sequence[Stage]
+) -> tuple[dict[str, Any], str, int]:
+    """Attributes shared by both findings, a readable location, and the total time."""
+    total = sum(s.duration_ns for s in stages)
+    site = None
+    sites: list[str] = []
+    for s in stages:
+        found = call_site(s.attrs)
+        if found is not None:
+            where = _where(found)
+            if where not in sites:
+                sites.append(where)
+            if site is None:
+                site = found
+    template, view = _context(tl, stages[0])
+    attrs: dict[str, Any] = {"fingerprint": fp, "count": len(stages), "total_ns": total}
+    if site is not None:
+        path, line, func = site
+        attrs["code.file.path"] = path
+        if line is not None:
+            attrs["code.line.number"] = line
+        if func is not None:
+            attrs["code.function.name"] = func
+        attrs["call_site"] = f"{path}:{line}" if line is not None else path
+        if len(sites) > 1:
+            attrs["call_sites"] = sites[:10]
+        location = f"at {_where(site)}"
+    elif view is not None:
+        location = f"in view {view}"
+    elif template is not None:
+        location = f"in template {template}"
+    else:
+        location = ""
+    if template is not None:
+        attrs["template"] = template
+        if site is not None or view is not None:
+            location += f", rendering {template}"
+    if view is not None:
+        attrs["view"] = view
+    db_system = stages[0].attrs.get("db.system.name", stages[0].attrs.get("db.system"))
+    if type(db_system) is str:
+        attrs["db.system.name"] = db_system
+    return attrs, location, total
+
+
+class NPlusOne:
+    """Finds N+1 query patterns: the same statement, up to its values (see
+    `stagetrace.analyzers.fingerprint`), run at least `threshold` times in one timeline.
+
+    One finding per fingerprint, ``kind="n_plus_one"``, with attributes ``fingerprint``,
+    ``count``, ``total_ns``, the call site (``code.file.path``, ``code.line.number``,
+    ``code.function.name`` and ``call_site`` as ``file:line``) when the recorder captured it,
+    ``template`` when the queries ran while a template rendered, ``view``; its ``stages`` are
+    the ids of the queries. Transaction-control statements (``BEGIN``, ``SAVEPOINT``, ...) are
+    never reported.
+    """
+
+    __slots__ = ("min_total_ns", "threshold")
+
+    def __init__(self, threshold: int = 5, *, min_total_ms: float = 0.0) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
+            raise ValueError(
+                f"n_plus_one threshold must be an integer of at least 2, not {threshold!r}"
+            )
+        if (
+            isinstance(min_total_ms, bool)
+            or not isinstance(min_total_ms, (int, float))
+            or not (min_total_ms >= 0)
+        ):
+            raise ValueError(f"n_plus_one min_total_ms must be a number >= 0, not {min_total_ms!r}")
+        self.threshold = threshold
+        self.min_total_ns = int(min_total_ms * 1e6)
+
+    def __call__(self, timeline: Timeline) -> list[Finding]:
+        if _query_count(timeline) < self.threshold:
+            return []
+        found = []
+        for fp, stages in _group_queries(timeline).items():
+            if len(stages) < self.threshold or fp.partition(" ")[0] in _CONTROL:
+                continue
+            attrs, location, total = _finding_attrs(timeline, fp, stages)
+            if total < self.min_total_ns:
+                continue
+            message = f"N+1: {len(stages)}× {short_sql(fp)}"
+            if location:
+                message += f" {location}"
+            message += f" ({_ms(total)})"
+            found.append(Finding("n_plus_one", message, tuple(s.id for s in stages), attrs))
+        return found
+
+    def __repr__(self) -> str:
+        return f"n_plus_one(threshold={self.threshold})"
+
+
+class DuplicateQueries:
+    """Finds the same statement run again with the same parameters in one timeline: stages the
+    recorder marked with ``stagetrace.duplicate_of`` (the id of the earlier, identical query;
+    parameters are compared by hash, never stored).
+
+    One finding per original query that was repeated at least ``threshold - 1`` times,
+    ``kind="duplicate_query"``, with ``fingerprint``, ``count`` (all executions, the first
+    included), ``total_ns``, the call site when captured, and the stage ids.
+    """
+
+    __slots__ = ("threshold",)
+
+    def __init__(self, threshold: int = 2) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
+            raise ValueError(
+                f"duplicate_query threshold must be an integer of at least 2, not {threshold!r}"
+            )
+        self.threshold = threshold
+
+    def __call__(self, timeline: Timeline) -> list[Finding]:
+        if _query_count(timeline) < self.threshold:
+            return []
+        found = []
+        for group in _duplicate_groups(timeline):
+            if len(group) < self.threshold:
+                continue
+            text = sql_text(group[0])
+            fp = fingerprint(text) if text is not None else group[0].name
+            attrs, location, total = _finding_attrs(timeline, fp, group)
+            message = f"duplicate query: {len(group)}× {short_sql(fp)} with the same parameters"
+            if location:
+                message += f" {location}"
+            message += f" ({_ms(total)})"
+            found.append(Finding("duplicate_query", message, tuple(s.id for s in group), attrs))
+        return found
+
+    def __repr__(self) -> str:
+        return f"duplicate_query(threshold={self.threshold})"
+
+
+def _duplicate_groups(timeline: Timeline) -> list[list[Stage]]:
+    """Queries marked ``stagetrace.duplicate_of``, grouped with their first execution."""
+    stages = timeline.stages
+    n = len(stages)
+    groups: dict[int, list[Stage]] = {}
+    for st in stages:
+        if st.kind != "db.query":
+            continue
+        dup = st.attrs.get("stagetrace.duplicate_of")
+        if type(dup) is not int or not 0 <= dup < st.id:
+            continue
+        root = dup
+        seen = 0
+        while seen < n:  # follow chains to the first execution
+            nxt = stages[root].attrs.get("stagetrace.duplicate_of")
+            if type(nxt) is not int or not 0 <= nxt < root:
+                break
+            root = nxt
+            seen += 1
+        group = groups.get(root)
+        if group is None:
+            groups[root] = [stages[root], st]
+        else:
+            group.append(st)
+    return list(groups.values())
+
+
+def n_plus_one(threshold: int = 5, *, min_total_ms: float = 0.0) -> NPlusOne:
+    """An N+1 analyzer: a finding for every statement fingerprint run at least `threshold`
+    times in one timeline (and, with `min_total_ms`, taking at least that long in total).
+
+    ::
+
+        stagetrace.configure(analyzers=[stagetrace.analyzers.n_plus_one(threshold=10)])
+    """
+    return NPlusOne(threshold, min_total_ms=min_total_ms)
+
+
+def duplicate_query(threshold: int = 2) -> DuplicateQueries:
+    """A duplicate-query analyzer: a finding for every query run `threshold` or more times
+    with the same SQL and the same parameters in one timeline."""
+    return DuplicateQueries(threshold)

@@ -1,0 +1,111 @@
+"""``stagetrace report FILE.jsonl [...] -o report.html``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections import deque
+from typing import IO, Any
+
+from .._model import Timeline
+from .._summary import problems, read_files
+from ._analyze import ensure_analyzed
+from ._html import page_meta, render_html
+
+#: Timelines kept in a report by default (the last ones read).
+DEFAULT_LIMIT = 2000
+
+
+def add_arguments(parser: Any) -> None:
+    """The ``report`` command's arguments (for the CLI)."""
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="files written by the jsonl sink (gzip too; '-' for standard input)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="stagetrace-report.html",
+        metavar="HTML",
+        help="the page to write (default stagetrace-report.html; '-' for standard output)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"keep the last N timelines read (default {DEFAULT_LIMIT})",
+    )
+    parser.add_argument("--title", default="stagetrace report", help="the page's title")
+    parser.add_argument(
+        "--no-analyze", action="store_true", help="only show findings recorded in the files"
+    )
+
+
+def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
+    """Run ``stagetrace report`` with parsed arguments; returns the exit status."""
+    err = err if err is not None else sys.stderr
+    if args.limit < 1:
+        print("stagetrace: --limit must be at least 1", file=err)
+        return 2
+    output = args.output
+    if output != "-":
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            print(f"stagetrace: {output}: directory {parent} does not exist", file=err)
+            return 2
+        if os.path.isdir(output):
+            print(f"stagetrace: {output}: is a directory", file=err)
+            return 2
+    kept: deque[Timeline] = deque(maxlen=args.limit)
+    total = 0
+
+    def keep(tl: Timeline) -> None:
+        nonlocal total
+        total += 1
+        kept.append(tl)
+
+    results = read_files(args.files, keep, err=err)
+    if not kept:
+        print("stagetrace: no timelines to report; nothing written", file=err)
+        return 1
+    timelines = list(kept) if args.no_analyze else [ensure_analyzed(t) for t in kept]
+    page = render_html(
+        timelines,
+        title=args.title,
+        meta=page_meta(len(timelines), total, [r.path for r in results]),
+        total=total,
+    )
+    if output == "-":
+        out.write(page)
+    else:
+        try:
+            _write(output, page)
+        except OSError as exc:
+            print(f"stagetrace: {output}: cannot write ({exc.strerror or exc})", file=err)
+            return 1
+        print(
+            f"stagetrace: wrote {output} ({len(timelines)} requests, {len(page) // 1024} KiB)",
+            file=err,
+        )
+    return 1 if problems(results) else 0
+
+
+def _write(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a reader never sees half a page."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".stagetrace-report-", suffix=".html", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,186 @@
+"""The HTML report in a real headless Chromium: it loads without console errors or network
+requests, draws each request's waterfall with the middleware onion, shows a clicked stage's
+SQL, filters, and survives hostile data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagetrace import Timeline, cli
+from stagetrace.analyzers import sql_text
+from stagetrace.sinks import read_jsonl
+from tests.helpers import sample_timeline
+
+pytestmark = pytest.mark.browser
+
+
+def load(browser: Any, page: Path) -> None:
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(page.as_uri())
+    assert browser.execute_script("return document.body.dataset.ready") == "true"
+
+
+def console_errors(browser: Any) -> list[dict]:
+    return [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+
+
+def by_css(browser: Any, selector: str) -> list[Any]:
+    return browser.find_elements("css selector", selector)
+
+
+def timelines(*paths: Path) -> list[Timeline]:
+    out: list[Timeline] = []
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            out.extend(t for t in read_jsonl(f) if isinstance(t, Timeline))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(
+    django_recording: Path, fastapi_recording: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    code = cli.main(["report", str(django_recording), str(fastapi_recording), "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_report_loads_draws_and_responds(
+    browser: Any, report: Path, django_recording: Path, fastapi_recording: Path, tmp_path: Path
+) -> None:
+    """The examples' report: no console errors and no network request; every request listed;
+    the N+1 request's waterfall has one row and one bar per stage, middleware rows split into
+    in-phase, inner layers and out-phase; a click on a query shows its SQL; the finding
+    highlights its queries; the filters narrow the list."""
+    from selenium.webdriver.support.ui import Select
+
+    recorded = timelines(django_recording, fastapi_recording)
+    load(browser, report)
+    assert console_errors(browser) == []
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    assert len(by_css(browser, "#list-body tr")) == len(recorded) == 42
+    assert browser.find_element("id", "count").text == "42 of 42 requests"
+
+    # the N+1 request, by route
+    Select(browser.find_element("id", "f-route")).select_by_value("api/books/")
+    rows = by_css(browser, "#list-body tr")
+    assert len(rows) == 3
+    assert browser.find_element("id", "count").text == "3 of 42 requests"
+    rows[0].click()
+    shown_ms = float(rows[0].find_elements("css selector", "td")[3].text)
+    tl = next(
+        t
+        for t in recorded
+        if t.route == "api/books/" and f"{t.duration_ns / 1e6:.2f}" == f"{shown_ms:.2f}"
+    )
+    wf_rows = by_css(browser, "#waterfall .wf-row")
+    assert len(wf_rows) == len(tl.stages)
+    assert sorted(int(r.get_attribute("data-stage-id")) for r in wf_rows) == [
+        s.id for s in tl.stages
+    ]
+    assert len(by_css(browser, "#waterfall .wf-bar")) == len(tl.stages)
+    # bars sit where the stages ran (percent of the request's duration)
+    for row in wf_rows[:12]:
+        st = tl.stages[int(row.get_attribute("data-stage-id"))]
+        left = float(row.find_element("css selector", ".wf-bar").value_of_css_property("left")[:-2])
+        track = row.find_element("css selector", ".wf-track").size["width"]
+        assert abs(left - track * st.start_ns / tl.duration_ns) <= 1.5, st
+    # the middleware onion
+    onion = [s for s in tl.stages if s.kind == "middleware" and s.phases and s.phases["out"] > 0]
+    assert onion
+    for st in onion:
+        row = browser.find_element("css selector", f'.wf-row[data-stage-id="{st.id}"]')
+        for part in ("wf-in", "wf-inner", "wf-out"):
+            assert len(row.find_elements("css selector", "." + part)) == 1, (st.name, part)
+        label = row.find_element("css selector", ".wf-label").get_attribute("textContent")
+        assert f"in {st.phases['in'] / 1e6:.2f} / out {st.phases['out'] / 1e6:.2f}" in label
+
+    # click a query: its SQL in the details panel
+    query = next(
+        s for s in tl.stages if s.kind == "db.query" and "shop_author" in (sql_text(s) or "")
+    )
+    browser.find_element("css selector", f'.wf-row[data-stage-id="{query.id}"]').click()
+    sql = browser.find_element("css selector", "#stage-detail pre.sql").text
+    assert sql == sql_text(query)
+    assert "db.query" in browser.find_element("css selector", "#stage-detail h3").text
+
+    # the finding highlights its 20 queries
+    finding = browser.find_element("css selector", "#detail-pane .findings .finding")
+    assert "N+1: 20×" in finding.text
+    finding.click()
+    assert len(by_css(browser, "#waterfall .wf-row.hl")) == 20
+    browser.save_screenshot(str(tmp_path / "report.png"))
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+    # filters: status class, text, only with findings
+    Select(browser.find_element("id", "f-route")).select_by_value("")
+    Select(browser.find_element("id", "f-status")).select_by_value("4xx")
+    four = sum(1 for t in recorded if t.status is not None and 400 <= t.status < 500)
+    assert len(by_css(browser, "#list-body tr")) == four
+    Select(browser.find_element("id", "f-status")).select_by_value("")
+    browser.find_element("id", "f-text").send_keys("export.csv")
+    assert len(by_css(browser, "#list-body tr")) == 3
+    browser.find_element("id", "f-text").clear()
+    browser.find_element("id", "f-findings").click()
+    assert len(by_css(browser, "#list-body tr")) == 3
+    # sorted by duration, slowest first
+    Select(browser.find_element("id", "f-sort")).select_by_value("fastest")
+    durations = [
+        float(r.find_elements("css selector", "td")[3].text)
+        for r in by_css(browser, "#list-body tr")
+    ]
+    assert durations == sorted(durations)
+    assert console_errors(browser) == []
+
+
+def test_hostile_data_is_shown_as_text(browser: Any, tmp_path: Path) -> None:
+    """A path and SQL holding ``</script>``, markup and U+2028 are displayed literally; no
+    script of theirs runs."""
+    hostile = (
+        "/x</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>\u2028"
+    )
+    data = sample_timeline(path=hostile).to_dict()
+    attrs = data["stages"][6]["attrs"]
+    key = "db.query.text" if "db.query.text" in attrs else "db.statement"
+    attrs[key] = "SELECT '<b>' </script><script>window.__pwned=3</script>"
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    page = tmp_path / "r.html"
+    assert cli.main(["report", str(src), "-o", str(page)]) == 0
+    load(browser, page)
+    assert console_errors(browser) == []
+    assert browser.execute_script("return window.__pwned === undefined")
+    assert "/x</script><script>" in browser.find_element("css selector", ".req-head h2").text
+    browser.find_element("css selector", '.wf-row[data-stage-id="6"]').click()
+    assert browser.find_element("css selector", "#stage-detail pre.sql").text.startswith(
+        "SELECT '<b>' </script>"
+    )
+    assert by_css(browser, "img") == []
+
+
+def test_dev_page_variant_loads(browser: Any, django_recording: Path, tmp_path: Path) -> None:
+    """The page as the Django dev page serves it (a notice, a reload button, newest first)
+    loads without console errors and lists the newest request first."""
+    from stagetrace.report import render_html
+
+    recorded = timelines(django_recording)
+    page = tmp_path / "dev.html"
+    page.write_text(
+        render_html(recorded, notice="a notice", reload_button=True, sort="newest"),
+        encoding="utf-8",
+    )
+    load(browser, page)
+    assert console_errors(browser) == []
+    assert browser.find_element("id", "notice").text == "a notice"
+    assert browser.find_element("id", "f-sort").get_attribute("value") == "newest"
+    newest = max(recorded, key=lambda t: t.start_unix_nano)
+    first = by_css(browser, "#list-body tr")[0]
+    assert newest.path in first.text
+    assert browser.find_element("css selector", ".req-head h2").text.startswith(
+        f"{newest.method} {newest.path}"
+    )
