@@ -184,6 +184,7 @@ class Timeline:
 
     __slots__ = (
         "_by_kind",
+        "_counts",
         "_load",
         "_stages",
         "dropped_stages",
@@ -219,6 +220,7 @@ class Timeline:
     _stages: tuple[Stage, ...] | None
     _by_kind: ByKind | None
     _load: Loader | None
+    _counts: Mapping[str, int] | None
 
     def __init__(
         self,
@@ -240,6 +242,7 @@ class Timeline:
         dropped_stages: int = 0,
         *,
         load: Loader | None = None,
+        counts: Mapping[str, int] | None = None,
     ) -> None:
         if stages is None and load is None:
             raise TypeError("Timeline needs stages (or a loader)")
@@ -261,6 +264,7 @@ class Timeline:
         s(self, "_stages", tuple(stages) if stages is not None else None)
         s(self, "_by_kind", ByKind(by_kind) if by_kind is not None else None)
         s(self, "_load", load)
+        s(self, "_counts", counts)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Timeline is read-only (cannot set {name!r})")
@@ -299,6 +303,14 @@ class Timeline:
             by_kind = self._by_kind
         assert by_kind is not None
         return by_kind
+
+    def count(self, kind: str) -> int:
+        """How many stages of `kind` the request ran (dropped ones included). Cheap: for a
+        timeline recorded in this process it does not build the stages."""
+        counts = self._counts
+        if counts is not None and self._by_kind is None:
+            return counts.get(kind, 0)
+        return self.by_kind[kind].count if kind in self.by_kind else 0
 
     @property
     def root(self) -> Stage | None:

@@ -39,6 +39,7 @@ class Settings:
     max_stages: int = 2000
     service: str = "unknown_service"
     analyzers: tuple[Analyzer, ...] = ()
+    n_plus_one_threshold: int = 5
     queue_size: int = 1000
     memory_size: int = 100
     color: str = "auto"
@@ -213,6 +214,16 @@ def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
     return items
 
 
+def _threshold(value: Any, from_env: bool) -> int:
+    try:
+        n = _positive_int(value, from_env)
+    except _Bad:
+        n = 0
+    if n < 2:
+        raise _Bad("a whole number of at least 2")
+    return n
+
+
 def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
     if from_env:
         raise _Bad("analyzer objects (set them with configure(), not the environment)")
@@ -237,7 +248,10 @@ OPTIONS: dict[str, _Option] = {
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
     "max_stages": _Option(_positive_int, "stages kept per timeline; later ones are counted"),
     "service": _Option(_text, "service name (default: OTEL_SERVICE_NAME)"),
-    "analyzers": _Option(_analyzers, "callables that add findings to finished timelines"),
+    "analyzers": _Option(
+        _analyzers, "callables adding findings (default: N+1 and duplicate queries)"
+    ),
+    "n_plus_one_threshold": _Option(_threshold, "repeats of one query that make an N+1"),
     "queue_size": _Option(_positive_int, "timelines waiting for background sinks"),
     "memory_size": _Option(_positive_int, "timelines the memory sink keeps"),
     "color": _Option(_color, "console colours: auto (only on a terminal), always, never"),

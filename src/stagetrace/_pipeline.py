@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from . import _guard
 from ._model import Finding, Timeline
 from ._state import STATE
+from .analyzers import log_findings
 
 if TYPE_CHECKING:
     from .typing import Analyzer, Sink
@@ -45,7 +46,14 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
         except Exception as exc:
             STATE.counters["analyzer_errors"] += 1
             _warn_once(f"analyzer {analyzer!r}", exc)
-    return timeline.with_findings(found)
+    if not found:
+        return timeline
+    timeline = timeline.with_findings(found)
+    try:
+        log_findings(timeline)
+    except Exception as exc:
+        _guard.report("pipeline.log_findings", exc)
+    return timeline
 
 
 def submit(timeline: Timeline) -> None:

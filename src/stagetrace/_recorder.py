@@ -878,9 +878,14 @@ def _seal(tl: Live) -> Timeline:
     limit = tl.settings.max_attr_length
     root = tl[0]
     records = tl[:final]
+    for r in tl[final:]:  # opened after the end, in another thread: not part of it
+        r[0] = _SEALED
+    counts: dict[str, int] = {}
     for i, r in enumerate(records):
         r[0] = _SEALED
         r[8] = i
+        kind = r[2]
+        counts[kind] = counts.get(kind, 0) + 1
         name = r[3]
         if type(name) is not str:
             try:
@@ -912,6 +917,9 @@ def _seal(tl: Live) -> Timeline:
     t0 = root[START]
     t_end = root[END] or now()
     ovf_kinds, ovf_child = tl.ovf_kinds, tl.ovf_child
+    if ovf_kinds:
+        for kind, acc in ovf_kinds.items():
+            counts[kind] = counts.get(kind, 0) + acc[0]
     trace_id = f"{tl.trace_id:032x}"
     status = tl.status
     return Timeline(
@@ -932,6 +940,7 @@ def _seal(tl: Live) -> Timeline:
         (),
         tl.dropped,
         load=lambda: _load(records, t0, t_end, ovf_kinds, ovf_child),
+        counts=counts,
     )
 
 

@@ -65,10 +65,15 @@ def active() -> Settings:
 
 
 def _build(values: Mapping[str, Any]) -> Settings:
-    from . import sinks
+    from . import analyzers, sinks
 
     plan = _options.sink_plan(values)
     built = sinks.build(plan, values)
+    if "analyzers" not in values:
+        values = {
+            **values,
+            "analyzers": analyzers.defaults(values.get("n_plus_one_threshold", 5)),
+        }
     return _options.settings_from(values, built)
 
 

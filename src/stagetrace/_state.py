@@ -37,6 +37,9 @@ class State:
         self.logged_sites: set[str] = set()
         #: Timelines of requests being served now, by every adapter (set.add/discard are atomic).
         self.in_flight: set[Any] = set()
+        #: Findings already logged, by (route, kind, fingerprint).
+        self.logged_findings: set[tuple[str, str, str]] = set()
+        self.logged_findings_full = False
 
     def clear(self) -> None:
         """Back to a fresh process's state (the caller retires the old pipeline)."""
@@ -51,6 +54,8 @@ class State:
         self.errors_by_site.clear()
         self.logged_sites.clear()
         self.in_flight.clear()
+        self.logged_findings.clear()
+        self.logged_findings_full = False
 
 
 STATE = State()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from .._model import Timeline
+from .._state import STATE
 
 __all__ = ["log_findings", "reset_logged"]
 
@@ -16,10 +16,6 @@ logger = logging.getLogger("stagetrace")
 #: number of distinct statements.
 MAX_KEYS = 10_000
 
-_lock = threading.Lock()
-_logged: set[tuple[str, str, str]] = set()
-_full = False
-
 
 def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) -> int:
     """Log each finding of `timeline` on logger ``stagetrace`` at WARNING, once per process
@@ -29,7 +25,6 @@ def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) ->
 
     The pipeline calls this for every analyzed timeline; call `reset_logged` to forget.
     """
-    global _full
     if not timeline.findings:
         return 0
     route = timeline.name
@@ -39,16 +34,17 @@ def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) ->
             continue
         fp = f.attrs.get("fingerprint")
         key = (route, f.kind, fp if isinstance(fp, str) else f.message)
-        with _lock:
-            if key in _logged:
+        logged_keys = STATE.logged_findings
+        with STATE.lock:
+            if key in logged_keys:
                 continue
-            if len(_logged) >= MAX_KEYS:
-                if _full:
+            if len(logged_keys) >= MAX_KEYS:
+                if STATE.logged_findings_full:
                     continue
-                _full = True
+                STATE.logged_findings_full = True
                 full_now = True
             else:
-                _logged.add(key)
+                logged_keys.add(key)
                 full_now = False
         if full_now:
             logger.warning(
@@ -62,8 +58,7 @@ def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) ->
 
 
 def reset_logged() -> None:
-    """Forget which findings were logged (for tests and `stagetrace.reset()`)."""
-    global _full
-    with _lock:
-        _logged.clear()
-        _full = False
+    """Forget which findings were logged (`stagetrace.reset()` does it too)."""
+    with STATE.lock:
+        STATE.logged_findings.clear()
+        STATE.logged_findings_full = False

@@ -113,8 +113,7 @@ def _group_queries(tl: Timeline) -> dict[str, list[Stage]]:
 
 
 def _query_count(tl: Timeline) -> int:
-    summary = tl.by_kind.get("db.query")
-    return summary.count if summary is not None else 0
+    return tl.count("db.query")
 
 
 def _finding_attrs(
