@@ -44,6 +44,22 @@ AttrValue = str | int | float | bool | None | list[Any]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def stage_span_id(root_span_id: int, index: int) -> int:
+    """The span id of stage `index` of a timeline whose root span id is `root_span_id`: the
+    root's own for index 0, otherwise a well-mixed 64-bit value (splitmix64) derived from both,
+    so ids need no random draw per stage and are the same during the request (for context
+    propagation) and when the timeline is exported."""
+    if index == 0:
+        return root_span_id
+    z = (root_span_id + index * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) or 1
+
+
 class SchemaError(ValueError):
     """A dictionary does not follow the `stagetrace/timeline@1` schema."""
 
@@ -188,6 +204,9 @@ class Timeline:
         "_load",
         "_stages",
         "dropped_stages",
+        "parent_span_id",
+        "trace_flags",
+        "tracestate",
         "duration_ns",
         "findings",
         "framework",
@@ -217,6 +236,11 @@ class Timeline:
     duration_ns: int
     findings: tuple[Finding, ...]
     dropped_stages: int
+    #: The remote parent from an incoming ``traceparent`` (16 hex digits), its flags and its
+    #: ``tracestate``; not part of the serialized schema.
+    parent_span_id: str | None
+    trace_flags: int
+    tracestate: str | None
     _stages: tuple[Stage, ...] | None
     _by_kind: ByKind | None
     _load: Loader | None
@@ -243,6 +267,9 @@ class Timeline:
         *,
         load: Loader | None = None,
         counts: Mapping[str, int] | None = None,
+        parent_span_id: str | None = None,
+        trace_flags: int = 1,
+        tracestate: str | None = None,
     ) -> None:
         if stages is None and load is None:
             raise TypeError("Timeline needs stages (or a loader)")
@@ -265,6 +292,9 @@ class Timeline:
         s(self, "_by_kind", ByKind(by_kind) if by_kind is not None else None)
         s(self, "_load", load)
         s(self, "_counts", counts)
+        s(self, "parent_span_id", parent_span_id)
+        s(self, "trace_flags", trace_flags)
+        s(self, "tracestate", tracestate)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Timeline is read-only (cannot set {name!r})")
@@ -303,6 +333,11 @@ class Timeline:
             by_kind = self._by_kind
         assert by_kind is not None
         return by_kind
+
+    def stage_span_id(self, stage_id: int) -> str:
+        """The span id (16 hex digits) of stage `stage_id`, as exported to OpenTelemetry and as
+        seen by other instrumentation while the stage ran."""
+        return f"{stage_span_id(int(self.span_id, 16), stage_id):016x}"
 
     def count(self, kind: str) -> int:
         """How many stages of `kind` the request ran (dropped ones included). Cheap: for a

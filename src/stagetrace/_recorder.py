@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _guard
-from ._model import KindSummary, Stage, StageError, Timeline
+from ._model import KindSummary, Stage, StageError, Timeline, stage_span_id
 from ._state import STATE
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Live(list):  # type: ignore[type-arg]
         "queries",
         "internal_errors",
         "sent",
+        "context_tokens",
     )
 
     cap: int
@@ -123,6 +124,7 @@ class Live(list):  # type: ignore[type-arg]
         self.queries: dict[Any, list[Any]] | None = None
         self.internal_errors = 0
         self.sent = 0
+        self.context_tokens: Any = None
 
     # list subclasses compare by content; a timeline is only ever equal to itself.
     __eq__ = object.__eq__
@@ -669,6 +671,27 @@ def end_owned_job(owner: object, exc: BaseException | None = None) -> None:
         finish(rec, exc)
 
 
+def current_span() -> tuple[int, int, int] | None:
+    """(trace id, span id, trace flags) of the innermost open stage of this context — what
+    other instrumentation should see as the current span — or None outside a timeline. A stage
+    past `max_stages` is not exported: its nearest kept ancestor stands in."""
+    rec = _get()
+    if rec is None:
+        return None
+    tl = rec[TL]
+    if tl.ended:
+        return None
+    while rec is not None and rec[AUX] is _OVERFLOW:
+        rec = rec[PARENT]
+    if rec is None:
+        return None
+    n = len(tl)
+    for i in range(n - 1, max(-1, n - 4097), -1):  # the current stage is near the end
+        if tl[i] is rec:
+            return tl.trace_id, stage_span_id(tl.span_id, i), tl.trace_flags
+    return tl.trace_id, tl.span_id, tl.trace_flags
+
+
 # --- attributes and names ------------------------------------------------------------------
 
 
@@ -941,6 +964,9 @@ def _seal(tl: Live) -> Timeline:
         tl.dropped,
         load=lambda: _load(records, t0, t_end, ovf_kinds, ovf_child),
         counts=counts,
+        parent_span_id=f"{tl.parent_span_id:016x}" if tl.parent_span_id else None,
+        trace_flags=tl.trace_flags,
+        tracestate=tl.tracestate,
     )
 
 

@@ -85,6 +85,11 @@ def _apply() -> Settings:
         new = _build(values)
         old = STATE.pipeline
         STATE.settings = new
+        STATE.context_hooks = tuple(
+            hook
+            for hook in (getattr(s, "context_hook", None) for s in new.sinks)
+            if hook is not None
+        )
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )

@@ -37,6 +37,10 @@ class State:
         self.logged_sites: set[str] = set()
         #: Timelines of requests being served now, by every adapter (set.add/discard are atomic).
         self.in_flight: set[Any] = set()
+        #: Objects with ``enter(live_timeline, request) -> token`` and ``exit(token)``, called by
+        #: every gateway around the application's handling of a recorded request (a sink that
+        #: propagates OpenTelemetry context installs one).
+        self.context_hooks: tuple[Any, ...] = ()
         #: Findings already logged, by (route, kind, fingerprint).
         self.logged_findings: set[tuple[str, str, str]] = set()
         self.logged_findings_full = False
@@ -50,6 +54,7 @@ class State:
         self.settings = None
         self.pipeline = None
         self.listeners = ()
+        self.context_hooks = ()
         self.counters.clear()
         self.errors_by_site.clear()
         self.logged_sites.clear()

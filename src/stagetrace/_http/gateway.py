@@ -28,6 +28,7 @@ MAX_IN_FLIGHT = 10_000
 BASE_HEADERS = (
     "traceparent",
     "tracestate",
+    "baggage",
     "x-request-start",
     "x-queue-start",
     "content-length",
@@ -146,7 +147,53 @@ def begin_http(
         tl = _recorder.timeline_of(root)
         if tl is not None:
             in_flight.add(tl)
+            if STATE.context_hooks:
+                tl.context_tokens = attach(root, request)
     return root
+
+
+def release(root: _recorder.Record | None) -> None:
+    """Undo what the context hooks did when `root`'s request began: call it where the gateway
+    gives the caller its context back (in the context that began the request)."""
+    if root is None:
+        return
+    try:
+        tl = _recorder.timeline_of(root)
+        tokens = tl.context_tokens if tl is not None else None
+        if tokens:
+            tl.context_tokens = None  # type: ignore[union-attr]
+            detach(tokens)
+    except Exception as exc:
+        _recorder.internal_error("context.exit", exc)
+
+
+def attach(root: _recorder.Record | None, request: Request | None) -> Any:
+    """Run the context hooks (`_state.State.context_hooks`) for a recorded request, right after
+    its timeline began; returns what `detach` needs. Hooks that fail are reported and skipped."""
+    hooks = STATE.context_hooks
+    if not hooks or root is None:
+        return None
+    tl = _recorder.timeline_of(root)
+    if tl is None:
+        return None
+    tokens = []
+    for hook in hooks:
+        try:
+            tokens.append((hook, hook.enter(tl, request)))
+        except Exception as exc:
+            _recorder.internal_error("context.enter", exc)
+    return tokens
+
+
+def detach(tokens: Any) -> None:
+    """Undo `attach`, in reverse order."""
+    if not tokens:
+        return
+    for hook, token in reversed(tokens):
+        try:
+            hook.exit(token)
+        except Exception as exc:
+            _recorder.internal_error("context.exit", exc)
 
 
 def end_http(

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import asgi as _parse
-from .._http.gateway import begin_http, end_http
+from .._http.gateway import begin_http, end_http, release
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -310,6 +310,7 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
 
 
 def _end(observer: _Http | _Websocket, exc: BaseException | None, prev: Any) -> None:
+    release(observer.root)
     try:
         observer.end(exc)
     except Exception as e:

@@ -23,7 +23,7 @@ from typing import Any
 from .. import _recorder, _runtime
 from .._http import asgi as asgi_request
 from .._http import wsgi as wsgi_request
-from .._http.gateway import begin_http, end_http
+from .._http.gateway import begin_http, end_http, release
 from ._common import patcher, settings_loaded
 
 _KEY = "_stagetrace_pending"
@@ -254,9 +254,11 @@ def _wsgi_call(orig: Any, gateway: str) -> Any:
         try:
             result = orig(self, environ, *args, **kwargs)
         except BaseException as exc:
+            release(root)
             _end_now(root, exc)
             _recorder.restore(prev)
             raise
+        release(root)
         try:
             _ensure_ending(root, result)
         except Exception as exc:
@@ -315,9 +317,11 @@ def _asgi_call(orig: Any, gateway: str) -> Any:
         try:
             result = await orig(self, scope, receive, observed_send, *args)
         except BaseException as exc:
+            release(root)
             _end_asgi(root, box, exc)
             _recorder.restore(prev)
             raise
+        release(root)
         _end_asgi(root, box, None)
         _recorder.restore(prev)
         return result
@@ -436,9 +440,11 @@ def install_test_client() -> None:
             try:
                 result = await orig(self, scope, *args, **kwargs)
             except BaseException as exc:
+                release(root)
                 _end_now(root, exc)
                 _recorder.restore(prev)
                 raise
+            release(root)
             try:
                 _ensure_ending(root, result)
             except Exception as exc:
