@@ -9,6 +9,7 @@ Run it (from the repository root) and watch the waterfalls:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Annotated
 
 import stagetrace.starlette
 
-stagetrace.starlette.instrument()  # every Starlette/FastAPI app in the process
+if os.environ.get("EXAMPLE_STAGETRACE") != "0":  # the benchmarks and tests compare without it
+    stagetrace.starlette.instrument()  # every Starlette/FastAPI app in the process
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request, WebSocket  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402

@@ -866,9 +866,13 @@ def _scalar(value: Any, limit: int) -> Any:
     return out if type(out) is not list else str(out)
 
 
-def _clean_attrs(attrs: Any, limit: int) -> dict[str, Any] | None:
-    """Attributes as plain data; the same dict when it already is (shared constants stay
-    shared and unmodified)."""
+#: Attributes that have a cap of their own (``max_sql_length``), applied where they are recorded.
+_OWN_CAP = frozenset(("db.query.text", "db.query.parameters"))
+
+
+def _clean_attrs(attrs: Any, limit: int, sql_limit: int) -> dict[str, Any] | None:
+    """Attributes as plain data, strings cut at `limit` (SQL at `sql_limit`); the same dict
+    when it already is (shared constants stay shared and unmodified)."""
     if type(attrs) is tuple:
         attrs = _attrs_now(attrs)
     if not attrs:
@@ -876,12 +880,18 @@ def _clean_attrs(attrs: Any, limit: int) -> dict[str, Any] | None:
     for k, v in attrs.items():
         t = type(v)
         if type(k) is not str or not (
-            v is None or t is int or t is bool or (t is str and len(v) <= limit)
+            v is None
+            or t is int
+            or t is bool
+            or (t is str and (len(v) <= limit or (k in _OWN_CAP and len(v) <= sql_limit + 1)))
         ):
             break
     else:
         return attrs  # type: ignore[no-any-return]
-    return {(k if type(k) is str else str(k)): _plain(v, limit) for k, v in attrs.items()}
+    return {
+        (k if type(k) is str else str(k)): _plain(v, sql_limit if k in _OWN_CAP else limit)
+        for k, v in attrs.items()
+    }
 
 
 def _name_now(raw: Any) -> str:
@@ -899,6 +909,7 @@ def _seal(tl: Live) -> Timeline:
     only the garbage collector would free), number the records. Returns a lazy `Timeline`."""
     final = tl.final
     limit = tl.settings.max_attr_length
+    sql_limit = tl.settings.max_sql_length
     root = tl[0]
     records = tl[:final]
     for r in tl[final:]:  # opened after the end, in another thread: not part of it
@@ -919,7 +930,7 @@ def _seal(tl: Live) -> Timeline:
         attrs = r[6]
         if attrs is not None:
             try:
-                r[6] = _clean_attrs(attrs, limit)
+                r[6] = _clean_attrs(attrs, limit, sql_limit)
             except Exception as exc:
                 internal_error("recorder.attrs", exc)
                 r[6] = None

@@ -37,6 +37,8 @@ urlpatterns = [
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),
     path("api-use/", views.api_use),
+    path("concurrent/<str:rid>/", views.concurrent),
+    path("aconcurrent/<str:rid>/", views.aconcurrent),
     path("", include(router.urls)),
     path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

@@ -210,3 +210,43 @@ def api_use(request):
         value = helper()
     stagetrace.current_timeline()
     return JsonResponse({"value": value})
+
+
+def concurrent(request, rid):
+    """Stages from this request's thread and from a pool it hands work to (with its context):
+    every one must land in this request's timeline."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    import stagetrace
+
+    def child(i):
+        with stagetrace.stage(f"{rid} pool {i}"):
+            time.sleep(0.001 * (i % 3))
+        return i
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, child, i) for i in range(4)]
+        total = sum(f.result() for f in futures)
+    with stagetrace.stage(f"{rid} own"):
+        pass
+    return JsonResponse({"rid": rid, "total": total})
+
+
+async def aconcurrent(request, rid):
+    """The same under ASGI: gather children, a TaskGroup, and sync code via sync_to_async."""
+    from asgiref.sync import sync_to_async
+
+    import stagetrace
+
+    async def child(i):
+        with stagetrace.stage(f"{rid} task {i}"):
+            await asyncio.sleep(0.001 * (i % 3))
+
+    def blocking():
+        with stagetrace.stage(f"{rid} sync"):
+            time.sleep(0.001)
+
+    await asyncio.gather(*(child(i) for i in range(3)))
+    await sync_to_async(blocking)()
+    return JsonResponse({"rid": rid})

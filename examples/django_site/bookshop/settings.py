@@ -29,6 +29,8 @@ INSTALLED_APPS = [
     "shop",
     "stagetrace.django",  # <- all it takes
 ]
+if os.environ.get("BOOKSHOP_STAGETRACE") == "0":  # the benchmarks and tests compare without it
+    INSTALLED_APPS.remove("stagetrace.django")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

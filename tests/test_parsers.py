@@ -1,0 +1,212 @@
+"""Every parser of request data is total: for any input it returns a value or None, never raises,
+and its work is bounded by what it looks at (long inputs are cut before parsing). Property-based
+(hypothesis), plus the cases that broke requests before."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stagetrace._http import asgi, headers, wsgi
+from stagetrace._options import Settings
+
+CFG = Settings()
+anything = st.one_of(st.none(), st.text(max_size=600), st.binary(max_size=600))
+#: Long inputs: a short random piece repeated (hypothesis does not draw 10,000-character texts).
+huge = st.one_of(
+    st.text(min_size=1, max_size=40).map(lambda s: s * (12_000 // len(s) + 1)),
+    st.binary(min_size=1, max_size=40).map(lambda b: b * (12_000 // len(b) + 1)),
+)
+fast = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def bounded(fn, value, *args):
+    """Call the parser; it must return within a generous bound even on huge input."""
+    t0 = time.perf_counter()
+    out = fn(value, *args)
+    assert time.perf_counter() - t0 < 0.5
+    return out
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_traceparent_is_total(value):
+    out = bounded(headers.traceparent, value)
+    if out is not None:
+        trace_id, span_id, flags = out
+        assert 0 < trace_id < 2**128 and 0 < span_id < 2**64 and 0 <= flags < 256
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_tracestate_is_total(value):
+    out = bounded(headers.tracestate, value)
+    assert out is None or (isinstance(out, str) and len(out) <= 512 and out.count(",") < 32)
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_baggage_is_total(value):
+    out = bounded(headers.baggage, value)
+    assert out is None or (isinstance(out, dict) and len(out) <= 64)
+
+
+@fast
+@given(st.one_of(anything, huge), st.integers(min_value=0, max_value=2**63))
+def test_queue_time_is_total(value, now):
+    out = bounded(headers.queue_time_ns, value, now)
+    assert out is None or 0 <= out <= 3600 * 10**9
+
+
+@pytest.mark.parametrize(
+    "value", ["t=1e400", "inf", "-inf", "t=1.8e308", "9" * 400, "nan", "t=-5", "1_000", "t=", ""]
+)
+def test_queue_time_refuses_what_broke_requests(value):
+    """Exponents, infinities, signs and digit separators are not read (1e400 overflowed)."""
+    assert headers.queue_time_ns(value, time.time_ns()) is None
+
+
+def test_queue_time_reads_each_unit():
+    now = 1_700_000_000_000_000_000
+    assert headers.queue_time_ns("t=1699999999.5", now) == 500_000_000
+    assert headers.queue_time_ns("1699999999900", now) == 100_000_000  # ms
+    assert headers.queue_time_ns("1699999999990000", now) == 10_000_000  # µs
+    assert headers.queue_time_ns(b"t=1699999999999000000", now) == 1_000_000  # ns
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_request_id_is_total(value):
+    out = bounded(headers.request_id, value)
+    assert out is None or (0 < len(out) <= 200 and out.isprintable() and " " not in out)
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_content_length_is_total(value):
+    out = bounded(headers.content_length, value)
+    assert out is None or 0 <= out < 10**19
+
+
+@fast
+@given(st.one_of(anything, huge), st.lists(st.text(max_size=5), max_size=3))
+def test_query_redaction_is_total_and_keeps_no_value(value, keep):
+    out = bounded(headers.redact_query, value, tuple(keep))
+    if out is not None:
+        assert len(out) <= 4 * (headers.MAX_URL_PART + 1)  # control characters escaped
+        for part in out.split("&"):
+            name, _, val = part.partition("=")
+            assert val in ("", "REDACTED") or name in keep or "%" in name or "\\x" in part
+
+
+def test_query_values_are_redacted_unless_allowed():
+    assert headers.redact_query("q=shoes&token=abc&page=2&flag", ("page",)) == (
+        "q=REDACTED&token=REDACTED&page=2&flag"
+    )
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_host_is_total(value):
+    host, port = bounded(headers.host_and_port, value)
+    assert host is None or (" " not in host and host == host.lower())
+    assert port is None or 0 <= port <= 99999
+
+
+@fast
+@given(st.text(max_size=3000))
+def test_safe_text_escapes_every_control_character(value):
+    out = headers.safe(value)
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in out)
+    assert len(out) <= 4 * (headers.MAX_URL_PART + 1)
+    out.encode("utf-8")  # lone surrogates never reach exports
+
+
+header_pairs = st.lists(
+    st.tuples(
+        st.one_of(
+            st.binary(max_size=30), st.sampled_from([b"traceparent", b"Host", b"x-request-id"])
+        ),
+        st.binary(max_size=200),
+    ),
+    max_size=20,
+)
+
+
+@fast
+@given(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["http", "websocket"]),
+            "path": st.one_of(st.text(max_size=300), st.none(), st.integers()),
+            "root_path": st.one_of(st.text(max_size=30), st.none()),
+            "query_string": st.one_of(st.binary(max_size=300), st.none()),
+            "headers": st.one_of(header_pairs, st.none(), st.just([(1, 2)]), st.just("x")),
+            "client": st.one_of(st.none(), st.tuples(st.text(max_size=40), st.integers())),
+            "method": st.one_of(st.text(max_size=10), st.none(), st.integers()),
+            "http_version": st.one_of(st.text(max_size=5), st.none()),
+        }
+    )
+)
+def test_asgi_scope_parser_is_total(scope):
+    req = asgi.request(scope, CFG)
+    assert isinstance(req.path, str) and req.path
+    assert all(isinstance(k, str) for k in req.headers)
+
+
+@fast
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "REQUEST_METHOD",
+                "PATH_INFO",
+                "SCRIPT_NAME",
+                "QUERY_STRING",
+                "HTTP_HOST",
+                "HTTP_TRACEPARENT",
+                "CONTENT_LENGTH",
+                "REMOTE_ADDR",
+                "SERVER_PROTOCOL",
+                "wsgi.url_scheme",
+                "HTTP_X_REQUEST_ID",
+            ]
+        ),
+        st.one_of(st.text(max_size=300), st.integers(), st.none(), st.binary(max_size=10)),
+    )
+)
+def test_wsgi_environ_parser_is_total(environ):
+    req = wsgi.request(environ, CFG)
+    assert isinstance(req.path, str)
+
+
+@fast
+@given(st.one_of(anything, huge))
+def test_the_whole_gateway_begin_survives_any_header(value):
+    """Every header value the gateway reads, all at once, through begin and end."""
+    import stagetrace
+    from stagetrace import _recorder
+    from stagetrace._http.gateway import Request, begin_http, end_http
+
+    wanted = {
+        name: value
+        for name in (
+            "traceparent",
+            "tracestate",
+            "baggage",
+            "x-request-start",
+            "x-queue-start",
+            "content-length",
+            "host",
+            "user-agent",
+            "x-request-id",
+        )
+    }
+    cfg = stagetrace.settings()
+    root = begin_http(cfg, "test", Request("GET", "/", value, "http", wanted), framework="test")
+    assert root is not None
+    end_http(root, 200)
+    assert _recorder.current() is None
