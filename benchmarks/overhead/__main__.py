@@ -52,9 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"configurations, comma-separated (none is always included): {', '.join(CONFIGS)}",
     )
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 30, quick 8)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 40, quick 8)")
     p.add_argument(
-        "--block-ms", type=float, help="target length of one block of requests (default 40)"
+        "--block-ms",
+        type=float,
+        help="target length of one block of requests (default 30, quick 25)",
     )
     p.add_argument("--warmup", type=float, help="warm-up seconds per endpoint (default 1)")
     p.add_argument(
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         only |= {"django-sqlite", "django-postgres"}
     apps = [a for a in _runner.APPS if a in only]
     configs = ["none", *(c for c in (args.configs or CONFIGS) if c != "none")]
-    rounds = args.rounds or (8 if args.quick else 30)
-    block_s = (args.block_ms or (25.0 if args.quick else 40.0)) / 1000
+    rounds = args.rounds or (8 if args.quick else 40)
+    block_s = (args.block_ms or (25.0 if args.quick else 30.0)) / 1000
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     scale = args.scale if args.scale is not None else not args.quick
     quiet = _runner.QuietWaiter(

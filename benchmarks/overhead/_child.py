@@ -7,7 +7,9 @@ Commands arrive as JSON lines on standard input; replies go as JSON lines to ``-
 
 * ``{"cmd": "block", "path": p, "n": n}`` — serve `n` requests of `p`, then flush the tracer.
   Reply: the wall time of each request (ns), the process CPU time of the block including the
-  flush (all threads), and the tracer's cumulative count of delivered spans/stages.
+  flush (all threads), the tracer's cumulative count of delivered spans/stages, and the
+  garbage collector's time and collections per generation during the block.
+* ``{"cmd": "memory", "path": p}`` — one request under tracemalloc (see `memory`).
 * ``{"cmd": "exit"}``.
 
 ``--setup`` instead creates and seeds the database and exits.
@@ -116,12 +118,40 @@ def warm_up(
     return recorded, kinds
 
 
+class GcMeter:
+    """Time and count the garbage collector's runs, in every thread (a ``gc.callbacks``
+    entry: called twice per collection, not per allocation)."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        self.collections = [0, 0, 0]
+        self._start = 0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter_ns()
+        else:
+            self.ns += time.perf_counter_ns() - self._start
+            self.collections[info["generation"]] += 1
+
+
+GC = GcMeter()
+
+
 def block(driver: Any, tracer: Any, path: str, n: int) -> dict[str, Any]:
+    gc_ns, collections = GC.ns, list(GC.collections)
     c0 = time.process_time_ns()
     lat = driver.run(path, n)
     tracer.flush()
     cpu = time.process_time_ns() - c0
-    return {"lat": lat, "cpu": cpu, "delivered": tracer.delivered()}
+    return {
+        "lat": lat,
+        "cpu": cpu,
+        "delivered": tracer.delivered(),
+        "gc_ns": GC.ns - gc_ns,
+        "gc": [a - b for a, b in zip(GC.collections, collections, strict=True)],
+    }
 
 
 def memory(driver: Any, tracer: Any, path: str) -> dict[str, Any]:

@@ -256,6 +256,8 @@ class Sample:
     cpu_ns: float  # process CPU per request, flush included
     delivered: float  # spans/stages delivered per request
     lat: list[int]  # every request's wall time
+    gc_ns: float = 0.0  # garbage collection time per request
+    gc: tuple[float, float, float] = (0.0, 0.0, 0.0)  # collections per request, by generation
 
 
 class MachineLoad:
@@ -416,6 +418,8 @@ def run_group(
                         reply["cpu"] / n,
                         delivered / n,
                         reply["lat"],
+                        reply.get("gc_ns", 0) / n,
+                        tuple(c / n for c in reply.get("gc", (0, 0, 0))),  # type: ignore[arg-type]
                     )
                 result.load[r, path] = load.other(children_cpu)
         if extra is not None:
