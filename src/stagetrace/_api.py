@@ -27,7 +27,7 @@ class StageScope:
     def __init__(self, name: str, kind: str, attrs: dict[str, Any] | None) -> None:
         self.name = name
         self.kind = kind
-        self.attrs = attrs
+        self.attrs = _plain(attrs) if attrs else None
 
     def __enter__(self) -> StageScope:
         try:
@@ -112,6 +112,16 @@ class StageScope:
         return f"stage({self.name!r}, kind={self.kind!r})"
 
 
+def _plain(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The application's attributes as plain data (see `_recorder.plain_attrs`), or None if
+    that failed (reported)."""
+    try:
+        return _recorder.plain_attrs(attrs)
+    except Exception as exc:
+        _recorder.internal_error("api.attrs", exc)
+        return None
+
+
 def _leave(rec: Any, exc: BaseException | None) -> None:
     try:
         _recorder.exit(rec, exc)
@@ -171,7 +181,7 @@ def annotate(**attrs: Any) -> None:
     """Add attributes to the current stage (the innermost open one). No-op outside a timeline."""
     if attrs:
         try:
-            _recorder.annotate(attrs)
+            _recorder.annotate(_plain(attrs) or {})
         except Exception as exc:
             _recorder.internal_error("api.annotate", exc)
 
@@ -187,7 +197,7 @@ class TimelineScope:
 
     def __init__(self, name: str, attrs: dict[str, Any]) -> None:
         self._name = name
-        self._attrs = attrs
+        self._attrs = (_plain(attrs) or {}) if attrs else {}
 
     def __enter__(self) -> CurrentTimeline | None:
         try:
@@ -207,6 +217,10 @@ class TimelineScope:
             _recorder.end_owned_job(self, exc)
         except Exception as e:
             _recorder.internal_error("api.timeline", e)
+            try:
+                _recorder.abandon_job(self)
+            except Exception:  # pragma: no cover - nothing more can be done
+                pass
 
     async def __aenter__(self) -> CurrentTimeline | None:
         return self.__enter__()

@@ -7,10 +7,10 @@ and sinks receive. `Timeline.to_dict()` is a public contract described in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 SCHEMA = "stagetrace/timeline@1"
 
@@ -170,8 +170,17 @@ class ByKind(dict):  # type: ignore[type-arg]
 
 _ZERO = KindSummary(0, 0, 0)
 
-#: Builds (stages, by_kind) when first read; see `Timeline`.
-Loader = Callable[[], "tuple[tuple[Stage, ...], Mapping[str, KindSummary]]"]
+
+class Loader(Protocol):
+    """Builds a lazy timeline's stages: all of them (``load()``: stages and per-kind totals),
+    or one at a time (``stage(i)``), and finds the positions of one kind (``indexes``)."""
+
+    def load(self) -> tuple[tuple[Stage, ...], Mapping[str, KindSummary]]: ...
+
+    def stage(self, i: int) -> Stage: ...
+
+    def indexes(self, kind: str) -> list[int]: ...
+
 
 _HEADER = (
     "trace_id",
@@ -309,7 +318,7 @@ class Timeline:
             _set(self, "_stages", stages)
             _set(self, "_by_kind", ByKind(_summarize(stages)))
             return
-        stages, by_kind = load()
+        stages, by_kind = load.load()
         _set(self, "_stages", tuple(stages))
         _set(self, "_by_kind", ByKind(by_kind))
         _set(self, "_load", None)
@@ -363,8 +372,19 @@ class Timeline:
         return f"{self.method} {target}" if self.method else target
 
     def of_kind(self, kind: str) -> list[Stage]:
-        """The stages of one kind, in start order."""
+        """The stages of one kind, in start order (for a timeline not read yet, only these are
+        built)."""
+        load = self._load
+        if load is not None and self._stages is None:
+            return [load.stage(i) for i in load.indexes(kind)]
         return [s for s in self.stages if s.kind == kind]
+
+    def stage(self, stage_id: int) -> Stage:
+        """The stage with id `stage_id` (its position in `stages`)."""
+        load = self._load
+        if load is not None and self._stages is None:
+            return load.stage(stage_id)
+        return self.stages[stage_id]
 
     def children(self, stage_id: int | None) -> list[Stage]:
         """The direct children of a stage (or the top-level stages for ``None``)."""
@@ -372,10 +392,9 @@ class Timeline:
 
     def ancestors(self, stage: Stage) -> Iterator[Stage]:
         """The stage's parent, grandparent, ... up to the root."""
-        stages = self.stages
         parent = stage.parent
         while parent is not None:
-            st = stages[parent]
+            st = self.stage(parent)
             yield st
             parent = st.parent
 

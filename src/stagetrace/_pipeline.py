@@ -22,9 +22,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import _guard
+from . import _guard, _recorder
 from ._model import Finding, Timeline
 from ._state import STATE
 from .analyzers import log_findings
@@ -56,24 +56,28 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
     return timeline
 
 
-def submit(timeline: Timeline) -> None:
-    """Receive a finished timeline from the recorder, on the request path: keep it short."""
+def submit(sealed: _recorder.Sealed) -> None:
+    """Receive a finished, sealed timeline from the recorder, on the request path: keep it
+    short (queue it; the worker builds and analyzes it). Only while a `capture()` listens is
+    the timeline built and analyzed here, synchronously."""
     state = STATE
     state.counters["timelines"] += 1
-    if timeline.dropped_stages:
-        state.counters["stages_dropped"] += timeline.dropped_stages
+    dropped = sealed[1][10]  # the sealed header's dropped-stage count
+    if dropped:
+        state.counters["stages_dropped"] += dropped
     listeners = state.listeners
     pipeline = state.pipeline
     if listeners:
-        settings = state.settings
-        if settings is not None and settings.analyzers:
+        timeline = _recorder.build(sealed)
+        settings = sealed[0]
+        if settings.analyzers:
             timeline = analyze(timeline, settings.analyzers)
         for target in listeners:
             target.append(timeline)
         if pipeline is not None:
             pipeline.put(timeline, True)
     elif pipeline is not None:
-        pipeline.put(timeline, False)
+        pipeline.put(sealed, False)
 
 
 _warned: set[str] = set()
@@ -103,7 +107,7 @@ class Pipeline:
         self.sinks = tuple(sinks)
         self.analyzers = tuple(analyzers)
         self.maxsize = maxsize
-        self._q: deque[tuple[Timeline, bool]] = deque()
+        self._q: deque[tuple[Any, bool]] = deque()
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._progress = threading.Condition()
@@ -120,8 +124,9 @@ class Pipeline:
         """Timelines waiting for the worker."""
         return len(self._q)
 
-    def put(self, timeline: Timeline, analyzed: bool) -> bool:
-        """Queue a timeline for the sinks; False (and counted) when full or closed."""
+    def put(self, timeline: Any, analyzed: bool) -> bool:
+        """Queue a timeline (a built, analyzed `Timeline`, or a sealed one the worker builds)
+        for the sinks; False (and counted) when full or closed."""
         if self._closed:
             return False
         if len(self._q) >= self.maxsize:
@@ -169,8 +174,16 @@ class Pipeline:
             batch: list[Timeline] = []
             try:
                 while len(batch) < 512:
-                    timeline, analyzed = q.popleft()
-                    if not analyzed and self.analyzers:
+                    item, analyzed = q.popleft()
+                    if analyzed:
+                        batch.append(item)
+                        continue
+                    try:
+                        timeline = _recorder.build(item)
+                    except Exception as exc:
+                        _guard.report("pipeline.build", exc)
+                        continue
+                    if self.analyzers:
                         timeline = analyze(timeline, self.analyzers)
                     batch.append(timeline)
             except IndexError:

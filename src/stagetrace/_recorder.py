@@ -43,6 +43,8 @@ TL, PARENT, KIND, NAME, START, END, ATTRS, ERROR, OWNER, AUX = range(10)
 
 #: An opaque handle on an open (or closed) stage.
 Record = list[Any]
+#: A finished timeline sealed for the pipeline (`_seal`): plain tuples, ready to queue.
+Sealed = tuple[Any, ...]
 
 _current: ContextVar[Record | None] = ContextVar("stagetrace.current", default=None)
 
@@ -94,6 +96,7 @@ class Live(list):  # type: ignore[type-arg]
         "internal_errors",
         "sent",
         "context_tokens",
+        "deferred",
     )
 
     cap: int
@@ -125,6 +128,9 @@ class Live(list):  # type: ignore[type-arg]
         self.internal_errors = 0
         self.sent = 0
         self.context_tokens: Any = None
+        #: (function, plain argument) computing more root attributes when the timeline is
+        #: built, off the request path (the gateway's request attributes).
+        self.deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None
 
     # list subclasses compare by content; a timeline is only ever equal to itself.
     __eq__ = object.__eq__
@@ -148,15 +154,16 @@ class _Sealed(list):  # type: ignore[type-arg]
 _SEALED = _Sealed()
 
 
-def _ignore(timeline: Timeline) -> None:
+def _ignore(sealed: Sealed) -> None:
     pass
 
 
-_deliver: Callable[[Timeline], None] = _ignore
+_deliver: Callable[[Sealed], None] = _ignore
 
 
-def connect(deliver: Callable[[Timeline], None] | None) -> None:
-    """Hand every finished timeline to `deliver` (the pipeline's `submit`); None: drop them."""
+def connect(deliver: Callable[[Sealed], None] | None) -> None:
+    """Hand every finished timeline, sealed (see `_seal`; `build` makes the `Timeline`), to
+    `deliver` (the pipeline's `submit`); None: drop them."""
     global _deliver
     _deliver = deliver or _ignore
 
@@ -278,22 +285,43 @@ def end(root: Record | None, exc: BaseException | None = None) -> None:
         if tl.ended:
             return
         root[END] = t
-        if exc is not None:
-            root[ERROR] = describe(tl, exc)
         tl.ended = True
         tl.final = len(tl)
-        cur = _get()
-        if cur is not None and cur[TL] is tl:
-            prev = root[AUX]
-            _set(prev if prev is not None and not prev[TL].ended else None)
-        timeline = _seal(tl)
+        _leave_timeline(root)
+        if exc is not None:
+            root[ERROR] = describe(tl, exc)
+        if _deliver is _ignore:  # nobody receives timelines (recording only): drop it
+            tl.cap = 0
+            del tl[:]
+            root[AUX] = None
+            return
+        sealed = _seal(tl)
     except Exception as e:
         _guard.report("recorder.end", e)
         return
     try:
-        _deliver(timeline)
+        _deliver(sealed)
     except Exception as e:
         _guard.report("pipeline.submit", e)
+
+
+def _leave_timeline(root: Record) -> None:
+    """If this context is positioned inside `root`'s timeline, put back the position from
+    before `begin`."""
+    cur = _get()
+    if cur is not None and cur[TL] is root[TL]:
+        prev = root[AUX]
+        _set(prev if prev is not None and not prev[TL].ended else None)
+
+
+def abandon_job(owner: object) -> None:
+    """After a failure ending what `begin_owned_job(owner)` started: leave its timeline's
+    context anyway, so the thread or task is not left inside it."""
+    rec = find_open(owner)
+    while rec is not None and rec[PARENT] is not None:
+        rec = rec[PARENT]
+    if rec is not None and rec[OWNER] is owner:
+        _leave_timeline(rec)
 
 
 def live() -> Live | None:
@@ -495,6 +523,23 @@ def open_middleware(name: str, limit: int = 8) -> Record | None:
     return None
 
 
+def calls_next(name: str) -> Record | None:
+    """The middleware named `name` (entered with this very string) is calling the next layer
+    now: mark the end of its inbound phase and return its record (for `inner_end`), in one
+    call — this runs once per middleware per request."""
+    rec = _get()
+    for _ in range(8):
+        if rec is None:
+            return None
+        if rec[3] is name and rec[2] == "middleware":
+            aux_ = rec[9]
+            if type(aux_) is list and not aux_[0]:
+                aux_[0] = now()
+            return rec
+        rec = rec[1]
+    return None
+
+
 def inner_begin(rec: Record | None) -> None:
     """The middleware `rec` is calling the next layer now: its inbound phase ends."""
     if rec is not None:
@@ -641,6 +686,7 @@ def exit_owned(owner: object, exc: BaseException | None = None) -> bool:
     _set(rec[1])
     if not rec[5]:
         rec[5] = t
+    rec[8] = None
     if exc is not None:
         _exit_error(rec, exc)
     if rec[9] is _OVERFLOW:
@@ -894,6 +940,16 @@ def _clean_attrs(attrs: Any, limit: int, sql_limit: int) -> dict[str, Any] | Non
     }
 
 
+#: Cap on a string kept from the application before the timeline's own limits apply.
+MAX_KEPT_STRING = 65536
+
+
+def plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes given by the application (`stage(**attrs)`, `annotate()`) as plain data,
+    now: a timeline must never keep the application's objects alive once it is queued."""
+    return {str(k): _plain(v, MAX_KEPT_STRING) for k, v in attrs.items()}
+
+
 def _name_now(raw: Any) -> str:
     if type(raw) is tuple and len(raw) == 2 and callable(raw[0]):
         raw = raw[0](raw[1])
@@ -902,173 +958,307 @@ def _name_now(raw: Any) -> str:
     return str(raw)
 
 
-def _seal(tl: Live) -> Timeline:
-    """Make a finished live timeline safe to queue and cheap to keep: compute deferred names and
-    attributes, turn values that are not plain data into strings, drop references to the
-    application's objects and to the timeline itself (each record pointed back at it, a cycle
-    only the garbage collector would free), number the records. Returns a lazy `Timeline`."""
+#: Values per stage in a sealed timeline's flat row store.
+W = 8
+#: Positions within a row.
+R_PARENT, R_KIND, R_NAME, R_START, R_END, R_ATTRS, R_ERROR, R_AUX = range(W)
+
+
+def _seal(tl: Live) -> Sealed:
+    """Turn a finished live timeline into plain data, on the request's thread: one cheap pass,
+    after which nothing queued references the application's objects or forms a reference
+    cycle. The stages go into ONE flat tuple (8 values each: parent index, kind, name, start,
+    end, attributes, error, middleware marks) rather than an object each: what waits in the
+    queue and in a memory sink is then a handful of objects per request, which keeps the
+    garbage collector's young generation small and its full collections (which traverse the
+    application's whole heap) rare.
+
+    Building the `Timeline` object, computing the gateway's request attributes and capping
+    attribute values happen later, on the worker (`build`); `Stage` objects are built only
+    when someone reads them (`_Rows`)."""
     final = tl.final
-    limit = tl.settings.max_attr_length
-    sql_limit = tl.settings.max_sql_length
     root = tl[0]
     records = tl[:final]
-    for r in tl[final:]:  # opened after the end, in another thread: not part of it
-        r[0] = _SEALED
-    counts: dict[str, int] = {}
+    tl.cap = 0  # a late enter() in a task that outlived the request records nothing
+    flat: list[Any] = []
+    extend = flat.extend
     for i, r in enumerate(records):
-        r[0] = _SEALED
         r[8] = i
-        kind = r[2]
-        counts[kind] = counts.get(kind, 0) + 1
+        p = r[1]
+        pi = p[8] if p is not None else None
+        if type(pi) is not int or pi >= i:
+            pi = None
         name = r[3]
         if type(name) is not str:
             try:
-                r[3] = _plain(_name_now(name), limit)
+                name = _plain(_name_now(name), 1000)
             except Exception as exc:
                 internal_error("recorder.name", exc)
-                r[3] = "?"
+                name = "?"
         attrs = r[6]
-        if attrs is not None:
+        if type(attrs) is tuple:
             try:
-                r[6] = _clean_attrs(attrs, limit, sql_limit)
+                attrs = _attrs_now(attrs)
             except Exception as exc:
                 internal_error("recorder.attrs", exc)
-                r[6] = None
+                attrs = None
         aux_ = r[9]
-        if aux_ is not None and type(aux_) is not list:
-            r[9] = None
+        if type(aux_) is list:
+            aux_ = (aux_[0], aux_[1], aux_[2])
+        elif aux_ is not None:
+            aux_ = None
+        extend((pi, r[2], name, r[4], r[5], attrs, r[7], aux_))
     del tl[:]
     tl.last_exc = None
     tl.queries = None
     root[AUX] = None
-    if tl.internal_errors or tl.sent:
-        attrs = dict(root[ATTRS] or {})
-        if tl.sent:
-            attrs["http.response.sent_ns"] = tl.sent
-        if tl.internal_errors:
-            attrs["stagetrace.internal_errors"] = tl.internal_errors
-        root[ATTRS] = attrs
-    t0 = root[START]
-    t_end = root[END] or now()
+    extra: dict[str, Any] = {}
+    if tl.sent:
+        extra["http.response.sent_ns"] = tl.sent
+    if tl.internal_errors:
+        extra["stagetrace.internal_errors"] = tl.internal_errors
     ovf_kinds, ovf_child = tl.ovf_kinds, tl.ovf_child
+    own_dropped = None
+    if ovf_kinds and ovf_child:
+        own_dropped = {r[8]: ovf_child[id(r)] for r in records if id(r) in ovf_child}
+    status = tl.status
+    return (
+        tl.settings,
+        (
+            tl.trace_id,
+            tl.span_id,
+            tl.request_id,
+            tl.framework,
+            tl.protocol,
+            tl.method,
+            tl.path,
+            tl.route,
+            status if type(status) is int else None,
+            tl.wall0,
+            tl.dropped,
+            tl.parent_span_id,
+            tl.trace_flags,
+            tl.tracestate,
+        ),
+        tuple(flat),
+        {k: tuple(v) for k, v in ovf_kinds.items()} if ovf_kinds else None,
+        own_dropped,
+        extra,
+        tl.deferred,
+    )
+
+
+def build(sealed: Sealed) -> Timeline:
+    """The (lazy) `Timeline` of a sealed timeline: on the worker, or for `capture()`."""
+    cfg, head, flat, ovf_kinds, own_dropped, extra, deferred = sealed
+    (
+        trace,
+        span,
+        request_id,
+        framework,
+        protocol,
+        method,
+        path,
+        route,
+        status,
+        wall0,
+        dropped,
+        parent,
+        flags,
+        tracestate,
+    ) = head
+    if extra or deferred is not None:
+        attrs = dict(flat[R_ATTRS] or ())
+        if deferred is not None:
+            try:
+                attrs = {**deferred[0](deferred[1]), **attrs}
+            except Exception as exc:
+                _guard.report("recorder.request_attrs", exc)
+        attrs.update(extra)
+        flat = (*flat[:R_ATTRS], attrs, *flat[R_ATTRS + 1 :])
+    t0 = flat[R_START]
+    t_end = flat[R_END] or t0
+    counts: dict[str, int] = {}
+    for kind in flat[R_KIND::W]:
+        counts[kind] = counts.get(kind, 0) + 1
     if ovf_kinds:
         for kind, acc in ovf_kinds.items():
             counts[kind] = counts.get(kind, 0) + acc[0]
-    trace_id = f"{tl.trace_id:032x}"
-    status = tl.status
+    trace_id = f"{trace:032x}"
     return Timeline(
         trace_id,
-        f"{tl.span_id:016x}",
-        tl.request_id or trace_id,
-        tl.settings.service,
-        tl.framework,
-        tl.protocol,
-        tl.method,
-        tl.path,
-        tl.route,
-        status if type(status) is int else None,
-        tl.wall0,
+        f"{span:016x}",
+        request_id or trace_id,
+        cfg.service,
+        framework,
+        protocol,
+        method,
+        path,
+        route,
+        status,
+        wall0,
         max(0, t_end - t0),
         None,
         None,
         (),
-        tl.dropped,
-        load=lambda: _load(records, t0, t_end, ovf_kinds, ovf_child),
+        dropped,
+        load=_Rows(
+            flat, t0, t_end, ovf_kinds, own_dropped, cfg.max_attr_length, cfg.max_sql_length
+        ),
         counts=counts,
-        parent_span_id=f"{tl.parent_span_id:016x}" if tl.parent_span_id else None,
-        trace_flags=tl.trace_flags,
-        tracestate=tl.tracestate,
+        parent_span_id=f"{parent:016x}" if parent else None,
+        trace_flags=flags,
+        tracestate=tracestate,
     )
 
 
 _tuple_new = tuple.__new__
 
 
-def _load(
-    records: list[Record],
-    t0: int,
-    t_end: int,
-    ovf_kinds: dict[str, list[int]] | None,
-    ovf_child: dict[int, int] | None,
-) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
-    """Build the `Stage`s and per-kind totals of a sealed timeline (when first read)."""
-    n = len(records)
-    durations = [0] * n
-    child_ns = [0] * n
-    parents: list[int | None] = [None] * n
-    for i, r in enumerate(records):
-        end_ = r[5] or t_end
-        d = end_ - r[4]
+class _Rows:
+    """The stages of a sealed timeline, built into `Stage` objects on demand: all at once
+    (``load()``), or only those of one kind and their ancestors (what the analyzers read), so a
+    timeline whose stages nobody reads costs nothing more."""
+
+    __slots__ = (
+        "_child",
+        "_stages",
+        "flat",
+        "limits",
+        "n",
+        "own_dropped",
+        "ovf_kinds",
+        "t0",
+        "t_end",
+    )
+
+    def __init__(
+        self,
+        flat: tuple[Any, ...],
+        t0: int,
+        t_end: int,
+        ovf_kinds: dict[str, tuple[int, int, int]] | None,
+        own_dropped: dict[int, int] | None,
+        limit: int,
+        sql_limit: int,
+    ) -> None:
+        self.flat = flat
+        self.n = len(flat) // W
+        self.t0 = t0
+        self.t_end = t_end
+        self.ovf_kinds = ovf_kinds
+        self.own_dropped = own_dropped
+        self.limits = (limit, sql_limit)
+        self._child: list[int] | None = None
+        self._stages: list[Stage | None] | None = None
+
+    def indexes(self, kind: str) -> list[int]:
+        """Positions of the stages of `kind`."""
+        return [i for i, k in enumerate(self.flat[R_KIND::W]) if k == kind]
+
+    def _children(self) -> list[int]:
+        child = self._child
+        if child is None:
+            flat, t_end = self.flat, self.t_end
+            child = [0] * self.n
+            for i in range(self.n):
+                pi = flat[i * W]
+                if pi is not None:
+                    b = i * W
+                    d = (flat[b + R_END] or t_end) - flat[b + R_START]
+                    if d > 0:
+                        child[pi] += d
+            self._child = child
+        return child
+
+    def stage(self, i: int) -> Stage:
+        """The `Stage` at position `i` (built once)."""
+        stages = self._stages
+        if stages is None:
+            stages = self._stages = [None] * self.n
+        st = stages[i]
+        if st is None:
+            st = stages[i] = self._make(i, self._children())
+        return st
+
+    def _make(self, i: int, child: list[int]) -> Stage:
+        b = i * W
+        pi, kind, name, start, end_, attrs, err, aux_ = self.flat[b : b + W]
+        d = (end_ or self.t_end) - start
         if d < 0:
             d = 0
-        durations[i] = d
-        p = r[1]
-        if p is not None and i:
-            pi = p[8]
-            if type(pi) is int and pi < i:
-                parents[i] = pi
-                child_ns[pi] += d
-    by_kind: dict[str, list[int]] = {}
-    stages: list[Stage] = []
-    append = stages.append
-    for i, r in enumerate(records):
-        kind = r[2]
-        d = durations[i]
-        own = d - child_ns[i]
-        if ovf_child:
-            own -= ovf_child.get(id(r), 0)
+        own = d - child[i]
+        if self.own_dropped:
+            own -= self.own_dropped.get(i, 0)
         if own < 0:
             own = 0
-        acc = by_kind.get(kind)
-        if acc is None:
-            acc = by_kind[kind] = [0, 0, 0]
-        acc[0] += 1
-        acc[1] += d
-        acc[2] += own
-        attrs = r[6]
-        attrs = dict(attrs) if attrs else {}
-        if not r[5]:
+        if attrs:
+            attrs = _clean_attrs(attrs, *self.limits)
+            attrs = dict(attrs) if attrs else {}
+        else:
+            attrs = {}
+        if not end_:
             attrs["unfinished"] = True
-        err = r[7]
-        start = r[4]
         phases = short = None
         if kind == "middleware":
-            aux_ = r[9]
-            if type(aux_) is list and aux_[0]:
+            if aux_ is not None and aux_[0]:
                 inner_end_ = aux_[1] if aux_[1] else start + d
                 phases = {"in": max(0, aux_[0] - start), "out": max(0, start + d - inner_end_)}
                 short = False
             else:
                 phases = {"in": d, "out": 0}
                 short = True
-            if type(aux_) is list and aux_[2] is not None:
+            if aux_ is not None and aux_[2] is not None:
                 short = bool(aux_[2])
-        append(
-            _tuple_new(
-                Stage,
-                (
-                    i,
-                    parents[i],
-                    kind,
-                    r[3],
-                    start - t0 if start > t0 else 0,
-                    d,
-                    own,
-                    attrs,
-                    StageError(err[0], err[1]) if err is not None else None,
-                    phases,
-                    short,
-                ),
-            )
+        t0 = self.t0
+        return _tuple_new(
+            Stage,
+            (
+                i,
+                pi,
+                kind,
+                name,
+                start - t0 if start > t0 else 0,
+                d,
+                own,
+                attrs,
+                StageError(err[0], err[1]) if err is not None else None,
+                phases,
+                short,
+            ),
         )
-    for kind, (count, total, own) in (ovf_kinds or {}).items():
-        acc = by_kind.get(kind)
-        if acc is None:
-            acc = by_kind[kind] = [0, 0, 0]
-        acc[0] += count
-        acc[1] += total
-        acc[2] += own
-    return tuple(stages), {k: KindSummary(*v) for k, v in by_kind.items()}
+
+    def load(self) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
+        """Every stage, and the per-kind totals (dropped stages included)."""
+        child = self._children()
+        stages = self._stages
+        if stages is None:
+            stages = self._stages = [None] * self.n
+        by_kind: dict[str, list[int]] = {}
+        out = []
+        for i in range(self.n):
+            st = stages[i]
+            if st is None:
+                st = stages[i] = self._make(i, child)
+            out.append(st)
+            acc = by_kind.get(st.kind)
+            if acc is None:
+                acc = by_kind[st.kind] = [0, 0, 0]
+            acc[0] += 1
+            acc[1] += st.duration_ns
+            acc[2] += st.self_ns
+        for kind, (count, total, own) in (self.ovf_kinds or {}).items():
+            acc = by_kind.get(kind)
+            if acc is None:
+                acc = by_kind[kind] = [0, 0, 0]
+            acc[0] += count
+            acc[1] += total
+            acc[2] += own
+        self._stages = None
+        return tuple(out), {k: KindSummary(*v) for k, v in by_kind.items()}
+
+    def __call__(self) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
+        return self.load()
 
 
 # --- streaming: a body produced chunk by chunk ------------------------------------------------

@@ -93,10 +93,17 @@ def _apply() -> Settings:
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )
-        _recorder.connect(_pipeline.submit)
+        _connect()
     if old is not None:
         old.retire()
     return new
+
+
+def _connect() -> None:
+    """Connect the recorder to the pipeline only while something receives timelines (sinks or
+    a `capture()`): recording alone then skips sealing finished timelines."""
+    wanted = STATE.pipeline is not None or bool(STATE.listeners)
+    _recorder.connect(_pipeline.submit if wanted else None)
 
 
 def configure(**options: Any) -> Settings:
@@ -177,6 +184,7 @@ def shutdown(timeout: float = 5.0) -> bool:
         if pipeline is None:
             return True
         STATE.pipeline = _pipeline.Pipeline(pipeline.sinks, pipeline.analyzers, pipeline.maxsize)
+        _connect()
     return pipeline.retire(timeout)
 
 
@@ -209,9 +217,10 @@ def listening() -> Iterator[list[Timeline]]:
     settings()  # resolve now: the recorder must be connected before the first timeline ends
     with STATE.lock:
         STATE.listeners = (*STATE.listeners, collected)
-        _recorder.connect(_pipeline.submit)
+        _connect()
     try:
         yield collected
     finally:
         with STATE.lock:
             STATE.listeners = tuple(t for t in STATE.listeners if t is not collected)
+            _connect()

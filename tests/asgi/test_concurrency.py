@@ -47,7 +47,7 @@ def test_500_concurrent_requests_and_long_websockets(tmp_path):
         [*args, "concurrency_app:app"], {"STAGETRACE_JSONL": str(jsonl)}, tmp_path / "log", port
     ) as base:
         asyncio.run(run(base))
-        timelines = read_timelines(jsonl, N + SOCKETS)
+        timelines = read_timelines(jsonl, N + SOCKETS, timeout=120)
     assert len(timelines) == N + SOCKETS
     assert len({t["path"] for t in timelines}) == N + SOCKETS
     for tl in timelines:

@@ -61,7 +61,7 @@ def test_gunicorn_prefork_threaded_workers(tmp_path):
     ]
     with serve(args, env, tmp_path / "gunicorn.log", port) as base:
         asyncio.run(_hammer(base, "/concurrent/r{}/", N, 32))
-        timelines = read_timelines(jsonl, N)
+        timelines = read_timelines(jsonl, N, timeout=120)
     _check(timelines, N, 5)
 
 
@@ -82,5 +82,5 @@ def test_uvicorn_django_asgi_with_gather_and_sync_to_async(tmp_path):
     ]
     with serve(args, env, tmp_path / "uvicorn.log", port) as base:
         asyncio.run(_hammer(base, "/aconcurrent/r{}/", N, 64))
-        timelines = read_timelines(jsonl, N)
+        timelines = read_timelines(jsonl, N, timeout=120)
     _check(timelines, N, 4)

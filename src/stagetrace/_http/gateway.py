@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _recorder
@@ -90,6 +89,51 @@ def begin_http(
     if not _recorder.sampled(cfg, path):
         return None
     h = request.headers
+    parent = H.traceparent(h.get("traceparent")) if "traceparent" in h else None
+    in_flight = STATE.in_flight
+    if len(in_flight) > MAX_IN_FLIGHT:
+        in_flight.clear()
+    attrs: dict[str, Any] = {
+        "process.pid": os.getpid(),
+        "thread.id": threading.get_ident(),
+        "stagetrace.in_flight": len(in_flight) + 1,
+    }
+    rid = h.get(cfg.request_id_header)
+    root = _recorder.begin(
+        cfg,
+        gateway,
+        kind="gateway",
+        framework=framework,
+        protocol=protocol,
+        method=request.method,
+        path=path,
+        attrs=attrs,
+        request_id=H.request_id(rid) if rid else None,
+        trace_id=parent[0] if parent else None,
+        parent_span_id=parent[1] if parent else None,
+        trace_flags=parent[2] if parent else 1,
+        tracestate=H.tracestate(h.get("tracestate")) if parent else None,
+        sample=False,
+    )
+    if root is not None:
+        tl = _recorder.timeline_of(root)
+        if tl is not None:
+            in_flight.add(tl)
+            # What the request says about itself is parsed when the timeline is built, on the
+            # worker: the request only keeps the raw values (plain strings, never exported raw).
+            tl.deferred = (request_attrs, (request, cfg, tl.wall0))
+            if STATE.context_hooks:
+                tl.context_tokens = attach(root, request)
+    return root
+
+
+def request_attrs(args: tuple[Request, Settings, int]) -> dict[str, Any]:
+    """The gateway attributes OpenTelemetry's HTTP server conventions name, from the raw
+    request: method, scheme, the query with its values redacted, server and client address,
+    user agent, protocol version, request body size, allowed headers, and the queue time the
+    proxy reported."""
+    request, cfg, wall0 = args
+    h = request.headers
     attrs: dict[str, Any] = {}
     if request.method is not None:
         attrs["http.request.method"] = request.method
@@ -115,41 +159,12 @@ def begin_http(
         attrs["http.request.body.size"] = size
     start = h.get("x-request-start") or h.get("x-queue-start")
     if start:
-        waited = H.queue_time_ns(start, time.time_ns())
+        waited = H.queue_time_ns(start, wall0)
         if waited is not None:
             attrs["stagetrace.queue_time_ns"] = waited
     if cfg.record_headers:
         attrs.update(H.header_attrs(h, cfg.record_headers))
-    parent = H.traceparent(h.get("traceparent"))
-    in_flight = STATE.in_flight
-    if len(in_flight) > MAX_IN_FLIGHT:
-        in_flight.clear()
-    attrs["process.pid"] = os.getpid()
-    attrs["thread.id"] = threading.get_ident()
-    attrs["stagetrace.in_flight"] = len(in_flight) + 1
-    root = _recorder.begin(
-        cfg,
-        gateway,
-        kind="gateway",
-        framework=framework,
-        protocol=protocol,
-        method=request.method,
-        path=path,
-        attrs=attrs,
-        request_id=H.request_id(h.get(cfg.request_id_header)),
-        trace_id=parent[0] if parent else None,
-        parent_span_id=parent[1] if parent else None,
-        trace_flags=parent[2] if parent else 1,
-        tracestate=H.tracestate(h.get("tracestate")) if parent else None,
-        sample=False,
-    )
-    if root is not None:
-        tl = _recorder.timeline_of(root)
-        if tl is not None:
-            in_flight.add(tl)
-            if STATE.context_hooks:
-                tl.context_tokens = attach(root, request)
-    return root
+    return attrs
 
 
 def release(root: _recorder.Record | None) -> None:

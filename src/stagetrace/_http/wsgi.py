@@ -30,6 +30,8 @@ def _environ_keys(wanted: frozenset[str]) -> tuple[tuple[str, str], ...]:
 def text(environ: Mapping[str, Any], key: str, default: str = "") -> str:
     """A WSGI string (latin-1 decoded bytes, by the spec) as the UTF-8 text it encodes."""
     raw = environ.get(key, default)
+    if type(raw) is str and raw.isascii():
+        return raw
     if not isinstance(raw, str):
         return default
     try:

@@ -97,9 +97,7 @@ def _context(tl: Timeline, stage: Stage) -> tuple[str | None, str | None]:
 
 def _group_queries(tl: Timeline) -> dict[str, list[Stage]]:
     groups: dict[str, list[Stage]] = {}
-    for st in tl.stages:
-        if st.kind != "db.query":
-            continue
+    for st in tl.of_kind("db.query"):
         text = sql_text(st)
         if text is None:
             continue
@@ -253,26 +251,25 @@ class DuplicateQueries:
 
 def _duplicate_groups(timeline: Timeline) -> list[list[Stage]]:
     """Queries marked ``stagetrace.duplicate_of``, grouped with their first execution."""
-    stages = timeline.stages
-    n = len(stages)
+    queries = timeline.of_kind("db.query")
+    n = len(queries)
+    stage = timeline.stage
     groups: dict[int, list[Stage]] = {}
-    for st in stages:
-        if st.kind != "db.query":
-            continue
+    for st in queries:
         dup = st.attrs.get("stagetrace.duplicate_of")
         if type(dup) is not int or not 0 <= dup < st.id:
             continue
         root = dup
         seen = 0
         while seen < n:  # follow chains to the first execution
-            nxt = stages[root].attrs.get("stagetrace.duplicate_of")
+            nxt = stage(root).attrs.get("stagetrace.duplicate_of")
             if type(nxt) is not int or not 0 <= nxt < root:
                 break
             root = nxt
             seen += 1
         group = groups.get(root)
         if group is None:
-            groups[root] = [stages[root], st]
+            groups[root] = [stage(root), st]
         else:
             group.append(st)
     return list(groups.values())

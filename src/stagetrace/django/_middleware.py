@@ -26,11 +26,16 @@ import wrapt
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
-from .._patching import leave
-from ._common import patcher
+from .._patching import abandon, leave
+from ._common import hop_started, patcher
 from ._common import thread_wait as _thread_wait
 
 _SITE = "django.middleware"
+_hop = hop_started.get
+
+# The wrappers below run once per middleware per request, so they inline what elsewhere would be
+# helper calls (a Python call costs more than the recorder's work itself); the guard rule is the
+# same: stagetrace's failures are reported, the request goes on.
 
 
 def _enter(name: str) -> Any:
@@ -43,9 +48,7 @@ def _enter(name: str) -> Any:
 
 def _mark_in(path: str) -> Any:
     try:
-        rec = _recorder.open_middleware(path)
-        _recorder.inner_begin(rec)
-        return rec
+        return _recorder.calls_next(path)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         return None
@@ -56,6 +59,11 @@ def _mark_out(rec: Any) -> None:
         _recorder.inner_end(rec)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
+
+
+def _failed_exit(rec: Any, exc: Exception) -> None:
+    _recorder.internal_error(_SITE, exc)
+    abandon(rec)
 
 
 def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
@@ -74,12 +82,21 @@ def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[...,
     else:
 
         def inner(request: Any) -> Any:  # type: ignore[misc]
-            rec = _mark_in(path) if _recorder.current() is not None else None
+            if _recorder.current() is None:
+                return get_response(request)
+            try:
+                rec = _recorder.calls_next(path)
+            except Exception as exc:
+                _recorder.internal_error(_SITE, exc)
+                rec = None
             try:
                 return get_response(request)
             finally:
                 if rec is not None:
-                    _mark_out(rec)
+                    try:
+                        _recorder.inner_end(rec)
+                    except Exception as exc:
+                        _recorder.internal_error(_SITE, exc)
 
     functools.update_wrapper(inner, get_response, updated=())
     return inner
@@ -162,14 +179,23 @@ class _SyncMiddleware(_MiddlewareProxy):
     def __call__(self, request: Any) -> Any:
         if not patcher.applied or _recorder.current() is None:
             return self.__wrapped__(request)
-        rec = _enter(self._self_path)
-        _thread_wait(rec)
+        try:
+            rec = _recorder.enter_middleware(self._self_path)
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            rec = None
+        if _hop() is not None:
+            _thread_wait(rec)
         try:
             response = self.__wrapped__(request)
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        leave(_SITE, rec)
+        if rec is not None:
+            try:
+                _recorder.exit(rec)
+            except Exception as exc:
+                _failed_exit(rec, exc)
         return response
 
 
@@ -177,13 +203,21 @@ class _AsyncMiddleware(_MiddlewareProxy):
     async def __call__(self, request: Any) -> Any:
         if not patcher.applied or _recorder.current() is None:
             return await self.__wrapped__(request)
-        rec = _enter(self._self_path)
+        try:
+            rec = _recorder.enter_middleware(self._self_path)
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            rec = None
         try:
             response = await self.__wrapped__(request)
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        leave(_SITE, rec)
+        if rec is not None:
+            try:
+                _recorder.exit(rec)
+            except Exception as exc:
+                _failed_exit(rec, exc)
         return response
 
 
