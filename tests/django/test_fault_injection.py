@@ -38,7 +38,8 @@ import stagetrace.starlette
 
 SRC = Path(stagetrace.__file__).parent
 #: The context variable's own get/set and the clock cannot fail; internal_error is the guard.
-NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect"}
+#: Fallbacks that run only after another hook failed are not hooks of their own.
+NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect", "abandon_job"}
 
 
 def _recorder_hooks() -> list[str]:
