@@ -85,10 +85,10 @@ def wait_for(timelines: list, count: int = 1) -> None:
     assert len(timelines) >= count
 
 
-def test_streamed_body_under_wsgiref_lasts_until_close(captured):
+def test_streamed_body_under_wsgiref_is_in_the_timeline(captured):
     """Under a real server (wsgiref on loopback) the timeline covers the body: a response.write
-    stage with the chunks and bytes, the chunks' production nested in it, the iterable's own
-    close() inside the timeline, and the request's facts on the gateway."""
+    stage with the chunks and bytes, the chunks' production nested in it, the moment the last
+    chunk was taken as http.response.sent_ns, and the request's facts on the gateway."""
     app = StagetraceMiddleware(apps.app, service="bare")
     with wsgiref_server(app) as url:
         r = requests.get(
@@ -123,8 +123,6 @@ def test_streamed_body_under_wsgiref_lasts_until_close(captured):
     assert write.attrs["chunks"] == 3 and write.attrs["http.response.body.size"] == 30
     chunks = [s for s in tl.stages if s.name.startswith("chunk")]
     assert [s.parent for s in chunks] == [write.id] * 3
-    cleanup = next(s for s in tl.stages if s.name == "cleanup")
-    assert cleanup.parent == root.id and cleanup.start_ns >= write.start_ns + write.duration_ns
     sent = root.attrs["http.response.sent_ns"]
     assert write.start_ns + write.duration_ns <= sent <= tl.duration_ns
     assert apps.CLOSED[-1] == "/stream"
@@ -218,6 +216,23 @@ def test_length_and_legacy_write_are_kept():
     assert got[0].status == 201 and got[0].stages[0].attrs["http.response.body.size"] == 5
     write = next(s for s in got[2].stages if s.kind == "response.write")
     assert write.attrs == {"chunks": 2, "http.response.body.size": 15}
+
+
+def test_the_iterables_close_is_in_the_timeline_when_the_server_stops_early(captured):
+    """A server that stops before the end of the body (the client went away) closes the
+    response: the iterable's own close() runs inside the timeline, which ends there."""
+    result = StagetraceMiddleware(apps.app)(environ("/stop"), lambda s, h, e=None: None)
+    it = iter(result)
+    assert next(it) == b"x" * 10
+    assert not captured
+    result.close()
+    tl = captured[0]
+    write = next(s for s in tl.stages if s.kind == "response.write")
+    cleanup = next(s for s in tl.stages if s.name == "cleanup")
+    assert write.attrs["chunks"] == 1
+    assert cleanup.parent == tl.stages[0].id
+    assert cleanup.start_ns >= write.start_ns + write.duration_ns
+    assert apps.CLOSED[-1] == "/stop"
 
 
 def test_closed_before_iterating_ends_the_timeline(captured):

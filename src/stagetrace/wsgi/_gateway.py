@@ -175,6 +175,7 @@ class _Response:
         iterating, self._iterating = self._iterating, None
         if iterating is not None:
             iterating.close()  # type: ignore[attr-defined]
+        exchange.finish_write()  # the server takes no more chunks
         close = getattr(self._result, "close", None)
         if close is None:
             exchange.end()
