@@ -12,9 +12,10 @@ timeline lasts beyond the application call, as the Django gateway's does:
   continuing, so its stages nest under ``response.write`` (`_recorder.carry`);
 * ``http.response.sent_ns`` when the last chunk was taken (`_recorder.mark_sent`);
 * the end of the timeline when the server calls ``close()`` on the response, or when it
-  took the last chunk, whichever comes first. (Test clients such as Werkzeug's leave
-  ``close()`` to the test, which rarely calls it; a server calls it right after the last
-  chunk. The application iterable's own ``close()`` is never called early.)
+  took the last chunk, whichever comes first, or — for callers that do neither, such as
+  Werkzeug's test client, which leaves ``close()`` to the test — when the response is
+  dropped. (A server calls ``close()`` right after the last chunk; the application
+  iterable's own ``close()`` is never called early.)
 
 The returned object is a thin iterable that forwards ``close()`` (and ``len()`` when the
 application's iterable has one, which some servers use to set ``Content-Length``). A response
@@ -192,6 +193,17 @@ class _Response:
         _recorder.restore(prev)
         exchange.end()
 
+    def __del__(self) -> None:
+        # A caller that neither took the last chunk nor closed the response (Werkzeug's test
+        # client leaves close() to the test, which rarely calls it) dropped it: the timeline
+        # ends now rather than never.
+        try:
+            exchange = self._exchange
+            if not exchange.done:
+                exchange.end()
+        except Exception as exc:
+            _recorder.internal_error("wsgi.dropped", exc)
+
 
 class _SizedResponse(_Response):
     """A `_Response` around an iterable with a length (a list of chunks, say): servers that
@@ -256,6 +268,16 @@ def _observe_file(result: Any, exchange: _Exchange) -> Any:
     return result
 
 
+def _forget_last_exception(root: list[Any]) -> None:
+    """Drop the timeline's cached last exception. The timeline stays in flight until the
+    server is done with the response; an exception the app handled (a routing ``NotFound``)
+    holds its traceback, whose frames hold the response we return — which would keep a
+    response that is dropped without ``close()`` alive for ever."""
+    tl = _recorder.timeline_of(root)
+    if tl is not None:
+        tl.last_exc = None
+
+
 def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framework: str) -> Any:
     """Run `app` for one WSGI request, recording it. A request inside a timeline that is
     already recording passes straight through (the outer gateway records it; a more specific
@@ -285,6 +307,7 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
         raise
     release(root)
     try:
+        _forget_last_exception(root)
         if _is_file_wrapper(result, environ):
             response: Any = _observe_file(result, exchange)
         else:
