@@ -291,12 +291,14 @@ def _after(call: Callable[..., Any], func: Any, attrs: dict[str, str]) -> Callab
     def after(*args: Any, **kwargs: Any) -> Any:
         try:
             rec = _recorder.enter_middleware(_function_name(func), attrs)
-            # All of it is outbound work: the inbound phase is empty.
+        except Exception as exc:
+            _recorder.internal_error("flask.hook", exc)
+            rec = None
+        try:  # all of it is outbound work: the inbound phase is empty
             _recorder.inner_begin(rec)
             _recorder.inner_end(rec)
         except Exception as exc:
             _recorder.internal_error("flask.hook", exc)
-            rec = None
         try:
             result = call(*args, **kwargs)
         except BaseException as exc:
