@@ -37,6 +37,7 @@ urlpatterns = [
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),
     path("api-use/", views.api_use),
+    path("tasks/receipt/<int:order_id>/", views.enqueue_receipt),
     path("", include(router.urls)),
     path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

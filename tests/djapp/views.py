@@ -210,3 +210,13 @@ def api_use(request):
         value = helper()
     stagetrace.current_timeline()
     return JsonResponse({"value": value})
+
+
+def enqueue_receipt(request, order_id):
+    """Send a Celery task (tests/celeryapp.py) from a view."""
+    from tests.celeryapp import send_receipt
+
+    result = send_receipt.delay(
+        order_id, url=request.GET.get("url"), fail_times=int(request.GET.get("fail", 0))
+    )
+    return JsonResponse({"task_id": result.id})

@@ -317,9 +317,10 @@ def _install() -> None:
     if patcher.applied:
         return
     _runtime.settings()  # a configuration error shows here, at start-up, not in a request
+    from flask.json import provider
+
     import flask
     from flask import ctx
-    from flask.json import provider
 
     patcher.start()
     app = flask.Flask
