@@ -31,10 +31,12 @@ pytest.importorskip("django")
 pytest.importorskip("starlette")
 pytest.importorskip("fastapi")
 pytest.importorskip("flask")
+pytest.importorskip("celery")
 
 from django.test import Client
 
 import stagetrace
+import stagetrace.celery
 import stagetrace.django
 import stagetrace.flask
 import stagetrace.starlette
@@ -104,6 +106,11 @@ ADAPTER_HOOKS = [
     ("stagetrace.flask._install", "_function_name"),
     ("stagetrace.flask._install", "_exception_name"),
     ("stagetrace.flask._install", "_matched"),
+    ("stagetrace.celery._install", "_stage_name"),
+    ("stagetrace.celery._install", "_result_attrs"),
+    ("stagetrace.celery._install", "_job_attrs"),
+    ("stagetrace.celery._install", "_header"),
+    ("stagetrace.celery._install", "_record_of"),
 ]
 
 HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS
@@ -459,6 +466,34 @@ def _flask() -> list[Any]:
     return out
 
 
+def _celery() -> list[Any]:
+    """Celery from a Django view: publishing to kombu's in-memory broker (the enqueue stage and
+    the trace context in the headers), an eager task inside the request (a nested stage), and
+    eager tasks outside any request (job timelines), one of them failing."""
+    from tests import celeryapp
+
+    conf = celeryapp.app.conf
+    conf.update(broker_url="memory://", task_always_eager=False)
+    out: list[Any] = []
+    try:
+        client = Client()
+        r = client.get("/tasks/receipt/1/")
+        out.append((r.status_code, sorted(r.json())))
+        conf.task_always_eager = True
+        r = client.get("/tasks/receipt/2/")
+        out.append((r.status_code, sorted(r.json())))
+        result = celeryapp.send_receipt.apply(args=(3,))
+        out.append((result.state, result.result))
+        failed = celeryapp.send_receipt.apply(args=(4,), kwargs={"fail_times": 9}, retries=3)
+        out.append((failed.state, str(failed.result)))
+    finally:
+        conf.update(broker_url=celeryapp.BROKER, task_always_eager=False)
+        from tests.djapp.models import Author
+
+        Author.objects.filter(name__startswith="receipt ").delete()  # other scenarios count
+    return out
+
+
 SCENARIOS: dict[str, Callable[[], Any]] = {
     "django-client": lambda: [*_django_client(), _django_raises()],
     "django-async-client": _django_async_client,
@@ -473,6 +508,7 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
     "fastapi": _fastapi,
     "flask": _flask,
     "wsgi": _bare_wsgi,
+    "celery": _celery,
 }
 
 
@@ -486,6 +522,14 @@ def _untraced(name: str) -> Any:
             return SCENARIOS[name]()
         finally:
             stagetrace.flask.instrument()
+    if name == "celery":
+        stagetrace.celery.uninstrument()
+        stagetrace.django.uninstrument()
+        try:
+            return SCENARIOS[name]()
+        finally:
+            stagetrace.django.instrument()
+            stagetrace.celery.instrument()
     if name == "wsgi":
         WSGI_TRACED[0] = False
         try:
@@ -511,7 +555,7 @@ def _recorded_normally(name: str) -> None:
     """After the fault: the next request on this thread is a complete timeline of its own."""
     assert stagetrace.current_timeline() is None
     with stagetrace.capture() as got:
-        if name.startswith("django"):
+        if name.startswith(("django", "celery")):
             Client().get("/books.json")
         elif name == "starlette":
             from starlette.testclient import TestClient
@@ -550,6 +594,8 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
         monkeypatch.setattr(stagetrace, "_undo_starlette", True, raising=False)
     if scenario == "flask":
         stagetrace.flask.instrument()
+    if scenario == "celery":
+        stagetrace.celery.instrument()
     try:
         if scenario not in _baseline:
             _baseline[scenario] = _untraced(scenario)
@@ -568,6 +614,8 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
             stagetrace.starlette.uninstrument()
         if scenario == "flask":
             stagetrace.flask.uninstrument()
+        if scenario == "celery":
+            stagetrace.celery.uninstrument()
 
 
 def test_every_hook_was_reached_by_some_adapter():

@@ -171,6 +171,7 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
     inside a live one (eager)."""
     if not patcher.applied or task is None:
         return
+    prev = _recorder.current()
     try:
         request = task.request
         attrs = _job_attrs(task, task_id, request)
@@ -202,14 +203,16 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
                 tracestate=H.tracestate(_header(request, "tracestate")) if parent else None,
             )
         if rec is not None:
-            setattr(request, _KEY, rec)
+            setattr(request, _KEY, (rec, prev))
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
+        _recorder.restore(prev)
 
 
 def _record_of(task: Any) -> Any:
     request = getattr(task, "request", None)
-    return getattr(request, _KEY, None) if request is not None else None
+    entry = getattr(request, _KEY, None) if request is not None else None
+    return entry[0] if entry is not None else None
 
 
 def _failure(sender: Any = None, exception: Any = None, **kwargs: Any) -> None:
@@ -235,11 +238,13 @@ def _retry(sender: Any = None, reason: Any = None, **kwargs: Any) -> None:
 def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: Any) -> None:
     if task is None:
         return
+    prev: Any = _ENQUEUE  # a marker: nothing taken from the request yet
     try:
         request = task.request
-        rec = getattr(request, _KEY, None)
-        if rec is None:
+        entry = getattr(request, _KEY, None)
+        if entry is None:
             return
+        rec, prev = entry
         delattr(request, _KEY)
         if state not in ("SUCCESS", "RETRY"):
             # An eager task whose exception propagates (task_eager_propagates) sends no
@@ -257,6 +262,8 @@ def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: 
             _recorder.finish(rec)
     except Exception as exc:
         _recorder.internal_error("celery.postrun", exc)
+        if prev is not _ENQUEUE:
+            _recorder.restore(prev)  # whatever failed, the thread goes back to where it was
 
 
 def _process_shutdown(**kwargs: Any) -> None:
