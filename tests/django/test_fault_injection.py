@@ -32,12 +32,14 @@ pytest.importorskip("starlette")
 pytest.importorskip("fastapi")
 pytest.importorskip("flask")
 pytest.importorskip("celery")
+pytest.importorskip("django_tasks")
 
 from django.test import Client
 
 import stagetrace
 import stagetrace.celery
 import stagetrace.django
+import stagetrace.django_tasks
 import stagetrace.flask
 import stagetrace.starlette
 
@@ -111,6 +113,8 @@ ADAPTER_HOOKS = [
     ("stagetrace.celery._install", "_job_attrs"),
     ("stagetrace.celery._install", "_header"),
     ("stagetrace.celery._install", "_record_of"),
+    ("stagetrace.django_tasks._install", "_task_path"),
+    ("stagetrace.django_tasks._install", "_enqueue_attrs"),
 ]
 
 HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS
@@ -494,6 +498,18 @@ def _celery() -> list[Any]:
     return out
 
 
+def _django_tasks() -> list[Any]:
+    """Django's tasks framework (immediate backend): enqueued from a view, succeeding and
+    failing, and from outside any request."""
+    from tests.djapp.tasks import record_order
+
+    client = Client()
+    out: list[Any] = [client.get(p).json() for p in ("/tasks/django/1/", "/tasks/django/2/?fail=1")]
+    out.append(record_order.enqueue(3).status.value)
+    out.append(record_order.enqueue(4, fail=True).status.value)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[], Any]] = {
     "django-client": lambda: [*_django_client(), _django_raises()],
     "django-async-client": _django_async_client,
@@ -509,6 +525,7 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
     "flask": _flask,
     "wsgi": _bare_wsgi,
     "celery": _celery,
+    "django-tasks": _django_tasks,
 }
 
 
@@ -596,6 +613,8 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
         stagetrace.flask.instrument()
     if scenario == "celery":
         stagetrace.celery.instrument()
+    if scenario == "django-tasks":
+        stagetrace.django_tasks.instrument()
     try:
         if scenario not in _baseline:
             _baseline[scenario] = _untraced(scenario)
@@ -616,6 +635,8 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
             stagetrace.flask.uninstrument()
         if scenario == "celery":
             stagetrace.celery.uninstrument()
+        if scenario == "django-tasks":
+            stagetrace.django_tasks.uninstrument()
 
 
 def test_every_hook_was_reached_by_some_adapter():

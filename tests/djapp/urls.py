@@ -38,6 +38,7 @@ urlpatterns = [
     path("big/", views.big_page),
     path("api-use/", views.api_use),
     path("tasks/receipt/<int:order_id>/", views.enqueue_receipt),
+    path("tasks/django/<int:order_id>/", views.enqueue_django_task),
     path("", include(router.urls)),
     path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

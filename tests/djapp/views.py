@@ -220,3 +220,11 @@ def enqueue_receipt(request, order_id):
         order_id, url=request.GET.get("url"), fail_times=int(request.GET.get("fail", 0))
     )
     return JsonResponse({"task_id": result.id})
+
+
+def enqueue_django_task(request, order_id):
+    """Enqueue a task of Django's tasks framework (tests/djapp/tasks.py) from a view."""
+    from .tasks import record_order
+
+    result = record_order.enqueue(order_id, fail=bool(request.GET.get("fail")))
+    return JsonResponse({"status": str(result.status.value)})
