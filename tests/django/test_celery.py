@@ -143,6 +143,9 @@ def celery_app(broker) -> Iterator[object]:
     yield celeryapp.app
     stagetrace.celery.uninstrument()
     celeryapp.app.conf.task_always_eager = False
+    from tests.djapp.models import Author
+
+    Author.objects.filter(name__startswith="receipt ").delete()  # eager runs wrote here
 
 
 def _stage(tl: dict, kind: str, name: str | None = None) -> dict:
