@@ -1,10 +1,11 @@
 """Fault injection: each of stagetrace's hooks made to raise, in turn, under every adapter
-(Django, and Starlette and FastAPI too: this module lives with the Django tests for their
-database and settings).
+(Django, and Starlette, FastAPI, Flask and the generic WSGI middleware too: this module lives
+with the Django tests for their database and settings).
 
 For every function of the recorder that an adapter calls, and every helper an adapter runs
 inside the host's request, a test replaces it with one that raises, serves a set of requests
-through Django (WSGI test client, WSGIHandler, ASGIHandler), Starlette and FastAPI, and checks:
+through Django (WSGI test client, WSGIHandler, ASGIHandler), Starlette, FastAPI, Flask and a
+bare WSGI app under the generic middleware, and checks:
 
 * every response is the same (status, headers but the volatile ones, body) as untraced;
 * the application's own exceptions reach the caller as the very same object;
@@ -29,11 +30,17 @@ import pytest
 pytest.importorskip("django")
 pytest.importorskip("starlette")
 pytest.importorskip("fastapi")
+pytest.importorskip("flask")
+pytest.importorskip("celery")
+pytest.importorskip("django_tasks")
 
 from django.test import Client
 
 import stagetrace
+import stagetrace.celery
 import stagetrace.django
+import stagetrace.django_tasks
+import stagetrace.flask
 import stagetrace.starlette
 
 SRC = Path(stagetrace.__file__).parent
@@ -92,6 +99,23 @@ ADAPTER_HOOKS = [
     ("stagetrace.starlette._install", "_matched"),
     ("stagetrace.starlette._install", "_task_name"),
     ("stagetrace.asgi._gateway", "begin"),
+    ("stagetrace.wsgi._gateway", "begin"),
+    ("stagetrace.wsgi._gateway", "begin_http"),
+    ("stagetrace.wsgi._gateway", "end_http"),
+    ("stagetrace.wsgi._gateway", "_is_file_wrapper"),
+    ("stagetrace.wsgi._gateway", "_observe_file"),
+    ("stagetrace.wsgi._gateway", "_forget_last_exception"),
+    ("stagetrace.flask._install", "_view_name"),
+    ("stagetrace.flask._install", "_function_name"),
+    ("stagetrace.flask._install", "_exception_name"),
+    ("stagetrace.flask._install", "_matched"),
+    ("stagetrace.celery._install", "_stage_name"),
+    ("stagetrace.celery._install", "_result_attrs"),
+    ("stagetrace.celery._install", "_job_attrs"),
+    ("stagetrace.celery._install", "_header"),
+    ("stagetrace.celery._install", "_record_of"),
+    ("stagetrace.django_tasks._install", "_task_path"),
+    ("stagetrace.django_tasks._install", "_enqueue_attrs"),
 ]
 
 HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS
@@ -362,6 +386,131 @@ def _django_async_client() -> list[Any]:
     return asyncio.run(run())
 
 
+WSGI_TRACED = [True]
+
+
+def _bare_wsgi() -> list[Any]:
+    """A bare WSGI app under the generic middleware, served by a PEP 3333 server loop; the
+    file response goes through wsgiref's file wrapper."""
+    import wsgiref.util
+
+    from stagetrace.wsgi import StagetraceMiddleware
+    from tests.wsgi import apps
+
+    app = StagetraceMiddleware(apps.app) if WSGI_TRACED[0] else apps.app
+    out: list[Any] = []
+    for path in ("/stream", "/list", "/write", "/file", "/broken", "/boom", "/stop"):
+        got: list[Any] = []
+
+        def start_response(status, headers, exc_info=None, got=got):
+            got.append((status, headers))
+            return got.append
+
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_X_REQUEST_START": "t=1e400",
+            "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": io.StringIO(),
+            "wsgi.file_wrapper": wsgiref.util.FileWrapper,
+        }
+        try:
+            result = app(environ, start_response)
+        except RuntimeError as exc:
+            out.append(("raised", exc is apps.RAISED[-1]))
+            continue
+        chunks = []
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+                if path == "/stop":
+                    break
+        except ValueError as exc:
+            chunks.append(("raised", exc is apps.RAISED[-1]))
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        out.append((got[0][0], got[0][1], chunks, [g for g in got[1:]]))
+    return out
+
+
+def _flask() -> list[Any]:
+    """The Flask test app through Flask's test client (testing mode off: errors become 500s),
+    and a propagated exception in testing mode."""
+    from tests.flask import app as flask_app
+
+    app = flask_app.create_app()
+    client = app.test_client()
+    out = []
+    for method, path in (
+        ("GET", "/books/1"),
+        ("GET", "/books"),
+        ("GET", "/page"),
+        ("GET", "/boom"),
+        ("GET", "/nowhere"),
+        ("GET", "/books/99"),
+        ("GET", "/crash"),
+        ("GET", "/maintenance"),
+        ("POST", "/items/3"),
+        ("GET", "/shop/orders/x"),
+        ("GET", "/stream"),
+        ("GET", "/async"),
+    ):
+        with client.open(path, method=method) as r:
+            out.append(_snapshot(r.status_code, r.headers.items(), r.data))
+    app.testing = True
+    try:
+        app.test_client().get("/crash")
+    except KeyError as exc:
+        out.append(exc is flask_app.RAISED[-1])
+    return out
+
+
+def _celery() -> list[Any]:
+    """Celery from a Django view: publishing to kombu's in-memory broker (the enqueue stage and
+    the trace context in the headers), an eager task inside the request (a nested stage), and
+    eager tasks outside any request (job timelines), one of them failing."""
+    from tests import celeryapp
+
+    conf = celeryapp.app.conf
+    conf.update(broker_url="memory://", task_always_eager=False)
+    out: list[Any] = []
+    try:
+        client = Client()
+        r = client.get("/tasks/receipt/1/")
+        out.append((r.status_code, sorted(r.json())))
+        conf.task_always_eager = True
+        r = client.get("/tasks/receipt/2/")
+        out.append((r.status_code, sorted(r.json())))
+        result = celeryapp.send_receipt.apply(args=(3,))
+        out.append((result.state, result.result))
+        failed = celeryapp.send_receipt.apply(args=(4,), kwargs={"fail_times": 9}, retries=3)
+        out.append((failed.state, str(failed.result)))
+    finally:
+        conf.update(broker_url=celeryapp.BROKER, task_always_eager=False)
+        from tests.djapp.models import Author
+
+        Author.objects.filter(name__startswith="receipt ").delete()  # other scenarios count
+    return out
+
+
+def _django_tasks() -> list[Any]:
+    """Django's tasks framework (immediate backend): enqueued from a view, succeeding and
+    failing, and from outside any request."""
+    from tests.djapp.tasks import record_order
+
+    client = Client()
+    out: list[Any] = [client.get(p).json() for p in ("/tasks/django/1/", "/tasks/django/2/?fail=1")]
+    out.append(record_order.enqueue(3).status.value)
+    out.append(record_order.enqueue(4, fail=True).status.value)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[], Any]] = {
     "django-client": lambda: [*_django_client(), _django_raises()],
     "django-async-client": _django_async_client,
@@ -374,6 +523,10 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
     ],
     "starlette": lambda: [*_starlette(), _starlette_raises()],
     "fastapi": _fastapi,
+    "flask": _flask,
+    "wsgi": _bare_wsgi,
+    "celery": _celery,
+    "django-tasks": _django_tasks,
 }
 
 
@@ -381,6 +534,26 @@ def _untraced(name: str) -> Any:
     """The scenario's responses with stagetrace switched off entirely."""
     if name.startswith(("starlette", "fastapi")):
         return SCENARIOS[name]()
+    if name == "flask":
+        stagetrace.flask.uninstrument()
+        try:
+            return SCENARIOS[name]()
+        finally:
+            stagetrace.flask.instrument()
+    if name == "celery":
+        stagetrace.celery.uninstrument()
+        stagetrace.django.uninstrument()
+        try:
+            return SCENARIOS[name]()
+        finally:
+            stagetrace.django.instrument()
+            stagetrace.celery.instrument()
+    if name == "wsgi":
+        WSGI_TRACED[0] = False
+        try:
+            return SCENARIOS[name]()
+        finally:
+            WSGI_TRACED[0] = True
     stagetrace.django.uninstrument()
     try:
         return SCENARIOS[name]()
@@ -400,18 +573,32 @@ def _recorded_normally(name: str) -> None:
     """After the fault: the next request on this thread is a complete timeline of its own."""
     assert stagetrace.current_timeline() is None
     with stagetrace.capture() as got:
-        if name.startswith("django"):
+        if name.startswith(("django", "celery")):
             Client().get("/books.json")
         elif name == "starlette":
             from starlette.testclient import TestClient
 
             TestClient(_starlette_app()).get("/json")
+        elif name == "flask":
+            from tests.flask.app import create_app
+
+            with create_app().test_client().get("/books/1") as r:
+                assert r.status_code == 200
+        elif name == "wsgi":
+            from stagetrace.wsgi import StagetraceMiddleware
+            from tests.wsgi import apps
+
+            result = StagetraceMiddleware(apps.app)(
+                {"REQUEST_METHOD": "GET", "PATH_INFO": "/stream"}, lambda s, h, e=None: None
+            )
+            assert b"".join(result) == b"x" * 30
+            result.close()
         else:
             _fastapi()
     assert got, "nothing recorded after the fault"
     tl = got[0]
     assert tl.stages[0].kind == "gateway" and tl.stages[0].parent is None
-    assert any(s.kind == "view" for s in tl.stages)
+    assert any(s.kind == ("response.write" if name == "wsgi" else "view") for s in tl.stages)
     assert all("unfinished" not in s.attrs for s in tl.stages if s.kind != "task")
     assert stagetrace.current_timeline() is None
 
@@ -423,6 +610,12 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
     if scenario.startswith(("starlette", "fastapi")):
         stagetrace.starlette.instrument()
         monkeypatch.setattr(stagetrace, "_undo_starlette", True, raising=False)
+    if scenario == "flask":
+        stagetrace.flask.instrument()
+    if scenario == "celery":
+        stagetrace.celery.instrument()
+    if scenario == "django-tasks":
+        stagetrace.django_tasks.instrument()
     try:
         if scenario not in _baseline:
             _baseline[scenario] = _untraced(scenario)
@@ -439,6 +632,12 @@ def test_a_failing_hook_never_changes_the_response(scenario, hook, monkeypatch):
     finally:
         if scenario.startswith(("starlette", "fastapi")):
             stagetrace.starlette.uninstrument()
+        if scenario == "flask":
+            stagetrace.flask.uninstrument()
+        if scenario == "celery":
+            stagetrace.celery.uninstrument()
+        if scenario == "django-tasks":
+            stagetrace.django_tasks.uninstrument()
 
 
 def test_every_hook_was_reached_by_some_adapter():

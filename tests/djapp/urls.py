@@ -39,6 +39,8 @@ urlpatterns = [
     path("api-use/", views.api_use),
     path("concurrent/<str:rid>/", views.concurrent),
     path("aconcurrent/<str:rid>/", views.aconcurrent),
+    path("tasks/receipt/<int:order_id>/", views.enqueue_receipt),
+    path("tasks/django/<int:order_id>/", views.enqueue_django_task),
     path("", include(router.urls)),
     path("__stagetrace__/", include("stagetrace.django.urls")),
 ]

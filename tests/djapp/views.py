@@ -250,3 +250,21 @@ async def aconcurrent(request, rid):
     await asyncio.gather(*(child(i) for i in range(3)))
     await sync_to_async(blocking)()
     return JsonResponse({"rid": rid})
+
+
+def enqueue_receipt(request, order_id):
+    """Send a Celery task (tests/celeryapp.py) from a view."""
+    from tests.celeryapp import send_receipt
+
+    result = send_receipt.delay(
+        order_id, url=request.GET.get("url"), fail_times=int(request.GET.get("fail", 0))
+    )
+    return JsonResponse({"task_id": result.id})
+
+
+def enqueue_django_task(request, order_id):
+    """Enqueue a task of Django's tasks framework (tests/djapp/tasks.py) from a view."""
+    from .tasks import record_order
+
+    result = record_order.enqueue(order_id, fail=bool(request.GET.get("fail")))
+    return JsonResponse({"status": str(result.status.value)})

@@ -1,0 +1,304 @@
+"""The Celery adapter end to end: a Django view enqueues a task on the Redis broker, a real
+Celery worker process runs it, and both processes' timelines reach one JSON lines file,
+linked through the W3C trace context carried in the message."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("celery")
+pytest.importorskip("redis")
+
+from django.test import Client
+
+import stagetrace
+import stagetrace.celery
+from tests.servers import ROOT, read_timelines
+
+from ..conftest import need_service
+
+DB = 14  # a Redis database of its own (the cache tests use 15); keys under a private prefix
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_target() -> Iterator[str]:
+    """A loopback HTTP server for the task's outbound call."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/ping"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[dict[str, str]]:
+    """A private Redis database and key prefix and queue for this run; every key under the
+    prefix is deleted afterwards."""
+    need_service("Redis", "127.0.0.1", 6379)
+    import redis
+
+    run = uuid.uuid4().hex[:12]
+    env = {
+        "STAGETRACE_TEST_BROKER": f"redis://127.0.0.1:6379/{DB}",
+        "STAGETRACE_TEST_PREFIX": f"stagetrace-test-{run}:",
+        "STAGETRACE_TEST_QUEUE": f"stagetrace-test-{run}",
+    }
+    yield env
+    client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
+    keys = list(client.scan_iter(match=env["STAGETRACE_TEST_PREFIX"] + "*"))
+    keys += list(client.scan_iter(match="*" + env["STAGETRACE_TEST_QUEUE"] + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def worker(broker, tmp_path_factory) -> Iterator[Path]:
+    """A real Celery worker (prefork pool, one child) running tests/celeryapp.py with Django
+    set up on a SQLite file; its timelines go to the returned JSON lines file."""
+    tmp = tmp_path_factory.mktemp("celery")
+    out = tmp / "timelines.jsonl"
+    db = tmp / "worker.sqlite3"
+    env = {
+        **os.environ,
+        **broker,
+        "DJANGO_SETTINGS_MODULE": "tests.djapp.worker_settings",
+        "STAGETRACE_TEST_DB": str(db),
+        "STAGETRACE_TEST_WORKER": "1",
+        "STAGETRACE_JSONL": str(out),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "-v", "0"], env=env, cwd=ROOT, check=True
+    )
+    log = tmp / "worker.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.celeryapp",
+                "worker",
+                "--pool=prefork",
+                "--concurrency=1",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-Q",
+                broker["STAGETRACE_TEST_QUEUE"],
+                "--loglevel=INFO",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def celery_app(broker) -> Iterator[object]:
+    """The test process's side: tests/celeryapp.py's app on the private broker, instrumented."""
+    from tests import celeryapp
+
+    celeryapp.app.conf.update(
+        broker_url=broker["STAGETRACE_TEST_BROKER"],
+        broker_transport_options={"global_keyprefix": broker["STAGETRACE_TEST_PREFIX"]},
+        task_default_queue=broker["STAGETRACE_TEST_QUEUE"],
+    )
+    stagetrace.celery.instrument()
+    yield celeryapp.app
+    stagetrace.celery.uninstrument()
+    celeryapp.app.conf.task_always_eager = False
+    from tests.djapp.models import Author
+
+    Author.objects.filter(name__startswith="receipt ").delete()  # eager runs wrote here
+
+
+def _stage(tl: dict, kind: str, name: str | None = None) -> dict:
+    found = [s for s in tl["stages"] if s["kind"] == kind and (name is None or s["name"] == name)]
+    assert len(found) == 1, (kind, name, [(s["kind"], s["name"]) for s in tl["stages"]])
+    return found[0]
+
+
+def _jobs(path: Path, count: int) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if path.exists():
+            found = read_timelines(path, 1)
+            jobs = [t for t in found if t["protocol"] == "job"]
+            if len(jobs) >= count:
+                return jobs
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} job timelines in {path}")
+
+
+def test_a_task_enqueued_by_a_view_runs_as_a_linked_timeline(worker, celery_app, http_target):
+    """The view's timeline has an `apply_async orders.send_receipt` task stage; the worker's
+    execution is a job timeline in the same trace whose parent span is that stage, with the
+    ORM, SQL and outbound HTTP stages of the task, and the time it waited in the queue."""
+    stagetrace.configure(jsonl=str(worker))
+    r = Client().get(f"/tasks/receipt/7/?url={http_target}", HTTP_X_REQUEST_ID="order-7")
+    assert r.status_code == 200
+    task_id = r.json()["task_id"]
+    stagetrace.flush()
+    web = next(t for t in read_timelines(worker, 1) if t["path"] == "/tasks/receipt/7/")
+    enqueue = _stage(web, "task", "apply_async orders.send_receipt")
+    assert enqueue["parent"] == _stage(web, "view")["id"]
+    assert enqueue["attrs"]["messaging.message.id"] == task_id
+    assert enqueue["attrs"]["messaging.destination.name"] == celery_app.conf.task_default_queue
+
+    jobs = [
+        j for j in _jobs(worker, 1) if j["stages"][0]["attrs"]["messaging.message.id"] == task_id
+    ]
+    job = jobs[0]
+    assert (job["protocol"], job["framework"], job["method"], job["path"]) == (
+        "job",
+        "celery",
+        None,
+        None,
+    )
+    root = job["stages"][0]
+    assert (root["kind"], root["name"]) == ("task", "orders.send_receipt")
+    assert job["trace_id"] == web["trace_id"]
+    enqueue_span = stagetrace.Timeline.from_dict(web).stage_span_id(enqueue["id"])
+    assert root["attrs"]["stagetrace.parent_span_id"] == enqueue_span
+    assert job["request_id"] == "order-7"
+    attrs = root["attrs"]
+    assert attrs["celery.task.state"] == "SUCCESS" and attrs["celery.task.retries"] == 0
+    assert attrs["process.pid"] != os.getpid()
+    assert 0 <= attrs["stagetrace.queue_time_ns"] < 60_000_000_000
+    kinds = {s["kind"] for s in job["stages"]}
+    assert {"db.connect", "db.query", "orm.compile", "http.client"} <= kinds, kinds
+    insert = next(
+        s for s in job["stages"] if s["kind"] == "db.query" and s["name"].startswith("INSERT")
+    )
+    assert "receipt" not in str(insert["attrs"])  # parameter values are never recorded
+    call = _stage(job, "http.client")
+    assert call["attrs"]["http.response.status_code"] == 204
+    assert all("unfinished" not in s["attrs"] for s in job["stages"])
+
+
+def test_a_retry_is_a_new_execution_linked_to_the_retry(worker, celery_app):
+    """A task that fails once and retries: the first execution (state RETRY, its error) has
+    an apply_async stage of its own; the second execution's parent span is that stage."""
+    stagetrace.configure(jsonl=str(worker))
+    task_id = Client().get("/tasks/receipt/8/?fail=1").json()["task_id"]
+    stagetrace.flush()
+    deadline = time.monotonic() + 30
+    while True:
+        mine = [
+            j
+            for j in _jobs(worker, 1)
+            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
+        ]
+        if len(mine) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    first, second = sorted(mine, key=lambda j: j["stages"][0]["attrs"]["celery.task.retries"])
+    assert first["stages"][0]["attrs"]["celery.task.state"] == "RETRY"
+    assert "attempt 0 failed" in first["stages"][0]["attrs"]["celery.task.retry_reason"]
+    retry = _stage(first, "task", "apply_async orders.send_receipt")
+    assert second["stages"][0]["attrs"]["celery.task.state"] == "SUCCESS"
+    assert second["trace_id"] == first["trace_id"]
+    retry_span = stagetrace.Timeline.from_dict(first).stage_span_id(retry["id"])
+    assert second["stages"][0]["attrs"]["stagetrace.parent_span_id"] == retry_span
+
+
+def test_eager_tasks_run_as_a_nested_stage_of_the_request(celery_app, captured):
+    """task_always_eager: the task runs inline, as a task stage nested in the enqueue stage,
+    with its ORM stages inside; no timeline of its own."""
+    celery_app.conf.task_always_eager = True
+    r = Client().get("/tasks/receipt/9/")
+    assert r.status_code == 200
+    assert len(captured) == 1
+    tl = captured[0]
+    enqueue = next(s for s in tl.stages if s.name == "apply_async orders.send_receipt")
+    run = next(s for s in tl.stages if s.name == "orders.send_receipt")
+    assert run.kind == "task" and run.parent == enqueue.id
+    assert run.attrs["celery.eager"] is True and run.attrs["celery.task.state"] == "SUCCESS"
+    queries = [s for s in tl.stages if s.kind == "db.query"]
+    assert queries and all(_descends(tl, q, run) for q in queries)
+
+
+def test_a_failing_eager_task_records_its_error(celery_app, captured):
+    """Outside a request an eager task is a job timeline of its own; its exception is
+    recorded on the root and reaches the caller unchanged."""
+    from tests.celeryapp import send_receipt
+
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    try:
+        with pytest.raises(RuntimeError, match="attempt"):
+            send_receipt.apply(args=(10,), kwargs={"fail_times": 5}, retries=3, throw=True)
+    finally:
+        celery_app.conf.task_eager_propagates = False
+    job = captured[-1]
+    assert job.protocol == "job" and job.framework == "celery"
+    assert job.stages[0].error is not None
+
+
+def test_instrument_is_idempotent_and_reversible():
+    """Patches and signal receivers come and go exactly once."""
+    import celery
+    from celery import signals
+    from celery.app import task as task_module
+
+    before = (
+        dict(vars(task_module.Task)),
+        dict(vars(celery.Celery)),
+        len(signals.task_prerun.receivers),
+    )
+    stagetrace.celery.instrument()
+    stagetrace.celery.instrument()
+    assert len(signals.task_prerun.receivers) == before[2] + 1
+    stagetrace.celery.uninstrument()
+    stagetrace.celery.uninstrument()
+    after = (
+        dict(vars(task_module.Task)),
+        dict(vars(celery.Celery)),
+        len(signals.task_prerun.receivers),
+    )
+    assert after == before
+
+
+def _descends(tl, stage, ancestor) -> bool:
+    by_id = {s.id: s for s in tl.stages}
+    while stage.parent is not None:
+        if stage.parent == ancestor.id:
+            return True
+        stage = by_id[stage.parent]
+    return False

@@ -1,0 +1,1 @@
+"""Generic WSGI middleware tests."""
