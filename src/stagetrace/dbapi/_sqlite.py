@@ -48,56 +48,62 @@ class _ConnectionMixin:
             _recorder.internal_error(_SITE, exc)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        factory = args[0] if args else kwargs.get("factory")
-        if factory is None:
-            return super().cursor(_traced_class(sys.modules["sqlite3"].Cursor, _CursorMixin))  # type: ignore[misc]
-        traced = _traced_class(factory, _CursorMixin)
-        if args:
-            args = (traced, *args[1:])
-        else:
-            kwargs["factory"] = traced
+        try:
+            factory = args[0] if args else kwargs.get("factory")
+            traced = _traced_class(factory or sys.modules["sqlite3"].Cursor, _CursorMixin)
+            if args:
+                args = (traced, *args[1:])
+            else:
+                kwargs = {**kwargs, "factory": traced}
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().execute(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_attrs, super().execute, args, kwargs, False)  # type: ignore[misc]
+        return _run(self, super().execute, args, kwargs, False)  # type: ignore[misc]
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().executemany(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_attrs, super().executemany, args, kwargs, True)  # type: ignore[misc]
+        return _run(self, super().executemany, args, kwargs, True)  # type: ignore[misc]
 
     def executescript(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().executescript(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_attrs, super().executescript, args, kwargs, None)  # type: ignore[misc]
+        return _run(self, super().executescript, args, kwargs, None)  # type: ignore[misc]
 
 
 class _CursorMixin:
     """Mixed into a ``sqlite3.Cursor`` (sub)class: records its statements."""
 
-    def _stagetrace_base(self) -> dict[str, Any]:
-        return getattr(self.connection, "_stagetrace_attrs", _BASE)  # type: ignore[attr-defined]
-
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().execute(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_base(), super().execute, args, kwargs, False)  # type: ignore[misc]
+        return _run(self, super().execute, args, kwargs, False)  # type: ignore[misc]
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().executemany(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_base(), super().executemany, args, kwargs, True)  # type: ignore[misc]
+        return _run(self, super().executemany, args, kwargs, True)  # type: ignore[misc]
 
     def executescript(self, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
             return super().executescript(*args, **kwargs)  # type: ignore[misc]
-        return _run(self._stagetrace_base(), super().executescript, args, kwargs, None)  # type: ignore[misc]
+        return _run(self, super().executescript, args, kwargs, None)  # type: ignore[misc]
+
+
+def base_attrs(obj: Any) -> dict[str, Any]:
+    """The attributes of the connection of `obj` (a connection or a cursor)."""
+    attrs = getattr(obj, "_stagetrace_attrs", None)
+    if attrs is None:
+        attrs = getattr(getattr(obj, "connection", None), "_stagetrace_attrs", _BASE)
+    return attrs
 
 
 def _run(
-    base: dict[str, Any],
+    obj: Any,
     method: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -110,7 +116,7 @@ def _run(
     try:
         sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
         params = args[1] if len(args) > 1 else kwargs.get("parameters")
-        rec, attrs = _query.enter_query(base, sql, params, bool(many))
+        rec, attrs = _query.enter_query(base_attrs(obj), sql, params, bool(many))
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         return method(*args, **kwargs)
