@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-sqlalchemy = pytest.importorskip("sqlalchemy")
-from sqlalchemy import create_engine, select, text
+pytest.importorskip("sqlalchemy")
+from sqlalchemy import create_engine, exc, select, text
 from sqlalchemy.orm import Session, selectinload
 
 import stagetrace
@@ -120,9 +120,7 @@ def test_an_orm_query_is_checkout_begin_compile_query_fetch_rollback(instrumente
             assert "secret" not in str(value)
 
 
-def test_lazy_loads_are_fetch_stages_around_their_queries_and_an_n_plus_one(
-    instrumented, engine
-):
+def test_lazy_loads_are_fetch_stages_around_their_queries_and_an_n_plus_one(instrumented, engine):
     """Touching a lazy relationship in a loop: each load is an `orm.fetch` stage holding its
     compile, query and fetch; the N+1 analyzer names the loop's line."""
 
@@ -191,7 +189,7 @@ def test_a_failing_statement_ends_its_stage_with_the_error(instrumented, engine)
 
     def run():
         with Session(engine) as s:
-            with pytest.raises(sqlalchemy.exc.DBAPIError):
+            with pytest.raises(exc.DBAPIError):
                 s.execute(text("SELECT * FROM no_such_table"))
             s.rollback()
             s.execute(text("SELECT 1"))

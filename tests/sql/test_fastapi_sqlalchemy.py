@@ -59,7 +59,7 @@ def test_n_plus_one_endpoint_has_every_stage_and_one_finding(example, captured):
     """GET /authors/n-plus-one: the request's stages from gateway to fetch, the session
     dependency (and its teardown after the response), and one n_plus_one finding naming the
     loop's file:line."""
-    module, client = example
+    _, client = example
     response = client.get("/authors/n-plus-one")
     assert response.status_code == 200 and len(response.json()) == 8
     (tl,) = captured
@@ -93,9 +93,7 @@ def test_n_plus_one_endpoint_has_every_stage_and_one_finding(example, captured):
     (checkout,) = [s for s in tl.stages if s.name == "pool checkout"]
     assert view in tl.ancestors(checkout)
     # the session's rollback at close runs in the dependency's teardown
-    assert any(
-        s.kind == "transaction" and teardown in tl.ancestors(s) for s in tl.stages
-    )
+    assert any(s.kind == "transaction" and teardown in tl.ancestors(s) for s in tl.stages)
     findings = [f for f in tl.findings if f.kind == "n_plus_one"]
     assert len(findings) == 1
     (finding,) = findings
