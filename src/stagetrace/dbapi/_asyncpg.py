@@ -104,7 +104,7 @@ def _connect(orig: Any) -> Any:
         if (
             _recorder.current() is None
             or not _query.patcher.applied
-            or _query.connect_recorded_elsewhere()
+            or _query.recorded_elsewhere()
         ):
             return await orig(*args, **kwargs)
         try:

@@ -114,7 +114,7 @@ def _async(many: bool) -> Any:
 
 
 def _enter_connect() -> Any:
-    if _query.connect_recorded_elsewhere():
+    if _query.recorded_elsewhere():
         return None
     try:
         return _recorder.enter("db.connect", "connect", _BASE)

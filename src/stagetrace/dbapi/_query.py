@@ -55,25 +55,16 @@ def params_key(params: Any) -> Any:
 
 
 def recorded_elsewhere() -> bool:
-    """Whether the current stage is a ``db.query`` (the ORM or Django records this statement
-    already: a driver underneath it adds nothing). On an internal error: True (record
-    nothing)."""
-    try:
-        return _recorder.nearest_open("db.query", 1) is not None
-    except Exception as exc:
-        _recorder.internal_error("dbapi.nesting", exc)
-        return True
-
-
-def connect_recorded_elsewhere() -> bool:
-    """Whether a connection being opened now is already recorded: inside a ``db.connect``
-    stage other than a pool checkout, or inside a ``db.query``. On an internal error: True."""
+    """Whether the database work starting now is recorded already: the current stage is a
+    ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect`` other
+    than a pool checkout (Django's or SQLAlchemy's connect, whose initialization queries and
+    driver-level connect belong to it). On an internal error: True (record nothing)."""
     try:
         if _recorder.nearest_open("db.query", 1) is not None:
             return True
-        return _recorder.nearest_open("db.connect", 1) is not None and not _recorder.is_open_for(
-            POOL_CHECKOUT, "db.connect"
-        )
+        return _recorder.nearest_open(
+            "db.connect", 1
+        ) is not None and not _recorder.is_open_for(POOL_CHECKOUT, "db.connect")
     except Exception as exc:
         _recorder.internal_error("dbapi.nesting", exc)
         return True

@@ -176,7 +176,7 @@ def _connect(orig: Any) -> Any:
             _recorder.internal_error(_SITE, exc)
             return orig(*args, **kwargs)
         rec = None
-        if _recorder.current() is not None and not _query.connect_recorded_elsewhere():
+        if _recorder.current() is not None and not _query.recorded_elsewhere():
             try:
                 db = _database(args, kwargs)
                 rec = _recorder.enter(
