@@ -61,9 +61,12 @@ def _begin(cursor: Any, query: Any, params: Any, many: bool) -> Any:
 
 def _done(cursor: Any, rec: Any, attrs: Any) -> None:
     if attrs is not None:
-        rows = _query.rows_of(cursor)
-        if rows is not None:
-            attrs["db.response.returned_rows"] = rows
+        try:
+            rows = _query.rows_of(cursor)
+            if rows is not None:
+                attrs["db.response.returned_rows"] = rows
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
     leave(_SITE, rec)
 
 

@@ -126,9 +126,12 @@ def _run(
         leave(_SITE, rec, exc)
         raise
     if attrs is not None and many is not None:
-        rows = _query.rows_of(result)
-        if rows is not None:
-            attrs["db.response.returned_rows"] = rows
+        try:
+            rows = _query.rows_of(result)
+            if rows is not None:
+                attrs["db.response.returned_rows"] = rows
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
     leave(_SITE, rec)
     return result
 
