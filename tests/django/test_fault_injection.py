@@ -101,6 +101,7 @@ ADAPTER_HOOKS = [
     ("stagetrace.dbapi._sqlite", "base_attrs"),
     ("stagetrace.dbapi._sqlite", "_traced_class"),
     ("stagetrace.sqlalchemy._install", "engine_attrs"),
+    ("stagetrace.sqlalchemy._install", "_query_params"),
     ("stagetrace.sqlalchemy._install", "_compile_name"),
     ("stagetrace.sqlalchemy._install", "_compile_attrs"),
     ("stagetrace.sqlalchemy._install", "_fetch_name"),
@@ -412,6 +413,7 @@ def _fastapi_sql() -> list[Any]:
                     sys.path.remove(example)
                     sys.modules.pop("app", None)
                     del os.environ[env]
+
         def job() -> None:
             conn = sqlite3.connect(":memory:")
             with stagetrace.timeline("job"):

@@ -101,11 +101,7 @@ def _method(name: str, on_statement: bool) -> Any:
 
 def _connect(orig: Any) -> Any:
     async def connect(*args: Any, **kwargs: Any) -> Any:
-        if (
-            _recorder.current() is None
-            or not _query.patcher.applied
-            or _query.recorded_elsewhere()
-        ):
+        if _recorder.current() is None or not _query.patcher.applied or _query.recorded_elsewhere():
             return await orig(*args, **kwargs)
         try:
             rec = _recorder.enter("db.connect", "connect", _BASE)

@@ -62,9 +62,9 @@ def recorded_elsewhere() -> bool:
     try:
         if _recorder.nearest_open("db.query", 1) is not None:
             return True
-        return _recorder.nearest_open(
-            "db.connect", 1
-        ) is not None and not _recorder.is_open_for(POOL_CHECKOUT, "db.connect")
+        return _recorder.nearest_open("db.connect", 1) is not None and not _recorder.is_open_for(
+            POOL_CHECKOUT, "db.connect"
+        )
     except Exception as exc:
         _recorder.internal_error("dbapi.nesting", exc)
         return True

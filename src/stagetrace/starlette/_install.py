@@ -36,8 +36,9 @@ import threading
 import weakref
 from typing import Any
 
-from .. import _recorder, _runtime, httpclients
+from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
+from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
 from .._patching import Patcher, leave, timed, timed_async
 from ..asgi import _gateway
@@ -780,6 +781,9 @@ def _install() -> None:
     patcher.when_imported("fastapi.responses", _install_fastapi_responses)
     _jinja2.install()
     httpclients.install()
+    # --- SQL: SQLAlchemy and the DB-API drivers, patched if and when they are imported ---
+    _sqlalchemy.install()
+    dbapi.install()
 
 
 def instrument() -> None:
@@ -812,3 +816,6 @@ def uninstrument() -> None:
         _patched_owners.clear()
         _jinja2.uninstall()
         httpclients.uninstall()
+        # --- SQL ---
+        _sqlalchemy.uninstall()
+        dbapi.uninstall()
