@@ -294,7 +294,9 @@ def test_with_starlette_testclient(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:django")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
-        ["*GET /books -> 200: N+1: 8× SELECT name FROM author WHERE id = ? at test_app.py:* in *books*"]
+        [
+            "*GET /books -> 200: N+1: 8× SELECT name FROM author WHERE id = ? at test_app.py:* in *books*"
+        ]
     )
     result.stdout.fnmatch_lines(["*expected at most 8 SQL queries, 9 ran in 1 request:"])
     result.stdout.fnmatch_lines(["*GET /books -> 200: * ms in 9 db.query stage(s)"])
