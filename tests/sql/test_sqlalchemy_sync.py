@@ -328,3 +328,18 @@ def test_elapsed_time_of_a_slow_statement_is_the_querys(instrumented, pg_engine)
     elapsed = time.perf_counter_ns() - t0
     (query,) = [s for s in tl.stages if s.kind == "db.query"]
     assert 50_000_000 <= query.duration_ns <= elapsed
+
+
+def test_yield_per_loads_in_chunks_each_a_fetch_stage(instrumented, engine):
+    """execution_options(yield_per=2): rows are loaded two at a time, as without stagetrace,
+    each chunk an `orm.fetch` stage where it is read."""
+
+    def run():
+        with Session(engine) as s:
+            result = s.scalars(select(User).execution_options(yield_per=2))
+            seen = [len(chunk) for chunk in result.partitions()]
+            assert seen == [2, 2, 2]
+
+    tl = job(run)
+    fetches = [s for s in tl.stages if s.kind == "orm.fetch"]
+    assert [s.attrs.get("rows") for s in fetches][:3] == [2, 2, 2]

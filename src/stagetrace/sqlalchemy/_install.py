@@ -330,7 +330,9 @@ def _instances(orig: Any) -> Any:
             try:
                 chunks = _traced_chunks(result.chunks, name)
                 result.chunks = chunks
-                result.iterator = itertools.chain.from_iterable(chunks(None))
+                # as ChunkedIteratorResult builds it (``yield_per`` was applied already)
+                size = getattr(result, "_yield_per", None) or None
+                result.iterator = itertools.chain.from_iterable(chunks(size))
             except Exception as exc:
                 _recorder.internal_error("sqlalchemy.fetch", exc)
             return result
