@@ -81,7 +81,9 @@ def orders(db: Db) -> list[dict[str, object]]:
         "SELECT o.id, o.customer, l.item FROM example_order o"
         " JOIN example_line l ON l.order_id = o.id ORDER BY o.id, l.id"
     ).fetchall()
-    out: dict[int, dict[str, object]] = {}
+    customers: dict[int, str] = {}
+    items: dict[int, list[str]] = {}
     for order_id, customer, item in rows:
-        out.setdefault(order_id, {"customer": customer, "items": []})["items"].append(item)  # type: ignore[union-attr]
-    return list(out.values())
+        customers[order_id] = customer
+        items.setdefault(order_id, []).append(item)
+    return [{"customer": customers[i], "items": items[i]} for i in customers]
