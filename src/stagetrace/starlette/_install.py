@@ -17,7 +17,8 @@ Where each stage comes from:
   ``_route_selected`` hook). Routers built before instrumentation are covered too.
 * view — ``Route.handle``/``WebSocketRoute.handle`` (and FastAPI's): the endpoint; exceptions it
   raises are recorded on it even when an exception handler turns them into a response.
-  FastAPI's dependency resolution and request validation are stages inside it.
+  FastAPI's dependency resolution (a ``dependencies`` stage, with one ``dependency`` stage per
+  dependency function, see below) and request validation are stages inside it.
 * serialize — ``JSONResponse.render`` (and FastAPI's JSON responses), FastAPI's
   ``serialize_response`` (response_model validation and encoding).
 * template — Jinja2 (`stagetrace.jinja2`); task — each ``BackgroundTask``, after the response:
@@ -25,6 +26,8 @@ Where each stage comes from:
   the root.
 * streaming — a sync iterator given to ``StreamingResponse`` is resumed where it left off, so
   stages it holds open across ``yield`` close correctly.
+* SQL — `stagetrace.sqlalchemy` and `stagetrace.dbapi` are installed with the adapter: SQLAlchemy
+  and the DB-API drivers are patched if and when they are imported.
 """
 
 from __future__ import annotations
