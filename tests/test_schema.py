@@ -84,7 +84,13 @@ def test_recorded_timelines_match_the_schema(validator):
     ("mutate", "message"),
     [
         (lambda d: d.pop("trace_id"), "missing field 'trace_id'"),
-        (lambda d: d.update(schema="stagetrace/timeline@2"), "unsupported schema"),
+        (lambda d: d.update(schema="stagetrace/timeline@3"), "unsupported schema"),
+        (
+            lambda d: (
+                d.update(schema="stagetrace/timeline@1") or d["stages"][4].update(kind="dependency")
+            ),
+            "unknown stage kind 'dependency'",
+        ),
         (lambda d: d["stages"][1].update(kind="sql"), "unknown stage kind 'sql'"),
         (lambda d: d["stages"][2].update(id=9), "id 9 is not its position 2"),
         (lambda d: d["stages"][1].pop("phases"), "missing field 'phases'"),
@@ -98,4 +104,28 @@ def test_from_dict_explains_what_is_wrong(mutate, message):
     data = doc_example()
     mutate(data)
     with pytest.raises(SchemaError, match=re.escape(message)):
+        Timeline.from_dict(data)
+
+
+def test_version_one_documents_are_read_and_written_back_as_the_current_version(validator):
+    """A stagetrace/timeline@1 document (no `dependency` stages) reads unchanged, and to_dict()
+    writes it as the current version, which validates against the shipped JSON Schema."""
+    data = doc_example()
+    data["schema"] = "stagetrace/timeline@1"
+    tl = Timeline.from_dict(data)
+    out = tl.to_dict()
+    assert out["schema"] == SCHEMA == "stagetrace/timeline@2"
+    validator.validate(out)
+    assert {**out, "schema": "stagetrace/timeline@1"} == data
+
+
+def test_the_dependency_kind_is_new_in_version_two(validator):
+    """A `dependency` stage is valid in @2 (model and JSON Schema) and in no earlier version."""
+    data = doc_example()
+    data["stages"][5]["kind"] = "dependency"
+    data["summary"]["by_kind"]["dependency"] = data["summary"]["by_kind"].pop("orm.compile")
+    validator.validate(data)
+    assert Timeline.from_dict(data).stages[5].kind == "dependency"
+    data["schema"] = "stagetrace/timeline@1"
+    with pytest.raises(SchemaError, match="unknown stage kind 'dependency'"):
         Timeline.from_dict(data)

@@ -39,7 +39,7 @@ class Builder:
 
     def __init__(self, **fields: Any) -> None:
         self.fields: dict[str, Any] = {
-            "schema": "stagetrace/timeline@1",
+            "schema": "stagetrace/timeline@2",
             "trace_id": "0af7651916cd43dd8448eb211c80319c",
             "span_id": "b7ad6b7169203331",
             "request_id": "0af7651916cd43dd8448eb211c80319c",

@@ -2,7 +2,8 @@
 
 These objects are built after a request ends (see `_pipeline.freeze`) and are what analyzers
 and sinks receive. `Timeline.to_dict()` is a public contract described in
-`docs/timeline-schema.md`; changing its shape means bumping `SCHEMA`.
+`docs/timeline-schema.md`; changing its shape (a field, or the vocabulary of stage kinds) means
+bumping `SCHEMA`, and `Timeline.from_dict` keeps reading every earlier version (`READS`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-SCHEMA = "stagetrace/timeline@1"
+SCHEMA = "stagetrace/timeline@2"
+SCHEMA_V1 = "stagetrace/timeline@1"
+#: Every schema version `Timeline.from_dict` reads (a @1 document is a @2 one without the
+#: ``dependency`` stage kind).
+READS = (SCHEMA, SCHEMA_V1)
 
 #: The fixed vocabulary of stage kinds shared by every adapter, in request order.
 KINDS: tuple[str, ...] = (
@@ -20,6 +25,7 @@ KINDS: tuple[str, ...] = (
     "middleware",
     "route",
     "view",
+    "dependency",  # new in stagetrace/timeline@2
     "orm.compile",
     "db.connect",
     "db.query",
@@ -35,6 +41,8 @@ KINDS: tuple[str, ...] = (
     "custom",
 )
 KIND_SET = frozenset(KINDS)
+#: The stage kinds of each earlier schema version.
+_KINDS_V1 = KIND_SET - {"dependency"}
 
 PROTOCOLS = ("http", "websocket", "job")
 
@@ -61,7 +69,8 @@ def stage_span_id(root_span_id: int, index: int) -> int:
 
 
 class SchemaError(ValueError):
-    """A dictionary does not follow the `stagetrace/timeline@1` schema."""
+    """A dictionary does not follow the timeline schema (`stagetrace/timeline@2`, or an earlier
+    version that `Timeline.from_dict` reads)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +419,7 @@ class Timeline:
         return new
 
     def to_dict(self) -> dict[str, Any]:
-        """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@1`."""
+        """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@2`."""
         return {
             "schema": SCHEMA,
             "trace_id": self.trace_id,
@@ -433,7 +442,8 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, data: Any) -> Timeline:
-        """Rebuild a timeline from `to_dict()` output; `SchemaError` says what is wrong."""
+        """Rebuild a timeline from `to_dict()` output, of this version or an earlier one
+        (``stagetrace/timeline@1``); `SchemaError` says what is wrong."""
         return _timeline_from_dict(data)
 
     def __eq__(self, other: object) -> bool:
@@ -484,12 +494,12 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 _NONE = type(None)
 
 
-def _stage_from_dict(d: Any, index: int) -> Stage:
+def _stage_from_dict(d: Any, index: int, kinds: frozenset[str] = KIND_SET) -> Stage:
     where = f"stages[{index}]"
     if not isinstance(d, Mapping):
         raise SchemaError(f"{where}: expected an object")
     kind = _need(d, "kind", str, where)
-    if kind not in KIND_SET:
+    if kind not in kinds:
         raise SchemaError(f"{where}: unknown stage kind {kind!r}")
     err = _need(d, "error", (Mapping, _NONE), where)
     error = None
@@ -525,11 +535,13 @@ def _timeline_from_dict(data: Any) -> Timeline:
     if not isinstance(data, Mapping):
         raise SchemaError("expected a JSON object")
     schema = data.get("schema")
-    if schema != SCHEMA:
-        raise SchemaError(f"unsupported schema {schema!r} (this version reads {SCHEMA!r})")
+    if schema not in READS:
+        readers = " and ".join(repr(v) for v in READS)
+        raise SchemaError(f"unsupported schema {schema!r} (this version reads {readers})")
+    kinds = KIND_SET if schema == SCHEMA else _KINDS_V1
     where = "timeline"
     stages_raw = _need(data, "stages", list, where)
-    stages = tuple(_stage_from_dict(s, i) for i, s in enumerate(stages_raw))
+    stages = tuple(_stage_from_dict(s, i, kinds) for i, s in enumerate(stages_raw))
     for i, st in enumerate(stages):
         if st.id != i:
             raise SchemaError(f"stages[{i}]: id {st.id} is not its position {i}")

@@ -90,17 +90,43 @@ def _is_user_code(code: Any) -> bool:
     return found
 
 
+def _greenlet_parents() -> Any:
+    """The frames at which the current greenlet's ancestors are suspended, innermost first.
+
+    Code run through a greenlet (SQLAlchemy's asyncio layer runs the ORM's sync code in one)
+    has a frame stack that ends where the greenlet started; the application's ``await`` that
+    started it is in the parent greenlet's stack."""
+    module = sys.modules.get("greenlet")
+    if module is None:
+        return
+    try:
+        g = module.getcurrent().parent
+    except Exception:
+        return
+    while g is not None:
+        frame = getattr(g, "gr_frame", None)
+        if frame is not None:
+            yield frame
+        g = g.parent
+
+
 def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
     """``code.file.path``, ``code.line.number`` and ``code.function.name`` of the first frame
     in the application's own code (outside the standard library, installed packages and
-    stagetrace), looking up from the caller; empty when there is none."""
+    stagetrace), looking up from the caller — and on into the parent greenlets' stacks when
+    the caller runs in a greenlet; empty when there is none."""
     try:
         frame: Any = sys._getframe(depth)
     except ValueError:
         return {}
+    parents = None
     for _ in range(limit):
         if frame is None:
-            return {}
+            if parents is None:
+                parents = _greenlet_parents()
+            frame = next(parents, None)
+            if frame is None:
+                return {}
         code = frame.f_code
         if _is_user_code(code):
             return {

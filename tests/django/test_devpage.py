@@ -85,13 +85,13 @@ def test_staff_sees_recent_requests_with_waterfalls(staff: User, memory: None) -
 @override_settings(DEBUG=True)
 def test_debug_opens_it_to_anyone_and_json_matches(memory: None) -> None:
     """Under DEBUG an anonymous user gets it; ``json/`` and ``?format=json`` give the same
-    timelines as the page, in the timeline@1 schema, ``?n=`` limits them."""
+    timelines as the page, in the current timeline schema, ``?n=`` limits them."""
     client = Client()
     served(client, "/books.json", "/api/count/", "/books/")
     page = page_data(client.get(PAGE).content.decode())
     body = client.get(JSON).json()
     assert body["enabled"] is True
-    assert body["schema"] == "stagetrace/timeline@1"
+    assert body["schema"] == stagetrace.SCHEMA
     assert [t["trace_id"] for t in body["timelines"]] == [t["trace_id"] for t in page["timelines"]]
     assert [t["path"] for t in body["timelines"]] == ["/books.json", "/api/count/", "/books/"]
     for t in body["timelines"]:

@@ -39,6 +39,7 @@ _KIND_COLOR = {
     "middleware": "\x1b[35m",
     "route": "\x1b[36m",
     "view": "\x1b[32m",
+    "dependency": "\x1b[32m",
     "orm.compile": "\x1b[33m",
     "db.connect": "\x1b[34m",
     "db.query": "\x1b[34m",
@@ -60,6 +61,7 @@ _SHORT_KIND = {
     "middleware": "mw",
     "route": "route",
     "view": "view",
+    "dependency": "dep",
     "orm.compile": "compile",
     "db.connect": "connect",
     "db.query": "sql",
@@ -77,7 +79,7 @@ _SHORT_KIND = {
 
 #: Kinds whose names are code paths, shown as their class or function (``SessionMiddleware``)
 #: unless ``verbose``.
-_CODE_KINDS = frozenset({"middleware", "view", "task", "serialize", "custom"})
+_CODE_KINDS = frozenset({"middleware", "view", "dependency", "task", "serialize", "custom"})
 #: Kinds whose names hold a model (``shop.Book``): shortened only when there is no room.
 _MODEL_KINDS = frozenset({"orm.fetch", "orm.compile"})
 #: Kinds whose names are paths read from their end (``…/_book_row.html``).

@@ -8,8 +8,10 @@
 
 Records, per request and websocket connection, the gateway, each middleware of the app's stack
 with its inbound and outbound phases, routing with the route template, the endpoint, FastAPI's
-dependency resolution and validation, serialization, Jinja2 templates and background tasks.
-`uninstrument()` undoes it.
+dependency resolution (each dependency a ``dependency`` stage, teardowns included) and
+validation, serialization, Jinja2 templates, background tasks, and — when the application uses
+them — SQLAlchemy and the sqlite3/psycopg/asyncpg drivers (`stagetrace.sqlalchemy`,
+`stagetrace.dbapi`). `uninstrument()` undoes it.
 """
 
 from __future__ import annotations

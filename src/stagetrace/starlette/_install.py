@@ -17,7 +17,8 @@ Where each stage comes from:
   ``_route_selected`` hook). Routers built before instrumentation are covered too.
 * view — ``Route.handle``/``WebSocketRoute.handle`` (and FastAPI's): the endpoint; exceptions it
   raises are recorded on it even when an exception handler turns them into a response.
-  FastAPI's dependency resolution and request validation are stages inside it.
+  FastAPI's dependency resolution (a ``dependencies`` stage, with one ``dependency`` stage per
+  dependency function, see below) and request validation are stages inside it.
 * serialize — ``JSONResponse.render`` (and FastAPI's JSON responses), FastAPI's
   ``serialize_response`` (response_model validation and encoding).
 * template — Jinja2 (`stagetrace.jinja2`); task — each ``BackgroundTask``, after the response:
@@ -25,18 +26,22 @@ Where each stage comes from:
   the root.
 * streaming — a sync iterator given to ``StreamingResponse`` is resumed where it left off, so
   stages it holds open across ``yield`` close correctly.
+* SQL — `stagetrace.sqlalchemy` and `stagetrace.dbapi` are installed with the adapter: SQLAlchemy
+  and the DB-API drivers are patched if and when they are imported.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 import weakref
 from typing import Any
 
-from .. import _recorder, _runtime, httpclients
+from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
+from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
 from .._patching import Patcher, leave, timed, timed_async
 from ..asgi import _gateway
@@ -527,7 +532,7 @@ def _install_fastapi_routing(module: Any) -> None:
             patcher.wrap(cls, "handle", _leaf_handle)
     if hasattr(module, "_route_selected"):
         patcher.wrap(module, "_route_selected", _route_selected)
-    patcher.wrap(module, "solve_dependencies", timed_async("view", "dependencies"))
+    patcher.wrap(module, "solve_dependencies", _solve_all)
     patcher.wrap(module, "serialize_response", timed_async("serialize", "response model"))
     if hasattr(module, "wrap_app_handling_exceptions"):
         patcher.wrap(module, "wrap_app_handling_exceptions", _wrap_handling)
@@ -536,7 +541,10 @@ def _install_fastapi_routing(module: Any) -> None:
 def _install_fastapi_validation(utils: Any) -> None:
     def params(orig: Any) -> Any:
         def request_params_to_args(fields: Any, *args: Any, **kwargs: Any) -> Any:
-            if not fields or _recorder.current() is None:
+            if _recorder.current() is None:
+                return orig(fields, *args, **kwargs)
+            _close_called()  # the last sub-dependency was called: FastAPI is back in the parent
+            if not fields:
                 return orig(fields, *args, **kwargs)
             try:
                 rec = _recorder.enter("serialize", "validate request params")
@@ -555,6 +563,205 @@ def _install_fastapi_validation(utils: Any) -> None:
 
     patcher.wrap(utils, "request_params_to_args", params)
     patcher.wrap(utils, "request_body_to_args", timed_async("serialize", "validate request body"))
+    # --- FastAPI dependencies: one `dependency` stage each ---
+    global _cache_key_of
+    models = sys.modules.get("fastapi.dependencies.models")
+    _cache_key_of = getattr(models, "_get_cache_key", None)
+    patcher.wrap(utils, "solve_dependencies", _solve_one)
+    if hasattr(utils, "_solve_generator"):
+        patcher.wrap(utils, "_solve_generator", _solve_generator)
+
+
+# --- FastAPI dependencies --------------------------------------------------------------------
+#
+# FastAPI resolves dependencies in ``fastapi.dependencies.utils.solve_dependencies``, which calls
+# itself (through the module's global name) for each sub-dependency, then calls the dependency
+# function in the *parent's* loop (or enters a ``yield`` dependency on an exit stack, in
+# ``_solve_generator``). So the stage of a dependency opens when FastAPI starts solving it
+# (its own sub-dependencies nest inside) and stays the current stage, marked "called", while
+# the parent calls the function; the next thing FastAPI does in the parent — solve the next
+# dependency, validate the parent's parameters, return — ends it. The call of the whole
+# resolution from ``fastapi.routing`` is the ``dependencies`` stage (kind ``view``) around them.
+# A ``yield`` dependency's teardown is a ``dependency`` stage with ``teardown: true`` where the
+# exit stack runs it (after the response for request-scoped ones: the request's stages end when
+# the response was sent, as for background tasks).
+
+_RESOLUTION = object()  # owner of the "dependencies" stage
+_DEPENDENCY = object()  # owner of each dependency's stage
+_CALLED = "called"  # aux of a dependency stage whose function FastAPI calls now
+_CACHED = {"cached": True}
+_TEARDOWN = {"teardown": True}
+_dependency_names: dict[Any, str] = {}
+_cache_key_of: Any = None
+
+
+def _dependency_name(call: Any) -> str:
+    try:
+        name = _dependency_names.get(call)
+    except TypeError:  # an unhashable callable
+        return qualname(call)
+    if name is None:
+        name = qualname(call)
+        if len(_dependency_names) < 1024:
+            _dependency_names[call] = name
+    return name
+
+
+def _close_called(exc: BaseException | None = None) -> None:
+    """End the current stage if it is a dependency FastAPI was calling."""
+    try:
+        if _recorder.is_open_for(_DEPENDENCY, "dependency"):
+            rec = _recorder.current()
+            if _recorder.aux(rec) == _CALLED:
+                _recorder.exit(rec, exc)
+    except Exception as e:
+        _recorder.internal_error("fastapi.dependency", e)
+
+
+def _resolving() -> bool:
+    """Whether FastAPI is solving dependencies in the current stage: the resolution, or a
+    dependency whose own sub-dependencies are being solved."""
+    if _recorder.is_open_for(_RESOLUTION, "view"):
+        return True
+    return _recorder.is_open_for(_DEPENDENCY, "dependency") and (
+        _recorder.aux(_recorder.current()) != _CALLED
+    )
+
+
+def _is_cached(dependant: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether FastAPI will take this dependency's value from the request's cache (as FastAPI
+    decides it; with ``dependency_overrides`` the override's key is looked up)."""
+    cache = kwargs.get("dependency_cache")
+    if not cache or not getattr(dependant, "use_cache", False):
+        return False
+    if _cache_key_of is not None:
+        key = _cache_key_of(dependant=dependant, uses_scopes_cache=kwargs.get("_uses_scopes_cache"))
+    else:
+        key = dependant.cache_key
+    return key in cache
+
+
+def _enter_dependency(kwargs: dict[str, Any]) -> tuple[Any, bool]:
+    _close_called()
+    if not _resolving():
+        return None, False
+    dependant = kwargs["dependant"]
+    cached = _is_cached(dependant, kwargs)
+    rec = _recorder.enter_owned(
+        "dependency", _dependency_name(dependant.call), _DEPENDENCY, _CACHED if cached else None
+    )
+    return rec, cached
+
+
+def _solve_one(orig: Any) -> Any:
+    async def solve_dependencies(**kwargs: Any) -> Any:
+        if _recorder.current() is None or not patcher.applied:
+            return await orig(**kwargs)
+        try:
+            rec, cached = _enter_dependency(kwargs)
+        except Exception as exc:
+            _recorder.internal_error("fastapi.dependency", exc)
+            rec, cached = None, False
+        if rec is None:
+            return await orig(**kwargs)
+        try:
+            solved = await orig(**kwargs)
+        except BaseException as exc:
+            _close_called(exc)
+            leave("fastapi.dependency", rec, exc)
+            raise
+        _close_called()
+        try:
+            if cached or getattr(solved, "errors", None):
+                leave("fastapi.dependency", rec)  # not called: invalid, or cached
+            elif _recorder.current() is rec:
+                _recorder.set_aux(rec, _CALLED)
+            else:  # pragma: no cover - something left a stage open inside: end it here
+                _recorder.finish(rec)
+        except Exception as exc:
+            _recorder.internal_error("fastapi.dependency", exc)
+            leave("fastapi.dependency", rec)
+        return solved
+
+    return solve_dependencies
+
+
+def _solve_all(orig: Any) -> Any:
+    async def solve_dependencies(**kwargs: Any) -> Any:
+        if _recorder.current() is None or not patcher.applied:
+            return await orig(**kwargs)
+        try:
+            rec = _recorder.enter_owned("view", "dependencies", _RESOLUTION)
+        except Exception as exc:
+            _recorder.internal_error("fastapi.dependency", exc)
+            rec = None
+        try:
+            solved = await orig(**kwargs)
+        except BaseException as exc:
+            _close_called(exc)
+            leave("fastapi.dependency", rec, exc)
+            raise
+        _close_called()
+        leave("fastapi.dependency", rec)
+        return solved
+
+    return solve_dependencies
+
+
+def _teardown_begin(box: list[Any], name: str) -> Any:
+    async def begin(exc_type: Any, exc: Any, tb: Any) -> bool:
+        if _recorder.current() is None:
+            return False
+        try:
+            if _recorder.response_sent():
+                _recorder.detach_to_root()
+            box[0] = _recorder.enter("dependency", name, _TEARDOWN)
+            box[1] = exc
+        except Exception as e:
+            _recorder.internal_error("fastapi.teardown", e)
+        return False
+
+    return begin
+
+
+def _teardown_end(box: list[Any]) -> Any:
+    async def end(exc_type: Any, exc: Any, tb: Any) -> bool:
+        rec, incoming = box[0], box[1]
+        box[0] = box[1] = None
+        if rec is not None:
+            try:  # an exception that was passing through already is not the teardown's
+                _recorder.finish(rec, exc if exc is not incoming else None)
+            except Exception as e:
+                _recorder.internal_error("fastapi.teardown", e)
+        return False
+
+    return end
+
+
+def _solve_generator(orig: Any) -> Any:
+    """A ``yield`` dependency: its setup runs in its own stage (opened by `_solve_one`); its
+    teardown, when the exit stack unwinds, is timed between two exit callbacks pushed around
+    the one FastAPI pushes."""
+
+    async def _solve_generator(**kwargs: Any) -> Any:
+        if _recorder.current() is None or not patcher.applied:
+            return await orig(**kwargs)
+        box: list[Any] = [None, None]
+        try:
+            stack = kwargs["stack"]
+            name = _dependency_name(kwargs["dependant"].call)
+            stack.push_async_exit(_teardown_end(box))
+        except Exception as exc:
+            _recorder.internal_error("fastapi.teardown", exc)
+            return await orig(**kwargs)
+        solved = await orig(**kwargs)
+        try:
+            stack.push_async_exit(_teardown_begin(box, name))
+        except Exception as exc:
+            _recorder.internal_error("fastapi.teardown", exc)
+        return solved
+
+    return _solve_generator
 
 
 def _install_fastapi_responses(module: Any) -> None:
@@ -577,6 +784,9 @@ def _install() -> None:
     patcher.when_imported("fastapi.responses", _install_fastapi_responses)
     _jinja2.install()
     httpclients.install()
+    # --- SQL: SQLAlchemy and the DB-API drivers, patched if and when they are imported ---
+    _sqlalchemy.install()
+    dbapi.install()
 
 
 def instrument() -> None:
@@ -609,3 +819,6 @@ def uninstrument() -> None:
         _patched_owners.clear()
         _jinja2.uninstall()
         httpclients.uninstall()
+        # --- SQL ---
+        _sqlalchemy.uninstall()
+        dbapi.uninstall()

@@ -1,0 +1,140 @@
+"""asyncpg: ``db.query`` for ``Connection.execute``/``executemany``/``fetch``/``fetchval``/
+``fetchrow``/``fetchmany`` and the same methods of prepared statements (pools hand out
+proxies of these connections, so ``pool.fetch(...)`` is covered too), ``db.connect`` for
+``asyncpg.connect``.
+
+Not recorded: cursors (``Connection.cursor``), ``copy_*``, ``prepare`` itself, and waiting for a
+connection from an ``asyncpg`` pool (connections it opens are recorded when that happens during
+a request).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from .. import _recorder
+from .._patching import leave
+from . import _query
+
+_SITE = "dbapi.asyncpg"
+_BASE = {"db.system.name": "postgresql"}
+_attrs_by_conn: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+_METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fetchmany")
+_STATEMENT_METHODS = ("executemany", "fetch", "fetchval", "fetchrow", "fetchmany")
+
+
+def conn_attrs(conn: Any) -> dict[str, Any]:
+    """``db.system.name``, ``db.namespace``, ``server.address``, ``server.port`` of a
+    connection (read once per connection)."""
+    try:
+        found = _attrs_by_conn.get(conn)
+    except TypeError:
+        found = None
+    if found is not None:
+        return found
+    attrs: dict[str, Any] = dict(_BASE)
+    params = getattr(conn, "_params", None)
+    database = getattr(params, "database", None)
+    if isinstance(database, str) and database:
+        attrs["db.namespace"] = database
+    addr = getattr(conn, "_addr", None)
+    if isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], str):
+        attrs["server.address"] = addr[0]
+        if isinstance(addr[1], int):
+            attrs["server.port"] = addr[1]
+    try:
+        _attrs_by_conn[conn] = attrs
+    except TypeError:
+        pass
+    return attrs
+
+
+def _statement_call(args: tuple[Any, ...], kwargs: dict[str, Any], many: bool) -> Any:
+    """The parameters of a connection method call ``(query, *args)`` or
+    ``executemany(command, args)``."""
+    rest = args[1:]
+    if many:
+        return rest[0] if rest else kwargs.get("args")
+    return tuple(rest)
+
+
+def _method(name: str, on_statement: bool) -> Any:
+    many = name in ("executemany", "fetchmany")
+
+    def make(orig: Any) -> Any:
+        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if (
+                _recorder.current() is None
+                or not _query.patcher.applied
+                or _query.recorded_elsewhere()
+            ):
+                return await orig(self, *args, **kwargs)
+            try:
+                if on_statement:
+                    conn = getattr(self, "_connection", None)
+                    query = self.get_query()
+                    params = (args[0] if args else kwargs.get("args")) if many else args
+                else:
+                    conn = self
+                    query = args[0] if args else kwargs.get("query", kwargs.get("command"))
+                    params = _statement_call(args, kwargs, many)
+                rec, attrs = _query.enter_query(conn_attrs(conn), query, params, many)
+            except Exception as exc:
+                _recorder.internal_error(_SITE, exc)
+                return await orig(self, *args, **kwargs)
+            try:
+                result = await orig(self, *args, **kwargs)
+            except BaseException as exc:
+                leave(_SITE, rec, exc)
+                raise
+            if attrs is not None and type(result) is list:
+                attrs["db.response.returned_rows"] = len(result)
+            leave(_SITE, rec)
+            return result
+
+        return method
+
+    return make
+
+
+def _connect(orig: Any) -> Any:
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        if _recorder.current() is None or not _query.patcher.applied or _query.recorded_elsewhere():
+            return await orig(*args, **kwargs)
+        try:
+            rec = _recorder.enter("db.connect", "connect", _BASE)
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            rec = None
+        try:
+            conn = await orig(*args, **kwargs)
+        except BaseException as exc:
+            leave(_SITE, rec, exc)
+            raise
+        try:
+            _recorder.set_attrs(rec, conn_attrs(conn))
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+        leave(_SITE, rec)
+        return conn
+
+    return connect
+
+
+def patch(module: Any) -> None:
+    """Patch asyncpg's connection and prepared statement methods and ``connect``."""
+    from asyncpg import connection, prepared_stmt
+
+    patcher = _query.patcher
+    for name in _METHODS:
+        if name in vars(connection.Connection):
+            patcher.wrap(connection.Connection, name, _method(name, False))
+    for name in _STATEMENT_METHODS:
+        if name in vars(prepared_stmt.PreparedStatement):
+            patcher.wrap(prepared_stmt.PreparedStatement, name, _method(name, True))
+    original = connection.connect
+    patcher.wrap(connection, "connect", _connect)
+    if getattr(module, "connect", None) is original:
+        patcher.replace(module, "connect", connection.connect)

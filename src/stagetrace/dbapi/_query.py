@@ -1,0 +1,131 @@
+"""The ``db.query`` and ``db.connect`` stages, shared by the SQL integrations (DB-API drivers
+and SQLAlchemy): the same attributes, and the same bookkeeping for the N+1 and duplicate-query
+analyzers as the Django adapter's execute wrapper (`_recorder.note_query`, `_sql.call_site`).
+
+Parameter values are never recorded unless the ``record_sql_params`` option is on; the SQL
+text keeps its placeholders. Attributes follow OpenTelemetry's database conventions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _recorder, _sql
+from .._patching import Patcher
+
+#: The DB-API drivers' patches (`stagetrace.dbapi`); wrappers left behind after `undo()` check
+#: ``patcher.applied`` and record nothing.
+patcher = Patcher("dbapi")
+
+#: Driver and dialect names as OpenTelemetry's ``db.system.name`` values.
+SYSTEMS = {
+    "postgresql": "postgresql",
+    "sqlite": "sqlite",
+    "mysql": "mysql",
+    "mariadb": "mariadb",
+    "oracle": "oracle.db",
+    "mssql": "microsoft.sql_server",
+}
+
+#: Owner of a pool checkout's ``db.connect`` stage: a connection opened inside it is its own
+#: (nested) stage, while one opened inside any other ``db.connect`` stage (Django's, or
+#: SQLAlchemy's own "connect") is already recorded there.
+POOL_CHECKOUT = object()
+
+
+def system_name(name: str) -> str:
+    """``db.system.name`` for a driver's or dialect's name."""
+    return SYSTEMS.get(name, name)
+
+
+def params_key(params: Any) -> Any:
+    """A hash of the parameters, to tell repeated identical queries (never stored)."""
+    try:
+        if type(params) is tuple:
+            return hash(params)
+        if type(params) is list:
+            return hash(tuple(params))
+        if isinstance(params, dict):
+            return hash(tuple(sorted(params.items())))
+        if params is None:
+            return 0
+    except TypeError:
+        pass
+    return None
+
+
+def recorded_elsewhere() -> bool:
+    """Whether the database work starting now is recorded already: the current stage is a
+    ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect`` other
+    than a pool checkout (Django's or SQLAlchemy's connect, whose initialization queries and
+    driver-level connect belong to it). On an internal error: True (record nothing)."""
+    try:
+        if _recorder.nearest_open("db.query", 1) is not None:
+            return True
+        return _recorder.nearest_open("db.connect", 1) is not None and not _recorder.is_open_for(
+            POOL_CHECKOUT, "db.connect"
+        )
+    except Exception as exc:
+        _recorder.internal_error("dbapi.nesting", exc)
+        return True
+
+
+def text_of(sql: Any, limit: int) -> tuple[str, str, str | None]:
+    """(SQL text as recorded, stage name, operation) of a statement: a string as it is (cut to
+    `limit`), bytes decoded; a composed object (psycopg's ``sql.Composed``, a template string)
+    only by its type, as its rendering may hold literal values."""
+    if type(sql) is bytes:
+        sql = sql.decode("utf-8", "replace")
+    if type(sql) is str:
+        text = sql if len(sql) <= limit else sql[:limit] + "…"
+        name, op = _sql.describe(text)
+        return text, name, op
+    return f"<{type(sql).__name__}>", "SQL", None
+
+
+def enter_query(
+    base: dict[str, Any],
+    sql: Any,
+    params: Any,
+    many: bool,
+    owner: object = None,
+) -> tuple[_recorder.Record | None, dict[str, Any] | None]:
+    """Open a ``db.query`` stage for `sql` with the connection's attributes `base`; returns the
+    record and its (own, mutable) attribute dict, (None, None) when not recording. With
+    `owner`, the stage can be found again with `_recorder.find_open(owner)`."""
+    tl = _recorder.live()
+    if tl is None:
+        return None, None
+    cfg = tl.settings
+    text, name, op = text_of(sql, cfg.max_sql_length)
+    attrs = dict(base)
+    attrs["db.query.text"] = text
+    if op:
+        attrs["db.operation.name"] = op
+    if many:
+        attrs["db.operation.batch.size"] = (
+            len(params) if isinstance(params, (list, tuple)) else None
+        )
+    if cfg.record_sql_params and params is not None:
+        attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
+    if owner is None:
+        rec = _recorder.enter("db.query", name, attrs)
+    else:
+        rec = _recorder.enter_owned("db.query", name, owner, attrs)
+    if rec is not None and not many and not text.startswith("<"):
+        repeat, dup = _recorder.note_query(rec, text, params_key(params))
+        if dup is not None:
+            attrs["stagetrace.duplicate_of"] = dup
+        if repeat:
+            attrs.update(_sql.call_site())
+    return rec, attrs
+
+
+def rows_of(cursor: Any) -> int | None:
+    """A DB-API cursor's ``rowcount`` when the driver knows it (rows returned by a query, or
+    affected by a change), else None."""
+    try:
+        count = cursor.rowcount
+    except Exception:
+        return None
+    return count if type(count) is int and count >= 0 else None

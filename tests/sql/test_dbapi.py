@@ -1,0 +1,259 @@
+"""SQL without an ORM: sqlite3, psycopg 3 (sync and async) and asyncpg used directly give
+``db.connect`` and ``db.query`` stages; objects stay what the application expects; Django's and
+SQLAlchemy's own recording is never doubled; instrumentation comes and goes."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import stagetrace
+import stagetrace.dbapi
+
+from .conftest import PG_HOST, PG_PORT
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_sqlite3"
+
+
+@pytest.fixture
+def instrumented() -> Iterator[None]:
+    stagetrace.dbapi.instrument()
+    yield
+    stagetrace.dbapi.uninstrument()
+
+
+def queries(tl):
+    return [s for s in tl.stages if s.kind == "db.query"]
+
+
+def test_sqlite3_connect_and_statements(instrumented, tmp_path):
+    """connect, execute (on the connection and on cursors), executemany and executescript are
+    stages with the database file, placeholders and the driver's row counts; the objects are
+    still sqlite3 connections and cursors."""
+    path = str(tmp_path / "raw.db")
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(path)
+        conn.executescript("CREATE TABLE t (id INTEGER, secret TEXT);")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "hush"), (2, "hush")])
+        cur = conn.cursor()
+        cur.execute("SELECT secret FROM t WHERE id = ?", (1,))
+        assert cur.fetchall() == [("hush",)]
+        assert conn.execute("UPDATE t SET secret = 'x' WHERE id > ?", (0,)).rowcount == 2
+        conn.close()
+    assert isinstance(conn, sqlite3.Connection) and isinstance(cur, sqlite3.Cursor)
+    (tl,) = got
+    (connect,) = [s for s in tl.stages if s.kind == "db.connect"]
+    assert connect.attrs == {"db.system.name": "sqlite", "db.namespace": path}
+    script, insert, select, update = queries(tl)
+    assert script.name == "CREATE" and "db.response.returned_rows" not in script.attrs
+    assert insert.attrs["db.operation.batch.size"] == 2
+    assert insert.attrs["db.response.returned_rows"] == 2
+    assert select.attrs["db.query.text"] == "SELECT secret FROM t WHERE id = ?"
+    assert select.attrs["db.namespace"] == path
+    assert update.attrs["db.response.returned_rows"] == 2
+    assert all("hush" not in str(s.attrs) for s in tl.stages)
+
+
+def test_sqlite3_factories_of_the_application_are_kept(instrumented, tmp_path):
+    """A connection factory and a cursor factory the application passes: the objects are still
+    instances of them (and recorded); a failing statement records its error and raises the
+    driver's own exception."""
+
+    class MyConnection(sqlite3.Connection):
+        marker = "conn"
+
+    class MyCursor(sqlite3.Cursor):
+        marker = "cursor"
+
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:", factory=MyConnection)
+        cur = conn.cursor(MyCursor)
+        cur.execute("SELECT 1")
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            conn.execute("SELECT * FROM missing")
+    assert isinstance(conn, MyConnection) and conn.marker == "conn"
+    assert isinstance(cur, MyCursor) and cur.marker == "cursor"
+    (tl,) = got
+    ok, failed = queries(tl)
+    assert ok.error is None
+    assert failed.error.type == "sqlite3.OperationalError"
+
+
+def test_an_n_plus_one_over_raw_sqlite3_in_a_fastapi_app(tmp_path, monkeypatch):
+    """The sqlite3 example: its N+1 endpoint's queries are stages under the view, with one
+    n_plus_one finding at the loop's line; the joined query has none; the connection opened in
+    the dependency is a db.connect stage."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    import stagetrace.starlette
+
+    monkeypatch.setenv("SQLITE_DATABASE", str(tmp_path / "example.db"))
+    sys.path.insert(0, str(EXAMPLE))
+    sys.modules.pop("app", None)
+    try:
+        import app as module
+
+        client = TestClient(module.app)
+        with stagetrace.capture() as got:
+            assert len(client.get("/orders/n-plus-one").json()) == 8
+            assert len(client.get("/orders").json()) == 8
+    finally:
+        sys.path.remove(str(EXAMPLE))
+        sys.modules.pop("app", None)
+        stagetrace.dbapi.uninstrument()
+        stagetrace.starlette.uninstrument()
+    n_plus_one, fixed = got
+    (view,) = [s for s in n_plus_one.stages if s.kind == "view" and "orders" in s.name]
+    assert len(queries(n_plus_one)) == 9
+    assert all(view in n_plus_one.ancestors(q) for q in queries(n_plus_one))
+    (connect,) = [s for s in n_plus_one.stages if s.kind == "db.connect"]
+    assert n_plus_one.stages[connect.parent].kind == "dependency"
+    (finding,) = n_plus_one.findings
+    assert finding.kind == "n_plus_one" and finding.attrs["count"] == 8
+    source = (EXAMPLE / "app.py").read_text().splitlines()
+    line = finding.attrs["code.line.number"]
+    assert Path(finding.attrs["code.file.path"]) == EXAMPLE / "app.py"
+    assert "example_line WHERE order_id = ?" in source[line - 1]
+    assert fixed.findings == () and len(queries(fixed)) == 1
+
+
+@pytest.fixture
+def pg_conninfo(pg_database):
+    return f"host={PG_HOST} port={PG_PORT} user=postgres dbname={pg_database}"
+
+
+def test_psycopg_sync(instrumented, pg_conninfo, pg_database):
+    """psycopg.connect, Connection.execute, cursors (client- and server-side), executemany:
+    stages with the database, server and row counts; a composed query is recorded by its type
+    only."""
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg import sql
+
+    with (
+        stagetrace.capture() as got,
+        stagetrace.timeline("job"),
+        psycopg.connect(pg_conninfo, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE TEMP TABLE t (id int)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO t VALUES (%s)", [(1,), (2,), (3,)])
+            cur.execute("SELECT id FROM t WHERE id > %s", (0,))
+            assert len(cur.fetchall()) == 3
+        with conn.transaction(), conn.cursor(name="server_side") as cur:
+            cur.execute("SELECT id FROM t")
+            cur.fetchall()
+        conn.execute(sql.SQL("SELECT {} FROM t").format(sql.Identifier("id")))
+    (tl,) = got
+    (connect,) = [s for s in tl.stages if s.kind == "db.connect"]
+    assert connect.attrs["db.namespace"] == pg_database
+    assert connect.attrs["server.address"] == PG_HOST and connect.attrs["server.port"] == PG_PORT
+    _create, insert, select, server_side, composed = queries(tl)
+    assert insert.attrs["db.operation.batch.size"] == 3
+    assert select.attrs["db.query.text"] == "SELECT id FROM t WHERE id > %s"
+    assert select.attrs["db.response.returned_rows"] == 3
+    assert select.attrs["db.namespace"] == pg_database
+    assert server_side.attrs["db.query.text"] == "SELECT id FROM t"
+    assert composed.attrs["db.query.text"] == "<Composed>"
+
+
+async def test_psycopg_async(instrumented, pg_conninfo):
+    """AsyncConnection.connect and AsyncCursor.execute are stages; errors are recorded."""
+    psycopg = pytest.importorskip("psycopg")
+    with stagetrace.capture() as got:
+        async with stagetrace.timeline("job"):
+            conn = await psycopg.AsyncConnection.connect(pg_conninfo)
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT %s::int", (1,))
+                with pytest.raises(psycopg.errors.UndefinedTable):
+                    await cur.execute("SELECT * FROM missing")
+            await conn.close()
+    (tl,) = got
+    assert [s.kind for s in tl.stages[1:]] == ["db.connect", "db.query", "db.query"]
+    assert tl.stages[3].error.type == "psycopg.errors.UndefinedTable"
+
+
+async def test_asyncpg(instrumented, pg_database):
+    """asyncpg.connect, execute, fetch/fetchrow/fetchval, executemany, prepared statements and
+    pools: stages with row counts; a transaction's BEGIN and COMMIT are queries too."""
+    asyncpg = pytest.importorskip("asyncpg")
+    dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{pg_database}"
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    with stagetrace.capture() as got:
+        async with stagetrace.timeline("job"):
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("CREATE TEMP TABLE t (id int)")
+            await conn.executemany("INSERT INTO t VALUES ($1)", [(1,), (2,)])
+            assert len(await conn.fetch("SELECT id FROM t WHERE id > $1", 0)) == 2
+            assert await conn.fetchval("SELECT count(*) FROM t") == 2
+            assert (await conn.fetchrow("SELECT id FROM t ORDER BY id"))["id"] == 1
+            stmt = await conn.prepare("SELECT id FROM t WHERE id = $1")
+            assert len(await stmt.fetch(2)) == 1
+            async with conn.transaction():
+                await conn.execute("DELETE FROM t WHERE id = $1", 1)
+            await conn.close()
+            assert await pool.fetchval("SELECT 41 + $1::int", 1) == 42
+    await pool.close()
+    (tl,) = got
+    (connect,) = [s for s in tl.stages if s.kind == "db.connect"]
+    assert connect.attrs["db.namespace"] == pg_database
+    names = [s.name for s in queries(tl)]
+    assert names[:10] == [
+        "CREATE",
+        "INSERT t",
+        "SELECT t",
+        "SELECT t",
+        "SELECT t",
+        "SELECT t",
+        "BEGIN",
+        "DELETE t",
+        "COMMIT",
+        "SELECT",
+    ]
+    assert names[10:] == ["SELECT"]  # the pool resets the connection it got back
+    assert "pg_advisory_unlock_all" in queries(tl)[10].attrs["db.query.text"]
+    fetch = queries(tl)[2]
+    assert fetch.attrs["db.response.returned_rows"] == 2
+    assert fetch.attrs["db.query.text"] == "SELECT id FROM t WHERE id > $1"
+    assert queries(tl)[1].attrs["db.operation.batch.size"] == 2
+
+
+def test_instrumentation_is_reversible_and_idempotent(tmp_path):
+    """instrument() twice patches once; uninstrument() puts sqlite3.connect (and psycopg's and
+    asyncpg's entry points) back; connections made while instrumented go quiet."""
+    import asyncpg
+    import psycopg
+
+    before = (
+        sqlite3.connect,
+        sqlite3.dbapi2.connect,
+        vars(psycopg.Cursor)["execute"],
+        vars(psycopg.Connection)["connect"],
+        asyncpg.connect,
+        vars(asyncpg.connection.Connection)["fetch"],
+    )
+    stagetrace.dbapi.instrument()
+    stagetrace.dbapi.instrument()
+    assert sqlite3.connect is not before[0] and sqlite3.dbapi2.connect is sqlite3.connect
+    conn = sqlite3.connect(":memory:")
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn.execute("SELECT 1")
+    assert got[0].count("db.query") == 1
+    stagetrace.dbapi.uninstrument()
+    after = (
+        sqlite3.connect,
+        sqlite3.dbapi2.connect,
+        vars(psycopg.Cursor)["execute"],
+        vars(psycopg.Connection)["connect"],
+        asyncpg.connect,
+        vars(asyncpg.connection.Connection)["fetch"],
+    )
+    assert after == before
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn.execute("SELECT 1")
+        sqlite3.connect(":memory:").execute("SELECT 1")
+    assert got[0].count("db.query") == 0 and got[0].count("db.connect") == 0

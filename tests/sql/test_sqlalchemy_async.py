@@ -1,0 +1,155 @@
+"""SQLAlchemy's asyncio extension on PostgreSQL through asyncpg and on SQLite through
+aiosqlite: the ORM's sync code runs in greenlets, and the stages still nest in the request, the
+rows are still loaded in a fetch stage, and an N+1 still names the application's own line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("greenlet")
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import selectinload
+
+import stagetrace
+import stagetrace.dbapi
+import stagetrace.sqlalchemy
+
+from .conftest import pg_url
+from .models import Base, Post, User, seed_rows
+
+
+@pytest.fixture
+def instrumented() -> Iterator[None]:
+    stagetrace.sqlalchemy.instrument()
+    yield
+    stagetrace.sqlalchemy.uninstrument()
+
+
+@pytest.fixture(params=["asyncpg", "aiosqlite"])
+async def engine(request, tmp_path):
+    if request.param == "asyncpg":
+        pytest.importorskip("asyncpg")
+        eng = create_async_engine(pg_url("asyncpg", request.getfixturevalue("pg_database")))
+    else:
+        pytest.importorskip("aiosqlite")
+        eng = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'sa.db'}")
+    async with eng.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    async with AsyncSession(eng) as s:
+        s.add_all(seed_rows())
+        await s.commit()
+    yield eng
+    async with eng.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+    await eng.dispose()
+
+
+async def job(fn):
+    async with stagetrace.timeline("job"):
+        await fn()
+
+
+async def test_async_session_stages_nest_in_the_timeline(instrumented, engine, captured):
+    """An AsyncSession query: checkout, begin, compile, query, fetch (the pre-buffered rows,
+    with their count), and the commit — all children of the job, in order."""
+
+    async def run():
+        async with AsyncSession(engine) as s:
+            users = (await s.scalars(select(User))).all()
+            assert len(users) == 6
+            await s.commit()
+
+    await job(run)
+    (tl,) = captured
+    assert [(s.kind, s.name, s.parent) for s in tl.stages[1:6]] == [
+        ("db.connect", "pool checkout", 0),
+        ("transaction", "begin", 0),
+        ("orm.compile", "SELECT st_user", 0),
+        ("db.query", "SELECT st_user", 0),
+        ("orm.fetch", "User", 0),
+    ]
+    assert tl.stages[5].attrs["rows"] == 6
+    commits = [s for s in tl.stages if s.kind == "transaction" and s.name == "commit"]
+    assert len(commits) == 1
+    query = tl.stages[4]
+    assert query.attrs["db.system.name"] == engine.dialect.name
+    if engine.dialect.name == "postgresql":
+        assert query.attrs["db.response.returned_rows"] == 6
+
+
+async def test_an_async_n_plus_one_names_the_awaiting_line(instrumented, engine, captured):
+    """A query per row awaited in a loop: the ORM runs it in a greenlet, and the N+1 finding
+    still names the line of the application's ``await``."""
+
+    async def run():
+        async with AsyncSession(engine) as s:
+            users = (await s.scalars(select(User))).all()
+            for user in users:
+                (await s.scalars(select(Post).where(Post.user_id == user.id))).all()
+
+    await job(run)
+    (tl,) = captured
+    (finding,) = [f for f in tl.findings if f.kind == "n_plus_one"]
+    assert finding.attrs["count"] == 6
+    assert finding.attrs["code.file.path"] == __file__
+    assert finding.attrs["code.line.number"] == run.__code__.co_firstlineno + 4
+    assert finding.attrs["code.function.name"].endswith("run")
+
+
+async def test_async_selectinload_and_awaitable_lazy_loads(instrumented, engine, captured):
+    """selectinload's batch nests in the parent fetch; a lazy load run through ``run_sync`` is
+    a fetch stage around its query."""
+
+    async def run():
+        async with AsyncSession(engine) as s:
+            users = (await s.scalars(select(User).options(selectinload(User.posts)))).all()
+            assert sum(len(u.posts) for u in users) == 12
+        async with AsyncSession(engine) as s:
+            post = await s.get(Post, 1)
+            user = await s.run_sync(lambda _: post.user)  # a lazy load, in a greenlet
+            assert user.id == 1
+
+    await job(run)
+    (tl,) = captured
+    parent = next(s for s in tl.stages if s.kind == "orm.fetch" and s.name == "User")
+    (batch,) = [s for s in tl.stages if s.name == "selectin load User.posts"]
+    assert batch.parent == parent.id
+    assert [tl.stages[i].kind for i in range(batch.id + 1, batch.id + 4)] == [
+        "orm.compile",
+        "db.query",
+        "orm.fetch",
+    ]
+    (lazy,) = [s for s in tl.stages if s.name == "lazy load Post.user"]
+    assert [s.kind for s in tl.stages if s.parent == lazy.id] == [
+        "orm.compile",
+        "db.query",
+        "orm.fetch",
+    ]
+
+
+async def test_the_async_driver_underneath_adds_nothing(instrumented, engine, captured):
+    """asyncpg (and sqlite3 under aiosqlite) instrumented too: one `db.query` per statement;
+    asyncpg's own COMMIT shows inside SQLAlchemy's commit stage, not as a second query."""
+    stagetrace.dbapi.instrument()
+    try:
+        await engine.dispose()
+
+        async def run():
+            async with AsyncSession(engine) as s:
+                await s.execute(text("SELECT 1"))
+                await s.commit()
+
+        await job(run)
+    finally:
+        stagetrace.dbapi.uninstrument()
+    (tl,) = captured
+    queries = [s for s in tl.stages if s.kind == "db.query"]
+    assert queries[0].name == "SELECT"
+    for q in queries[1:]:
+        assert tl.stages[q.parent].kind == "transaction", q.name
+    assert all(tl.stages[q.parent].kind != "db.query" for q in queries)
