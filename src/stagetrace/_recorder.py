@@ -1003,9 +1003,9 @@ def _seal(tl: Live) -> Sealed:
                 internal_error("recorder.attrs", exc)
                 attrs = None
         aux_ = r[9]
-        if type(aux_) is list:
+        if r[2] == "middleware" and type(aux_) is list:
             aux_ = (aux_[0], aux_[1], aux_[2])
-        elif aux_ is not None:
+        else:  # adapters' scratch data on other stages is not part of the timeline
             aux_ = None
         extend((pi, r[2], name, r[4], r[5], attrs, r[7], aux_))
     del tl[:]
