@@ -41,7 +41,7 @@ def _check(timelines: list[dict], n: int, expected_children: int) -> None:
 
 
 def test_gunicorn_prefork_threaded_workers(tmp_path):
-    """gunicorn with 3 prefork workers of 4 threads each, 300 requests 32 at a time, each
+    """gunicorn with 3 prefork workers of 4 threads each, 300 requests 16 at a time, each
     request also running work on a thread pool of its own."""
     pytest.importorskip("gunicorn")
     port = free_port()
@@ -55,12 +55,14 @@ def test_gunicorn_prefork_threaded_workers(tmp_path):
         "4",
         "--worker-class",
         "gthread",
+        "--timeout",
+        "300",
         "--bind",
         f"127.0.0.1:{port}",
         "django.core.wsgi:get_wsgi_application()",
     ]
     with serve(args, env, tmp_path / "gunicorn.log", port) as base:
-        asyncio.run(_hammer(base, "/concurrent/r{}/", N, 32))
+        asyncio.run(_hammer(base, "/concurrent/r{}/", N, 16))
         timelines = read_timelines(jsonl, N, timeout=120)
     _check(timelines, N, 5)
 
