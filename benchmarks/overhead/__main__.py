@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # e.g. PostgreSQL not running: report, go on
                 summary = {
                     "title": _runner.APP_TITLES[app],
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
                     "rounds": rounds,
                     "endpoints": [],
                     "configs": {},
