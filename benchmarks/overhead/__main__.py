@@ -53,18 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"configurations, comma-separated (none is always included): {', '.join(CONFIGS)}",
     )
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 30, quick 8)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 30, quick 6)")
     p.add_argument(
         "--block-ms",
         type=float,
-        help="target length of one block of requests (default 30, quick 25)",
+        help="target length of one block of requests (default 30, quick 20)",
     )
     p.add_argument("--warmup", type=float, help="warm-up seconds per endpoint (default 1)")
     p.add_argument(
         "--max-wait",
         type=float,
         help="minutes the run may spend waiting for other processes to leave the CPUs "
-        "(default 3, quick 0.5)",
+        "(default 3, quick 0.25)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the shuffled block order")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         only |= {"django-sqlite", "django-postgres"}
     apps = [a for a in _runner.APPS if a in only]
     configs = ["none", *(c for c in (args.configs or CONFIGS) if c != "none")]
-    rounds = args.rounds or (8 if args.quick else 30)
-    block_s = (args.block_ms or (25.0 if args.quick else 30.0)) / 1000
+    rounds = args.rounds or (6 if args.quick else 30)
+    block_s = (args.block_ms or (20.0 if args.quick else 30.0)) / 1000
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     scale = args.scale if args.scale is not None else not args.quick
     quiet = _runner.QuietWaiter(
-        60 * (args.max_wait if args.max_wait is not None else (0.5 if args.quick else 3.0))
+        60 * (args.max_wait if args.max_wait is not None else (0.25 if args.quick else 3.0))
     )
 
     def write(line: str) -> None:
