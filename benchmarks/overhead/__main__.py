@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,18 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"configurations, comma-separated (none is always included): {', '.join(CONFIGS)}",
     )
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 40, quick 8)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 30, quick 6)")
     p.add_argument(
         "--block-ms",
         type=float,
-        help="target length of one block of requests (default 30, quick 25)",
+        help="target length of one block of requests (default 30, quick 20)",
     )
     p.add_argument("--warmup", type=float, help="warm-up seconds per endpoint (default 1)")
     p.add_argument(
         "--max-wait",
         type=float,
         help="minutes the run may spend waiting for other processes to leave the CPUs "
-        "(default 4, quick 1)",
+        "(default 3, quick 0.25)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the shuffled block order")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -92,8 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the clean-up: children, databases
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     started = time.monotonic()
     _runner.DDTRACE_AGENT["mode"] = args.ddtrace_agent
     only = set(args.only or _runner.APPS)
@@ -101,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         only |= {"django-sqlite", "django-postgres"}
     apps = [a for a in _runner.APPS if a in only]
     configs = ["none", *(c for c in (args.configs or CONFIGS) if c != "none")]
-    rounds = args.rounds or (8 if args.quick else 40)
-    block_s = (args.block_ms or (25.0 if args.quick else 30.0)) / 1000
+    rounds = args.rounds or (6 if args.quick else 30)
+    block_s = (args.block_ms or (20.0 if args.quick else 30.0)) / 1000
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     scale = args.scale if args.scale is not None else not args.quick
     quiet = _runner.QuietWaiter(
-        60 * (args.max_wait if args.max_wait is not None else (1.0 if args.quick else 4.0))
+        60 * (args.max_wait if args.max_wait is not None else (0.25 if args.quick else 3.0))
     )
 
     def write(line: str) -> None:
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # e.g. PostgreSQL not running: report, go on
                 summary = {
                     "title": _runner.APP_TITLES[app],
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
                     "rounds": rounds,
                     "endpoints": [],
                     "configs": {},

@@ -155,7 +155,8 @@ def targets(apps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each of issue 9's targets (and issue 10's, once the otel sink exists), checked on every
     endpoint of every app measured.
 
-    Ratio targets compare point estimates (medians of added cost). The absolute target
+    Ratio targets compare point estimates (medians of added cost), once both added costs are
+    clearly above zero. The absolute target
     (unrecorded requests under 10 µs) uses the confidence interval: "met" when the whole
     interval is under the line, "missed" when all of it is above, else "unresolved" (the
     machine's noise is larger than the difference to resolve)."""
@@ -180,13 +181,22 @@ def targets(apps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         checks.append({"target": name, "verdict": overall, "endpoints": entries})
 
     def ratio_check(name: str, ours: str, what: str, ok: Callable[[float], bool]) -> None:
+        """A ratio is only judged when both added costs are clearly above zero (their
+        intervals exclude it); otherwise the noise decides the ratio, and it is unresolved."""
         entries = []
+        key = {"latency": "added_latency_us", "cpu": "added_cpu_us"}.get(what)
         for where, ep in rows:
             v = ((ep["ratios"].get(ours) or {}).get("otel-contrib") or {}).get(what)
-            if v is not None:
-                entries.append(
-                    {"where": where, "value": v, "verdict": "met" if ok(v) else "missed"}
-                )
+            if v is None:
+                continue
+            verdict = "met" if ok(v) else "missed"
+            if key is not None:
+                for config in (ours, "otel-contrib"):
+                    row = ep["results"][config]
+                    ci = row.get(key.replace("_us", "_ci_us"))
+                    if row[key] is None or row[key] - (ci if ci is not None else 0) <= 0:
+                        verdict = "unresolved"
+            entries.append({"where": where, "value": v, "verdict": verdict})
         add(name, entries)
 
     ratio_check(
@@ -329,7 +339,9 @@ def render_targets(checks: list[dict[str, Any]], write: Callable[[str], None]) -
         if not entries:
             write(f"  {verdict:10s} {c['target']}: not measured")
             continue
-        met = sum(e["verdict"] == "met" for e in entries)
+        counts = {
+            v: sum(e["verdict"] == v for e in entries) for v in ("met", "missed", "unresolved")
+        }
         ordered = sorted(entries, key=lambda e: e["value"])
         lo, hi = ordered[0], ordered[-1]
 
@@ -340,6 +352,7 @@ def render_targets(checks: list[dict[str, Any]], write: Callable[[str], None]) -
             return f"{e['value']:+.1f}{ci} µs ({e['where']})"
 
         write(
-            f"  {verdict:10s} {c['target']}: met on {met} of {len(entries)};"
+            f"  {verdict:10s} {c['target']}: of {len(entries)} endpoints met {counts['met']},"
+            f" missed {counts['missed']}, unresolved {counts['unresolved']};"
             f" lowest {show(lo)}, highest {show(hi)}"
         )

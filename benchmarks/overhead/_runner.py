@@ -286,20 +286,28 @@ QUIET_CORES = 0.25
 
 
 class QuietWaiter:
-    """Waits, before each segment, until other processes leave the CPUs alone — up to a total
-    budget for the whole run, after which it measures regardless (those segments are then
+    """Waits, before each segment, until other processes leave the CPUs alone — at most
+    `each` seconds per segment (so a long busy spell does not spend the whole budget at the
+    start) and `budget` seconds in all, after which it measures regardless (such segments are
     marked busy and left out of the medians when enough quiet ones exist)."""
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, each_s: float = 5.0) -> None:
         self.budget = budget_s
+        self.each = each_s
         self.waited = 0.0
 
     def wait(self) -> None:
+        started = time.monotonic()
         while True:
             probe = MachineLoad()
             time.sleep(0.1)
             other, _ = probe.other(0.0)
-            if other is None or other < QUIET_CORES or self.waited >= self.budget:
+            if (
+                other is None
+                or other < QUIET_CORES
+                or self.waited >= self.budget
+                or time.monotonic() - started >= self.each
+            ):
                 return
             self.waited += time.monotonic() - probe.t
 

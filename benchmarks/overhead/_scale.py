@@ -1,7 +1,7 @@
 """Scale: cost and memory against the number of stages, and real servers under load.
 
-* `run_scale`: the Django shop's ``/scale/<n>/`` view runs `n` ORM queries (three stages each:
-  compile, query, fetch) for n = 10 … 10,000, measured like the main table (fresh interpreter
+* `run_scale`: the Django shop's ``/scale/<n>/`` view runs `n` SQL queries on a raw cursor (one
+  ``db.query`` stage each) for n = 10 … 10,000, measured like the main table (fresh interpreter
   per configuration, interleaved rounds); then, in the same children, one request of each size
   under tracemalloc for the memory a timeline holds and the exact counts it reports.
 * `run_load`: gunicorn (sync and gthread workers) serving the Django shop and uvicorn serving
@@ -73,8 +73,8 @@ def run_scale(
         chosen,
         db,
         tmp,
-        rounds=3 if quick else 5,
-        block_seconds=0.25,
+        rounds=3 if quick else 6,
+        block_seconds=0.15,
         warmup=0.2,
         seed=2,
         progress=progress,
@@ -95,8 +95,8 @@ def run_scale(
 def render_scale(summary: dict[str, Any], write: Callable[[str], None]) -> None:
     write("")
     write(
-        "== Scale: one request running n ORM queries (3 stages each), Django + SQLite, in-process"
-        " WSGI; added µs per request (latency / CPU) and per query =="
+        "== Scale: one request running n SQL queries (one db.query stage each), Django + SQLite,"
+        " in-process WSGI; µs per request, added per query (latency / CPU) =="
     )
     if summary.get("error"):
         write(f"   not measured: {summary['error']}")

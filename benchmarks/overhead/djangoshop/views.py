@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 
+from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 
@@ -40,11 +41,14 @@ def export_csv(request):
 
 
 def scale(request, n):
-    """`n` ORM queries in one request (three stages each: compile, query, fetch)."""
-    total = 0
-    for i in range(n):
-        total += len(Brand.objects.filter(pk=i % 10 + 1))
-    return HttpResponse(str(total), content_type="text/plain")
+    """`n` SQL queries in one request on a raw cursor: one ``db.query`` stage each, cheap
+    enough that 10,000 of them take well under a second untraced."""
+    found = 0
+    with connection.cursor() as cursor:
+        for i in range(n):
+            cursor.execute("SELECT id, name FROM benchshop_brand WHERE id = %s", [i % 10 + 1])
+            found += cursor.fetchone() is not None
+    return HttpResponse(str(found), content_type="text/plain")
 
 
 def seed():
