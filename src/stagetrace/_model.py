@@ -190,6 +190,8 @@ class Loader(Protocol):
 
     def indexes(self, kind: str) -> list[int]: ...
 
+    def count(self, kind: str) -> int: ...
+
 
 _HEADER = (
     "trace_id",
@@ -207,6 +209,11 @@ _HEADER = (
 )
 
 
+def _field(i: int, doc: str | None = None) -> Any:
+    """A read-only property for position `i` of a timeline's header tuple."""
+    return property(lambda self: self._h[i], doc=doc)
+
+
 class Timeline:
     """One request (or websocket connection, or job) as a tree of stages, frozen.
 
@@ -216,53 +223,13 @@ class Timeline:
     computed once, then cached; a timeline is read-only and safe to share between threads.
     """
 
-    __slots__ = (
-        "_by_kind",
-        "_counts",
-        "_load",
-        "_stages",
-        "dropped_stages",
-        "parent_span_id",
-        "trace_flags",
-        "tracestate",
-        "duration_ns",
-        "findings",
-        "framework",
-        "method",
-        "path",
-        "protocol",
-        "request_id",
-        "route",
-        "service",
-        "span_id",
-        "start_unix_nano",
-        "status",
-        "trace_id",
-    )
+    __slots__ = ("_by_kind", "_h", "_load", "_stages", "findings")
 
-    trace_id: str
-    span_id: str
-    request_id: str
-    service: str
-    framework: str
-    protocol: str
-    method: str | None
-    path: str | None
-    route: str | None
-    status: int | None
-    start_unix_nano: int
-    duration_ns: int
     findings: tuple[Finding, ...]
-    dropped_stages: int
-    #: The remote parent from an incoming ``traceparent`` (16 hex digits), its flags and its
-    #: ``tracestate``; not part of the serialized schema.
-    parent_span_id: str | None
-    trace_flags: int
-    tracestate: str | None
+    _h: tuple[Any, ...]
     _stages: tuple[Stage, ...] | None
     _by_kind: ByKind | None
     _load: Loader | None
-    _counts: Mapping[str, int] | None
 
     def __init__(
         self,
@@ -284,7 +251,6 @@ class Timeline:
         dropped_stages: int = 0,
         *,
         load: Loader | None = None,
-        counts: Mapping[str, int] | None = None,
         parent_span_id: str | None = None,
         trace_flags: int = 1,
         tracestate: str | None = None,
@@ -292,27 +258,51 @@ class Timeline:
         if stages is None and load is None:
             raise TypeError("Timeline needs stages (or a loader)")
         s = _set
-        s(self, "trace_id", trace_id)
-        s(self, "span_id", span_id)
-        s(self, "request_id", request_id)
-        s(self, "service", service)
-        s(self, "framework", framework)
-        s(self, "protocol", protocol)
-        s(self, "method", method)
-        s(self, "path", path)
-        s(self, "route", route)
-        s(self, "status", status)
-        s(self, "start_unix_nano", start_unix_nano)
-        s(self, "duration_ns", duration_ns)
+        s(
+            self,
+            "_h",
+            (
+                trace_id,
+                span_id,
+                request_id,
+                service,
+                framework,
+                protocol,
+                method,
+                path,
+                route,
+                status,
+                start_unix_nano,
+                duration_ns,
+                dropped_stages,
+                parent_span_id,
+                trace_flags,
+                tracestate,
+            ),
+        )
         s(self, "findings", tuple(findings))
-        s(self, "dropped_stages", dropped_stages)
         s(self, "_stages", tuple(stages) if stages is not None else None)
         s(self, "_by_kind", ByKind(by_kind) if by_kind is not None else None)
         s(self, "_load", load)
-        s(self, "_counts", counts)
-        s(self, "parent_span_id", parent_span_id)
-        s(self, "trace_flags", trace_flags)
-        s(self, "tracestate", tracestate)
+
+    trace_id: str = _field(0, doc="32 hex digits; the OpenTelemetry trace id.")
+    span_id: str = _field(1, doc="16 hex digits: the root span.")
+    request_id: str = _field(2, doc="The request id (else the trace id).")
+    service: str = _field(3, doc="The service name.")
+    framework: str = _field(4, doc="The adapter that recorded it.")
+    protocol: str = _field(5, doc="http, websocket or job.")
+    method: str | None = _field(6, doc="The HTTP method.")
+    path: str | None = _field(7, doc="The request path.")
+    route: str | None = _field(8, doc="The route template that matched.")
+    status: int | None = _field(9, doc="HTTP status or close code.")
+    start_unix_nano: int = _field(10, doc="Wall-clock start (ns).")
+    duration_ns: int = _field(11, doc="Duration of the root stage (ns).")
+    dropped_stages: int = _field(12, doc="Stages not kept (max_stages).")
+    #: The remote parent from an incoming ``traceparent`` (16 hex digits), its flags and its
+    #: ``tracestate``; not part of the serialized schema.
+    parent_span_id: str | None = _field(13)
+    trace_flags: int = _field(14)
+    tracestate: str | None = _field(15)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Timeline is read-only (cannot set {name!r})")
@@ -360,9 +350,9 @@ class Timeline:
     def count(self, kind: str) -> int:
         """How many stages of `kind` the request ran (dropped ones included). Cheap: for a
         timeline recorded in this process it does not build the stages."""
-        counts = self._counts
-        if counts is not None and self._by_kind is None:
-            return counts.get(kind, 0)
+        load = self._load
+        if load is not None and self._by_kind is None:
+            return load.count(kind)
         return self.by_kind[kind].count if kind in self.by_kind else 0
 
     @property
@@ -413,8 +403,10 @@ class Timeline:
         if not findings:
             return self
         new = object.__new__(Timeline)
-        for name in Timeline.__slots__:
-            _set(new, name, getattr(self, name))
+        _set(new, "_h", self._h)
+        _set(new, "_stages", self._stages)
+        _set(new, "_by_kind", self._by_kind)
+        _set(new, "_load", self._load)
         _set(new, "findings", self.findings + tuple(findings))
         return new
 

@@ -56,28 +56,27 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
     return timeline
 
 
-def submit(sealed: _recorder.Sealed) -> None:
-    """Receive a finished, sealed timeline from the recorder, on the request path: keep it
-    short (queue it; the worker builds and analyzes it). Only while a `capture()` listens is
+def submit(tl: _recorder.Live) -> None:
+    """Receive a finished live timeline from the recorder, on the request path: keep it short
+    (queue it; the worker seals, builds and analyzes it). Only while a `capture()` listens is
     the timeline built and analyzed here, synchronously."""
     state = STATE
     state.counters["timelines"] += 1
-    dropped = sealed[1][10]  # the sealed header's dropped-stage count
-    if dropped:
-        state.counters["stages_dropped"] += dropped
+    if tl.dropped:
+        state.counters["stages_dropped"] += tl.dropped
     listeners = state.listeners
     pipeline = state.pipeline
     if listeners:
-        timeline = _recorder.build(sealed)
-        settings = sealed[0]
+        timeline = _recorder.finished(tl)
+        settings = tl.settings
         if settings.analyzers:
             timeline = analyze(timeline, settings.analyzers)
         for target in listeners:
             target.append(timeline)
         if pipeline is not None:
             pipeline.put(timeline, True)
-    elif pipeline is not None:
-        pipeline.put(sealed, False)
+    elif pipeline is None or not pipeline.put(tl, False):
+        _recorder.dispose(tl)
 
 
 _warned: set[str] = set()
@@ -125,8 +124,8 @@ class Pipeline:
         return len(self._q)
 
     def put(self, timeline: Any, analyzed: bool) -> bool:
-        """Queue a timeline (a built, analyzed `Timeline`, or a sealed one the worker builds)
-        for the sinks; False (and counted) when full or closed."""
+        """Queue a timeline (a built, analyzed `Timeline`, or a finished live one the worker
+        seals and builds) for the sinks; False (and counted) when full or closed."""
         if self._closed:
             return False
         if len(self._q) >= self.maxsize:
@@ -179,7 +178,7 @@ class Pipeline:
                         batch.append(item)
                         continue
                     try:
-                        timeline = _recorder.build(item)
+                        timeline = _recorder.finished(item)
                     except Exception as exc:
                         _guard.report("pipeline.build", exc)
                         continue
@@ -264,6 +263,9 @@ class Pipeline:
 
     def _after_fork_in_child(self) -> None:
         # The parent owns what was queued before the fork; the child starts empty.
+        for item, analyzed in self._q:
+            if not analyzed:
+                _recorder.dispose(item)
         self._q.clear()
         self._thread = None
         self._idle = True

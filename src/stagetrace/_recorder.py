@@ -43,7 +43,7 @@ TL, PARENT, KIND, NAME, START, END, ATTRS, ERROR, OWNER, AUX = range(10)
 
 #: An opaque handle on an open (or closed) stage.
 Record = list[Any]
-#: A finished timeline sealed for the pipeline (`_seal`): plain tuples, ready to queue.
+#: A finished timeline sealed by the worker (`seal`): plain values, ready to build from.
 Sealed = tuple[Any, ...]
 
 _current: ContextVar[Record | None] = ContextVar("stagetrace.current", default=None)
@@ -154,16 +154,16 @@ class _Sealed(list):  # type: ignore[type-arg]
 _SEALED = _Sealed()
 
 
-def _ignore(sealed: Sealed) -> None:
+def _ignore(tl: Live) -> None:
     pass
 
 
-_deliver: Callable[[Sealed], None] = _ignore
+_deliver: Callable[[Live], None] = _ignore
 
 
-def connect(deliver: Callable[[Sealed], None] | None) -> None:
-    """Hand every finished timeline, sealed (see `_seal`; `build` makes the `Timeline`), to
-    `deliver` (the pipeline's `submit`); None: drop them."""
+def connect(deliver: Callable[[Live], None] | None) -> None:
+    """Hand every finished live timeline to `deliver` (the pipeline's `submit`, which queues it
+    for the worker to `seal` and `build`); None: drop them."""
     global _deliver
     _deliver = deliver or _ignore
 
@@ -276,7 +276,12 @@ def begin(
 
 def end(root: Record | None, exc: BaseException | None = None) -> None:
     """End the timeline whose root record is `root` and hand it to the pipeline. If the root is
-    this context's current position, the position from before `begin` is restored."""
+    this context's current position, the position from before `begin` is restored.
+
+    Only what must happen now happens here, on the request's thread: the end time, the
+    context, dropping the references a finished request no longer needs (the last exception
+    and its traceback, the outer position). Sealing the records into plain data (`seal`) is the
+    worker's job."""
     if root is None:
         return
     t = now()
@@ -287,20 +292,20 @@ def end(root: Record | None, exc: BaseException | None = None) -> None:
         root[END] = t
         tl.ended = True
         tl.final = len(tl)
+        tl.cap = 0  # a late enter() in a task that outlived the request records nothing
         _leave_timeline(root)
         if exc is not None:
             root[ERROR] = describe(tl, exc)
+        tl.last_exc = None
+        root[AUX] = None
         if _deliver is _ignore:  # nobody receives timelines (recording only): drop it
-            tl.cap = 0
             del tl[:]
-            root[AUX] = None
             return
-        sealed = _seal(tl)
     except Exception as e:
         _guard.report("recorder.end", e)
         return
     try:
-        _deliver(sealed)
+        _deliver(tl)
     except Exception as e:
         _guard.report("pipeline.submit", e)
 
@@ -430,6 +435,7 @@ def exit(rec: Record | None, exc: BaseException | None = None) -> None:
     _set(rec[1])
     if not rec[5]:
         rec[5] = t
+    rec[8] = None  # the owner (an application object) is needed only while the stage is open
     if exc is not None:
         _exit_error(rec, exc)
     if rec[9] is _OVERFLOW:
@@ -442,6 +448,7 @@ def close(rec: Record | None, exc: BaseException | None = None) -> None:
     if rec is None or rec[END]:
         return
     rec[END] = now()
+    rec[OWNER] = None
     if exc is not None:
         _exit_error(rec, exc)
     if rec[AUX] is _OVERFLOW:
@@ -964,22 +971,28 @@ W = 8
 R_PARENT, R_KIND, R_NAME, R_START, R_END, R_ATTRS, R_ERROR, R_AUX = range(W)
 
 
-def _seal(tl: Live) -> Sealed:
-    """Turn a finished live timeline into plain data, on the request's thread: one cheap pass,
-    after which nothing queued references the application's objects or forms a reference
-    cycle. The stages go into ONE flat tuple (8 values each: parent index, kind, name, start,
-    end, attributes, error, middleware marks) rather than an object each: what waits in the
-    queue and in a memory sink is then a handful of objects per request, which keeps the
-    garbage collector's young generation small and its full collections (which traverse the
-    application's whole heap) rare.
+def dispose(tl: Live) -> None:
+    """Forget a finished timeline nobody will seal (a full queue): release its records."""
+    del tl[:]
 
-    Building the `Timeline` object, computing the gateway's request attributes and capping
-    attribute values happen later, on the worker (`build`); `Stage` objects are built only
-    when someone reads them (`_Rows`)."""
+
+def finished(tl: Live) -> Timeline:
+    """The `Timeline` of a finished live timeline (`seal`, then `build`)."""
+    return build(seal(tl))
+
+
+def seal(tl: Live) -> Sealed:
+    """Turn a finished live timeline into plain data, on the worker: one pass, after which
+    nothing kept references the application's objects or forms a reference cycle. The stages
+    go into ONE flat tuple (8 values each: parent index, kind, name, start, end, attributes,
+    error, middleware marks) rather than an object each: what a memory sink keeps is then a
+    handful of objects per request, which keeps the garbage collector's young generation small
+    and its full collections (which traverse the application's whole heap) rare.
+
+    `build` then makes the `Timeline` object and parses the gateway's request attributes;
+    `Stage` objects are built only when someone reads them (`_Rows`)."""
     final = tl.final
-    root = tl[0]
     records = tl[:final]
-    tl.cap = 0  # a late enter() in a task that outlived the request records nothing
     flat: list[Any] = []
     extend = flat.extend
     for i, r in enumerate(records):
@@ -1003,15 +1016,11 @@ def _seal(tl: Live) -> Sealed:
                 internal_error("recorder.attrs", exc)
                 attrs = None
         aux_ = r[9]
-        if r[2] == "middleware" and type(aux_) is list:
-            aux_ = (aux_[0], aux_[1], aux_[2])
-        else:  # adapters' scratch data on other stages is not part of the timeline
-            aux_ = None
+        # only middleware phase marks belong to the timeline, not adapters' scratch data
+        aux_ = (aux_[0], aux_[1], aux_[2]) if r[2] == "middleware" and type(aux_) is list else None
         extend((pi, r[2], name, r[4], r[5], attrs, r[7], aux_))
     del tl[:]
-    tl.last_exc = None
     tl.queries = None
-    root[AUX] = None
     extra: dict[str, Any] = {}
     if tl.sent:
         extra["http.response.sent_ns"] = tl.sent
@@ -1067,23 +1076,17 @@ def build(sealed: Sealed) -> Timeline:
         flags,
         tracestate,
     ) = head
+    root_attrs = None
     if extra or deferred is not None:
-        attrs = dict(flat[R_ATTRS] or ())
+        root_attrs = dict(flat[R_ATTRS] or ())
         if deferred is not None:
             try:
-                attrs = {**deferred[0](deferred[1]), **attrs}
+                root_attrs = {**deferred[0](deferred[1]), **root_attrs}
             except Exception as exc:
                 _guard.report("recorder.request_attrs", exc)
-        attrs.update(extra)
-        flat = (*flat[:R_ATTRS], attrs, *flat[R_ATTRS + 1 :])
+        root_attrs.update(extra)
     t0 = flat[R_START]
     t_end = flat[R_END] or t0
-    counts: dict[str, int] = {}
-    for kind in flat[R_KIND::W]:
-        counts[kind] = counts.get(kind, 0) + 1
-    if ovf_kinds:
-        for kind, acc in ovf_kinds.items():
-            counts[kind] = counts.get(kind, 0) + acc[0]
     trace_id = f"{trace:032x}"
     return Timeline(
         trace_id,
@@ -1103,9 +1106,15 @@ def build(sealed: Sealed) -> Timeline:
         (),
         dropped,
         load=_Rows(
-            flat, t0, t_end, ovf_kinds, own_dropped, cfg.max_attr_length, cfg.max_sql_length
+            flat,
+            t0,
+            t_end,
+            ovf_kinds,
+            own_dropped,
+            cfg.max_attr_length,
+            cfg.max_sql_length,
+            root_attrs,
         ),
-        counts=counts,
         parent_span_id=f"{parent:016x}" if parent else None,
         trace_flags=flags,
         tracestate=tracestate,
@@ -1128,6 +1137,7 @@ class _Rows:
         "n",
         "own_dropped",
         "ovf_kinds",
+        "root_attrs",
         "t0",
         "t_end",
     )
@@ -1141,8 +1151,10 @@ class _Rows:
         own_dropped: dict[int, int] | None,
         limit: int,
         sql_limit: int,
+        root_attrs: dict[str, Any] | None = None,
     ) -> None:
         self.flat = flat
+        self.root_attrs = root_attrs
         self.n = len(flat) // W
         self.t0 = t0
         self.t_end = t_end
@@ -1155,6 +1167,13 @@ class _Rows:
     def indexes(self, kind: str) -> list[int]:
         """Positions of the stages of `kind`."""
         return [i for i, k in enumerate(self.flat[R_KIND::W]) if k == kind]
+
+    def count(self, kind: str) -> int:
+        """Stages of `kind`, dropped ones included."""
+        n = self.flat[R_KIND::W].count(kind)
+        if self.ovf_kinds and kind in self.ovf_kinds:
+            n += self.ovf_kinds[kind][0]
+        return n
 
     def _children(self) -> list[int]:
         child = self._child
@@ -1184,6 +1203,8 @@ class _Rows:
     def _make(self, i: int, child: list[int]) -> Stage:
         b = i * W
         pi, kind, name, start, end_, attrs, err, aux_ = self.flat[b : b + W]
+        if i == 0 and self.root_attrs is not None:
+            attrs = self.root_attrs
         d = (end_ or self.t_end) - start
         if d < 0:
             d = 0

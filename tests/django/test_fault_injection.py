@@ -45,8 +45,9 @@ import stagetrace.starlette
 
 SRC = Path(stagetrace.__file__).parent
 #: The context variable's own get/set and the clock cannot fail; internal_error is the guard.
-#: Fallbacks that run only after another hook failed are not hooks of their own.
-NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect", "abandon_job"}
+#: Fallbacks that run only after another hook failed are not hooks of their own, nor is
+#: `dispose`, which only the pipeline calls, for a timeline dropped on a full queue.
+NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect", "abandon_job", "dispose"}
 
 
 def _recorder_hooks() -> list[str]:
