@@ -97,6 +97,7 @@ class Live(list):  # type: ignore[type-arg]
         "sent",
         "context_tokens",
         "deferred",
+        "discarded",
     )
 
     cap: int
@@ -131,6 +132,8 @@ class Live(list):  # type: ignore[type-arg]
         #: (function, plain argument) computing more root attributes when the timeline is
         #: built, off the request path (the gateway's request attributes).
         self.deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None
+        #: Set by `discard`: the timeline is dropped when it ends instead of delivered.
+        self.discarded = False
 
     # list subclasses compare by content; a timeline is only ever equal to itself.
     __eq__ = object.__eq__
@@ -200,6 +203,30 @@ def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
     if type(tl) is Live:
         tl.last_exc = (exc, out)
     return out
+
+
+def discard() -> bool:
+    """Leave the timeline of this context out: it keeps running (so stages opened in it close
+    normally) but records nothing more and is dropped when it ends. True if there was one."""
+    cur = _get()
+    if cur is None:
+        return False
+    tl = cur[TL]
+    if tl.ended:
+        return False
+    tl.discarded = True
+    tl.cap = 0
+    return True
+
+
+def forget_exception(rec: Record | None) -> None:
+    """Drop the exception `describe` cached on `rec`'s timeline. A timeline can stay in flight
+    after the application returned (until the server is done with the response); an exception
+    the application handled holds its traceback, whose frames can hold the very response being
+    served — which would keep a response dropped without ``close()`` alive for ever."""
+    tl = timeline_of(rec)
+    if tl is not None:
+        tl.last_exc = None
 
 
 # --- timelines ------------------------------------------------------------------------------
@@ -298,7 +325,7 @@ def end(root: Record | None, exc: BaseException | None = None) -> None:
             root[ERROR] = describe(tl, exc)
         tl.last_exc = None
         root[AUX] = None
-        if _deliver is _ignore:  # nobody receives timelines (recording only): drop it
+        if _deliver is _ignore or tl.discarded:  # nobody receives it: drop it
             del tl[:]
             return
     except Exception as e:
