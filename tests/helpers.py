@@ -11,11 +11,11 @@ from stagetrace import Timeline
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
-SCHEMA_DOC = HERE.parent / "docs" / "timeline-schema.md"
+SCHEMA_DOC = HERE.parent / "docs" / "schema.md"
 
 
 def doc_example() -> dict:
-    """The complete example timeline of docs/timeline-schema.md (its only JSON block)."""
+    """The complete example timeline of docs/schema.md (its only JSON block)."""
     text = SCHEMA_DOC.read_text(encoding="utf-8")
     (block,) = re.findall(r"```json\n(.*?)```", text, re.S)
     return json.loads(block)

@@ -31,7 +31,7 @@ def doc_fields(section: str) -> list[str]:
 
 
 def test_documentation_lists_exactly_the_schema_fields(validator):
-    """Each table in docs/timeline-schema.md names exactly the properties of the JSON Schema."""
+    """Each table in docs/schema.md names exactly the properties of the JSON Schema."""
     schema = validator.schema
     assert doc_fields("Timeline") == list(schema["properties"])
     assert doc_fields("Stage") == list(schema["$defs"]["stage"]["properties"])

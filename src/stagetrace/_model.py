@@ -2,7 +2,7 @@
 
 These objects are built after a request ends (see `_pipeline.freeze`) and are what analyzers
 and sinks receive. `Timeline.to_dict()` is a public contract described in
-`docs/timeline-schema.md`; changing its shape (a field, or the vocabulary of stage kinds) means
+`docs/schema.md`; changing its shape (a field, or the vocabulary of stage kinds) means
 bumping `SCHEMA`, and `Timeline.from_dict` keeps reading every earlier version (`READS`).
 """
 
@@ -116,7 +116,7 @@ class Stage(NamedTuple):
         return self.start_ns + self.duration_ns
 
     def to_dict(self) -> dict[str, Any]:
-        """This stage as plain JSON-serializable data (see docs/timeline-schema.md)."""
+        """This stage as plain JSON-serializable data (see docs/schema.md)."""
         d: dict[str, Any] = {
             "id": self.id,
             "parent": self.parent,
