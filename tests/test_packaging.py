@@ -77,7 +77,7 @@ def test_metadata_is_complete() -> None:
     classifiers = set(project["classifiers"])
     for v in ("3.10", "3.11", "3.12", "3.13"):
         assert f"Programming Language :: Python :: {v}" in classifiers
-    for v in ("4.2", "5.2", "6.0"):
+    for v in ("4.2", "5.2", "6", "6.1"):
         assert f"Framework :: Django :: {v}" in classifiers
     assert {"Framework :: FastAPI", "Framework :: Flask", "Typing :: Typed"} <= classifiers
     trove = pytest.importorskip("trove_classifiers")
@@ -131,7 +131,7 @@ def test_wheel_contents(dist: Path) -> None:
     assert not [n for n in names if n.startswith("tests/")]
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert f"\nVersion: {source_version()}\n" in meta
-    assert "Classifier: Framework :: Django :: 6.0" in meta
+    assert "Classifier: Framework :: Django :: 6.1" in meta
     assert "# stagetrace" in meta  # the README is the long description
 
 
