@@ -155,11 +155,10 @@ def test_discard_drops_the_timeline_being_recorded_and_only_it(captured):
     """discard() inside a timeline drops that timeline (its open stages still close without
     error) while the next one is delivered; outside a timeline it returns False."""
     assert stagetrace.discard() is False
-    with stagetrace.timeline("dropped"):
-        with stagetrace.stage("before"):
-            assert stagetrace.discard() is True
-            with stagetrace.stage("after"):
-                pass
+    with stagetrace.timeline("dropped"), stagetrace.stage("before"):
+        assert stagetrace.discard() is True
+        with stagetrace.stage("after"):
+            pass
     with stagetrace.timeline("kept"):
         pass
     assert stagetrace.flush(timeout=10)
