@@ -50,8 +50,8 @@ M = "tests.flask.app.create_app.<locals>."
 
 def test_a_json_request_has_every_stage_in_order(client, captured):
     """GET /books/1: gateway, the URL rule as the route, each before_request function, the
-    view with jsonify nested, the after_request and teardown functions after the view, and
-    the body write."""
+    view with its sqlite3 query and jsonify nested (the Flask adapter records DB-API drivers
+    too), the after_request and teardown functions after the view, and the body write."""
     r = client.get("/books/1", headers={"X-User": "ann"})
     assert r.json == {"id": 1, "title": "Dune"} and r.headers["X-User"] == "ann"
     tl = captured[0]
@@ -68,6 +68,7 @@ def test_a_json_request_has_every_stage_in_order(client, captured):
         (1, "middleware", M + "load_user"),
         (1, "middleware", M + "maintenance"),
         (1, "view", M + "book"),
+        (2, "db.query", "SELECT book"),
         (2, "serialize", "jsonify"),
         (1, "middleware", M + "add_header"),
         (1, "middleware", M + "close_db"),
