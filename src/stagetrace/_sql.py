@@ -132,9 +132,28 @@ def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
             return {
                 "code.file.path": code.co_filename,
                 "code.line.number": frame.f_lineno,
-                "code.function.name": code.co_qualname
-                if hasattr(code, "co_qualname")
-                else code.co_name,
+                "code.function.name": _qualname(frame),
             }
         frame = frame.f_back
     return {}
+
+
+def _qualname(frame: Any) -> str:
+    """The frame's function as a qualified name. Python 3.11+ has it on the code object; on 3.10
+    a comprehension, generator expression or lambda (``<listcomp>``) is named after the frames
+    that run it, ``api_books.<locals>.<listcomp>``, as 3.11 would name it (functions nested in
+    functions keep their plain name there: 3.10 cannot tell where they were defined)."""
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        return str(qualname)
+    name = str(code.co_name)
+    outer = frame.f_back
+    if not name.startswith("<"):
+        return name
+    while outer is not None and outer.f_code.co_name != "<module>":
+        if not outer.f_code.co_name.startswith("<"):
+            return f"{outer.f_code.co_name}.<locals>.{name}"
+        name = f"{outer.f_code.co_name}.{name}"
+        outer = outer.f_back
+    return name

@@ -105,7 +105,6 @@ ADAPTER_HOOKS = [
     ("stagetrace.wsgi._gateway", "end_http"),
     ("stagetrace.wsgi._gateway", "_is_file_wrapper"),
     ("stagetrace.wsgi._gateway", "_observe_file"),
-    ("stagetrace.wsgi._gateway", "_forget_last_exception"),
     ("stagetrace.flask._install", "_view_name"),
     ("stagetrace.flask._install", "_function_name"),
     ("stagetrace.flask._install", "_exception_name"),
