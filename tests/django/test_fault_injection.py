@@ -48,6 +48,9 @@ SRC = Path(stagetrace.__file__).parent
 #: Fallbacks that run only after another hook failed are not hooks of their own, nor is
 #: `dispose`, which only the pipeline calls, for a timeline dropped on a full queue.
 NOT_HOOKS = {"current", "restore", "now", "internal_error", "connect", "abandon_job", "dispose"}
+# `discard` runs only from `stagetrace.discard()` (guarded in `_api.discard`, tested in
+# tests/test_api.py) and the dev page, which answers 404 before it under these settings.
+NOT_HOOKS.add("discard")
 
 
 def _recorder_hooks() -> list[str]:
