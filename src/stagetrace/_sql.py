@@ -132,13 +132,13 @@ def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
             return {
                 "code.file.path": code.co_filename,
                 "code.line.number": frame.f_lineno,
-                "code.function.name": _qualname(frame),
+                "code.function.name": _frame_function(frame),
             }
         frame = frame.f_back
     return {}
 
 
-def _qualname(frame: Any) -> str:
+def _frame_function(frame: Any) -> str:
     """The frame's function as a qualified name. Python 3.11+ has it on the code object; on 3.10
     a comprehension, generator expression or lambda (``<listcomp>``) is named after the frames
     that run it, ``api_books.<locals>.<listcomp>``, as 3.11 would name it (functions nested in

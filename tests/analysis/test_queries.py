@@ -291,17 +291,17 @@ def test_call_site_function_names_agree_across_pythons():
     `co_qualname`, so a comprehension in a view used to be just `<listcomp>` there."""
     import sys
 
-    from stagetrace._sql import _qualname
+    from stagetrace._sql import _frame_function
 
     def api_books():
-        return [_qualname(sys._getframe()) for _ in range(1)]
+        return [_frame_function(sys._getframe()) for _ in range(1)]
 
     def nested():
-        return [[_qualname(sys._getframe()) for _ in range(1)] for _ in range(1)]
+        return [[_frame_function(sys._getframe()) for _ in range(1)] for _ in range(1)]
 
     if sys.version_info < (3, 12):
         assert api_books()[0].endswith("api_books.<locals>.<listcomp>")
         assert nested()[0][0].endswith("nested.<locals>.<listcomp>.<listcomp>")
     else:  # comprehensions are inlined (PEP 709): the function's own frame is the call site
         assert api_books()[0].endswith("<locals>.api_books")
-    assert _qualname(sys._getframe()) == "test_call_site_function_names_agree_across_pythons"
+    assert _frame_function(sys._getframe()) == "test_call_site_function_names_agree_across_pythons"

@@ -33,3 +33,28 @@ def pg_database() -> Iterator[str]:
 
 def pg_url(driver: str, database: str) -> str:
     return f"postgresql+{driver}://postgres@{PG_HOST}:{PG_PORT}/{database}"
+
+
+@pytest.fixture(autouse=True)
+def _sql_integrations_start_unpatched() -> Iterator[None]:
+    """Each test starts with SQLAlchemy and the DB-API drivers unpatched, and the earlier state
+    comes back afterwards. The generic ASGI/WSGI middleware (and the Flask example) install the
+    SQL integrations for the life of the process, so test modules that ran before these would
+    otherwise leave them patched, and the tests of patching itself would see that."""
+    import stagetrace.dbapi
+    import stagetrace.sqlalchemy
+
+    modules = (stagetrace.sqlalchemy, stagetrace.dbapi)
+    saved = [(m._users, m._explicit) for m in modules]
+    for m, (users, _explicit) in zip(modules, saved, strict=True):
+        if users:
+            m._users = 1
+            m.uninstall()  # the last user: unpatch
+        m._explicit = False
+    yield
+    for m, (users, explicit) in zip(modules, saved, strict=True):
+        if m._explicit:
+            m.uninstrument()
+        for _ in range(users - m._users):
+            m.install()
+        m._explicit = explicit
