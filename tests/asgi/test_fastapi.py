@@ -71,7 +71,9 @@ def test_template_page_nests_includes(client, captured):
 
 
 def test_streaming_lasts_until_the_last_chunk(client, captured):
-    response = client.get("/stream")
+    # identity: the example's GZip middleware would otherwise decide how the lines are
+    # grouped into body messages, and that differs between Starlette versions.
+    response = client.get("/stream", headers={"accept-encoding": "identity"})
     assert response.text.count("\n") == 5
     (tl,) = captured
     (write,) = named(tl, "response.write")
