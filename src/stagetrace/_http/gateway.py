@@ -71,6 +71,17 @@ class Request:
         self.version = version
 
 
+def wanted(cfg: Settings, path: str) -> bool:
+    """Whether to record a request for `path` here: no timeline is recording in this context
+    already (an outer gateway records it), the path is not excluded, and it is sampled in.
+    Gateways ask this before parsing anything else of the request, so a request that is not
+    recorded costs only this."""
+    cur = _recorder.current()
+    if cur is not None and _recorder.timeline_of(cur) is not None:
+        return False
+    return _recorder.sampled(cfg, path)
+
+
 def begin_http(
     cfg: Settings,
     gateway: str,
@@ -79,15 +90,10 @@ def begin_http(
     framework: str,
     protocol: str = "http",
 ) -> _recorder.Record | None:
-    """Start an HTTP (or websocket) timeline for `request`; its root record, or None when not
-    recording. The root's attribute dict belongs to the gateway: `end_http` and the adapters
-    add to it (`_recorder.root_attrs`)."""
-    cur = _recorder.current()
-    if cur is not None and _recorder.timeline_of(cur) is not None:
-        return None
+    """Start an HTTP (or websocket) timeline for `request`, which `wanted` said to record; its
+    root record, or None when not recording. The root's attribute dict belongs to the gateway:
+    `end_http` and the adapters add to it (`_recorder.root_attrs`)."""
     path = H.safe(request.path)
-    if not _recorder.sampled(cfg, path):
-        return None
     h = request.headers
     parent = H.traceparent(h.get("traceparent")) if "traceparent" in h else None
     in_flight = STATE.in_flight

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import asgi as _parse
-from .._http.gateway import begin_http, end_http, release
+from .._http.gateway import begin_http, end_http, release, wanted
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,11 +38,14 @@ def begin(scope: Scope, framework: str) -> list[Any] | None:
     cfg = _runtime.active()
     if not cfg.enabled:
         return None
+    path = _parse.path(scope)
+    if not wanted(cfg, path):
+        return None
     websocket = scope["type"] == "websocket"
     return begin_http(
         cfg,
         "ASGI websocket" if websocket else "ASGI",
-        _parse.request(scope, cfg),
+        _parse.request(scope, cfg, path),
         framework=framework,
         protocol="websocket" if websocket else "http",
     )

@@ -23,7 +23,7 @@ from typing import Any
 from .. import _recorder, _runtime
 from .._http import asgi as asgi_request
 from .._http import wsgi as wsgi_request
-from .._http.gateway import begin_http, end_http, release
+from .._http.gateway import begin_http, end_http, release, wanted
 from ._common import patcher, settings_loaded
 
 _KEY = "_stagetrace_pending"
@@ -68,7 +68,10 @@ def _begin_environ(environ: Any, gateway: str) -> list[Any] | None:
     cfg = _cfg()
     if not cfg.enabled:
         return None
-    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg), framework="django")
+    path = wsgi_request.path(environ)
+    if not wanted(cfg, path):
+        return None
+    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg, path), framework="django")
     _tag(root, gateway)
     return root
 
@@ -77,7 +80,10 @@ def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
     cfg = _cfg()
     if not cfg.enabled:
         return None
-    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg), framework="django")
+    path = asgi_request.path(scope)
+    if not wanted(cfg, path):
+        return None
+    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg, path), framework="django")
     _tag(root, gateway)
     return root
 
