@@ -307,6 +307,8 @@ def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(
     stagetrace.configure(otel_context=True)
     monkeypatch.setattr(_recorder, "current_kind", broken)
     tl, spans = _django_get("/pg/")
+    assert any(s.kind == "db.query" for s in tl.stages)
+    assert "SELECT 1" in [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
     assert json.loads(Client().get("/pg/").content) == {"row": [2]}
     assert stagetrace.stats()["internal_errors"] >= 1
     assert "otel.suppress" in stagetrace.stats()["internal_errors_by_site"]
