@@ -24,7 +24,7 @@ NAMES: dict[str, str] = {
     "view": "view",
     "orm.compile": "orm",
     "orm.fetch": "orm",
-    "db.connect": "db",
+    "db.connect": "conn",
     "db.query": "db",
     "transaction": "db",
     "template": "tpl",
@@ -37,7 +37,20 @@ NAMES: dict[str, str] = {
 }
 
 #: The order entries appear in (the order of a request's life).
-_ORDER = ("mw", "route", "dep", "view", "db", "orm", "tpl", "ser", "cache", "session", "http")
+_ORDER = (
+    "mw",
+    "route",
+    "dep",
+    "view",
+    "db",
+    "conn",
+    "orm",
+    "tpl",
+    "ser",
+    "cache",
+    "session",
+    "http",
+)
 
 
 def value(root: Any) -> str | None:
