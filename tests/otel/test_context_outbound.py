@@ -70,7 +70,7 @@ def test_each_call_carries_the_traceparent_of_its_stage(server):
     tl = got[0]
     stages = [s for s in tl.stages if s.kind == "http.client"]
     assert len(stages) == 3 and len(RECEIVED) == 3
-    for stage, headers in zip(stages, RECEIVED):
+    for stage, headers in zip(stages, RECEIVED, strict=True):
         assert headers["traceparent"] == f"00-{tl.trace_id}-{tl.stage_span_id(stage.id)}-01"
         assert "tracestate" not in headers
 
@@ -103,7 +103,7 @@ def test_a_django_request_passes_its_trace_and_tracestate_on(server):
     tl = got[0]
     stages = [s for s in tl.stages if s.kind == "http.client"]
     assert len(stages) == 2 and len(RECEIVED) == 2
-    for stage, headers in zip(stages, RECEIVED):
+    for stage, headers in zip(stages, RECEIVED, strict=True):
         assert headers["traceparent"] == f"00-{trace}-{tl.stage_span_id(stage.id)}-01"
         assert headers["tracestate"] == "v=1"
 
