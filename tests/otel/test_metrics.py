@@ -141,16 +141,13 @@ def test_record_many_from_any_sink():
     assert point.count == 2
 
 
-def test_meter_provider_must_be_a_provider():
+def test_meter_provider_must_be_a_provider(monkeypatch):
     """A meter_provider that is not one is refused at configuration, in one line; it cannot
     come from the environment."""
     with pytest.raises(ConfigurationError, match="MeterProvider"):
         stagetrace.configure(meter_provider="nope")
-    os.environ["STAGETRACE_METER_PROVIDER"] = "x"
-    try:
-        with pytest.raises(ConfigurationError, match="not the environment"):
-            stagetrace.reset()
-            stagetrace.settings()
-    finally:
-        del os.environ["STAGETRACE_METER_PROVIDER"]
+    monkeypatch.setenv("STAGETRACE_METER_PROVIDER", "x")
+    stagetrace.reset()
+    with pytest.raises(ConfigurationError, match="not the environment"):
+        stagetrace.settings()
     assert MetricsSink().emit_many([]) is None
