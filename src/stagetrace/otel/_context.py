@@ -43,6 +43,7 @@ def _load(option: str) -> dict[str, Any]:
     try:
         from opentelemetry import context, trace
         from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.context import Context
         from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
     except ImportError:
         raise ConfigurationError(
@@ -51,48 +52,70 @@ def _load(option: str) -> dict[str, Any]:
     # The key OpenTelemetry's instrumentations check (`is_instrumentation_enabled()`) before
     # they make a span; an old API without it just gets no suppression.
     suppress_key: Any = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+    # The context key of the current span (what `set_span_in_context` sets).
+    from opentelemetry.trace import propagation
+
+    span_key: Any = getattr(propagation, "_SPAN_KEY", None)
+    no_state = TraceState()
+    flags_of = {0: TraceFlags(0), 1: TraceFlags(1)}
 
     class StageSpan(NonRecordingSpan):
         """The current span while a recorded request runs: its span context is this trace
-        with the span id of the stage running now, computed when asked for."""
+        with the span id of the stage running now, computed when asked for (nothing is built
+        for a request where nobody asks)."""
 
-        def __init__(self, fallback: Any, state: Any) -> None:
-            super().__init__(fallback)
-            self._state = state
-            self._last: tuple[int, Any] = (fallback.span_id, fallback)
+        def __init__(self, trace_id: int, span_id: int, flags: int, state: str | None):
+            # NonRecordingSpan.__init__ only stores a SpanContext: built lazily here instead.
+            self._ids = (trace_id, span_id, flags, state)
+            self._state: Any = None
+            self._last: tuple[int, Any] | None = None
+
+        def _make(self, span_id: int, flags: int) -> Any:
+            state = self._state
+            if state is None:
+                raw = self._ids[3]
+                state = self._state = TraceState.from_header([raw]) if raw else no_state
+            found = SpanContext(
+                self._ids[0],
+                span_id,
+                is_remote=False,
+                trace_flags=flags_of.get(flags) or TraceFlags(flags),
+                trace_state=state,
+            )
+            self._last = (span_id, found)
+            return found
+
+        @property
+        def _context(self) -> Any:  # type: ignore[override]  # NonRecordingSpan's field
+            return self._make(self._ids[1], self._ids[2])
 
         def get_span_context(self) -> Any:
-            fallback = self._context
+            now: tuple[Any, ...] | None
             try:
                 now = _recorder.current_span()
             except Exception as exc:
                 _recorder.internal_error("otel.context", exc)
-                return fallback
-            if now is None or now[0] != fallback.trace_id:
+                now = None
+            ids = self._ids
+            if now is None or now[0] != ids[0]:
                 # Outside the request (a task that outlived it): the request's own span.
-                return fallback
+                now = ids
             last = self._last
-            if last[0] == now[1]:
+            if last is not None and last[0] == now[1]:
                 return last[1]
-            found = SpanContext(
-                now[0],
-                now[1],
-                is_remote=False,
-                trace_flags=TraceFlags(now[2]),
-                trace_state=self._state,
-            )
-            self._last = (now[1], found)
-            return found
+            return self._make(now[1], now[2])
+
+        def __repr__(self) -> str:
+            return f"StageSpan(trace_id=0x{self._ids[0]:032x})"
 
     _api.update(
         context=context,
+        Context=Context,
         trace=trace,
         baggage=W3CBaggagePropagator(),
-        SpanContext=SpanContext,
-        TraceFlags=TraceFlags,
-        TraceState=TraceState,
         StageSpan=StageSpan,
         suppress_key=suppress_key,
+        span_key=span_key,
     )
     return _api
 
@@ -136,12 +159,11 @@ class ContextHook:
     def __init__(self, *, suppress_queries: bool = True, option: str = "option 'otel_context'"):
         api = _load(option)
         self._context = api["context"]
+        self._Context = api["Context"]
         self._trace = api["trace"]
         self._baggage = api["baggage"]
-        self._SpanContext = api["SpanContext"]
-        self._TraceFlags = api["TraceFlags"]
-        self._TraceState = api["TraceState"]
         self._StageSpan = api["StageSpan"]
+        self._span_key = api["span_key"]
         key = api["suppress_key"]
         self._suppress_key = key if suppress_queries else None
 
@@ -149,30 +171,30 @@ class ContextHook:
         """Attach the request's context; returns the token `exit` needs."""
         context = self._context
         ctx = context.get_current()
-        outer = self._trace.get_current_span(ctx).get_span_context()
-        if outer.is_valid and not isinstance(self._trace.get_current_span(ctx), self._StageSpan):
-            # An OpenTelemetry span is current already (its middleware runs outside ours):
-            # this timeline is its child, in its trace.
-            tl.trace_id = outer.trace_id
-            tl.parent_span_id = outer.span_id
-            tl.trace_flags = int(outer.trace_flags)
-            tl.tracestate = outer.trace_state.to_header() or None
-        state = (
-            self._TraceState.from_header([tl.tracestate]) if tl.tracestate else self._TraceState()
-        )
-        root = self._SpanContext(
-            tl.trace_id,
-            tl.span_id,
-            is_remote=False,
-            trace_flags=self._TraceFlags(tl.trace_flags),
-            trace_state=state,
-        )
+        key = self._span_key
+        outer = ctx.get(key) if key is not None else self._trace.get_current_span(ctx)
+        if outer is not None and not isinstance(outer, self._StageSpan):
+            found = outer.get_span_context()
+            if found.is_valid:
+                # An OpenTelemetry span is current already (its middleware runs outside
+                # ours): this timeline is its child, in its trace.
+                tl.trace_id = found.trace_id
+                tl.parent_span_id = found.span_id
+                tl.trace_flags = int(found.trace_flags)
+                tl.tracestate = found.trace_state.to_header() or None
         value = _header(request, "baggage")
         if value is not None:
             ctx = self._baggage.extract({"baggage": value}, context=ctx)
-        ctx = self._trace.set_span_in_context(self._StageSpan(root, state), ctx)
-        if self._suppress_key is not None:
-            ctx = context.set_value(self._suppress_key, IN_QUERY, ctx)
+        span = self._StageSpan(tl.trace_id, tl.span_id, tl.trace_flags, tl.tracestate)
+        if key is None:
+            ctx = self._trace.set_span_in_context(span, ctx)
+            if self._suppress_key is not None:
+                ctx = context.set_value(self._suppress_key, IN_QUERY, ctx)
+        elif self._suppress_key is not None:
+            # One copy of the context instead of two `set_value` copies.
+            ctx = self._Context({**ctx, key: span, self._suppress_key: IN_QUERY})
+        else:
+            ctx = self._Context({**ctx, key: span})
         return context.attach(ctx)
 
     def exit(self, token: Any) -> None:
