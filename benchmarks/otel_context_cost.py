@@ -54,8 +54,9 @@ def bare(otel_context: bool) -> float:
 
 
 def ask_current_span() -> float:
-    import stagetrace
     from opentelemetry import trace
+
+    import stagetrace
     from stagetrace import _recorder
     from stagetrace._http import gateway
 
