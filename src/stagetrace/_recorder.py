@@ -95,7 +95,6 @@ class Live(list):  # type: ignore[type-arg]
         "queries",
         "internal_errors",
         "sent",
-        "context_tokens",
         "deferred",
     )
 
@@ -127,7 +126,6 @@ class Live(list):  # type: ignore[type-arg]
         self.queries: dict[Any, list[Any]] | None = None
         self.internal_errors = 0
         self.sent = 0
-        self.context_tokens: Any = None
         #: (function, plain argument) computing more root attributes when the timeline is
         #: built, off the request path (the gateway's request attributes).
         self.deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None
