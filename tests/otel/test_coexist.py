@@ -126,9 +126,17 @@ def test_django_instrumentation_without_the_hook_makes_a_second_trace(otel_djang
 
 
 @pytest.fixture
-def pg() -> None:
+def pg() -> Iterator[None]:
+    """PostgreSQL through Django's "pg" alias, its connection closed before and after: the
+    next query connects anew, through the instrumented ``connect`` (a connection another
+    test left open would bypass OpenTelemetry's wrapper)."""
     need_service("PostgreSQL", "127.0.0.1", 5432)
     pytest.importorskip("psycopg")
+    from django.db import connections
+
+    connections["pg"].close()
+    yield
+    connections["pg"].close()
 
 
 @pytest.fixture
@@ -171,6 +179,7 @@ def test_django_and_opentelemetry_db_instrumentation_no_duplicate_sql_spans(
     # What OpenTelemetry still records is what stagetrace has no db.query stage for: the
     # statement Django runs while opening the connection (inside the db.connect stage).
     others = [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert others, "OpenTelemetry's wrapper did not see the connection"
     assert not recorded & set(others), others
     assert all("set_config" in text for text in others), others
     assert any(s.name.startswith("GET") for s in spans)

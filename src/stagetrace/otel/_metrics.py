@@ -63,6 +63,15 @@ def meter_provider_or_none(configured: Any = None) -> Any:
     return provider if isinstance(provider, MeterProvider) else None
 
 
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stagetrace")
+    except PackageNotFoundError:
+        return None
+
+
 def _histogram(meter: Any, name: str, description: str, buckets: tuple[float, ...]) -> Any:
     try:
         return meter.create_histogram(
@@ -77,9 +86,7 @@ class StageMetrics:
     of `meter_provider`."""
 
     def __init__(self, meter_provider: Any) -> None:
-        from .. import __version__
-
-        meter = meter_provider.get_meter("stagetrace", __version__)
+        meter = meter_provider.get_meter("stagetrace", _version())
         self.request_duration = _histogram(
             meter,
             "http.server.request.duration",
