@@ -50,6 +50,11 @@ class Settings:
     max_attr_length: int = 4096
     record_headers: tuple[str, ...] = ()
     record_query_values: tuple[str, ...] = ()
+    # OpenTelemetry context, outbound propagation, metrics, Server-Timing
+    otel_context: bool = False
+    propagate_traceparent: bool = True
+    meter_provider: Any = None
+    server_timing: bool = False
     # derived, for the request path
     exclude_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
@@ -190,7 +195,7 @@ def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
 
-SINK_NAMES = ("console", "jsonl", "memory")
+SINK_NAMES = ("console", "jsonl", "memory", "otel-metrics")
 
 
 def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
@@ -234,6 +239,15 @@ def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
     raise _Bad("a list of callables taking a Timeline")
 
 
+def _meter_provider(value: Any, from_env: bool) -> Any:
+    accepts = "an OpenTelemetry MeterProvider (set it with configure(), not the environment)"
+    if from_env:
+        raise _Bad(accepts)
+    if value is None or callable(getattr(value, "get_meter", None)):
+        return value
+    raise _Bad(accepts)
+
+
 @dataclass(frozen=True)
 class _Option:
     coerce: Callable[[Any, bool], Any]
@@ -242,7 +256,7 @@ class _Option:
 
 OPTIONS: dict[str, _Option] = {
     "enabled": _Option(_to_bool, "record timelines at all"),
-    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory"),
+    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory, otel-metrics"),
     "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
     "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
@@ -263,6 +277,19 @@ OPTIONS: dict[str, _Option] = {
     "record_headers": _Option(_header_list, "request headers whose values are recorded"),
     "record_query_values": _Option(
         _query_names, "query parameters whose values are recorded (others: name only)"
+    ),
+    # OpenTelemetry context, outbound propagation, metrics, Server-Timing (docs/opentelemetry.md)
+    "otel_context": _Option(
+        _to_bool, "make each recorded request's current stage the OpenTelemetry current span"
+    ),
+    "propagate_traceparent": _Option(
+        _to_bool, "add traceparent to outbound httpx/requests calls of recorded requests"
+    ),
+    "meter_provider": _Option(
+        _meter_provider, "MeterProvider for stage metrics (default: the global SDK one)"
+    ),
+    "server_timing": _Option(
+        _to_bool, "add a Server-Timing header with per-kind totals (default: on under DEBUG)"
     ),
 }
 

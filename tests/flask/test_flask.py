@@ -210,8 +210,9 @@ def test_streaming_with_context_nests_under_response_write(client, captured):
 
 
 def test_under_a_real_server_with_an_outbound_call(app):
-    """Werkzeug's threaded server on loopback: the timeline covers the request, and an
-    outbound httpx call to another loopback server nests under the view."""
+    """Werkzeug's threaded server on loopback: the timeline covers the request, an outbound
+    httpx call to another loopback server nests under the view, and the backend's timeline
+    is a child of that call in the same trace."""
     import httpx
 
     backend = app_module.create_app()
@@ -231,8 +232,10 @@ def test_under_a_real_server_with_an_outbound_call(app):
     assert call.parent == only(outer, "view").id
     assert call.attrs["url.query"] == "secret=REDACTED"
     assert call.attrs["http.response.status_code"] == 200
-    # The outbound call carried no traceparent: they are separate traces.
-    assert inner.trace_id != outer.trace_id
+    # The outbound call carried a traceparent naming its http.client stage (option
+    # propagate_traceparent, on by default): the backend's timeline continues the trace.
+    assert inner.trace_id == outer.trace_id
+    assert inner.parent_span_id == outer.stage_span_id(call.id)
 
 
 def test_instrument_one_app_only(captured):

@@ -1,5 +1,6 @@
 """Built-in sinks. Each one is also selectable by name in `configure(sinks=[...])` or
-``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``."""
+``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel-metrics`` (OpenTelemetry
+histograms, `stagetrace.otel._metrics`)."""
 
 from __future__ import annotations
 
@@ -30,4 +31,8 @@ def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
             built.append(ConsoleSink(color=values.get("color", "auto")))
         elif item == "memory":
             built.append(MemorySink(values.get("memory_size", 100)))
+        elif item == "otel-metrics":
+            from ..otel._metrics import MetricsSink
+
+            built.append(MetricsSink(values.get("meter_provider")))
     return tuple(built)

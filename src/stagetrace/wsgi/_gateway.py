@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import wsgi as _parse
-from .._http.gateway import begin_http, end_http, release
+from .._http.gateway import begin_http, end_http, release, wanted
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -43,7 +43,10 @@ def begin(environ: Environ, framework: str) -> list[Any] | None:
     cfg = _runtime.active()
     if not cfg.enabled:
         return None
-    return begin_http(cfg, "WSGI", _parse.request(environ, cfg), framework=framework)
+    path = _parse.path(environ)
+    if not wanted(cfg, path):
+        return None
+    return begin_http(cfg, "WSGI", _parse.request(environ, cfg, path), framework=framework)
 
 
 class _Exchange:
