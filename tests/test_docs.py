@@ -158,7 +158,7 @@ _DEFAULT_TEXT = {
     "analyzers": "N+1 and duplicate queries",
 }
 #: Options that only `configure()` (or framework settings) can set: their values are objects.
-_NO_ENV = {"analyzers", "tracer_provider"}
+_NO_ENV = {"analyzers", "tracer_provider", "meter_provider"}
 
 
 def _default(name: str) -> str:
