@@ -860,13 +860,14 @@ def set_aux(rec: Record | None, value: Any) -> None:
         rec[AUX] = value
 
 
-def nearest_open(kind: str, limit: int = 32) -> Record | None:
-    """The innermost open stage of `kind` around the current position."""
+def nearest_open(kind: str, limit: int = 32, dropped: bool = False) -> Record | None:
+    """The innermost open stage of `kind` around the current position; with `dropped`, also
+    one past `max_stages` (timed for the summary but not kept)."""
     rec = _get()
     for _ in range(limit):
         if rec is None:
             return None
-        if rec[KIND] == kind and not rec[END] and rec[AUX] is not _OVERFLOW:
+        if rec[KIND] == kind and not rec[END] and (dropped or rec[AUX] is not _OVERFLOW):
             return rec
         rec = rec[PARENT]
     return None

@@ -35,12 +35,12 @@ def pg_url(driver: str, database: str) -> str:
     return f"postgresql+{driver}://postgres@{PG_HOST}:{PG_PORT}/{database}"
 
 
-@pytest.fixture(autouse=True)
-def _sql_integrations_start_unpatched() -> Iterator[None]:
-    """Each test starts with SQLAlchemy and the DB-API drivers unpatched, and the earlier state
-    comes back afterwards. The generic ASGI/WSGI middleware (and the Flask example) install the
+@pytest.fixture
+def sql_integrations_start_unpatched() -> Iterator[None]:
+    """The test starts with SQLAlchemy and the DB-API drivers unpatched, and the earlier state
+    comes back afterwards (for the tests of patching itself). The generic ASGI/WSGI middleware (and the Flask example) install the
     SQL integrations for the life of the process, so test modules that ran before these would
-    otherwise leave them patched, and the tests of patching itself would see that."""
+    otherwise leave them patched."""
     import stagetrace.dbapi
     import stagetrace.sqlalchemy
 

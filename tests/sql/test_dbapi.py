@@ -222,6 +222,7 @@ async def test_asyncpg(instrumented, pg_database):
     assert queries(tl)[1].attrs["db.operation.batch.size"] == 2
 
 
+@pytest.mark.usefixtures("sql_integrations_start_unpatched")
 def test_instrumentation_is_reversible_and_idempotent(tmp_path):
     """instrument() twice patches once; uninstrument() puts sqlite3.connect (and psycopg's and
     asyncpg's entry points) back; connections made while instrumented go quiet."""
@@ -257,3 +258,18 @@ def test_instrumentation_is_reversible_and_idempotent(tmp_path):
         conn.execute("SELECT 1")
         sqlite3.connect(":memory:").execute("SELECT 1")
     assert got[0].count("db.query") == 0 and got[0].count("db.connect") == 0
+
+
+def test_a_query_past_max_stages_is_not_recorded_twice(instrumented):
+    """Past max_stages an adapter's db.query stage is timed but not kept; the driver's call
+    inside it is still that query, not a second one (Django with the drivers instrumented
+    counted 19,801 queries of 10,000 once the cap was reached)."""
+    stagetrace.configure(max_stages=5)
+    conn = sqlite3.connect(":memory:")
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        for _ in range(20):
+            with stagetrace.stage("SELECT 1", kind="db.query"):
+                conn.execute("SELECT 1")
+    (tl,) = got
+    assert tl.by_kind["db.query"].count == 20
+    assert tl.dropped_stages == 20 - 4

@@ -255,6 +255,7 @@ def test_the_driver_underneath_adds_no_second_query_stage(instrumented, engine):
     assert [s.name for s in connects] == ["pool checkout", "connect"]
 
 
+@pytest.mark.usefixtures("sql_integrations_start_unpatched")
 def test_instrumentation_is_idempotent_and_reversible(engine):
     """instrument() twice records once; uninstrument() restores every patched attribute and
     removes the listeners: nothing is recorded, and SQLAlchemy works as before."""
@@ -294,6 +295,7 @@ def test_instrumentation_is_idempotent_and_reversible(engine):
     assert vars(Engine)["_has_events"] is False and vars(Dialect)["_has_events"] is False
 
 
+@pytest.mark.usefixtures("sql_integrations_start_unpatched")
 def test_an_adapters_install_is_reference_counted(engine):
     """Two users of `install` (an adapter and the application): the patches stay until the
     last one leaves; `uninstrument` without `instrument` changes nothing."""

@@ -58,13 +58,14 @@ def recorded_elsewhere() -> bool:
     """Whether the database work starting now is recorded already: the current stage is a
     ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect`` other
     than a pool checkout (Django's or SQLAlchemy's connect, whose initialization queries and
-    driver-level connect belong to it). On an internal error: True (record nothing)."""
+    driver-level connect belong to it), kept or past `max_stages`. On an internal error: True
+    (record nothing)."""
     try:
-        if _recorder.nearest_open("db.query", 1) is not None:
+        if _recorder.nearest_open("db.query", 1, dropped=True) is not None:
             return True
-        return _recorder.nearest_open("db.connect", 1) is not None and not _recorder.is_open_for(
-            POOL_CHECKOUT, "db.connect"
-        )
+        return _recorder.nearest_open(
+            "db.connect", 1, dropped=True
+        ) is not None and not _recorder.is_open_for(POOL_CHECKOUT, "db.connect")
     except Exception as exc:
         _recorder.internal_error("dbapi.nesting", exc)
         return True
