@@ -52,7 +52,7 @@ class Settings:
     record_query_values: tuple[str, ...] = ()
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing
     otel_context: bool = False
-    propagate_traceparent: bool = True
+    propagate_traceparent: bool = False
     meter_provider: Any = None
     server_timing: bool = False
     # derived, for the request path
@@ -76,6 +76,16 @@ def _to_bool(value: Any, from_env: bool) -> bool:
         if v in ("0", "false", "no", "off", ""):
             return False
     raise _Bad("true or false")
+
+
+def _to_bool_or_auto(value: Any, from_env: bool) -> bool | None:
+    """True, False, or None ("auto": decided from the other options)."""
+    if value is None or (from_env and isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        return _to_bool(value, from_env)
+    except _Bad:
+        raise _Bad("true, false or auto") from None
 
 
 def _to_rate(value: Any, from_env: bool) -> float:
@@ -280,10 +290,14 @@ OPTIONS: dict[str, _Option] = {
     ),
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing (docs/opentelemetry.md)
     "otel_context": _Option(
-        _to_bool, "make each recorded request's current stage the OpenTelemetry current span"
+        _to_bool_or_auto,
+        "make each recorded request's current stage the OpenTelemetry current span "
+        "(default: with the otel sink, which exports those stages; needs it)",
     ),
     "propagate_traceparent": _Option(
-        _to_bool, "add traceparent to outbound httpx/requests calls of recorded requests"
+        _to_bool_or_auto,
+        "add traceparent to outbound httpx/requests calls of recorded requests "
+        "(default: with the otel sink, which exports the stages it names)",
     ),
     "meter_provider": _Option(
         _meter_provider, "MeterProvider for stage metrics (default: the global SDK one)"
@@ -383,6 +397,20 @@ def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Setting
     """The `Settings` object for resolved values and built sinks."""
     data = dict(values)
     data["sinks"] = sinks
+    # Trace context that names stage spans (the OpenTelemetry current span, an outbound
+    # traceparent) only where those spans reach a collector: otherwise the spans of other
+    # instrumentations and of downstream services would point at parents nobody receives.
+    exports = any(getattr(s, "context_hook", None) is not None for s in sinks)
+    if data.get("otel_context") is None:
+        data["otel_context"] = exports
+    elif data["otel_context"] and not exports:
+        raise ConfigurationError(
+            "stagetrace option 'otel_context' needs the otel sink (sinks=[..., 'otel']): "
+            "without it the stages it makes OpenTelemetry's current span are never exported, "
+            "and OpenTelemetry's spans would point at parents no collector receives"
+        )
+    if data.get("propagate_traceparent") is None:
+        data["propagate_traceparent"] = exports
     patterns = data.get("exclude_paths", ())
     if patterns:
         data["exclude_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))
