@@ -370,9 +370,9 @@ def resolve(
         for name, value in layer.items():
             values[name] = coerce(name, value, source)
     for name, value in (proposed or {}).items():
-        # An adapter's proposal fills only what no layer chose; a proposed sink list gives way
-        # to a JSON lines path set anywhere.
-        if name not in values and not (name == "sinks" and values.get("jsonl")):
+        # An adapter's proposal fills only what no layer chose (a JSON lines path set anywhere
+        # is written besides a proposed sink list: `sink_plan`).
+        if name not in values:
             values[name] = coerce(name, value, "framework default")
     if "service" not in values:
         values["service"] = default_service(environ)

@@ -63,14 +63,14 @@ def test_report_loads_draws_and_responds(
     load(browser, report)
     assert console_errors(browser) == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
-    assert len(by_css(browser, "#list-body tr")) == len(recorded) == 42
-    assert browser.find_element("id", "count").text == "42 of 42 requests"
+    assert len(by_css(browser, "#list-body tr")) == len(recorded) == 48
+    assert browser.find_element("id", "count").text == "48 of 48 requests"
 
     # the N+1 request, by route
     Select(browser.find_element("id", "f-route")).select_by_value("api/books/")
     rows = by_css(browser, "#list-body tr")
     assert len(rows) == 3
-    assert browser.find_element("id", "count").text == "3 of 42 requests"
+    assert browser.find_element("id", "count").text == "3 of 48 requests"
     rows[0].click()
     shown_ms = float(rows[0].find_elements("css selector", "td")[3].text)
     tl = next(
