@@ -10,6 +10,7 @@ the built-in defaults. Every value is checked where it came from, and a bad one 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -329,9 +330,11 @@ def check_names(options: Mapping[str, Any], source: str) -> None:
     """Refuse option names stagetrace does not know, naming the known ones."""
     for name in options:
         if name not in OPTIONS:
+            close = difflib.get_close_matches(str(name), OPTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             known = ", ".join(OPTIONS)
             raise ConfigurationError(
-                f"unknown stagetrace option {name!r} ({source}); known options: {known}"
+                f"unknown stagetrace option {name!r} ({source}); {hint}known options: {known}"
             )
 
 
