@@ -50,6 +50,15 @@ class Settings:
     max_attr_length: int = 4096
     record_headers: tuple[str, ...] = ()
     record_query_values: tuple[str, ...] = ()
+    # the otel sink (docs/export.md)
+    otlp_endpoint: str | None = None
+    tracer_provider: Any = None
+    otel_sample_rate: float = 1.0
+    otel_keep_slower_than_ms: float | None = None
+    otel_keep_errors: bool = True
+    otel_keep_findings: bool = True
+    otel_queue_size: int = 20_000
+    otel_flush_timeout: float = 5.0
     # derived, for the request path
     exclude_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
@@ -190,7 +199,7 @@ def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
 
-SINK_NAMES = ("console", "jsonl", "memory")
+SINK_NAMES = ("console", "jsonl", "memory", "otel")
 
 
 def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
@@ -203,10 +212,6 @@ def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
         raise _Bad(accepts)
     for item in items:
         if isinstance(item, str):
-            if item == "otel":
-                raise _Bad(
-                    f"{accepts}; the 'otel' sink is not available in this version of stagetrace"
-                )
             if item not in SINK_NAMES:
                 raise _Bad(f"{accepts}; {item!r} is not one")
         elif not callable(getattr(item, "emit", None)):
@@ -234,6 +239,46 @@ def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
     raise _Bad("a list of callables taking a Timeline")
 
 
+def _url_or_none(value: Any, from_env: bool) -> str | None:
+    if value is None or (from_env and value.strip() == ""):
+        return None
+    if isinstance(value, str) and re.match(r"https?://[^/\s]+", value.strip()):
+        return value.strip()
+    raise _Bad("an http:// or https:// URL")
+
+
+def _tracer_provider(value: Any, from_env: bool) -> Any:
+    if from_env:
+        raise _Bad("a TracerProvider object (set it with configure(), not the environment)")
+    if value is None or callable(getattr(value, "get_tracer", None)):
+        return value
+    raise _Bad("an OpenTelemetry TracerProvider")
+
+
+def _millis_or_none(value: Any, from_env: bool) -> float | None:
+    accepts = "a number of milliseconds (0 or more), or nothing"
+    if value is None or (from_env and isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise _Bad(accepts)
+    if from_env and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Bad(accepts) from None
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < math.inf:
+        raise _Bad(accepts)
+    return float(value)
+
+
+def _seconds(value: Any, from_env: bool) -> float:
+    accepts = "a number of seconds above 0"
+    seconds = _millis_or_none(value, from_env) if not isinstance(value, bool) else None
+    if seconds is None or seconds <= 0:
+        raise _Bad(accepts)
+    return seconds
+
+
 @dataclass(frozen=True)
 class _Option:
     coerce: Callable[[Any, bool], Any]
@@ -242,7 +287,7 @@ class _Option:
 
 OPTIONS: dict[str, _Option] = {
     "enabled": _Option(_to_bool, "record timelines at all"),
-    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory"),
+    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory, otel"),
     "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
     "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
@@ -263,6 +308,24 @@ OPTIONS: dict[str, _Option] = {
     "record_headers": _Option(_header_list, "request headers whose values are recorded"),
     "record_query_values": _Option(
         _query_names, "query parameters whose values are recorded (others: name only)"
+    ),
+    "otlp_endpoint": _Option(
+        _url_or_none, "otel sink: OTLP base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)"
+    ),
+    "tracer_provider": _Option(
+        _tracer_provider, "otel sink: an SDK TracerProvider to hand spans to (configure() only)"
+    ),
+    "otel_sample_rate": _Option(
+        _to_rate, "otel sink: fraction of the requests no tail rule keeps that are exported"
+    ),
+    "otel_keep_slower_than_ms": _Option(
+        _millis_or_none, "otel sink: always export requests at least this slow"
+    ),
+    "otel_keep_errors": _Option(_to_bool, "otel sink: always export 5xx and failed requests"),
+    "otel_keep_findings": _Option(_to_bool, "otel sink: always export requests with findings"),
+    "otel_queue_size": _Option(_positive_int, "otel sink: spans waiting for export at most"),
+    "otel_flush_timeout": _Option(
+        _seconds, "otel sink: longest wait for the collector at flush, shutdown and exit"
     ),
 }
 

@@ -1,5 +1,6 @@
 """Built-in sinks. Each one is also selectable by name in `configure(sinks=[...])` or
-``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``."""
+``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel`` (built from
+`stagetrace.otel`, imported only when named)."""
 
 from __future__ import annotations
 
@@ -30,4 +31,8 @@ def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
             built.append(ConsoleSink(color=values.get("color", "auto")))
         elif item == "memory":
             built.append(MemorySink(values.get("memory_size", 100)))
+        elif item == "otel":
+            from ..otel._provider import build_sink
+
+            built.append(build_sink(values))
     return tuple(built)

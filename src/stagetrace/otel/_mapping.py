@@ -1,0 +1,305 @@
+"""Timeline → OpenTelemetry spans, as the plain 12-tuples `_encode.SpanEncoder` takes.
+
+One timeline becomes one trace fragment:
+
+* the root stage becomes a span of kind SERVER (CONSUMER for a job) named ``"{METHOD} {route}"``
+  (the method alone when no route matched), parented to the remote parent of an incoming
+  ``traceparent`` (with the "parent is remote" flag set) and carrying its ``tracestate``;
+* every other stage becomes a child span with its recorded start and end, parented to its
+  parent stage, with the span id the request saw while it ran (``stage_span_id``): spans that
+  other instrumentation made under a stage nest under it. ``db.query`` and ``http.client`` are
+  CLIENT spans, all others INTERNAL. ``orm.compile`` and ``orm.fetch`` are spans too (a
+  measured choice, see docs/export.md: an event costs about as much to encode as a span, and a
+  stage that was current during the request must exist as a span, or children that other
+  instrumentation parented to it would be orphans);
+* attributes: what the adapters recorded, which already uses the semantic conventions' names
+  (``http.request.method``, ``db.query.text`` ...), plus ``url.path`` and ``http.route`` on the
+  root; anything that is not a semantic-convention name goes under ``stagetrace.``; and
+  stagetrace's own: ``stagetrace.kind``, ``stagetrace.self_time_ns``, for middleware
+  ``stagetrace.middleware.in_ns`` / ``.out_ns`` / ``.short_circuit``; findings are events on the
+  root span (``stagetrace.finding``) and a ``stagetrace.findings`` list on the stages involved;
+* status: a stage that ended with an exception is ERROR with ``error.type`` and an
+  ``exception`` event (``exception.type``, ``exception.message``); a server span is ERROR on a
+  5xx (``error.type`` the status code), not on a 4xx; an ``http.client`` span on any status of
+  400 and above.
+
+Works straight from the frozen `Timeline`'s stages: no SDK objects. `to_readable_spans` builds
+SDK ``ReadableSpan`` objects from the same tuples for a user's ``TracerProvider``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .._model import Timeline, stage_span_id
+from ._encode import (
+    KIND_CLIENT,
+    KIND_CONSUMER,
+    KIND_INTERNAL,
+    KIND_SERVER,
+    SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE,
+    SPAN_FLAGS_CONTEXT_IS_REMOTE,
+    STATUS_ERROR,
+    STATUS_UNSET,
+)
+
+__all__ = [
+    "export_key",
+    "parse_resource_attributes",
+    "resource_attributes",
+    "span_name",
+    "spans_of",
+    "timeline_spans",
+]
+
+_CLIENT_KINDS = frozenset(("db.query", "http.client"))
+_UNSET = (STATUS_UNSET, "")
+
+#: Attribute names the semantic conventions define, exported as they are.
+SEMCONV_KEYS = frozenset(
+    (
+        "http.request.method",
+        "http.request.method_original",
+        "http.route",
+        "http.response.status_code",
+        "http.request.body.size",
+        "http.response.body.size",
+        "url.path",
+        "url.scheme",
+        "url.query",
+        "url.full",
+        "server.address",
+        "server.port",
+        "client.address",
+        "client.port",
+        "user_agent.original",
+        "network.protocol.version",
+        "network.peer.address",
+        "network.peer.port",
+        "error.type",
+        "db.system.name",
+        "db.namespace",
+        "db.operation.name",
+        "db.operation.batch.size",
+        "db.collection.name",
+        "db.query.text",
+        "db.query.summary",
+        "db.response.returned_rows",
+        "db.response.status_code",
+        "code.function.name",
+        "code.file.path",
+        "code.line.number",
+        "thread.id",
+        "process.pid",
+    )
+)
+#: Prefixes of semantic-convention namespaces whose names are exported as they are.
+SEMCONV_PREFIXES = ("messaging.", "http.request.header.", "http.response.header.", "rpc.")
+
+#: Names of timelines written before the attributes followed the current conventions.
+LEGACY_KEYS = {
+    "db.system": "db.system.name",
+    "db.statement": "db.query.text",
+    "db.rows": "db.response.returned_rows",
+    "db.batch_size": "db.operation.batch.size",
+}
+
+_keys: dict[str, str] = {}
+
+
+def export_key(key: str) -> str:
+    """The attribute name a recorded key is exported under: semantic-convention names as they
+    are, stagetrace's own (``stagetrace.*``) as they are, anything else under ``stagetrace.``
+    (``http.response.sent_ns`` → ``stagetrace.http.response.sent_ns``), so nothing that is not
+    the convention's meaning is sent under a convention's name."""
+    out = _keys.get(key)
+    if out is None:
+        if key in SEMCONV_KEYS or key.startswith(SEMCONV_PREFIXES) or key.startswith("stagetrace."):
+            out = key
+        elif key in LEGACY_KEYS:
+            out = LEGACY_KEYS[key]
+        else:
+            out = "stagetrace." + key
+        if len(_keys) < 4096:
+            _keys[key] = out
+    return out
+
+
+def span_name(tl: Timeline) -> str:
+    """The root span's name: ``"{METHOD} {route}"``, the method alone when no route matched
+    (the path is high-cardinality and is not a span name), the root stage's name for a job."""
+    if tl.protocol == "job":
+        root = tl.root
+        return root.name if root is not None else "job"
+    method = tl.method or "HTTP"
+    return f"{method} {tl.route}" if tl.route else method
+
+
+def _hex_id(value: str | None, size: int) -> bytes | None:
+    if not value:
+        return None
+    try:
+        return int(value, 16).to_bytes(size, "big")
+    except (ValueError, OverflowError):
+        return None
+
+
+def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
+    """The spans of one timeline as `_encode.SpanTuple` 12-tuples, root first."""
+    stages = tl.stages
+    if not stages:
+        return []
+    trace = int(tl.trace_id, 16).to_bytes(16, "big")
+    root_id = int(tl.span_id, 16)
+    remote = _hex_id(tl.parent_span_id, 8)
+    sampled = tl.trace_flags & 0xFF
+    child_flags = sampled | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE
+    root_flags = child_flags | (SPAN_FLAGS_CONTEXT_IS_REMOTE if remote else 0)
+    state = tl.tracestate or None
+    wall0 = tl.start_unix_nano
+    ids = [stage_span_id(root_id, i).to_bytes(8, "big") for i in range(len(stages))]
+    marks: dict[int, list[str]] = {}
+    for f in tl.findings:
+        for i in f.stages:
+            kinds = marks.setdefault(i, [])
+            if f.kind not in kinds:
+                kinds.append(f.kind)
+    key = export_key
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    for st in stages:
+        i = st.id
+        kind_name = st.kind
+        attrs: list[tuple[str, Any]] = [(key(k), v) for k, v in st.attrs.items()]
+        attrs.append(("stagetrace.kind", kind_name))
+        attrs.append(("stagetrace.self_time_ns", st.self_ns))
+        events: list[tuple[int, str, Any]] | None = None
+        status = _UNSET
+        start = wall0 + st.start_ns
+        end = start + st.duration_ns
+        if st.phases is not None:
+            attrs.append(("stagetrace.middleware.in_ns", st.phases.get("in", 0)))
+            attrs.append(("stagetrace.middleware.out_ns", st.phases.get("out", 0)))
+            attrs.append(("stagetrace.middleware.short_circuit", bool(st.short_circuit)))
+        if i in marks:
+            attrs.append(("stagetrace.findings", marks[i]))
+        err = st.error
+        if err is not None:
+            status = (STATUS_ERROR, err.message)
+            attrs.append(("error.type", err.type))
+            events = [
+                (end, "exception", (("exception.type", err.type), ("exception.message", err.message)))
+            ]
+        if i == 0:
+            if tl.protocol == "job":
+                kind = KIND_CONSUMER
+                name = st.name
+            else:
+                kind = KIND_SERVER
+                name = span_name(tl)
+                if tl.path is not None:
+                    attrs.append(("url.path", tl.path))
+                if tl.route:
+                    attrs.append(("http.route", tl.route))
+                code = tl.status
+                if code is not None and tl.protocol == "http":
+                    if "http.response.status_code" not in st.attrs:
+                        attrs.append(("http.response.status_code", code))
+                    if code >= 500 and err is None:
+                        status = (STATUS_ERROR, "")
+                        attrs.append(("error.type", str(code)))
+            if tl.request_id != tl.trace_id:
+                attrs.append(("stagetrace.request_id", tl.request_id))
+            if tl.dropped_stages:
+                attrs.append(("stagetrace.dropped_stages", tl.dropped_stages))
+            if tl.findings:
+                events = (events or []) + [
+                    (
+                        end,
+                        "stagetrace.finding",
+                        (
+                            ("stagetrace.finding.kind", f.kind),
+                            ("stagetrace.finding.message", f.message),
+                            ("stagetrace.finding.stages", list(f.stages)),
+                        ),
+                    )
+                    for f in tl.findings
+                ]
+            parent = remote
+            flags = root_flags
+        else:
+            kind = KIND_CLIENT if kind_name in _CLIENT_KINDS else KIND_INTERNAL
+            name = st.name
+            p = st.parent
+            parent = ids[p if p is not None else 0]
+            flags = child_flags
+            if kind_name == "http.client" and err is None:
+                code = st.attrs.get("http.response.status_code")
+                if type(code) is int and code >= 400:
+                    status = (STATUS_ERROR, "")
+                    attrs.append(("error.type", str(code)))
+        append(
+            (
+                trace,
+                ids[i],
+                parent,
+                name,
+                kind,
+                start,
+                end,
+                attrs,
+                events,
+                status,
+                state,
+                flags,
+            )
+        )
+    return out
+
+
+def spans_of(timelines: Iterable[Timeline]) -> list[tuple[Any, ...]]:
+    """The spans of several timelines, concatenated."""
+    out: list[tuple[Any, ...]] = []
+    for tl in timelines:
+        out.extend(timeline_spans(tl))
+    return out
+
+
+def parse_resource_attributes(raw: str) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``k1=v1,k2=v2``, values percent-encoded) as a dict; items
+    without ``=`` are ignored, as the SDK does."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    return out
+
+
+def resource_attributes(service: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The resource every exported span carries: with the OpenTelemetry SDK installed, what its
+    ``Resource.create()`` detects (``OTEL_RESOURCE_ATTRIBUTES``, the configured detectors,
+    ``telemetry.sdk.*``); without it ``OTEL_RESOURCE_ATTRIBUTES`` and stagetrace's own
+    ``telemetry.sdk.*``. ``service.name`` is stagetrace's ``service`` option (which defaults to
+    ``OTEL_SERVICE_NAME``)."""
+    from .. import __version__
+
+    attrs: dict[str, Any]
+    try:
+        from opentelemetry.sdk.resources import Resource
+    except ImportError:
+        attrs = {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "stagetrace",
+            "telemetry.sdk.version": __version__,
+        }
+        attrs.update(parse_resource_attributes(environ.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    else:
+        attrs = dict(Resource.create({}).attributes)
+    if service and (service != "unknown_service" or "service.name" not in attrs):
+        attrs["service.name"] = service
+    return attrs
+
