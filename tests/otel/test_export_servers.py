@@ -5,6 +5,7 @@ what is asserted is what the collector decoded and forwarded."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,7 +107,9 @@ def test_django_example_under_gunicorn_exports_every_stage(collector: Collector,
     for q in queries:
         assert q["kind"] == 3
         assert q["attributes"]["db.system.name"] == "sqlite"
-        assert "%s" in q["attributes"]["db.query.text"] or "?" in q["attributes"]["db.query.text"]
+        text = q["attributes"]["db.query.text"]
+        if "WHERE" in text:  # the 20 author look-ups: placeholders, never the ids
+            assert "%s" in text and not re.search(r"=\s*\d", text), text
         assert not any(k.endswith("parameters") for k in q["attributes"])
     # the N+1 finding: an event on the root, the attribute on the queries involved
     assert any(e["name"] == "stagetrace.finding" for e in root["events"])
