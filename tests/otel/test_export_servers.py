@@ -52,7 +52,9 @@ def traces(collector: Collector, trace_id: str) -> list[dict[str, Any]]:
     return [s for s in collector.span_dicts() if s["trace_id"] == trace_id]
 
 
-def wait_trace(collector: Collector, trace_id: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+def wait_trace(
+    collector: Collector, trace_id: str, count: int, timeout: float = 15.0
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         spans = traces(collector, trace_id)
@@ -72,7 +74,9 @@ def check_tree(spans: list[dict[str, Any]], remote_parent: str) -> dict[str, Any
     return root
 
 
-def test_django_example_under_gunicorn_exports_every_stage(collector: Collector, site_db: str, tmp_path: Path) -> None:
+def test_django_example_under_gunicorn_exports_every_stage(
+    collector: Collector, site_db: str, tmp_path: Path
+) -> None:
     """gunicorn serving the Django example, spans over OTLP/HTTP: one server span named after
     the route under the incoming traceparent, every stage a span (21 CLIENT query spans of the
     N+1, middleware with phases, templates), semantic-convention attributes, no SQL parameter
@@ -84,7 +88,9 @@ def test_django_example_under_gunicorn_exports_every_stage(collector: Collector,
     }  # fmt: skip
     with serve(gunicorn_args(port), env, tmp_path / "gunicorn.log", port) as base:
         with requests.Session() as s:
-            r = s.get(f"{base}/api/books/?q=secret-words&page=2", headers={"traceparent": TRACEPARENT})
+            r = s.get(
+                f"{base}/api/books/?q=secret-words&page=2", headers={"traceparent": TRACEPARENT}
+            )
             assert r.status_code == 200
             other = "0af7651916cd43dd8448eb211c80319c"
             r = s.get(f"{base}/nowhere/", headers={"traceparent": f"00-{other}-{REMOTE}-01"})
@@ -116,7 +122,11 @@ def test_django_example_under_gunicorn_exports_every_stage(collector: Collector,
     assert sum("stagetrace.findings" in q["attributes"] for q in queries) >= 20
     mws = [s for s in spans if s["attributes"]["stagetrace.kind"] == "middleware"]
     assert all("stagetrace.middleware.in_ns" in m["attributes"] for m in mws)
-    assert all(s["kind"] == 1 for s in spans if s["attributes"]["stagetrace.kind"] in ("middleware", "view"))
+    assert all(
+        s["kind"] == 1
+        for s in spans
+        if s["attributes"]["stagetrace.kind"] in ("middleware", "view")
+    )
     # 404: no route, named by the method, not an error
     root404 = check_tree(missing, REMOTE)
     assert root404["name"] == "GET" and root404["status"]["code"] == 0
@@ -134,7 +144,9 @@ def test_fastapi_example_under_uvicorn_over_grpc(collector: Collector, tmp_path:
     }  # fmt: skip
     args = ["uvicorn", "--app-dir", str(FASTAPI), "--port", str(port), "--no-access-log", "app:app"]
     with serve(args, env, tmp_path / "uvicorn.log", port) as base:
-        r = requests.get(f"{base}/items/4", headers={"traceparent": TRACEPARENT, "tracestate": "v=1"})
+        r = requests.get(
+            f"{base}/items/4", headers={"traceparent": TRACEPARENT, "tracestate": "v=1"}
+        )
         assert r.status_code == 200
         deadline = time.monotonic() + 15
         while not any(s["parent_span_id"] == REMOTE for s in traces(collector, TRACE)):
@@ -174,7 +186,9 @@ def test_sigterm_with_the_collector_down_exits_within_the_flush_deadline(
                 "bookshop.asgi:application"]  # fmt: skip
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     try:
         wait_for_port(port, proc, log)
         with requests.Session() as s:

@@ -28,7 +28,9 @@ def timeline(**overrides: Any) -> Timeline:
         data["stages"] = stages
     data.update(overrides)
     tl = Timeline.from_dict(data)
-    extra = {k: overrides[k] for k in ("parent_span_id", "trace_flags", "tracestate") if k in overrides}
+    extra = {
+        k: overrides[k] for k in ("parent_span_id", "trace_flags", "tracestate") if k in overrides
+    }
     if extra:  # not part of the serialized schema: rebuild with them
         tl = Timeline(
             tl.trace_id, tl.span_id, tl.request_id, tl.service, tl.framework, tl.protocol,
@@ -63,7 +65,7 @@ def test_every_stage_is_a_span_nested_under_the_remote_parent() -> None:
     assert root["attributes"]["stagetrace.kind"] == "gateway"
     assert root["start_time_unix_nano"] == tl.start_unix_nano
     assert root["end_time_unix_nano"] == tl.start_unix_nano + tl.duration_ns
-    for st, span in zip(tl.stages, spans):
+    for st, span in zip(tl.stages, spans, strict=False):
         assert span["span_id"] == tl.stage_span_id(st.id)
         assert span["trace_id"] == tl.trace_id
         if st.parent is not None:
@@ -108,7 +110,10 @@ def test_errors_follow_the_conventions() -> None:
     assert view["attributes"]["error.type"] == "builtins.ValueError"
     (event,) = view["events"]
     assert event["name"] == "exception"
-    assert event["attributes"] == {"exception.type": "builtins.ValueError", "exception.message": "bad id"}
+    assert event["attributes"] == {
+        "exception.type": "builtins.ValueError",
+        "exception.message": "bad id",
+    }
     ok = decoded(timeline(status=404))[0]
     assert ok["status"]["code"] == 0 and "error.type" not in ok["attributes"]
 
@@ -178,5 +183,7 @@ def test_findings_rule_and_ratio_by_trace_id() -> None:
     import random
 
     rules = SamplingRules(rate=0.25)
-    kept = sum(rules.keep(timeline(trace_id=f"{random.getrandbits(128):032x}")) for _ in range(2000))
+    kept = sum(
+        rules.keep(timeline(trace_id=f"{random.getrandbits(128):032x}")) for _ in range(2000)
+    )
     assert 400 < kept < 600

@@ -144,9 +144,8 @@ def test_tracer_provider_option_gets_readable_spans() -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "app"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     stagetrace.configure(sinks=["otel"], tracer_provider=provider)
-    with stagetrace.timeline("nightly"):
-        with stagetrace.stage("load", kind="db.query"):
-            pass
+    with stagetrace.timeline("nightly"), stagetrace.stage("load", kind="db.query"):
+        pass
     assert stagetrace.flush(5)
     spans = exporter.get_finished_spans()
     by_name = {s.name: s for s in spans}

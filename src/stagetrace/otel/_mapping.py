@@ -189,7 +189,11 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
             status = (STATUS_ERROR, err.message)
             attrs.append(("error.type", err.type))
             events = [
-                (end, "exception", (("exception.type", err.type), ("exception.message", err.message)))
+                (
+                    end,
+                    "exception",
+                    (("exception.type", err.type), ("exception.message", err.message)),
+                )
             ]
         if i == 0:
             if tl.protocol == "job":
@@ -235,10 +239,10 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
             parent = ids[p if p is not None else 0]
             flags = child_flags
             if kind_name == "http.client" and err is None:
-                code = st.attrs.get("http.response.status_code")
-                if type(code) is int and code >= 400:
+                answer = st.attrs.get("http.response.status_code")
+                if type(answer) is int and answer >= 400:
                     status = (STATUS_ERROR, "")
-                    attrs.append(("error.type", str(code)))
+                    attrs.append(("error.type", str(answer)))
         append(
             (
                 trace,
@@ -285,7 +289,7 @@ def resource_attributes(service: str, environ: Mapping[str, str]) -> dict[str, A
     ``telemetry.sdk.*``); without it ``OTEL_RESOURCE_ATTRIBUTES`` and stagetrace's own
     ``telemetry.sdk.*``. ``service.name`` is stagetrace's ``service`` option (which defaults to
     ``OTEL_SERVICE_NAME``)."""
-    from .. import __version__
+    from ._about import version
 
     attrs: dict[str, Any]
     try:
@@ -294,7 +298,7 @@ def resource_attributes(service: str, environ: Mapping[str, str]) -> dict[str, A
         attrs = {
             "telemetry.sdk.language": "python",
             "telemetry.sdk.name": "stagetrace",
-            "telemetry.sdk.version": __version__,
+            "telemetry.sdk.version": version(),
         }
         attrs.update(parse_resource_attributes(environ.get("OTEL_RESOURCE_ATTRIBUTES", "")))
     else:
@@ -302,4 +306,3 @@ def resource_attributes(service: str, environ: Mapping[str, str]) -> dict[str, A
     if service and (service != "unknown_service" or "service.name" not in attrs):
         attrs["service.name"] = service
     return attrs
-

@@ -82,7 +82,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
             for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         ):
             raise ConfigurationError(NOWHERE)
-        from .. import __version__
+        from ._about import version
         from ._encode import SpanEncoder
         from ._mapping import resource_attributes
         from ._transport import exporter_config, make_transport
@@ -91,7 +91,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
         encoder = SpanEncoder(
             resource_attributes(values.get("service", "unknown_service"), env),
             "stagetrace",
-            __version__,
+            version(),
         )
         sink = OtelSink(
             encoder=encoder,
@@ -130,9 +130,9 @@ def readable_spans(spans: list[tuple[Any, ...]], resource: Any = None) -> list[A
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
     from opentelemetry.trace.span import TraceState
 
-    from .. import __version__
+    from ._about import version
 
-    scope = InstrumentationScope("stagetrace", __version__)
+    scope = InstrumentationScope("stagetrace", version())
     kinds = {1: SpanKind.INTERNAL, 2: SpanKind.SERVER, 3: SpanKind.CLIENT, 4: SpanKind.PRODUCER}
     kinds[5] = SpanKind.CONSUMER
     codes = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}

@@ -297,7 +297,8 @@ class OtelSink:
             self.processor(spans)
             STATE.counters["otel_spans_exported"] += len(spans)
             return
-        assert self.encoder is not None and self._exporter is not None
+        assert self.encoder is not None
+        assert self._exporter is not None
         self._exporter.submit(self.encoder.encode(spans), len(spans))
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -326,22 +327,30 @@ class OtelSink:
 
 
 def _attach_extras(sink: OtelSink, values: Mapping[str, Any]) -> None:
-    """THE place where part B's pieces connect to the sink (the OpenTelemetry context during the
-    request, and metrics): each is imported if its module exists and used if it can be, else
-    left out. Nothing here may fail configuration."""
-    try:
-        from . import _context  # type: ignore[attr-defined]  # part B
-    except ImportError:
-        pass
-    else:
-        hook = getattr(_context, "ContextHook", None)
+    """THE place where part B's pieces connect to the sink: ``otel/_context.py``
+    (``ContextHook``: the OpenTelemetry context current during the request, outbound
+    ``traceparent``) and ``otel/_metrics.py`` (``StageMetrics(meter_provider)`` with
+    ``record_many(timelines)``, and ``meter_provider_or_none()``). Each is imported if its module
+    exists and used if it can be, else left out. Nothing here may fail configuration."""
+    context = _optional("_context")
+    if context is not None:
+        hook = getattr(context, "ContextHook", None)
         if hook is not None:
             sink.context_hook = hook()
-    try:
-        from . import _metrics  # type: ignore[attr-defined]  # part B
-    except ImportError:
-        pass
-    else:
-        provider = _metrics.meter_provider_or_none()
+    metrics = _optional("_metrics")
+    if metrics is not None:
+        provider = metrics.meter_provider_or_none()
         if provider is not None:
-            sink.metrics = _metrics.StageMetrics(provider)
+            sink.metrics = metrics.StageMetrics(provider)
+
+
+def _optional(name: str) -> Any:
+    """The sibling module `name`, or None when it does not exist (yet)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.{name}":
+            raise
+        return None
