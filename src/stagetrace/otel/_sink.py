@@ -332,16 +332,19 @@ def _attach_extras(sink: OtelSink, values: Mapping[str, Any]) -> None:
     ``traceparent``) and ``otel/_metrics.py`` (``StageMetrics(meter_provider)`` with
     ``record_many(timelines)``, and ``meter_provider_or_none()``). Each is imported if its module
     exists and used if it can be, else left out. Nothing here may fail configuration."""
-    context = _optional("_context")
-    if context is not None:
-        hook = getattr(context, "ContextHook", None)
-        if hook is not None:
-            sink.context_hook = hook()
-    metrics = _optional("_metrics")
-    if metrics is not None:
-        provider = metrics.meter_provider_or_none()
-        if provider is not None:
-            sink.metrics = metrics.StageMetrics(provider)
+    try:
+        context = _optional("_context")
+        if context is not None:
+            hook = getattr(context, "ContextHook", None)
+            if hook is not None:
+                sink.context_hook = hook()
+        metrics = _optional("_metrics")
+        if metrics is not None:
+            provider = metrics.meter_provider_or_none()
+            if provider is not None:
+                sink.metrics = metrics.StageMetrics(provider)
+    except Exception as exc:  # part B's code must not stop the export from working
+        logger.warning("stagetrace: otel context/metrics left out: %r", exc)
 
 
 def _optional(name: str) -> Any:
@@ -352,5 +355,5 @@ def _optional(name: str) -> Any:
         return importlib.import_module(f"{__package__}.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.{name}":
-            raise
+            logger.warning("stagetrace: otel %s left out: %s", name, exc)
         return None
