@@ -15,9 +15,12 @@ One timeline becomes one trace fragment:
 * attributes: what the adapters recorded, which already uses the semantic conventions' names
   (``http.request.method``, ``db.query.text`` ...), plus ``url.path`` and ``http.route`` on the
   root; anything that is not a semantic-convention name goes under ``stagetrace.``; and
-  stagetrace's own: ``stagetrace.kind``, ``stagetrace.self_time_ns``, for middleware
+  stagetrace's own: ``stagetrace.kind``, ``stagetrace.self_time_ns`` (left out when it equals
+  the span's duration: a stage without children), for middleware
   ``stagetrace.middleware.in_ns`` / ``.out_ns`` / ``.short_circuit``; findings are events on the
-  root span (``stagetrace.finding``) and a ``stagetrace.findings`` list on the stages involved;
+  root span (``stagetrace.finding``) and ``stagetrace.findings`` (the finding kinds, comma
+  separated: a string repeats and encodes once, a list would be encoded every time) on the
+  stages involved;
 * status: a stage that ended with an exception is ERROR with ``error.type`` and an
   ``exception`` event (``exception.type``, ``exception.message``); a server span is ERROR on a
   5xx (``error.type`` the status code), not on a 4xx; an ``http.client`` span on any status of
@@ -159,21 +162,25 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
     state = tl.tracestate or None
     wall0 = tl.start_unix_nano
     ids = [stage_span_id(root_id, i).to_bytes(8, "big") for i in range(len(stages))]
-    marks: dict[int, list[str]] = {}
+    marks: dict[int, str] = {}
     for f in tl.findings:
         for i in f.stages:
-            kinds = marks.setdefault(i, [])
-            if f.kind not in kinds:
-                kinds.append(f.kind)
+            seen = marks.get(i)
+            if seen is None:
+                marks[i] = f.kind
+            elif f.kind not in seen.split(","):
+                marks[i] = f"{seen},{f.kind}"
     key = export_key
+    known = _keys.get
     out: list[tuple[Any, ...]] = []
     append = out.append
     for st in stages:
         i = st.id
         kind_name = st.kind
-        attrs: list[tuple[str, Any]] = [(key(k), v) for k, v in st.attrs.items()]
+        attrs: list[tuple[str, Any]] = [(known(k) or key(k), v) for k, v in st.attrs.items()]
         attrs.append(("stagetrace.kind", kind_name))
-        attrs.append(("stagetrace.self_time_ns", st.self_ns))
+        if st.self_ns != st.duration_ns:  # a stage without children: its duration
+            attrs.append(("stagetrace.self_time_ns", st.self_ns))
         events: list[tuple[int, str, Any]] | None = None
         status = _UNSET
         start = wall0 + st.start_ns
