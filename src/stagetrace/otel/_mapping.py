@@ -16,11 +16,11 @@ One timeline becomes one trace fragment:
   (``http.request.method``, ``db.query.text`` ...), plus ``url.path`` and ``http.route`` on the
   root; anything that is not a semantic-convention name goes under ``stagetrace.``; and
   stagetrace's own: ``stagetrace.kind``, ``stagetrace.self_time_ns`` (left out when it equals
-  the span's duration: a stage without children), for middleware
-  ``stagetrace.middleware.in_ns`` / ``.out_ns`` / ``.short_circuit``; findings are events on the
-  root span (``stagetrace.finding``) and ``stagetrace.findings`` (the finding kinds, comma
-  separated: a string repeats and encodes once, a list would be encoded every time) on the
-  stages involved;
+  the span's duration: a stage without children), for middleware instead
+  ``stagetrace.middleware.in_ns`` / ``.out_ns`` (its own time, in detail) and
+  ``.short_circuit``; findings are events on the root span (``stagetrace.finding``) and
+  ``stagetrace.findings`` (the finding kinds, comma separated: a string repeats and encodes
+  once, a list would be encoded every time) on the stages involved;
 * status: a stage that ended with an exception is ERROR with ``error.type`` and an
   ``exception`` event (``exception.type``, ``exception.message``); a server span is ERROR on a
   5xx (``error.type`` the status code), not on a 4xx; an ``http.client`` span on any status of
@@ -37,6 +37,7 @@ from typing import Any
 
 from .._model import Timeline, stage_span_id
 from ._encode import (
+    _VARINT1,
     KIND_CLIENT,
     KIND_CONSUMER,
     KIND_INTERNAL,
@@ -45,6 +46,9 @@ from ._encode import (
     SPAN_FLAGS_CONTEXT_IS_REMOTE,
     STATUS_ERROR,
     STATUS_UNSET,
+    SpanEncoder,
+    _varint,
+    utf8,
 )
 
 __all__ = [
@@ -148,8 +152,58 @@ def _hex_id(value: str | None, size: int) -> bytes | None:
         return None
 
 
-def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
-    """The spans of one timeline as `_encode.SpanTuple` 12-tuples, root first."""
+def _uvarint(value: int) -> bytes:
+    """The varint of a non-negative int below 2**63 (a timing: usually 3 or 4 bytes)."""
+    if value < 0x80:
+        return _VARINT1[value] if value >= 0 else b"\x00"
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(
+            (
+                value & 0x7F | 0x80,
+                (value >> 7) & 0x7F | 0x80,
+                (value >> 14) & 0x7F | 0x80,
+                value >> 21,
+            )
+        )
+    return _varint(value) if value < _INT64_LIMIT else b"\x00"
+
+
+def _timing_prefixes(key: str) -> tuple[bytes, ...]:
+    """Per varint length n: the bytes of span attribute `key` = an int up to its value's varint."""
+    raw = utf8(key)
+    field = b"\x0a" + _varint(len(raw)) + raw
+    out = [b""]
+    for n in range(1, 11):
+        body_len = 1 + n
+        kv_len = len(field) + 1 + 1 + body_len
+        out.append(b"\x4a" + _varint(kv_len) + field + b"\x12" + bytes((body_len,)) + b"\x18")
+    prefixes = _key_fields[key] = tuple(out)
+    return prefixes
+
+
+def _timing_block(key: str, value: int) -> bytes:
+    """One span attribute ``key`` = non-negative int ``value`` as encoded span-attribute bytes
+    (what ``SpanEncoder.span_attributes`` gives): timings are unique per span, so the encoder's
+    value cache would only churn on them."""
+    prefixes = _key_fields.get(key) or _timing_prefixes(key)
+    raw = _uvarint(value)
+    return prefixes[len(raw)] + raw
+
+
+_key_fields: dict[str, tuple[bytes, ...]] = {}
+_INT64_LIMIT = 1 << 63
+
+
+def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tuple[Any, ...]]:
+    """The spans of one timeline as `_encode.SpanTuple` 12-tuples, root first.
+
+    With `encoder`, each span's attributes are already encoded bytes (the encoder's cached
+    blocks plus the per-span timings written directly), which is what the OTLP path sends;
+    without, they are ``(key, value)`` pairs (the provider path)."""
     stages = tl.stages
     if not stages:
         return []
@@ -161,7 +215,9 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
     root_flags = child_flags | (SPAN_FLAGS_CONTEXT_IS_REMOTE if remote else 0)
     state = tl.tracestate or None
     wall0 = tl.start_unix_nano
-    ids = [stage_span_id(root_id, i).to_bytes(8, "big") for i in range(len(stages))]
+    to_id = stage_span_id
+    ids = [root_id.to_bytes(8, "big")]
+    ids += [to_id(root_id, i).to_bytes(8, "big") for i in range(1, len(stages))]
     marks: dict[int, str] = {}
     for f in tl.findings:
         for i in f.stages:
@@ -170,28 +226,67 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
                 marks[i] = f.kind
             elif f.kind not in seen.split(","):
                 marks[i] = f"{seen},{f.kind}"
-    key = export_key
-    known = _keys.get
+    encode = encoder.span_attributes if encoder is not None else None
+    timing = _timing_block
+    client = _CLIENT_KINDS
     out: list[tuple[Any, ...]] = []
     append = out.append
-    for st in stages:
-        i = st.id
-        kind_name = st.kind
-        attrs: list[tuple[str, Any]] = [(known(k) or key(k), v) for k, v in st.attrs.items()]
-        attrs.append(("stagetrace.kind", kind_name))
-        if st.self_ns != st.duration_ns:  # a stage without children: its duration
-            attrs.append(("stagetrace.self_time_ns", st.self_ns))
+    blocks = _blocks if encoder is not None and encoder is _blocks_owner[0] else None
+    if encoder is not None and blocks is None:
+        _blocks.clear()
+        _blocks_owner[0] = encoder
+        blocks = _blocks
+    times: tuple[tuple[str, int], ...]
+    for i, p, kind_name, name, start_ns, duration, self_ns, sattrs, err, phases, short in stages:
+        if phases is not None:
+            # A middleware's own time is its in and out phases: they say it in more detail.
+            times = (
+                ("stagetrace.middleware.in_ns", phases.get("in", 0)),
+                ("stagetrace.middleware.out_ns", phases.get("out", 0)),
+            )
+        elif self_ns != duration:  # else a stage without children: its duration
+            times = (("stagetrace.self_time_ns", self_ns),)
+        else:
+            times = ()
+        if blocks is not None and i and err is None and kind_name != "http.client":
+            # The common case on the OTLP path: the span's attributes other than its timings
+            # repeat from request to request (same kind, same query text ...): encode once.
+            try:
+                ck = (kind_name, short, marks.get(i), *sattrs.items())
+                block = blocks.get(ck)
+            except TypeError:  # an unhashable value (a list): no cache
+                ck, block = None, None
+            if block is None:
+                block = encode(_stage_attrs(sattrs, kind_name, short, marks.get(i)))  # type: ignore[misc]
+                if ck is not None:
+                    if len(blocks) >= 4096:
+                        blocks.clear()
+                    blocks[ck] = block
+            for k, v in times:
+                block += timing(k, v) if type(v) is int else encode(((k, v),))  # type: ignore[misc]
+            start = wall0 + start_ns
+            append(
+                (
+                    trace,
+                    ids[i],
+                    ids[p if p is not None else 0],
+                    name,
+                    KIND_CLIENT if kind_name in client else KIND_INTERNAL,
+                    start,
+                    start + duration,
+                    block,
+                    None,
+                    _UNSET,
+                    state,
+                    child_flags,
+                )
+            )
+            continue
+        attrs = _stage_attrs(sattrs, kind_name, short, marks.get(i))
         events: list[tuple[int, str, Any]] | None = None
         status = _UNSET
-        start = wall0 + st.start_ns
-        end = start + st.duration_ns
-        if st.phases is not None:
-            attrs.append(("stagetrace.middleware.in_ns", st.phases.get("in", 0)))
-            attrs.append(("stagetrace.middleware.out_ns", st.phases.get("out", 0)))
-            attrs.append(("stagetrace.middleware.short_circuit", bool(st.short_circuit)))
-        if i in marks:
-            attrs.append(("stagetrace.findings", marks[i]))
-        err = st.error
+        start = wall0 + start_ns
+        end = start + duration
         if err is not None:
             status = (STATUS_ERROR, err.message)
             attrs.append(("error.type", err.type))
@@ -203,53 +298,25 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
                 )
             ]
         if i == 0:
-            if tl.protocol == "job":
-                kind = KIND_CONSUMER
-                name = st.name
-            else:
-                kind = KIND_SERVER
-                name = span_name(tl)
-                if tl.path is not None:
-                    attrs.append(("url.path", tl.path))
-                if tl.route:
-                    attrs.append(("http.route", tl.route))
-                code = tl.status
-                if code is not None and tl.protocol == "http":
-                    if "http.response.status_code" not in st.attrs:
-                        attrs.append(("http.response.status_code", code))
-                    if code >= 500 and err is None:
-                        status = (STATUS_ERROR, "")
-                        attrs.append(("error.type", str(code)))
-            if tl.request_id != tl.trace_id:
-                attrs.append(("stagetrace.request_id", tl.request_id))
-            if tl.dropped_stages:
-                attrs.append(("stagetrace.dropped_stages", tl.dropped_stages))
-            if tl.findings:
-                events = (events or []) + [
-                    (
-                        end,
-                        "stagetrace.finding",
-                        (
-                            ("stagetrace.finding.kind", f.kind),
-                            ("stagetrace.finding.message", f.message),
-                            ("stagetrace.finding.stages", list(f.stages)),
-                        ),
-                    )
-                    for f in tl.findings
-                ]
+            kind, name, status, events = _root(tl, name, sattrs, err, attrs, status, events, end)
             parent = remote
             flags = root_flags
         else:
-            kind = KIND_CLIENT if kind_name in _CLIENT_KINDS else KIND_INTERNAL
-            name = st.name
-            p = st.parent
+            kind = KIND_CLIENT if kind_name in client else KIND_INTERNAL
             parent = ids[p if p is not None else 0]
             flags = child_flags
             if kind_name == "http.client" and err is None:
-                answer = st.attrs.get("http.response.status_code")
+                answer = sattrs.get("http.response.status_code")
                 if type(answer) is int and answer >= 400:
                     status = (STATUS_ERROR, "")
                     attrs.append(("error.type", str(answer)))
+        if encode is not None:
+            block = encode(attrs)
+            for k, v in times:
+                block += timing(k, v) if type(v) is int else encode(((k, v),))
+            span_attrs: Any = block
+        else:
+            span_attrs = attrs + list(times)
         append(
             (
                 trace,
@@ -259,7 +326,7 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
                 kind,
                 start,
                 end,
-                attrs,
+                span_attrs,
                 events,
                 status,
                 state,
@@ -269,11 +336,80 @@ def timeline_spans(tl: Timeline) -> list[tuple[Any, ...]]:
     return out
 
 
-def spans_of(timelines: Iterable[Timeline]) -> list[tuple[Any, ...]]:
+def _root(
+    tl: Timeline,
+    name: str,
+    sattrs: Mapping[str, Any],
+    err: Any,
+    attrs: list[tuple[str, Any]],
+    status: tuple[int, str],
+    events: list[tuple[int, str, Any]] | None,
+    end: int,
+) -> tuple[int, str, tuple[int, str], list[tuple[int, str, Any]] | None]:
+    """Kind, name, status and events of the root span; its extra attributes go into `attrs`."""
+    if tl.protocol == "job":
+        kind = KIND_CONSUMER
+    else:
+        kind = KIND_SERVER
+        name = span_name(tl)
+        if tl.path is not None:
+            attrs.append(("url.path", tl.path))
+        if tl.route:
+            attrs.append(("http.route", tl.route))
+        code = tl.status
+        if code is not None and tl.protocol == "http":
+            if "http.response.status_code" not in sattrs:
+                attrs.append(("http.response.status_code", code))
+            if code >= 500 and err is None:
+                status = (STATUS_ERROR, "")
+                attrs.append(("error.type", str(code)))
+    if tl.request_id != tl.trace_id:
+        attrs.append(("stagetrace.request_id", tl.request_id))
+    if tl.dropped_stages:
+        attrs.append(("stagetrace.dropped_stages", tl.dropped_stages))
+    if tl.findings:
+        events = (events or []) + [
+            (
+                end,
+                "stagetrace.finding",
+                (
+                    ("stagetrace.finding.kind", f.kind),
+                    ("stagetrace.finding.message", f.message),
+                    ("stagetrace.finding.stages", list(f.stages)),
+                ),
+            )
+            for f in tl.findings
+        ]
+    return kind, name, status, events
+
+
+def _stage_attrs(
+    sattrs: Mapping[str, Any], kind_name: str, short: bool | None, findings: str | None
+) -> list[tuple[str, Any]]:
+    """A stage's attributes other than its timings, under their exported names."""
+    known = _keys.get
+    attrs = [(known(k) or export_key(k), v) for k, v in sattrs.items()]
+    attrs.append(("stagetrace.kind", kind_name))
+    if short is not None:
+        attrs.append(("stagetrace.middleware.short_circuit", bool(short)))
+    if findings is not None:
+        attrs.append(("stagetrace.findings", findings))
+    return attrs
+
+
+#: Encoded attribute blocks of recent stages, by kind, short-circuit, findings and attributes;
+#: valid for one encoder (the bytes do not depend on its state, but keep it simple).
+_blocks: dict[tuple[Any, ...], bytes] = {}
+_blocks_owner: list[Any] = [None]
+
+
+def spans_of(
+    timelines: Iterable[Timeline], encoder: SpanEncoder | None = None
+) -> list[tuple[Any, ...]]:
     """The spans of several timelines, concatenated."""
     out: list[tuple[Any, ...]] = []
     for tl in timelines:
-        out.extend(timeline_spans(tl))
+        out.extend(timeline_spans(tl, encoder))
     return out
 
 

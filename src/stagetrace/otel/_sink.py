@@ -279,7 +279,7 @@ class OtelSink:
             if not keep(tl):
                 unkept += 1
                 continue
-            spans.extend(timeline_spans(tl))
+            spans.extend(timeline_spans(tl, self.encoder))
             if len(spans) >= MAX_BATCH_SPANS:
                 self._send(spans)
                 spans = []
