@@ -195,6 +195,9 @@ def _timing_block(key: str, value: int) -> bytes:
 
 
 _key_fields: dict[str, tuple[bytes, ...]] = {}
+_IN_NS = "stagetrace.middleware.in_ns"
+_OUT_NS = "stagetrace.middleware.out_ns"
+_SELF_NS = "stagetrace.self_time_ns"
 _INT64_LIMIT = 1 << 63
 
 
@@ -236,34 +239,40 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
         _blocks.clear()
         _blocks_owner[0] = encoder
         blocks = _blocks
-    times: tuple[tuple[str, int], ...]
+    uv = _uvarint
+    p_in = _key_fields.get(_IN_NS) or _timing_prefixes(_IN_NS)
+    p_out = _key_fields.get(_OUT_NS) or _timing_prefixes(_OUT_NS)
+    p_self = _key_fields.get(_SELF_NS) or _timing_prefixes(_SELF_NS)
     for i, p, kind_name, name, start_ns, duration, self_ns, sattrs, err, phases, short in stages:
-        if phases is not None:
-            # A middleware's own time is its in and out phases: they say it in more detail.
-            times = (
-                ("stagetrace.middleware.in_ns", phases.get("in", 0)),
-                ("stagetrace.middleware.out_ns", phases.get("out", 0)),
-            )
-        elif self_ns != duration:  # else a stage without children: its duration
-            times = (("stagetrace.self_time_ns", self_ns),)
-        else:
-            times = ()
         if blocks is not None and i and err is None and kind_name != "http.client":
             # The common case on the OTLP path: the span's attributes other than its timings
-            # repeat from request to request (same kind, same query text ...): encode once.
+            # repeat from request to request (same kind, same query text ...): encode them
+            # once, and write the timings directly.
+            mark = marks.get(i) if marks else None
             try:
-                ck = (kind_name, short, marks.get(i), *sattrs.items())
+                ck = (
+                    (kind_name, short, mark, *sattrs.items())
+                    if sattrs
+                    else (kind_name, short, mark)
+                )
                 block = blocks.get(ck)
             except TypeError:  # an unhashable value (a list): no cache
                 ck, block = None, None
             if block is None:
-                block = encode(_stage_attrs(sattrs, kind_name, short, marks.get(i)))  # type: ignore[misc]
+                block = encode(_stage_attrs(sattrs, kind_name, short, mark))  # type: ignore[misc]
                 if ck is not None:
                     if len(blocks) >= 4096:
                         blocks.clear()
                     blocks[ck] = block
-            for k, v in times:
-                block += timing(k, v) if type(v) is int else encode(((k, v),))  # type: ignore[misc]
+            if phases is not None:
+                # A middleware's own time is its in and out phases: they say it in more detail.
+                raw = uv(phases.get("in", 0))
+                block += p_in[len(raw)] + raw
+                raw = uv(phases.get("out", 0))
+                block += p_out[len(raw)] + raw
+            elif self_ns != duration:  # else a stage without children: its duration
+                raw = uv(self_ns)
+                block += p_self[len(raw)] + raw
             start = wall0 + start_ns
             append(
                 (
@@ -282,6 +291,11 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
                 )
             )
             continue
+        times: tuple[tuple[str, int], ...] = ()
+        if phases is not None:
+            times = ((_IN_NS, phases.get("in", 0)), (_OUT_NS, phases.get("out", 0)))
+        elif self_ns != duration:
+            times = ((_SELF_NS, self_ns),)
         attrs = _stage_attrs(sattrs, kind_name, short, marks.get(i))
         events: list[tuple[int, str, Any]] | None = None
         status = _UNSET
