@@ -38,7 +38,7 @@ logger = logging.getLogger("stagetrace")
 #: for an HTTP keep-alive POST) is spread thin, small enough for any collector's size limit.
 MAX_BATCH_SPANS = 512
 
-_RATIO_BITS = 1 << 56
+_RATIO_BITS = 1 << 64
 
 
 class SamplingRules:
@@ -66,7 +66,7 @@ class SamplingRules:
         self.slower_than_ns = None if slower_than_ms is None else int(slower_than_ms * 1e6)
         self.errors = errors
         self.findings = findings
-        self._bound = int(rate * _RATIO_BITS)
+        self._bound = round(rate * _RATIO_BITS)  # as TraceIdRatioBased: the low 64 bits
 
     def keep(self, tl: Timeline) -> bool:
         """Whether `tl` is exported."""
@@ -85,7 +85,7 @@ class SamplingRules:
                 return True
         if self.findings and tl.findings:
             return True
-        return int(tl.trace_id[-14:], 16) < self._bound
+        return int(tl.trace_id[-16:], 16) < self._bound
 
     def __repr__(self) -> str:
         return (
