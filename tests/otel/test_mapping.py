@@ -198,3 +198,29 @@ def test_findings_rule_and_ratio_by_trace_id() -> None:
         rules.keep(timeline(trace_id=f"{random.getrandbits(128):032x}")) for _ in range(2000)
     )
     assert 400 < kept < 600
+
+
+def test_stages_once_equals_the_timelines_stages() -> None:
+    """The export reads stages through `_recorder.stages_once` (built without per-kind totals,
+    not kept): they are exactly the timeline's stages, whether none, some or all were built."""
+    import stagetrace
+    from stagetrace import _recorder
+
+    def record() -> Timeline:
+        with stagetrace.capture() as got, stagetrace.timeline("job", tenant="a"):
+            for i in range(3):
+                with stagetrace.stage(f"q{i}", kind="db.query", **{"db.query.text": "SELECT 1"}):
+                    pass
+            with stagetrace.stage("mw", kind="middleware"):
+                pass
+        (tl,) = got
+        return tl
+
+    fresh = record()
+    once = _recorder.stages_once(fresh)
+    assert fresh._stages is None  # not kept on the timeline
+    assert list(once) == list(fresh.stages)
+    partly = record()
+    partly.of_kind("db.query")  # some built, as an analyzer does
+    assert list(_recorder.stages_once(partly)) == list(partly.stages)
+    assert list(_recorder.stages_once(partly)) == list(partly.stages)  # all built now

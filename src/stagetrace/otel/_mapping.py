@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._model import Timeline, stage_span_id
+from .._recorder import stages_once
 from ._encode import (
     _VARINT1,
     KIND_CLIENT,
@@ -207,7 +208,7 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
     With `encoder`, each span's attributes are already encoded bytes (the encoder's cached
     blocks plus the per-span timings written directly), which is what the OTLP path sends;
     without, they are ``(key, value)`` pairs (the provider path)."""
-    stages = tl.stages
+    stages = stages_once(tl)
     if not stages:
         return []
     trace = int(tl.trace_id, 16).to_bytes(16, "big")
