@@ -262,7 +262,7 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
             if block is None:
                 block = encode(_stage_attrs(sattrs, kind_name, short, mark))  # type: ignore[misc]
                 if ck is not None:
-                    if len(blocks) >= 4096:
+                    if len(blocks) >= BLOCK_CACHE_LIMIT:
                         blocks.clear()
                     blocks[ck] = block
             if phases is not None:
@@ -413,7 +413,9 @@ def _stage_attrs(
 
 
 #: Encoded attribute blocks of recent stages, by kind, short-circuit, findings and attributes;
-#: valid for one encoder (the bytes do not depend on its state, but keep it simple).
+#: valid for one encoder (the bytes do not depend on its state, but keep it simple). At most
+#: `BLOCK_CACHE_LIMIT` of them (then it starts over): a few MB at worst, with long SQL texts.
+BLOCK_CACHE_LIMIT = 1024
 _blocks: dict[tuple[Any, ...], bytes] = {}
 _blocks_owner: list[Any] = [None]
 
