@@ -83,6 +83,15 @@ def serve(handler, path: str) -> None:
     response.close()
 
 
+#: `--instructions --modes`: besides ``off`` and ``on`` (the site's own configuration).
+CONFIGS: dict[str, dict] = {
+    "record": {"sinks": []},
+    "memory": {"sinks": ["memory"]},
+    "excluded": {"sinks": ["memory"], "exclude_paths": ["^/"]},
+    "sampled-out": {"sinks": ["memory"], "sample_rate": 0.0},
+}
+
+
 def child(mode: str, path: str, n: int, db: str) -> None:
     """Under callgrind: serve `n` requests of `path` with stagetrace on or off."""
     setup_site(db)
@@ -92,13 +101,17 @@ def child(mode: str, path: str, n: int, db: str) -> None:
 
     if mode == "off":
         stagetrace.django.uninstrument()
+    elif mode in CONFIGS:
+        import stagetrace
+
+        stagetrace.configure(**CONFIGS[mode])
     handler = WSGIHandler()
     serve(handler, path)  # warm up (lazy imports, first connection)
     for _ in range(n):
         serve(handler, path)
 
 
-def instructions() -> None:
+def instructions(modes: list[str], views: list[str]) -> None:
     import re
     import subprocess
 
@@ -127,14 +140,15 @@ def instructions() -> None:
         return int(re.search(r"Collected : (\d+)", out).group(1))
 
     print("instructions per request (callgrind), in-process WSGI, SQLite\n")
-    print(f"{'view':15s} {'off':>12s} {'on':>12s} {'added':>10s} {'added %':>8s}")
-    for path in VIEWS:
-        per = {m: (count(m, path, 50) - count(m, path, 10)) / 40 for m in ("off", "on")}
-        added = per["on"] - per["off"]
-        print(
-            f"{path:15s} {per['off']:12,.0f} {per['on']:12,.0f} {added:10,.0f} "
-            f"{100 * added / per['off']:7.1f}%"
+    others = [m for m in modes if m != "off"]
+    print(f"{'view':15s} {'off':>12s}" + "".join(f" {m + ' added':>20s}" for m in others))
+    for path in views:
+        per = {m: (count(m, path, 50) - count(m, path, 10)) / 40 for m in ["off", *others]}
+        cells = "".join(
+            f" {per[m] - per['off']:>11,.0f} {100 * (per[m] - per['off']) / per['off']:6.1f}%"
+            for m in others
         )
+        print(f"{path:15s} {per['off']:12,.0f}{cells}")
 
 
 def main() -> None:
@@ -142,6 +156,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--block", type=int, default=40)
     parser.add_argument("--instructions", action="store_true")
+    parser.add_argument(
+        "--modes",
+        default="off,on",
+        help=f"with --instructions: comma list of off, on, {', '.join(CONFIGS)}",
+    )
+    parser.add_argument("--views", default=",".join(VIEWS), help="comma list of paths")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "PATH", "N", "DB"))
     args = parser.parse_args()
     if args.child:
@@ -152,7 +172,8 @@ def main() -> None:
             child(mode, path, int(n), db)
         return
     if args.instructions:
-        instructions()
+        modes = args.modes.split(",")
+        instructions(modes if "off" in modes else ["off", *modes], args.views.split(","))
         return
 
     tmp = tempfile.mkdtemp(prefix="stagetrace-bench-")

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DJANGO_REQUESTS = [
     ("GET", "/books/", None),  # template page, select_related: one query
     ("GET", "/api/books/", None),  # the N+1: one query per book for its author
+    ("GET", "/api/books/fast/", None),  # the same with select_related: one query
+    ("GET", "/api/authors/", None),  # prefetch_related: two queries
     ("GET", "/api/books/1/", None),  # select_related
     ("GET", "/authors/2/", None),
     ("GET", "/export.csv", None),  # streaming

@@ -151,6 +151,21 @@ def test_annotate_adds_to_the_current_stage_only(captured):
     assert tl.stages[2].attrs == {"a": 1}  # a shared attrs dict is never mutated
 
 
+def test_discard_drops_the_timeline_being_recorded_and_only_it(captured):
+    """discard() inside a timeline drops that timeline (its open stages still close without
+    error) while the next one is delivered; outside a timeline it returns False."""
+    assert stagetrace.discard() is False
+    with stagetrace.timeline("dropped"), stagetrace.stage("before"):
+        assert stagetrace.discard() is True
+        with stagetrace.stage("after"):
+            pass
+    with stagetrace.timeline("kept"):
+        pass
+    assert stagetrace.flush(timeout=10)
+    assert [tl.stages[0].name for tl in captured] == ["kept"]
+    assert stagetrace.current_timeline() is None
+
+
 def test_attributes_are_made_json_safe(captured):
     """Non-JSON attribute values are stringified; huge strings are cut."""
     with (

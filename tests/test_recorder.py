@@ -94,8 +94,10 @@ def test_middleware_phases_split_at_the_inner_call(captured):
     (tl,) = captured
     m, v, s = tl.stages[1], tl.stages[2], tl.stages[3]
     assert m.kind == "middleware" and m.short_circuit is False
-    assert 3_000_000 <= m.phases["in"] < 4_500_000
-    assert 5_000_000 <= m.phases["out"] < 7_000_000
+    # Lower bounds only (a loaded machine stretches sleeps): the sum below fails if either
+    # phase took in the view's time, so the split point is checked without upper bounds.
+    assert m.phases["in"] >= 3_000_000 and m.phases["out"] >= 5_000_000
+    assert v.duration_ns >= 2_000_000
     assert m.phases["in"] + v.duration_ns + m.phases["out"] <= m.duration_ns
     assert v.parent == m.id
     assert s.short_circuit is True and s.phases == {"in": s.duration_ns, "out": 0}

@@ -1,27 +1,35 @@
-"""A small Flask bookshop: before/after-request and teardown functions, a blueprint, an N+1
-JSON view, a template page with includes, a streaming CSV export, an error handler.
+"""A small Flask bookshop on SQLAlchemy (sync, SQLite): before/after-request and teardown
+functions, a blueprint, an N+1 JSON view and its fix, a template page with includes, a
+streaming CSV export, an error handler.
 
 Run it (from the repository root) and watch the waterfalls:
 
     STAGETRACE_SINKS=console flask --app examples/flask_app/app run
 
-then open http://127.0.0.1:5000/api/books, /books, /export.csv, /books/999.
-
-TODO(lead, issue 12): switch the database to SQLAlchemy (sync, SQLite) once the
-`stagetrace.sqlalchemy` branch is merged — `db()` becomes a SQLAlchemy session, and the
-`db.query` stages then come with `orm.compile`, `orm.fetch`, `db.connect` and `transaction`.
-Until then this example uses the standard library's sqlite3, whose queries are part of the
-view's self time (no DB-API stages yet).
+then open http://127.0.0.1:5000/api/books (the N+1: one query for the books, then one lazy
+load per author), /api/books/fast (the fix: ``selectinload``), /books, /export.csv and
+/books/999. `stagetrace.flask.instrument()` also records SQLAlchemy's work: ``orm.compile``,
+``db.connect``, ``db.query``, ``orm.fetch`` and ``transaction`` stages inside the view.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import stagetrace.flask
 
-stagetrace.flask.instrument()  # every Flask app in the process
+stagetrace.flask.instrument()  # every Flask app in the process, and SQLAlchemy with them
+
+from sqlalchemy import ForeignKey, create_engine, func, select  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+from sqlalchemy.orm import (  # noqa: E402
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
 
 import flask  # noqa: E402
 import stagetrace  # noqa: E402
@@ -29,34 +37,54 @@ import stagetrace  # noqa: E402
 HERE = Path(__file__).parent
 DATABASE = HERE / "bookshop.sqlite3"
 
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Author(Base):
+    __tablename__ = "author"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    books: Mapped[list[Book]] = relationship(back_populates="author")
+
+
+class Book(Base):
+    __tablename__ = "book"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    author_id: Mapped[int] = mapped_column(ForeignKey("author.id"))
+    author: Mapped[Author] = relationship(back_populates="books")
+
+
 app = flask.Flask(__name__)
 shop = flask.Blueprint("shop", __name__)
+_engines: dict[str, Engine] = {}
+
+
+def engine() -> Engine:
+    """The engine of the configured database file (one per file, made on first use)."""
+    url = f"sqlite:///{app.config.get('DATABASE', DATABASE)}"
+    if url not in _engines:
+        _engines[url] = create_engine(url)
+    return _engines[url]
 
 
 def init_db(path: Path = DATABASE) -> None:
     """Create and seed the database (idempotent)."""
-    with sqlite3.connect(path) as conn:
-        conn.executescript(
-            """
-            create table if not exists author (id integer primary key, name text);
-            create table if not exists book (
-                id integer primary key, title text, author_id integer references author(id)
-            );
-            """
-        )
-        if conn.execute("select count(*) from book").fetchone()[0] == 0:
-            conn.executemany(
-                "insert into author (name) values (?)", [(f"Author {i}",) for i in range(4)]
-            )
-            conn.executemany(
-                "insert into book (title, author_id) values (?, ?)",
-                [(f"Book {i}", i % 4 + 1) for i in range(12)],
-            )
+    app.config["DATABASE"] = path
+    Base.metadata.create_all(engine())
+    with Session(engine()) as session, session.begin():
+        if session.scalar(select(func.count()).select_from(Book)) == 0:
+            authors = [Author(name=f"Author {i}") for i in range(6)]
+            session.add_all(authors)
+            session.add_all(Book(title=f"Book {i}", author=authors[i % 6]) for i in range(12))
 
 
-def db() -> sqlite3.Connection:
+def db() -> Session:
+    """This request's session, closed when the app context ends."""
     if "db" not in flask.g:
-        flask.g.db = sqlite3.connect(app.config.get("DATABASE", DATABASE))
+        flask.g.db = Session(engine())
     return flask.g.db
 
 
@@ -73,40 +101,40 @@ def served_by(response: flask.Response) -> flask.Response:
 
 @app.teardown_appcontext
 def close_db(exc: BaseException | None) -> None:
-    conn = flask.g.pop("db", None)
-    if conn is not None:
-        conn.close()
+    session = flask.g.pop("db", None)
+    if session is not None:
+        session.close()
 
 
 @shop.route("/api/books")
 def api_books():
-    """The N+1 view: one query for the books, one per book for its author."""
-    books = db().execute("select id, title, author_id from book order by id").fetchall()
-    out = []
-    for book_id, title, author_id in books:
-        (author,) = db().execute("select name from author where id = ?", (author_id,)).fetchone()
-        out.append({"id": book_id, "title": title, "author": author})
+    """The N+1 view: one query for the books, then one lazy load per book for its author."""
+    books = db().scalars(select(Book).order_by(Book.id)).all()
+    out = [{"id": b.id, "title": b.title, "author": b.author.name} for b in books]
+    return flask.jsonify(books=out)
+
+
+@shop.route("/api/books/fast")
+def api_books_fast():
+    """The fix: the authors of all books in one more query (``selectinload``)."""
+    query = select(Book).options(selectinload(Book.author)).order_by(Book.id)
+    books = db().scalars(query).all()
+    out = [{"id": b.id, "title": b.title, "author": b.author.name} for b in books]
     return flask.jsonify(books=out)
 
 
 @shop.route("/books")
 def books_page():
-    rows = (
-        db()
-        .execute(
-            "select book.title, author.name from book join author on author.id = book.author_id"
-        )
-        .fetchall()
-    )
-    return flask.render_template("books.html", books=rows, user=flask.g.user)
+    rows = db().execute(select(Book.title, Author.name).join(Book.author).order_by(Book.id))
+    return flask.render_template("books.html", books=rows.all(), user=flask.g.user)
 
 
 @shop.route("/books/<int:book_id>")
 def book_detail(book_id: int):
-    row = db().execute("select id, title from book where id = ?", (book_id,)).fetchone()
-    if row is None:
+    book = db().get(Book, book_id)
+    if book is None:
         flask.abort(404)
-    return {"id": row[0], "title": row[1]}
+    return {"id": book.id, "title": book.title}
 
 
 @shop.route("/export.csv")
@@ -115,7 +143,7 @@ def export():
     def rows():
         yield "id,title\n"
         with stagetrace.stage("read books", kind="custom"):
-            for book_id, title in db().execute("select id, title from book order by id"):
+            for book_id, title in db().execute(select(Book.id, Book.title).order_by(Book.id)):
                 yield f"{book_id},{title}\n"
 
     return flask.Response(rows(), mimetype="text/csv")

@@ -16,6 +16,7 @@ from ._api import (
     annotate,
     capture,
     current_timeline,
+    discard,
     stage,
     timeline,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "capture",
     "configure",
     "current_timeline",
+    "discard",
     "flush",
     "recent",
     "reset",

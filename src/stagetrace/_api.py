@@ -186,6 +186,18 @@ def annotate(**attrs: Any) -> None:
             _recorder.internal_error("api.annotate", exc)
 
 
+def discard() -> bool:
+    """Leave the request (or job) being recorded in this context out of every sink: it is
+    dropped when it ends, like a path in ``exclude_paths``, but decided while it runs (a health
+    check recognised in the view, a page of your own tooling). Returns whether a timeline was
+    being recorded; outside one it does nothing."""
+    try:
+        return _recorder.discard()
+    except Exception as exc:
+        _recorder.internal_error("api.discard", exc)
+        return False
+
+
 class TimelineScope:
     """Context manager (sync or async) and decorator starting a root timeline; see `timeline`.
 

@@ -59,6 +59,11 @@ class Settings:
     otel_keep_findings: bool = True
     otel_queue_size: int = 20_000
     otel_flush_timeout: float = 5.0
+    # OpenTelemetry context, outbound propagation, metrics, Server-Timing
+    otel_context: bool = False
+    propagate_traceparent: bool = True
+    meter_provider: Any = None
+    server_timing: bool = False
     # derived, for the request path
     exclude_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
@@ -199,7 +204,7 @@ def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
 
-SINK_NAMES = ("console", "jsonl", "memory", "otel")
+SINK_NAMES = ("console", "jsonl", "memory", "otel", "otel-metrics")
 
 
 def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
@@ -279,6 +284,15 @@ def _seconds(value: Any, from_env: bool) -> float:
     return seconds
 
 
+def _meter_provider(value: Any, from_env: bool) -> Any:
+    accepts = "an OpenTelemetry MeterProvider (set it with configure(), not the environment)"
+    if from_env:
+        raise _Bad(accepts)
+    if value is None or callable(getattr(value, "get_meter", None)):
+        return value
+    raise _Bad(accepts)
+
+
 @dataclass(frozen=True)
 class _Option:
     coerce: Callable[[Any, bool], Any]
@@ -287,7 +301,9 @@ class _Option:
 
 OPTIONS: dict[str, _Option] = {
     "enabled": _Option(_to_bool, "record timelines at all"),
-    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory, otel"),
+    "sinks": _Option(
+        _sinks, "where finished timelines go: console, jsonl, memory, otel, otel-metrics"
+    ),
     "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
     "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
@@ -326,6 +342,19 @@ OPTIONS: dict[str, _Option] = {
     "otel_queue_size": _Option(_positive_int, "otel sink: spans waiting for export at most"),
     "otel_flush_timeout": _Option(
         _seconds, "otel sink: longest wait for the collector at flush, shutdown and exit"
+    ),
+    # OpenTelemetry context, outbound propagation, metrics, Server-Timing (docs/opentelemetry.md)
+    "otel_context": _Option(
+        _to_bool, "make each recorded request's current stage the OpenTelemetry current span"
+    ),
+    "propagate_traceparent": _Option(
+        _to_bool, "add traceparent to outbound httpx/requests calls of recorded requests"
+    ),
+    "meter_provider": _Option(
+        _meter_provider, "MeterProvider for stage metrics (default: the global SDK one)"
+    ),
+    "server_timing": _Option(
+        _to_bool, "add a Server-Timing header with per-kind totals (default: on under DEBUG)"
     ),
 }
 

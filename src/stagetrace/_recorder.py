@@ -95,8 +95,8 @@ class Live(list):  # type: ignore[type-arg]
         "queries",
         "internal_errors",
         "sent",
-        "context_tokens",
         "deferred",
+        "discarded",
     )
 
     cap: int
@@ -127,10 +127,11 @@ class Live(list):  # type: ignore[type-arg]
         self.queries: dict[Any, list[Any]] | None = None
         self.internal_errors = 0
         self.sent = 0
-        self.context_tokens: Any = None
         #: (function, plain argument) computing more root attributes when the timeline is
         #: built, off the request path (the gateway's request attributes).
         self.deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None
+        #: Set by `discard`: the timeline is dropped when it ends instead of delivered.
+        self.discarded = False
 
     # list subclasses compare by content; a timeline is only ever equal to itself.
     __eq__ = object.__eq__
@@ -200,6 +201,30 @@ def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
     if type(tl) is Live:
         tl.last_exc = (exc, out)
     return out
+
+
+def discard() -> bool:
+    """Leave the timeline of this context out: it keeps running (so stages opened in it close
+    normally) but records nothing more and is dropped when it ends. True if there was one."""
+    cur = _get()
+    if cur is None:
+        return False
+    tl = cur[TL]
+    if tl.ended:
+        return False
+    tl.discarded = True
+    tl.cap = 0
+    return True
+
+
+def forget_exception(rec: Record | None) -> None:
+    """Drop the exception `describe` cached on `rec`'s timeline. A timeline can stay in flight
+    after the application returned (until the server is done with the response); an exception
+    the application handled holds its traceback, whose frames can hold the very response being
+    served — which would keep a response dropped without ``close()`` alive for ever."""
+    tl = timeline_of(rec)
+    if tl is not None:
+        tl.last_exc = None
 
 
 # --- timelines ------------------------------------------------------------------------------
@@ -298,7 +323,7 @@ def end(root: Record | None, exc: BaseException | None = None) -> None:
             root[ERROR] = describe(tl, exc)
         tl.last_exc = None
         root[AUX] = None
-        if _deliver is _ignore:  # nobody receives timelines (recording only): drop it
+        if _deliver is _ignore or tl.discarded:  # nobody receives it: drop it
             del tl[:]
             return
     except Exception as e:
@@ -743,6 +768,55 @@ def current_span() -> tuple[int, int, int] | None:
         if tl[i] is rec:
             return tl.trace_id, stage_span_id(tl.span_id, i), tl.trace_flags
     return tl.trace_id, tl.span_id, tl.trace_flags
+
+
+def current_kind() -> str | None:
+    """The kind of the innermost open stage of this context (None outside a timeline)."""
+    rec = _get()
+    if rec is None or rec[TL].ended:
+        return None
+    return rec[KIND]  # type: ignore[no-any-return]
+
+
+def kind_totals(root: Record | None) -> tuple[dict[str, list[int]], int] | None:
+    """Per-kind ``[count, self time ns]`` of the stages of `root`'s timeline so far (stages
+    still open count up to now; a stage's self time is its duration minus its children's,
+    never below zero), and the time since the timeline began; None once it ended. For the
+    ``Server-Timing`` header, which goes out with the response headers."""
+    if root is None:
+        return None
+    tl = root[TL]
+    if tl.ended:
+        return None
+    t = now()
+    n = len(tl)
+    durations = [0] * n
+    index: dict[int, int] = {}
+    for i in range(n):
+        rec = tl[i]
+        index[id(rec)] = i
+        durations[i] = (rec[END] or t) - rec[START]
+    children = [0] * n
+    ovf = tl.ovf_child or {}
+    for i in range(1, n):
+        parent = tl[i][PARENT]
+        j = index.get(id(parent)) if parent is not None else None
+        if j is not None:
+            children[j] += durations[i]
+    totals: dict[str, list[int]] = {}
+    for i in range(n):
+        rec = tl[i]
+        own = durations[i] - children[i] - ovf.get(id(rec), 0)
+        acc = totals.get(rec[KIND])
+        if acc is None:
+            acc = totals[rec[KIND]] = [0, 0]
+        acc[0] += 1
+        acc[1] += own if own > 0 else 0
+    for kind, (count, _total, self_ns) in (tl.ovf_kinds or {}).items():
+        acc = totals.setdefault(kind, [0, 0])
+        acc[0] += count
+        acc[1] += self_ns
+    return totals, t - root[START]
 
 
 # --- attributes and names ------------------------------------------------------------------

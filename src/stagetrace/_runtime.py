@@ -83,13 +83,10 @@ def _apply() -> Settings:
             STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
         )
         new = _build(values)
+        hooks = _context_hooks(new)
         old = STATE.pipeline
         STATE.settings = new
-        STATE.context_hooks = tuple(
-            hook
-            for hook in (getattr(s, "context_hook", None) for s in new.sinks)
-            if hook is not None
-        )
+        STATE.context_hooks = hooks
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )
@@ -97,6 +94,20 @@ def _apply() -> Settings:
     if old is not None:
         old.retire()
     return new
+
+
+def _context_hooks(new: Settings) -> tuple[Any, ...]:
+    """The context hooks of the sinks that have one, plus OpenTelemetry's context hook when the
+    ``otel_context`` option asks for it and no sink brought one."""
+    hooks = tuple(
+        hook for hook in (getattr(s, "context_hook", None) for s in new.sinks) if hook is not None
+    )
+    if new.otel_context and new.enabled:
+        from .otel._context import ContextHook
+
+        if not any(isinstance(h, ContextHook) for h in hooks):
+            hooks += (ContextHook(),)
+    return hooks
 
 
 def _connect() -> None:

@@ -250,7 +250,8 @@ def example_findings(path: Path) -> dict[str, list[list[Finding]]]:
 
 def test_example_n_plus_one_view_yields_exactly_one_finding(django_recording: Path) -> None:
     """The bookshop's N+1 view (/api/books/) gives one n_plus_one finding per request; its
-    select_related pages (/books/, /api/books/1/) and the other views give none."""
+    select_related version (/api/books/fast/), the prefetch_related one (/api/authors/), the
+    other select_related pages (/books/, /api/books/1/) and the other views give none."""
     found = example_findings(django_recording)
     for findings in found["/api/books/"]:
         (f,) = findings
@@ -259,7 +260,9 @@ def test_example_n_plus_one_view_yields_exactly_one_finding(django_recording: Pa
     for path, runs in found.items():
         if path != "/api/books/":
             assert all(r == [] for r in runs), (path, runs)
-    assert {"/books/", "/api/books/1/", "/authors/2/"} <= set(found)
+    assert {"/books/", "/api/books/1/", "/authors/2/", "/api/books/fast/", "/api/authors/"} <= set(
+        found
+    )
 
 
 def test_example_n_plus_one_names_the_loop_file_and_line(django_recording: Path) -> None:

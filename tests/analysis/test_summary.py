@@ -70,7 +70,7 @@ def test_summary_of_the_example_recordings(
     assert err == ""
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80
-    assert lines[0].startswith("42 timelines from 2 files")
+    assert lines[0].startswith("48 timelines from 2 files")
     assert any(line.startswith("GET api/books/ ") and " 3 " in line for line in lines)
     assert any(
         line.startswith("GET /items/{item_id}") and "2xx 50% 4xx 50%" in line for line in lines
@@ -106,9 +106,9 @@ def test_summary_json(django_recording: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0
     data = json.loads(out)
     assert data["schema"] == "stagetrace/summary@1"
-    assert data["timelines"] == 21
+    assert data["timelines"] == 27
     assert data["files"] == [
-        {"path": str(django_recording), "timelines": 21, "bad_lines": 0, "error": None}
+        {"path": str(django_recording), "timelines": 27, "bad_lines": 0, "error": None}
     ]
     routes = {r["route"]: r for r in data["routes"]}
     books = routes["GET api/books/"]
@@ -250,7 +250,7 @@ def test_progress_bar_only_on_a_terminal(django_recording: Path, tmp_path: Path)
     shown = b"".join(chunks).decode()
     assert "big.jsonl [" in shown and "% " in shown and " timelines" in shown
     assert shown.endswith("\r")  # the bar is cleared
-    assert proc.stdout.startswith(b"840 timelines")
+    assert proc.stdout.startswith(b"1080 timelines")
 
 
 def test_memory_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,6 +83,20 @@ def test_staff_sees_recent_requests_with_waterfalls(staff: User, memory: None) -
 
 
 @override_settings(DEBUG=True)
+def test_the_pages_own_requests_reach_no_sink(memory: None) -> None:
+    """Viewing the page records nothing: neither the memory sink (which it shows) nor any other
+    receiver (console, JSON lines, a capture) gets the page's own requests."""
+    client = Client()
+    with stagetrace.capture() as seen:
+        served(client, "/books/")
+        for url in (PAGE, JSON, PAGE + "?format=json"):
+            assert client.get(url).status_code == 200
+        assert stagetrace.flush(timeout=10)
+    assert [t.path for t in seen] == ["/books/"]
+    assert [t.path for t in stagetrace.recent()] == ["/books/"]
+
+
+@override_settings(DEBUG=True)
 def test_debug_opens_it_to_anyone_and_json_matches(memory: None) -> None:
     """Under DEBUG an anonymous user gets it; ``json/`` and ``?format=json`` give the same
     timelines as the page, in the current timeline schema, ``?n=`` limits them."""

@@ -25,7 +25,6 @@ def example(tmp_path) -> Iterator[object]:
     try:
         import app as module  # type: ignore[import-not-found]
 
-        module.app.config["DATABASE"] = tmp_path / "shop.sqlite3"
         module.init_db(tmp_path / "shop.sqlite3")
         yield module
     finally:
@@ -36,7 +35,9 @@ def example(tmp_path) -> Iterator[object]:
 
 def test_the_example_under_a_real_server(example):
     """Served by Werkzeug's server on loopback: the JSON view, the template page, the
-    streaming export and a 404 each give a complete timeline with the Flask stages."""
+    streaming export and a 404 each give a complete timeline with the Flask stages, and the
+    SQLAlchemy stages inside the view; the N+1 view gives exactly one n_plus_one finding
+    naming its loop's line, its selectinload fix none."""
     server = make_server("127.0.0.1", 0, example.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -44,6 +45,7 @@ def test_the_example_under_a_real_server(example):
     with stagetrace.capture() as got:
         try:
             assert len(httpx.get(url + "/api/books").json()["books"]) == 12
+            assert httpx.get(url + "/api/books/fast").json() == httpx.get(url + "/api/books").json()
             assert "Book 3" in httpx.get(url + "/books").text
             assert httpx.get(url + "/export.csv").text.count("\n") == 13
             assert httpx.get(url + "/books/999").status_code == 404
@@ -53,7 +55,7 @@ def test_the_example_under_a_real_server(example):
     by_path = {t.path: t for t in got}
     api = by_path["/api/books"]
     assert api.framework == "flask" and api.route == "/api/books"
-    kinds = [s.kind for s in api.stages]
+    kinds = [s.kind for s in api.stages if not s.kind.startswith(("orm.", "db.", "transaction"))]
     assert kinds == [
         "gateway",
         "route",
@@ -64,6 +66,20 @@ def test_the_example_under_a_real_server(example):
         "middleware",
         "response.write",
     ], kinds
+    view = next(s for s in api.stages if s.kind == "view")
+    sql = [s for s in api.stages if s.kind in ("orm.compile", "db.query", "orm.fetch")]
+    assert {s.kind for s in sql} == {"orm.compile", "db.query", "orm.fetch"}
+    assert all(api.stages[s.parent].kind != "gateway" for s in sql)
+    assert all(view.start_ns <= s.start_ns and s.end_ns <= view.end_ns for s in sql)
+    queries = api.of_kind("db.query")
+    assert len(queries) == 7  # the books, then one lazy load per author (6), not per book
+    assert all("?" in q.attrs["db.query.text"] for q in queries[1:])
+    (finding,) = [f for f in api.findings if f.kind == "n_plus_one"]
+    source = (EXAMPLE / "app.py").read_text().splitlines()
+    line = next(i for i, t in enumerate(source, 1) if "b.author.name} for b in books]" in t)
+    assert finding.attrs["code.line.number"] == line
+    fast = by_path["/api/books/fast"]
+    assert len(fast.of_kind("db.query")) == 2 and fast.findings == ()
     assert [s.attrs.get("flask.hook") for s in api.stages if s.kind == "middleware"] == [
         "before_request",
         "after_request",

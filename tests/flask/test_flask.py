@@ -50,8 +50,8 @@ M = "tests.flask.app.create_app.<locals>."
 
 def test_a_json_request_has_every_stage_in_order(client, captured):
     """GET /books/1: gateway, the URL rule as the route, each before_request function, the
-    view with jsonify nested, the after_request and teardown functions after the view, and
-    the body write."""
+    view with its sqlite3 query and jsonify nested (the Flask adapter records DB-API drivers
+    too), the after_request and teardown functions after the view, and the body write."""
     r = client.get("/books/1", headers={"X-User": "ann"})
     assert r.json == {"id": 1, "title": "Dune"} and r.headers["X-User"] == "ann"
     tl = captured[0]
@@ -68,6 +68,7 @@ def test_a_json_request_has_every_stage_in_order(client, captured):
         (1, "middleware", M + "load_user"),
         (1, "middleware", M + "maintenance"),
         (1, "view", M + "book"),
+        (2, "db.query", "SELECT book"),
         (2, "serialize", "jsonify"),
         (1, "middleware", M + "add_header"),
         (1, "middleware", M + "close_db"),
@@ -209,8 +210,9 @@ def test_streaming_with_context_nests_under_response_write(client, captured):
 
 
 def test_under_a_real_server_with_an_outbound_call(app):
-    """Werkzeug's threaded server on loopback: the timeline covers the request, and an
-    outbound httpx call to another loopback server nests under the view."""
+    """Werkzeug's threaded server on loopback: the timeline covers the request, an outbound
+    httpx call to another loopback server nests under the view, and the backend's timeline
+    is a child of that call in the same trace."""
     import httpx
 
     backend = app_module.create_app()
@@ -230,8 +232,10 @@ def test_under_a_real_server_with_an_outbound_call(app):
     assert call.parent == only(outer, "view").id
     assert call.attrs["url.query"] == "secret=REDACTED"
     assert call.attrs["http.response.status_code"] == 200
-    # The outbound call carried no traceparent: they are separate traces.
-    assert inner.trace_id != outer.trace_id
+    # The outbound call carried a traceparent naming its http.client stage (option
+    # propagate_traceparent, on by default): the backend's timeline continues the trace.
+    assert inner.trace_id == outer.trace_id
+    assert inner.parent_span_id == outer.stage_span_id(call.id)
 
 
 def test_instrument_one_app_only(captured):

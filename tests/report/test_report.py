@@ -71,16 +71,16 @@ def test_report_command(
     out = tmp_path / "report.html"
     assert cli.main(["report", str(django_recording), "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert err.startswith(f"stagetrace: wrote {out} (21 requests, ")
+    assert err.startswith(f"stagetrace: wrote {out} (27 requests, ")
     data = page_data(out.read_text(encoding="utf-8"))
-    assert len(data["timelines"]) == 21
+    assert len(data["timelines"]) == 27
     n1 = [t for t in data["timelines"] if t["route"] == "api/books/"]
     assert len(n1) == 3
     assert all(t["findings"][0]["kind"] == "n_plus_one" for t in n1)
     assert cli.main(["report", str(django_recording), "-o", str(out), "--limit", "5"]) == 0
     data = page_data(out.read_text(encoding="utf-8"))
-    assert data["total"] == 21 and len(data["timelines"]) == 5
-    assert "(the last 5 of 21)" in out.read_text(encoding="utf-8")
+    assert data["total"] == 27 and len(data["timelines"]) == 5
+    assert "(the last 5 of 27)" in out.read_text(encoding="utf-8")
 
 
 def test_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

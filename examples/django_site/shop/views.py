@@ -29,6 +29,25 @@ def api_books(request):
     return JsonResponse({"books": data})
 
 
+def api_books_fast(request):
+    """The N+1 fixed: the author comes with each book in the same query (select_related)."""
+    data = [
+        {"id": b.id, "title": b.title, "author": b.author.name, "price": str(b.price)}
+        for b in Book.objects.select_related("author")
+    ]
+    return JsonResponse({"books": data})
+
+
+def api_authors(request):
+    """Each author with their books: one query for the authors and one for all their books
+    (prefetch_related), not one per author."""
+    data = [
+        {"id": a.id, "name": a.name, "books": [b.title for b in a.books.all()]}
+        for a in Author.objects.prefetch_related("books")
+    ]
+    return JsonResponse({"authors": data})
+
+
 def api_book(request, pk):
     book = get_object_or_404(Book.objects.select_related("author"), pk=pk)
     return JsonResponse({"id": book.id, "title": book.title, "author": book.author.name})

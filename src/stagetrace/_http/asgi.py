@@ -46,8 +46,9 @@ def path(scope: Mapping[str, Any]) -> str:
     return p
 
 
-def request(scope: Mapping[str, Any], cfg: Settings) -> Request:
-    """What a gateway records of an HTTP or websocket scope."""
+def request(scope: Mapping[str, Any], cfg: Settings, path_: str | None = None) -> Request:
+    """What a gateway records of an HTTP or websocket scope (`path_`: its `path`, if known
+    already)."""
     client = scope.get("client")
     host = None
     if isinstance(client, (list, tuple)) and client and isinstance(client[0], str):
@@ -56,7 +57,7 @@ def request(scope: Mapping[str, Any], cfg: Settings) -> Request:
     method = scope.get("method") if scope.get("type") == "http" else None
     return Request(
         method if isinstance(method, str) else None,
-        path(scope),
+        path(scope) if path_ is None else path_,
         scope.get("query_string"),
         scope.get("scheme") if isinstance(scope.get("scheme"), str) else None,
         headers(scope, wanted_headers(cfg)),

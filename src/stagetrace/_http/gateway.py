@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .. import _recorder
@@ -34,6 +35,12 @@ BASE_HEADERS = (
     "host",
     "user-agent",
 )
+
+#: What the context hooks attached for the request this context began: (root, tokens). Kept in
+#: the context, not on the timeline, because the timeline may have ended (and been sealed by
+#: the worker) before the gateway hands the context back — Django's test client closes the
+#: response inside the call.
+_attached: ContextVar[tuple[Any, Any] | None] = ContextVar("stagetrace.attached", default=None)
 
 _wanted_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
 
@@ -71,6 +78,17 @@ class Request:
         self.version = version
 
 
+def wanted(cfg: Settings, path: str) -> bool:
+    """Whether to record a request for `path` here: no timeline is recording in this context
+    already (an outer gateway records it), the path is not excluded, and it is sampled in.
+    Gateways ask this before parsing anything else of the request, so a request that is not
+    recorded costs only this."""
+    cur = _recorder.current()
+    if cur is not None and _recorder.timeline_of(cur) is not None:
+        return False
+    return _recorder.sampled(cfg, path)
+
+
 def begin_http(
     cfg: Settings,
     gateway: str,
@@ -79,15 +97,10 @@ def begin_http(
     framework: str,
     protocol: str = "http",
 ) -> _recorder.Record | None:
-    """Start an HTTP (or websocket) timeline for `request`; its root record, or None when not
-    recording. The root's attribute dict belongs to the gateway: `end_http` and the adapters
-    add to it (`_recorder.root_attrs`)."""
-    cur = _recorder.current()
-    if cur is not None and _recorder.timeline_of(cur) is not None:
-        return None
+    """Start an HTTP (or websocket) timeline for `request`, which `wanted` said to record; its
+    root record, or None when not recording. The root's attribute dict belongs to the gateway:
+    `end_http` and the adapters add to it (`_recorder.root_attrs`)."""
     path = H.safe(request.path)
-    if not _recorder.sampled(cfg, path):
-        return None
     h = request.headers
     parent = H.traceparent(h.get("traceparent")) if "traceparent" in h else None
     in_flight = STATE.in_flight
@@ -123,7 +136,9 @@ def begin_http(
             # worker: the request only keeps the raw values (plain strings, never exported raw).
             tl.deferred = (request_attrs, (request, cfg, tl.wall0))
             if STATE.context_hooks:
-                tl.context_tokens = attach(root, request)
+                tokens = attach(root, request)
+                if tokens:
+                    _attached.set((root, tokens))
     return root
 
 
@@ -173,11 +188,10 @@ def release(root: _recorder.Record | None) -> None:
     if root is None:
         return
     try:
-        tl = _recorder.timeline_of(root)
-        tokens = tl.context_tokens if tl is not None else None
-        if tokens:
-            tl.context_tokens = None  # type: ignore[union-attr]
-            detach(tokens)
+        found = _attached.get()
+        if found is not None and found[0] is root:
+            _attached.set(None)
+            detach(found[1])
     except Exception as exc:
         _recorder.internal_error("context.exit", exc)
 

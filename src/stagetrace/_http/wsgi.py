@@ -40,8 +40,13 @@ def text(environ: Mapping[str, Any], key: str, default: str = "") -> str:
         return raw.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def request(environ: Mapping[str, Any], cfg: Settings) -> Request:
-    """What a gateway records of a WSGI request."""
+def path(environ: Mapping[str, Any]) -> str:
+    """The request path: ``SCRIPT_NAME`` + ``PATH_INFO``."""
+    return text(environ, "SCRIPT_NAME") + (text(environ, "PATH_INFO") or "/")
+
+
+def request(environ: Mapping[str, Any], cfg: Settings, path_: str | None = None) -> Request:
+    """What a gateway records of a WSGI request (`path_`: its `path`, if known already)."""
     found: dict[str, Any] = {}
     for name, key in _environ_keys(wanted_headers(cfg)):
         value = environ.get(key)
@@ -56,7 +61,7 @@ def request(environ: Mapping[str, Any], cfg: Settings) -> Request:
     scheme = environ.get("wsgi.url_scheme")
     return Request(
         method if isinstance(method, str) else None,
-        text(environ, "SCRIPT_NAME") + (text(environ, "PATH_INFO") or "/"),
+        path(environ) if path_ is None else path_,
         environ.get("QUERY_STRING"),
         scheme if isinstance(scheme, str) else None,
         found,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _runtime, httpclients
+from .. import _runtime, dbapi, httpclients
+from .. import sqlalchemy as _sqlalchemy
 from ._gateway import ASGIApp, Receive, Scope, Send, serve
 
 __all__ = ["StagetraceMiddleware"]
@@ -26,13 +27,21 @@ class StagetraceMiddleware:
 
     `framework` names the framework in the timelines (default ``"asgi"``). `http_clients`
     (default true) also records outbound calls made with httpx and requests as
-    ``http.client`` stages. Any other keyword is a stagetrace option, applied with
+    ``http.client`` stages; `sql` (default true) records SQLAlchemy's work and the sqlite3,
+    psycopg and asyncpg drivers' queries (`stagetrace.sqlalchemy`, `stagetrace.dbapi`). Any
+    other keyword is a stagetrace option, applied with
     `stagetrace.configure()` when the middleware is created; the configuration is resolved
     then, so a bad value fails at start-up, never inside a request.
     """
 
     def __init__(
-        self, app: ASGIApp, *, framework: str = "asgi", http_clients: bool = True, **options: Any
+        self,
+        app: ASGIApp,
+        *,
+        framework: str = "asgi",
+        http_clients: bool = True,
+        sql: bool = True,
+        **options: Any,
     ) -> None:
         self.app = app
         self.framework = framework
@@ -42,6 +51,9 @@ class StagetraceMiddleware:
             _runtime.settings()
         if http_clients:
             httpclients.install()
+        if sql:
+            _sqlalchemy.install()
+            dbapi.install()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve(self.app, scope, receive, send, self.framework)

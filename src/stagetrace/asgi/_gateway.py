@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import asgi as _parse
-from .._http.gateway import begin_http, end_http, release
+from .._http import server_timing
+from .._http.gateway import begin_http, end_http, release, wanted
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,11 +39,14 @@ def begin(scope: Scope, framework: str) -> list[Any] | None:
     cfg = _runtime.active()
     if not cfg.enabled:
         return None
+    path = _parse.path(scope)
+    if not wanted(cfg, path):
+        return None
     websocket = scope["type"] == "websocket"
     return begin_http(
         cfg,
         "ASGI websocket" if websocket else "ASGI",
-        _parse.request(scope, cfg),
+        _parse.request(scope, cfg, path),
         framework=framework,
         protocol="websocket" if websocket else "http",
     )
@@ -126,6 +130,8 @@ class _Http:
         _recorder.root_attrs(root)["http.response.first_byte_ns"] = now() - _recorder.start_of(root)
         if tl.settings.echo_request_id:
             message = _with_request_id(message, tl)
+        if tl.settings.server_timing:
+            message = _with_server_timing(message, root)
         self.write = _recorder.enter("response.write", "body")
         return message
 
@@ -162,6 +168,27 @@ def _with_request_id(message: Message, tl: Any) -> Message:
         headers.append((header, value))
         return {**message, "headers": headers}
     return message
+
+
+def _with_server_timing(message: Message, root: Any) -> Message:
+    """The response start with our Server-Timing value after the app's own, if it set one."""
+    try:
+        ours = server_timing.value(root)
+        if ours is None:
+            return message
+        headers = []
+        existing = None
+        for k, v in message.get("headers") or ():
+            if bytes(k).lower() == b"server-timing":
+                existing = server_timing.append(existing, bytes(v).decode("latin-1"))
+            else:
+                headers.append((k, v))
+        value = server_timing.append(existing, ours).encode("latin-1")
+        headers.append((b"server-timing", value))
+        return {**message, "headers": headers}
+    except Exception as exc:
+        _recorder.internal_error("asgi.server_timing", exc)
+        return message
 
 
 class _Websocket:

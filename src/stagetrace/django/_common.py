@@ -69,7 +69,8 @@ SOURCE = "settings.STAGETRACE"
 
 def load_settings() -> None:
     """Install ``settings.STAGETRACE`` as stagetrace's framework-settings layer (and, under
-    ``DEBUG`` with no sink chosen anywhere, propose the console sink). A bad value raises
+    ``DEBUG``, propose the console sink and the Server-Timing header, for what no layer
+    chose). A bad value raises
     `stagetrace.ConfigurationError` at start-up, naming the option."""
     from django.conf import settings
 
@@ -77,7 +78,9 @@ def load_settings() -> None:
     if options is None:
         options = {}
     _runtime.configure_from_framework(options, SOURCE)
-    proposed = {"sinks": ["console"]} if getattr(settings, "DEBUG", False) else {}
+    proposed = (
+        {"sinks": ["console"], "server_timing": True} if getattr(settings, "DEBUG", False) else {}
+    )
     _runtime.propose_defaults(proposed)
 
 

@@ -2,7 +2,8 @@
 report's page), and the same as JSON. Include ``stagetrace.django.urls`` to serve it.
 
 Only with ``settings.DEBUG`` on or for a staff user; anyone else gets a 404, as if the page did
-not exist. The page's own requests are marked and left out of what it shows.
+not exist. The page's own requests are not recorded (`stagetrace.discard`): they would push the
+requests worth seeing out of the memory sink, and fill the console and JSON lines files.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from .. import SCHEMA, Timeline, annotate, recent
+from .. import SCHEMA, Timeline, discard, recent
 from .. import settings as stagetrace_settings
 from ..report import ensure_analyzed, page_meta, render_html
 from ..sinks import MemorySink
 
-#: Attribute marking the dev page's own requests (on their view stage), to leave them out.
-MARK = "stagetrace.devpage"
 #: Requests shown when ``?n=`` does not say.
 DEFAULT_COUNT = 100
 MAX_COUNT = 10_000
@@ -43,10 +42,6 @@ def _enabled() -> bool:
     return any(isinstance(s, MemorySink) for s in stagetrace_settings().sinks)
 
 
-def _is_devpage(tl: Timeline) -> bool:
-    return any(st.attrs.get(MARK) is True for st in tl.stages)
-
-
 def _count(request: HttpRequest) -> int:
     raw = request.GET.get("n")
     if raw is None:
@@ -59,7 +54,7 @@ def _count(request: HttpRequest) -> int:
 
 
 def _recent(request: HttpRequest) -> tuple[list[Timeline], int]:
-    kept = [t for t in recent() if not _is_devpage(t)]
+    kept = recent()
     shown = kept[-_count(request) :]
     return [ensure_analyzed(t) for t in shown], len(kept)
 
@@ -67,7 +62,7 @@ def _recent(request: HttpRequest) -> tuple[list[Timeline], int]:
 def _begin(request: HttpRequest) -> None:
     if not _allowed(request):
         raise Http404("Page not found")
-    annotate(**{MARK: True})
+    discard()
 
 
 def page(request: HttpRequest) -> HttpResponse:

@@ -22,8 +22,9 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import asgi as asgi_request
+from .._http import server_timing
 from .._http import wsgi as wsgi_request
-from .._http.gateway import begin_http, end_http, release
+from .._http.gateway import begin_http, end_http, release, wanted
 from ._common import patcher, settings_loaded
 
 _KEY = "_stagetrace_pending"
@@ -68,7 +69,10 @@ def _begin_environ(environ: Any, gateway: str) -> list[Any] | None:
     cfg = _cfg()
     if not cfg.enabled:
         return None
-    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg), framework="django")
+    path = wsgi_request.path(environ)
+    if not wanted(cfg, path):
+        return None
+    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg, path), framework="django")
     _tag(root, gateway)
     return root
 
@@ -77,7 +81,10 @@ def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
     cfg = _cfg()
     if not cfg.enabled:
         return None
-    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg), framework="django")
+    path = asgi_request.path(scope)
+    if not wanted(cfg, path):
+        return None
+    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg, path), framework="django")
     _tag(root, gateway)
     return root
 
@@ -125,10 +132,22 @@ def _on_response(response: Any) -> None:
         header = cfg.request_id_header
         if not response.has_header(header):
             response[header] = tl.request_id or f"{tl.trace_id:032x}"
+    if cfg.server_timing:
+        _add_server_timing(tl, response)
     gateway = (tl.extra or {}).get("django.gateway")
     if gateway is None or gateway == "ASGI" or "pending" in tl.extra:  # type: ignore[operator]
         return
     _register(tl, response)
+
+
+def _add_server_timing(tl: Any, response: Any) -> None:
+    """Add the Server-Timing header (after the app's own value, if it set one)."""
+    try:
+        ours = server_timing.value(_recorder.root_of(tl))
+        if ours is not None:
+            response["Server-Timing"] = server_timing.append(response.get("Server-Timing"), ours)
+    except Exception as exc:
+        _recorder.internal_error("django.server_timing", exc)
 
 
 def _register(tl: Any, response: Any) -> None:

@@ -25,6 +25,9 @@ Where each stage comes from:
   ``response``).
 * template — Jinja2 rendering, includes and extends nested (`stagetrace.jinja2`).
 * http.client — outbound httpx and requests calls (`stagetrace.httpclients`).
+* SQL — SQLAlchemy (``orm.compile``, ``db.query``, ``orm.fetch``, ``db.connect``,
+  ``transaction``) and the sqlite3/psycopg drivers used directly: `stagetrace.sqlalchemy` and
+  `stagetrace.dbapi` are installed with the adapter (Flask-SQLAlchemy is SQLAlchemy).
 
 Nothing replaces the user's functions: the dicts of registered functions, ``view_functions``
 and ``app.wsgi_app`` keep the very objects the app registered.
@@ -39,8 +42,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .. import _recorder, _runtime, httpclients
+from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
+from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
 from .._patching import Patcher, leave, timed
 from ..wsgi import _gateway
@@ -344,6 +348,8 @@ def _install() -> None:
             patcher.wrap(cls, "response", serialize)
     _jinja2.install()
     httpclients.install()
+    _sqlalchemy.install()
+    dbapi.install()
 
 
 def instrument(app: Any = None) -> Any:
@@ -376,6 +382,8 @@ def uninstrument() -> None:
         patcher.undo()
         _jinja2.uninstall()
         httpclients.uninstall()
+        _sqlalchemy.uninstall()
+        dbapi.uninstall()
 
 
 def is_instrumented(app: Any = None) -> bool:

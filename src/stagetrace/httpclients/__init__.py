@@ -3,8 +3,10 @@
 Every request these libraries send goes through ``Client.send``, ``AsyncClient.send`` or
 ``requests.Session.send``. The stage is named ``METHOD host`` and
 carries scheme, host, port, path, the query's parameter *names* (never their values), the status
-code and any error; the URL is taken apart after the request, not on it. Installed by the web
-adapters (reference-counted); a library that is not installed is skipped.
+code and any error; the URL is taken apart after the request, not on it. A recorded request's
+calls carry a W3C ``traceparent`` naming their http.client stage (option
+``propagate_traceparent``, on by default; a header the caller set is never replaced). Installed
+by the web adapters (reference-counted); a library that is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -59,12 +61,35 @@ _SITE = "httpclients.send"
 def _begin(request: Any, url_of: Any, outcome: list[Any]) -> Any:
     try:
         method, url = str(request.method), str(url_of(request))
-        return _recorder.enter(
+        rec = _recorder.enter(
             "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
         )
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         return None
+    try:
+        _propagate(request)
+    except Exception as exc:
+        _recorder.internal_error("httpclients.traceparent", exc)
+    return rec
+
+
+def _propagate(request: Any) -> None:
+    """W3C trace context for the server we call: a ``traceparent`` naming the http.client
+    stage just entered (and the request's ``tracestate``), unless the caller set one."""
+    tl = _recorder.live()
+    if tl is None or not tl.settings.propagate_traceparent:
+        return
+    headers = request.headers
+    if "traceparent" in headers:
+        return
+    span = _recorder.current_span()
+    if span is None:
+        return
+    trace_id, span_id, flags = span
+    headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
+    if tl.tracestate and "tracestate" not in headers:
+        headers["tracestate"] = tl.tracestate
 
 
 def _status(outcome: list[Any], response: Any) -> None:

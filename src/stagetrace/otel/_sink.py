@@ -332,19 +332,24 @@ def _attach_extras(sink: OtelSink, values: Mapping[str, Any]) -> None:
     ``traceparent``) and ``otel/_metrics.py`` (``StageMetrics(meter_provider)`` with
     ``record_many(timelines)``, and ``meter_provider_or_none()``). Each is imported if its module
     exists and used if it can be, else left out. Nothing here may fail configuration."""
-    try:
-        context = _optional("_context")
-        if context is not None:
-            hook = getattr(context, "ContextHook", None)
-            if hook is not None:
-                sink.context_hook = hook()
-        metrics = _optional("_metrics")
-        if metrics is not None:
-            provider = metrics.meter_provider_or_none()
+    from .._options import ConfigurationError
+
+    context = _optional("_context")
+    if context is not None and getattr(context, "ContextHook", None) is not None:
+        try:  # on with the otel sink (docs/opentelemetry.md); needs the OpenTelemetry API
+            sink.context_hook = context.ContextHook(option="sink 'otel' (its context hook)")
+        except ConfigurationError as exc:  # the API is not installed: export works without it
+            logger.debug("stagetrace: otel context hook left out: %s", exc)
+        except Exception as exc:  # part B's code must not stop the export from working
+            logger.warning("stagetrace: otel context hook left out: %r", exc)
+    metrics = _optional("_metrics")
+    if metrics is not None:
+        try:
+            provider = metrics.meter_provider_or_none(values.get("meter_provider"))
             if provider is not None:
                 sink.metrics = metrics.StageMetrics(provider)
-    except Exception as exc:  # part B's code must not stop the export from working
-        logger.warning("stagetrace: otel context/metrics left out: %r", exc)
+        except Exception as exc:
+            logger.warning("stagetrace: otel metrics left out: %r", exc)
 
 
 def _optional(name: str) -> Any:

@@ -1,6 +1,7 @@
 """Built-in sinks. Each one is also selectable by name in `configure(sinks=[...])` or
-``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel`` (built from
-`stagetrace.otel`, imported only when named)."""
+``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel`` (spans, built from
+`stagetrace.otel`, imported only when named), ``otel-metrics`` (OpenTelemetry histograms,
+`stagetrace.otel._metrics`)."""
 
 from __future__ import annotations
 
@@ -35,4 +36,8 @@ def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
             from ..otel._provider import build_sink
 
             built.append(build_sink(values))
+        elif item == "otel-metrics":
+            from ..otel._metrics import MetricsSink
+
+            built.append(MetricsSink(values.get("meter_provider")))
     return tuple(built)

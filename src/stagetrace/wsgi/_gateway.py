@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import _recorder, _runtime
 from .._http import wsgi as _parse
-from .._http.gateway import begin_http, end_http, release
+from .._http.gateway import begin_http, end_http, release, wanted
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -43,7 +43,10 @@ def begin(environ: Environ, framework: str) -> list[Any] | None:
     cfg = _runtime.active()
     if not cfg.enabled:
         return None
-    return begin_http(cfg, "WSGI", _parse.request(environ, cfg), framework=framework)
+    path = _parse.path(environ)
+    if not wanted(cfg, path):
+        return None
+    return begin_http(cfg, "WSGI", _parse.request(environ, cfg, path), framework=framework)
 
 
 class _Exchange:
@@ -268,16 +271,6 @@ def _observe_file(result: Any, exchange: _Exchange) -> Any:
     return result
 
 
-def _forget_last_exception(root: list[Any]) -> None:
-    """Drop the timeline's cached last exception. The timeline stays in flight until the
-    server is done with the response; an exception the app handled (a routing ``NotFound``)
-    holds its traceback, whose frames hold the response we return — which would keep a
-    response that is dropped without ``close()`` alive for ever."""
-    tl = _recorder.timeline_of(root)
-    if tl is not None:
-        tl.last_exc = None
-
-
 def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framework: str) -> Any:
     """Run `app` for one WSGI request, recording it. A request inside a timeline that is
     already recording passes straight through (the outer gateway records it; a more specific
@@ -307,7 +300,7 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
         raise
     release(root)
     try:
-        _forget_last_exception(root)
+        _recorder.forget_exception(root)
         if _is_file_wrapper(result, environ):
             response: Any = _observe_file(result, exchange)
         else:

@@ -1,0 +1,160 @@
+"""OpenTelemetry metrics from every timeline the pipeline sees (exported as spans or not).
+
+Two histograms, recorded on the pipeline's worker, never on the request's thread:
+
+* ``http.server.request.duration`` (seconds) — the HTTP semantic conventions' server metric,
+  by ``http.route``, ``http.request.method``, ``http.response.status_code`` (and
+  ``error.type`` for 5xx), one measurement per HTTP request;
+* ``stagetrace.stage.duration`` (seconds) — by ``stagetrace.stage.kind`` and ``http.route``:
+  for each stage kind a request used, the time it spent in stages of that kind (their self
+  time: nested stages count for their own kind), one measurement per kind per request. So
+  "time in SQL per request, by route" keeps its trend even when traces are sampled.
+
+`StageMetrics` is what a sink calls; `MetricsSink` is the sink selectable as
+``sinks=["otel-metrics"]`` for metrics without span export. The MeterProvider is the
+``meter_provider`` option, else the application's global SDK MeterProvider — looked up again
+at each batch until there is one, so one set after stagetrace was configured is found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._model import Timeline
+
+#: The HTTP semantic conventions' advised buckets for ``http.server.request.duration`` (s).
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+#: Finer buckets for stage time (a query, a template: often well under 5 ms).
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, *DURATION_BUCKETS)
+
+_METHODS = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
+)
+
+
+def meter_provider_or_none(configured: Any = None) -> Any:
+    """The MeterProvider to record with: `configured` (the ``meter_provider`` option) if given,
+    else the global one if the application set an SDK MeterProvider, else None (the API's
+    default provider records nothing, so there is nothing to do)."""
+    if configured is not None:
+        return configured
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+    except ImportError:
+        return None
+    provider = metrics.get_meter_provider()
+    return provider if isinstance(provider, MeterProvider) else None
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stagetrace")
+    except PackageNotFoundError:
+        return None
+
+
+def _histogram(meter: Any, name: str, description: str, buckets: tuple[float, ...]) -> Any:
+    try:
+        return meter.create_histogram(
+            name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:  # opentelemetry-api before 1.23: no advisory buckets
+        return meter.create_histogram(name, unit="s", description=description)
+
+
+class StageMetrics:
+    """Records the two histograms (see the module docstring) for timelines, with the meters
+    of `meter_provider`."""
+
+    def __init__(self, meter_provider: Any) -> None:
+        meter = meter_provider.get_meter("stagetrace", _version())
+        self.request_duration = _histogram(
+            meter,
+            "http.server.request.duration",
+            "Duration of HTTP server requests.",
+            DURATION_BUCKETS,
+        )
+        self.stage_duration = _histogram(
+            meter,
+            "stagetrace.stage.duration",
+            "Time a request spent in stages of one kind (self time).",
+            STAGE_BUCKETS,
+        )
+
+    def record(self, tl: Timeline) -> None:
+        """Record one timeline."""
+        route = tl.route
+        if tl.protocol == "http":
+            attrs: dict[str, Any] = {}
+            method = tl.method
+            if method is not None:
+                attrs["http.request.method"] = method if method in _METHODS else "_OTHER"
+            if route:
+                attrs["http.route"] = route
+            status = tl.status
+            if status is not None:
+                attrs["http.response.status_code"] = status
+                if status >= 500:
+                    attrs["error.type"] = str(status)
+            self.request_duration.record(tl.duration_ns / 1e9, attrs)
+        for kind, summary in tl.by_kind.items():
+            if kind == "gateway" or not summary.count:
+                continue
+            stage_attrs = {"stagetrace.stage.kind": kind}
+            if route:
+                stage_attrs["http.route"] = route
+            self.stage_duration.record(summary.self_ns / 1e9, stage_attrs)
+
+    def record_many(self, timelines: Iterable[Timeline]) -> None:
+        """Record a batch of timelines."""
+        for tl in timelines:
+            self.record(tl)
+
+
+class MetricsSink:
+    """A sink recording `StageMetrics` for every timeline (``sinks=["otel-metrics"]``), with
+    the ``meter_provider`` option or the global SDK MeterProvider. Until there is a provider,
+    batches are skipped."""
+
+    def __init__(self, meter_provider: Any = None) -> None:
+        self._configured = meter_provider
+        self._metrics: StageMetrics | None = None
+
+    def _ready(self) -> StageMetrics | None:
+        if self._metrics is None:
+            provider = meter_provider_or_none(self._configured)
+            if provider is not None:
+                self._metrics = StageMetrics(provider)
+        return self._metrics
+
+    def emit_many(self, timelines: list[Timeline]) -> None:
+        """Record a batch (called by the pipeline's worker)."""
+        metrics = self._ready()
+        if metrics is not None:
+            metrics.record_many(timelines)
+
+    def emit(self, timeline: Timeline) -> None:
+        """Record one timeline."""
+        self.emit_many([timeline])
+
+    def __repr__(self) -> str:
+        return "MetricsSink()"

@@ -1,0 +1,323 @@
+"""stagetrace beside OpenTelemetry's own instrumentation, with the context hook on: each
+combination makes one coherent trace. Real apps (Django's test client, FastAPI through httpx's
+ASGI transport), the OpenTelemetry SDK with an in-memory exporter, real PostgreSQL.
+
+For every combination: the OpenTelemetry spans are in the timeline's trace; OpenTelemetry's
+server span is an INTERNAL child of the stage it ran in (its instrumentations make a SERVER span
+only when no span is current, `opentelemetry.instrumentation.utils._start_internal_or_server_span`);
+no orphans (every span's parent is an OpenTelemetry span of the request or a stage's span id);
+and a query stagetrace records as a ``db.query`` stage has no OpenTelemetry DB-API span too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.instrumentation.django")
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
+
+import django
+
+django.setup()
+
+from django.http import JsonResponse  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind  # noqa: E402
+
+import stagetrace  # noqa: E402
+from tests.conftest import need_service  # noqa: E402
+
+EXPORTER = InMemorySpanExporter()
+PROVIDER = TracerProvider()
+PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+
+
+def sqlite_view(request: Any) -> JsonResponse:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return JsonResponse({"ok": True})
+
+
+def pg_view(request: Any) -> JsonResponse:
+    from django.db import connections
+
+    with connections["pg"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.execute("SELECT %s", [2])
+        row = cursor.fetchone()
+    return JsonResponse({"row": list(row)})
+
+
+urlpatterns = [path("sqlite/", sqlite_view), path("pg/", pg_view)]
+
+
+def _coherent(tl: stagetrace.Timeline, spans: tuple[ReadableSpan, ...]) -> None:
+    """One trace, no orphans."""
+    assert spans
+    ours = {tl.stage_span_id(s.id) for s in tl.stages}
+    theirs = {f"{s.context.span_id:016x}" for s in spans}
+    for span in spans:
+        assert f"{span.context.trace_id:032x}" == tl.trace_id, span.name
+        assert span.parent is not None, f"{span.name} is a root: a second trace"
+        parent = f"{span.parent.span_id:016x}"
+        assert parent in ours or parent in theirs, f"{span.name} is an orphan"
+
+
+def _stage_of(tl: stagetrace.Timeline, span_id: int) -> Any:
+    return next(s for s in tl.stages if tl.stage_span_id(s.id) == f"{span_id:016x}")
+
+
+@pytest.fixture
+def otel_django() -> Iterator[None]:
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    DjangoInstrumentor().instrument(tracer_provider=PROVIDER)
+    try:
+        with override_settings(ROOT_URLCONF=__name__):
+            yield
+    finally:
+        DjangoInstrumentor().uninstrument()
+
+
+def _django_get(url: str) -> tuple[stagetrace.Timeline, tuple[ReadableSpan, ...]]:
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = Client().get(url)
+    stagetrace.flush()
+    assert response.status_code == 200, response.content
+    return got[0], EXPORTER.get_finished_spans()
+
+
+def test_django_instrumentation_its_server_span_is_an_internal_child_of_a_stage(otel_django):
+    """Django + OpenTelemetry's Django instrumentation: its span for the request is INTERNAL,
+    in the timeline's trace, parented on the middleware stage of OpenTelemetry's middleware."""
+    stagetrace.configure(otel_context=True)
+    tl, spans = _django_get("/sqlite/")
+    _coherent(tl, spans)
+    (server,) = [s for s in spans if s.name.startswith("GET")]
+    assert server.kind == SpanKind.INTERNAL
+    stage = _stage_of(tl, server.parent.span_id)
+    assert stage.kind == "middleware" and "opentelemetry" in stage.name
+
+
+def test_django_instrumentation_without_the_hook_makes_a_second_trace(otel_django):
+    """The same app with the hook off: OpenTelemetry's span is a SERVER root of another trace
+    (what the hook fixes; shows the test above can fail)."""
+    tl, spans = _django_get("/sqlite/")
+    (server,) = [s for s in spans if s.name.startswith("GET")]
+    assert server.kind == SpanKind.SERVER and server.parent is None
+    assert f"{server.context.trace_id:032x}" != tl.trace_id
+
+
+@pytest.fixture
+def pg() -> Iterator[None]:
+    """PostgreSQL through Django's "pg" alias, its connection closed before and after: the
+    next query connects anew, through the instrumented ``connect`` (a connection another
+    test left open would bypass OpenTelemetry's wrapper)."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    pytest.importorskip("psycopg")
+    from django.db import connections
+
+    connections["pg"].close()
+    yield
+    connections["pg"].close()
+
+
+@pytest.fixture
+def psycopg_instrumented(pg: None) -> Iterator[None]:
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    PsycopgInstrumentor().instrument(tracer_provider=PROVIDER)
+    try:
+        yield
+    finally:
+        PsycopgInstrumentor().uninstrument()
+
+
+@pytest.fixture
+def dbapi_instrumented(pg: None) -> Iterator[None]:
+    import psycopg
+    from opentelemetry.instrumentation import dbapi
+
+    dbapi.wrap_connect("tests", psycopg, "connect", "postgresql", {}, tracer_provider=PROVIDER)
+    try:
+        yield
+    finally:
+        dbapi.unwrap_connect(psycopg, "connect")
+
+
+@pytest.mark.parametrize("driver", ["psycopg_instrumented", "dbapi_instrumented"])
+def test_django_and_opentelemetry_db_instrumentation_no_duplicate_sql_spans(
+    otel_django, driver, request
+):
+    """Django + OpenTelemetry's Django and psycopg (or generic DB-API) instrumentation: the
+    queries are db.query stages and there is no OpenTelemetry DB span for them — the hook's
+    context suppresses OpenTelemetry's DB-API wrapper inside db.query stages only (the
+    request's own span is still made)."""
+    request.getfixturevalue(driver)
+    stagetrace.configure(otel_context=True)
+    tl, spans = _django_get("/pg/")
+    _coherent(tl, spans)
+    recorded = {s.attrs.get("db.query.text") for s in tl.stages if s.kind == "db.query"}
+    assert {"SELECT 1", "SELECT %s"} <= recorded
+    # What OpenTelemetry still records is what stagetrace has no db.query stage for: the
+    # statement Django runs while opening the connection (inside the db.connect stage).
+    others = [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert others, "OpenTelemetry's wrapper did not see the connection"
+    assert not recorded & set(others), others
+    assert all("set_config" in text for text in others), others
+    assert any(s.name.startswith("GET") for s in spans)
+
+
+def _statement(span: ReadableSpan) -> str:
+    attrs = span.attributes or {}
+    return str(attrs.get("db.query.text") or attrs.get("db.statement") or "")
+
+
+@pytest.mark.parametrize("driver", ["psycopg_instrumented", "dbapi_instrumented"])
+def test_without_the_hook_the_same_queries_are_recorded_twice(otel_django, driver, request):
+    """The same request with the hook off: OpenTelemetry makes a CLIENT span per query besides
+    stagetrace's db.query stages (what the suppression removes; shows the test can fail)."""
+    request.getfixturevalue(driver)
+    _, spans = _django_get("/pg/")
+    statements = [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert {"SELECT 1", "SELECT %s"} <= set(statements), statements
+
+
+def test_suppression_is_only_inside_db_query_stages(otel_django, psycopg_instrumented):
+    """A query run by the application outside any db.query stage (a raw psycopg connection
+    opened in the view) still gets its OpenTelemetry span, in the trace, parented on the span
+    OpenTelemetry's Django middleware made current for the view."""
+    import psycopg
+
+    def raw_view(request: Any) -> JsonResponse:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+            conn.execute("SELECT 42")
+        return JsonResponse({})
+
+    global urlpatterns
+    saved = urlpatterns
+    urlpatterns = [path("raw/", raw_view)]
+    try:
+        stagetrace.configure(otel_context=True)
+        tl, spans = _django_get("/raw/")
+    finally:
+        urlpatterns = saved
+    _coherent(tl, spans)
+    client = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert any("SELECT" in s.name for s in client), [s.name for s in spans]
+    # Parented on OpenTelemetry's own request span, which its middleware made current.
+    (request_span,) = [s for s in spans if s.name.startswith("GET")]
+    assert all(s.parent.span_id == request_span.context.span_id for s in client)
+
+
+# --- FastAPI -----------------------------------------------------------------------------
+
+
+def _fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    return app
+
+
+def _asgi_get(app: Any, url: str, headers: dict[str, str] | None = None) -> Any:
+    import httpx
+
+    async def run() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.get(url, headers=headers)
+
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = asyncio.run(run())
+    stagetrace.flush()
+    assert response.status_code == 200
+    return got[0], EXPORTER.get_finished_spans(), response
+
+
+def test_fastapi_instrumentor_spans_nest_in_the_timeline():
+    """FastAPI + FastAPIInstrumentor (OpenTelemetry's ASGI middleware inside the app, below
+    stagetrace's gateway): its request span is INTERNAL, all its spans in the timeline's
+    trace, none orphaned; an incoming traceparent is the timeline's parent."""
+    pytest.importorskip("opentelemetry.instrumentation.fastapi")
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    import stagetrace.starlette
+
+    stagetrace.starlette.instrument()
+    app = _fastapi_app()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=PROVIDER)
+    stagetrace.configure(otel_context=True)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+        stagetrace.starlette.uninstrument()
+    assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    _coherent(tl, spans)
+    (server,) = [s for s in spans if s.name == "GET /items/{item_id}"]
+    assert server.kind == SpanKind.INTERNAL
+    assert _stage_of(tl, server.parent.span_id).kind in ("gateway", "middleware")
+
+
+def test_opentelemetry_asgi_middleware_outside_stagetrace_is_the_timelines_parent():
+    """OpenTelemetry's ASGI middleware wrapped OUTSIDE stagetrace's ASGI middleware: its SERVER
+    span stays the trace's entry (child of the incoming traceparent) and the timeline is its
+    child in the same trace."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from stagetrace.asgi import StagetraceMiddleware
+
+    app = OpenTelemetryMiddleware(StagetraceMiddleware(_fastapi_app()), tracer_provider=PROVIDER)
+    stagetrace.configure(otel_context=True)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert f"{server.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert tl.parent_span_id == f"{server.context.span_id:016x}"
+
+
+def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(
+    otel_django, psycopg_instrumented, monkeypatch
+):
+    """The suppression object's check calls the recorder inside OpenTelemetry's DB wrapper:
+    if it fails, the failure is counted, OpenTelemetry records the query as usual, and the
+    response is unchanged."""
+    from stagetrace import _recorder
+
+    def broken() -> None:
+        raise RuntimeError("injected")
+
+    stagetrace.configure(otel_context=True)
+    monkeypatch.setattr(_recorder, "current_kind", broken)
+    tl, spans = _django_get("/pg/")
+    assert any(s.kind == "db.query" for s in tl.stages)
+    assert "SELECT 1" in [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert json.loads(Client().get("/pg/").content) == {"row": [2]}
+    assert stagetrace.stats()["internal_errors"] >= 1
+    assert "otel.suppress" in stagetrace.stats()["internal_errors_by_site"]

@@ -1,0 +1,294 @@
+"""The OpenTelemetry context during a recorded request (`stagetrace.otel._context`), on a real
+Django app (the test client) and a real FastAPI app (httpx's ASGI transport): the current span
+is the running stage, `propagate.inject()` writes this trace's traceparent, spans made with the
+SDK nest under the stage that made them, baggage arrives, malformed headers are ignored, and
+nothing of it exists when the option is off or after the request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("opentelemetry.sdk")
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
+
+import django
+
+django.setup()
+
+from django.http import JsonResponse  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from opentelemetry import baggage, context, propagate, trace  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+import stagetrace  # noqa: E402
+from stagetrace._options import ConfigurationError  # noqa: E402
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+EXPORTER = InMemorySpanExporter()
+PROVIDER = TracerProvider()
+PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+TRACER = PROVIDER.get_tracer("tests.otel.test_context")
+
+
+def _now() -> dict[str, Any]:
+    sc = trace.get_current_span().get_span_context()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {
+        "valid": sc.is_valid,
+        "trace": f"{sc.trace_id:032x}",
+        "span": f"{sc.span_id:016x}",
+        "flags": int(sc.trace_flags),
+        "state": sc.trace_state.to_header(),
+        "carrier": carrier,
+        "baggage": dict(baggage.get_all()),
+    }
+
+
+def ctx_view(request: Any) -> JsonResponse:
+    from django.db import connection
+
+    out = {"view": _now()}
+    with TRACER.start_as_current_span("user work"):
+        out["inside_user_span"] = _now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.execute("SELECT 2")
+    out["after"] = _now()
+    return JsonResponse(out)
+
+
+urlpatterns = [path("ctx/", ctx_view)]
+
+
+def _stage(tl: stagetrace.Timeline, kind: str) -> Any:
+    return next(s for s in tl.stages if s.kind == kind)
+
+
+@pytest.fixture
+def client() -> Any:
+    with override_settings(ROOT_URLCONF=__name__):
+        yield Client()
+
+
+def _get(client: Any, **headers: str) -> tuple[dict[str, Any], stagetrace.Timeline]:
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = client.get("/ctx/", headers=headers)
+    stagetrace.flush()
+    assert response.status_code == 200
+    return json.loads(response.content), got[0]
+
+
+def test_inside_a_view_the_current_span_is_the_view_stage_of_this_trace(client):
+    """With otel_context on, OpenTelemetry's current span inside a Django view is a valid,
+    non-remote span context of the timeline's trace whose span id is the view stage's, and
+    `propagate.inject()` writes that as the traceparent."""
+    stagetrace.configure(otel_context=True)
+    body, tl = _get(client)
+    view = _stage(tl, "view")
+    now = body["view"]
+    assert now["valid"]
+    assert now["trace"] == tl.trace_id
+    assert now["span"] == tl.stage_span_id(view.id)
+    assert now["carrier"]["traceparent"] == f"00-{tl.trace_id}-{now['span']}-01"
+    assert body["after"]["span"] == now["span"]
+    assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_an_incoming_traceparent_and_tracestate_carry_through(client):
+    """An incoming traceparent makes the request part of the caller's trace: the current span
+    inside the view has its trace id, and the tracestate travels on in inject()."""
+    stagetrace.configure(otel_context=True)
+    body, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01", tracestate="vendor=abc")
+    assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
+    assert body["view"]["trace"] == TRACE
+    assert body["view"]["carrier"]["traceparent"].startswith(f"00-{TRACE}-")
+    assert body["view"]["carrier"]["tracestate"] == "vendor=abc"
+
+
+def test_sdk_spans_made_in_a_view_nest_under_the_view_stage(client):
+    """A span the application starts with the SDK inside a view is a child of the view
+    stage's span, in the timeline's trace; inside it, the current span is the SDK span."""
+    stagetrace.configure(otel_context=True)
+    body, tl = _get(client)
+    (span,) = EXPORTER.get_finished_spans()
+    view = _stage(tl, "view")
+    assert f"{span.context.trace_id:032x}" == tl.trace_id
+    assert f"{span.parent.span_id:016x}" == tl.stage_span_id(view.id)
+    assert body["inside_user_span"]["span"] == f"{span.context.span_id:016x}"
+
+
+def test_the_current_span_follows_the_running_stage(client):
+    """The span context is computed from the stage running when it is asked for: inside a
+    db.query stage it is that stage's span id (what an OpenTelemetry DB client span would
+    take as its parent)."""
+    stagetrace.configure(otel_context=True)
+    from stagetrace import _recorder
+
+    seen: list[str] = []
+    real_enter = _recorder.enter
+
+    def enter(kind: str, name: Any, attrs: Any = None) -> Any:
+        rec = real_enter(kind, name, attrs)
+        if kind == "db.query":
+            seen.append(f"{trace.get_current_span().get_span_context().span_id:016x}")
+        return rec
+
+    _recorder.enter = enter  # type: ignore[assignment]
+    try:
+        _, tl = _get(client)
+    finally:
+        _recorder.enter = real_enter  # type: ignore[assignment]
+    queries = [tl.stage_span_id(s.id) for s in tl.stages if s.kind == "db.query"]
+    assert queries and seen == queries
+
+
+def test_baggage_from_the_incoming_header_is_in_the_context(client):
+    """The W3C baggage header's entries are OpenTelemetry baggage during the request (and
+    inject() passes them on); malformed members are dropped, the rest kept."""
+    stagetrace.configure(otel_context=True)
+    body, _ = _get(client, baggage="user=alice, bad member;;, tier=gold")
+    assert body["view"]["baggage"] == {"user": "alice", "tier": "gold"}
+    assert "user=alice" in body["view"]["carrier"]["baggage"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": "00-zzzz-b7ad6b7169203331-01"},
+        {"traceparent": f"ff-{TRACE}-{PARENT}-01"},
+        {"traceparent": f"00-{'0' * 32}-{PARENT}-01"},
+        {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "=,,,bad key=1"},
+        {"baggage": "%%%;;;=,=="},
+    ],
+)
+def test_malformed_headers_are_ignored(client, headers):
+    """A malformed traceparent, tracestate or baggage header is ignored: the request is served,
+    recorded, and the view still has a valid current span of the timeline's trace."""
+    stagetrace.configure(otel_context=True)
+    body, tl = _get(client, **headers)
+    assert body["view"]["valid"] and body["view"]["trace"] == tl.trace_id
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_off_by_default(client):
+    """Without otel_context (and no otel sink), nothing is attached: the current span inside
+    the view is OpenTelemetry's invalid span and inject() writes nothing."""
+    body, tl = _get(client)
+    assert tl.stages
+    assert body["view"]["valid"] is False and body["view"]["carrier"] == {}
+
+
+def test_a_request_that_is_not_recorded_gets_no_context(client):
+    """Sampled out means not recorded, and no context either."""
+    stagetrace.configure(otel_context=True, sample_rate=0.0)
+    EXPORTER.clear()
+    body = json.loads(client.get("/ctx/").content)
+    assert body["view"]["valid"] is False
+
+
+def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():
+    """When an OpenTelemetry span is current as the request begins (OpenTelemetry's own
+    middleware wrapped outside stagetrace's gateway), the timeline joins its trace as its
+    child instead of starting another trace."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from stagetrace.asgi import StagetraceMiddleware
+
+    async def endpoint(request: Any) -> JSONResponse:
+        return JSONResponse(_now())
+
+    app = StagetraceMiddleware(Starlette(routes=[Route("/", endpoint)]))
+    stagetrace.configure(otel_context=True)
+
+    async def run() -> tuple[Any, Any]:
+        import httpx
+
+        with TRACER.start_as_current_span("outer server span") as outer:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                r = await c.get("/")
+        return r.json(), outer.get_span_context()
+
+    with stagetrace.capture() as got:
+        body, outer = asyncio.run(run())
+    stagetrace.flush()
+    tl = got[0]
+    assert tl.trace_id == f"{outer.trace_id:032x}"
+    assert tl.parent_span_id == f"{outer.span_id:016x}"
+    assert body["trace"] == tl.trace_id
+
+
+def test_after_the_request_the_context_is_restored():
+    """A context attached by the hook is detached when the gateway hands the context back:
+    code running after the request sees what it saw before."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from stagetrace.asgi import StagetraceMiddleware
+
+    async def endpoint(request: Any) -> JSONResponse:
+        return JSONResponse(_now())
+
+    app = StagetraceMiddleware(Starlette(routes=[Route("/", endpoint)]))
+    stagetrace.configure(otel_context=True)
+
+    async def run() -> tuple[Any, Any, Any]:
+        import httpx
+
+        before = context.get_current()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.get("/")
+        return before, r.json(), context.get_current()
+
+    with stagetrace.capture() as got:
+        before, body, after = asyncio.run(run())
+    stagetrace.flush()
+    assert body["valid"] and body["trace"] == got[0].trace_id
+    assert after == before
+
+
+def test_missing_opentelemetry_api_is_a_one_line_configuration_error(monkeypatch):
+    """Without the OpenTelemetry API, otel_context=True fails at configuration with a one-line
+    error that gives the pip command, and the previous configuration stays."""
+    import sys
+
+    from stagetrace.otel import _context
+
+    monkeypatch.setattr(_context, "_api", {})
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ConfigurationError) as err:
+        stagetrace.configure(otel_context=True)
+    message = str(err.value)
+    assert "\n" not in message and 'pip install "stagetrace[otlp]"' in message
+    assert stagetrace.settings().otel_context is False
+
+
+def test_the_option_comes_from_the_environment(monkeypatch):
+    """STAGETRACE_OTEL_CONTEXT=1 turns the hook on like configure(otel_context=True)."""
+    from stagetrace._state import STATE
+    from stagetrace.otel._context import ContextHook
+
+    monkeypatch.setenv("STAGETRACE_OTEL_CONTEXT", "1")
+    stagetrace.reset()
+    assert stagetrace.settings().otel_context is True
+    assert any(isinstance(h, ContextHook) for h in STATE.context_hooks)

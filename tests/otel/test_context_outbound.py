@@ -1,0 +1,136 @@
+"""Outbound W3C trace context: httpx (sync and async) and requests calls made inside a
+recorded request carry a ``traceparent`` naming their http.client stage (and the request's
+``tracestate``), checked on what a real HTTP server on loopback received."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import stagetrace
+from stagetrace import httpclients as _outbound
+
+httpx = pytest.importorskip("httpx")
+requests = pytest.importorskip("requests")
+
+RECEIVED: list[dict[str, str]] = []
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        RECEIVED.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def patched() -> Iterator[None]:
+    _outbound.install()
+    RECEIVED.clear()
+    yield
+    _outbound.uninstall()
+
+
+def _calls(server: str, **headers: str) -> None:
+    httpx.get(f"{server}/a", headers=headers)
+
+    async def run() -> None:
+        async with httpx.AsyncClient() as client:
+            await client.get(f"{server}/b", headers=headers)
+
+    asyncio.run(run())
+    requests.get(f"{server}/c", headers=headers, timeout=5)
+
+
+def test_each_call_carries_the_traceparent_of_its_stage(server):
+    """Inside a recorded job, each call's traceparent is this trace with the span id of that
+    call's http.client stage, sampled flag set; no tracestate when the trace has none."""
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        _calls(server)
+    stagetrace.flush()
+    tl = got[0]
+    stages = [s for s in tl.stages if s.kind == "http.client"]
+    assert len(stages) == 3 and len(RECEIVED) == 3
+    for stage, headers in zip(stages, RECEIVED, strict=True):
+        assert headers["traceparent"] == f"00-{tl.trace_id}-{tl.stage_span_id(stage.id)}-01"
+        assert "tracestate" not in headers
+
+
+def test_a_django_request_passes_its_trace_and_tracestate_on(server):
+    """A Django request that came with traceparent and tracestate: its view's httpx and
+    requests calls carry the caller's trace id, their own stage's span id, and the
+    tracestate."""
+    pytest.importorskip("django")
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
+    import django
+
+    django.setup()
+    from django.test import Client
+
+    from stagetrace.django._install import load_settings
+
+    load_settings()
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    with stagetrace.capture() as got:
+        response = Client().get(
+            "/outbound/",
+            {"url": f"{server}/x"},
+            headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01", "tracestate": "v=1"},
+        )
+    stagetrace.flush()
+    assert response.status_code == 200
+    tl = got[0]
+    stages = [s for s in tl.stages if s.kind == "http.client"]
+    assert len(stages) == 2 and len(RECEIVED) == 2
+    for stage, headers in zip(stages, RECEIVED, strict=True):
+        assert headers["traceparent"] == f"00-{trace}-{tl.stage_span_id(stage.id)}-01"
+        assert headers["tracestate"] == "v=1"
+
+
+def test_a_header_the_caller_set_is_never_replaced(server):
+    """A traceparent the application set itself (its own OpenTelemetry span, say) is sent
+    as it was."""
+    mine = "00-11111111111111111111111111111111-2222222222222222-00"
+    with stagetrace.timeline("job"):
+        _calls(server, traceparent=mine)
+    assert [h["traceparent"] for h in RECEIVED] == [mine] * 3
+
+
+def test_nothing_is_added_outside_a_recorded_request(server):
+    """Not recording (outside any timeline, or sampled out): no traceparent."""
+    _calls(server)
+    stagetrace.configure(sample_rate=0.0)
+    with stagetrace.timeline("job"):
+        _calls(server)
+    assert RECEIVED and all("traceparent" not in h for h in RECEIVED)
+
+
+def test_the_option_turns_it_off(server):
+    """propagate_traceparent=False: calls are still stages, but carry no traceparent."""
+    stagetrace.configure(propagate_traceparent=False)
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        _calls(server)
+    stagetrace.flush()
+    assert len([s for s in got[0].stages if s.kind == "http.client"]) == 3
+    assert all("traceparent" not in h for h in RECEIVED)
