@@ -174,3 +174,27 @@ def test_global_sdk_provider_is_used_and_never_replaced(monkeypatch: pytest.Monk
     assert stagetrace.flush(5)
     assert len(exporter.get_finished_spans()) == 3
     assert trace._TRACER_PROVIDER is provider
+
+
+def test_the_otel_sink_brings_the_context_hook_and_records_metrics() -> None:
+    """With the otel sink, the running stage is OpenTelemetry's current span during a request
+    (part B's context hook is installed), and with a MeterProvider the stage histograms are
+    recorded from the same timelines."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from stagetrace.otel._context import ContextHook
+
+    reader = InMemoryMetricReader()
+    stagetrace.configure(
+        sinks=["otel"],
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    assert any(isinstance(h, ContextHook) for h in STATE.context_hooks)
+    run_jobs(2)
+    assert stagetrace.flush(5)
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "stagetrace.stage.duration" in names
