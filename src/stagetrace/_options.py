@@ -51,6 +51,15 @@ class Settings:
     max_attr_length: int = 4096
     record_headers: tuple[str, ...] = ()
     record_query_values: tuple[str, ...] = ()
+    # the otel sink (docs/export.md)
+    otlp_endpoint: str | None = None
+    tracer_provider: Any = None
+    otel_sample_rate: float = 1.0
+    otel_keep_slower_than_ms: float | None = None
+    otel_keep_errors: bool = True
+    otel_keep_findings: bool = True
+    otel_queue_size: int = 20_000
+    otel_flush_timeout: float = 5.0
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing
     otel_context: bool = False
     propagate_traceparent: bool = False
@@ -206,7 +215,7 @@ def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
 
-SINK_NAMES = ("console", "jsonl", "memory", "otel-metrics")
+SINK_NAMES = ("console", "jsonl", "memory", "otel", "otel-metrics")
 
 
 def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
@@ -219,10 +228,6 @@ def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
         raise _Bad(accepts)
     for item in items:
         if isinstance(item, str):
-            if item == "otel":
-                raise _Bad(
-                    f"{accepts}; the 'otel' sink is not available in this version of stagetrace"
-                )
             if item not in SINK_NAMES:
                 raise _Bad(f"{accepts}; {item!r} is not one")
         elif not callable(getattr(item, "emit", None)):
@@ -250,6 +255,46 @@ def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
     raise _Bad("a list of callables taking a Timeline")
 
 
+def _url_or_none(value: Any, from_env: bool) -> str | None:
+    if value is None or (from_env and value.strip() == ""):
+        return None
+    if isinstance(value, str) and re.match(r"https?://[^/\s]+", value.strip()):
+        return value.strip()
+    raise _Bad("an http:// or https:// URL")
+
+
+def _tracer_provider(value: Any, from_env: bool) -> Any:
+    if from_env:
+        raise _Bad("a TracerProvider object (set it with configure(), not the environment)")
+    if value is None or callable(getattr(value, "get_tracer", None)):
+        return value
+    raise _Bad("an OpenTelemetry TracerProvider")
+
+
+def _millis_or_none(value: Any, from_env: bool) -> float | None:
+    accepts = "a number of milliseconds (0 or more), or nothing"
+    if value is None or (from_env and isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise _Bad(accepts)
+    if from_env and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Bad(accepts) from None
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < math.inf:
+        raise _Bad(accepts)
+    return float(value)
+
+
+def _seconds(value: Any, from_env: bool) -> float:
+    accepts = "a number of seconds above 0"
+    seconds = _millis_or_none(value, from_env) if not isinstance(value, bool) else None
+    if seconds is None or seconds <= 0:
+        raise _Bad(accepts)
+    return seconds
+
+
 def _meter_provider(value: Any, from_env: bool) -> Any:
     accepts = "an OpenTelemetry MeterProvider (set it with configure(), not the environment)"
     if from_env:
@@ -267,7 +312,9 @@ class _Option:
 
 OPTIONS: dict[str, _Option] = {
     "enabled": _Option(_to_bool, "record timelines at all"),
-    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory, otel-metrics"),
+    "sinks": _Option(
+        _sinks, "where finished timelines go: console, jsonl, memory, otel, otel-metrics"
+    ),
     "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
     "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
@@ -288,6 +335,24 @@ OPTIONS: dict[str, _Option] = {
     "record_headers": _Option(_header_list, "request headers whose values are recorded"),
     "record_query_values": _Option(
         _query_names, "query parameters whose values are recorded (others: name only)"
+    ),
+    "otlp_endpoint": _Option(
+        _url_or_none, "otel sink: OTLP base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)"
+    ),
+    "tracer_provider": _Option(
+        _tracer_provider, "otel sink: an SDK TracerProvider to hand spans to (configure() only)"
+    ),
+    "otel_sample_rate": _Option(
+        _to_rate, "otel sink: fraction of the requests no tail rule keeps that are exported"
+    ),
+    "otel_keep_slower_than_ms": _Option(
+        _millis_or_none, "otel sink: always export requests at least this slow"
+    ),
+    "otel_keep_errors": _Option(_to_bool, "otel sink: always export 5xx and failed requests"),
+    "otel_keep_findings": _Option(_to_bool, "otel sink: always export requests with findings"),
+    "otel_queue_size": _Option(_positive_int, "otel sink: spans waiting for export at most"),
+    "otel_flush_timeout": _Option(
+        _seconds, "otel sink: longest wait for the collector at flush, shutdown and exit"
     ),
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing (docs/opentelemetry.md)
     "otel_context": _Option(
@@ -403,14 +468,20 @@ def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Setting
     # Trace context that names stage spans (the OpenTelemetry current span, an outbound
     # traceparent) only where those spans reach a collector: otherwise the spans of other
     # instrumentations and of downstream services would point at parents nobody receives.
-    exports = any(getattr(s, "context_hook", None) is not None for s in sinks)
+    exports = any(getattr(s, "exports_stage_spans", False) for s in sinks)
+    hooked = any(getattr(s, "context_hook", None) is not None for s in sinks)
     if data.get("otel_context") is None:
-        data["otel_context"] = exports
+        data["otel_context"] = hooked
     elif data["otel_context"] and not exports:
         raise ConfigurationError(
             "stagetrace option 'otel_context' needs the otel sink (sinks=[..., 'otel']): "
             "without it the stages it makes OpenTelemetry's current span are never exported, "
             "and OpenTelemetry's spans would point at parents no collector receives"
+        )
+    elif data["otel_context"] and not hooked:
+        raise ConfigurationError(
+            "stagetrace option 'otel_context' needs the OpenTelemetry API, which is not "
+            'installed: pip install "stagetrace[otlp]"'
         )
     if data.get("propagate_traceparent") is None:
         data["propagate_traceparent"] = exports

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -1383,6 +1383,22 @@ class _Rows:
 
     def __call__(self) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
         return self.load()
+
+
+def stages_once(timeline: Timeline) -> Sequence[Stage]:
+    """The stages of `timeline` for a reader that goes through each of them once (the
+    OpenTelemetry export): when they were not built yet, they are built without the per-kind
+    totals and without being kept on the timeline — less work and fewer objects for the
+    garbage collector. Stages already built (by an analyzer, say) are reused."""
+    load = timeline._load
+    if type(load) is not _Rows or timeline._stages is not None:
+        return timeline.stages
+    child = load._children()
+    built = load._stages
+    make = load._make
+    if built is None:
+        return [make(i, child) for i in range(load.n)]
+    return [st if st is not None else make(i, child) for i, st in enumerate(built)]
 
 
 # --- streaming: a body produced chunk by chunk ------------------------------------------------
