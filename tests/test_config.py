@@ -95,7 +95,8 @@ def test_bad_explicit_value_keeps_the_previous_configuration():
     with pytest.raises(stagetrace.ConfigurationError, match=r"'max_stages' \(configure\(\)\)"):
         stagetrace.configure(max_stages=-1)
     with pytest.raises(
-        stagetrace.ConfigurationError, match="unknown stagetrace option 'max_stage'"
+        stagetrace.ConfigurationError,
+        match=r"unknown stagetrace option 'max_stage' .*did you mean 'max_stages'",
     ):
         stagetrace.configure(max_stage=3)
     assert stagetrace.settings().max_stages == 7

@@ -48,7 +48,9 @@ def test_by_kind_reads_zero_for_a_kind_that_did_not_run(captured):
         tl.by_kind["not a kind"]
 
 
-def _django_check(installed_app: str, debug: bool = False) -> subprocess.CompletedProcess[str]:
+def _django_check(
+    installed_app: str, debug: bool = False, **env_vars: str
+) -> subprocess.CompletedProcess[str]:
     script = f"""
 import django, sys
 from django.conf import settings
@@ -62,6 +64,7 @@ call_command("check")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["PYTHONPATH"] = str(ROOT / "src")
+    env.update(env_vars)
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
@@ -84,3 +87,13 @@ def test_django_under_debug_shows_waterfalls_by_default():
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "sinks: ['ConsoleSink']" in on.stdout
     assert "sinks: []" in off.stdout
+
+
+def test_a_jsonl_path_under_debug_keeps_the_console(tmp_path):
+    """STAGETRACE_JSONL under DEBUG writes the file *and* keeps the waterfalls: setting a path
+    used to replace the console sink DEBUG turns on, silently."""
+    pytest.importorskip("django")
+    path = str(tmp_path / "t.jsonl")
+    on = _django_check("stagetrace.django", debug=True, STAGETRACE_JSONL=path)
+    assert on.returncode == 0, on.stderr
+    assert "sinks: ['ConsoleSink', 'JsonlSink']" in on.stdout

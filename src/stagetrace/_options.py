@@ -10,6 +10,7 @@ the built-in defaults. Every value is checked where it came from, and a bad one 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -50,9 +51,18 @@ class Settings:
     max_attr_length: int = 4096
     record_headers: tuple[str, ...] = ()
     record_query_values: tuple[str, ...] = ()
+    # the otel sink (docs/export.md)
+    otlp_endpoint: str | None = None
+    tracer_provider: Any = None
+    otel_sample_rate: float = 1.0
+    otel_keep_slower_than_ms: float | None = None
+    otel_keep_errors: bool = True
+    otel_keep_findings: bool = True
+    otel_queue_size: int = 20_000
+    otel_flush_timeout: float = 5.0
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing
     otel_context: bool = False
-    propagate_traceparent: bool = True
+    propagate_traceparent: bool = False
     meter_provider: Any = None
     server_timing: bool = False
     # derived, for the request path
@@ -76,6 +86,16 @@ def _to_bool(value: Any, from_env: bool) -> bool:
         if v in ("0", "false", "no", "off", ""):
             return False
     raise _Bad("true or false")
+
+
+def _to_bool_or_auto(value: Any, from_env: bool) -> bool | None:
+    """True, False, or None ("auto": decided from the other options)."""
+    if value is None or (from_env and isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        return _to_bool(value, from_env)
+    except _Bad:
+        raise _Bad("true, false or auto") from None
 
 
 def _to_rate(value: Any, from_env: bool) -> float:
@@ -195,7 +215,7 @@ def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
 
-SINK_NAMES = ("console", "jsonl", "memory", "otel-metrics")
+SINK_NAMES = ("console", "jsonl", "memory", "otel", "otel-metrics")
 
 
 def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
@@ -208,10 +228,6 @@ def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
         raise _Bad(accepts)
     for item in items:
         if isinstance(item, str):
-            if item == "otel":
-                raise _Bad(
-                    f"{accepts}; the 'otel' sink is not available in this version of stagetrace"
-                )
             if item not in SINK_NAMES:
                 raise _Bad(f"{accepts}; {item!r} is not one")
         elif not callable(getattr(item, "emit", None)):
@@ -239,6 +255,46 @@ def _analyzers(value: Any, from_env: bool) -> tuple[Any, ...]:
     raise _Bad("a list of callables taking a Timeline")
 
 
+def _url_or_none(value: Any, from_env: bool) -> str | None:
+    if value is None or (from_env and value.strip() == ""):
+        return None
+    if isinstance(value, str) and re.match(r"https?://[^/\s]+", value.strip()):
+        return value.strip()
+    raise _Bad("an http:// or https:// URL")
+
+
+def _tracer_provider(value: Any, from_env: bool) -> Any:
+    if from_env:
+        raise _Bad("a TracerProvider object (set it with configure(), not the environment)")
+    if value is None or callable(getattr(value, "get_tracer", None)):
+        return value
+    raise _Bad("an OpenTelemetry TracerProvider")
+
+
+def _millis_or_none(value: Any, from_env: bool) -> float | None:
+    accepts = "a number of milliseconds (0 or more), or nothing"
+    if value is None or (from_env and isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise _Bad(accepts)
+    if from_env and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Bad(accepts) from None
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < math.inf:
+        raise _Bad(accepts)
+    return float(value)
+
+
+def _seconds(value: Any, from_env: bool) -> float:
+    accepts = "a number of seconds above 0"
+    seconds = _millis_or_none(value, from_env) if not isinstance(value, bool) else None
+    if seconds is None or seconds <= 0:
+        raise _Bad(accepts)
+    return seconds
+
+
 def _meter_provider(value: Any, from_env: bool) -> Any:
     accepts = "an OpenTelemetry MeterProvider (set it with configure(), not the environment)"
     if from_env:
@@ -256,7 +312,9 @@ class _Option:
 
 OPTIONS: dict[str, _Option] = {
     "enabled": _Option(_to_bool, "record timelines at all"),
-    "sinks": _Option(_sinks, "where finished timelines go: console, jsonl, memory, otel-metrics"),
+    "sinks": _Option(
+        _sinks, "where finished timelines go: console, jsonl, memory, otel, otel-metrics"
+    ),
     "jsonl": _Option(_path_or_none, "path of the JSON lines file (always adds the jsonl sink)"),
     "sample_rate": _Option(_to_rate, "fraction of requests recorded"),
     "exclude_paths": _Option(_regexes, "regexes; matching request paths are not recorded"),
@@ -278,12 +336,34 @@ OPTIONS: dict[str, _Option] = {
     "record_query_values": _Option(
         _query_names, "query parameters whose values are recorded (others: name only)"
     ),
+    "otlp_endpoint": _Option(
+        _url_or_none, "otel sink: OTLP base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)"
+    ),
+    "tracer_provider": _Option(
+        _tracer_provider, "otel sink: an SDK TracerProvider to hand spans to (configure() only)"
+    ),
+    "otel_sample_rate": _Option(
+        _to_rate, "otel sink: fraction of the requests no tail rule keeps that are exported"
+    ),
+    "otel_keep_slower_than_ms": _Option(
+        _millis_or_none, "otel sink: always export requests at least this slow"
+    ),
+    "otel_keep_errors": _Option(_to_bool, "otel sink: always export 5xx and failed requests"),
+    "otel_keep_findings": _Option(_to_bool, "otel sink: always export requests with findings"),
+    "otel_queue_size": _Option(_positive_int, "otel sink: spans waiting for export at most"),
+    "otel_flush_timeout": _Option(
+        _seconds, "otel sink: longest wait for the collector at flush, shutdown and exit"
+    ),
     # OpenTelemetry context, outbound propagation, metrics, Server-Timing (docs/opentelemetry.md)
     "otel_context": _Option(
-        _to_bool, "make each recorded request's current stage the OpenTelemetry current span"
+        _to_bool_or_auto,
+        "make each recorded request's current stage the OpenTelemetry current span "
+        "(default: with the otel sink, which exports those stages; needs it)",
     ),
     "propagate_traceparent": _Option(
-        _to_bool, "add traceparent to outbound httpx/requests calls of recorded requests"
+        _to_bool_or_auto,
+        "add traceparent to outbound httpx/requests calls of recorded requests "
+        "(default: with the otel sink, which exports the stages it names)",
     ),
     "meter_provider": _Option(
         _meter_provider, "MeterProvider for stage metrics (default: the global SDK one)"
@@ -315,9 +395,11 @@ def check_names(options: Mapping[str, Any], source: str) -> None:
     """Refuse option names stagetrace does not know, naming the known ones."""
     for name in options:
         if name not in OPTIONS:
+            close = difflib.get_close_matches(str(name), OPTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             known = ", ".join(OPTIONS)
             raise ConfigurationError(
-                f"unknown stagetrace option {name!r} ({source}); known options: {known}"
+                f"unknown stagetrace option {name!r} ({source}); {hint}known options: {known}"
             )
 
 
@@ -356,9 +438,9 @@ def resolve(
         for name, value in layer.items():
             values[name] = coerce(name, value, source)
     for name, value in (proposed or {}).items():
-        # An adapter's proposal fills only what no layer chose; a proposed sink list gives way
-        # to a JSON lines path set anywhere.
-        if name not in values and not (name == "sinks" and values.get("jsonl")):
+        # An adapter's proposal fills only what no layer chose (a JSON lines path set anywhere
+        # is written besides a proposed sink list: `sink_plan`).
+        if name not in values:
             values[name] = coerce(name, value, "framework default")
     if "service" not in values:
         values["service"] = default_service(environ)
@@ -383,6 +465,26 @@ def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Setting
     """The `Settings` object for resolved values and built sinks."""
     data = dict(values)
     data["sinks"] = sinks
+    # Trace context that names stage spans (the OpenTelemetry current span, an outbound
+    # traceparent) only where those spans reach a collector: otherwise the spans of other
+    # instrumentations and of downstream services would point at parents nobody receives.
+    exports = any(getattr(s, "exports_stage_spans", False) for s in sinks)
+    hooked = any(getattr(s, "context_hook", None) is not None for s in sinks)
+    if data.get("otel_context") is None:
+        data["otel_context"] = hooked
+    elif data["otel_context"] and not exports:
+        raise ConfigurationError(
+            "stagetrace option 'otel_context' needs the otel sink (sinks=[..., 'otel']): "
+            "without it the stages it makes OpenTelemetry's current span are never exported, "
+            "and OpenTelemetry's spans would point at parents no collector receives"
+        )
+    elif data["otel_context"] and not hooked:
+        raise ConfigurationError(
+            "stagetrace option 'otel_context' needs the OpenTelemetry API, which is not "
+            'installed: pip install "stagetrace[otlp]"'
+        )
+    if data.get("propagate_traceparent") is None:
+        data["propagate_traceparent"] = exports
     patterns = data.get("exclude_paths", ())
     if patterns:
         data["exclude_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -763,17 +764,45 @@ def current_span() -> tuple[int, int, int] | None:
         rec = rec[PARENT]
     if rec is None:
         return None
+    i = _index_of(tl, rec)
+    if i is None:
+        return tl.trace_id, tl.span_id, tl.trace_flags
+    return tl.trace_id, stage_span_id(tl.span_id, i), tl.trace_flags
+
+
+def _index_of(tl: Live, rec: Record) -> int | None:
+    """The position of `rec` in `tl`: records are appended in the order they start, so a
+    binary search by start time finds it in O(log n) (a record entered with an explicit
+    earlier start, `enter_at`, breaks the order: then a scan from the end)."""
+    start = rec[START]
     n = len(tl)
-    for i in range(n - 1, max(-1, n - 4097), -1):  # the current stage is near the end
+    i = bisect_left(tl, start, key=_start_of)
+    while i < n:
+        r = tl[i]
+        if r is rec:
+            return i
+        if r[START] != start:
+            break
+        i += 1
+    for i in range(n - 1, -1, -1):
         if tl[i] is rec:
-            return tl.trace_id, stage_span_id(tl.span_id, i), tl.trace_flags
-    return tl.trace_id, tl.span_id, tl.trace_flags
+            return i
+    return None
+
+
+def _start_of(rec: Record) -> int:
+    return rec[START]  # type: ignore[no-any-return]
 
 
 def current_kind() -> str | None:
-    """The kind of the innermost open stage of this context (None outside a timeline)."""
+    """The kind of the innermost open stage of this context that the timeline keeps (None
+    outside a timeline, in a discarded one, and for a stage past `max_stages`, which is
+    counted but not kept)."""
     rec = _get()
-    if rec is None or rec[TL].ended:
+    if rec is None:
+        return None
+    tl = rec[TL]
+    if tl.ended or tl.discarded or rec[AUX] is _OVERFLOW:
         return None
     return rec[KIND]  # type: ignore[no-any-return]
 
@@ -1355,6 +1384,22 @@ class _Rows:
 
     def __call__(self) -> tuple[tuple[Stage, ...], dict[str, KindSummary]]:
         return self.load()
+
+
+def stages_once(timeline: Timeline) -> Sequence[Stage]:
+    """The stages of `timeline` for a reader that goes through each of them once (the
+    OpenTelemetry export): when they were not built yet, they are built without the per-kind
+    totals and without being kept on the timeline — less work and fewer objects for the
+    garbage collector. Stages already built (by an analyzer, say) are reused."""
+    load = timeline._load
+    if type(load) is not _Rows or timeline._stages is not None:
+        return timeline.stages
+    child = load._children()
+    built = load._stages
+    make = load._make
+    if built is None:
+        return [make(i, child) for i in range(load.n)]
+    return [st if st is not None else make(i, child) for i, st in enumerate(built)]
 
 
 # --- streaming: a body produced chunk by chunk ------------------------------------------------

@@ -97,16 +97,13 @@ def _apply() -> Settings:
 
 
 def _context_hooks(new: Settings) -> tuple[Any, ...]:
-    """The context hooks of the sinks that have one, plus OpenTelemetry's context hook when the
-    ``otel_context`` option asks for it and no sink brought one."""
+    """The context hooks of the sinks that have one (the otel sink brings OpenTelemetry's);
+    OpenTelemetry's is left out when the ``otel_context`` option turns it off."""
     hooks = tuple(
         hook for hook in (getattr(s, "context_hook", None) for s in new.sinks) if hook is not None
     )
-    if new.otel_context and new.enabled:
-        from .otel._context import ContextHook
-
-        if not any(isinstance(h, ContextHook) for h in hooks):
-            hooks += (ContextHook(),)
+    if not new.otel_context or not new.enabled:
+        hooks = tuple(h for h in hooks if type(h).__module__ != "stagetrace.otel._context")
     return hooks
 
 

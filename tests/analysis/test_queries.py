@@ -305,3 +305,25 @@ def test_call_site_function_names_agree_across_pythons():
     else:  # comprehensions are inlined (PEP 709): the function's own frame is the call site
         assert api_books()[0].endswith("<locals>.api_books")
     assert _frame_function(sys._getframe()) == "test_call_site_function_names_agree_across_pythons"
+
+
+def test_duplicate_queries_of_one_statement_are_one_finding() -> None:
+    """An N+1 over a foreign key whose ids repeat runs each id's query several times: one
+    duplicate_query finding for the statement (with the number of parameter sets), not one per
+    id — ten of them used to push the waterfall off the page."""
+    first: dict[int, int] = {}
+
+    def body() -> None:
+        for i in range(12):
+            key = i % 4
+            attrs = {"stagetrace.duplicate_of": first[key]} if key in first else {}
+            with query("SELECT * FROM author WHERE id = %s", **attrs):
+                cur = stagetrace.current_timeline()
+                assert cur is not None
+                first.setdefault(key, cur.stage_count - 1)
+
+    tl = record(body)
+    (f,) = analyzers.detect_duplicate_queries(tl)
+    assert f.attrs["count"] == 12 and f.attrs["parameter_sets"] == 4
+    assert len(f.stages) == 12 and list(f.stages) == sorted(f.stages)
+    assert f.message.startswith("duplicate queries: 12× SELECT * FROM author WHERE id = ?, 4 sets")

@@ -4,6 +4,8 @@ the code before its fix."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from starlette.applications import Starlette
@@ -314,3 +316,29 @@ async def test_concurrent_tasks_of_one_request_never_cross_into_another(captured
     for tl in captured:
         children = named(tl, "custom")
         assert len(children) == 5 and all(c.name.startswith(tl.path + " ") for c in children)
+
+
+def test_instrument_works_without_jinja2_installed():
+    """FastAPI does not need Jinja2, but instrument() imported it unconditionally: without it
+    installed, the README's one call raised ModuleNotFoundError at start-up. Jinja2 is now
+    patched when (and if) it is imported."""
+    code = """
+import sys
+sys.modules["jinja2"] = None  # as if it were not installed: `import jinja2` fails
+import stagetrace, stagetrace.starlette
+stagetrace.starlette.instrument()
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+app = FastAPI()
+@app.get("/items/{n}")
+def item(n: int):
+    return {"n": n}
+with stagetrace.capture() as got:
+    assert TestClient(app).get("/items/3").json() == {"n": 3}
+    stagetrace.flush(10)
+assert [t.route for t in got] == ["/items/{n}"], got
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

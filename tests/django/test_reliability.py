@@ -254,3 +254,31 @@ def test_queued_timelines_keep_no_response_alive():
     assert alive == []
     assert len(sink.got) == 5
     assert sink.got[0].of_kind("serialize")[0].name == "TemplateResponse books/list.html"
+
+
+def test_a_handled_exception_keeps_no_frame_alive_until_the_response_closes():
+    """A view raising Http404 under WSGIHandler: the timeline stays in flight until the server
+    closes the response, and it used to keep the exception — with its traceback and the view's
+    frames and locals — alive meanwhile (for ever if the response is dropped unclosed)."""
+    from tests.djapp import views
+
+    stagetrace.configure(sinks=["memory"])
+    views.HELD.clear()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/missing-holding/",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    statuses: list[str] = []
+    response = WSGIHandler()(
+        environ, lambda status, headers, exc_info=None: statuses.append(status)
+    )
+    assert statuses == ["404 Not Found"]
+    del response  # dropped without close(), as a crashed client connection can leave it
+    gc.collect()
+    assert [r() for r in views.HELD] == [None]

@@ -36,6 +36,7 @@ urlpatterns = [
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),
+    path("missing-holding/", views.not_found_holding),
     path("api-use/", views.api_use),
     path("concurrent/<str:rid>/", views.concurrent),
     path("aconcurrent/<str:rid>/", views.aconcurrent),

@@ -186,6 +186,22 @@ def stream_with_stage(request):
 
 
 RESPONSES: list = []
+HELD: list = []
+
+
+class _Held:
+    """Something big a view holds in a local variable."""
+
+
+def not_found_holding(request):
+    """A 404 raised by the view while a local holds an object (remembered weakly)."""
+    import weakref
+
+    from django.http import Http404
+
+    held = _Held()
+    HELD.append(weakref.ref(held))
+    raise Http404("no such thing")
 
 
 def big_page(request):

@@ -216,6 +216,7 @@ def test_under_a_real_server_with_an_outbound_call(app):
     import httpx
 
     backend = app_module.create_app()
+    stagetrace.configure(propagate_traceparent=True)
     with stagetrace.capture() as got, served(backend) as backend_url, served(app) as url:
         app_module.OUTBOUND_URL.append(backend_url)
         r = httpx.get(url + "/outbound", headers={"X-Request-ID": "flask-1"})
@@ -233,7 +234,7 @@ def test_under_a_real_server_with_an_outbound_call(app):
     assert call.attrs["url.query"] == "secret=REDACTED"
     assert call.attrs["http.response.status_code"] == 200
     # The outbound call carried a traceparent naming its http.client stage (option
-    # propagate_traceparent, on by default): the backend's timeline continues the trace.
+    # propagate_traceparent; on by default with the otel sink): the backend continues the trace.
     assert inner.trace_id == outer.trace_id
     assert inner.parent_span_id == outer.stage_span_id(call.id)
 

@@ -251,3 +251,16 @@ def collector(tmp_path: Path) -> Iterator[Collector]:
         yield c
     finally:
         c.close()
+
+
+def exporting() -> dict[str, Any]:
+    """Options exporting every stage as spans to an in-memory SDK TracerProvider of their own
+    (kept apart from the one the tests give OpenTelemetry's instrumentations): the otel sink,
+    which the OpenTelemetry context and outbound traceparent go with by default."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    return {"sinks": ["otel"], "tracer_provider": provider}

@@ -40,6 +40,7 @@ from opentelemetry.trace import SpanKind  # noqa: E402
 
 import stagetrace  # noqa: E402
 from tests.conftest import need_service  # noqa: E402
+from tests.otel.conftest import exporting  # noqa: E402
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -107,7 +108,7 @@ def _django_get(url: str) -> tuple[stagetrace.Timeline, tuple[ReadableSpan, ...]
 def test_django_instrumentation_its_server_span_is_an_internal_child_of_a_stage(otel_django):
     """Django + OpenTelemetry's Django instrumentation: its span for the request is INTERNAL,
     in the timeline's trace, parented on the middleware stage of OpenTelemetry's middleware."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     tl, spans = _django_get("/sqlite/")
     _coherent(tl, spans)
     (server,) = [s for s in spans if s.name.startswith("GET")]
@@ -171,7 +172,7 @@ def test_django_and_opentelemetry_db_instrumentation_no_duplicate_sql_spans(
     context suppresses OpenTelemetry's DB-API wrapper inside db.query stages only (the
     request's own span is still made)."""
     request.getfixturevalue(driver)
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     tl, spans = _django_get("/pg/")
     _coherent(tl, spans)
     recorded = {s.attrs.get("db.query.text") for s in tl.stages if s.kind == "db.query"}
@@ -215,7 +216,7 @@ def test_suppression_is_only_inside_db_query_stages(otel_django, psycopg_instrum
     saved = urlpatterns
     urlpatterns = [path("raw/", raw_view)]
     try:
-        stagetrace.configure(otel_context=True)
+        stagetrace.configure(**exporting(), otel_context=True)
         tl, spans = _django_get("/raw/")
     finally:
         urlpatterns = saved
@@ -270,7 +271,7 @@ def test_fastapi_instrumentor_spans_nest_in_the_timeline():
     stagetrace.starlette.instrument()
     app = _fastapi_app()
     FastAPIInstrumentor.instrument_app(app, tracer_provider=PROVIDER)
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     try:
         tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
@@ -293,7 +294,7 @@ def test_opentelemetry_asgi_middleware_outside_stagetrace_is_the_timelines_paren
     from stagetrace.asgi import StagetraceMiddleware
 
     app = OpenTelemetryMiddleware(StagetraceMiddleware(_fastapi_app()), tracer_provider=PROVIDER)
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
@@ -313,7 +314,7 @@ def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(
     def broken() -> None:
         raise RuntimeError("injected")
 
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     monkeypatch.setattr(_recorder, "current_kind", broken)
     tl, spans = _django_get("/pg/")
     assert any(s.kind == "db.query" for s in tl.stages)

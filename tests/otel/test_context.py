@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 
 import stagetrace  # noqa: E402
 from stagetrace._options import ConfigurationError  # noqa: E402
+from tests.otel.conftest import exporting  # noqa: E402
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -98,7 +99,7 @@ def test_inside_a_view_the_current_span_is_the_view_stage_of_this_trace(client):
     """With otel_context on, OpenTelemetry's current span inside a Django view is a valid,
     non-remote span context of the timeline's trace whose span id is the view stage's, and
     `propagate.inject()` writes that as the traceparent."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     body, tl = _get(client)
     view = _stage(tl, "view")
     now = body["view"]
@@ -113,7 +114,7 @@ def test_inside_a_view_the_current_span_is_the_view_stage_of_this_trace(client):
 def test_an_incoming_traceparent_and_tracestate_carry_through(client):
     """An incoming traceparent makes the request part of the caller's trace: the current span
     inside the view has its trace id, and the tracestate travels on in inject()."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     body, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01", tracestate="vendor=abc")
     assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
     assert body["view"]["trace"] == TRACE
@@ -124,7 +125,7 @@ def test_an_incoming_traceparent_and_tracestate_carry_through(client):
 def test_sdk_spans_made_in_a_view_nest_under_the_view_stage(client):
     """A span the application starts with the SDK inside a view is a child of the view
     stage's span, in the timeline's trace; inside it, the current span is the SDK span."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     body, tl = _get(client)
     (span,) = EXPORTER.get_finished_spans()
     view = _stage(tl, "view")
@@ -137,7 +138,7 @@ def test_the_current_span_follows_the_running_stage(client):
     """The span context is computed from the stage running when it is asked for: inside a
     db.query stage it is that stage's span id (what an OpenTelemetry DB client span would
     take as its parent)."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     from stagetrace import _recorder
 
     seen: list[str] = []
@@ -161,7 +162,7 @@ def test_the_current_span_follows_the_running_stage(client):
 def test_baggage_from_the_incoming_header_is_in_the_context(client):
     """The W3C baggage header's entries are OpenTelemetry baggage during the request (and
     inject() passes them on); malformed members are dropped, the rest kept."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     body, _ = _get(client, baggage="user=alice, bad member;;, tier=gold")
     assert body["view"]["baggage"] == {"user": "alice", "tier": "gold"}
     assert "user=alice" in body["view"]["carrier"]["baggage"]
@@ -180,7 +181,7 @@ def test_baggage_from_the_incoming_header_is_in_the_context(client):
 def test_malformed_headers_are_ignored(client, headers):
     """A malformed traceparent, tracestate or baggage header is ignored: the request is served,
     recorded, and the view still has a valid current span of the timeline's trace."""
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
     body, tl = _get(client, **headers)
     assert body["view"]["valid"] and body["view"]["trace"] == tl.trace_id
     assert stagetrace.stats()["internal_errors"] == 0
@@ -196,7 +197,7 @@ def test_off_by_default(client):
 
 def test_a_request_that_is_not_recorded_gets_no_context(client):
     """Sampled out means not recorded, and no context either."""
-    stagetrace.configure(otel_context=True, sample_rate=0.0)
+    stagetrace.configure(**exporting(), otel_context=True, sample_rate=0.0)
     EXPORTER.clear()
     body = json.loads(client.get("/ctx/").content)
     assert body["view"]["valid"] is False
@@ -216,7 +217,7 @@ def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():
         return JSONResponse(_now())
 
     app = StagetraceMiddleware(Starlette(routes=[Route("/", endpoint)]))
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
 
     async def run() -> tuple[Any, Any]:
         import httpx
@@ -249,7 +250,7 @@ def test_after_the_request_the_context_is_restored():
         return JSONResponse(_now())
 
     app = StagetraceMiddleware(Starlette(routes=[Route("/", endpoint)]))
-    stagetrace.configure(otel_context=True)
+    stagetrace.configure(**exporting(), otel_context=True)
 
     async def run() -> tuple[Any, Any, Any]:
         import httpx
@@ -274,10 +275,11 @@ def test_missing_opentelemetry_api_is_a_one_line_configuration_error(monkeypatch
 
     from stagetrace.otel import _context
 
+    options = exporting()
     monkeypatch.setattr(_context, "_api", {})
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ConfigurationError) as err:
-        stagetrace.configure(otel_context=True)
+        stagetrace.configure(**options, otel_context=True)
     message = str(err.value)
     assert "\n" not in message and 'pip install "stagetrace[otlp]"' in message
     assert stagetrace.settings().otel_context is False
@@ -290,5 +292,6 @@ def test_the_option_comes_from_the_environment(monkeypatch):
 
     monkeypatch.setenv("STAGETRACE_OTEL_CONTEXT", "1")
     stagetrace.reset()
+    stagetrace.configure(**exporting())
     assert stagetrace.settings().otel_context is True
     assert any(isinstance(h, ContextHook) for h in STATE.context_hooks)

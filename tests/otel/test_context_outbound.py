@@ -13,6 +13,7 @@ import pytest
 
 import stagetrace
 from stagetrace import httpclients as _outbound
+from tests.otel.conftest import exporting
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
@@ -46,6 +47,7 @@ def server() -> Iterator[str]:
 def patched() -> Iterator[None]:
     _outbound.install()
     RECEIVED.clear()
+    stagetrace.configure(**exporting())  # the stages the headers name are exported
     yield
     _outbound.uninstall()
 
@@ -124,6 +126,35 @@ def test_nothing_is_added_outside_a_recorded_request(server):
     with stagetrace.timeline("job"):
         _calls(server)
     assert RECEIVED and all("traceparent" not in h for h in RECEIVED)
+
+
+def test_without_an_exporting_sink_nothing_is_added_by_default(server):
+    """The headers name stage spans: with no sink exporting them (only the memory sink here),
+    a downstream service would parent its spans on spans no collector receives, so by default
+    nothing is added; propagate_traceparent=True asks for it anyway."""
+    stagetrace.reset()
+    stagetrace.configure(sinks=["memory"])
+    with stagetrace.timeline("job"):
+        _calls(server)
+    assert len(RECEIVED) == 3 and all("traceparent" not in h for h in RECEIVED)
+    stagetrace.configure(propagate_traceparent=True)
+    with stagetrace.timeline("job"):
+        _calls(server)
+    assert all("traceparent" in h for h in RECEIVED[3:])
+
+
+def test_a_request_object_sent_again_carries_no_earlier_trace_context(server):
+    """The header is taken off the request object once sent: an httpx.Request sent from two
+    jobs (and then outside any) used to carry the first job's traceparent every time."""
+    req = httpx.Request("GET", f"{server}/a")
+    with httpx.Client() as client:
+        for _ in range(2):
+            with stagetrace.timeline("job"):
+                client.send(req)
+        client.send(req)
+    sent = [h.get("traceparent") for h in RECEIVED]
+    assert sent[0] and sent[1] and sent[0] != sent[1] and sent[2] is None
+    assert "traceparent" not in req.headers
 
 
 def test_the_option_turns_it_off(server):

@@ -2,8 +2,10 @@
 
 Each entry is the *self time* of the stages of one kind — their time minus the time of the
 stages nested in them — so ``db`` is time spent in SQL, ``view`` the view's own code without
-the queries and templates it ran, ``mw`` middleware code around the view; the entries never
-count a millisecond twice and add up to at most ``total``, the time since the request began.
+the queries and templates it ran, ``mw`` middleware code around the view; a stage's time is
+counted in one entry only, and for a request that runs one thing at a time the entries add up
+to at most ``total``, the time since the request began (stages run concurrently —
+``asyncio.gather`` children — overlap, and their entries can exceed it).
 The header goes out with the response headers, so for a streamed body the totals cover the
 work done before the first chunk. Times are in milliseconds (the header's unit), 0.01 ms
 resolution; ``desc="n=3"`` gives the number of stages.

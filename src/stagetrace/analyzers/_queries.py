@@ -214,9 +214,11 @@ class DuplicateQueries:
     recorder marked with ``stagetrace.duplicate_of`` (the id of the earlier, identical query;
     parameters are compared by hash, never stored).
 
-    One finding per original query that was repeated at least ``threshold - 1`` times,
-    ``kind="duplicate_query"``, with ``fingerprint``, ``count`` (all executions, the first
-    included), ``total_ns``, the call site when captured, and the stage ids.
+    One finding per statement (fingerprint) whose identical executions — same parameters —
+    number at least ``threshold`` for some set of parameters, ``kind="duplicate_query"``, with
+    ``fingerprint``, ``count`` (those executions, the first of each set included),
+    ``parameter_sets`` (when more than one set repeats), ``total_ns``, the call site when
+    captured, and the stage ids.
     """
 
     __slots__ = ("threshold",)
@@ -231,18 +233,33 @@ class DuplicateQueries:
     def __call__(self, timeline: Timeline) -> list[Finding]:
         if _query_count(timeline) < self.threshold:
             return []
-        found = []
+        # One finding per statement: an N+1 over a foreign key whose ids repeat has one group
+        # of identical queries per id, and a finding each would bury the page in them.
+        by_fp: dict[str, list[list[Stage]]] = {}
         for group in _duplicate_groups(timeline):
             if len(group) < self.threshold:
                 continue
             text = sql_text(group[0])
             fp = fingerprint(text) if text is not None else group[0].name
-            attrs, location, total = _finding_attrs(timeline, fp, group)
-            message = f"duplicate query: {len(group)}× {short_sql(fp)} with the same parameters"
+            by_fp.setdefault(fp, []).append(group)
+        found = []
+        for fp, groups in by_fp.items():
+            stages = sorted((s for g in groups for s in g), key=lambda s: s.id)
+            attrs, location, total = _finding_attrs(timeline, fp, stages)
+            if len(groups) == 1:
+                message = (
+                    f"duplicate query: {len(stages)}× {short_sql(fp)} with the same parameters"
+                )
+            else:
+                attrs["parameter_sets"] = len(groups)
+                message = (
+                    f"duplicate queries: {len(stages)}× {short_sql(fp)}, "
+                    f"{len(groups)} sets of parameters each run more than once"
+                )
             if location:
                 message += f" {location}"
             message += f" ({_ms(total)})"
-            found.append(Finding("duplicate_query", message, tuple(s.id for s in group), attrs))
+            found.append(Finding("duplicate_query", message, tuple(s.id for s in stages), attrs))
         return found
 
     def __repr__(self) -> str:

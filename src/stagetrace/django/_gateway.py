@@ -140,12 +140,23 @@ def _on_response(response: Any) -> None:
     _register(tl, response)
 
 
+#: Where on a response object the Server-Timing value the app had set is remembered: a
+#: response object served more than once (a module-level ``HttpResponse``) gets this request's
+#: totals after the app's own value, not after the previous request's totals.
+_APP_SERVER_TIMING = "_stagetrace_app_server_timing"
+
+
 def _add_server_timing(tl: Any, response: Any) -> None:
     """Add the Server-Timing header (after the app's own value, if it set one)."""
     try:
         ours = server_timing.value(_recorder.root_of(tl))
         if ours is not None:
-            response["Server-Timing"] = server_timing.append(response.get("Server-Timing"), ours)
+            state = response.__dict__
+            if _APP_SERVER_TIMING in state:
+                app_value = state[_APP_SERVER_TIMING]
+            else:
+                app_value = state[_APP_SERVER_TIMING] = response.get("Server-Timing")
+            response["Server-Timing"] = server_timing.append(app_value, ours)
     except Exception as exc:
         _recorder.internal_error("django.server_timing", exc)
 
@@ -279,6 +290,9 @@ def _wsgi_call(orig: Any, gateway: str) -> Any:
             raise
         release(root)
         try:
+            # The timeline stays in flight until the server closes the response; an exception
+            # the app handled (a 404) must not keep the view's frames alive meanwhile.
+            _recorder.forget_exception(root)
             _ensure_ending(root, result)
         except Exception as exc:
             _recorder.internal_error("django.end", exc)

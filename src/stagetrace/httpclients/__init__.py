@@ -68,28 +68,47 @@ def _begin(request: Any, url_of: Any, outcome: list[Any]) -> Any:
         _recorder.internal_error(_SITE, exc)
         return None
     try:
-        _propagate(request)
+        outcome.append(_propagate(request))
     except Exception as exc:
         _recorder.internal_error("httpclients.traceparent", exc)
     return rec
 
 
-def _propagate(request: Any) -> None:
+def _propagate(request: Any) -> dict[str, str] | None:
     """W3C trace context for the server we call: a ``traceparent`` naming the http.client
-    stage just entered (and the request's ``tracestate``), unless the caller set one."""
+    stage just entered (and the request's ``tracestate``), unless the caller set one. Returns
+    the headers added, which `_unpropagate` takes off the request object again once it is
+    sent: a request object sent again (or outside any request) must not carry this call's
+    trace context."""
     tl = _recorder.live()
-    if tl is None or not tl.settings.propagate_traceparent:
-        return
+    if tl is None or not tl.settings.propagate_traceparent or tl.discarded:
+        return None
     headers = request.headers
     if "traceparent" in headers:
-        return
+        return None
     span = _recorder.current_span()
     if span is None:
-        return
+        return None
     trace_id, span_id, flags = span
-    headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
+    added = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
     if tl.tracestate and "tracestate" not in headers:
-        headers["tracestate"] = tl.tracestate
+        added["tracestate"] = tl.tracestate
+    for name, value in added.items():
+        headers[name] = value
+    return added
+
+
+def _unpropagate(request: Any, outcome: list[Any]) -> None:
+    added = outcome[1] if len(outcome) > 1 else None
+    if not added:
+        return
+    try:
+        headers = request.headers
+        for name, value in added.items():
+            if headers.get(name) == value:
+                del headers[name]
+    except Exception as exc:
+        _recorder.internal_error("httpclients.traceparent", exc)
 
 
 def _status(outcome: list[Any], response: Any) -> None:
@@ -109,8 +128,10 @@ def _wrap_sync(orig: Any, url_of: Any) -> Any:
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
+            _unpropagate(request, outcome)
             leave(_SITE, rec, exc)
             raise
+        _unpropagate(request, outcome)
         _status(outcome, response)
         leave(_SITE, rec)
         return response
@@ -127,8 +148,10 @@ def _wrap_async(orig: Any, url_of: Any) -> Any:
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:
+            _unpropagate(request, outcome)
             leave(_SITE, rec, exc)
             raise
+        _unpropagate(request, outcome)
         _status(outcome, response)
         leave(_SITE, rec)
         return response

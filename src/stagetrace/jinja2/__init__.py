@@ -9,8 +9,11 @@ every template — top-level, included, parent, imported — nested exactly as r
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import wrapt
 
 from .. import _recorder
 from .._patching import Patcher, leave
@@ -45,13 +48,29 @@ def _timed(func: Callable[[Any], Iterator[str]], name: str) -> Callable[[Any], I
 
 
 def install() -> None:
-    """Patch jinja2 (reference-counted: the Django and Starlette adapters may both ask)."""
+    """Patch jinja2 — now if it is imported, else when it is (reference-counted: the Django
+    and Starlette adapters may both ask). An application without Jinja2 is left alone."""
     global _users
     _users += 1
-    if _patcher.applied:
-        return
-    import jinja2
+    if _users == 1:
+        _when_imported()
 
+
+def _when_imported() -> None:
+    def hook(module: Any) -> None:
+        if _users and not _patcher.applied:
+            try:
+                _patch(module)
+            except Exception as exc:
+                _recorder.internal_error("jinja2.install", exc)
+
+    if "jinja2" in sys.modules:
+        hook(sys.modules["jinja2"])
+    else:
+        wrapt.register_post_import_hook(hook, "jinja2")
+
+
+def _patch(jinja2: Any) -> None:
     original = jinja2.Template.__dict__["_from_namespace"].__func__
 
     def _from_namespace(cls: Any, environment: Any, namespace: Any, globals: Any) -> Any:

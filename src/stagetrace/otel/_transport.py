@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
-from .. import ConfigurationError
+from .._options import ConfigurationError
 
 __all__ = [
     "GRPC_INSTALL_HINT",
@@ -464,7 +464,7 @@ class HttpTransport:
     """
 
     def __init__(self, config: ExporterConfig) -> None:
-        from .. import __version__
+        from ._about import version
 
         self.config = config
         parts = urlsplit(config.url)
@@ -474,7 +474,7 @@ class HttpTransport:
         self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self._headers = {
             "Content-Type": "application/x-protobuf",
-            "User-Agent": f"stagetrace/{__version__}",
+            "User-Agent": f"stagetrace/{version()}",
         }
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"

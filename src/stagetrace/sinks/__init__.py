@@ -1,10 +1,11 @@
 """Built-in sinks. Each one is also selectable by name in `configure(sinks=[...])` or
-``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel-metrics`` (OpenTelemetry
-histograms, `stagetrace.otel._metrics`)."""
+``STAGETRACE_SINKS``: ``console``, ``jsonl``, ``memory``, ``otel`` (spans, built from
+`stagetrace.otel`, imported only when named), ``otel-metrics`` (OpenTelemetry histograms,
+`stagetrace.otel._metrics`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._console import ConsoleSink, render_waterfall
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["ConsoleSink", "JsonlSink", "MemorySink", "build", "read_jsonl", "render_waterfall"]
 
 
-def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
+def build(plan: Sequence[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
     """The sink objects for a plan of names and objects (see `_options.sink_plan`), configured
     from the resolved option `values`. A sink that cannot work (a JSON lines file that cannot
     be written) raises `ConfigurationError` here, at configuration, not at the first request."""
@@ -31,7 +32,13 @@ def build(plan: Iterable[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
             built.append(ConsoleSink(color=values.get("color", "auto")))
         elif item == "memory":
             built.append(MemorySink(values.get("memory_size", 100)))
+        elif item == "otel":
+            from ..otel._provider import build_sink
+
+            built.append(build_sink(values))
         elif item == "otel-metrics":
+            if "otel" in plan:  # the otel sink records the same metrics: not twice
+                continue
             from ..otel._metrics import MetricsSink
 
             built.append(MetricsSink(values.get("meter_provider")))

@@ -1,0 +1,226 @@
+"""Timeline → spans: names, kinds, parents, attributes, status, sampling rules; decoded with the
+official generated messages (the encoder's oracle), so what is checked is what goes on the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from stagetrace import Timeline
+from stagetrace._model import Finding, stage_span_id
+from stagetrace.otel._encode import SpanEncoder
+from stagetrace.otel._mapping import export_key, resource_attributes, timeline_spans
+from stagetrace.otel._sink import SamplingRules
+from tests.helpers import doc_example
+
+from .conftest import span_dict
+
+REMOTE = "b7ad6b7169203331"
+
+
+def timeline(**overrides: Any) -> Timeline:
+    data = doc_example()
+    data["findings"] = []  # tests add their own
+    stages = overrides.pop("stages", None)
+    if stages is not None:
+        data["stages"] = stages
+    data.update(overrides)
+    tl = Timeline.from_dict(data)
+    extra = {
+        k: overrides[k] for k in ("parent_span_id", "trace_flags", "tracestate") if k in overrides
+    }
+    if extra:  # not part of the serialized schema: rebuild with them
+        tl = Timeline(
+            tl.trace_id, tl.span_id, tl.request_id, tl.service, tl.framework, tl.protocol,
+            tl.method, tl.path, tl.route, tl.status, tl.start_unix_nano, tl.duration_ns,
+            tl.stages, tl.by_kind, tl.findings, tl.dropped_stages, **extra,
+        )  # fmt: skip
+    return tl
+
+
+def decoded(tl: Timeline) -> list[dict[str, Any]]:
+    """The spans of `tl` as the collector decodes them; the OTLP path (attributes encoded by the
+    mapping) and the pair path (used for SDK spans) must decode to the same spans."""
+    out = []
+    for pre_encoded in (True, False):
+        encoder = SpanEncoder({"service.name": "shop"}, "stagetrace")
+        data = encoder.encode(timeline_spans(tl, encoder if pre_encoded else None))
+        request = ExportTraceServiceRequest.FromString(data)
+        (rs,) = request.resource_spans
+        out.append([span_dict(s) for ss in rs.scope_spans for s in ss.spans])
+    assert out[0] == out[1]
+    return out[0]
+
+
+def test_every_stage_is_a_span_nested_under_the_remote_parent() -> None:
+    """The root is a SERVER span named after method and route, child of the incoming remote
+    parent (is-remote flag set, tracestate kept); every stage is a span with its recorded times,
+    the span id the request saw, and its stage parent; db.query is CLIENT, the rest INTERNAL."""
+    tl = timeline(parent_span_id=REMOTE, trace_flags=1, tracestate="vendor=abc")
+    spans = decoded(tl)
+    assert len(spans) == len(tl.stages)
+    root = spans[0]
+    assert root["name"] == f"GET {tl.route}"
+    assert root["kind"] == 2
+    assert root["trace_id"] == tl.trace_id and root["span_id"] == tl.span_id
+    assert root["parent_span_id"] == REMOTE
+    assert root["flags"] == 0x301 and root["trace_state"] == "vendor=abc"
+    assert root["attributes"]["http.route"] == tl.route
+    assert root["attributes"]["url.path"] == tl.path
+    assert root["attributes"]["stagetrace.kind"] == "gateway"
+    assert root["start_time_unix_nano"] == tl.start_unix_nano
+    assert root["end_time_unix_nano"] == tl.start_unix_nano + tl.duration_ns
+    for st, span in zip(tl.stages, spans, strict=False):
+        assert span["span_id"] == tl.stage_span_id(st.id)
+        assert span["trace_id"] == tl.trace_id
+        if st.parent is not None:
+            assert span["parent_span_id"] == tl.stage_span_id(st.parent)
+            assert span["flags"] == 0x101
+            assert span["name"] == st.name
+            assert span["kind"] == (3 if st.kind == "db.query" else 1)
+        assert span["start_time_unix_nano"] == tl.start_unix_nano + st.start_ns
+        assert span["end_time_unix_nano"] - span["start_time_unix_nano"] == st.duration_ns
+        if st.kind == "middleware":  # its own time: the in and out phases
+            assert "stagetrace.middleware.in_ns" in span["attributes"]
+        else:
+            self_ns = span["attributes"].get("stagetrace.self_time_ns", st.duration_ns)
+            assert self_ns == st.self_ns
+        assert span["attributes"]["stagetrace.kind"] == st.kind
+
+
+def test_middleware_phases_and_semconv_names() -> None:
+    """Middleware spans carry their in/out phases and short-circuit; older attribute names are
+    exported under the current conventions' names; names outside the conventions go under
+    ``stagetrace.``."""
+    tl = timeline()
+    spans = {s["name"]: s for s in decoded(tl)}
+    mw = spans["django.contrib.sessions.middleware.SessionMiddleware"]["attributes"]
+    assert mw["stagetrace.middleware.in_ns"] == 200000
+    assert mw["stagetrace.middleware.out_ns"] == 1000000
+    assert mw["stagetrace.middleware.short_circuit"] is False
+    query = spans["SELECT shop_book"]["attributes"]
+    assert query["db.system.name"] == "postgresql"
+    assert query["db.query.text"] == "SELECT id, title FROM shop_book WHERE id = %s"
+    assert export_key("http.response.sent_ns") == "stagetrace.http.response.sent_ns"
+    assert export_key("view") == "stagetrace.view"
+    assert export_key("user_agent.original") == "user_agent.original"
+
+
+def test_errors_follow_the_conventions() -> None:
+    """A 5xx makes the server span ERROR with error.type the status code; a 4xx does not; a stage
+    that ended with an exception is ERROR with error.type and an ``exception`` event."""
+    stages = doc_example()["stages"]
+    stages[4]["error"] = {"type": "builtins.ValueError", "message": "bad id"}
+    spans = decoded(timeline(status=500, stages=stages))
+    root, view = spans[0], spans[4]
+    assert root["status"]["code"] == 2 and root["attributes"]["error.type"] == "500"
+    assert root["attributes"]["http.response.status_code"] == 500
+    assert view["status"] == {"code": 2, "message": "bad id"}
+    assert view["attributes"]["error.type"] == "builtins.ValueError"
+    (event,) = view["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"] == {
+        "exception.type": "builtins.ValueError",
+        "exception.message": "bad id",
+    }
+    ok = decoded(timeline(status=404))[0]
+    assert ok["status"]["code"] == 0 and "error.type" not in ok["attributes"]
+
+
+def test_findings_are_root_events_and_stage_attributes() -> None:
+    """Each finding is a ``stagetrace.finding`` event on the root span, and the stages it names
+    carry ``stagetrace.findings``."""
+    tl = timeline().with_findings([Finding("n_plus_one", "21 queries", (6,))])
+    spans = decoded(tl)
+    events = [e for e in spans[0]["events"] if e["name"] == "stagetrace.finding"]
+    assert len(events) == len(tl.findings)
+    (event,) = events
+    assert event["attributes"]["stagetrace.finding.kind"] == "n_plus_one"
+    assert event["attributes"]["stagetrace.finding.stages"] == [6]
+    assert spans[6]["attributes"]["stagetrace.findings"] == "n_plus_one"
+
+
+def test_route_missing_names_the_span_by_method_only() -> None:
+    """Without a matched route the span is named by the method alone, never by the path."""
+    assert decoded(timeline(route=None))[0]["name"] == "GET"
+
+
+def test_span_ids_match_what_the_request_saw() -> None:
+    """The exported span id of stage i is `stage_span_id(root, i)`, the id `current_span()` gave
+    other instrumentation while the stage ran."""
+    tl = timeline()
+    spans = decoded(tl)
+    assert spans[3]["span_id"] == f"{stage_span_id(int(tl.span_id, 16), 3):016x}"
+
+
+def test_resource_has_service_name_and_sdk_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """service.name comes from stagetrace's service option; OTEL_RESOURCE_ATTRIBUTES and
+    telemetry.sdk.* come from the SDK's resource detection."""
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging,service.name=ignored"}
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", env["OTEL_RESOURCE_ATTRIBUTES"])
+    attrs = resource_attributes("shop", env)
+    assert attrs["service.name"] == "shop"
+    assert attrs["deployment.environment"] == "staging"
+    assert attrs["telemetry.sdk.language"] == "python"
+
+
+@pytest.mark.parametrize(
+    ("rules", "overrides", "kept"),
+    [
+        (SamplingRules(rate=1.0), {}, True),
+        (SamplingRules(rate=1.0), {"trace_flags": 0}, False),  # the parent said not sampled
+        (SamplingRules(rate=0.0), {}, False),
+        (SamplingRules(rate=0.0), {"status": 503}, True),
+        (SamplingRules(rate=0.0, errors=False), {"status": 503}, False),
+        (SamplingRules(rate=0.0, slower_than_ms=10), {}, True),  # 12.4 ms
+        (SamplingRules(rate=0.0, slower_than_ms=20), {}, False),
+        (SamplingRules(rate=0.0, slower_than_ms=10), {"trace_flags": 0}, False),
+    ],
+)
+def test_sampling_rules(rules: SamplingRules, overrides: dict[str, Any], kept: bool) -> None:
+    """Head: a parent's not-sampled flag wins. Tail: slow, 5xx and findings are kept whatever the
+    ratio; the rest at the ratio."""
+    assert rules.keep(timeline(**overrides)) is kept
+
+
+def test_findings_rule_and_ratio_by_trace_id() -> None:
+    """Requests with findings are kept at ratio 0; the ratio decision is a function of the trace
+    id (about the ratio of many random ids are kept)."""
+    tl = timeline().with_findings([Finding("n_plus_one", "x", (6,))])
+    assert SamplingRules(rate=0.0).keep(tl)
+    assert not SamplingRules(rate=0.0, findings=False).keep(tl)
+    import random
+
+    rules = SamplingRules(rate=0.25)
+    kept = sum(
+        rules.keep(timeline(trace_id=f"{random.getrandbits(128):032x}")) for _ in range(2000)
+    )
+    assert 400 < kept < 600
+
+
+def test_stages_once_equals_the_timelines_stages() -> None:
+    """The export reads stages through `_recorder.stages_once` (built without per-kind totals,
+    not kept): they are exactly the timeline's stages, whether none, some or all were built."""
+    import stagetrace
+    from stagetrace import _recorder
+
+    def record() -> Timeline:
+        with stagetrace.capture() as got, stagetrace.timeline("job", tenant="a"):
+            for i in range(3):
+                with stagetrace.stage(f"q{i}", kind="db.query", **{"db.query.text": "SELECT 1"}):
+                    pass
+            with stagetrace.stage("mw", kind="middleware"):
+                pass
+        (tl,) = got
+        return tl
+
+    fresh = record()
+    once = _recorder.stages_once(fresh)
+    assert fresh._stages is None  # not kept on the timeline
+    assert list(once) == list(fresh.stages)
+    partly = record()
+    partly.of_kind("db.query")  # some built, as an analyzer does
+    assert list(_recorder.stages_once(partly)) == list(partly.stages)
+    assert list(_recorder.stages_once(partly)) == list(partly.stages)  # all built now

@@ -1,0 +1,200 @@
+"""The ``otel`` sink in process: configuration, the collector going away and coming back, the
+bounded export queue, flush deadlines, and the TracerProvider path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+import stagetrace
+from stagetrace import ConfigurationError
+from stagetrace._state import STATE
+
+from .conftest import Collector, free_port
+
+
+def run_jobs(n: int, stages: int = 3) -> float:
+    """Record `n` job timelines of `stages` custom stages; the slowest one's duration (s)."""
+    worst = 0.0
+    for i in range(n):
+        t = time.perf_counter()
+        with stagetrace.timeline(f"job-{i % 3}"):
+            for j in range(stages):
+                with stagetrace.stage(f"step {j}"):
+                    pass
+        worst = max(worst, time.perf_counter() - t)
+    return worst
+
+
+def test_otel_sink_must_say_where_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naming the otel sink with no endpoint and no provider fails at configuration, in one
+    line that says what to set; an endpoint alone does not turn the sink on."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        stagetrace.configure(sinks=["otel"])
+    message = str(info.value)
+    assert "\n" not in message and "OTEL_EXPORTER_OTLP_ENDPOINT" in message
+    assert "tracer_provider" in message
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    assert stagetrace.settings().sinks == ()
+
+
+def test_bad_endpoint_and_grpc_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad endpoint option or protocol variable is refused at configuration, naming it."""
+    with pytest.raises(ConfigurationError, match="otlp_endpoint"):
+        stagetrace.configure(sinks=["otel"], otlp_endpoint="localhost:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        stagetrace.configure(sinks=["otel"], otlp_endpoint="http://127.0.0.1:9")
+
+
+def test_importing_stagetrace_does_not_import_the_otel_package() -> None:
+    """The otel sink is built lazily: importing stagetrace (and configuring other sinks) loads
+    neither stagetrace.otel nor the OpenTelemetry SDK."""
+    code = (
+        "import sys, stagetrace\n"
+        "stagetrace.configure(sinks=['memory'])\n"
+        "bad = [m for m in sys.modules if m.startswith(('stagetrace.otel', 'opentelemetry'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_environment_two_line_setup(collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STAGETRACE_SINKS=otel plus OTEL_EXPORTER_OTLP_ENDPOINT is the whole setup: spans arrive,
+    one per stage, under the job's root span."""
+    monkeypatch.setenv("STAGETRACE_SINKS", "otel")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.http_endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "jobs")
+    run_jobs(2)
+    assert stagetrace.flush(5)
+    spans = collector.wait_for_spans(8)
+    assert {r["service.name"] for r, _ in spans} == {"jobs"}
+    roots = [s for _, s in spans if not s.parent_span_id]
+    assert sorted(s.name for s in roots) == ["job-0", "job-1"]
+    assert all(s.kind == 5 for s in roots)  # CONSUMER: a job
+    assert stagetrace.stats()["otel_spans_exported"] == 8
+
+
+def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: Collector) -> None:
+    """Collector stopped: recording stays as fast as before, the export queue stays bounded and
+    what does not fit is counted as dropped; collector back: later spans arrive again."""
+    stagetrace.configure(
+        sinks=["otel"], otlp_endpoint=collector.http_endpoint, otel_queue_size=200,
+        otel_flush_timeout=0.5,
+    )  # fmt: skip
+    run_jobs(5)
+    assert stagetrace.flush(5)
+    collector.wait_for_spans(20)
+    baseline = run_jobs(200)
+
+    collector.stop()
+    during = run_jobs(200)
+    stagetrace.flush(5)
+    for _ in range(5):  # keep feeding while the export thread is stuck retrying
+        run_jobs(100)
+        stagetrace.flush(5)
+    stats = stagetrace.stats()
+    assert stats["otel_spans_dropped"] > 0
+    sink = stagetrace.settings().sinks[0]
+    assert sink.queue_depth() <= 200  # type: ignore[attr-defined]
+    assert during < max(0.05, baseline * 20)  # no request waits for the collector
+
+    collector.start()
+    before = len(collector.spans())
+    deadline = time.monotonic() + 30
+    while len(collector.spans()) <= before:
+        assert time.monotonic() < deadline, "export did not resume"
+        with stagetrace.timeline("after-outage"):
+            pass
+        stagetrace.flush(1)
+        time.sleep(0.2)
+    assert any(s.name == "after-outage" for _, s in collector.spans())
+
+
+def test_flush_and_shutdown_honour_the_deadline() -> None:
+    """With the collector unreachable, flush(), shutdown() and reset() return within the flush
+    deadline, not after the exporter's retries."""
+    port = free_port()
+    stagetrace.configure(
+        sinks=["otel"], otlp_endpoint=f"http://127.0.0.1:{port}", otel_flush_timeout=0.5
+    )
+    run_jobs(10)
+    t = time.monotonic()
+    stagetrace.flush(2)
+    stagetrace.shutdown(2)
+    assert time.monotonic() - t < 2.5
+    assert STATE.counters["otel_spans_exported"] == 0
+
+
+def test_tracer_provider_option_gets_readable_spans() -> None:
+    """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
+    ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "app"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+    with stagetrace.timeline("nightly"), stagetrace.stage("load", kind="db.query"):
+        pass
+    assert stagetrace.flush(5)
+    spans = exporter.get_finished_spans()
+    by_name = {s.name: s for s in spans}
+    assert set(by_name) == {"nightly", "load"}
+    assert by_name["load"].kind is SpanKind.CLIENT
+    assert by_name["load"].parent.span_id == by_name["nightly"].context.span_id
+    assert by_name["load"].resource.attributes["service.name"] == "app"
+    assert by_name["load"].attributes["stagetrace.kind"] == "db.query"
+
+
+def test_global_sdk_provider_is_used_and_never_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An application that set a global SDK TracerProvider gets the spans there (even with an
+    OTLP endpoint set), and stagetrace does not replace its global provider."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    stagetrace.configure(sinks=["otel"])
+    run_jobs(1, stages=2)
+    assert stagetrace.flush(5)
+    assert len(exporter.get_finished_spans()) == 3
+    assert trace._TRACER_PROVIDER is provider
+
+
+def test_the_otel_sink_brings_the_context_hook_and_records_metrics() -> None:
+    """With the otel sink, the running stage is OpenTelemetry's current span during a request
+    (part B's context hook is installed), and with a MeterProvider the stage histograms are
+    recorded from the same timelines."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from stagetrace.otel._context import ContextHook
+
+    reader = InMemoryMetricReader()
+    stagetrace.configure(
+        sinks=["otel"],
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    assert any(isinstance(h, ContextHook) for h in STATE.context_hooks)
+    run_jobs(2)
+    assert stagetrace.flush(5)
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "stagetrace.stage.duration" in names
