@@ -231,7 +231,8 @@ def span_dict(span: Any, resource: dict[str, Any] | None = None) -> dict[str, An
         ],
         "status": {"code": span.status.code, "message": span.status.message},
         "trace_state": span.trace_state,
-        "flags": span.flags,
+        # None where the proto predates Span.flags (opentelemetry-proto < 1.26: the oldest cell)
+        "flags": span.flags if "flags" in span.DESCRIPTOR.fields_by_name else None,
         "resource": resource or {},
     }
 
