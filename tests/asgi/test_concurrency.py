@@ -24,7 +24,16 @@ SOCKETS = 10
 def test_500_concurrent_requests_and_long_websockets(tmp_path):
     port = free_port()
     jsonl = tmp_path / "t.jsonl"
-    args = ["uvicorn", "--app-dir", str(HERE), "--port", str(port), "--no-access-log"]
+    args = [
+        "uvicorn",
+        "--app-dir",
+        str(HERE),
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--timeout-keep-alive",
+        "120",
+    ]
 
     async def run(base: str) -> None:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)

@@ -80,6 +80,11 @@ def test_uvicorn_django_asgi_with_gather_and_sync_to_async(tmp_path):
         "--port",
         str(port),
         "--no-access-log",
+        # uvicorn closes a keep-alive connection idle for 5 s; on a loaded CI machine a pooled
+        # connection can wait that long for its next request, and the client's reuse then races
+        # the close (httpx.ReadError: the test's client, not the server under test, failing).
+        "--timeout-keep-alive",
+        "120",
         "django.core.asgi:get_asgi_application",
     ]
     with serve(args, env, tmp_path / "uvicorn.log", port) as base:
