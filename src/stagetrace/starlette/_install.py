@@ -472,9 +472,18 @@ def _app_call(orig: Any) -> Any:
     return __call__
 
 
+#: Set while a stack is being built: only then does a ``Middleware`` entry unpack to the
+#: factory that watches the class it builds; anyone else unpacking one gets the class itself.
+_building = threading.local()
+
+
 def _build(orig: Any) -> Any:
     def build_middleware_stack(self: Any) -> Any:
-        stack = orig(self)
+        _building.depth = getattr(_building, "depth", 0) + 1
+        try:
+            stack = orig(self)
+        finally:
+            _building.depth -= 1
         if _instrumented(self):
             _walked.add(self)
         return stack
@@ -494,7 +503,7 @@ def _install_core() -> None:
 
     def middleware_iter(orig: Any) -> Any:
         def __iter__(self: Any) -> Any:
-            if not patcher.applied:
+            if not patcher.applied or not getattr(_building, "depth", 0):
                 return orig(self)
             cls, args, kwargs = orig(self)
             return iter((_factory(cls), args, kwargs))
