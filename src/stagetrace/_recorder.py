@@ -1405,38 +1405,79 @@ def stages_once(timeline: Timeline) -> Sequence[Stage]:
 # --- streaming: a body produced chunk by chunk ------------------------------------------------
 
 
-def carry(content: Iterable[Any], at: Record | None) -> Iterator[Any]:
+def carry(
+    content: Iterable[Any],
+    at: Record | None,
+    done: Callable[[int, int, BaseException | None], None] | None = None,
+) -> Iterator[Any]:
     """Iterate `content` with the recorder positioned at `at` for the first chunk and, for each
     later one, where producing the previous chunk left it — so a stage the producer holds open
     across ``yield`` (``with stage(...)`` around a loop of yields, a template streaming its
-    output) nests and closes correctly although the server resumes it from another context."""
+    output) nests and closes correctly although the server resumes it from another context.
+
+    With `done`, chunks (which must have a length: bytes) are counted and ``done(chunks, size,
+    error)`` is called once when the iteration ends, fails (`error`) or is closed — one
+    generator per response body rather than a counting one stacked on this one (a frame
+    resumption per chunk, measured on a streaming view)."""
     it = iter(content)
     pos = at
-    while True:
-        prev = _get()
-        _set(pos)
-        try:
-            chunk = next(it)
-        except StopIteration:
-            return
-        finally:
-            pos = _get()
-            _set(prev)
-        yield chunk
+    chunks = size = 0
+    error: BaseException | None = None
+    try:
+        while True:
+            prev = _get()
+            _set(pos)
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            finally:
+                pos = _get()
+                _set(prev)
+            if done is not None:
+                chunks += 1
+                size += len(chunk)
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if done is not None:
+            done(chunks, size, error)
 
 
-async def acarry(content: Any, at: Record | None) -> AsyncIterator[Any]:
+async def acarry(
+    content: Any,
+    at: Record | None,
+    done: Callable[[int, int, BaseException | None], None] | None = None,
+) -> AsyncIterator[Any]:
     """`carry` for an async iterable."""
     it = content.__aiter__()
     pos = at
-    while True:
-        prev = _get()
-        _set(pos)
-        try:
-            chunk = await it.__anext__()
-        except StopAsyncIteration:
-            return
-        finally:
-            pos = _get()
-            _set(prev)
-        yield chunk
+    chunks = size = 0
+    error: BaseException | None = None
+    try:
+        while True:
+            prev = _get()
+            _set(pos)
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                pos = _get()
+                _set(prev)
+            if done is not None:
+                chunks += 1
+                size += len(chunk)
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if done is not None:
+            done(chunks, size, error)

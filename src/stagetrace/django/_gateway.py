@@ -17,7 +17,7 @@ response class may define ``__eq__`` and be unhashable), and holds only stagetra
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+import functools
 from typing import Any
 
 from .. import _recorder, _runtime
@@ -184,10 +184,18 @@ def _register(tl: Any, response: Any) -> None:
         and getattr(response, "file_to_stream", None) is None
     ):
         # Producing the chunks is the view's work continuing: it nests under response.write.
-        if getattr(response, "is_async", False):
-            response.streaming_content = _stream_async(response.streaming_content, pending)
-        else:
-            response.streaming_content = _stream_sync(response.streaming_content, pending)
+        # If the wrapping fails the body goes out as it was; close() still ends the timeline.
+        done = functools.partial(_stream_done, pending)
+        content = response.streaming_content
+        try:
+            if getattr(response, "is_async", False):
+                wrapped: Any = _recorder.acarry(content, write, done)
+            else:
+                wrapped = _recorder.carry(content, write, done)
+        except Exception as exc:
+            _recorder.internal_error("django.stream", exc)
+            wrapped = content
+        response.streaming_content = wrapped
 
 
 def _ensure_ending(root: list[Any], result: Any) -> None:
@@ -219,50 +227,6 @@ def _stream_done(pending: _Pending, chunks: int, size: int, error: BaseException
         _finish(pending, error)
     except Exception as exc:
         _recorder.internal_error("django.stream", exc)
-
-
-def _stream_sync(content: Iterable[bytes], pending: _Pending) -> Iterator[bytes]:
-    chunks = size = 0
-    error: BaseException | None = None
-    try:
-        try:
-            chunks_of: Iterable[bytes] = _recorder.carry(content, pending.write)
-        except Exception as exc:
-            _recorder.internal_error("django.stream", exc)
-            chunks_of = content
-        for chunk in chunks_of:
-            chunks += 1
-            size += len(chunk)
-            yield chunk
-    except GeneratorExit:
-        raise
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _stream_done(pending, chunks, size, error)
-
-
-async def _stream_async(content: Any, pending: _Pending) -> AsyncIterator[bytes]:
-    chunks = size = 0
-    error: BaseException | None = None
-    try:
-        try:
-            achunks: Any = _recorder.acarry(content, pending.write)
-        except Exception as exc:
-            _recorder.internal_error("django.stream", exc)
-            achunks = content
-        async for chunk in achunks:
-            chunks += 1
-            size += len(chunk)
-            yield chunk
-    except GeneratorExit:
-        raise
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _stream_done(pending, chunks, size, error)
 
 
 # --- patches --------------------------------------------------------------------------------
