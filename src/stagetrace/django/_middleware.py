@@ -82,13 +82,13 @@ def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[...,
     else:
 
         def inner(request: Any) -> Any:  # type: ignore[misc]
+            if _recorder.current() is None:
+                return get_response(request)
             try:
-                rec = _recorder.calls_next(path)  # None when not recording
+                rec = _recorder.calls_next(path)
             except Exception as exc:
                 _recorder.internal_error(_SITE, exc)
                 rec = None
-            if rec is None:
-                return get_response(request)
             try:
                 return get_response(request)
             finally:
@@ -177,15 +177,13 @@ class _MiddlewareProxy(wrapt.ObjectProxy):
 
 class _SyncMiddleware(_MiddlewareProxy):
     def __call__(self, request: Any) -> Any:
-        if not patcher.applied:
+        if not patcher.applied or _recorder.current() is None:
             return self.__wrapped__(request)
         try:
-            rec = _recorder.enter_middleware(self._self_path)  # None when not recording
+            rec = _recorder.enter_middleware(self._self_path)
         except Exception as exc:
             _recorder.internal_error(_SITE, exc)
             rec = None
-        if rec is None:
-            return self.__wrapped__(request)
         if _hop() is not None:
             _thread_wait(rec)
         try:
