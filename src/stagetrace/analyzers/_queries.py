@@ -58,16 +58,30 @@ def call_site(attrs: Mapping[str, Any]) -> tuple[str, int | None, str | None] | 
     )
 
 
+_short_paths: dict[tuple[str, str], str] = {}
+
+
 def _short_path(path: str) -> str:
-    """A path relative to the working directory when it is inside it (for messages)."""
-    if os.path.isabs(path):
+    """A path relative to the working directory when it is inside it (for messages). Cached:
+    an N+1 loop names the same file in every request, and ``os.path.relpath`` costs about as
+    much as the rest of the analysis of a query group."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        key = (os.getcwd(), path)
+    except OSError:  # the working directory was removed
+        return path
+    found = _short_paths.get(key)
+    if found is None:
         try:
-            rel = os.path.relpath(path)
+            rel = os.path.relpath(path, key[0])
         except ValueError:  # another drive on Windows
-            return path
-        if not rel.startswith(".."):
-            return rel
-    return path
+            rel = ".."
+        found = path if rel.startswith("..") else rel
+        if len(_short_paths) >= 1024:
+            _short_paths.clear()
+        _short_paths[key] = found
+    return found
 
 
 def _where(site: tuple[str, int | None, str | None] | None) -> str:
