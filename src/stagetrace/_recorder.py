@@ -41,6 +41,12 @@ _bits = random.getrandbits
 # Record slots. OWNER holds the object a stage belongs to while it is open (see `enter_owned`)
 # and the record's index once the timeline is sealed.
 TL, PARENT, KIND, NAME, START, END, ATTRS, ERROR, OWNER, AUX = range(10)
+# A middleware record has four more slots, its phase marks (AUX is `_MARKS`): when it called the
+# next layer, when that returned, whether it answered without it (None: undecided), and whether
+# its outbound phase starts only at the response (``split_at_response``). In the record rather
+# than in a list of their own: one object fewer per middleware for the garbage collector to
+# follow while the timeline waits for the worker.
+M_IN, M_OUT, M_SHORT, M_SPLIT = range(10, 14)
 
 #: An opaque handle on an open (or closed) stage.
 Record = list[Any]
@@ -61,6 +67,8 @@ _set = _current.set
 # AUX marker of a stage that arrived after the timeline's `max_stages`: it is timed but not
 # kept, and folded into the per-kind summary when it ends.
 _OVERFLOW = object()
+# AUX marker of a middleware record (its marks follow in slots M_IN ... M_SPLIT).
+_MARKS = object()
 
 MAX_ERROR_MESSAGE = 1000
 MAX_LIST_ITEMS = 100
@@ -519,7 +527,11 @@ def enter_middleware(
             attrs,
             None,
             None,
-            [0, 0, None, split_at_response],
+            _MARKS,
+            0,
+            0,
+            None,
+            split_at_response,
         ]
         tl.append(rec)
         _set(rec)
@@ -535,7 +547,7 @@ def nearest_middleware(limit: int = 16) -> Record | None:
         if rec is None:
             return None
         if rec[KIND] == "middleware" and not rec[END]:
-            return rec if type(rec[AUX]) is list else None
+            return rec if rec[AUX] is _MARKS else None
         if rec[PARENT] is None:
             return None
         rec = rec[PARENT]
@@ -565,9 +577,8 @@ def calls_next(name: str) -> Record | None:
         if rec is None:
             return None
         if rec[3] is name and rec[2] == "middleware":
-            aux_ = rec[9]
-            if type(aux_) is list and not aux_[0]:
-                aux_[0] = now()
+            if rec[9] is _MARKS and not rec[10]:
+                rec[10] = now()
             return rec
         rec = rec[1]
     return None
@@ -575,26 +586,22 @@ def calls_next(name: str) -> Record | None:
 
 def inner_begin(rec: Record | None) -> None:
     """The middleware `rec` is calling the next layer now: its inbound phase ends."""
-    if rec is not None:
-        aux = rec[9]
-        if type(aux) is list and not aux[0]:
-            aux[0] = now()
+    if rec is not None and rec[9] is _MARKS and not rec[10]:
+        rec[10] = now()
 
 
 def inner_end(rec: Record | None, at_response: bool = False) -> None:
     """The next layer returned to the middleware `rec`: its outbound phase starts. For a stage
     entered with ``split_at_response``, only the call with `at_response` counts."""
-    if rec is not None:
-        aux = rec[9]
-        if type(aux) is list and not rec[5] and (at_response or not aux[3]):
-            aux[1] = now()
+    if rec is not None and rec[9] is _MARKS and not rec[5] and (at_response or not rec[13]):
+        rec[11] = now()
 
 
 def set_short_circuit(rec: Record | None, short: bool) -> None:
     """Say explicitly whether a middleware stage answered without the next layer (hooks such
     as ``process_view`` have no inner call to observe)."""
-    if rec is not None and type(rec[AUX]) is list:
-        rec[AUX][2] = short
+    if rec is not None and rec[AUX] is _MARKS:
+        rec[M_SHORT] = short
 
 
 def set_error(rec: Record | None, exc: BaseException) -> None:
@@ -879,7 +886,7 @@ def aux(rec: Record | None) -> Any:
     if rec is None:
         return None
     value = rec[AUX]
-    return None if value is _OVERFLOW else value
+    return None if value is _OVERFLOW or value is _MARKS else value
 
 
 def set_aux(rec: Record | None, value: Any) -> None:
@@ -925,9 +932,8 @@ def detach_to_root() -> None:
     try:
         while rec[PARENT] is not None:
             if not rec[END]:
-                aux_ = rec[AUX]
-                if type(aux_) is list and aux_[0] and not aux_[1]:
-                    aux_[1] = t
+                if rec[AUX] is _MARKS and rec[M_IN] and not rec[M_OUT]:
+                    rec[M_OUT] = t
                 rec[END] = t
             rec = rec[PARENT]
     except Exception as exc:
@@ -1119,9 +1125,8 @@ def seal(tl: Live) -> Sealed:
             except Exception as exc:
                 internal_error("recorder.attrs", exc)
                 attrs = None
-        aux_ = r[9]
         # only middleware phase marks belong to the timeline, not adapters' scratch data
-        aux_ = (aux_[0], aux_[1], aux_[2]) if r[2] == "middleware" and type(aux_) is list else None
+        aux_ = (r[10], r[11], r[12]) if r[9] is _MARKS else None
         extend((pi, r[2], name, r[4], r[5], attrs, r[7], aux_))
     del tl[:]
     tl.queries = None
