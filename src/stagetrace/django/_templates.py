@@ -37,7 +37,10 @@ def _timed_render(orig: Any) -> Any:
         if _recorder.current() is None:
             return orig(self, context)
         try:
-            rec = _recorder.enter("template", str(self.name or "<string>"), _DTL)
+            name = self.name or "<string>"
+            # `{% include %}` names are SafeString, whose str() is itself: keep a plain str
+            name = name if type(name) is str else str.__str__(str(name))
+            rec = _recorder.enter("template", name, _DTL)
         except Exception as exc:
             _recorder.internal_error("django.template", exc)
             rec = None
