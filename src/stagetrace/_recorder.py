@@ -554,6 +554,27 @@ def nearest_middleware(limit: int = 16) -> Record | None:
     return None
 
 
+def calls_inner(limit: int = 16) -> Record | None:
+    """The innermost open middleware stage around the current position is calling the next
+    layer now: mark the end of its inbound phase (the first time) and return it, for
+    `inner_end` — `nearest_middleware` and `inner_begin` in one call, which ASGI layers make
+    once each per request."""
+    rec = _get()
+    for _ in range(limit):
+        if rec is None:
+            return None
+        if rec[KIND] == "middleware" and not rec[END]:
+            if rec[AUX] is not _MARKS:
+                return None
+            if not rec[M_IN]:
+                rec[M_IN] = now()
+            return rec
+        if rec[PARENT] is None:
+            return None
+        rec = rec[PARENT]
+    return None
+
+
 def open_middleware(name: str, limit: int = 8) -> Record | None:
     """The open middleware record named `name` (the same string object the stage was entered
     with): the current record, or a near ancestor when the middleware opened stages of its own

@@ -43,7 +43,7 @@ from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
-from .._patching import Patcher, leave, timed, timed_async
+from .._patching import Patcher, abandon, leave, timed, timed_async
 from ..asgi import _gateway
 
 patcher = Patcher("starlette")
@@ -91,8 +91,7 @@ def _layer_call(orig: Any) -> Any:
         if _recorder.current() is None or not patcher.applied or scope["type"] == "lifespan":
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         try:
-            outer = _recorder.nearest_middleware()
-            _recorder.inner_begin(outer)
+            outer = _recorder.calls_inner()
             split = (
                 _base_http is not None and scope["type"] == "http" and isinstance(self, _base_http)
             )
@@ -105,7 +104,18 @@ def _layer_call(orig: Any) -> Any:
         except BaseException as exc:
             _after_layer(rec, outer, exc)
             raise
-        _after_layer(rec, outer, None)
+        # `_after_layer`, inlined: this runs once per layer per request
+        if rec is not None:
+            try:
+                _recorder.exit(rec)
+            except Exception as exc:
+                _recorder.internal_error("starlette.middleware", exc)
+                abandon(rec)
+        if outer is not None:
+            try:
+                _recorder.inner_end(outer)
+            except Exception as exc:
+                _recorder.internal_error("starlette.middleware", exc)
         return None
 
     return __call__
@@ -295,8 +305,7 @@ def _router_call(orig: Any) -> Any:
         ):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         try:
-            outer = _recorder.nearest_middleware()
-            _recorder.inner_begin(outer)
+            outer = _recorder.calls_inner()
             rec = _recorder.enter("route", "<unmatched>")
         except Exception as exc:
             _recorder.internal_error("starlette.route", exc)
