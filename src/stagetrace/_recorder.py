@@ -6,11 +6,12 @@ asgiref hop sees its own position in the tree and concurrent requests never shar
 Entering a stage appends one record and sets the ContextVar; leaving it stores the end time and
 sets the ContextVar back to the parent. No locks, no span objects, no string formatting.
 
-When a timeline ends, `end` *seals* it (one pass over its records: deferred names and attributes
-are computed, values that are not plain data are turned into strings, references to the
-application's objects are dropped, the record→timeline cycle is broken) and hands a lazy
-`Timeline` to the callback `connect` installed. Stages are built from the records only when
-someone reads them (`_load`).
+When a timeline ends, `end` only stamps the end time, drops what a finished request no longer
+needs (the last exception, the owner of each stage) and hands the live timeline to the callback
+`connect` installed. The pipeline's worker then *seals* it (`seal`: one pass over its records —
+deferred names and attributes are computed, values that are not plain data are turned into
+strings, the record→timeline cycle is broken — into one flat tuple) and `build`s a lazy
+`Timeline`, whose stages are made from the flat tuple only when someone reads them (`_Rows`).
 
 Everything here runs inside the host's request and must never raise into it: the hot paths are
 written so that they cannot, the rest report to `internal_error` and carry on. Adapters use the
@@ -445,8 +446,9 @@ def enter(kind: str, name: Any, attrs: Any = None) -> Record | None:
     `kind` must be one of `KINDS`; adapters pass constants, so it is not checked here. `name`
     is a string, or ``(function, argument)`` to build the name when the timeline is sealed;
     `attrs` a dict (never mutated by stagetrace, so constants may be shared) or
-    ``(function, argument)``. Deferred forms are computed when the timeline ends, on the
-    request's thread, so they must not keep the application's objects alive longer than that.
+    ``(function, argument)``. Deferred forms are computed when the worker seals the timeline,
+    so they must hold plain data only (never the application's objects: a queued timeline must
+    not keep them alive).
     """
     cur = _get()
     if cur is None:
