@@ -223,3 +223,104 @@ def test_fastapi_streaming_response_gets_the_totals_before_the_body():
     response, tl = _fastapi_get("/stream")
     assert response.content == b"ab"
     assert parse(response.headers["server-timing"])["total"][0] <= tl.duration_ns / 1e6
+
+
+# --- WSGI: the generic middleware and Flask --------------------------------------------------
+
+
+def _wsgi_call(app: Any, path: str = "/") -> tuple[list[tuple[str, str]], bytes]:
+    """Call a WSGI app as a server does: start_response, iterate the body, close it."""
+    from io import BytesIO
+
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+        seen.append(headers)
+        return lambda data: None
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": BytesIO(),
+        "wsgi.errors": BytesIO(),
+    }
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen[0], body
+
+
+def _wsgi_app(own: str | None = None) -> Any:
+    import time
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        with stagetrace.stage("work"):
+            time.sleep(0.002)
+        headers = [("Content-Type", "text/plain")]
+        if own is not None:
+            headers.append(("Server-Timing", own))
+        start_response("200 OK", headers)
+        return [b"ok"]
+
+    return app
+
+
+def test_wsgi_middleware_adds_the_header_after_the_apps_own():
+    """The generic WSGI middleware: off by default; on, one Server-Timing header with the
+    app's value first, then stagetrace's, whose `custom` entry covers the stage the app ran
+    and whose total is no longer than the request."""
+    from stagetrace.wsgi import StagetraceMiddleware
+
+    headers, _ = _wsgi_call(StagetraceMiddleware(_wsgi_app()))
+    assert not [v for k, v in headers if k.lower() == "server-timing"]
+
+    stagetrace.configure(server_timing=True)
+    with stagetrace.capture() as got:
+        headers, body = _wsgi_call(StagetraceMiddleware(_wsgi_app('app;dur=7;desc="mine"')))
+    stagetrace.flush()
+    assert body == b"ok"
+    values = [v for k, v in headers if k.lower() == "server-timing"]
+    assert len(values) == 1 and values[0].startswith('app;dur=7;desc="mine", ')
+    timing = parse(values[0])
+    assert 2.0 <= timing["custom"][0] <= _ms(got[0], "custom") + 0.05
+    assert timing["total"][0] <= got[0].duration_ns / 1e6
+
+
+def test_flask_response_has_per_kind_totals():
+    """Flask through its adapter (`stagetrace.flask.instrument()`): the header carries the
+    view's and the custom stage's self times and the total."""
+    flask = pytest.importorskip("flask")
+    import time
+
+    import stagetrace.flask
+
+    stagetrace.configure(server_timing=True)
+    stagetrace.flask.instrument()
+    try:
+        app = flask.Flask("timing")
+
+        @app.get("/work")
+        def work() -> str:
+            with stagetrace.stage("work"):
+                time.sleep(0.002)
+            return "ok"
+
+        with stagetrace.capture() as got:
+            response = app.test_client().get("/work")
+            response.close()
+        stagetrace.flush()
+    finally:
+        stagetrace.flask.uninstrument()
+    assert response.status_code == 200
+    timing = parse(response.headers["Server-Timing"])
+    assert {"view", "custom", "total"} <= set(timing)
+    assert 2.0 <= timing["custom"][0] <= _ms(got[0], "custom") + 0.05
+    assert timing["total"][0] <= got[0].duration_ns / 1e6

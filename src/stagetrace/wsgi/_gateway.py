@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import _recorder, _runtime
+from .._http import server_timing
 from .._http import wsgi as _parse
 from .._http.gateway import begin_http, end_http, release, wanted
 
@@ -47,6 +48,23 @@ def begin(environ: Environ, framework: str) -> list[Any] | None:
     if not wanted(cfg, path):
         return None
     return begin_http(cfg, "WSGI", _parse.request(environ, cfg, path), framework=framework)
+
+
+def _with_server_timing(headers: list[Any], root: Any) -> list[Any]:
+    """The response headers with our Server-Timing value after the application's own (its
+    headers of that name merged into one, as the ASGI gateway does)."""
+    ours = server_timing.value(root)
+    if ours is None:
+        return headers
+    out = []
+    existing = None
+    for name, value in headers:
+        if isinstance(name, str) and name.lower() == "server-timing":
+            existing = server_timing.append(existing, str(value))
+        else:
+            out.append((name, value))
+    out.append(("Server-Timing", server_timing.append(existing, ours)))
+    return out
 
 
 class _Exchange:
@@ -107,6 +125,8 @@ class _Exchange:
             if not any(str(k).lower() == wanted for k, _ in headers):
                 value = tl.request_id or f"{tl.trace_id:032x}"
                 headers = [*headers, (cfg.request_id_header, value)]
+        if cfg.server_timing and isinstance(headers, list):
+            headers = _with_server_timing(headers, self.root)
         return headers
 
     def _writer(self, write: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
