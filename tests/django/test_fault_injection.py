@@ -540,7 +540,8 @@ def _bare_wsgi() -> list[Any]:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        out.append((got[0][0], got[0][1], chunks, [g for g in got[1:]]))
+        headers = [(k, v) for k, v in got[0][1] if k.lower() not in VOLATILE]
+        out.append((got[0][0], headers, chunks, [g for g in got[1:]]))
     return out
 
 
