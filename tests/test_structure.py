@@ -126,7 +126,22 @@ def test_the_core_does_not_import_the_adapters_or_sinks():
         assert not bad, f"{name} imports {bad}"
 
 
-_SLOTS = {"TL", "PARENT", "KIND", "NAME", "START", "END", "ATTRS", "ERROR", "OWNER", "AUX"}
+_SLOTS = {
+    "TL",
+    "PARENT",
+    "KIND",
+    "NAME",
+    "START",
+    "END",
+    "ATTRS",
+    "ERROR",
+    "OWNER",
+    "AUX",
+    "M_IN",
+    "M_OUT",
+    "M_SHORT",
+    "M_SPLIT",
+}
 
 
 def test_only_the_recorder_touches_record_slots():
@@ -140,14 +155,14 @@ def test_only_the_recorder_touches_record_slots():
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Attribute)
-                and node.attr in _SLOTS
+                and node.attr in _SLOTS | {"_OVERFLOW", "_MARKS"}
                 and isinstance(node.value, ast.Name)
                 and node.value.id in ("_recorder", "R")
             ):
                 offenders.append(f"{name}:{node.lineno} {node.value.id}.{node.attr}")
             if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("_recorder"):
                 names = {a.name for a in node.names}
-                if names & (_SLOTS | {"_get", "_set", "_OVERFLOW"}):
+                if names & (_SLOTS | {"_get", "_set", "_OVERFLOW", "_MARKS"}):
                     offenders.append(f"{name}:{node.lineno} imports {names & _SLOTS}")
             if (
                 isinstance(node, ast.Attribute)

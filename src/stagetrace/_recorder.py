@@ -7,8 +7,9 @@ Entering a stage appends one record and sets the ContextVar; leaving it stores t
 sets the ContextVar back to the parent. No locks, no span objects, no string formatting.
 
 When a timeline ends, `end` only stamps the end time, drops what a finished request no longer
-needs (the last exception, the owner of each stage) and hands the live timeline to the callback
-`connect` installed. The pipeline's worker then *seals* it (`seal`: one pass over its records —
+needs (the last exception, the position to restore) and hands the live timeline to the callback
+`connect` installed (each stage dropped its owner when it exited; one still open keeps it until
+the seal). The pipeline's worker then *seals* it (`seal`: one pass over its records —
 deferred names and attributes are computed, values that are not plain data are turned into
 strings, the record→timeline cycle is broken — into one flat tuple) and `build`s a lazy
 `Timeline`, whose stages are made from the flat tuple only when someone reads them (`_Rows`).
@@ -1469,11 +1470,26 @@ def carry(
     except GeneratorExit:
         raise
     except BaseException as exc:
-        error = exc
+        if done is not None:
+            error = exc
         raise
     finally:
         if done is not None:
-            done(chunks, size, error)
+            _done(done, chunks, size, error)
+            # the exception's traceback holds this frame: no reference cycle through `error`
+            error = None
+
+
+def _done(
+    done: Callable[[int, int, BaseException | None], None],
+    chunks: int,
+    size: int,
+    error: BaseException | None,
+) -> None:
+    try:
+        done(chunks, size, error)
+    except Exception as exc:  # never replaces the application's own exception
+        internal_error("recorder.carry", exc)
 
 
 async def acarry(
@@ -1504,8 +1520,11 @@ async def acarry(
     except GeneratorExit:
         raise
     except BaseException as exc:
-        error = exc
+        if done is not None:
+            error = exc
         raise
     finally:
         if done is not None:
-            done(chunks, size, error)
+            _done(done, chunks, size, error)
+            # the exception's traceback holds this frame: no reference cycle through `error`
+            error = None

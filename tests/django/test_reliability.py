@@ -282,3 +282,39 @@ def test_a_handled_exception_keeps_no_frame_alive_until_the_response_closes():
     del response  # dropped without close(), as a crashed client connection can leave it
     gc.collect()
     assert [r() for r in views.HELD] == [None]
+
+
+def test_a_stream_failing_mid_way_keeps_no_frame_alive():
+    """A streamed body that raises after its first chunk under WSGIHandler: once the server has
+    dropped the exception and closed the response, the body's frame (and what it holds) is
+    freed by reference counting — the exception kept by stagetrace's body wrapper used to
+    form a reference cycle that kept it until a garbage collection."""
+    from tests.djapp import views
+
+    stagetrace.configure(sinks=["memory"])
+    views.HELD.clear()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/failing-stream-holding/",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    gc.collect()
+    gc.disable()
+    try:
+        response = WSGIHandler()(environ, lambda status, headers, exc_info=None: None)
+        body = iter(response)
+        assert next(body) == b"first\n"
+        with pytest.raises(RuntimeError, match="the stream failed"):
+            next(body)
+        del body
+        response.close()
+        del response
+        stagetrace.flush()
+        assert [r() for r in views.HELD] == [None]
+    finally:
+        gc.enable()

@@ -37,6 +37,7 @@ urlpatterns = [
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),
     path("missing-holding/", views.not_found_holding),
+    path("failing-stream-holding/", views.failing_stream_holding),
     path("api-use/", views.api_use),
     path("concurrent/<str:rid>/", views.concurrent),
     path("aconcurrent/<str:rid>/", views.aconcurrent),

@@ -204,6 +204,22 @@ def not_found_holding(request):
     raise Http404("no such thing")
 
 
+def failing_stream_holding(request):
+    """A streamed body that raises after its first chunk while its frame holds an object
+    (remembered weakly)."""
+    import weakref
+
+    held = _Held()
+    HELD.append(weakref.ref(held))
+
+    def rows():
+        keep = held
+        yield b"first\n"
+        raise RuntimeError(f"the stream failed ({type(keep).__name__})")
+
+    return StreamingHttpResponse(rows())
+
+
 def big_page(request):
     """A 1 MB page rendered by a TemplateResponse; the response is remembered weakly."""
     import weakref

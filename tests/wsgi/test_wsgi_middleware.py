@@ -10,6 +10,7 @@ import wsgiref.simple_server
 import wsgiref.util
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import requests
@@ -283,3 +284,45 @@ def test_disabled_passes_through(captured):
     app = StagetraceMiddleware(lambda e, s: (s("200 OK", []), body)[1], enabled=False)
     assert app(environ(), lambda s, h, e=None: None) is body
     assert not captured
+
+
+def test_a_body_failing_mid_stream_keeps_no_application_object_alive():
+    """A generated body that raises after its first chunk: once the server has dropped the
+    response and the exception, nothing of stagetrace's keeps the app's objects alive — not
+    even in a reference cycle waiting for the garbage collector (the exception held by the
+    body wrapper's frame used to form one)."""
+    import gc
+    import weakref
+
+    class Request:
+        pass
+
+    refs: dict[str, Any] = {}
+
+    def app(environ: dict, start_response: Any) -> Any:
+        request = Request()
+        refs["request"] = weakref.ref(request)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            held = request  # the body's frame references the request
+            yield b"a"
+            raise RuntimeError(f"fails mid-stream {id(held)}")
+
+        return body()
+
+    stagetrace.configure(sinks=[])
+    wrapped = StagetraceMiddleware(app)
+    gc.collect()
+    gc.disable()
+    try:
+        result = wrapped(environ(), lambda status, headers, *exc: lambda data: None)
+        with pytest.raises(RuntimeError, match="fails mid-stream"):
+            for _chunk in result:
+                pass
+        result.close()
+        del result
+        stagetrace.flush()
+        assert refs["request"]() is None
+    finally:
+        gc.enable()

@@ -59,9 +59,9 @@ def _with_server_timing(headers: list[Any], root: Any) -> list[Any]:
     out = []
     existing = None
     for name, value in headers:
-        if isinstance(name, str) and name.lower() == "server-timing":
-            existing = server_timing.append(existing, str(value))
-        else:
+        if isinstance(name, str) and isinstance(value, str) and name.lower() == "server-timing":
+            existing = server_timing.append(existing, value)
+        else:  # anything else, an invalid header included, goes out as the app gave it
             out.append((name, value))
     out.append(("Server-Timing", server_timing.append(existing, ours)))
     return out
