@@ -256,6 +256,20 @@ def test_queued_timelines_keep_no_response_alive():
     assert sink.got[0].of_kind("serialize")[0].name == "TemplateResponse books/list.html"
 
 
+def _get_environ(path: str) -> dict[str, object]:
+    """A GET of `path` as a WSGI server passes it to Django's WSGIHandler."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+
+
 def test_a_handled_exception_keeps_no_frame_alive_until_the_response_closes():
     """A view raising Http404 under WSGIHandler: the timeline stays in flight until the server
     closes the response, and it used to keep the exception — with its traceback and the view's
@@ -264,16 +278,7 @@ def test_a_handled_exception_keeps_no_frame_alive_until_the_response_closes():
 
     stagetrace.configure(sinks=["memory"])
     views.HELD.clear()
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/missing-holding/",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-    }
+    environ = _get_environ("/missing-holding/")
     statuses: list[str] = []
     response = WSGIHandler()(
         environ, lambda status, headers, exc_info=None: statuses.append(status)
@@ -293,16 +298,7 @@ def test_a_stream_failing_mid_way_keeps_no_frame_alive():
 
     stagetrace.configure(sinks=["memory"])
     views.HELD.clear()
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/failing-stream-holding/",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-    }
+    environ = _get_environ("/failing-stream-holding/")
     gc.collect()
     gc.disable()
     try:
