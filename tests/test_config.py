@@ -79,6 +79,13 @@ def test_environment_is_read_at_configure_time_not_per_request(monkeypatch, capt
         ("STAGETRACE_EXCLUDE_PATHS", "/health,[", "'exclude_paths'.*valid regular expressions"),
         ("STAGETRACE_COLOR", "pink", "'color'.*'auto', 'always' or 'never'"),
         ("STAGETRACE_SINKS", "jsonl", "lists 'jsonl' but no file is set"),
+        (
+            "STAGETRACE_OTEL_FLUSH_TIMEOUT",
+            "abc",
+            "'otel_flush_timeout'.*a number of seconds above 0",
+        ),
+        ("STAGETRACE_OTEL_FLUSH_TIMEOUT", "0", "'otel_flush_timeout'.*a number of seconds above 0"),
+        ("STAGETRACE_OTEL_KEEP_SLOWER_THAN_MS", "-1", "a number of milliseconds"),
     ],
 )
 def test_bad_environment_values_fail_with_one_clear_line(monkeypatch, env, value, message):

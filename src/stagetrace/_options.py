@@ -98,8 +98,8 @@ def _to_bool_or_auto(value: Any, from_env: bool) -> bool | None:
         raise _Bad("true, false or auto") from None
 
 
-def _to_rate(value: Any, from_env: bool) -> float:
-    accepts = "a number from 0 to 1"
+def _number(value: Any, from_env: bool, accepts: str) -> float:
+    """A number (not a bool, not NaN; from the environment, its text), else `_Bad(accepts)`."""
     if isinstance(value, bool):
         raise _Bad(accepts)
     if from_env and isinstance(value, str):
@@ -107,9 +107,17 @@ def _to_rate(value: Any, from_env: bool) -> float:
             value = float(value)
         except ValueError:
             raise _Bad(accepts) from None
-    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
+    if not isinstance(value, (int, float)) or math.isnan(value):
         raise _Bad(accepts)
     return float(value)
+
+
+def _to_rate(value: Any, from_env: bool) -> float:
+    accepts = "a number from 0 to 1"
+    rate = _number(value, from_env, accepts)
+    if not 0.0 <= rate <= 1.0:
+        raise _Bad(accepts)
+    return rate
 
 
 def _positive_int(value: Any, from_env: bool) -> int:
@@ -275,22 +283,16 @@ def _millis_or_none(value: Any, from_env: bool) -> float | None:
     accepts = "a number of milliseconds (0 or more), or nothing"
     if value is None or (from_env and isinstance(value, str) and value.strip() == ""):
         return None
-    if isinstance(value, bool):
+    millis = _number(value, from_env, accepts)
+    if not 0 <= millis < math.inf:
         raise _Bad(accepts)
-    if from_env and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _Bad(accepts) from None
-    if not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < math.inf:
-        raise _Bad(accepts)
-    return float(value)
+    return millis
 
 
 def _seconds(value: Any, from_env: bool) -> float:
     accepts = "a number of seconds above 0"
-    seconds = _millis_or_none(value, from_env) if not isinstance(value, bool) else None
-    if seconds is None or seconds <= 0:
+    seconds = _number(value, from_env, accepts)
+    if not 0 < seconds < math.inf:
         raise _Bad(accepts)
     return seconds
 
