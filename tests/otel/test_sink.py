@@ -16,17 +16,17 @@ from stagetrace._state import STATE
 from .conftest import Collector, free_port
 
 
-def run_jobs(n: int, stages: int = 3) -> float:
-    """Record `n` job timelines of `stages` custom stages; the slowest one's duration (s)."""
-    worst = 0.0
+def run_jobs(n: int, stages: int = 3) -> list[float]:
+    """Record `n` job timelines of `stages` custom stages; their durations (s), sorted."""
+    took = []
     for i in range(n):
         t = time.perf_counter()
         with stagetrace.timeline(f"job-{i % 3}"):
             for j in range(stages):
                 with stagetrace.stage(f"step {j}"):
                     pass
-        worst = max(worst, time.perf_counter() - t)
-    return worst
+        took.append(time.perf_counter() - t)
+    return sorted(took)
 
 
 def test_otel_sink_must_say_where_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +102,12 @@ def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: C
     assert stats["otel_spans_dropped"] > 0
     sink = stagetrace.settings().sinks[0]
     assert sink.queue_depth() <= 200  # type: ignore[attr-defined]
-    assert during < max(0.05, baseline * 20)  # no request waits for the collector
+    # No request waits for the collector: the typical job is as fast as before (a POST on the
+    # request path, even one refused at once, would cost each job a millisecond), and none
+    # waits for the exporter's retries. The median, not the slowest job: on a loaded CI
+    # machine any one job can be descheduled for tens of milliseconds.
+    assert during[len(during) // 2] < max(0.001, baseline[len(baseline) // 2] * 20)
+    assert during[-1] < 0.5
 
     collector.start()
     before = len(collector.spans())
