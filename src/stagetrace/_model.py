@@ -192,6 +192,15 @@ class Loader(Protocol):
 
     def count(self, kind: str) -> int: ...
 
+    def rows(self, kind: str) -> list[Row]: ...
+
+    def lineage(self, i: int) -> Iterator[tuple[str, str]]: ...
+
+
+#: A stage as the built-in analyzers read it, without building its `Stage`: ``(id, name,
+#: duration_ns, attrs)``.
+Row = tuple[int, str, int, Mapping[str, Any]]
+
 
 _HEADER = (
     "trace_id",
@@ -384,6 +393,25 @@ class Timeline:
         if load is not None and self._stages is None:
             return load.stage(stage_id)
         return self.stages[stage_id]
+
+    def rows(self, kind: str) -> list[Row]:
+        """The stages of one kind as ``(id, name, duration_ns, attrs)``, in start order — what
+        the query analyzers read. For a timeline not read yet, no `Stage` object is built:
+        analysis then allocates a few objects per timeline instead of several per stage."""
+        load = self._load
+        if load is not None and self._stages is None:
+            return load.rows(kind)
+        return [(s.id, s.name, s.duration_ns, s.attrs) for s in self.stages if s.kind == kind]
+
+    def lineage(self, stage_id: int) -> Iterator[tuple[str, str]]:
+        """``(kind, name)`` of the stage's parent, grandparent, ... up to the root (without
+        building the stages of a timeline not read yet)."""
+        load = self._load
+        if load is not None and self._stages is None:
+            yield from load.lineage(stage_id)
+            return
+        for st in self.ancestors(self.stage(stage_id)):
+            yield st.kind, st.name
 
     def children(self, stage_id: int | None) -> list[Stage]:
         """The direct children of a stage (or the top-level stages for ``None``)."""

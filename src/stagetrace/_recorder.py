@@ -26,6 +26,7 @@ import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _guard
@@ -1209,15 +1210,7 @@ def build(sealed: Sealed) -> Timeline:
         flags,
         tracestate,
     ) = head
-    root_attrs = None
-    if extra or deferred is not None:
-        root_attrs = dict(flat[R_ATTRS] or ())
-        if deferred is not None:
-            try:
-                root_attrs = {**deferred[0](deferred[1]), **root_attrs}
-            except Exception as exc:
-                _guard.report("recorder.request_attrs", exc)
-        root_attrs.update(extra)
+    root_more = (extra, deferred) if extra or deferred is not None else None
     t0 = flat[R_START]
     t_end = flat[R_END] or t0
     trace_id = f"{trace:032x}"
@@ -1246,7 +1239,7 @@ def build(sealed: Sealed) -> Timeline:
             own_dropped,
             cfg.max_attr_length,
             cfg.max_sql_length,
-            root_attrs,
+            root_more,
         ),
         parent_span_id=f"{parent:016x}" if parent else None,
         trace_flags=flags,
@@ -1255,6 +1248,7 @@ def build(sealed: Sealed) -> Timeline:
 
 
 _tuple_new = tuple.__new__
+_NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Rows:
@@ -1264,13 +1258,14 @@ class _Rows:
 
     __slots__ = (
         "_child",
+        "_root",
         "_stages",
         "flat",
         "limits",
         "n",
         "own_dropped",
         "ovf_kinds",
-        "root_attrs",
+        "root_more",
         "t0",
         "t_end",
     )
@@ -1284,10 +1279,14 @@ class _Rows:
         own_dropped: dict[int, int] | None,
         limit: int,
         sql_limit: int,
-        root_attrs: dict[str, Any] | None = None,
+        root_more: tuple[dict[str, Any], Any] | None = None,
     ) -> None:
         self.flat = flat
-        self.root_attrs = root_attrs
+        #: What the root's attributes still lack: (extra attributes, the deferred request
+        #: attributes), merged when the root is first read (`_root_attrs`, which keeps the
+        #: result in ``_root``), so a timeline nobody reads never parses its request.
+        self.root_more = root_more
+        self._root: dict[str, Any] | None = None
         self.n = len(flat) // W
         self.t0 = t0
         self.t_end = t_end
@@ -1307,6 +1306,45 @@ class _Rows:
         if self.ovf_kinds and kind in self.ovf_kinds:
             n += self.ovf_kinds[kind][0]
         return n
+
+    def rows(self, kind: str) -> list[tuple[int, str, int, Mapping[str, Any]]]:
+        """The stages of `kind` as ``(id, name, duration_ns, attrs)`` (what the analyzers read;
+        no `Stage` is built, and the attributes are the recorded dicts, not copies: plain data,
+        not yet cut to the length limits)."""
+        flat, t_end = self.flat, self.t_end
+        out = []
+        for i in self.indexes(kind):
+            b = i * W
+            d = (flat[b + R_END] or t_end) - flat[b + R_START]
+            attrs = self._root_attrs() if i == 0 else flat[b + R_ATTRS]
+            out.append((i, flat[b + R_NAME], d if d > 0 else 0, attrs or _NO_ATTRS))
+        return out
+
+    def _root_attrs(self) -> Any:
+        """The root's recorded attributes with the extra and the request's (once)."""
+        more = self.root_more
+        if more is None:
+            return self.flat[R_ATTRS] if self._root is None else self._root
+        extra, deferred = more
+        attrs = dict(self.flat[R_ATTRS] or ())
+        if deferred is not None:
+            try:
+                attrs = {**deferred[0](deferred[1]), **attrs}
+            except Exception as exc:
+                _guard.report("recorder.request_attrs", exc)
+        attrs.update(extra)
+        self._root = attrs
+        self.root_more = None
+        return attrs
+
+    def lineage(self, i: int) -> Iterator[tuple[str, str]]:
+        """``(kind, name)`` of the ancestors of stage `i`, nearest first."""
+        flat = self.flat
+        pi = flat[i * W + R_PARENT] if 0 <= i < self.n else None
+        while pi is not None:
+            b = pi * W
+            yield flat[b + R_KIND], flat[b + R_NAME]
+            pi = flat[b + R_PARENT]
 
     def _children(self) -> list[int]:
         child = self._child
@@ -1336,8 +1374,8 @@ class _Rows:
     def _make(self, i: int, child: list[int]) -> Stage:
         b = i * W
         pi, kind, name, start, end_, attrs, err, aux_ = self.flat[b : b + W]
-        if i == 0 and self.root_attrs is not None:
-            attrs = self.root_attrs
+        if i == 0:
+            attrs = self._root_attrs()
         d = (end_ or self.t_end) - start
         if d < 0:
             d = 0

@@ -327,3 +327,46 @@ def test_duplicate_queries_of_one_statement_are_one_finding() -> None:
     assert f.attrs["count"] == 12 and f.attrs["parameter_sets"] == 4
     assert len(f.stages) == 12 and list(f.stages) == sorted(f.stages)
     assert f.message.startswith("duplicate queries: 12× SELECT * FROM author WHERE id = ?, 4 sets")
+
+
+def _mixed_body() -> None:
+    """An N+1 under a template inside a view, plus duplicates with two parameter sets."""
+    with stagetrace.stage("shop.views.book_list", kind="view"):
+        with stagetrace.stage("books.html", kind="template"):
+            for _ in loop(6, site=SITE):
+                pass
+        first: list[int] = []
+        for i in range(3):  # the same query three times, marked as the recorder marks them
+            attrs = {"stagetrace.duplicate_of": first[0] + i - 1} if first else {}
+            with query("SELECT * FROM cfg WHERE k = %s", **attrs):
+                cur = stagetrace.current_timeline()
+                assert cur is not None
+                first = first or [cur.stage_count - 1]
+
+
+def test_analysis_reads_rows_without_building_stages_and_finds_the_same() -> None:
+    """The analyzers read a lazy timeline's ``db.query`` stages as rows (no `Stage` built):
+    their findings are exactly those of the same timeline with every stage built, and
+    `Timeline.rows` / `Timeline.lineage` agree with `stages` / `ancestors`."""
+    lazy = record(_mixed_body)
+    built = record(_mixed_body)
+    built.stages  # noqa: B018 - build every stage: the analyzers then read Stage objects
+    both = [analyzers.n_plus_one(threshold=5), analyzers.duplicate_query()]
+    lazy_found = [f for a in both for f in a(lazy)]
+    built_found = [f for a in both for f in a(built)]
+    assert lazy._stages is None  # the analysis built no stage
+    assert [f.kind for f in lazy_found] == ["n_plus_one", "duplicate_query"]
+    assert [(f.kind, f.stages, f.attrs["count"]) for f in lazy_found] == [
+        (f.kind, f.stages, f.attrs["count"]) for f in built_found
+    ]
+    n1 = lazy_found[0]
+    assert n1.attrs["template"] == "books.html" and n1.attrs["view"] == "shop.views.book_list"
+    assert n1.attrs["code.file.path"] == "shop/views.py"
+    rows = lazy.rows("db.query")
+    assert [(i, name, attrs) for i, name, _, attrs in rows] == [
+        (s.id, s.name, s.attrs) for s in lazy.stages if s.kind == "db.query"
+    ]
+    assert [d for _, _, d, _ in rows] == [s.duration_ns for s in lazy.of_kind("db.query")]
+    assert list(record(_mixed_body).lineage(rows[0][0])) == [
+        (s.kind, s.name) for s in lazy.ancestors(lazy.stage(rows[0][0]))
+    ]

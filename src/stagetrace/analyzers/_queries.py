@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-from .._model import Finding, Stage, Timeline
+from .._model import Finding, Row, Stage, Timeline
 from ._fingerprint import fingerprint, short_sql
 
 __all__ = [
@@ -33,7 +33,10 @@ _CONTROL = frozenset(
 def sql_text(stage: Stage) -> str | None:
     """The SQL text of a ``db.query`` stage: ``db.query.text``, or ``db.statement`` as written
     by stagetrace before the attribute names followed OpenTelemetry's current conventions."""
-    attrs = stage.attrs
+    return _text(stage.attrs)
+
+
+def _text(attrs: Mapping[str, Any]) -> str | None:
     text = attrs.get("db.query.text")
     if type(text) is not str:
         text = attrs.get("db.statement")
@@ -97,30 +100,53 @@ def _ms(ns: int) -> str:
     return f"{ms:.1f} ms" if ms >= 0.95 else f"{ms:.2f} ms"
 
 
-def _context(tl: Timeline, stage: Stage) -> tuple[str | None, str | None]:
+def _context(tl: Timeline, stage_id: int) -> tuple[str | None, str | None]:
     """The innermost enclosing ``template`` and ``view`` stage names of a stage."""
     template = view = None
-    for anc in tl.ancestors(stage):
-        if template is None and anc.kind == "template":
-            template = anc.name
-        elif anc.kind == "view":
-            view = anc.name
+    for kind, name in tl.lineage(stage_id):
+        if template is None and kind == "template":
+            template = name
+        elif kind == "view":
+            view = name
             break
     return template, view
 
 
-def _group_queries(tl: Timeline) -> dict[str, list[Stage]]:
-    groups: dict[str, list[Stage]] = {}
-    for st in tl.of_kind("db.query"):
-        text = sql_text(st)
+# The analyzers read ``db.query`` stages as `Row`s — (id, name, duration_ns, attrs) — so that
+# analyzing a timeline builds no `Stage` object (see `Timeline.rows`).
+_ID: Final = 0
+_NAME: Final = 1
+_DURATION: Final = 2
+_ATTRS: Final = 3
+
+
+#: The query rows of the timeline analyzed last: both analyzers read the same rows, one after
+#: the other. One slot, replaced as a whole (analysis may run on two threads at once).
+_last: tuple[Timeline, list[Row]] | None = None
+
+
+def _queries(tl: Timeline) -> list[Row]:
+    global _last
+    last = _last
+    if last is not None and last[0] is tl:
+        return last[1]
+    rows = tl.rows("db.query")
+    _last = (tl, rows)
+    return rows
+
+
+def _group_queries(tl: Timeline) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = {}
+    for row in _queries(tl):
+        text = _text(row[_ATTRS])
         if text is None:
             continue
         fp = fingerprint(text)
         group = groups.get(fp)
         if group is None:
-            groups[fp] = [st]
+            groups[fp] = [row]
         else:
-            group.append(st)
+            group.append(row)
     return groups
 
 
@@ -128,22 +154,20 @@ def _query_count(tl: Timeline) -> int:
     return tl.count("db.query")
 
 
-def _finding_attrs(
-    tl: Timeline, fp: str, stages: Sequence[Stage]
-) -> tuple[dict[str, Any], str, int]:
+def _finding_attrs(tl: Timeline, fp: str, stages: Sequence[Row]) -> tuple[dict[str, Any], str, int]:
     """Attributes shared by both findings, a readable location, and the total time."""
-    total = sum(s.duration_ns for s in stages)
+    total = sum(s[_DURATION] for s in stages)
     site = None
     sites: list[str] = []
     for s in stages:
-        found = call_site(s.attrs)
+        found = call_site(s[_ATTRS])
         if found is not None:
             where = _where(found)
             if where not in sites:
                 sites.append(where)
             if site is None:
                 site = found
-    template, view = _context(tl, stages[0])
+    template, view = _context(tl, stages[0][_ID])
     attrs: dict[str, Any] = {"fingerprint": fp, "count": len(stages), "total_ns": total}
     if site is not None:
         path, line, func = site
@@ -168,7 +192,8 @@ def _finding_attrs(
             location += f", rendering {template}"
     if view is not None:
         attrs["view"] = view
-    db_system = stages[0].attrs.get("db.system.name", stages[0].attrs.get("db.system"))
+    first = stages[0][_ATTRS]
+    db_system = first.get("db.system.name", first.get("db.system"))
     if type(db_system) is str:
         attrs["db.system.name"] = db_system
     return attrs, location, total
@@ -216,7 +241,7 @@ class NPlusOne:
             if location:
                 message += f" {location}"
             message += f" ({_ms(total)})"
-            found.append(Finding("n_plus_one", message, tuple(s.id for s in stages), attrs))
+            found.append(Finding("n_plus_one", message, tuple(s[_ID] for s in stages), attrs))
         return found
 
     def __repr__(self) -> str:
@@ -249,16 +274,16 @@ class DuplicateQueries:
             return []
         # One finding per statement: an N+1 over a foreign key whose ids repeat has one group
         # of identical queries per id, and a finding each would bury the page in them.
-        by_fp: dict[str, list[list[Stage]]] = {}
+        by_fp: dict[str, list[list[Row]]] = {}
         for group in _duplicate_groups(timeline):
             if len(group) < self.threshold:
                 continue
-            text = sql_text(group[0])
-            fp = fingerprint(text) if text is not None else group[0].name
+            text = _text(group[0][_ATTRS])
+            fp = fingerprint(text) if text is not None else group[0][_NAME]
             by_fp.setdefault(fp, []).append(group)
         found = []
         for fp, groups in by_fp.items():
-            stages = sorted((s for g in groups for s in g), key=lambda s: s.id)
+            stages = sorted((s for g in groups for s in g), key=lambda s: s[_ID])
             attrs, location, total = _finding_attrs(timeline, fp, stages)
             if len(groups) == 1:
                 message = (
@@ -273,36 +298,36 @@ class DuplicateQueries:
             if location:
                 message += f" {location}"
             message += f" ({_ms(total)})"
-            found.append(Finding("duplicate_query", message, tuple(s.id for s in stages), attrs))
+            found.append(Finding("duplicate_query", message, tuple(s[_ID] for s in stages), attrs))
         return found
 
     def __repr__(self) -> str:
         return f"duplicate_query(threshold={self.threshold})"
 
 
-def _duplicate_groups(timeline: Timeline) -> list[list[Stage]]:
+def _duplicate_groups(timeline: Timeline) -> list[list[Row]]:
     """Queries marked ``stagetrace.duplicate_of``, grouped with their first execution."""
-    queries = timeline.of_kind("db.query")
+    queries = _queries(timeline)
+    by_id = {row[_ID]: row for row in queries}
     n = len(queries)
-    stage = timeline.stage
-    groups: dict[int, list[Stage]] = {}
-    for st in queries:
-        dup = st.attrs.get("stagetrace.duplicate_of")
-        if type(dup) is not int or not 0 <= dup < st.id:
+    groups: dict[int, list[Row]] = {}
+    for row in queries:
+        dup = row[_ATTRS].get("stagetrace.duplicate_of")
+        if type(dup) is not int or not 0 <= dup < row[_ID] or dup not in by_id:
             continue
         root = dup
         seen = 0
         while seen < n:  # follow chains to the first execution
-            nxt = stage(root).attrs.get("stagetrace.duplicate_of")
-            if type(nxt) is not int or not 0 <= nxt < root:
+            nxt = by_id[root][_ATTRS].get("stagetrace.duplicate_of")
+            if type(nxt) is not int or not 0 <= nxt < root or nxt not in by_id:
                 break
             root = nxt
             seen += 1
         group = groups.get(root)
         if group is None:
-            groups[root] = [stage(root), st]
+            groups[root] = [by_id[root], row]
         else:
-            group.append(st)
+            group.append(row)
     return list(groups.values())
 
 
