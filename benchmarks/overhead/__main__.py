@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ddtrace's agent: the loopback collector (default) or a closed port (its flush "
         "then waits ~3 s in retries per block)",
     )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the measured children to one CPU (default: on, where the OS allows it)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
     args = p.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     started = time.monotonic()
     _runner.DDTRACE_AGENT["mode"] = args.ddtrace_agent
+    _runner.PIN["cpu"] = _runner.pin_cpu() if args.pin else None
     only = set(args.only or _runner.APPS)
     if "django" in only:
         only |= {"django-sqlite", "django-postgres"}
@@ -132,9 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "quick": args.quick,
         "ddtrace_agent": args.ddtrace_agent,
+        "pinned_cpu": _runner.PIN["cpu"],
     }
     for line in _meta.render(meta):
         write(line)
+    pinned = _runner.PIN["cpu"]
+    write(
+        f"each configuration's process pinned to CPU {pinned}"
+        if pinned is not None
+        else "processes not pinned to a CPU"
+    )
     write("configurations: " + "; ".join(f"{c} = {_describe(c)}" for c in configs))
 
     tmp = _runner.make_tmp()

@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--min-warmup", type=int, default=20, help="requests per endpoint")
     parser.add_argument("--paths", help="comma-separated paths to serve instead of the app's")
     args = parser.parse_args()
+    cpu = os.environ.get("BENCH_CPU")
+    if cpu is not None:  # see _runner.PIN; the threads started later inherit it
+        os.sched_setaffinity(0, {int(cpu)})
 
     from . import _apps, _tracers
 

@@ -129,6 +129,24 @@ def closed_port() -> int:
 #: Where ddtrace sends: "loopback" (the collector, answering like an agent) or "unreachable".
 DDTRACE_AGENT = {"mode": "loopback"}
 
+#: The CPU every child measured side by side is pinned to (None: not pinned). Children run
+#: their blocks one at a time, so they never compete for it; the collector, PostgreSQL and this
+#: process keep the other CPUs. Unpinned, a child on this class of 2-vCPU machine sometimes ran
+#: *every* request about 1.8 times slower for its whole life (seen in about half of the
+#: processes, never when pinned), which no number of rounds averages out: every block of that
+#: configuration came from the same slow process.
+PIN: dict[str, int | None] = {"cpu": None}
+
+
+def pin_cpu() -> int | None:
+    """The CPU to pin children to: the last one this process may use, if there are two or
+    more (None where affinity cannot be set)."""
+    getaff = getattr(os, "sched_getaffinity", None)
+    if getaff is None:
+        return None
+    cpus = sorted(getaff(0))
+    return cpus[-1] if len(cpus) > 1 else None
+
 
 def child_env(db: str | None, collector: Collector | None) -> dict[str, str]:
     env = {
@@ -140,6 +158,8 @@ def child_env(db: str | None, collector: Collector | None) -> dict[str, str]:
     if db:
         env["BENCH_DB"] = db
     env["OTEL_SERVICE_NAME"] = "bench"
+    if PIN["cpu"] is not None:
+        env["BENCH_CPU"] = str(PIN["cpu"])
     if collector is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.otlp_endpoint
         env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
