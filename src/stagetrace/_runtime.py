@@ -87,6 +87,11 @@ def _apply() -> Settings:
         old = STATE.pipeline
         STATE.settings = new
         STATE.context_hooks = hooks
+        STATE.propagation = None
+        for hook in hooks:  # the OpenTelemetry hook sets it again if the propagator is not W3C
+            sync = getattr(hook, "sync_propagation", None)
+            if sync is not None:
+                sync()
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )

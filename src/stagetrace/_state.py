@@ -41,6 +41,12 @@ class State:
         #: every gateway around the application's handling of a recorded request (a sink that
         #: propagates OpenTelemetry context installs one).
         self.context_hooks: tuple[Any, ...] = ()
+        #: How trace context crosses process boundaries when it is not plain W3C trace context:
+        #: an object with ``fields`` (the header names its propagator reads, lower case) and
+        #: ``inject(headers)`` (adds this context's headers to a dict), set by the OpenTelemetry
+        #: context hook when the application's propagator is another one (``OTEL_PROPAGATORS``
+        #: = b3, jaeger, ...). None: stagetrace's own W3C ``traceparent``/``tracestate``.
+        self.propagation: Any = None
         #: Findings already logged, by (route, kind, fingerprint).
         self.logged_findings: set[tuple[str, str, str]] = set()
         self.logged_findings_full = False
@@ -55,6 +61,7 @@ class State:
         self.pipeline = None
         self.listeners = ()
         self.context_hooks = ()
+        self.propagation = None
         self.counters.clear()
         self.errors_by_site.clear()
         self.logged_sites.clear()

@@ -42,15 +42,19 @@ BASE_HEADERS = (
 #: response inside the call.
 _attached: ContextVar[tuple[Any, Any] | None] = ContextVar("stagetrace.attached", default=None)
 
-_wanted_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+_wanted_cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
 
 
 def wanted_headers(cfg: Settings) -> frozenset[str]:
-    """The lower-case names of the headers a gateway needs to look at, for this configuration."""
-    key = (cfg.request_id_header, cfg.record_headers)
+    """The lower-case names of the headers a gateway needs to look at, for this configuration
+    (and the application's OpenTelemetry propagator, when it is not W3C's)."""
+    propagation = STATE.propagation
+    key = (cfg.request_id_header, cfg.record_headers, propagation.fields if propagation else ())
     found = _wanted_cache.get(key)
     if found is None:
-        found = _wanted_cache[key] = frozenset((*BASE_HEADERS, key[0], *key[1]))
+        if len(_wanted_cache) > 64:
+            _wanted_cache.clear()
+        found = _wanted_cache[key] = frozenset((*BASE_HEADERS, key[0], *key[1], *key[2]))
     return found
 
 

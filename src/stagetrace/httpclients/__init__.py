@@ -5,7 +5,9 @@ Every request these libraries send goes through ``Client.send``, ``AsyncClient.s
 carries scheme, host, port, path, the query's parameter *names* (never their values), the status
 code and any error; the URL is taken apart after the request, not on it. A recorded request's
 calls carry a W3C ``traceparent`` naming their http.client stage (option
-``propagate_traceparent``, on by default; a header the caller set is never replaced). Installed
+``propagate_traceparent``, on by default; a header the caller set is never replaced) — or, when
+the otel sink runs with another OpenTelemetry propagator (``OTEL_PROPAGATORS=b3``, ...), that
+propagator's headers. Installed
 by the web adapters (reference-counted); a library that is not installed is skipped.
 """
 
@@ -20,6 +22,7 @@ import wrapt
 from .. import _recorder
 from .._http.headers import redact_query, safe
 from .._patching import Patcher, leave
+from .._state import STATE
 
 __all__ = ["install", "uninstall"]
 
@@ -84,6 +87,15 @@ def _propagate(request: Any) -> dict[str, str] | None:
     if tl is None or not tl.settings.propagate_traceparent or tl.discarded:
         return None
     headers = request.headers
+    propagation = STATE.propagation
+    if propagation is not None:  # the application's OpenTelemetry propagator (b3, jaeger...)
+        if any(name in headers for name in propagation.fields):
+            return None
+        carrier: dict[str, str] = {}
+        propagation.inject(carrier)
+        for name, value in carrier.items():
+            headers[name] = value
+        return carrier or None
     if "traceparent" in headers:
         return None
     span = _recorder.current_span()

@@ -12,6 +12,11 @@ holding
   them, and ``opentelemetry.propagate.inject()`` in a view writes this trace's traceparent —
   without a context attached per stage (entering a stage stays one list append);
 * the baggage of the incoming W3C ``baggage`` header (malformed entries ignored);
+* when the application's OpenTelemetry propagator is not W3C's (``OTEL_PROPAGATORS=b3``,
+  ``jaeger``, ``tracecontext`` without ``baggage``, ``none``, or ``set_global_textmap``): what
+  *that* propagator extracts from the request — the remote parent (B3 headers, say) and the
+  baggage it carries — instead of stagetrace's own W3C parsing; outgoing httpx/requests calls
+  then carry that propagator's headers (`Propagation`);
 * under OpenTelemetry's suppress-instrumentation key, an object that is true only while the
   current stage is a ``db.query``: OpenTelemetry's DB-API (sqlite3, psycopg, ...) wrappers
   check that key before each query, so a query stagetrace records is not recorded twice.
@@ -108,7 +113,10 @@ def _load(option: str) -> dict[str, Any]:
         def __repr__(self) -> str:
             return f"StageSpan(trace_id=0x{self._ids[0]:032x})"
 
+    from opentelemetry import propagate
+
     _api.update(
+        propagate=propagate,
         context=context,
         Context=Context,
         trace=trace,
@@ -140,6 +148,51 @@ class _InQuery:
 
 IN_QUERY = _InQuery()
 
+#: The headers of OpenTelemetry's default propagator, W3C trace context and baggage.
+_W3C = ("baggage", "traceparent", "tracestate")
+
+
+def _fields(textmap: Any) -> tuple[str, ...]:
+    try:
+        return tuple(sorted({str(f).lower() for f in textmap.fields}))
+    except Exception as exc:
+        _recorder.internal_error("otel.propagator", exc)
+        return _W3C
+
+
+def _adopt(tl: Any, found: Any) -> None:
+    """Make the timeline a child of the span context `found`, in its trace."""
+    tl.trace_id = found.trace_id
+    tl.parent_span_id = found.span_id
+    tl.trace_flags = int(found.trace_flags)
+    tl.tracestate = found.trace_state.to_header() or None
+
+
+def _new_trace_id() -> int:
+    import random
+
+    return random.getrandbits(128) or 1
+
+
+class Propagation:
+    """The application's OpenTelemetry propagator, when it is not W3C's: the headers it reads
+    (`fields`, lower case: the gateways keep them from each request) and `inject`, which
+    writes the current context's headers (the ``http.client`` stage running now) into the
+    headers of an outgoing call."""
+
+    __slots__ = ("fields", "textmap")
+
+    def __init__(self, textmap: Any, fields: tuple[str, ...]) -> None:
+        self.textmap = textmap
+        self.fields = fields
+
+    def inject(self, headers: dict[str, str]) -> None:
+        """Add this context's propagation headers to `headers`."""
+        self.textmap.inject(headers)
+
+    def __repr__(self) -> str:
+        return f"<stagetrace propagation via {type(self.textmap).__name__}: {self.fields}>"
+
 
 def _header(request: Any, name: str) -> str | None:
     headers = getattr(request, "headers", None)
@@ -158,6 +211,10 @@ class ContextHook:
 
     def __init__(self, *, suppress_queries: bool = True, option: str = "option 'otel_context'"):
         api = _load(option)
+        self._propagate = api["propagate"]
+        #: The application's propagator last seen, and our `Propagation` for it (None: W3C).
+        self._textmap: Any = None
+        self._propagation: Propagation | None = None
         self._context = api["context"]
         self._Context = api["Context"]
         self._trace = api["trace"]
@@ -167,24 +224,42 @@ class ContextHook:
         key = api["suppress_key"]
         self._suppress_key = key if suppress_queries else None
 
+    def sync_propagation(self) -> None:
+        """Look at the application's global propagator: if it is not OpenTelemetry's default
+        (W3C trace context and baggage, which stagetrace reads itself), requests are read and
+        outgoing calls written with it (`_state.State.propagation`)."""
+        from .._state import STATE
+
+        textmap = self._propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            fields = _fields(textmap)
+            self._textmap = textmap
+            self._propagation = None if fields == _W3C else Propagation(textmap, fields)
+        STATE.propagation = self._propagation
+
     def enter(self, tl: Any, request: Any) -> Any:
         """Attach the request's context; returns the token `exit` needs."""
         context = self._context
         ctx = context.get_current()
+        if self._propagate.get_global_textmap() is not self._textmap:
+            self.sync_propagation()  # the application set another propagator since
         key = self._span_key
         outer = ctx.get(key) if key is not None else self._trace.get_current_span(ctx)
+        adopted = False
         if outer is not None and not isinstance(outer, self._StageSpan):
             found = outer.get_span_context()
             if found.is_valid:
                 # An OpenTelemetry span is current already (its middleware runs outside
                 # ours): this timeline is its child, in its trace.
-                tl.trace_id = found.trace_id
-                tl.parent_span_id = found.span_id
-                tl.trace_flags = int(found.trace_flags)
-                tl.tracestate = found.trace_state.to_header() or None
-        value = _header(request, "baggage")
-        if value is not None:
-            ctx = self._baggage.extract({"baggage": value}, context=ctx)
+                _adopt(tl, found)
+                adopted = True
+        propagation = self._propagation
+        if propagation is None:
+            value = _header(request, "baggage")
+            if value is not None:
+                ctx = self._baggage.extract({"baggage": value}, context=ctx)
+        else:
+            ctx = self._extract(tl, request, propagation, ctx, adopted)
         span = self._StageSpan(tl.trace_id, tl.span_id, tl.trace_flags, tl.tracestate)
         if key is None:
             ctx = self._trace.set_span_in_context(span, ctx)
@@ -196,6 +271,37 @@ class ContextHook:
         else:
             ctx = self._Context({**ctx, key: span})
         return context.attach(ctx)
+
+    def _extract(
+        self, tl: Any, request: Any, propagation: Propagation, ctx: Any, adopted: bool
+    ) -> Any:
+        """Read the request with the application's propagator: its remote parent replaces
+        the one stagetrace's W3C parsing found (none at all when it finds none), and what
+        else it extracts (baggage) joins the request's context. Malformed headers are the
+        propagator's to ignore; if it fails, the request goes on with the W3C reading."""
+        carrier = {}
+        for name in propagation.fields:
+            value = _header(request, name)
+            if value is not None:
+                carrier[name] = value
+        try:
+            extracted = propagation.textmap.extract(carrier, context=self._Context())
+        except Exception as exc:
+            _recorder.internal_error("otel.extract", exc)
+            return ctx
+        if not adopted:
+            found = self._trace.get_current_span(extracted).get_span_context()
+            if found.is_valid:
+                _adopt(tl, found)
+            elif tl.parent_span_id is not None:
+                # A W3C traceparent the application's propagator does not read: not a parent.
+                tl.trace_id = _new_trace_id()
+                tl.parent_span_id = None
+                tl.trace_flags = 1
+                tl.tracestate = None
+        key = self._span_key
+        more = {k: v for k, v in extracted.items() if k != key}
+        return self._Context({**ctx, **more}) if more else ctx
 
     def exit(self, token: Any) -> None:
         """Detach what `enter` attached."""

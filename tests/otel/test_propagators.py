@@ -1,0 +1,169 @@
+"""The application's OpenTelemetry propagator is honoured (``OTEL_PROPAGATORS``, or
+``propagate.set_global_textmap``): with B3 (Zipkin, Istio) the incoming B3 headers make the
+request a child of the caller's span, the view's context injects B3, and outgoing httpx and
+requests calls carry B3 headers naming their http.client stage (checked on what a real HTTP
+server on loopback received); with ``tracecontext`` alone, baggage is not read; a W3C
+traceparent the configured propagator does not read is no parent. On a real Django app."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("opentelemetry.sdk")
+b3 = pytest.importorskip("opentelemetry.propagators.b3")
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from opentelemetry import propagate  # noqa: E402
+from opentelemetry.propagators.composite import CompositePropagator  # noqa: E402
+from opentelemetry.trace.propagation.tracecontext import (  # noqa: E402
+    TraceContextTextMapPropagator,
+)
+
+import stagetrace  # noqa: E402
+from stagetrace import httpclients as _outbound  # noqa: E402
+from tests.djapp import views as djapp_views  # noqa: E402
+from tests.otel.conftest import exporting  # noqa: E402
+from tests.otel.test_context import ctx_view  # noqa: E402
+from tests.otel.test_context_outbound import RECEIVED, server  # noqa: E402, F401
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+B3 = {"X-B3-TraceId": TRACE, "X-B3-SpanId": PARENT, "X-B3-Sampled": "1"}
+
+urlpatterns = [path("ctx/", ctx_view), path("outbound/", djapp_views.outbound)]
+
+
+@pytest.fixture
+def textmap() -> Iterator[Any]:
+    """Set the global propagator for one test (what OTEL_PROPAGATORS does at start-up)."""
+    before = propagate.get_global_textmap()
+
+    def use(propagator: Any) -> None:
+        propagate.set_global_textmap(propagator)
+        stagetrace.configure(**exporting(), otel_context=True)
+
+    yield use
+    propagate.set_global_textmap(before)
+    stagetrace.reset()
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    with override_settings(ROOT_URLCONF=__name__):
+        yield Client()
+
+
+def _get(client: Any, **headers: str) -> tuple[dict[str, Any], stagetrace.Timeline]:
+    with stagetrace.capture() as got:
+        response = client.get("/ctx/", headers=headers)
+    stagetrace.flush()
+    assert response.status_code == 200
+    return json.loads(response.content), got[0]
+
+
+def test_b3_headers_make_the_request_a_child_of_the_b3_parent(client, textmap):
+    """With the B3 propagator, the incoming X-B3-* headers are the timeline's parent (its
+    trace id, the caller's span id, sampled), and inside the view `propagate.inject()` writes
+    B3 headers of this trace naming the view stage."""
+    textmap(b3.B3MultiFormat())
+    body, tl = _get(client, **B3)
+    assert tl.trace_id == TRACE and tl.parent_span_id == PARENT and tl.trace_flags == 1
+    view = next(s for s in tl.stages if s.kind == "view")
+    carrier = body["view"]["carrier"]
+    assert carrier["x-b3-traceid"] == TRACE
+    assert carrier["x-b3-spanid"] == tl.stage_span_id(view.id)
+    assert "traceparent" not in carrier
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_with_b3_a_w3c_traceparent_is_not_a_parent(client, textmap):
+    """The application propagates B3 only: a W3C traceparent on the request is not read (a
+    new trace, no parent), as OpenTelemetry's own instrumentation would do."""
+    textmap(b3.B3MultiFormat())
+    _, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01")
+    assert tl.trace_id != TRACE and tl.parent_span_id is None
+
+
+def test_tracecontext_without_baggage_reads_no_baggage(client, textmap):
+    """``OTEL_PROPAGATORS=tracecontext``: the traceparent is the parent, but the baggage
+    header is not read (stagetrace's own W3C reading would have)."""
+    textmap(CompositePropagator([TraceContextTextMapPropagator()]))
+    body, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01", baggage="user=alice")
+    assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
+    assert body["view"]["baggage"] == {}
+
+
+def test_malformed_b3_headers_are_ignored(client, textmap):
+    """Malformed B3 headers: the request is served and recorded in a trace of its own."""
+    textmap(b3.B3MultiFormat())
+    body, tl = _get(client, **{"X-B3-TraceId": "zz", "X-B3-SpanId": "!!"})
+    assert tl.parent_span_id is None and body["view"]["trace"] == tl.trace_id
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_outgoing_calls_carry_b3_headers_naming_their_stage(client, textmap, server):  # noqa: F811
+    """With B3, a view's httpx and requests calls carry X-B3 headers: the caller's trace id
+    and the span id of their own http.client stage (and no W3C traceparent)."""
+    _outbound.install()
+    RECEIVED.clear()
+    try:
+        textmap(b3.B3MultiFormat())
+        with stagetrace.capture() as got:
+            response = client.get("/outbound/", {"url": f"{server}/x"}, headers=B3)
+        stagetrace.flush()
+    finally:
+        _outbound.uninstall()
+    assert response.status_code == 200
+    tl = got[0]
+    stages = [s for s in tl.stages if s.kind == "http.client"]
+    assert len(stages) == 2 and len(RECEIVED) == 2
+    for stage, headers in zip(stages, RECEIVED, strict=True):
+        assert headers["x-b3-traceid"] == TRACE
+        assert headers["x-b3-spanid"] == tl.stage_span_id(stage.id)
+        assert "traceparent" not in headers
+
+
+def test_an_asgi_app_reads_b3_headers_too(textmap):
+    """The ASGI gateway keeps the propagator's headers as well: a FastAPI request with B3
+    headers is the B3 caller's child, and its endpoint injects B3 of this trace."""
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from stagetrace.asgi import StagetraceMiddleware
+    from tests.otel.test_context import _now
+
+    api = FastAPI()
+
+    @api.get("/")
+    async def endpoint() -> dict[str, Any]:
+        return _now()
+
+    app = StagetraceMiddleware(api)
+    textmap(b3.B3MultiFormat())
+
+    async def run() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (await c.get("/", headers=B3)).json()
+
+    with stagetrace.capture() as got:
+        body = asyncio.run(run())
+    stagetrace.flush()
+    tl = got[0]
+    assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
+    assert body["carrier"]["x-b3-traceid"] == TRACE
