@@ -12,6 +12,7 @@ import os
 
 from celery import Celery
 
+import stagetrace
 import stagetrace.celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
@@ -49,3 +50,18 @@ def send_receipt(self, order_id: int, url: str | None = None, fail_times: int = 
     if self.request.retries < fail_times:
         raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} failed"), countdown=0)
     return count
+
+
+@app.task(name="orders.otel_probe")
+def otel_probe() -> None:
+    """What OpenTelemetry sees as the current span while a task runs, written on its stage."""
+    from opentelemetry import trace
+
+    sc = trace.get_current_span().get_span_context()
+    stagetrace.annotate(
+        **{
+            "probe.valid": sc.is_valid,
+            "probe.trace_id": f"{sc.trace_id:032x}",
+            "probe.span_id": f"{sc.span_id:016x}",
+        }
+    )

@@ -71,11 +71,9 @@ def broker() -> Iterator[dict[str, str]]:
     client.close()
 
 
-@pytest.fixture(scope="module")
-def worker(broker, tmp_path_factory) -> Iterator[Path]:
+def _start_worker(broker: dict[str, str], tmp: Path, **extra_env: str) -> Iterator[Path]:
     """A real Celery worker (prefork pool, one child) running tests/celeryapp.py with Django
     set up on a SQLite file; its timelines go to the returned JSON lines file."""
-    tmp = tmp_path_factory.mktemp("celery")
     out = tmp / "timelines.jsonl"
     db = tmp / "worker.sqlite3"
     env = {
@@ -85,6 +83,7 @@ def worker(broker, tmp_path_factory) -> Iterator[Path]:
         "STAGETRACE_TEST_DB": str(db),
         "STAGETRACE_TEST_WORKER": "1",
         "STAGETRACE_JSONL": str(out),
+        **extra_env,
     }
     subprocess.run(
         [sys.executable, "-m", "django", "migrate", "-v", "0"], env=env, cwd=ROOT, check=True
@@ -127,6 +126,12 @@ def worker(broker, tmp_path_factory) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def worker(broker, tmp_path_factory) -> Iterator[Path]:
+    """The worker, recording into JSON lines only."""
+    yield from _start_worker(broker, tmp_path_factory.mktemp("celery"))
 
 
 @pytest.fixture
@@ -302,3 +307,41 @@ def _descends(tl, stage, ancestor) -> bool:
             return True
         stage = by_id[stage.parent]
     return False
+
+
+def test_with_the_otel_sink_a_task_runs_in_its_stages_opentelemetry_context(
+    broker, celery_app, tmp_path
+):
+    """A worker exporting with the otel sink (to a collector that is not there: the export
+    fails quietly) makes the running task stage OpenTelemetry's current span, in the trace of
+    the enqueue — so spans of OpenTelemetry's own instrumentations in a task nest under it, as
+    they do in a web request. The task reports what it saw as attributes of its stage."""
+    import socket
+
+    from tests import celeryapp
+
+    with socket.socket() as s:  # a closed port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path
+    queue = broker["STAGETRACE_TEST_QUEUE"] + "-otel"  # the other worker listens on the first
+    jobs_file = _start_worker(
+        {**broker, "STAGETRACE_TEST_QUEUE": queue},
+        tmp,
+        STAGETRACE_SINKS="jsonl,otel",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+    )
+    out = next(jobs_file)
+    try:
+        stagetrace.configure(sinks=[])
+        with stagetrace.capture() as got, stagetrace.timeline("enqueue"):
+            celeryapp.otel_probe.apply_async(queue=queue)
+        stagetrace.flush()
+        (job,) = _jobs(out, 1)
+    finally:
+        jobs_file.close()
+    attrs = job["stages"][0]["attrs"]
+    assert attrs["probe.valid"] is True
+    assert attrs["probe.trace_id"] == job["trace_id"] == got[0].trace_id
+    assert attrs["probe.span_id"] == job["span_id"]

@@ -32,6 +32,7 @@ from typing import Any
 
 from .. import _recorder, _runtime, httpclients
 from .._http import headers as H
+from .._http.gateway import attach, detach
 from .._patching import Patcher, leave
 
 patcher = Patcher("celery")
@@ -203,7 +204,11 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
                 tracestate=H.tracestate(_header(request, "tracestate")) if parent else None,
             )
         if rec is not None:
-            setattr(request, _KEY, (rec, prev))
+            # A job of its own: the OpenTelemetry context (with the otel sink) is the running
+            # stage, as during a web request, so spans of OpenTelemetry's instrumentations
+            # (redis, httpx, a tracer of your own) nest under the task's stages.
+            tokens = attach(rec, None) if _recorder.parent_of(rec) is None else None
+            setattr(request, _KEY, (rec, prev, tokens))
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
         _recorder.restore(prev)
@@ -244,8 +249,10 @@ def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: 
         entry = getattr(request, _KEY, None)
         if entry is None:
             return
-        rec, prev = entry
+        rec, prev, tokens = entry
         delattr(request, _KEY)
+        if tokens:
+            detach(tokens)
         if state not in ("SUCCESS", "RETRY"):
             # An eager task whose exception propagates (task_eager_propagates) sends no
             # task_failure; postrun runs while that exception is on its way out.

@@ -254,7 +254,7 @@ class ContextHook:
                 _adopt(tl, found)
                 adopted = True
         propagation = self._propagation
-        if propagation is None:
+        if propagation is None or request is None:  # (a job: its parent came with the job)
             value = _header(request, "baggage")
             if value is not None:
                 ctx = self._baggage.extract({"baggage": value}, context=ctx)
