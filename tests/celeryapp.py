@@ -34,6 +34,25 @@ if os.environ.get("STAGETRACE_TEST_WORKER"):
     # In the worker process. (An app's celery.py calls it unconditionally; the test process
     # instruments and uninstruments around each test instead.)
     stagetrace.celery.instrument()
+    if os.environ.get("STAGETRACE_TEST_OTEL_CELERY"):
+        # OpenTelemetry's own Celery instrumentation beside stagetrace's.
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()
+    if os.environ.get("STAGETRACE_TEST_AFTER_TASK"):
+        from celery.signals import task_postrun
+
+        def _after_task(**kwargs: object) -> None:
+            """Connected last: what OpenTelemetry holds current once every receiver ran."""
+            import json
+
+            from opentelemetry import trace
+
+            sc = trace.get_current_span().get_span_context()
+            with open(os.environ["STAGETRACE_TEST_AFTER_TASK"], "a") as f:
+                f.write(json.dumps({"valid": sc.is_valid}) + "\n")
+
+        task_postrun.connect(_after_task, weak=False)
 
 
 @app.task(name="orders.send_receipt", bind=True, max_retries=3)

@@ -28,6 +28,7 @@ from . import _guard, _recorder
 from ._model import Finding, Timeline
 from ._state import STATE
 from .analyzers import log_findings
+from .analyzers._queries import forget_analyzed
 
 if TYPE_CHECKING:
     from .typing import Analyzer, Sink
@@ -46,6 +47,7 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
         except Exception as exc:
             STATE.counters["analyzer_errors"] += 1
             _warn_once(f"analyzer {analyzer!r}", exc)
+    forget_analyzed()
     if not found:
         return timeline
     timeline = timeline.with_findings(found)

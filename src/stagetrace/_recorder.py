@@ -1249,6 +1249,7 @@ def build(sealed: Sealed) -> Timeline:
 
 _tuple_new = tuple.__new__
 _NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
+_proxy = MappingProxyType
 
 
 class _Rows:
@@ -1309,15 +1310,17 @@ class _Rows:
 
     def rows(self, kind: str) -> list[tuple[int, str, int, Mapping[str, Any]]]:
         """The stages of `kind` as ``(id, name, duration_ns, attrs)`` (what the analyzers read;
-        no `Stage` is built, and the attributes are the recorded dicts, not copies: plain data,
-        not yet cut to the length limits)."""
+        no `Stage` is built; the attributes are read-only views of the recorded dicts: plain
+        data, not yet cut to the length limits)."""
         flat, t_end = self.flat, self.t_end
         out = []
         for i in self.indexes(kind):
             b = i * W
             d = (flat[b + R_END] or t_end) - flat[b + R_START]
             attrs = self._root_attrs() if i == 0 else flat[b + R_ATTRS]
-            out.append((i, flat[b + R_NAME], d if d > 0 else 0, attrs or _NO_ATTRS))
+            out.append(
+                (i, flat[b + R_NAME], d if d > 0 else 0, _proxy(attrs) if attrs else _NO_ATTRS)
+            )
         return out
 
     def _root_attrs(self) -> Any:
@@ -1339,8 +1342,10 @@ class _Rows:
 
     def lineage(self, i: int) -> Iterator[tuple[str, str]]:
         """``(kind, name)`` of the ancestors of stage `i`, nearest first."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"no stage {i} in this timeline")
         flat = self.flat
-        pi = flat[i * W + R_PARENT] if 0 <= i < self.n else None
+        pi = flat[i * W + R_PARENT]
         while pi is not None:
             b = pi * W
             yield flat[b + R_KIND], flat[b + R_NAME]

@@ -87,11 +87,7 @@ def _apply() -> Settings:
         old = STATE.pipeline
         STATE.settings = new
         STATE.context_hooks = hooks
-        STATE.propagation = None
-        for hook in hooks:  # the OpenTelemetry hook sets it again if the propagator is not W3C
-            sync = getattr(hook, "sync_propagation", None)
-            if sync is not None:
-                sync()
+        STATE.propagation = _propagation(hooks)
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )
@@ -99,6 +95,17 @@ def _apply() -> Settings:
     if old is not None:
         old.retire()
     return new
+
+
+def _propagation(hooks: tuple[Any, ...]) -> Any:
+    """The application's propagator as the OpenTelemetry hook sees it (None: W3C)."""
+    for hook in hooks:
+        current = getattr(hook, "propagation", None)
+        if current is not None:
+            found = current()
+            if found is not None:
+                return found
+    return None
 
 
 def _context_hooks(new: Settings) -> tuple[Any, ...]:

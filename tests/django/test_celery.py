@@ -5,6 +5,7 @@ linked through the W3C trace context carried in the message."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -345,3 +346,46 @@ def test_with_the_otel_sink_a_task_runs_in_its_stages_opentelemetry_context(
     assert attrs["probe.valid"] is True
     assert attrs["probe.trace_id"] == job["trace_id"] == got[0].trace_id
     assert attrs["probe.span_id"] == job["span_id"]
+
+
+def test_beside_opentelemetrys_celery_instrumentation_no_context_is_left_behind(
+    broker, celery_app, tmp_path
+):
+    """With OpenTelemetry's Celery instrumentation also in the worker, its task span is the
+    current span during the task (in the job's trace), and once a task is over no context is
+    left current in the worker thread. (stagetrace attaching its own too would detach out of
+    order — Celery runs both signals' receivers in the same order — and leave one behind.)"""
+    pytest.importorskip("opentelemetry.instrumentation.celery")
+    import socket
+
+    from tests import celeryapp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = broker["STAGETRACE_TEST_QUEUE"] + "-otelcelery"
+    after = tmp_path / "after.jsonl"
+    jobs_file = _start_worker(
+        {**broker, "STAGETRACE_TEST_QUEUE": queue},
+        tmp_path,
+        STAGETRACE_SINKS="jsonl,otel",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+        STAGETRACE_TEST_OTEL_CELERY="1",
+        STAGETRACE_TEST_AFTER_TASK=str(after),
+    )
+    out = next(jobs_file)
+    try:
+        stagetrace.configure(sinks=[])
+        for _ in range(2):
+            with stagetrace.timeline("enqueue"):
+                celeryapp.otel_probe.apply_async(queue=queue)
+        jobs = _jobs(out, 2)
+    finally:
+        jobs_file.close()
+    for job in jobs:
+        attrs = job["stages"][0]["attrs"]
+        assert attrs["probe.valid"] is True
+        assert attrs["probe.trace_id"] == job["trace_id"]  # OpenTelemetry's span, same trace
+    seen = [json.loads(line) for line in after.read_text().splitlines()]
+    assert seen == [{"valid": False}, {"valid": False}]

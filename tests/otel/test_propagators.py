@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("django")
 pytest.importorskip("opentelemetry.sdk")
 b3 = pytest.importorskip("opentelemetry.propagators.b3")
+httpx = pytest.importorskip("httpx")
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djapp.settings")
 
@@ -167,3 +168,89 @@ def test_an_asgi_app_reads_b3_headers_too(textmap):
     tl = got[0]
     assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
     assert body["carrier"]["x-b3-traceid"] == TRACE
+
+
+def test_a_single_b3_header_and_the_debug_flag_are_read(client, textmap):
+    """Everything the propagator reads is offered to it, not only the headers it writes: the
+    single ``b3`` header, and ``X-B3-Flags: 1`` (debug, which means sampled)."""
+    textmap(b3.B3MultiFormat())
+    _, tl = _get(client, b3=f"{TRACE}-{PARENT}-1")
+    assert tl.trace_id == TRACE and tl.parent_span_id == PARENT
+    _, tl = _get(client, **{"X-B3-TraceId": TRACE, "X-B3-SpanId": PARENT, "X-B3-Flags": "1"})
+    assert tl.trace_id == TRACE and tl.trace_flags == 1
+
+
+def test_otel_propagators_none_reads_and_writes_nothing(client, textmap, server):  # noqa: F811
+    """``OTEL_PROPAGATORS=none`` (a composite of no propagators): an incoming traceparent is
+    no parent, and outgoing calls get no trace headers."""
+    textmap(CompositePropagator([]))
+    _, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01")
+    assert tl.trace_id != TRACE and tl.parent_span_id is None
+    _outbound.install()
+    RECEIVED.clear()
+    try:
+        with stagetrace.timeline("job"):
+            httpx.get(f"{server}/x")
+    finally:
+        _outbound.uninstall()
+    assert RECEIVED and "traceparent" not in RECEIVED[0] and "x-b3-traceid" not in RECEIVED[0]
+
+
+def test_outgoing_b3_names_the_http_client_stage_in_any_timeline(textmap, server):  # noqa: F811
+    """Outside a web request too (a `stagetrace.timeline` job), and while the application holds
+    a span of its own current, the B3 headers name the call's http.client stage."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("tests")
+    textmap(b3.B3MultiFormat())
+    _outbound.install()
+    RECEIVED.clear()
+    try:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            httpx.get(f"{server}/plain")
+            with tracer.start_as_current_span("mine"):
+                httpx.get(f"{server}/inside-my-span")
+        stagetrace.flush()
+    finally:
+        _outbound.uninstall()
+    tl = got[0]
+    stages = [s for s in tl.stages if s.kind == "http.client"]
+    assert len(stages) == 2 and len(RECEIVED) == 2
+    for stage, headers in zip(stages, RECEIVED, strict=True):
+        assert headers["x-b3-traceid"] == tl.trace_id
+        assert headers["x-b3-spanid"] == tl.stage_span_id(stage.id)
+
+
+def test_baggage_the_application_set_does_not_stop_the_trace_headers(textmap, server):  # noqa: F811
+    """With W3C and B3 together, a call whose ``baggage`` header the application set still
+    gets this trace's traceparent and B3 headers, and keeps its own baggage."""
+    textmap(CompositePropagator([TraceContextTextMapPropagator(), b3.B3MultiFormat()]))
+    _outbound.install()
+    RECEIVED.clear()
+    try:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            httpx.get(f"{server}/x", headers={"baggage": "k=v"})
+        stagetrace.flush()
+    finally:
+        _outbound.uninstall()
+    (headers,) = RECEIVED
+    assert headers["baggage"] == "k=v"
+    assert headers["traceparent"].startswith(f"00-{got[0].trace_id}-")
+    assert headers["x-b3-traceid"] == got[0].trace_id
+
+
+def test_a_trace_header_the_application_set_is_kept_and_ours_are_not_added(textmap, server):  # noqa: F811
+    """The application propagates a call itself (its own B3 headers): nothing of ours is
+    added or replaced."""
+    textmap(b3.B3MultiFormat())
+    _outbound.install()
+    RECEIVED.clear()
+    mine = {"X-B3-TraceId": "1" * 32, "X-B3-SpanId": "2" * 16}
+    try:
+        with stagetrace.timeline("job"):
+            httpx.get(f"{server}/x", headers=mine)
+    finally:
+        _outbound.uninstall()
+    (headers,) = RECEIVED
+    assert headers["x-b3-traceid"] == "1" * 32 and headers["x-b3-spanid"] == "2" * 16
+    assert "x-b3-sampled" not in headers

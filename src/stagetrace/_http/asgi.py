@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._state import STATE
 from .gateway import Request, wanted_headers
 
 if TYPE_CHECKING:
@@ -63,4 +64,19 @@ def request(scope: Mapping[str, Any], cfg: Settings, path_: str | None = None) -
         headers(scope, wanted_headers(cfg)),
         host,
         version if isinstance(version, str) else None,
+        _carrier(scope) if STATE.propagation is not None else None,
     )
+
+
+def _carrier(scope: Mapping[str, Any]) -> dict[str, str]:
+    """Every header of the scope, by lower-case name, decoded (for a propagator); repeated
+    headers joined with commas, as HTTP allows."""
+    out: dict[str, str] = {}
+    try:
+        for name, value in scope.get("headers") or ():
+            key = bytes(name).decode("latin-1").lower()
+            text = bytes(value).decode("latin-1")
+            out[key] = f"{out[key]},{text}" if key in out else text
+    except (TypeError, ValueError):
+        pass
+    return out

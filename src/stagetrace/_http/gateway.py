@@ -42,26 +42,22 @@ BASE_HEADERS = (
 #: response inside the call.
 _attached: ContextVar[tuple[Any, Any] | None] = ContextVar("stagetrace.attached", default=None)
 
-_wanted_cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
+_wanted_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
 
 
 def wanted_headers(cfg: Settings) -> frozenset[str]:
-    """The lower-case names of the headers a gateway needs to look at, for this configuration
-    (and the application's OpenTelemetry propagator, when it is not W3C's)."""
-    propagation = STATE.propagation
-    key = (cfg.request_id_header, cfg.record_headers, propagation.fields if propagation else ())
+    """The lower-case names of the headers a gateway needs to look at, for this configuration."""
+    key = (cfg.request_id_header, cfg.record_headers)
     found = _wanted_cache.get(key)
     if found is None:
-        if len(_wanted_cache) > 64:
-            _wanted_cache.clear()
-        found = _wanted_cache[key] = frozenset((*BASE_HEADERS, key[0], *key[1], *key[2]))
+        found = _wanted_cache[key] = frozenset((*BASE_HEADERS, key[0], *key[1]))
     return found
 
 
 class Request:
     """What a protocol parser found in an incoming request (plain data)."""
 
-    __slots__ = ("client", "headers", "method", "path", "query", "scheme", "version")
+    __slots__ = ("carrier", "client", "headers", "method", "path", "query", "scheme", "version")
 
     def __init__(
         self,
@@ -72,6 +68,7 @@ class Request:
         headers: dict[str, Any],
         client: str | None = None,
         version: str | None = None,
+        carrier: dict[str, str] | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -80,6 +77,11 @@ class Request:
         self.headers = headers
         self.client = client
         self.version = version
+        #: Every header (lower-case names), only while the application's OpenTelemetry
+        #: propagator is not W3C's (`_state.State.propagation`): what it may read is not known
+        #: in advance. Dropped once the context hooks read it, so the queued timeline never
+        #: keeps it.
+        self.carrier = carrier
 
 
 def wanted(cfg: Settings, path: str) -> bool:
@@ -138,27 +140,33 @@ def begin_http(
             in_flight.add(tl)
             # What the request says about itself is parsed when the timeline is built, on the
             # worker: the request only keeps the raw values (plain strings, never exported raw).
-            tl.deferred = (request_attrs, (request, cfg, tl.wall0))
+            # Plain values only: a timeline kept by the memory sink must not keep the settings
+            # (and through them the sinks of an earlier configuration) alive.
+            tl.deferred = (
+                request_attrs,
+                (request, cfg.record_query_values, cfg.record_headers, tl.wall0),
+            )
             if STATE.context_hooks:
                 tokens = attach(root, request)
                 if tokens:
                     _attached.set((root, tokens))
+    request.carrier = None
     return root
 
 
-def request_attrs(args: tuple[Request, Settings, int]) -> dict[str, Any]:
+def request_attrs(args: tuple[Request, tuple[str, ...], tuple[str, ...], int]) -> dict[str, Any]:
     """The gateway attributes OpenTelemetry's HTTP server conventions name, from the raw
     request: method, scheme, the query with its values redacted, server and client address,
     user agent, protocol version, request body size, allowed headers, and the queue time the
     proxy reported."""
-    request, cfg, wall0 = args
+    request, query_values, record_headers, wall0 = args
     h = request.headers
     attrs: dict[str, Any] = {}
     if request.method is not None:
         attrs["http.request.method"] = request.method
     if request.scheme:
         attrs["url.scheme"] = request.scheme
-    query = H.redact_query(request.query, cfg.record_query_values)
+    query = H.redact_query(request.query, query_values)
     if query:
         attrs["url.query"] = query
     host, port = H.host_and_port(h.get("host"))
@@ -181,8 +189,8 @@ def request_attrs(args: tuple[Request, Settings, int]) -> dict[str, Any]:
         waited = H.queue_time_ns(start, wall0)
         if waited is not None:
             attrs["stagetrace.queue_time_ns"] = waited
-    if cfg.record_headers:
-        attrs.update(H.header_attrs(h, cfg.record_headers))
+    if record_headers:
+        attrs.update(H.header_attrs(h, record_headers))
     return attrs
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._state import STATE
 from .gateway import Request, wanted_headers
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def request(environ: Mapping[str, Any], cfg: Settings, path_: str | None = None)
         version = protocol[5:]
     client = environ.get("REMOTE_ADDR")
     scheme = environ.get("wsgi.url_scheme")
+    carrier = _carrier(environ) if STATE.propagation is not None else None
     return Request(
         method if isinstance(method, str) else None,
         path(environ) if path_ is None else path_,
@@ -67,4 +69,14 @@ def request(environ: Mapping[str, Any], cfg: Settings, path_: str | None = None)
         found,
         client if isinstance(client, str) and client else None,
         version,
+        carrier,
     )
+
+
+def _carrier(environ: Mapping[str, Any]) -> dict[str, str]:
+    """Every HTTP header of the environ, by lower-case name (for a propagator)."""
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if type(key) is str and key.startswith("HTTP_") and type(value) is str:
+            out[key[5:].lower().replace("_", "-")] = value
+    return out

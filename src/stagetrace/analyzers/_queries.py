@@ -135,6 +135,13 @@ def _queries(tl: Timeline) -> list[Row]:
     return rows
 
 
+def forget_analyzed() -> None:
+    """Drop the rows kept for the next analyzer (the pipeline calls it after analyzing a
+    timeline, so no timeline stays referenced here)."""
+    global _last
+    _last = None
+
+
 def _group_queries(tl: Timeline) -> dict[str, list[Row]]:
     groups: dict[str, list[Row]] = {}
     for row in _queries(tl):

@@ -207,11 +207,30 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
             # A job of its own: the OpenTelemetry context (with the otel sink) is the running
             # stage, as during a web request, so spans of OpenTelemetry's instrumentations
             # (redis, httpx, a tracer of your own) nest under the task's stages.
-            tokens = attach(rec, None) if _recorder.parent_of(rec) is None else None
+            tokens = (
+                attach(rec, None)
+                if _recorder.parent_of(rec) is None and not _otel_celery_instrumented()
+                else None
+            )
             setattr(request, _KEY, (rec, prev, tokens))
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
         _recorder.restore(prev)
+
+
+def _otel_celery_instrumented() -> bool:
+    """Whether OpenTelemetry's Celery instrumentation runs in this process. It attaches its
+    task span's context in ``task_prerun`` and detaches it in ``task_postrun``, as stagetrace
+    would: Celery calls both signals' receivers in the same order, so two such pairs detach out
+    of order and leave a stale context current in the worker thread. Its task span is then
+    the one current during the task (in the same trace as the job's timeline)."""
+    module = sys.modules.get("opentelemetry.instrumentation.celery")
+    if module is None:
+        return False
+    try:
+        return bool(module.CeleryInstrumentor().is_instrumented_by_opentelemetry)
+    except Exception:
+        return False
 
 
 def _record_of(task: Any) -> Any:

@@ -88,19 +88,13 @@ def _propagate(request: Any) -> dict[str, str] | None:
         return None
     headers = request.headers
     propagation = STATE.propagation
-    if propagation is not None:  # the application's OpenTelemetry propagator (b3, jaeger...)
-        if any(name in headers for name in propagation.fields):
-            return None
-        carrier: dict[str, str] = {}
-        propagation.inject(carrier)
-        for name, value in carrier.items():
-            headers[name] = value
-        return carrier or None
-    if "traceparent" in headers:
+    if propagation is None and "traceparent" in headers:
         return None
     span = _recorder.current_span()
     if span is None:
         return None
+    if propagation is not None:  # the application's OpenTelemetry propagator (b3, jaeger...)
+        return propagation.inject(headers, span, tl.tracestate)  # type: ignore[no-any-return]
     trace_id, span_id, flags = span
     added = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
     if tl.tracestate and "tracestate" not in headers:

@@ -116,6 +116,10 @@ def _load(option: str) -> dict[str, Any]:
     from opentelemetry import propagate
 
     _api.update(
+        SpanContext=SpanContext,
+        TraceFlags=TraceFlags,
+        TraceState=TraceState,
+        NonRecordingSpan=NonRecordingSpan,
         propagate=propagate,
         context=context,
         Context=Context,
@@ -174,21 +178,69 @@ def _new_trace_id() -> int:
     return random.getrandbits(128) or 1
 
 
+class _Getter:
+    """OpenTelemetry's ``Getter`` over a dict of lower-case header names: lookups ignore case
+    (a propagator may ask for ``X-Amzn-Trace-Id``)."""
+
+    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key) if key in carrier else carrier.get(key.lower())
+        return [value] if value is not None else None
+
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _Getter()
+
+#: Headers a propagator writes that carry no trace identity: set by the application, they do
+#: not stop the trace headers from being added (unlike a ``traceparent`` of its own).
+_INDEPENDENT = frozenset(("baggage",))
+
+
 class Propagation:
-    """The application's OpenTelemetry propagator, when it is not W3C's: the headers it reads
-    (`fields`, lower case: the gateways keep them from each request) and `inject`, which
-    writes the current context's headers (the ``http.client`` stage running now) into the
-    headers of an outgoing call."""
+    """The application's OpenTelemetry propagator, when it is not W3C's: `inject` writes the
+    headers naming a stage (an ``http.client`` stage) into an outgoing call's headers. The
+    gateways offer it every header of a request (`_http.gateway.Request.carrier`)."""
 
-    __slots__ = ("fields", "textmap")
+    __slots__ = ("fields", "hook", "textmap")
 
-    def __init__(self, textmap: Any, fields: tuple[str, ...]) -> None:
+    def __init__(self, textmap: Any, fields: tuple[str, ...], hook: ContextHook) -> None:
         self.textmap = textmap
         self.fields = fields
+        self.hook = hook
 
-    def inject(self, headers: dict[str, str]) -> None:
-        """Add this context's propagation headers to `headers`."""
-        self.textmap.inject(headers)
+    def inject(
+        self,
+        headers: Any,
+        span: tuple[int, int, int],
+        tracestate: str | None,
+    ) -> dict[str, str] | None:
+        """Add the headers naming `span` (trace id, span id, flags; with the trace's
+        `tracestate`) to `headers` — not the span OpenTelemetry holds current, which may be
+        the application's own or none — keeping every header the application set: if it set
+        trace headers of its own, none of ours are added. Returns what was added."""
+        hook = self.hook
+        api = _api
+        trace_id, span_id, flags = span
+        sc = api["SpanContext"](
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=api["TraceFlags"](flags & 0xFF),
+            trace_state=api["TraceState"].from_header([tracestate]) if tracestate else None,
+        )
+        ctx = hook._trace.set_span_in_context(
+            api["NonRecordingSpan"](sc), hook._context.get_current()
+        )
+        carrier: dict[str, str] = {}
+        self.textmap.inject(carrier, context=ctx)
+        present = {str(k).lower() for k in headers}
+        if any(k.lower() in present for k in carrier if k.lower() not in _INDEPENDENT):
+            return None  # the application propagates this call's context itself
+        added = {k: v for k, v in carrier.items() if k.lower() not in present}
+        for name, value in added.items():
+            headers[name] = value
+        return added or None
 
     def __repr__(self) -> str:
         return f"<stagetrace propagation via {type(self.textmap).__name__}: {self.fields}>"
@@ -224,25 +276,28 @@ class ContextHook:
         key = api["suppress_key"]
         self._suppress_key = key if suppress_queries else None
 
-    def sync_propagation(self) -> None:
-        """Look at the application's global propagator: if it is not OpenTelemetry's default
-        (W3C trace context and baggage, which stagetrace reads itself), requests are read and
-        outgoing calls written with it (`_state.State.propagation`)."""
-        from .._state import STATE
-
+    def propagation(self) -> Propagation | None:
+        """How trace context crosses process boundaries now: None while the application's
+        global propagator is OpenTelemetry's default (W3C trace context and baggage, which
+        stagetrace reads and writes itself), else a `Propagation` using that propagator
+        (`_state.State.propagation`, which the runtime sets from this)."""
         textmap = self._propagate.get_global_textmap()
         if textmap is not self._textmap:
             fields = _fields(textmap)
+            self._propagation = None if fields == _W3C else Propagation(textmap, fields, self)
             self._textmap = textmap
-            self._propagation = None if fields == _W3C else Propagation(textmap, fields)
-        STATE.propagation = self._propagation
+        return self._propagation
 
     def enter(self, tl: Any, request: Any) -> Any:
         """Attach the request's context; returns the token `exit` needs."""
         context = self._context
         ctx = context.get_current()
         if self._propagate.get_global_textmap() is not self._textmap:
-            self.sync_propagation()  # the application set another propagator since
+            # The application set another propagator since: from the next request on, the
+            # gateways keep every header for it (this one is read the W3C way).
+            from .._state import STATE
+
+            STATE.propagation = self.propagation()
         key = self._span_key
         outer = ctx.get(key) if key is not None else self._trace.get_current_span(ctx)
         adopted = False
@@ -254,12 +309,13 @@ class ContextHook:
                 _adopt(tl, found)
                 adopted = True
         propagation = self._propagation
-        if propagation is None or request is None:  # (a job: its parent came with the job)
+        carrier = getattr(request, "carrier", None)  # every header (None: a job, whose
+        if propagation is None or carrier is None:  # parent came with it, or W3C)
             value = _header(request, "baggage")
             if value is not None:
                 ctx = self._baggage.extract({"baggage": value}, context=ctx)
         else:
-            ctx = self._extract(tl, request, propagation, ctx, adopted)
+            ctx = self._extract(tl, carrier, propagation, ctx, adopted)
         span = self._StageSpan(tl.trace_id, tl.span_id, tl.trace_flags, tl.tracestate)
         if key is None:
             ctx = self._trace.set_span_in_context(span, ctx)
@@ -273,19 +329,17 @@ class ContextHook:
         return context.attach(ctx)
 
     def _extract(
-        self, tl: Any, request: Any, propagation: Propagation, ctx: Any, adopted: bool
+        self, tl: Any, carrier: dict[str, str], propagation: Propagation, ctx: Any, adopted: bool
     ) -> Any:
-        """Read the request with the application's propagator: its remote parent replaces
-        the one stagetrace's W3C parsing found (none at all when it finds none), and what
-        else it extracts (baggage) joins the request's context. Malformed headers are the
-        propagator's to ignore; if it fails, the request goes on with the W3C reading."""
-        carrier = {}
-        for name in propagation.fields:
-            value = _header(request, name)
-            if value is not None:
-                carrier[name] = value
+        """Read the request with the application's propagator (every header offered, names
+        matched without regard to case): its remote parent replaces the one stagetrace's W3C
+        parsing found (none at all when it finds none), and what else it extracts (baggage)
+        joins the request's context. Malformed headers are the propagator's to ignore; if it
+        fails, the request goes on with the W3C reading."""
         try:
-            extracted = propagation.textmap.extract(carrier, context=self._Context())
+            extracted = propagation.textmap.extract(
+                carrier, context=self._Context(), getter=_GETTER
+            )
         except Exception as exc:
             _recorder.internal_error("otel.extract", exc)
             return ctx
