@@ -113,3 +113,43 @@ def test_a_finished_timeline_references_nothing_of_the_application(captured):
         "things": ["an app object", 1],
         "more": "an app object",
     }
+
+
+def test_a_timeline_kept_by_the_memory_sink_does_not_keep_an_old_configuration_alive():
+    """A request's timeline in the memory sink, not read yet (its request attributes still
+    to be parsed), holds plain values only: once stagetrace is configured anew, the earlier
+    configuration — and through it its sinks — can be freed."""
+    import io
+    import weakref
+
+    from stagetrace import _runtime
+    from stagetrace.wsgi import StagetraceMiddleware
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    stagetrace.configure(sinks=["memory"])
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/x",
+        "QUERY_STRING": "q=1",
+        "SERVER_NAME": "h",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "h",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    body = StagetraceMiddleware(app)(environ, lambda *a: None)
+    list(body)
+    body.close()
+    del body
+    stagetrace.flush()
+    (tl,) = stagetrace.recent()
+    old = weakref.ref(_runtime.active())
+    stagetrace.reset()
+    stagetrace.configure(sinks=[])
+    gc.collect()
+    assert old() is None
+    attrs = tl.stages[0].attrs  # parsed now, from what the timeline kept
+    assert attrs["http.request.method"] == "GET" and attrs["url.query"] == "q=REDACTED"
