@@ -310,6 +310,29 @@ def _descends(tl, stage, ancestor) -> bool:
     return False
 
 
+def _exporting_worker(
+    broker: dict[str, str], tmp: Path, name: str, **extra_env: str
+) -> tuple[str, Iterator[Path]]:
+    """A worker of its own (on a queue of its own: the module's worker listens on the first)
+    exporting with the otel sink to a collector that is not there (a closed port: the export
+    fails quietly) besides the JSON lines file; its queue and the worker's generator."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = f"{broker['STAGETRACE_TEST_QUEUE']}-{name}"
+    worker = _start_worker(
+        {**broker, "STAGETRACE_TEST_QUEUE": queue},
+        tmp,
+        STAGETRACE_SINKS="jsonl,otel",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+        **extra_env,
+    )
+    return queue, worker
+
+
 def test_with_the_otel_sink_a_task_runs_in_its_stages_opentelemetry_context(
     broker, celery_app, tmp_path
 ):
@@ -317,22 +340,9 @@ def test_with_the_otel_sink_a_task_runs_in_its_stages_opentelemetry_context(
     fails quietly) makes the running task stage OpenTelemetry's current span, in the trace of
     the enqueue — so spans of OpenTelemetry's own instrumentations in a task nest under it, as
     they do in a web request. The task reports what it saw as attributes of its stage."""
-    import socket
-
     from tests import celeryapp
 
-    with socket.socket() as s:  # a closed port: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = tmp_path
-    queue = broker["STAGETRACE_TEST_QUEUE"] + "-otel"  # the other worker listens on the first
-    jobs_file = _start_worker(
-        {**broker, "STAGETRACE_TEST_QUEUE": queue},
-        tmp,
-        STAGETRACE_SINKS="jsonl,otel",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
-    )
+    queue, jobs_file = _exporting_worker(broker, tmp_path, "otel")
     out = next(jobs_file)
     try:
         stagetrace.configure(sinks=[])
@@ -356,21 +366,13 @@ def test_beside_opentelemetrys_celery_instrumentation_no_context_is_left_behind(
     left current in the worker thread. (stagetrace attaching its own too would detach out of
     order — Celery runs both signals' receivers in the same order — and leave one behind.)"""
     pytest.importorskip("opentelemetry.instrumentation.celery")
-    import socket
-
     from tests import celeryapp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    queue = broker["STAGETRACE_TEST_QUEUE"] + "-otelcelery"
     after = tmp_path / "after.jsonl"
-    jobs_file = _start_worker(
-        {**broker, "STAGETRACE_TEST_QUEUE": queue},
+    queue, jobs_file = _exporting_worker(
+        broker,
         tmp_path,
-        STAGETRACE_SINKS="jsonl,otel",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-        OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+        "otelcelery",
         STAGETRACE_TEST_OTEL_CELERY="1",
         STAGETRACE_TEST_AFTER_TASK=str(after),
     )

@@ -5,42 +5,16 @@ recorded request carry a ``traceparent`` naming their http.client stage (and the
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 import stagetrace
 from stagetrace import httpclients as _outbound
-from tests.otel.conftest import exporting
+from tests.otel.conftest import RECEIVED, exporting
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
-
-RECEIVED: list[dict[str, str]] = []
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        RECEIVED.append({k.lower(): v for k, v in self.headers.items()})
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
 
 
 @pytest.fixture(autouse=True)

@@ -36,9 +36,8 @@ from opentelemetry.trace.propagation.tracecontext import (  # noqa: E402
 import stagetrace  # noqa: E402
 from stagetrace import httpclients as _outbound  # noqa: E402
 from tests.djapp import views as djapp_views  # noqa: E402
-from tests.otel.conftest import exporting  # noqa: E402
+from tests.otel.conftest import RECEIVED, exporting  # noqa: E402
 from tests.otel.test_context import ctx_view  # noqa: E402
-from tests.otel.test_context_outbound import RECEIVED, server  # noqa: E402, F401
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -59,6 +58,15 @@ def textmap() -> Iterator[Any]:
     yield use
     propagate.set_global_textmap(before)
     stagetrace.reset()
+
+
+@pytest.fixture
+def outbound() -> Iterator[list[dict[str, str]]]:
+    """httpx/requests instrumented; the headers the loopback server received."""
+    _outbound.install()
+    RECEIVED.clear()
+    yield RECEIVED
+    _outbound.uninstall()
 
 
 @pytest.fixture
@@ -115,18 +123,13 @@ def test_malformed_b3_headers_are_ignored(client, textmap):
     assert stagetrace.stats()["internal_errors"] == 0
 
 
-def test_outgoing_calls_carry_b3_headers_naming_their_stage(client, textmap, server):  # noqa: F811
+def test_outgoing_calls_carry_b3_headers_naming_their_stage(client, textmap, server, outbound):
     """With B3, a view's httpx and requests calls carry X-B3 headers: the caller's trace id
     and the span id of their own http.client stage (and no W3C traceparent)."""
-    _outbound.install()
-    RECEIVED.clear()
-    try:
-        textmap(b3.B3MultiFormat())
-        with stagetrace.capture() as got:
-            response = client.get("/outbound/", {"url": f"{server}/x"}, headers=B3)
-        stagetrace.flush()
-    finally:
-        _outbound.uninstall()
+    textmap(b3.B3MultiFormat())
+    with stagetrace.capture() as got:
+        response = client.get("/outbound/", {"url": f"{server}/x"}, headers=B3)
+    stagetrace.flush()
     assert response.status_code == 200
     tl = got[0]
     stages = [s for s in tl.stages if s.kind == "http.client"]
@@ -180,39 +183,29 @@ def test_a_single_b3_header_and_the_debug_flag_are_read(client, textmap):
     assert tl.trace_id == TRACE and tl.trace_flags == 1
 
 
-def test_otel_propagators_none_reads_and_writes_nothing(client, textmap, server):  # noqa: F811
+def test_otel_propagators_none_reads_and_writes_nothing(client, textmap, server, outbound):
     """``OTEL_PROPAGATORS=none`` (a composite of no propagators): an incoming traceparent is
     no parent, and outgoing calls get no trace headers."""
     textmap(CompositePropagator([]))
     _, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-01")
     assert tl.trace_id != TRACE and tl.parent_span_id is None
-    _outbound.install()
-    RECEIVED.clear()
-    try:
-        with stagetrace.timeline("job"):
-            httpx.get(f"{server}/x")
-    finally:
-        _outbound.uninstall()
+    with stagetrace.timeline("job"):
+        httpx.get(f"{server}/x")
     assert RECEIVED and "traceparent" not in RECEIVED[0] and "x-b3-traceid" not in RECEIVED[0]
 
 
-def test_outgoing_b3_names_the_http_client_stage_in_any_timeline(textmap, server):  # noqa: F811
+def test_outgoing_b3_names_the_http_client_stage_in_any_timeline(textmap, server, outbound):
     """Outside a web request too (a `stagetrace.timeline` job), and while the application holds
     a span of its own current, the B3 headers name the call's http.client stage."""
     from opentelemetry.sdk.trace import TracerProvider
 
     tracer = TracerProvider().get_tracer("tests")
     textmap(b3.B3MultiFormat())
-    _outbound.install()
-    RECEIVED.clear()
-    try:
-        with stagetrace.capture() as got, stagetrace.timeline("job"):
-            httpx.get(f"{server}/plain")
-            with tracer.start_as_current_span("mine"):
-                httpx.get(f"{server}/inside-my-span")
-        stagetrace.flush()
-    finally:
-        _outbound.uninstall()
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        httpx.get(f"{server}/plain")
+        with tracer.start_as_current_span("mine"):
+            httpx.get(f"{server}/inside-my-span")
+    stagetrace.flush()
     tl = got[0]
     stages = [s for s in tl.stages if s.kind == "http.client"]
     assert len(stages) == 2 and len(RECEIVED) == 2
@@ -221,36 +214,28 @@ def test_outgoing_b3_names_the_http_client_stage_in_any_timeline(textmap, server
         assert headers["x-b3-spanid"] == tl.stage_span_id(stage.id)
 
 
-def test_baggage_the_application_set_does_not_stop_the_trace_headers(textmap, server):  # noqa: F811
+def test_baggage_the_application_set_does_not_stop_the_trace_headers(textmap, server, outbound):
     """With W3C and B3 together, a call whose ``baggage`` header the application set still
     gets this trace's traceparent and B3 headers, and keeps its own baggage."""
     textmap(CompositePropagator([TraceContextTextMapPropagator(), b3.B3MultiFormat()]))
-    _outbound.install()
-    RECEIVED.clear()
-    try:
-        with stagetrace.capture() as got, stagetrace.timeline("job"):
-            httpx.get(f"{server}/x", headers={"baggage": "k=v"})
-        stagetrace.flush()
-    finally:
-        _outbound.uninstall()
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        httpx.get(f"{server}/x", headers={"baggage": "k=v"})
+    stagetrace.flush()
     (headers,) = RECEIVED
     assert headers["baggage"] == "k=v"
     assert headers["traceparent"].startswith(f"00-{got[0].trace_id}-")
     assert headers["x-b3-traceid"] == got[0].trace_id
 
 
-def test_a_trace_header_the_application_set_is_kept_and_ours_are_not_added(textmap, server):  # noqa: F811
+def test_a_trace_header_the_application_set_is_kept_and_ours_are_not_added(
+    textmap, server, outbound
+):
     """The application propagates a call itself (its own B3 headers): nothing of ours is
     added or replaced."""
     textmap(b3.B3MultiFormat())
-    _outbound.install()
-    RECEIVED.clear()
     mine = {"X-B3-TraceId": "1" * 32, "X-B3-SpanId": "2" * 16}
-    try:
-        with stagetrace.timeline("job"):
-            httpx.get(f"{server}/x", headers=mine)
-    finally:
-        _outbound.uninstall()
+    with stagetrace.timeline("job"):
+        httpx.get(f"{server}/x", headers=mine)
     (headers,) = RECEIVED
     assert headers["x-b3-traceid"] == "1" * 32 and headers["x-b3-spanid"] == "2" * 16
     assert "x-b3-sampled" not in headers
