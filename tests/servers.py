@@ -71,3 +71,32 @@ def read_timelines(path: Path, count: int, timeout: float = 15.0) -> list[dict]:
         time.sleep(0.05)
     assert len(lines) >= count, f"expected {count} timelines in {path}, found {len(lines)}"
     return [json.loads(x) for x in lines]
+
+
+@contextlib.contextmanager
+def http_target(received: list[dict[str, str]] | None = None) -> Iterator[str]:
+    """A plain HTTP server on loopback for outbound calls: GET answers 200 ``ok`` (404 under
+    ``/missing``); with `received`, the lower-cased headers of every request are appended to
+    it. Yields its base URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if received is not None:
+                received.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(404 if self.path.startswith("/missing") else 200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
