@@ -290,7 +290,7 @@ def begin(
         tl = Live()
         tl.cap = cfg.max_stages
         tl.settings = cfg
-        tl.trace_id = trace_id or _bits(128) or 1
+        tl.trace_id = trace_id or new_trace_id()
         tl.span_id = _bits(64) or 1
         tl.parent_span_id = parent_span_id
         tl.trace_flags = trace_flags
@@ -309,6 +309,11 @@ def begin(
         return None
     _set(root)
     return root
+
+
+def new_trace_id() -> int:
+    """A random, valid (non-zero) 128-bit trace id."""
+    return _bits(128) or 1
 
 
 def end(root: Record | None, exc: BaseException | None = None) -> None:

@@ -42,10 +42,11 @@ class State:
         #: propagates OpenTelemetry context installs one).
         self.context_hooks: tuple[Any, ...] = ()
         #: How trace context crosses process boundaries when it is not plain W3C trace context:
-        #: an object with ``fields`` (the header names its propagator reads, lower case) and
-        #: ``inject(headers)`` (adds this context's headers to a dict), set by the OpenTelemetry
-        #: context hook when the application's propagator is another one (``OTEL_PROPAGATORS``
-        #: = b3, jaeger, ...). None: stagetrace's own W3C ``traceparent``/``tracestate``.
+        #: an object with ``inject(headers, span, tracestate)`` (adds the headers naming a
+        #: stage to an outgoing call's), set from the OpenTelemetry context hook when the
+        #: application's propagator is another one (``OTEL_PROPAGATORS`` = b3, jaeger, ...);
+        #: while set, the gateways offer the hook every request header. None: stagetrace's own
+        #: W3C ``traceparent``/``tracestate``.
         self.propagation: Any = None
         #: Findings already logged, by (route, kind, fingerprint).
         self.logged_findings: set[tuple[str, str, str]] = set()

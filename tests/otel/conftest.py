@@ -272,6 +272,14 @@ def exporting() -> dict[str, Any]:
 RECEIVED: list[dict[str, str]] = []
 
 
+def calls_and_headers(tl: Any, count: int) -> list[tuple[Any, dict[str, str]]]:
+    """The timeline's `count` http.client stages, each with the headers the server received
+    for it (in order)."""
+    stages = [s for s in tl.stages if s.kind == "http.client"]
+    assert len(stages) == count and len(RECEIVED) == count
+    return list(zip(stages, RECEIVED, strict=True))
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """A loopback HTTP server recording the headers of every GET in `RECEIVED`."""

@@ -11,7 +11,7 @@ import pytest
 
 import stagetrace
 from stagetrace import httpclients as _outbound
-from tests.otel.conftest import RECEIVED, exporting
+from tests.otel.conftest import RECEIVED, calls_and_headers, exporting
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
@@ -44,9 +44,7 @@ def test_each_call_carries_the_traceparent_of_its_stage(server):
         _calls(server)
     stagetrace.flush()
     tl = got[0]
-    stages = [s for s in tl.stages if s.kind == "http.client"]
-    assert len(stages) == 3 and len(RECEIVED) == 3
-    for stage, headers in zip(stages, RECEIVED, strict=True):
+    for stage, headers in calls_and_headers(tl, 3):
         assert headers["traceparent"] == f"00-{tl.trace_id}-{tl.stage_span_id(stage.id)}-01"
         assert "tracestate" not in headers
 
@@ -77,9 +75,7 @@ def test_a_django_request_passes_its_trace_and_tracestate_on(server):
     stagetrace.flush()
     assert response.status_code == 200
     tl = got[0]
-    stages = [s for s in tl.stages if s.kind == "http.client"]
-    assert len(stages) == 2 and len(RECEIVED) == 2
-    for stage, headers in zip(stages, RECEIVED, strict=True):
+    for stage, headers in calls_and_headers(tl, 2):
         assert headers["traceparent"] == f"00-{trace}-{tl.stage_span_id(stage.id)}-01"
         assert headers["tracestate"] == "v=1"
 

@@ -36,7 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import (  # noqa: E402
 import stagetrace  # noqa: E402
 from stagetrace import httpclients as _outbound  # noqa: E402
 from tests.djapp import views as djapp_views  # noqa: E402
-from tests.otel.conftest import RECEIVED, exporting  # noqa: E402
+from tests.otel.conftest import RECEIVED, calls_and_headers, exporting  # noqa: E402
 from tests.otel.test_context import ctx_view  # noqa: E402
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -132,9 +132,7 @@ def test_outgoing_calls_carry_b3_headers_naming_their_stage(client, textmap, ser
     stagetrace.flush()
     assert response.status_code == 200
     tl = got[0]
-    stages = [s for s in tl.stages if s.kind == "http.client"]
-    assert len(stages) == 2 and len(RECEIVED) == 2
-    for stage, headers in zip(stages, RECEIVED, strict=True):
+    for stage, headers in calls_and_headers(tl, 2):
         assert headers["x-b3-traceid"] == TRACE
         assert headers["x-b3-spanid"] == tl.stage_span_id(stage.id)
         assert "traceparent" not in headers
@@ -207,9 +205,7 @@ def test_outgoing_b3_names_the_http_client_stage_in_any_timeline(textmap, server
             httpx.get(f"{server}/inside-my-span")
     stagetrace.flush()
     tl = got[0]
-    stages = [s for s in tl.stages if s.kind == "http.client"]
-    assert len(stages) == 2 and len(RECEIVED) == 2
-    for stage, headers in zip(stages, RECEIVED, strict=True):
+    for stage, headers in calls_and_headers(tl, 2):
         assert headers["x-b3-traceid"] == tl.trace_id
         assert headers["x-b3-spanid"] == tl.stage_span_id(stage.id)
 

@@ -172,18 +172,12 @@ def _adopt(tl: Any, found: Any) -> None:
     tl.tracestate = found.trace_state.to_header() or None
 
 
-def _new_trace_id() -> int:
-    import random
-
-    return random.getrandbits(128) or 1
-
-
 class _Getter:
     """OpenTelemetry's ``Getter`` over a dict of lower-case header names: lookups ignore case
     (a propagator may ask for ``X-Amzn-Trace-Id``)."""
 
     def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key) if key in carrier else carrier.get(key.lower())
+        value = carrier.get(key.lower())
         return [value] if value is not None else None
 
     def keys(self, carrier: dict[str, str]) -> list[str]:
@@ -202,12 +196,10 @@ class Propagation:
     headers naming a stage (an ``http.client`` stage) into an outgoing call's headers. The
     gateways offer it every header of a request (`_http.gateway.Request.carrier`)."""
 
-    __slots__ = ("fields", "hook", "textmap")
+    __slots__ = ("textmap",)
 
-    def __init__(self, textmap: Any, fields: tuple[str, ...], hook: ContextHook) -> None:
+    def __init__(self, textmap: Any) -> None:
         self.textmap = textmap
-        self.fields = fields
-        self.hook = hook
 
     def inject(
         self,
@@ -219,7 +211,6 @@ class Propagation:
         `tracestate`) to `headers` — not the span OpenTelemetry holds current, which may be
         the application's own or none — keeping every header the application set: if it set
         trace headers of its own, none of ours are added. Returns what was added."""
-        hook = self.hook
         api = _api
         trace_id, span_id, flags = span
         sc = api["SpanContext"](
@@ -229,8 +220,8 @@ class Propagation:
             trace_flags=api["TraceFlags"](flags & 0xFF),
             trace_state=api["TraceState"].from_header([tracestate]) if tracestate else None,
         )
-        ctx = hook._trace.set_span_in_context(
-            api["NonRecordingSpan"](sc), hook._context.get_current()
+        ctx = api["trace"].set_span_in_context(
+            api["NonRecordingSpan"](sc), api["context"].get_current()
         )
         carrier: dict[str, str] = {}
         self.textmap.inject(carrier, context=ctx)
@@ -243,7 +234,7 @@ class Propagation:
         return added or None
 
     def __repr__(self) -> str:
-        return f"<stagetrace propagation via {type(self.textmap).__name__}: {self.fields}>"
+        return f"<stagetrace propagation via {type(self.textmap).__name__}>"
 
 
 def _header(request: Any, name: str) -> str | None:
@@ -283,8 +274,7 @@ class ContextHook:
         (`_state.State.propagation`, which the runtime sets from this)."""
         textmap = self._propagate.get_global_textmap()
         if textmap is not self._textmap:
-            fields = _fields(textmap)
-            self._propagation = None if fields == _W3C else Propagation(textmap, fields, self)
+            self._propagation = None if _fields(textmap) == _W3C else Propagation(textmap)
             self._textmap = textmap
         return self._propagation
 
@@ -349,7 +339,7 @@ class ContextHook:
                 _adopt(tl, found)
             elif tl.parent_span_id is not None:
                 # A W3C traceparent the application's propagator does not read: not a parent.
-                tl.trace_id = _new_trace_id()
+                tl.trace_id = _recorder.new_trace_id()
                 tl.parent_span_id = None
                 tl.trace_flags = 1
                 tl.tracestate = None
