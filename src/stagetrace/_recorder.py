@@ -290,7 +290,7 @@ def begin(
         tl = Live()
         tl.cap = cfg.max_stages
         tl.settings = cfg
-        tl.trace_id = trace_id or new_trace_id()
+        tl.trace_id = trace_id or _bits(128) or 1  # new_trace_id(), inlined: once per request
         tl.span_id = _bits(64) or 1
         tl.parent_span_id = parent_span_id
         tl.trace_flags = trace_flags
