@@ -44,7 +44,8 @@ import stagetrace.flask
 import stagetrace.starlette
 
 SRC = Path(stagetrace.__file__).parent
-#: The context variable's own get/set and the clock cannot fail; internal_error is the guard.
+#: The context variable's own get/set, the clock and the trace-id draw cannot fail;
+#: internal_error is the guard.
 #: Fallbacks that run only after another hook failed are not hooks of their own, nor is
 #: `dispose`, which only the pipeline calls, for a timeline dropped on a full queue.
 #: `current_kind` is called only by OpenTelemetry's DB-API wrappers through the context hook's
@@ -53,6 +54,7 @@ NOT_HOOKS = {
     "current",
     "restore",
     "now",
+    "new_trace_id",
     "internal_error",
     "connect",
     "abandon_job",
