@@ -8,6 +8,7 @@ per request.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from . import _options, _pipeline, _recorder
 from ._model import Timeline
 from ._options import ConfigurationError, Settings
 from ._state import STATE
+
+logger = logging.getLogger("stagetrace")
 
 __all__ = [
     "ConfigurationError",
@@ -83,11 +86,14 @@ def _apply() -> Settings:
             STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
         )
         new = _build(values)
+        offered = _context_hooks(new, everything=True)
         hooks = _context_hooks(new)
         old = STATE.pipeline
         STATE.settings = new
         STATE.context_hooks = hooks
         STATE.propagation = _propagation(hooks)
+        if len(hooks) < len(offered):
+            _warn_if_propagator_ignored(offered)
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )
@@ -108,12 +114,46 @@ def _propagation(hooks: tuple[Any, ...]) -> Any:
     return None
 
 
-def _context_hooks(new: Settings) -> tuple[Any, ...]:
+def _warn_if_propagator_ignored(offered: tuple[Any, ...]) -> None:
+    """``otel_context`` is off beside the otel sink: if the application's OpenTelemetry
+    propagator is not W3C's (``OTEL_PROPAGATORS=b3``, say), say once that stagetrace reads and
+    writes W3C headers only, so its timelines will not join that mesh's traces."""
+    try:
+        found = _propagation(offered)
+    except Exception:
+        return
+    if found is None:
+        return
+    textmap = getattr(found, "textmap", found)
+    try:
+        fields = ", ".join(sorted(str(f) for f in textmap.fields))
+    except Exception:
+        fields = "?"
+    name = f"{type(textmap).__name__}, headers {fields}"
+    if name in _warned_propagators:
+        return
+    _warned_propagators.add(name)
+    logger.warning(
+        "stagetrace: otel_context is off, so the application's OpenTelemetry propagator "
+        "(%s) is not used: incoming requests are joined to their trace only by a W3C "
+        "traceparent, and outbound calls carry W3C headers only. Leave otel_context on to "
+        "use it.",
+        name,
+    )
+
+
+_warned_propagators: set[str] = set()
+
+
+def _context_hooks(new: Settings, everything: bool = False) -> tuple[Any, ...]:
     """The context hooks of the sinks that have one (the otel sink brings OpenTelemetry's);
-    OpenTelemetry's is left out when the ``otel_context`` option turns it off."""
+    OpenTelemetry's is left out when the ``otel_context`` option turns it off (unless
+    `everything`)."""
     hooks = tuple(
         hook for hook in (getattr(s, "context_hook", None) for s in new.sinks) if hook is not None
     )
+    if everything:
+        return hooks
     if not new.otel_context or not new.enabled:
         hooks = tuple(h for h in hooks if type(h).__module__ != "stagetrace.otel._context")
     return hooks

@@ -41,6 +41,7 @@ from opentelemetry.trace import SpanKind  # noqa: E402
 import stagetrace  # noqa: E402
 from tests.conftest import need_service  # noqa: E402
 from tests.otel.conftest import exporting  # noqa: E402
+from tests.sql.conftest import sql_integrations_start_unpatched  # noqa: E402, F401
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -201,11 +202,18 @@ def test_without_the_hook_the_same_queries_are_recorded_twice(otel_django, drive
     assert {"SELECT 1", "SELECT %s"} <= set(statements), statements
 
 
-def test_suppression_is_only_inside_db_query_stages(otel_django, psycopg_instrumented):
+def test_suppression_is_only_inside_db_query_stages(otel_django, psycopg_instrumented, monkeypatch):
     """A query run by the application outside any db.query stage (a raw psycopg connection
-    opened in the view) still gets its OpenTelemetry span, in the trace, parented on the span
-    OpenTelemetry's Django middleware made current for the view."""
+    opened in the view, with stagetrace.dbapi not recording drivers) still gets its
+    OpenTelemetry span, in the trace, parented on the span OpenTelemetry's Django middleware
+    made current for the view."""
     import psycopg
+
+    from stagetrace.dbapi import _query
+
+    # Another test module may have left the ASGI adapter (which installs stagetrace.dbapi)
+    # instrumented: its wrappers record nothing while their patcher is not applied.
+    monkeypatch.setattr(_query.patcher, "applied", False)
 
     def raw_view(request: Any) -> JsonResponse:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
@@ -226,6 +234,207 @@ def test_suppression_is_only_inside_db_query_stages(otel_django, psycopg_instrum
     # Parented on OpenTelemetry's own request span, which its middleware made current.
     (request_span,) = [s for s in spans if s.name.startswith("GET")]
     assert all(s.parent.span_id == request_span.context.span_id for s in client)
+
+
+@pytest.fixture
+def stagetrace_dbapi(request: pytest.FixtureRequest) -> Iterator[None]:
+    """stagetrace's own DB-API driver recording (`stagetrace.dbapi`), as the ASGI adapters
+    install it — installed by this fixture, so the order against OpenTelemetry's fixtures is
+    the test's (another module's adapter may have left it installed)."""
+    import stagetrace.dbapi
+
+    request.getfixturevalue("sql_integrations_start_unpatched")
+
+    stagetrace.dbapi.instrument()
+    try:
+        yield
+    finally:
+        stagetrace.dbapi.uninstrument()
+
+
+def _raw_psycopg_view(request: Any) -> JsonResponse:
+    import psycopg
+
+    # Through a cursor: the generic DB-API wrapper proxies ``cursor()``, not
+    # ``Connection.execute``.
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT 42")
+        cur.execute("SELECT %s::int", [7])
+        row = cur.fetchone()
+    return JsonResponse({"row": list(row)})
+
+
+def _raw_sqlite_view(request: Any) -> JsonResponse:
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE t (x INTEGER)")
+        cur.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+        row = cur.execute("SELECT count(*) FROM t").fetchone()
+    finally:
+        conn.close()
+    return JsonResponse({"row": list(row)})
+
+
+def _django_get_view(view: Any) -> tuple[stagetrace.Timeline, tuple[ReadableSpan, ...]]:
+    global urlpatterns
+    saved = urlpatterns
+    urlpatterns = [path("raw/", view)]
+    try:
+        return _django_get("/raw/")
+    finally:
+        urlpatterns = saved
+
+
+@pytest.mark.parametrize("driver", ["psycopg_instrumented", "dbapi_instrumented"])
+def test_raw_driver_queries_recorded_by_stagetrace_dbapi_get_no_second_span(
+    otel_django, stagetrace_dbapi, driver, request
+):
+    """A raw psycopg connection (no ORM) recorded by stagetrace.dbapi beside OpenTelemetry's
+    psycopg (or generic DB-API) instrumentation, whose cursor wrapper runs outside the driver
+    methods stagetrace patches: each query is one db.query stage and no OpenTelemetry span,
+    with its rows counted."""
+    request.getfixturevalue(driver)
+    stagetrace.configure(**exporting(), otel_context=True)
+    tl, spans = _django_get_view(_raw_psycopg_view)
+    _coherent(tl, spans)
+    queries = [s for s in tl.stages if s.kind == "db.query"]
+    texts = [s.attrs.get("db.query.text") for s in queries]
+    assert texts == ["SELECT 42", "SELECT %s::int"], texts
+    assert queries[1].attrs.get("db.response.returned_rows") == 1
+    assert queries[1].attrs.get("db.namespace") == "test"
+    client = [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert not any("42" in text or "::int" in text for text in client), client
+
+
+def test_raw_sqlite_queries_recorded_by_stagetrace_dbapi_get_no_second_span(
+    otel_django, stagetrace_dbapi
+):
+    """The same for sqlite3 under OpenTelemetry's DB-API ``wrap_connect`` (the proxy its
+    sqlite3 instrumentation uses): execute and executemany are one db.query stage each."""
+    import sqlite3
+
+    from opentelemetry.instrumentation import dbapi
+
+    dbapi.wrap_connect("tests", sqlite3, "connect", "sqlite", {}, tracer_provider=PROVIDER)
+    try:
+        stagetrace.configure(**exporting(), otel_context=True)
+        tl, spans = _django_get_view(_raw_sqlite_view)
+    finally:
+        dbapi.unwrap_connect(sqlite3, "connect")
+    texts = [s.attrs.get("db.query.text") for s in tl.stages if s.kind == "db.query"]
+    assert texts == [
+        "CREATE TABLE t (x INTEGER)",
+        "INSERT INTO t VALUES (?)",
+        "SELECT count(*) FROM t",
+    ], texts
+    assert [s.name for s in spans if s.kind == SpanKind.CLIENT] == []
+
+
+def test_without_stagetrace_in_the_way_opentelemetry_records_raw_queries_as_usual(
+    otel_django, psycopg_instrumented, stagetrace_dbapi
+):
+    """Outside any timeline (a query at start-up, say), OpenTelemetry's wrapper makes its span
+    as it always does: stagetrace only takes the queries it records."""
+    import psycopg
+
+    EXPORTER.clear()
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+        conn.cursor().execute("SELECT 42")
+    assert "SELECT 42" in [_statement(s) for s in EXPORTER.get_finished_spans()]
+
+
+def test_async_raw_psycopg_in_fastapi_gets_no_second_span(psycopg_instrumented):
+    """FastAPI (whose adapter installs stagetrace.dbapi) with an async psycopg connection and
+    OpenTelemetry's psycopg instrumentation: the async wrapper (``traced_execution_async``)
+    too leaves each query to its db.query stage."""
+    import psycopg
+    from fastapi import FastAPI
+
+    import stagetrace.starlette
+
+    stagetrace.starlette.instrument()
+    app = FastAPI()
+
+    @app.get("/rows")
+    async def rows() -> dict[str, Any]:
+        conn = await psycopg.AsyncConnection.connect("host=127.0.0.1 user=postgres dbname=test")
+        async with conn:
+            cur = conn.cursor()
+            await cur.execute("SELECT %s::int", [5])
+            (value,) = await cur.fetchone()  # type: ignore[misc]
+        # OpenTelemetry's cursor wrapper ran (not vacuous: its span was possible).
+        return {"value": value, "cursor": type(cur).__name__}
+
+    stagetrace.configure(**exporting(), otel_context=True)
+    try:
+        tl, spans, response = _asgi_get(app, "/rows")
+    finally:
+        stagetrace.starlette.uninstrument()
+    assert response.json() == {"value": 5, "cursor": "TracedCursorAsyncFactory"}
+    texts = [s.attrs.get("db.query.text") for s in tl.stages if s.kind == "db.query"]
+    assert texts == ["SELECT %s::int"], texts
+    client = [_statement(s) for s in spans if s.kind == SpanKind.CLIENT]
+    assert not any("::int" in text for text in client), client
+
+
+def test_an_async_cursor_behind_the_generic_sync_proxy_is_recorded_once(otel_django, pg):
+    """OpenTelemetry's generic ``instrument_connection`` around an async psycopg connection
+    calls the *sync* ``traced_execution``, which only creates the coroutine: the query is
+    recorded once, when it runs, with its real duration (not also as an empty stage around
+    the coroutine's creation, which made a false duplicate-query finding)."""
+    import psycopg
+    from opentelemetry.instrumentation import dbapi
+
+    import stagetrace.dbapi
+
+    async def run() -> None:
+        raw = await psycopg.AsyncConnection.connect("host=127.0.0.1 user=postgres dbname=test")
+        conn = dbapi.instrument_connection("tests", raw, "postgresql", tracer_provider=PROVIDER)
+        try:
+            await conn.cursor().execute("SELECT pg_sleep(0.02)")
+        finally:
+            await raw.close()
+
+    stagetrace.dbapi.instrument()
+    try:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            asyncio.run(run())
+    finally:
+        stagetrace.dbapi.uninstrument()
+    queries = [s for s in got[0].stages if s.kind == "db.query"]
+    assert [q.attrs["db.query.text"] for q in queries] == ["SELECT pg_sleep(0.02)"]
+    assert queries[0].duration_ns >= 20_000_000
+    assert got[0].findings == ()
+
+
+@pytest.mark.parametrize("cls", ["Connection", "AsyncConnection"])
+def test_stagetrace_dbapi_installed_after_opentelemetry_keeps_its_connect_wrapper(
+    psycopg_instrumented, stagetrace_dbapi, cls
+):
+    """stagetrace.dbapi wrapping ``connect`` after OpenTelemetry's psycopg instrumentation
+    wrapped it (with wrapt) goes around OpenTelemetry's wrapper, not around the function
+    beneath it: connections still get OpenTelemetry's traced cursors, and a query outside any
+    timeline its span."""
+    import psycopg
+
+    EXPORTER.clear()
+    factory = getattr(psycopg, cls)
+    conninfo = "host=127.0.0.1 user=postgres dbname=test"
+    if cls == "Connection":
+        with factory.connect(conninfo) as conn:
+            conn.cursor().execute("SELECT 44")
+    else:
+
+        async def run() -> None:
+            async with await factory.connect(conninfo) as conn:
+                await conn.cursor().execute("SELECT 44")
+
+        asyncio.run(run())
+    assert "SELECT 44" in [_statement(s) for s in EXPORTER.get_finished_spans()]
 
 
 # --- FastAPI -----------------------------------------------------------------------------

@@ -235,3 +235,23 @@ def test_a_trace_header_the_application_set_is_kept_and_ours_are_not_added(
     (headers,) = RECEIVED
     assert headers["x-b3-traceid"] == "1" * 32 and headers["x-b3-spanid"] == "2" * 16
     assert "x-b3-sampled" not in headers
+
+
+def test_turning_the_context_off_beside_a_b3_propagator_is_warned_about_once(textmap, caplog):
+    """otel_context=False with the otel sink and a B3 propagator: stagetrace will read and write
+    W3C headers only, so configure() says so (naming the propagator and its headers) — once,
+    not at every configure() — and says nothing with W3C's default propagator."""
+    from stagetrace import _runtime
+
+    _runtime._warned_propagators.clear()
+    with caplog.at_level("WARNING", logger="stagetrace"):
+        stagetrace.configure(**exporting(), otel_context=False)
+        assert not [r for r in caplog.records if "propagator" in r.getMessage()]
+        propagate.set_global_textmap(b3.B3MultiFormat())
+        stagetrace.configure(**exporting(), otel_context=False)
+        stagetrace.configure(**exporting(), otel_context=False)
+        stagetrace.configure(**exporting())  # the context on: nothing to say
+    warned = [r.getMessage() for r in caplog.records if "propagator" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "B3MultiFormat" in warned[0] and "x-b3-traceid" in warned[0]
+    assert "otel_context is off" in warned[0]

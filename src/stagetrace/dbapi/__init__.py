@@ -9,9 +9,10 @@ application uses directly — sqlite3, psycopg 3 (sync and async) and asyncpg.
 Each driver is patched when it is imported (now, if it already is). Statements that Django's
 execute wrapper or SQLAlchemy already record are not recorded a second time: inside a
 ``db.query`` stage the drivers add nothing, and a connection opened inside another
-``db.connect`` stage is that stage. The web adapters may `install` it for their requests;
-`uninstrument()` undoes `instrument()`. What each driver covers, and what it does not, is in
-its module (`_sqlite`, `_psycopg`, `_asyncpg`).
+``db.connect`` stage is that stage. Beside OpenTelemetry's DB-API instrumentation a query is
+stagetrace's stage and not a second span (`_otel`). The web adapters may `install` it for their
+requests; `uninstrument()` undoes `instrument()`. What each driver covers, and what it does
+not, is in its module (`_sqlite`, `_psycopg`, `_asyncpg`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _patch_asyncpg(module: object) -> None:
     _asyncpg.patch(module)
 
 
+def _patch_opentelemetry_dbapi(module: object) -> None:
+    from . import _otel
+
+    _otel.patch(module)
+
+
 def install() -> None:
     """Patch the drivers — now if imported, else when they are (reference-counted: each
     adapter that asks calls `uninstall` once)."""
@@ -61,6 +68,8 @@ def install() -> None:
             patcher.when_imported("sqlite3", _patch_sqlite3)
             patcher.when_imported("psycopg", _patch_psycopg)
             patcher.when_imported("asyncpg", _patch_asyncpg)
+            # OpenTelemetry's DB-API cursor wrapper runs outside the drivers' methods (`_otel`).
+            patcher.when_imported("opentelemetry.instrumentation.dbapi", _patch_opentelemetry_dbapi)
         except BaseException:
             _users -= 1
             raise

@@ -10,6 +10,7 @@ template string is recorded by its type only (its rendering may hold literal val
 from __future__ import annotations
 
 import functools
+import types
 import weakref
 from typing import Any
 
@@ -79,7 +80,7 @@ def _sync(many: bool) -> Any:
                 or _query.recorded_elsewhere()
             ):
                 return orig(self, query, *args, **kwargs)
-            rec, attrs = _begin(self, query, args[0] if args else kwargs.get("params"), many)
+            rec, attrs = _begin(self, query, args[0] if args else _query.params_kwarg(kwargs), many)
             try:
                 result = orig(self, query, *args, **kwargs)
             except BaseException as exc:
@@ -102,7 +103,7 @@ def _async(many: bool) -> Any:
                 or _query.recorded_elsewhere()
             ):
                 return await orig(self, query, *args, **kwargs)
-            rec, attrs = _begin(self, query, args[0] if args else kwargs.get("params"), many)
+            rec, attrs = _begin(self, query, args[0] if args else _query.params_kwarg(kwargs), many)
             try:
                 result = await orig(self, query, *args, **kwargs)
             except BaseException as exc:
@@ -167,9 +168,21 @@ def _connect_async(orig: Any) -> Any:
 
 
 def _wrap_classmethod(owner: type, attr: str, make: Any) -> None:
-    func = vars(owner)[attr].__func__
-    while getattr(func, "__stagetrace_patch__", False):
-        func = func.__wrapped__
+    found = vars(owner)[attr]
+    func: Any
+    if type(found) is classmethod or type(found) is types.MethodType:
+        # A classmethod, or the bound method OpenTelemetry's uninstrument() leaves in its place.
+        func = found.__func__
+        while getattr(func, "__stagetrace_patch__", False):
+            func = func.__wrapped__
+    else:
+        # Someone else's wrapper around the classmethod (OpenTelemetry's psycopg
+        # instrumentation wraps ``connect`` with wrapt, whose proxy hands out the *original*
+        # ``__func__``): call through it, so it keeps working beneath ours.
+        def call_through(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            return found.__get__(None, cls)(*args, **kwargs)
+
+        func = functools.update_wrapper(call_through, found.__func__)
     new = make(func)
     functools.update_wrapper(new, func)
     new.__stagetrace_patch__ = True
@@ -191,8 +204,22 @@ def patch(module: Any) -> None:
             patcher.wrap(cls, "execute", make(False))
         if many_too and "executemany" in vars(cls):
             patcher.wrap(cls, "executemany", make(True))
-    original = psycopg.Connection.connect
+    original = _beneath(psycopg.Connection.connect)
     _wrap_classmethod(psycopg.Connection, "connect", _connect_sync)
     _wrap_classmethod(psycopg.AsyncConnection, "connect", _connect_async)
-    if getattr(module, "connect", None) == original:
+    # ``psycopg.connect`` is ``Connection.connect``: make it ours too — unless someone else
+    # wrapped it (OpenTelemetry's generic ``wrap_connect``, a proxy object): replacing their
+    # wrapper would turn their tracing off, so connections opened there get no db.connect
+    # stage (their queries are still recorded).
+    connect = getattr(module, "connect", None)
+    if type(connect) is types.MethodType and _beneath(connect) is original:
         patcher.replace(module, "connect", psycopg.Connection.connect)
+
+
+def _beneath(connect: Any) -> Any:
+    """The function beneath a ``connect``: through bound methods, wrapt proxies and wrappers of
+    ours (``psycopg.connect`` is ``Connection.connect``, however many hands wrapped either)."""
+    func = getattr(connect, "__func__", connect)
+    while getattr(func, "__stagetrace_patch__", False):
+        func = func.__wrapped__
+    return func

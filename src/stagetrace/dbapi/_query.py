@@ -54,6 +54,15 @@ def params_key(params: Any) -> Any:
     return None
 
 
+def params_kwarg(kwargs: dict[str, Any]) -> Any:
+    """The parameters of an ``execute``/``executemany`` call passed by keyword (``params``,
+    psycopg's ``params_seq``, sqlite3's ``parameters``)."""
+    for name in ("params", "params_seq", "parameters", "seq_of_parameters"):
+        if name in kwargs:
+            return kwargs[name]
+    return None
+
+
 def recorded_elsewhere() -> bool:
     """Whether the database work starting now is recorded already: the current stage is a
     ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect`` other
