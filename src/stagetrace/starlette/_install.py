@@ -408,6 +408,8 @@ def _route_selected(orig: Any) -> Any:
 
 def _wrap_handling(orig: Any) -> Any:
     def wrap_app_handling_exceptions(app: Any, conn: Any) -> Any:
+        if _recorder.current() is None:
+            return orig(app, conn)
         return orig(_record_raised(app), conn)
 
     return wrap_app_handling_exceptions
