@@ -27,6 +27,11 @@ from ._guard import report
 Naming = Any  # a constant, or a function of the call's arguments returning it
 
 
+#: The base class of every wrapt proxy and function wrapper (wrapt 2's ``ObjectProxy`` is a
+#: subclass of ``BaseObjectProxy``, and its function wrappers derive from the base only).
+PROXY: Any = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
+
 class Patcher:
     """Applies and undoes a set of attribute replacements."""
 
@@ -73,6 +78,14 @@ class Patcher:
         self.applied = True
         return original
 
+    def replace_wrapped(self, proxy: Any, new: Any) -> None:
+        """Make another tool's wrapt wrapper wrap `new` instead of what it wraps now (to go
+        beneath it rather than around or instead of it); undone like `replace`."""
+        original = proxy.__wrapped__
+        proxy.__wrapped__ = new
+        self._undo.append((proxy, "__wrapped__", original, True, new))
+        self.applied = True
+
     def wrap(
         self, owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
     ) -> None:
@@ -111,6 +124,10 @@ class Patcher:
         self.generation += 1
         while self._undo:
             owner, attr, original, had_own, new = self._undo.pop()
+            if isinstance(owner, PROXY):  # `replace_wrapped`
+                if owner.__wrapped__ is new:
+                    owner.__wrapped__ = original
+                continue
             if vars(owner).get(attr) is not new:
                 continue
             if had_own:

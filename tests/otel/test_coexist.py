@@ -411,30 +411,83 @@ def test_an_async_cursor_behind_the_generic_sync_proxy_is_recorded_once(otel_dja
     assert got[0].findings == ()
 
 
-@pytest.mark.parametrize("cls", ["Connection", "AsyncConnection"])
+@pytest.mark.parametrize("driver", ["psycopg_instrumented", "dbapi_instrumented"])
+@pytest.mark.parametrize("entry", ["psycopg.connect", "Connection", "AsyncConnection"])
 def test_stagetrace_dbapi_installed_after_opentelemetry_keeps_its_connect_wrapper(
-    psycopg_instrumented, stagetrace_dbapi, cls
+    driver, request, entry
 ):
-    """stagetrace.dbapi wrapping ``connect`` after OpenTelemetry's psycopg instrumentation
-    wrapped it (with wrapt) goes around OpenTelemetry's wrapper, not around the function
-    beneath it: connections still get OpenTelemetry's traced cursors, and a query outside any
-    timeline its span."""
+    """stagetrace.dbapi installed after OpenTelemetry's psycopg (or generic DB-API)
+    instrumentation wrapped ``connect`` (with wrapt): OpenTelemetry's wrapper keeps working
+    (a query outside any timeline gets its span) and, inside a timeline, opening the
+    connection is still a ``db.connect`` stage — whichever way the application connects."""
     import psycopg
 
-    EXPORTER.clear()
-    factory = getattr(psycopg, cls)
+    import stagetrace.dbapi
+
+    request.getfixturevalue(driver)
+    request.getfixturevalue("sql_integrations_start_unpatched")
+    stagetrace.dbapi.instrument()
     conninfo = "host=127.0.0.1 user=postgres dbname=test"
-    if cls == "Connection":
-        with factory.connect(conninfo) as conn:
-            conn.cursor().execute("SELECT 44")
+
+    def query(text: str) -> None:
+        if entry == "psycopg.connect":
+            with psycopg.connect(conninfo) as conn:
+                conn.cursor().execute(text)
+        elif entry == "Connection":
+            with psycopg.Connection.connect(conninfo) as conn:
+                conn.cursor().execute(text)
+        else:
+
+            async def run() -> None:
+                async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+                    await conn.cursor().execute(text)
+
+            asyncio.run(run())
+
+    try:
+        EXPORTER.clear()
+        query("SELECT 44")
+        traced = entry == "psycopg.connect" or driver == "psycopg_instrumented"
+        if traced:  # the generic wrap_connect wraps psycopg.connect only
+            assert "SELECT 44" in [_statement(s) for s in EXPORTER.get_finished_spans()]
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            query("SELECT 45")
+    finally:
+        stagetrace.dbapi.uninstrument()
+    kinds = [s.kind for s in got[0].stages]
+    assert kinds.count("db.connect") == 1, kinds
+    assert kinds.count("db.query") == 1, kinds
+
+
+@pytest.mark.parametrize("first_off", ["opentelemetry", "stagetrace"])
+def test_either_uninstrument_order_leaves_psycopg_connect_working(pg, request, first_off):
+    """OpenTelemetry's psycopg instrumentation, then stagetrace.dbapi beneath its wrapper of
+    ``psycopg.connect``; both undone in either order: ``psycopg.connect`` still connects, and
+    neither records anything any more."""
+    import psycopg
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    import stagetrace.dbapi
+
+    request.getfixturevalue("sql_integrations_start_unpatched")
+    PsycopgInstrumentor().instrument(tracer_provider=PROVIDER)
+    stagetrace.dbapi.instrument()
+    if first_off == "opentelemetry":
+        PsycopgInstrumentor().uninstrument()
+        stagetrace.dbapi.uninstrument()
     else:
-
-        async def run() -> None:
-            async with await factory.connect(conninfo) as conn:
-                await conn.cursor().execute("SELECT 44")
-
-        asyncio.run(run())
-    assert "SELECT 44" in [_statement(s) for s in EXPORTER.get_finished_spans()]
+        stagetrace.dbapi.uninstrument()
+        PsycopgInstrumentor().uninstrument()
+    EXPORTER.clear()
+    conninfo = "host=127.0.0.1 user=postgres dbname=test"
+    with (
+        stagetrace.capture() as got,
+        stagetrace.timeline("job"),
+        psycopg.connect(conninfo) as conn,
+    ):
+        assert conn.cursor().execute("SELECT 46").fetchone() == (46,)
+    assert [s.kind for s in got[0].stages] == ["task"]
+    assert EXPORTER.get_finished_spans() == ()
 
 
 # --- FastAPI -----------------------------------------------------------------------------
@@ -503,13 +556,68 @@ def test_opentelemetry_asgi_middleware_outside_stagetrace_is_the_timelines_paren
     from stagetrace.asgi import StagetraceMiddleware
 
     app = OpenTelemetryMiddleware(StagetraceMiddleware(_fastapi_app()), tracer_provider=PROVIDER)
-    stagetrace.configure(**exporting(), otel_context=True)
+    ours = _ours()
+    stagetrace.configure(sinks=["otel"], tracer_provider=ours, otel_context=True)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
     assert f"{server.parent.span_id:016x}" == "b7ad6b7169203331"
     assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert tl.parent_span_id == f"{server.context.span_id:016x}"
+    _root_is_an_internal_child_of(ours, tl, server)
+
+
+def _ours() -> Any:
+    """A provider of stagetrace's own spans, kept apart from OpenTelemetry's (PROVIDER)."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    return provider
+
+
+def _root_is_an_internal_child_of(provider: Any, tl: stagetrace.Timeline, entry: Any) -> None:
+    """stagetrace's exported root span: INTERNAL, a local (not remote) child of `entry`, the
+    one SERVER span of the request."""
+    stagetrace.flush()
+    exporter = provider._active_span_processor._span_processors[0].span_exporter
+    (root,) = [s for s in exporter.get_finished_spans() if s.context.span_id == int(tl.span_id, 16)]
+    assert root.kind == SpanKind.INTERNAL, root.kind
+    assert root.parent.span_id == entry.context.span_id
+    assert root.parent.is_remote is False
+    assert not tl.parent_is_remote
+    servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert servers == [], [s.name for s in servers]
+
+
+def test_fastapi_native_telemetry_is_the_entry_and_the_timeline_its_internal_child():
+    """FastAPI's own OpenTelemetry telemetry (newer FastAPI releases; on by default with a
+    provider) opens the request's SERVER span in ``FastAPI.__call__``, outside stagetrace's
+    gateway: stagetrace's root is its INTERNAL child — one server span per request, not two —
+    and an incoming traceparent stays the trace's parent."""
+    from fastapi import FastAPI
+
+    import stagetrace.starlette
+
+    try:
+        app = FastAPI(telemetry={"tracer_provider": PROVIDER, "metrics": False})
+    except TypeError:
+        pytest.skip("this FastAPI has no native telemetry")
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    stagetrace.starlette.instrument()
+    ours = _ours()
+    stagetrace.configure(sinks=["otel"], tracer_provider=ours, otel_context=True)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
+    finally:
+        stagetrace.starlette.uninstrument()
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert f"{server.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    _root_is_an_internal_child_of(ours, tl, server)
 
 
 def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(

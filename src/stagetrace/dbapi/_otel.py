@@ -67,17 +67,6 @@ def _begin(
         return None, None
 
 
-def _done(cursor: Any, rec: Any, attrs: Any) -> None:
-    if attrs is not None:
-        try:
-            rows = _query.rows_of(cursor)
-            if rows is not None:
-                attrs["db.response.returned_rows"] = rows
-        except Exception as exc:
-            _recorder.internal_error(_SITE, exc)
-    leave(_SITE, rec)
-
-
 def _sync(orig: Any) -> Any:
     def traced_execution(self: Any, cursor: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied:
@@ -90,7 +79,7 @@ def _sync(orig: Any) -> Any:
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        _done(cursor, rec, attrs)
+        _query.leave_query(_SITE, cursor, rec, attrs)
         return result
 
     return traced_execution
@@ -110,7 +99,7 @@ def _async(orig: Any) -> Any:
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        _done(cursor, rec, attrs)
+        _query.leave_query(_SITE, cursor, rec, attrs)
         return result
 
     return traced_execution_async

@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from .. import _recorder
-from .._patching import leave
+from .._patching import PROXY, leave
 from . import _query
 
 _SITE = "dbapi.psycopg"
@@ -60,17 +60,6 @@ def _begin(cursor: Any, query: Any, params: Any, many: bool) -> Any:
         return None, None
 
 
-def _done(cursor: Any, rec: Any, attrs: Any) -> None:
-    if attrs is not None:
-        try:
-            rows = _query.rows_of(cursor)
-            if rows is not None:
-                attrs["db.response.returned_rows"] = rows
-        except Exception as exc:
-            _recorder.internal_error(_SITE, exc)
-    leave(_SITE, rec)
-
-
 def _sync(many: bool) -> Any:
     def make(orig: Any) -> Any:
         def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
@@ -86,7 +75,7 @@ def _sync(many: bool) -> Any:
             except BaseException as exc:
                 leave(_SITE, rec, exc)
                 raise
-            _done(self, rec, attrs)
+            _query.leave_query(_SITE, self, rec, attrs)
             return result
 
         return execute
@@ -109,7 +98,7 @@ def _async(many: bool) -> Any:
             except BaseException as exc:
                 leave(_SITE, rec, exc)
                 raise
-            _done(self, rec, attrs)
+            _query.leave_query(_SITE, self, rec, attrs)
             return result
 
         return execute
@@ -207,13 +196,18 @@ def patch(module: Any) -> None:
     original = _beneath(psycopg.Connection.connect)
     _wrap_classmethod(psycopg.Connection, "connect", _connect_sync)
     _wrap_classmethod(psycopg.AsyncConnection, "connect", _connect_async)
-    # ``psycopg.connect`` is ``Connection.connect``: make it ours too — unless someone else
-    # wrapped it (OpenTelemetry's generic ``wrap_connect``, a proxy object): replacing their
-    # wrapper would turn their tracing off, so connections opened there get no db.connect
-    # stage (their queries are still recorded).
+    # ``psycopg.connect`` is ``Connection.connect``: make it ours too. If someone else wrapped
+    # it (OpenTelemetry's psycopg instrumentation wraps it with wrapt, around the original
+    # ``Connection.connect``), replacing their wrapper would turn their tracing off: ours goes
+    # beneath theirs instead, around the original.
     connect = getattr(module, "connect", None)
     if type(connect) is types.MethodType and _beneath(connect) is original:
         patcher.replace(module, "connect", psycopg.Connection.connect)
+    elif isinstance(connect, PROXY) and _beneath(connect.__wrapped__) is original:
+        func = _connect_sync(original)
+        functools.update_wrapper(func, original)
+        func.__stagetrace_patch__ = True
+        patcher.replace_wrapped(connect, types.MethodType(func, psycopg.Connection))
 
 
 def _beneath(connect: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder, _sql
-from .._patching import Patcher
+from .._patching import Patcher, leave
 
 #: The DB-API drivers' patches (`stagetrace.dbapi`); wrappers left behind after `undo()` check
 #: ``patcher.applied`` and record nothing.
@@ -139,3 +139,16 @@ def rows_of(cursor: Any) -> int | None:
     except Exception:
         return None
     return count if type(count) is int and count >= 0 else None
+
+
+def leave_query(site: str, cursor: Any, rec: _recorder.Record | None, attrs: Any) -> None:
+    """Close a ``db.query`` stage opened by `enter_query` after the driver call returned, with
+    the cursor's row count (``db.response.returned_rows``) when the driver knows it."""
+    if attrs is not None:
+        try:
+            rows = rows_of(cursor)
+            if rows is not None:
+                attrs["db.response.returned_rows"] = rows
+        except Exception as exc:
+            _recorder.internal_error(site, exc)
+    leave(site, rec)
