@@ -263,6 +263,7 @@ class Timeline:
         parent_span_id: str | None = None,
         trace_flags: int = 1,
         tracestate: str | None = None,
+        parent_is_remote: bool | None = None,
     ) -> None:
         if stages is None and load is None:
             raise TypeError("Timeline needs stages (or a loader)")
@@ -287,6 +288,7 @@ class Timeline:
                 parent_span_id,
                 trace_flags,
                 tracestate,
+                bool(parent_span_id) if parent_is_remote is None else parent_is_remote,
             ),
         )
         s(self, "findings", tuple(findings))
@@ -307,11 +309,14 @@ class Timeline:
     start_unix_nano: int = _field(10, doc="Wall-clock start (ns).")
     duration_ns: int = _field(11, doc="Duration of the root stage (ns).")
     dropped_stages: int = _field(12, doc="Stages not kept (max_stages).")
-    #: The remote parent from an incoming ``traceparent`` (16 hex digits), its flags and its
-    #: ``tracestate``; not part of the serialized schema.
+    #: The parent span (16 hex digits) — from an incoming ``traceparent``, or an OpenTelemetry
+    #: span of this process that was current when the request began — its flags and its
+    #: ``tracestate``, and whether the parent is remote (another service's); not part of the
+    #: serialized schema.
     parent_span_id: str | None = _field(13)
     trace_flags: int = _field(14)
     tracestate: str | None = _field(15)
+    parent_is_remote: bool = _field(16)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Timeline is read-only (cannot set {name!r})")

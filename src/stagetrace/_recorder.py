@@ -86,6 +86,7 @@ class Live(list):  # type: ignore[type-arg]
         "trace_id",
         "span_id",
         "parent_span_id",
+        "parent_local",
         "trace_flags",
         "tracestate",
         "request_id",
@@ -124,6 +125,9 @@ class Live(list):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self.parent_span_id: int | None = None
+        #: The parent is a span of this process (an OpenTelemetry span current when the
+        #: request began), not one from another service: the root is then not a server span.
+        self.parent_local = False
         self.trace_flags = 1
         self.tracestate: str | None = None
         self.request_id: str | None = None
@@ -1187,6 +1191,7 @@ def seal(tl: Live) -> Sealed:
             tl.parent_span_id,
             tl.trace_flags,
             tl.tracestate,
+            tl.parent_local,
         ),
         tuple(flat),
         {k: tuple(v) for k, v in ovf_kinds.items()} if ovf_kinds else None,
@@ -1214,6 +1219,7 @@ def build(sealed: Sealed) -> Timeline:
         parent,
         flags,
         tracestate,
+        parent_local,
     ) = head
     root_more = (extra, deferred) if extra or deferred is not None else None
     t0 = flat[R_START]
@@ -1249,6 +1255,7 @@ def build(sealed: Sealed) -> Timeline:
         parent_span_id=f"{parent:016x}" if parent else None,
         trace_flags=flags,
         tracestate=tracestate,
+        parent_is_remote=bool(parent) and not parent_local,
     )
 
 

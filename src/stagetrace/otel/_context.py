@@ -165,9 +165,11 @@ def _fields(textmap: Any) -> tuple[str, ...]:
 
 
 def _adopt(tl: Any, found: Any) -> None:
-    """Make the timeline a child of the span context `found`, in its trace."""
+    """Make the timeline a child of the span context `found`, in its trace (a local parent
+    unless `found` came from another process)."""
     tl.trace_id = found.trace_id
     tl.parent_span_id = found.span_id
+    tl.parent_local = not found.is_remote
     tl.trace_flags = int(found.trace_flags)
     tl.tracestate = found.trace_state.to_header() or None
 

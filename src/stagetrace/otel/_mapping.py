@@ -216,7 +216,9 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
     remote = _hex_id(tl.parent_span_id, 8)
     sampled = tl.trace_flags & 0xFF
     child_flags = sampled | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE
-    root_flags = child_flags | (SPAN_FLAGS_CONTEXT_IS_REMOTE if remote else 0)
+    root_flags = child_flags | (
+        SPAN_FLAGS_CONTEXT_IS_REMOTE if remote and tl.parent_is_remote else 0
+    )
     state = tl.tracestate or None
     wall0 = tl.start_unix_nano
     to_id = stage_span_id
@@ -378,6 +380,11 @@ def _root(
             if code >= 500 and err is None:
                 status = (STATUS_ERROR, "")
                 attrs.append(("error.type", str(code)))
+    if tl.parent_span_id and not tl.parent_is_remote:
+        # An OpenTelemetry span of this process was current when the request began (FastAPI's
+        # own telemetry, OpenTelemetry's ASGI/WSGI middleware outside ours): that span is the
+        # entry, this one its INTERNAL child — as OpenTelemetry's instrumentations do.
+        kind = KIND_INTERNAL
     if tl.request_id != tl.trace_id:
         attrs.append(("stagetrace.request_id", tl.request_id))
     if tl.dropped_stages:
