@@ -37,7 +37,7 @@ class Patcher:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._undo: list[tuple[Any, str, Any, bool, Any]] = []
+        self._undo: list[tuple[Any, str, Any, bool | None, Any]] = []
         #: True while instrumented: a plain attribute, cheap to test on hot paths; wrappers
         #: left behind after `undo()` check it and record nothing.
         self.applied = False
@@ -83,7 +83,7 @@ class Patcher:
         beneath it rather than around or instead of it); undone like `replace`."""
         original = proxy.__wrapped__
         proxy.__wrapped__ = new
-        self._undo.append((proxy, "__wrapped__", original, True, new))
+        self._undo.append((proxy, "__wrapped__", original, None, new))  # None: this kind
         self.applied = True
 
     def wrap(
@@ -124,7 +124,7 @@ class Patcher:
         self.generation += 1
         while self._undo:
             owner, attr, original, had_own, new = self._undo.pop()
-            if isinstance(owner, PROXY):  # `replace_wrapped`
+            if had_own is None:  # `replace_wrapped`
                 if owner.__wrapped__ is new:
                     owner.__wrapped__ = original
                 continue

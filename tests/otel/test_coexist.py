@@ -459,6 +459,40 @@ def test_stagetrace_dbapi_installed_after_opentelemetry_keeps_its_connect_wrappe
     assert kinds.count("db.query") == 1, kinds
 
 
+def test_a_wrapper_between_opentelemetrys_and_psycopg_connect_is_never_cut_out(
+    pg, psycopg_instrumented, request
+):
+    """An application's own wrapt wrapper around ``psycopg.connect``, then OpenTelemetry's
+    around it: stagetrace.dbapi installed afterwards does not go beneath OpenTelemetry's (it
+    would cut the application's out); the application's wrapper still runs."""
+    import psycopg
+    import wrapt
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    import stagetrace.dbapi
+
+    PsycopgInstrumentor().uninstrument()
+    calls: list[str] = []
+
+    def audit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        calls.append("connect")
+        return wrapped(*args, **kwargs)
+
+    before = psycopg.connect
+    wrapt.wrap_function_wrapper(psycopg, "connect", audit)
+    PsycopgInstrumentor().instrument(tracer_provider=PROVIDER)
+    request.getfixturevalue("sql_integrations_start_unpatched")
+    stagetrace.dbapi.instrument()
+    try:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+            conn.cursor().execute("SELECT 47")
+    finally:
+        stagetrace.dbapi.uninstrument()
+        PsycopgInstrumentor().uninstrument()
+        psycopg.connect = before
+    assert calls == ["connect"]
+
+
 @pytest.mark.parametrize("first_off", ["opentelemetry", "stagetrace"])
 def test_either_uninstrument_order_leaves_psycopg_connect_working(pg, request, first_off):
     """OpenTelemetry's psycopg instrumentation, then stagetrace.dbapi beneath its wrapper of

@@ -199,11 +199,17 @@ def patch(module: Any) -> None:
     # ``psycopg.connect`` is ``Connection.connect``: make it ours too. If someone else wrapped
     # it (OpenTelemetry's psycopg instrumentation wraps it with wrapt, around the original
     # ``Connection.connect``), replacing their wrapper would turn their tracing off: ours goes
-    # beneath theirs instead, around the original.
+    # beneath theirs instead, around the original — only right above the original bound
+    # method, so no wrapper in between is ever cut out (a deeper chain is left as it is:
+    # connections opened through it get no db.connect stage).
     connect = getattr(module, "connect", None)
     if type(connect) is types.MethodType and _beneath(connect) is original:
         patcher.replace(module, "connect", psycopg.Connection.connect)
-    elif isinstance(connect, PROXY) and _beneath(connect.__wrapped__) is original:
+    elif (
+        isinstance(connect, PROXY)
+        and type(connect.__wrapped__) is types.MethodType
+        and _beneath(connect.__wrapped__) is original
+    ):
         func = _connect_sync(original)
         functools.update_wrapper(func, original)
         func.__stagetrace_patch__ = True

@@ -4,7 +4,10 @@ One timeline becomes one trace fragment:
 
 * the root stage becomes a span of kind SERVER (CONSUMER for a job) named ``"{METHOD} {route}"``
   (the method alone when no route matched), parented to the remote parent of an incoming
-  ``traceparent`` (with the "parent is remote" flag set) and carrying its ``tracestate``;
+  ``traceparent`` (with the "parent is remote" flag set) and carrying its ``tracestate`` — or
+  of kind INTERNAL, not flagged remote, when its parent is an OpenTelemetry span of this
+  process that was current as it began (`Timeline.parent_is_remote` false: FastAPI's own
+  telemetry, OpenTelemetry's ASGI middleware outside stagetrace's), which is then the entry;
 * every other stage becomes a child span with its recorded start and end, parented to its
   parent stage, with the span id the request saw while it ran (``stage_span_id``): spans that
   other instrumentation made under a stage nest under it. ``db.query`` and ``http.client`` are
