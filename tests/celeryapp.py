@@ -35,9 +35,13 @@ if os.environ.get("STAGETRACE_TEST_WORKER"):
     # instruments and uninstruments around each test instead.)
     stagetrace.celery.instrument()
     if os.environ.get("STAGETRACE_TEST_OTEL_CELERY"):
-        # OpenTelemetry's own Celery instrumentation beside stagetrace's.
+        # OpenTelemetry's own Celery instrumentation beside stagetrace's, with an SDK provider
+        # (no exporter) so that its task spans are real, recording spans.
+        from opentelemetry import trace
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
 
+        trace.set_tracer_provider(TracerProvider())
         CeleryInstrumentor().instrument()
     if os.environ.get("STAGETRACE_TEST_AFTER_TASK"):
         from celery.signals import task_postrun

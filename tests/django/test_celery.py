@@ -362,9 +362,11 @@ def test_beside_opentelemetrys_celery_instrumentation_no_context_is_left_behind(
     broker, celery_app, tmp_path
 ):
     """With OpenTelemetry's Celery instrumentation also in the worker, its task span is the
-    current span during the task (in the job's trace), and once a task is over no context is
-    left current in the worker thread. (stagetrace attaching its own too would detach out of
-    order — Celery runs both signals' receivers in the same order — and leave one behind.)"""
+    current span during the task (in the job's trace) and the job timeline's parent (stagetrace
+    instruments first in this worker, so it adopts that span when the task ends), and once a
+    task is over no context is left current in the worker thread. (stagetrace attaching its
+    own too would detach out of order — Celery runs both signals' receivers in the same order
+    — and leave one behind.)"""
     pytest.importorskip("opentelemetry.instrumentation.celery")
     from tests import celeryapp
 
@@ -389,5 +391,8 @@ def test_beside_opentelemetrys_celery_instrumentation_no_context_is_left_behind(
         attrs = job["stages"][0]["attrs"]
         assert attrs["probe.valid"] is True
         assert attrs["probe.trace_id"] == job["trace_id"]  # OpenTelemetry's span, same trace
+        # Its task span (current during the task) is the job's entry, the timeline its child:
+        # exported as an INTERNAL span under it, not a second CONSUMER span beside it.
+        assert attrs["stagetrace.parent_span_id"] == attrs["probe.span_id"]
     seen = [json.loads(line) for line in after.read_text().splitlines()]
     assert seen == [{"valid": False}, {"valid": False}]

@@ -226,6 +226,26 @@ def attach(root: _recorder.Record | None, request: Request | None) -> Any:
     return tokens
 
 
+def adopt(root: _recorder.Record | None) -> bool:
+    """Make `root`'s timeline a child of the span the context hooks find current (their
+    ``adopt``), without attaching anything: for a job whose context another instrumentation
+    owns. Whether it did; failures are reported, never raised."""
+    hooks = STATE.context_hooks
+    if not hooks or root is None:
+        return False
+    tl = _recorder.timeline_of(root)
+    if tl is None or tl.parent_local:
+        return False
+    for hook in hooks:
+        try:
+            found = getattr(hook, "adopt", None)
+            if found is not None and found(tl):
+                return True
+        except Exception as exc:
+            _recorder.internal_error("context.adopt", exc)
+    return False
+
+
 def detach(tokens: Any) -> None:
     """Undo `attach`, in reverse order."""
     if not tokens:

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import _recorder, _runtime, httpclients
 from .._http import headers as H
-from .._http.gateway import attach, detach
+from .._http.gateway import adopt, attach, detach
 from .._patching import Patcher, leave
 
 patcher = Patcher("celery")
@@ -207,15 +207,27 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
             # A job of its own: the OpenTelemetry context (with the otel sink) is the running
             # stage, as during a web request, so spans of OpenTelemetry's instrumentations
             # (redis, httpx, a tracer of your own) nest under the task's stages.
-            tokens = (
-                attach(rec, None)
-                if _recorder.parent_of(rec) is None and not _otel_celery_instrumented()
-                else None
-            )
+            tokens = None
+            if _recorder.parent_of(rec) is None:
+                if not _otel_celery_instrumented():
+                    tokens = attach(rec, None)
+                else:
+                    # Its task span is current if its receiver ran first: that span is the
+                    # job's entry and this timeline its child (else see _postrun).
+                    _adopted(rec)
             setattr(request, _KEY, (rec, prev, tokens))
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
         _recorder.restore(prev)
+
+
+def _adopted(rec: Any) -> None:
+    """Beside OpenTelemetry's Celery instrumentation: its task span, if current, becomes the
+    job timeline's parent; the root's ``stagetrace.parent_span_id`` says so."""
+    if adopt(rec):
+        tl = _recorder.timeline_of(rec)
+        if tl is not None and tl.parent_span_id:
+            _recorder.set_attrs(rec, {"stagetrace.parent_span_id": f"{tl.parent_span_id:016x}"})
 
 
 def _otel_celery_instrumented() -> bool:
@@ -272,6 +284,8 @@ def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: 
         delattr(request, _KEY)
         if tokens:
             detach(tokens)
+        elif _recorder.parent_of(rec) is None and _otel_celery_instrumented():
+            _adopted(rec)  # receivers run in the same order: its task span is still current
         if state not in ("SUCCESS", "RETRY"):
             # An eager task whose exception propagates (task_eager_propagates) sends no
             # task_failure; postrun runs while that exception is on its way out.

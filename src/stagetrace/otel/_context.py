@@ -349,6 +349,21 @@ class ContextHook:
         more = {k: v for k, v in extracted.items() if k != key}
         return self._Context({**ctx, **more}) if more else ctx
 
+    def adopt(self, tl: Any) -> bool:
+        """Make the timeline a child of OpenTelemetry's current span, without attaching
+        anything (a job beside an instrumentation that owns the context, such as
+        OpenTelemetry's Celery one): only a valid span that is not one of stagetrace's, in
+        the timeline's own trace — both then came from the same message — so nothing that
+        already left with the timeline's trace id (an outgoing ``traceparent``) is orphaned.
+        Whether it adopted."""
+        found = self._trace.get_current_span().get_span_context()
+        if not found.is_valid or found.trace_id != tl.trace_id:
+            return False
+        if isinstance(self._trace.get_current_span(), self._StageSpan):
+            return False
+        _adopt(tl, found)
+        return True
+
     def exit(self, token: Any) -> None:
         """Detach what `enter` attached."""
         self._context.detach(token)
