@@ -161,9 +161,7 @@ def _wrap_classmethod(owner: type, attr: str, make: Any) -> None:
     func: Any
     if type(found) is classmethod or type(found) is types.MethodType:
         # A classmethod, or the bound method OpenTelemetry's uninstrument() leaves in its place.
-        func = found.__func__
-        while getattr(func, "__stagetrace_patch__", False):
-            func = func.__wrapped__
+        func = _beneath(found)
     else:
         # Someone else's wrapper around the classmethod (OpenTelemetry's psycopg
         # instrumentation wraps ``connect`` with wrapt, whose proxy hands out the *original*
