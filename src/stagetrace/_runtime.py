@@ -86,13 +86,17 @@ def _apply() -> Settings:
             STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
         )
         new = _build(values)
-        offered = _context_hooks(new, everything=True)
-        hooks = _context_hooks(new)
+        offered = tuple(
+            hook
+            for hook in (getattr(s, "context_hook", None) for s in new.sinks)
+            if hook is not None
+        )
+        hooks = _context_hooks(new, offered)
         old = STATE.pipeline
         STATE.settings = new
         STATE.context_hooks = hooks
         STATE.propagation = _propagation(hooks)
-        if len(hooks) < len(offered):
+        if new.enabled and not new.otel_context and len(hooks) < len(offered):
             _warn_if_propagator_ignored(offered)
         STATE.pipeline = (
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
@@ -145,18 +149,13 @@ def _warn_if_propagator_ignored(offered: tuple[Any, ...]) -> None:
 _warned_propagators: set[str] = set()
 
 
-def _context_hooks(new: Settings, everything: bool = False) -> tuple[Any, ...]:
-    """The context hooks of the sinks that have one (the otel sink brings OpenTelemetry's);
-    OpenTelemetry's is left out when the ``otel_context`` option turns it off (unless
-    `everything`)."""
-    hooks = tuple(
-        hook for hook in (getattr(s, "context_hook", None) for s in new.sinks) if hook is not None
-    )
-    if everything:
-        return hooks
-    if not new.otel_context or not new.enabled:
-        hooks = tuple(h for h in hooks if type(h).__module__ != "stagetrace.otel._context")
-    return hooks
+def _context_hooks(new: Settings, offered: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The context hooks in use, of those the sinks offer (the otel sink brings
+    OpenTelemetry's): OpenTelemetry's is left out when the ``otel_context`` option turns it
+    off."""
+    if new.otel_context and new.enabled:
+        return offered
+    return tuple(h for h in offered if type(h).__module__ != "stagetrace.otel._context")
 
 
 def _connect() -> None:

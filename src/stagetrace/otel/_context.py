@@ -356,10 +356,11 @@ class ContextHook:
         the timeline's own trace — both then came from the same message — so nothing that
         already left with the timeline's trace id (an outgoing ``traceparent``) is orphaned.
         Whether it adopted."""
-        found = self._trace.get_current_span().get_span_context()
-        if not found.is_valid or found.trace_id != tl.trace_id:
+        current = self._trace.get_current_span()
+        if isinstance(current, self._StageSpan):
             return False
-        if isinstance(self._trace.get_current_span(), self._StageSpan):
+        found = current.get_span_context()
+        if not found.is_valid or found.trace_id != tl.trace_id:
             return False
         _adopt(tl, found)
         return True
