@@ -84,7 +84,13 @@ def test_recorded_timelines_match_the_schema(validator):
     ("mutate", "message"),
     [
         (lambda d: d.pop("trace_id"), "missing field 'trace_id'"),
-        (lambda d: d.update(schema="stagetrace/timeline@3"), "unsupported schema"),
+        (lambda d: d.update(schema="stagetrace/timeline@4"), "unsupported schema"),
+        (lambda d: d.pop("parent_span_id"), "missing field 'parent_span_id'"),
+        (lambda d: d.update(parent_span_id="B7AD6B7169203331"), "not 16 lowercase hex digits"),
+        (lambda d: d.update(parent_span_id="b7ad"), "not 16 lowercase hex digits"),
+        (lambda d: d.update(parent_is_remote=1), "'parent_is_remote' has the wrong type"),
+        (lambda d: d.update(trace_flags=256), "trace_flags 256 is not a byte"),
+        (lambda d: d.update(tracestate=["a=b"]), "'tracestate' has the wrong type"),
         (
             lambda d: (
                 d.update(schema="stagetrace/timeline@1") or d["stages"][4].update(kind="dependency")
@@ -111,12 +117,59 @@ def test_version_one_documents_are_read_and_written_back_as_the_current_version(
     """A stagetrace/timeline@1 document (no `dependency` stages) reads unchanged, and to_dict()
     writes it as the current version, which validates against the shipped JSON Schema."""
     data = doc_example()
+    for key in PARENT_FIELDS:
+        del data[key]
     data["schema"] = "stagetrace/timeline@1"
     tl = Timeline.from_dict(data)
     out = tl.to_dict()
-    assert out["schema"] == SCHEMA == "stagetrace/timeline@2"
+    assert out["schema"] == SCHEMA == "stagetrace/timeline@3"
     validator.validate(out)
-    assert {**out, "schema": "stagetrace/timeline@1"} == data
+    assert {**out, "schema": "stagetrace/timeline@1"} == {**data, **NO_PARENT}
+
+
+#: The fields new in @3, and what a document of an earlier version is read with.
+PARENT_FIELDS = ("parent_span_id", "parent_is_remote", "trace_flags", "tracestate")
+NO_PARENT = {
+    "parent_span_id": None,
+    "parent_is_remote": False,
+    "trace_flags": 1,
+    "tracestate": None,
+}
+
+
+def test_version_two_documents_are_read_without_a_parent(validator):
+    """A @2 document has no parent fields: it reads as a timeline that started its own trace,
+    and the parent fields of a @2 document that happens to carry them are ignored (readers of a
+    version read only its fields)."""
+    data = doc_example()
+    data["schema"] = "stagetrace/timeline@2"
+    tl = Timeline.from_dict(data)
+    assert (tl.parent_span_id, tl.parent_is_remote, tl.trace_flags, tl.tracestate) == (
+        None,
+        False,
+        1,
+        None,
+    )
+    out = tl.to_dict()
+    validator.validate(out)
+    assert {**out, "schema": "stagetrace/timeline@2"} == {**data, **NO_PARENT}
+
+
+def test_the_parent_fields_round_trip(validator):
+    """@3's parent fields survive from_dict/to_dict, a local parent included; without a parent
+    span, `parent_is_remote` reads as false whatever the document says."""
+    data = doc_example()
+    tl = Timeline.from_dict(data)
+    assert (tl.parent_span_id, tl.parent_is_remote, tl.trace_flags, tl.tracestate) == (
+        "b7ad6b7169203331",
+        True,
+        1,
+        "congo=t61rcWkgMzE",
+    )
+    data.update(parent_is_remote=False, trace_flags=0, tracestate=None)
+    assert Timeline.from_dict(data).to_dict() == data
+    data.update(parent_span_id=None, parent_is_remote=True)
+    assert Timeline.from_dict(data).parent_is_remote is False
 
 
 def test_the_dependency_kind_is_new_in_version_two(validator):

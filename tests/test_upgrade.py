@@ -1,9 +1,10 @@
-"""Upgrade safety: files written by the previous schema, `stagetrace/timeline@1`, stay readable.
+"""Upgrade safety: files written by the earlier schemas, `stagetrace/timeline@1` and `@2`, stay
+readable.
 
-`tests/fixtures/timelines-v1.jsonl` was recorded by the `@1` code itself (see
-tests/fixtures/README.md). Every reader a user has for such a file — `read_jsonl`,
-`Timeline.from_dict`, `stagetrace show`, `summary` and `report` — reads all of it, and writing a
-timeline back upgrades it to the current schema.
+`tests/fixtures/timelines-v1.jsonl` and `timelines-v2.jsonl` were recorded by the `@1` and `@2`
+code itself (see tests/fixtures/README.md). Every reader a user has for such a file —
+`read_jsonl`, `Timeline.from_dict`, `stagetrace show`, `summary` and `report` — reads all of
+it, and writing a timeline back upgrades it to the current schema.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from stagetrace import Timeline
 from stagetrace.sinks import read_jsonl
 
 V1 = Path(__file__).parent / "fixtures" / "timelines-v1.jsonl"
-LINES = [json.loads(line) for line in V1.read_text(encoding="utf-8").splitlines() if line]
+V2 = Path(__file__).parent / "fixtures" / "timelines-v2.jsonl"
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+LINES = _lines(V1)
+LINES_V2 = _lines(V2)
+#: Each fixture, its number of timelines, and of those the requests (the job has no status).
+FIXTURES = [pytest.param(V1, 15, id="v1"), pytest.param(V2, 17, id="v2")]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,18 +75,47 @@ def test_read_jsonl_reads_every_line() -> None:
     ]
 
 
-def test_written_back_as_current_schema() -> None:
-    """Reading a @1 document and writing it back gives a valid document of the current schema
-    (the JSON Schema shipped with the package) that reads back equal."""
+def test_v2_fixture_is_the_previous_schema() -> None:
+    """The second fixture really is @2: every line says so, none has the parent fields @3
+    added, it covers Django, FastAPI (with @2's `dependency` stages) and a job."""
+    assert {d["schema"] for d in LINES_V2} == {"stagetrace/timeline@2"}
+    assert {d["framework"] for d in LINES_V2} == {"django", "fastapi", "python"}
+    assert not any("parent_span_id" in d or "trace_flags" in d for d in LINES_V2)
+    assert any(s["kind"] == "dependency" for d in LINES_V2 for s in d["stages"])
+    assert len(LINES_V2) == 17
+
+
+def test_read_jsonl_reads_every_v2_line() -> None:
+    """`read_jsonl` yields a Timeline for each of the 17 lines, none with a parent."""
+    with V2.open(encoding="utf-8") as f:
+        items = list(read_jsonl(f))
+    assert all(isinstance(t, Timeline) for t in items), [
+        t for t in items if not isinstance(t, Timeline)
+    ]
+    assert len(items) == 17
+    assert items[1].path == "/api/books/" and items[1].by_kind["db.query"].count == 21
+    assert [f.kind for f in items[1].findings] == ["n_plus_one", "duplicate_query"]
+    assert items[10].path == "/items/3" and items[10].by_kind["dependency"].count == 1
+    assert {(t.parent_span_id, t.parent_is_remote, t.trace_flags, t.tracestate) for t in items} == {
+        (None, False, 1, None)
+    }
+
+
+@pytest.mark.parametrize("lines", [LINES, LINES_V2], ids=["v1", "v2"])
+def test_written_back_as_current_schema(lines: list[dict[str, object]]) -> None:
+    """Reading an older document and writing it back gives a valid document of the current
+    schema (the JSON Schema shipped with the package) that reads back equal, with the same
+    stages and no parent."""
     schema = json.loads(resources.files("stagetrace").joinpath("timeline.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    for data in LINES:
+    for data in lines:
         tl = Timeline.from_dict(data)
         out = tl.to_dict()
         assert out["schema"] == stagetrace.SCHEMA
         validator.validate(out)
         assert Timeline.from_dict(out) == tl
         assert out["stages"] == data["stages"]
+        assert out["parent_span_id"] is None and out["parent_is_remote"] is False
 
 
 def test_a_v1_document_may_not_claim_later_kinds() -> None:
@@ -85,7 +125,7 @@ def test_a_v1_document_may_not_claim_later_kinds() -> None:
     data["stages"][3]["kind"] = "dependency"
     with pytest.raises(stagetrace.SchemaError, match=r"stages\[3\]: unknown stage kind"):
         Timeline.from_dict(data)
-    data["schema"] = stagetrace.SCHEMA
+    data["schema"] = "stagetrace/timeline@2"
     assert Timeline.from_dict(data).stages[3].kind == "dependency"
 
 
@@ -99,33 +139,36 @@ def test_unknown_fields_and_attributes_are_ignored() -> None:
     assert tl.stages[0].attrs["future.attribute"] == "y"
 
 
-def test_show_reads_v1() -> None:
-    """`stagetrace show` prints a waterfall for each of the 15 timelines and exits 0."""
-    proc = run_cli("show", str(V1))
+@pytest.mark.parametrize(("path", "count"), FIXTURES)
+def test_show_reads_older_files(path: Path, count: int) -> None:
+    """`stagetrace show` prints a waterfall for each timeline of the file and exits 0."""
+    proc = run_cli("show", str(path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert proc.stdout.count(" → ") == 14  # the 14 requests; the job has no method → status
+    assert proc.stdout.count(" → ") == count - 1  # the requests; the job has no method → status
     assert "GET /api/books/ → 200" in proc.stdout
     assert "n_plus_one" in proc.stdout
     assert "nightly-report" in proc.stdout
 
 
-def test_summary_reads_v1() -> None:
-    """`stagetrace summary --json` counts all 15 timelines, their routes and the N+1."""
-    proc = run_cli("summary", "--json", str(V1))
+@pytest.mark.parametrize(("path", "count"), FIXTURES)
+def test_summary_reads_older_files(path: Path, count: int) -> None:
+    """`stagetrace summary --json` counts all the file's timelines, their routes and the N+1."""
+    proc = run_cli("summary", "--json", str(path))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     text = json.dumps(out)
-    assert out["timelines"] == 15
+    assert out["timelines"] == count
     assert "api/books/" in text and "/items/{item_id}" in text
     assert "n_plus_one" in text
 
 
-def test_report_reads_v1(tmp_path: Path) -> None:
-    """`stagetrace report` writes a page holding all 15 timelines."""
+@pytest.mark.parametrize(("path", "count"), FIXTURES)
+def test_report_reads_older_files(tmp_path: Path, path: Path, count: int) -> None:
+    """`stagetrace report` writes a page holding all the file's timelines."""
     page = tmp_path / "report.html"
-    proc = run_cli("report", str(V1), "-o", str(page))
+    proc = run_cli("report", str(path), "-o", str(page))
     assert proc.returncode == 0, proc.stderr
     html = page.read_text(encoding="utf-8")
-    assert html.count('"trace_id"') == 15
+    assert html.count('"trace_id"') == count
     assert "/api/books/" in html

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-SCHEMA = "stagetrace/timeline@2"
+SCHEMA = "stagetrace/timeline@3"
+SCHEMA_V2 = "stagetrace/timeline@2"
 SCHEMA_V1 = "stagetrace/timeline@1"
-#: Every schema version `Timeline.from_dict` reads (a @1 document is a @2 one without the
-#: ``dependency`` stage kind).
-READS = (SCHEMA, SCHEMA_V1)
+#: Every schema version `Timeline.from_dict` reads (a @2 document is a @3 one without the
+#: parent fields ``parent_span_id``, ``parent_is_remote``, ``trace_flags`` and ``tracestate``;
+#: a @1 document is a @2 one without the ``dependency`` stage kind).
+READS = (SCHEMA, SCHEMA_V2, SCHEMA_V1)
 
 #: The fixed vocabulary of stage kinds shared by every adapter, in request order.
 KINDS: tuple[str, ...] = (
@@ -69,7 +71,7 @@ def stage_span_id(root_span_id: int, index: int) -> int:
 
 
 class SchemaError(ValueError):
-    """A dictionary does not follow the timeline schema (`stagetrace/timeline@2`, or an earlier
+    """A dictionary does not follow the timeline schema (`stagetrace/timeline@3`, or an earlier
     version that `Timeline.from_dict` reads)."""
 
 
@@ -309,14 +311,17 @@ class Timeline:
     start_unix_nano: int = _field(10, doc="Wall-clock start (ns).")
     duration_ns: int = _field(11, doc="Duration of the root stage (ns).")
     dropped_stages: int = _field(12, doc="Stages not kept (max_stages).")
-    #: The parent span (16 hex digits) — from an incoming ``traceparent``, or an OpenTelemetry
-    #: span of this process that was current when the request began — its flags and its
-    #: ``tracestate``, and whether the parent is remote (another service's); not part of the
-    #: serialized schema.
-    parent_span_id: str | None = _field(13)
-    trace_flags: int = _field(14)
-    tracestate: str | None = _field(15)
-    parent_is_remote: bool = _field(16)
+    parent_span_id: str | None = _field(
+        13,
+        doc="16 hex digits: the span this timeline's root is a child of — from an incoming "
+        "``traceparent``, or an OpenTelemetry span of this process that was current when the "
+        "request began — else None.",
+    )
+    trace_flags: int = _field(14, doc="W3C trace flags (bit 0: sampled).")
+    tracestate: str | None = _field(15, doc="The W3C ``tracestate`` that came with the parent.")
+    parent_is_remote: bool = _field(
+        16, doc="Whether the parent is another service's span (else one of this process)."
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Timeline is read-only (cannot set {name!r})")
@@ -444,11 +449,15 @@ class Timeline:
         return new
 
     def to_dict(self) -> dict[str, Any]:
-        """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@2`."""
+        """The timeline as plain JSON-serializable data, schema `stagetrace/timeline@3`."""
         return {
             "schema": SCHEMA,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "parent_is_remote": self.parent_is_remote,
+            "trace_flags": self.trace_flags,
+            "tracestate": self.tracestate,
             "request_id": self.request_id,
             "service": self.service,
             "framework": self.framework,
@@ -468,7 +477,7 @@ class Timeline:
     @classmethod
     def from_dict(cls, data: Any) -> Timeline:
         """Rebuild a timeline from `to_dict()` output, of this version or an earlier one
-        (``stagetrace/timeline@1``); `SchemaError` says what is wrong."""
+        (``stagetrace/timeline@2``, ``@1``); `SchemaError` says what is wrong."""
         return _timeline_from_dict(data)
 
     def __eq__(self, other: object) -> bool:
@@ -561,10 +570,11 @@ def _timeline_from_dict(data: Any) -> Timeline:
         raise SchemaError("expected a JSON object")
     schema = data.get("schema")
     if schema not in READS:
-        readers = " and ".join(repr(v) for v in READS)
+        readers = ", ".join(repr(v) for v in READS[:-1]) + f" and {READS[-1]!r}"
         raise SchemaError(f"unsupported schema {schema!r} (this version reads {readers})")
-    kinds = KIND_SET if schema == SCHEMA else _KINDS_V1
+    kinds = _KINDS_V1 if schema == SCHEMA_V1 else KIND_SET
     where = "timeline"
+    parent = _parent_from_dict(data) if schema == SCHEMA else (None, False, 1, None)
     stages_raw = _need(data, "stages", list, where)
     stages = tuple(_stage_from_dict(s, i, kinds) for i, s in enumerate(stages_raw))
     for i, st in enumerate(stages):
@@ -611,4 +621,24 @@ def _timeline_from_dict(data: Any) -> Timeline:
         by_kind=by_kind,
         findings=findings,
         dropped_stages=_need(data, "dropped_stages", int, where),
+        parent_span_id=parent[0],
+        parent_is_remote=parent[1],
+        trace_flags=parent[2],
+        tracestate=parent[3],
     )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parent_from_dict(data: Mapping[str, Any]) -> tuple[str | None, bool, int, str | None]:
+    """The parent fields of a @3 document: (span id, remote, flags, tracestate)."""
+    where = "timeline"
+    span = _need(data, "parent_span_id", (str, _NONE), where)
+    if span is not None and (len(span) != 16 or not _HEX.issuperset(span)):
+        raise SchemaError(f"timeline: parent_span_id {span!r} is not 16 lowercase hex digits")
+    remote = _need(data, "parent_is_remote", bool, where)
+    flags = _need(data, "trace_flags", int, where)
+    if not 0 <= flags <= 0xFF:
+        raise SchemaError(f"timeline: trace_flags {flags} is not a byte (0-255)")
+    return span, remote and span is not None, flags, _need(data, "tracestate", (str, _NONE), where)

@@ -177,7 +177,8 @@ def test_bad_input_one_line_each_and_good_timelines_used(
     )
     assert problems[1] == (
         f"stagetrace: {mixed}:3: not a stagetrace timeline (unsupported schema 'other' "
-        "(this version reads 'stagetrace/timeline@2' and 'stagetrace/timeline@1'))"
+        "(this version reads 'stagetrace/timeline@3', 'stagetrace/timeline@2' and "
+        "'stagetrace/timeline@1'))"
     )
     assert problems[2].startswith(f"stagetrace: {mixed}:5: not valid JSON (")
     assert problems[3:] == [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.conf import settings
 from django.test import Client
@@ -353,6 +355,47 @@ def test_queue_time_and_traceparent_are_used(client, captured):
     (tl,) = captured
     assert 200_000_000 <= tl.stages[0].attrs["stagetrace.queue_time_ns"] < 5_000_000_000
     assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_the_jsonl_sink_writes_the_trace_context_a_request_came_with(client, tmp_path):
+    """A JSON lines file joins each timeline to its distributed trace (schema @3): the caller's
+    span, its flags and tracestate are written and read back; a request without a
+    traceparent has no parent."""
+    from stagetrace.sinks import read_jsonl
+
+    out = tmp_path / "timelines.jsonl"
+    stagetrace.configure(sinks=["jsonl"], jsonl=str(out))
+    client.get(
+        "/books.json",
+        headers={
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            "tracestate": "congo=t61rcWkgMzE",
+        },
+    )
+    client.get("/books.json")
+    stagetrace.flush(timeout=10)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["schema"] for d in lines] == [stagetrace.SCHEMA] * 2
+    first, second = lines
+    assert first["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert {k: first[k] for k in PARENT} == {
+        "parent_span_id": "b7ad6b7169203331",
+        "parent_is_remote": True,
+        "trace_flags": 0,
+        "tracestate": "congo=t61rcWkgMzE",
+    }
+    assert {k: second[k] for k in PARENT} == {
+        "parent_span_id": None,
+        "parent_is_remote": False,
+        "trace_flags": 1,
+        "tracestate": None,
+    }
+    with out.open() as f:
+        back = list(read_jsonl(f))
+    assert [t.to_dict() for t in back] == lines
+
+
+PARENT = ("parent_span_id", "parent_is_remote", "trace_flags", "tracestate")
 
 
 def test_excluded_paths_and_sampling_apply(client, captured):

@@ -92,7 +92,7 @@ def page(request: HttpRequest) -> HttpResponse:
 
 
 def as_json(request: HttpRequest) -> HttpResponse:
-    """The same requests as JSON: ``{"enabled": ..., "timelines": [timeline@2, ...]}``."""
+    """The same requests as JSON: ``{"enabled": ..., "timelines": [timeline@3, ...]}``."""
     _begin(request)
     return _json(request)
 

@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class JsonlSink:
-    """Appends one timeline per line (schema ``stagetrace/timeline@2``) to a file.
+    """Appends one timeline per line (schema ``stagetrace/timeline@3``) to a file.
 
     Safe with several processes writing the same file (gunicorn workers): each line is written
     with one ``O_APPEND`` write under an exclusive ``flock``, so lines never interleave. The file
