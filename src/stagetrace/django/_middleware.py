@@ -111,7 +111,9 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
     if iscoroutinefunction(method):
 
         async def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:
-            rec = _enter(name) if patcher.applied and _recorder.current() is not None else None
+            if not patcher.applied or _recorder.current() is None:
+                return await method(*args, **kwargs)
+            rec = _enter(name)
             try:
                 result = await method(*args, **kwargs)
             except BaseException as exc:
@@ -124,7 +126,9 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
     else:
 
         def hook(_self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            rec = _enter(name) if patcher.applied and _recorder.current() is not None else None
+            if not patcher.applied or _recorder.current() is None:
+                return method(*args, **kwargs)
+            rec = _enter(name)
             _thread_wait(rec)
             try:
                 result = method(*args, **kwargs)
