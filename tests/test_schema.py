@@ -89,8 +89,21 @@ def test_recorded_timelines_match_the_schema(validator):
         (lambda d: d.update(parent_span_id="B7AD6B7169203331"), "not 16 lowercase hex digits"),
         (lambda d: d.update(parent_span_id="b7ad"), "not 16 lowercase hex digits"),
         (lambda d: d.update(parent_is_remote=1), "'parent_is_remote' has the wrong type"),
+        (lambda d: d.update(parent_span_id="0" * 16), "not 16 lowercase hex digits"),
         (lambda d: d.update(trace_flags=256), "trace_flags 256 is not a byte"),
+        (lambda d: d.update(trace_flags=-1), "trace_flags -1 is not a byte"),
+        (lambda d: d.update(trace_flags=True), "'trace_flags' has the wrong type"),
         (lambda d: d.update(tracestate=["a=b"]), "'tracestate' has the wrong type"),
+        (lambda d: d.update(tracestate="\x00 not,,valid"), "is not a W3C tracestate"),
+        (lambda d: d.update(tracestate=""), "is not a W3C tracestate"),
+        (
+            lambda d: d.update(parent_span_id=None, tracestate=None),
+            "parent_is_remote or tracestate without a parent_span_id",
+        ),
+        (
+            lambda d: d.update(parent_span_id=None, parent_is_remote=False),
+            "parent_is_remote or tracestate without a parent_span_id",
+        ),
         (
             lambda d: (
                 d.update(schema="stagetrace/timeline@1") or d["stages"][4].update(kind="dependency")
@@ -156,8 +169,9 @@ def test_version_two_documents_are_read_without_a_parent(validator):
 
 
 def test_the_parent_fields_round_trip(validator):
-    """@3's parent fields survive from_dict/to_dict, a local parent included; without a parent
-    span, `parent_is_remote` reads as false whatever the document says."""
+    """@3's parent fields survive from_dict/to_dict: a remote parent, a local one with the
+    sampled flag off and no tracestate, and none; the JSON Schema accepts each and refuses a
+    remote flag without a parent, as from_dict does."""
     data = doc_example()
     tl = Timeline.from_dict(data)
     assert (tl.parent_span_id, tl.parent_is_remote, tl.trace_flags, tl.tracestate) == (
@@ -167,9 +181,14 @@ def test_the_parent_fields_round_trip(validator):
         "congo=t61rcWkgMzE",
     )
     data.update(parent_is_remote=False, trace_flags=0, tracestate=None)
+    validator.validate(data)
     assert Timeline.from_dict(data).to_dict() == data
-    data.update(parent_span_id=None, parent_is_remote=True)
-    assert Timeline.from_dict(data).parent_is_remote is False
+    data.update(parent_span_id=None, trace_flags=1)
+    validator.validate(data)
+    assert Timeline.from_dict(data).to_dict() == data
+    data.update(parent_is_remote=True)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(data)
 
 
 def test_the_dependency_kind_is_new_in_version_two(validator):

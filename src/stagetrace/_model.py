@@ -632,13 +632,26 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def _parent_from_dict(data: Mapping[str, Any]) -> tuple[str | None, bool, int, str | None]:
-    """The parent fields of a @3 document: (span id, remote, flags, tracestate)."""
+    """The parent fields of a @3 document: (span id, remote, flags, tracestate), checked as
+    the recorder writes them — an id that is 16 lowercase hex digits and not all zero (W3C's
+    invalid id), a normalized tracestate, neither a remote flag nor a tracestate without a
+    parent — so a timeline read from a file never exports as something it could not be."""
     where = "timeline"
     span = _need(data, "parent_span_id", (str, _NONE), where)
-    if span is not None and (len(span) != 16 or not _HEX.issuperset(span)):
-        raise SchemaError(f"timeline: parent_span_id {span!r} is not 16 lowercase hex digits")
     remote = _need(data, "parent_is_remote", bool, where)
     flags = _need(data, "trace_flags", int, where)
+    state = _need(data, "tracestate", (str, _NONE), where)
+    if span is not None and (len(span) != 16 or not _HEX.issuperset(span) or not span.strip("0")):
+        raise SchemaError(
+            f"timeline: parent_span_id {span[:40]!r} is not 16 lowercase hex digits (not all zero)"
+        )
     if not 0 <= flags <= 0xFF:
         raise SchemaError(f"timeline: trace_flags {flags} is not a byte (0-255)")
-    return span, remote and span is not None, flags, _need(data, "tracestate", (str, _NONE), where)
+    if span is None and (remote or state is not None):
+        raise SchemaError("timeline: parent_is_remote or tracestate without a parent_span_id")
+    if state is not None:
+        from ._http.headers import tracestate
+
+        if tracestate(state) != state:
+            raise SchemaError(f"timeline: tracestate {state[:40]!r} is not a W3C tracestate")
+    return span, remote, flags, state

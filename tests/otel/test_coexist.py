@@ -644,14 +644,22 @@ def test_fastapi_native_telemetry_is_the_entry_and_the_timeline_its_internal_chi
     ours = _ours()
     stagetrace.configure(sinks=["otel"], tracer_provider=ours, otel_context=True)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    state = "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
     try:
-        tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent})
+        tl, spans, _ = _asgi_get(app, "/items/3", {"traceparent": parent, "tracestate": state})
     finally:
         stagetrace.starlette.uninstrument()
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
     assert f"{server.parent.span_id:016x}" == "b7ad6b7169203331"
     assert tl.trace_id == "0af7651916cd43dd8448eb211c80319c"
     _root_is_an_internal_child_of(ours, tl, server)
+    # Written as JSON (schema @3), the timeline names its local parent and reads back equal:
+    # the tracestate taken from OpenTelemetry's span is normalized as an incoming header's.
+    data = tl.to_dict()
+    assert data["parent_span_id"] == f"{server.context.span_id:016x}"
+    assert data["parent_is_remote"] is False
+    assert data["tracestate"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert stagetrace.Timeline.from_dict(json.loads(json.dumps(data))) == tl
 
 
 def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(

@@ -21,23 +21,15 @@ REMOTE = "b7ad6b7169203331"
 
 
 def timeline(**overrides: Any) -> Timeline:
+    """The documented example timeline (schema @3: a remote parent), read with `from_dict` as
+    from a JSON lines file, with `overrides` applied to the document."""
     data = doc_example()
     data["findings"] = []  # tests add their own
     stages = overrides.pop("stages", None)
     if stages is not None:
         data["stages"] = stages
     data.update(overrides)
-    tl = Timeline.from_dict(data)
-    extra = {
-        k: overrides[k] for k in ("parent_span_id", "trace_flags", "tracestate") if k in overrides
-    }
-    if extra:  # not part of the serialized schema: rebuild with them
-        tl = Timeline(
-            tl.trace_id, tl.span_id, tl.request_id, tl.service, tl.framework, tl.protocol,
-            tl.method, tl.path, tl.route, tl.status, tl.start_unix_nano, tl.duration_ns,
-            tl.stages, tl.by_kind, tl.findings, tl.dropped_stages, **extra,
-        )  # fmt: skip
-    return tl
+    return Timeline.from_dict(data)
 
 
 def decoded(tl: Timeline) -> list[dict[str, Any]]:
@@ -88,6 +80,21 @@ def test_every_stage_is_a_span_nested_under_the_remote_parent() -> None:
             self_ns = span["attributes"].get("stagetrace.self_time_ns", st.duration_ns)
             assert self_ns == st.self_ns
         assert span["attributes"]["stagetrace.kind"] == st.kind
+
+
+def test_a_timeline_read_from_a_file_exports_under_the_parent_it_recorded() -> None:
+    """Schema @3 keeps the trace context: a timeline read back from JSON exports as the child
+    of its remote parent (SERVER, is-remote flag, tracestate), of a local one (INTERNAL, no
+    is-remote flag, as OpenTelemetry's own instrumentations nest under a span of the process),
+    or as a new trace's root."""
+    remote = decoded(timeline(tracestate="congo=t61rcWkgMzE"))[0]
+    assert (remote["parent_span_id"], remote["kind"]) == (REMOTE, 2)
+    assert remote["flags"] in (0x301, None) and remote["trace_state"] == "congo=t61rcWkgMzE"
+    local = decoded(timeline(parent_is_remote=False, tracestate=None))[0]
+    assert (local["parent_span_id"], local["kind"]) == (REMOTE, 1)
+    assert local["flags"] in (0x101, None)
+    own = decoded(timeline(parent_span_id=None, parent_is_remote=False, tracestate=None))[0]
+    assert own["kind"] == 2 and not own["parent_span_id"]
 
 
 def test_middleware_phases_and_semconv_names() -> None:

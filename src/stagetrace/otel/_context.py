@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder
+from .._http.headers import tracestate as _tracestate
 from .._options import ConfigurationError
 
 INSTALL = 'pip install "stagetrace[otlp]"'
@@ -171,7 +172,8 @@ def _adopt(tl: Any, found: Any) -> None:
     tl.parent_span_id = found.span_id
     tl.parent_local = not found.is_remote
     tl.trace_flags = int(found.trace_flags)
-    tl.tracestate = found.trace_state.to_header() or None
+    # normalized as an incoming header's: what the timeline writes reads back (schema @3)
+    tl.tracestate = _tracestate(found.trace_state.to_header())
 
 
 class _Getter:
