@@ -17,7 +17,7 @@ from stagetrace import Timeline
 from stagetrace.sinks import ConsoleSink, JsonlSink, MemorySink, render_waterfall
 
 from . import waterfalls
-from .helpers import assert_golden, sample_timeline
+from .helpers import assert_golden, doc_example, sample_timeline
 from .waterfalls import Builder
 
 
@@ -198,6 +198,18 @@ def test_the_404_keeps_its_marker_and_names_at_80_columns():
         assert f"mw {name} " in text
     assert "…iddleware" not in text and "compil…" not in text
     assert "compile SELECT shop.Publisher" in text and "sql SELECT shop_publisher" in text
+
+
+def test_the_header_names_the_parent_span_of_a_joined_trace():
+    """A timeline that continues a caller's trace says which span it hangs under (and whether
+    that span is another service's); one that started its own trace says nothing of a parent."""
+    data = doc_example()
+    text = render_waterfall(Timeline.from_dict(data), width=120)
+    assert "parent b7ad6b7169203331 (remote)" in text
+    data["parent_is_remote"] = False
+    assert "parent b7ad6b7169203331 (local)" in render_waterfall(Timeline.from_dict(data))
+    data.update(parent_span_id=None, tracestate=None)
+    assert "parent" not in render_waterfall(Timeline.from_dict(data), width=120).splitlines()[0]
 
 
 def test_an_n_plus_one_collapses_and_fits_on_one_screen():

@@ -626,6 +626,9 @@ def _header(timeline: Timeline, width: int, g: _Glyphs) -> tuple[str, str, list[
     facts.append(_clean(f"{timeline.framework}/{timeline.protocol}"))
     facts.append(_plural(len(timeline.stages), "stage"))
     facts.append(_clean(f"trace {timeline.trace_id}"))
+    if timeline.parent_span_id:
+        where = "remote" if timeline.parent_is_remote else "local"
+        facts.append(_clean(f"parent {timeline.parent_span_id} ({where})"))
     if timeline.request_id != timeline.trace_id:
         facts.append(f"request {_clean(timeline.request_id)}")
     return _cut(title, width - len(status), g.ellipsis), status, facts
