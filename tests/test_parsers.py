@@ -48,6 +48,40 @@ def test_tracestate_is_total(value):
 
 
 @fast
+@given(
+    st.lists(
+        st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), st.integers(1, 200)),
+        min_size=1,
+        max_size=32,
+        unique_by=lambda kv: kv[0],
+    )
+)
+def test_a_long_tracestate_loses_whole_members_never_part_of_a_value(members):
+    """Over 512 characters, a tracestate keeps a subset of its members, each exactly as sent
+    (a value cut short would be passed on downstream as the vendor's own), members over 128
+    characters going first, then from the end, as W3C Trace Context says."""
+    sent = [f"{k}={'v' * n}" for k, n in members]
+    out = headers.tracestate(", ".join(sent))
+    kept = out.split(",") if out else []
+    assert set(kept) <= set(sent) and len(out or "") <= 512
+    if len(",".join(sent)) <= 512:
+        assert kept == sent
+    else:
+        short = [m for m in sent if len(m) <= 128]
+        assert kept == short[: len(kept)]
+        assert len(kept) == len(short) or len(",".join(short[: len(kept) + 1])) > 512
+
+
+def test_a_tracestate_cut_at_512_characters_is_not_altered():
+    """The trial that found it: a header whose 512th character falls inside a value kept the
+    value's first characters, a well-formed but wrong member."""
+    sent = ",".join(f"k{i}=" + "x" * 30 for i in range(16)) + ",z=" + "y" * 30
+    out = headers.tracestate(sent)
+    assert out is not None and "z=" not in out
+    assert out == ",".join(f"k{i}=" + "x" * 30 for i in range(len(out.split(","))))
+
+
+@fast
 @given(st.one_of(anything, huge))
 def test_baggage_is_total(value):
     out = bounded(headers.baggage, value)

@@ -126,10 +126,16 @@ _TS_KEY = re.compile(
 _TS_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
 
+#: W3C Trace Context: what a vendor propagates of ``tracestate`` at least, commas included.
+TRACESTATE_MAX = 512
+
+
 def tracestate(value: str | bytes | None) -> str | None:
-    """A W3C ``tracestate`` header normalized (at most 32 well-formed list members), or None
-    when there is none or it is invalid."""
-    value = text(value, 512)
+    """A W3C ``tracestate`` header normalized (its list members without optional white space),
+    or None when there is none or it is invalid (a malformed member, a duplicate key, more
+    than 32 members). Longer than 512 characters, it is cut as the spec says: whole members
+    go, those over 128 characters first, then from the end — never inside a value."""
+    value = text(value, MAX_HEADER)
     if not value:
         return None
     members = []
@@ -145,7 +151,13 @@ def tracestate(value: str | bytes | None) -> str | None:
         members.append(f"{key}={val}")
         if len(members) > 32:
             return None
-    return ",".join(members) or None
+    out = ",".join(members)
+    if len(out) > TRACESTATE_MAX:
+        members = [m for m in members if len(m) <= 128]
+        while len(",".join(members)) > TRACESTATE_MAX:
+            members.pop()
+        out = ",".join(members)
+    return out or None
 
 
 _BAGGAGE_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
