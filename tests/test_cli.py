@@ -193,6 +193,36 @@ def test_bad_lines_with_filters_still_show_the_matches(tmp_path, capsys):
     assert captured.err.count("\n") == 1
 
 
+def test_show_reads_a_gzip_compressed_file(mixed, tmp_path, capsys):
+    """A file compressed with gzip (told by its content, whatever its name) shows the same as
+    the plain one — the page says every command reads them; `show` printed one "not valid JSON"
+    per line."""
+    import gzip
+
+    assert main(["show", str(mixed), "--color", "never"]) == 0
+    plain = capsys.readouterr().out
+    for name in ("t.jsonl.gz", "rotated.jsonl"):
+        packed = tmp_path / name
+        packed.write_bytes(gzip.compress(mixed.read_bytes()))
+        assert main(["show", str(packed), "--color", "never"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == plain and captured.err == ""
+
+
+def test_a_truncated_gzip_file_shows_what_it_holds_and_says_where_it_ends(mixed, tmp_path, capsys):
+    """A compressed file cut short (a copy interrupted, a disk filled up): the complete
+    timelines before the cut are shown, the end is one line on standard error, exit 1."""
+    import gzip
+
+    data = gzip.compress(mixed.read_bytes() * 50)  # 300 timelines
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    assert main(["show", str(cut), "--color", "never"]) == 1
+    captured = capsys.readouterr()
+    assert 6 <= len(shown(captured.out)) < 300
+    assert "ends early or is corrupt" in captured.err and "Traceback" not in captured.err
+
+
 def test_a_directory_or_empty_file_is_an_error(tmp_path, capsys):
     """A directory or an empty file is one line on stderr and exit 1."""
     assert main(["show", str(tmp_path)]) == 1

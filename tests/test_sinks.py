@@ -14,7 +14,7 @@ import pytest
 
 import stagetrace
 from stagetrace import Timeline
-from stagetrace.sinks import ConsoleSink, JsonlSink, MemorySink, render_waterfall
+from stagetrace.sinks import ConsoleSink, JsonlSink, MemorySink, read_jsonl, render_waterfall
 
 from . import waterfalls
 from .helpers import assert_golden, doc_example, sample_timeline
@@ -198,6 +198,22 @@ def test_the_404_keeps_its_marker_and_names_at_80_columns():
         assert f"mw {name} " in text
     assert "…iddleware" not in text and "compil…" not in text
     assert "compile SELECT shop.Publisher" in text and "sql SELECT shop_publisher" in text
+
+
+def test_read_jsonl_takes_a_path_plain_or_compressed(tmp_path):
+    """`read_jsonl` reads a file given by its path (str or PathLike, plain or gzip) as it reads
+    a stream; a path given as a string was taken for a stream and read as one bad line per
+    character."""
+    import gzip
+
+    lines = [json.dumps(sample_timeline(request_id=f"r{i}").to_dict()) for i in range(3)]
+    plain = tmp_path / "t.jsonl"
+    plain.write_text("\n".join(lines) + "\n")
+    packed = tmp_path / "t.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for source in (str(plain), plain, str(packed), packed):
+        got = list(read_jsonl(source))
+        assert [t.request_id for t in got] == ["r0", "r1", "r2"], source
 
 
 def test_the_header_names_the_parent_span_of_a_joined_trace():

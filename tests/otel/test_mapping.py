@@ -104,8 +104,8 @@ def test_middleware_phases_and_semconv_names() -> None:
     tl = timeline()
     spans = {s["name"]: s for s in decoded(tl)}
     mw = spans["django.contrib.sessions.middleware.SessionMiddleware"]["attributes"]
-    assert mw["stagetrace.middleware.in_ns"] == 200000
-    assert mw["stagetrace.middleware.out_ns"] == 1000000
+    assert mw["stagetrace.middleware.in_ns"] == 250000
+    assert mw["stagetrace.middleware.out_ns"] == 1400000
     assert mw["stagetrace.middleware.short_circuit"] is False
     query = spans["SELECT shop_book"]["attributes"]
     assert query["db.system.name"] == "postgresql"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -96,18 +98,62 @@ class BadLine:
     reason: str
 
 
-def read_jsonl(stream: IO[str]) -> Iterator[Timeline | BadLine]:
-    """Parse a JSON lines stream written by `JsonlSink`: a `Timeline` per good line, a
-    `BadLine` for each line that is not valid JSON or not a timeline (blank lines skipped)."""
-    for lineno, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            yield BadLine(lineno, f"not valid JSON ({exc})")
-            continue
-        try:
-            yield Timeline.from_dict(data)
-        except SchemaError as exc:
-            yield BadLine(lineno, f"not a stagetrace timeline ({exc})")
+def open_text(path: str | os.PathLike[str]) -> IO[str]:
+    """A text stream of a JSON lines file, plain or gzip-compressed (told by its first bytes,
+    not its name); undecodable bytes are replaced rather than fatal."""
+    with open(path, "rb") as f:
+        packed = f.read(2) == b"\x1f\x8b"
+    if packed:
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+#: What reading a compressed file that ends early or is corrupt raises, line by line.
+READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def ended_early(lineno: int, exc: BaseException) -> BadLine:
+    """The `BadLine` for a compressed file that could not be read past line `lineno`."""
+    return BadLine(lineno, f"the compressed file ends early or is corrupt ({exc})")
+
+
+def read_jsonl(source: IO[str] | str | os.PathLike[str]) -> Iterator[Timeline | BadLine]:
+    """Parse what `JsonlSink` wrote: a `Timeline` per good line, a `BadLine` for each line
+    that is not valid JSON or not a timeline (blank lines skipped). `source` is a text stream
+    (whose read errors reach the caller), or the path of a file — plain or gzip-compressed —
+    opened when reading starts and closed at the end, where a compressed file that ends early
+    or is corrupt gives a last `BadLine` saying so."""
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(source)
+    return _read(source, catch=False)
+
+
+def _read_file(path: str | os.PathLike[str]) -> Iterator[Timeline | BadLine]:
+    with open_text(path) as stream:
+        yield from _read(stream, catch=True)
+
+
+def _read(stream: IO[str], catch: bool) -> Iterator[Timeline | BadLine]:
+    lineno = 0
+    try:
+        for lineno, line in enumerate(stream, 1):
+            item = _parse(lineno, line)
+            if item is not None:
+                yield item
+    except READ_ERRORS as exc:
+        if not catch:
+            raise
+        yield ended_early(lineno + 1, exc)
+
+
+def _parse(lineno: int, line: str) -> Timeline | BadLine | None:
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        return BadLine(lineno, f"not valid JSON ({exc})")
+    try:
+        return Timeline.from_dict(data)
+    except SchemaError as exc:
+        return BadLine(lineno, f"not a stagetrace timeline ({exc})")
