@@ -191,6 +191,25 @@ def test_the_parent_fields_round_trip(validator):
         validator.validate(data)
 
 
+def test_what_a_timeline_writes_reads_back(validator):
+    """A timeline built by hand (a custom adapter, a test) never writes parent fields that
+    from_dict would refuse: without a parent span the remote flag and tracestate are dropped;
+    a valid tracestate with optional white space reads back normalized."""
+    tl = Timeline.from_dict(doc_example())
+    orphan = Timeline(
+        tl.trace_id, tl.span_id, tl.request_id, tl.service, tl.framework, tl.protocol,
+        tl.method, tl.path, tl.route, tl.status, tl.start_unix_nano, tl.duration_ns,
+        tl.stages, tl.by_kind, tl.findings, tl.dropped_stages,
+        parent_is_remote=True, tracestate="a=1",
+    )  # fmt: skip
+    data = orphan.to_dict()
+    validator.validate(data)
+    assert (data["parent_is_remote"], data["tracestate"]) == (False, None)
+    assert Timeline.from_dict(data) == orphan
+    spaced = {**doc_example(), "tracestate": "a=1 , b=2"}
+    assert Timeline.from_dict(spaced).tracestate == "a=1,b=2"
+
+
 def test_the_dependency_kind_is_new_in_version_two(validator):
     """A `dependency` stage is valid in @2 (model and JSON Schema) and in no earlier version."""
     data = doc_example()

@@ -269,6 +269,8 @@ class Timeline:
     ) -> None:
         if stages is None and load is None:
             raise TypeError("Timeline needs stages (or a loader)")
+        if not parent_span_id:  # the remote flag and the tracestate describe a parent
+            parent_span_id, parent_is_remote, tracestate = None, False, None
         s = _set
         s(
             self,
@@ -634,8 +636,9 @@ _HEX = frozenset("0123456789abcdef")
 def _parent_from_dict(data: Mapping[str, Any]) -> tuple[str | None, bool, int, str | None]:
     """The parent fields of a @3 document: (span id, remote, flags, tracestate), checked as
     the recorder writes them — an id that is 16 lowercase hex digits and not all zero (W3C's
-    invalid id), a normalized tracestate, neither a remote flag nor a tracestate without a
-    parent — so a timeline read from a file never exports as something it could not be."""
+    invalid id), a valid tracestate (normalized as an incoming header's), neither a remote
+    flag nor a tracestate without a parent — so a timeline read from a file never exports as
+    something it could not be."""
     where = "timeline"
     span = _need(data, "parent_span_id", (str, _NONE), where)
     remote = _need(data, "parent_is_remote", bool, where)
@@ -652,6 +655,8 @@ def _parent_from_dict(data: Mapping[str, Any]) -> tuple[str | None, bool, int, s
     if state is not None:
         from ._http.headers import tracestate
 
-        if tracestate(state) != state:
+        valid = tracestate(state)
+        if valid is None:
             raise SchemaError(f"timeline: tracestate {state[:40]!r} is not a W3C tracestate")
+        state = valid  # normalized, as the recorder writes it
     return span, remote, flags, state
