@@ -208,6 +208,15 @@ def test_what_a_timeline_writes_reads_back(validator):
     assert Timeline.from_dict(data) == orphan
     spaced = {**doc_example(), "tracestate": "a=1 , b=2"}
     assert Timeline.from_dict(spaced).tracestate == "a=1,b=2"
+    with pytest.raises(ValueError, match="trace_flags 300 is not a byte"):
+        Timeline(**{**_args(tl), "trace_flags": 300})
+
+
+def _args(tl: Timeline) -> dict[str, object]:
+    names = "trace_id span_id request_id service framework protocol method path route status"
+    out: dict[str, object] = {n: getattr(tl, n) for n in names.split()}
+    out.update(start_unix_nano=tl.start_unix_nano, duration_ns=tl.duration_ns, stages=tl.stages)
+    return out
 
 
 def test_the_dependency_kind_is_new_in_version_two(validator):

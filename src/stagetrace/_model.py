@@ -271,6 +271,8 @@ class Timeline:
             raise TypeError("Timeline needs stages (or a loader)")
         if not parent_span_id:  # the remote flag and the tracestate describe a parent
             parent_span_id, parent_is_remote, tracestate = None, False, None
+        if not 0 <= trace_flags <= 0xFF:
+            raise ValueError(f"trace_flags {trace_flags!r} is not a byte (0-255)")
         s = _set
         s(
             self,
