@@ -17,7 +17,7 @@ from typing import IO, Any, NoReturn
 
 from ._model import Timeline
 from .sinks._console import MIN_WIDTH, _use_color, render_waterfall, terminal_width
-from .sinks._jsonl import READ_ERRORS, BadLine, ended_early, open_text, read_jsonl
+from .sinks._jsonl import BadLine, open_text, read_to_end
 
 
 class CliError(Exception):
@@ -166,17 +166,6 @@ def _open(path: str) -> IO[str]:
         raise CliError(f"{path}: permission denied") from None
 
 
-def _read_or_end(stream: IO[str]) -> Iterator[Timeline | BadLine]:
-    """`read_jsonl(stream)`, ending with a `BadLine` when a compressed file ends early."""
-    lineno = 0
-    try:
-        for item in read_jsonl(stream):
-            lineno = item.lineno if isinstance(item, BadLine) else lineno + 1
-            yield item
-    except READ_ERRORS as exc:
-        yield ended_early(lineno + 1, exc)
-
-
 class Selection:
     """The timelines of one file that pass the filters, read lazily, with what was seen."""
 
@@ -193,7 +182,7 @@ class Selection:
         last = self.args.last
         kept: collections.deque[Timeline] | None = collections.deque(maxlen=last) if last else None
         try:
-            for item in _read_or_end(stream):
+            for item in read_to_end(stream):
                 if isinstance(item, BadLine):
                     self.bad.append(item)
                     continue

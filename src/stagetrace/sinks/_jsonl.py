@@ -109,41 +109,42 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
 
 
 #: What reading a compressed file that ends early or is corrupt raises, line by line.
-READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-
-
-def ended_early(lineno: int, exc: BaseException) -> BadLine:
-    """The `BadLine` for a compressed file that could not be read past line `lineno`."""
-    return BadLine(lineno, f"the compressed file ends early or is corrupt ({exc})")
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def read_jsonl(source: IO[str] | str | os.PathLike[str]) -> Iterator[Timeline | BadLine]:
     """Parse what `JsonlSink` wrote: a `Timeline` per good line, a `BadLine` for each line
     that is not valid JSON or not a timeline (blank lines skipped). `source` is a text stream
-    (whose read errors reach the caller), or the path of a file — plain or gzip-compressed —
-    opened when reading starts and closed at the end, where a compressed file that ends early
-    or is corrupt gives a last `BadLine` saying so."""
+    (whose read errors reach the caller; see `read_to_end`), or the path of a file — plain or
+    gzip-compressed — opened when reading starts and closed at the end, read as `read_to_end`
+    reads."""
     if isinstance(source, (str, os.PathLike)):
         return _read_file(source)
-    return _read(source, catch=False)
+    return _read(source, to_end=False)
+
+
+def read_to_end(stream: IO[str]) -> Iterator[Timeline | BadLine]:
+    """`read_jsonl` of a stream, where a compressed file that ends early or is corrupt gives a
+    last `BadLine` saying so instead of raising."""
+    return _read(stream, to_end=True)
 
 
 def _read_file(path: str | os.PathLike[str]) -> Iterator[Timeline | BadLine]:
     with open_text(path) as stream:
-        yield from _read(stream, catch=True)
+        yield from _read(stream, to_end=True)
 
 
-def _read(stream: IO[str], catch: bool) -> Iterator[Timeline | BadLine]:
+def _read(stream: IO[str], to_end: bool) -> Iterator[Timeline | BadLine]:
     lineno = 0
     try:
         for lineno, line in enumerate(stream, 1):
             item = _parse(lineno, line)
             if item is not None:
                 yield item
-    except READ_ERRORS as exc:
-        if not catch:
+    except _READ_ERRORS as exc:
+        if not to_end:
             raise
-        yield ended_early(lineno + 1, exc)
+        yield BadLine(lineno + 1, f"the compressed file ends early or is corrupt ({exc})")
 
 
 def _parse(lineno: int, line: str) -> Timeline | BadLine | None:
