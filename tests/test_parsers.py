@@ -81,6 +81,14 @@ def test_a_tracestate_cut_at_512_characters_is_not_altered():
     assert out == ",".join(f"k{i}=" + "x" * 30 for i in range(len(out.split(","))))
 
 
+@pytest.mark.parametrize("value", [":²", "shop:²", "[::1]:²", "shop:٣٠٠٠"])
+def test_a_host_port_of_non_ascii_digits_is_invalid(value):
+    """`str.isdigit` is true of superscripts and other scripts' digits that `int` refuses or
+    reads as another number: such a port makes the header invalid (it raised ValueError,
+    found by the property test above on Python 3.10)."""
+    assert headers.host_and_port(value) == (None, None)
+
+
 @fast
 @given(st.one_of(anything, huge))
 def test_baggage_is_total(value):

@@ -222,14 +222,14 @@ def host_and_port(value: str | bytes | None) -> tuple[str | None, int | None]:
     port: int | None = None
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6:
+        if rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit() and len(rest) <= 6:
             port = int(rest[1:])
         elif rest:
             return None, None
     else:
         host, _, p = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
         if p:
-            if not p.isdigit() or len(p) > 5:
+            if not (p.isascii() and p.isdigit()) or len(p) > 5:
                 return None, None
             port = int(p)
     if not host or _CONTROL.search(host) or " " in host:

@@ -785,7 +785,7 @@ def terminal_width(stream: IO[str] | None = None) -> int:
     """The width to render at: ``COLUMNS`` when set, else the terminal of `stream`, else the
     terminal of standard output (`shutil.get_terminal_size`), else 120."""
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return int(columns)
     fileno = getattr(stream, "fileno", None)
     if fileno is not None:

@@ -109,12 +109,13 @@ class _Exchange:
 
     def _started(self, status: Any, headers: Any) -> Any:
         code = status[:3] if isinstance(status, str) else None
-        self.status = int(code) if code is not None and code.isdigit() else None
+        self.status = int(code) if code is not None and code.isascii() and code.isdigit() else None
         self.length = None
         if isinstance(headers, list):
             for name, value in headers:
                 if isinstance(name, str) and name.lower() == "content-length":
-                    self.length = int(value) if str(value).isdigit() else None
+                    size = str(value)
+                    self.length = int(size) if size.isascii() and size.isdigit() else None
         tl = _recorder.timeline_of(self.root)
         if tl is None:
             return headers
