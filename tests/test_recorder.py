@@ -283,3 +283,44 @@ def test_context_survives_asgiref_hops(captured):
     assert names["sync inner"].parent == names["async part"].id
     assert names["async part"].parent == 0
     assert names["after"].parent == 0
+
+
+def test_a_carried_body_resumes_where_its_last_chunk_left_the_position(captured):
+    """`carry` produces the first chunk at the given position and each later one where the
+    previous left it (a stage held open across ``yield`` nests and closes), never moves the
+    caller's own position, and lets the producer see the context variables of the request
+    that made the response rather than the server's between chunks."""
+    import contextvars
+
+    request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var")
+    request_var.set("request")
+    root = begin("GET /stream", framework="test", method="GET", path="/stream")
+    write = _recorder.enter("response.write", "body")
+    _recorder.restore(root)
+    seen: list[str] = []
+
+    def body():
+        seen.append(request_var.get())
+        with stagetrace.stage("rows", "template"):
+            yield b"a"
+            seen.append(request_var.get())
+            yield b"bc"
+        yield b"d"
+
+    done: list[tuple[int, int, BaseException | None]] = []
+    chunks = _recorder.carry(body(), write, lambda n, size, exc: done.append((n, size, exc)))
+    request_var.set("server")  # the server's own context between chunks
+    out = []
+    for chunk in chunks:
+        assert _recorder.current() is root  # the caller's position is never moved
+        out.append(chunk)
+    assert out == [b"a", b"bc", b"d"] and done == [(3, 4, None)]
+    assert seen == ["request", "request"]
+    _recorder.exit(write)
+    _recorder.end(root)
+    (tl,) = captured
+    assert [(s.kind, s.name, s.parent) for s in tl.stages] == [
+        ("gateway", "GET /stream", None),
+        ("response.write", "body", 0),
+        ("template", "rows", 1),
+    ]
