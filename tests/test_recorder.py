@@ -324,3 +324,26 @@ def test_a_carried_body_resumes_where_its_last_chunk_left_the_position(captured)
         ("response.write", "body", 0),
         ("template", "rows", 1),
     ]
+
+
+def test_a_stage_that_cannot_be_closed_is_reported_and_the_context_goes_back(captured):
+    """`leave` (the adapters' guarded exit) on a record it cannot write: the failure is
+    counted as an internal error at the adapter's site, never raised, and the context goes
+    back to the parent so the stages after it still nest under the right one."""
+    root = begin("GET /", framework="test", method="GET", path="/")
+    rec = _recorder.enter("view", "v")
+    broken = tuple(rec)  # a record whose end cannot be stored
+    _recorder.restore(broken)
+    _recorder.leave("test.site", broken)
+    assert _recorder.current() is root
+    after = _recorder.enter("template", "t")
+    _recorder.exit(after)
+    _recorder.exit(rec)
+    _recorder.end(root)
+    assert stagetrace.stats()["internal_errors"] == 1
+    (tl,) = captured
+    assert [(s.kind, s.name, s.parent) for s in tl.stages] == [
+        ("gateway", "GET /", None),
+        ("view", "v", 0),
+        ("template", "t", 0),
+    ]

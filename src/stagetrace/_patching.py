@@ -159,15 +159,8 @@ def enter(site: str, kind: str, name: Any, attrs: Any = None) -> _recorder.Recor
         return None
 
 
-def leave(site: str, rec: _recorder.Record | None, exc: BaseException | None = None) -> None:
-    """`_recorder.exit`, guarded: on failure the context still goes back to the parent."""
-    if rec is None:
-        return
-    try:
-        _recorder.exit(rec, exc)
-    except Exception as e:
-        _recorder.internal_error(site, e)
-        abandon(rec)
+#: `_recorder.exit`, guarded: on failure the context still goes back to the parent.
+leave = _recorder.leave
 
 
 def abandon(rec: _recorder.Record | None) -> None:
