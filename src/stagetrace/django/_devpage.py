@@ -92,7 +92,8 @@ def page(request: HttpRequest) -> HttpResponse:
 
 
 def as_json(request: HttpRequest) -> HttpResponse:
-    """The same requests as JSON: ``{"enabled": ..., "timelines": [timeline@3, ...]}``."""
+    """The same requests as JSON: ``{"schema": <the timelines' schema>, "enabled": ..., "kept":
+    ..., "timelines": [timeline@3, ...]}``."""
     _begin(request)
     return _json(request)
 
