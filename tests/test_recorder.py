@@ -287,35 +287,40 @@ def test_context_survives_asgiref_hops(captured):
 
 def test_a_carried_body_resumes_where_its_last_chunk_left_the_position(captured):
     """`carry` produces the first chunk at the given position and each later one where the
-    previous left it (a stage held open across ``yield`` nests and closes), never moves the
-    caller's own position, and lets the producer see the context variables of the request
-    that made the response rather than the server's between chunks."""
+    previous left it (a stage held open across ``yield`` is the parent of stages opened in
+    later chunks), never moves the caller's own position, and runs the producer in the
+    caller's context: the server's values of other context variables, and tokens made in one
+    chunk reset in a later one or at close."""
     import contextvars
 
-    request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var")
-    request_var.set("request")
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     root = begin("GET /stream", framework="test", method="GET", path="/stream")
     write = _recorder.enter("response.write", "body")
     _recorder.restore(root)
     seen: list[str] = []
 
     def body():
-        seen.append(request_var.get())
-        with stagetrace.stage("rows", "template"):
-            yield b"a"
-            seen.append(request_var.get())
-            yield b"bc"
-        yield b"d"
+        token = var.set("producer")
+        try:
+            with stagetrace.stage("rows", "template"):
+                yield b"a"
+                seen.append(var.get())
+                with stagetrace.stage("row 2"):
+                    pass
+                yield b"bc"
+            yield b"d"
+        finally:
+            var.reset(token)
 
     done: list[tuple[int, int, BaseException | None]] = []
     chunks = _recorder.carry(body(), write, lambda n, size, exc: done.append((n, size, exc)))
-    request_var.set("server")  # the server's own context between chunks
     out = []
     for chunk in chunks:
         assert _recorder.current() is root  # the caller's position is never moved
+        assert var.get() == "producer"  # the producer's writes are the caller's context's
         out.append(chunk)
     assert out == [b"a", b"bc", b"d"] and done == [(3, 4, None)]
-    assert seen == ["request", "request"]
+    assert seen == ["producer"] and var.get() == "unset"
     _recorder.exit(write)
     _recorder.end(root)
     (tl,) = captured
@@ -323,24 +328,28 @@ def test_a_carried_body_resumes_where_its_last_chunk_left_the_position(captured)
         ("gateway", "GET /stream", None),
         ("response.write", "body", 0),
         ("template", "rows", 1),
+        ("custom", "row 2", 2),
     ]
 
 
-def test_a_stage_that_cannot_be_closed_is_reported_and_the_context_goes_back(captured):
-    """`leave` (the adapters' guarded exit) on a record it cannot write: the failure is
-    counted as an internal error at the adapter's site, never raised, and the context goes
+def test_a_stage_that_cannot_be_closed_is_reported_and_the_context_goes_back(captured, monkeypatch):
+    """`leave` (the adapters' guarded exit) failing before it has done anything: the failure
+    is counted as an internal error at the adapter's site, never raised, and the context goes
     back to the parent so the stages after it still nest under the right one."""
     root = begin("GET /", framework="test", method="GET", path="/")
     rec = _recorder.enter("view", "v")
-    broken = tuple(rec)  # a record whose end cannot be stored
-    _recorder.restore(broken)
-    _recorder.leave("test.site", broken)
+
+    def broken_clock() -> int:
+        raise RuntimeError("clock failed")
+
+    monkeypatch.setattr(_recorder, "now", broken_clock)
+    _recorder.leave("test.site", rec)
+    monkeypatch.undo()
     assert _recorder.current() is root
     after = _recorder.enter("template", "t")
     _recorder.exit(after)
-    _recorder.exit(rec)
     _recorder.end(root)
-    assert stagetrace.stats()["internal_errors"] == 1
+    assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 1}
     (tl,) = captured
     assert [(s.kind, s.name, s.parent) for s in tl.stages] == [
         ("gateway", "GET /", None),

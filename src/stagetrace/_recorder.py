@@ -26,8 +26,7 @@ import random
 import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar, copy_context
-from itertools import repeat
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -1516,46 +1515,40 @@ def carry(
     across ``yield`` (``with stage(...)`` around a loop of yields, a template streaming its
     output) nests and closes correctly although the server resumes it from another context.
 
-    Each chunk is produced inside one `contextvars.Context` of the body's own, entered by
-    ``Context.run`` from C (``map``): the position persists in it from chunk to chunk with no
-    ContextVar set or reset per chunk, and the server's context is never touched. (A generator
-    moving the position in and out cost two ContextVar writes and a frame resumption per chunk:
-    on a streaming CSV view, the most of what recording added.) The producer also sees the
-    other context variables as they were when the response was made (its request's), not the
-    server's between requests.
-
     With `done`, chunks (which must have a length: bytes) are counted and ``done(chunks, size,
-    error)`` is called once when the iteration ends, fails (`error`) or is closed — by one
-    generator per response body rather than a counting one stacked on this one."""
-    ctx = copy_context()
-    ctx.run(_set, at)
-    chunks = map(ctx.run, repeat(next), repeat(iter(content)))
-    if done is None:
-        return chunks
-    return _counted(chunks, done)
-
-
-def _counted(
-    chunks: Iterator[Any], done: Callable[[int, int, BaseException | None], None]
-) -> Iterator[Any]:
-    n = size = 0
+    error)`` is called once when the iteration ends, fails (`error`) or is closed — one
+    generator per response body rather than a counting one stacked on this one (a frame
+    resumption per chunk, measured on a streaming view)."""
+    it = iter(content)
+    pos = at
+    chunks = size = 0
     error: BaseException | None = None
     try:
-        for chunk in chunks:
-            n += 1
-            size += len(chunk)
+        while True:
+            prev = _get()
+            _set(pos)
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            finally:
+                pos = _get()
+                _set(prev)
+            if done is not None:
+                chunks += 1
+                size += len(chunk)
             yield chunk
     except GeneratorExit:
         raise
     except BaseException as exc:
-        error = exc
+        if done is not None:
+            error = exc
         raise
     finally:
-        # The body's context (it holds the request's context variables) goes with the chunks.
-        del chunks
-        _done(done, n, size, error)
-        # the exception's traceback holds this frame: no reference cycle through `error`
-        error = None
+        if done is not None:
+            _done(done, chunks, size, error)
+            # the exception's traceback holds this frame: no reference cycle through `error`
+            error = None
 
 
 def _done(

@@ -209,6 +209,36 @@ def test_streaming_with_context_nests_under_response_write(client, captured):
     assert [s.parent for s in tl.stages if s.name.startswith("row ")] == [write.id] * 3
 
 
+def test_a_stream_the_client_leaves_early_closes_cleanly_and_tears_down(app, captured):
+    """stream_with_context, the client gone after two chunks: the server's close() raises
+    nothing and the request's teardown functions run, as without stagetrace. (Producing the
+    chunks in a context of stagetrace's own made Flask reset its request context there and
+    raise from close(): the body must run in the server's context.)"""
+    import io
+    import sys
+
+    app_module.TORN_DOWN.clear()
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/stream",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+    }
+    result = app(env, lambda status, headers, exc_info=None: lambda data: None)
+    body = iter(result)
+    assert [next(body), next(body)] == [b"0,/stream\n", b"1,/stream\n"]
+    result.close()
+    assert "/stream" in app_module.TORN_DOWN  # (Flask 3.1 runs them twice for a stream)
+    stagetrace.flush()
+    (tl,) = captured
+    assert only(tl, "response.write").attrs["chunks"] == 2
+
+
 def test_under_a_real_server_with_an_outbound_call(app):
     """Werkzeug's threaded server on loopback: the timeline covers the request, an outbound
     httpx call to another loopback server nests under the view, and the backend's timeline

@@ -326,3 +326,35 @@ def test_a_body_failing_mid_stream_keeps_no_application_object_alive():
         assert refs["request"]() is None
     finally:
         gc.enable()
+
+
+def test_a_body_resetting_its_own_context_variable_closes_cleanly():
+    """A body that sets a context variable and resets its token when it ends (structlog's
+    ``bound_contextvars``, say), closed by the server after one chunk: close() raises nothing
+    and the variable is back to its value — the body runs in the server's own context, where
+    its token was made."""
+    import contextvars
+
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+        "request_id", default=None
+    )
+
+    def app(env: dict, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        token = request_id.set("abc")
+        try:
+            for _ in range(100):
+                yield b"row\n"
+        finally:
+            request_id.reset(token)
+
+    stagetrace.configure(sinks=["memory"])
+    result = StagetraceMiddleware(app)(environ(), lambda status, headers, exc_info=None: None)
+    body = iter(result)
+    assert next(body) == b"row\n"
+    assert request_id.get() == "abc"  # what the server's context holds between chunks
+    result.close()
+    assert request_id.get() is None
+    stagetrace.flush()
+    (tl,) = stagetrace.recent()
+    assert tl.path == "/" and tl.status == 200
