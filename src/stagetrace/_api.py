@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 from . import _recorder, _runtime
 from ._model import KIND_SET, KINDS, Timeline
+from ._recorder import leave
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,9 +83,9 @@ class StageScope:
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
-                    _leave(rec, exc)
+                    leave("api.stage", rec, exc)
                     raise
-                _leave(rec, None)
+                leave("api.stage", rec)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -101,9 +102,9 @@ class StageScope:
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                _leave(rec, exc)
+                leave("api.stage", rec, exc)
                 raise
-            _leave(rec, None)
+            leave("api.stage", rec)
             return result
 
         return wrapper  # type: ignore[return-value]
@@ -120,13 +121,6 @@ def _plain(attrs: dict[str, Any]) -> dict[str, Any] | None:
     except Exception as exc:
         _recorder.internal_error("api.attrs", exc)
         return None
-
-
-def _leave(rec: Any, exc: BaseException | None) -> None:
-    try:
-        _recorder.exit(rec, exc)
-    except Exception as e:
-        _recorder.internal_error("api.stage", e)
 
 
 _scopes: dict[tuple[str, str], StageScope] = {}

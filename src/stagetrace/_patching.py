@@ -159,16 +159,8 @@ def enter(site: str, kind: str, name: Any, attrs: Any = None) -> _recorder.Recor
         return None
 
 
-#: `_recorder.exit`, guarded: on failure the context still goes back to the parent.
+#: Close a stage, guarded (`_recorder.leave`): what every adapter calls when a stage ends.
 leave = _recorder.leave
-
-
-def abandon(rec: _recorder.Record | None) -> None:
-    """Give the context back to `rec`'s parent without recording anything more on it."""
-    try:
-        _recorder.restore(_recorder.parent_of(rec))
-    except Exception:  # pragma: no cover - nothing more can be done
-        pass
 
 
 def timed(kind: str, name: Naming, attrs: Naming = None, site: str = "") -> Callable[[Any], Any]:

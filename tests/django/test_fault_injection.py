@@ -61,6 +61,9 @@ NOT_HOOKS = {
     "dispose",
     "current_kind",
 }
+# Closing a stage is guarded inside the recorder itself (`_recorder.leave`, which every adapter
+# calls as `_patching.leave`): what it does when closing fails is tested in
+# tests/test_recorder.py, as `internal_error`'s reporting is in tests/test_pipeline.py.
 # `discard` runs only from `stagetrace.discard()` (guarded in `_api.discard`, tested in
 # tests/test_api.py) and the dev page, which answers 404 before it under these settings.
 NOT_HOOKS.add("discard")

@@ -21,6 +21,7 @@ from .. import _recorder, _runtime
 from .._http import asgi as _parse
 from .._http import server_timing
 from .._http.gateway import begin_http, end_http, release, wanted
+from .._patching import leave
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -253,9 +254,9 @@ class _Websocket:
             try:
                 await send(message)
             except BaseException as exc:
-                _leave(rec, exc)
+                leave("asgi.websocket.send", rec, exc)
                 raise
-            _leave(rec, None)
+            leave("asgi.websocket.send", rec)
             if kind == "websocket.accept" and not self.accepted:
                 try:
                     self.accepted = now() - _recorder.start_of(self.root)
@@ -276,16 +277,6 @@ class _Websocket:
         if self.close_code is not None:
             attrs["websocket.close_code"] = self.close_code
         end_http(self.root, self.close_code, None, exc)
-
-
-def _leave(rec: Any, exc: BaseException | None) -> None:
-    if rec is None:
-        return
-    try:
-        _recorder.exit(rec, exc)
-    except Exception as e:
-        _recorder.internal_error("asgi.websocket.send", e)
-        _recorder.restore(_recorder.parent_of(rec))
 
 
 def _size(message: Message) -> int:

@@ -25,6 +25,7 @@ from .._http import asgi as asgi_request
 from .._http import server_timing
 from .._http import wsgi as wsgi_request
 from .._http.gateway import begin_http, end_http, release, wanted
+from .._patching import leave
 from ._common import patcher, settings_loaded
 
 _KEY = "_stagetrace_pending"
@@ -352,9 +353,9 @@ def install() -> None:
             try:
                 result = await orig(self, response, send)
             except BaseException as exc:
-                _leave(rec, exc)
+                leave("django.send_response", rec, exc)
                 raise
-            _leave(rec, None)
+            leave("django.send_response", rec)
             return result
 
         return send_response
@@ -403,16 +404,6 @@ def install() -> None:
         return close
 
     patcher.wrap(http_response.HttpResponseBase, "close", close)
-
-
-def _leave(rec: Any, exc: BaseException | None) -> None:
-    if rec is None:
-        return
-    try:
-        _recorder.exit(rec, exc)
-    except Exception as e:
-        _recorder.internal_error("django.send_response", e)
-        _recorder.restore(_recorder.parent_of(rec))
 
 
 def install_test_client() -> None:

@@ -26,7 +26,7 @@ import wrapt
 from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
-from .._patching import abandon, leave
+from .._patching import leave
 from ._common import hop_started, patcher
 from ._common import thread_wait as _thread_wait
 
@@ -59,11 +59,6 @@ def _mark_out(rec: Any) -> None:
         _recorder.inner_end(rec)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
-
-
-def _failed_exit(rec: Any, exc: Exception) -> None:
-    _recorder.internal_error(_SITE, exc)
-    abandon(rec)
 
 
 def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
@@ -195,11 +190,7 @@ class _SyncMiddleware(_MiddlewareProxy):
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        if rec is not None:
-            try:
-                _recorder.exit(rec)
-            except Exception as exc:
-                _failed_exit(rec, exc)
+        leave(_SITE, rec)
         return response
 
 
@@ -217,11 +208,7 @@ class _AsyncMiddleware(_MiddlewareProxy):
         except BaseException as exc:
             leave(_SITE, rec, exc)
             raise
-        if rec is not None:
-            try:
-                _recorder.exit(rec)
-            except Exception as exc:
-                _failed_exit(rec, exc)
+        leave(_SITE, rec)
         return response
 
 

@@ -43,7 +43,7 @@ from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
-from .._patching import Patcher, abandon, leave, timed, timed_async
+from .._patching import Patcher, leave, timed, timed_async
 from ..asgi import _gateway
 
 patcher = Patcher("starlette")
@@ -105,12 +105,7 @@ def _layer_call(orig: Any) -> Any:
             _after_layer(rec, outer, exc)
             raise
         # `_after_layer`, inlined: this runs once per layer per request
-        if rec is not None:
-            try:
-                _recorder.exit(rec)
-            except Exception as exc:
-                _recorder.internal_error("starlette.middleware", exc)
-                abandon(rec)
+        leave("starlette.middleware", rec)
         if outer is not None:
             try:
                 _recorder.inner_end(outer)
@@ -633,7 +628,7 @@ def _close_called(exc: BaseException | None = None) -> None:
         if _recorder.is_open_for(_DEPENDENCY, "dependency"):
             rec = _recorder.current()
             if _recorder.aux(rec) == _CALLED:
-                _recorder.exit(rec, exc)
+                leave("fastapi.dependency", rec, exc)
     except Exception as e:
         _recorder.internal_error("fastapi.dependency", e)
 
