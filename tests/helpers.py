@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -12,6 +13,24 @@ from stagetrace import Timeline
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
 SCHEMA_DOC = HERE.parent / "docs" / "schema.md"
+
+
+def wsgi_environ(path: str = "/", **extra: object) -> dict[str, object]:
+    """A GET of `path` as a WSGI server passes it to the application; `extra` adds or replaces
+    keys (``**{"wsgi.file_wrapper": ...}``, ``HTTP_*`` headers)."""
+    env: dict[str, object] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    env.update(extra)
+    return env
 
 
 def doc_example() -> dict:

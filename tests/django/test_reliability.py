@@ -4,7 +4,6 @@ record wrong data or hold memory (issue 7). Each failed on the code before the f
 from __future__ import annotations
 
 import gc
-import io
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from django.test import Client
 import stagetrace
 from stagetrace._state import STATE
 
+from ..helpers import wsgi_environ
 from ..servers import ROOT
 from .conftest import by_kind, one
 
@@ -28,22 +28,12 @@ def client() -> Client:
 
 
 def wsgi_get(handler, path: str, **headers: str) -> tuple[str, bytes]:
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
+    environ = wsgi_environ(
+        path,
+        SCRIPT_NAME="",
+        **{"wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False},
         **{"HTTP_" + k.upper(): v for k, v in headers.items()},
-    }
+    )
     status: list[str] = []
     body = handler(environ, lambda s, h, exc_info=None: status.append(s))
     try:
@@ -258,16 +248,7 @@ def test_queued_timelines_keep_no_response_alive():
 
 def _get_environ(path: str) -> dict[str, object]:
     """A GET of `path` as a WSGI server passes it to Django's WSGIHandler."""
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-    }
+    return wsgi_environ(path)
 
 
 def test_a_handled_exception_keeps_no_frame_alive_until_the_response_closes():

@@ -15,6 +15,7 @@ import stagetrace
 import stagetrace.flask
 from stagetrace.wsgi import StagetraceMiddleware
 from tests.flask import app as app_module
+from tests.helpers import wsgi_environ
 
 
 def rows(tl):
@@ -214,22 +215,8 @@ def test_a_stream_the_client_leaves_early_closes_cleanly_and_tears_down(app, cap
     nothing and the request's teardown functions run, as without stagetrace. (Producing the
     chunks in a context of stagetrace's own made Flask reset its request context there and
     raise from close(): the body must run in the server's context.)"""
-    import io
-    import sys
-
     app_module.TORN_DOWN.clear()
-    env = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/stream",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-    }
-    result = app(env, lambda status, headers, exc_info=None: lambda data: None)
+    result = app(wsgi_environ("/stream"), lambda status, headers, exc_info=None: lambda data: None)
     body = iter(result)
     assert [next(body), next(body)] == [b"0,/stream\n", b"1,/stream\n"]
     result.close()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import wsgiref.simple_server
@@ -17,25 +16,13 @@ import requests
 
 import stagetrace
 from stagetrace.wsgi import StagetraceMiddleware
+from tests.helpers import wsgi_environ
 from tests.servers import free_port, read_timelines, serve
 from tests.wsgi import apps
 
 
 def environ(path: str = "/", **extra: object) -> dict:
-    env = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.file_wrapper": wsgiref.util.FileWrapper,
-    }
-    env.update(extra)
-    return env
+    return wsgi_environ(path, **{"wsgi.file_wrapper": wsgiref.util.FileWrapper, **extra})
 
 
 class Server:
