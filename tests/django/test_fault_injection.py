@@ -61,9 +61,6 @@ NOT_HOOKS = {
     "dispose",
     "current_kind",
 }
-# Closing a stage is guarded inside the recorder itself (`_recorder.leave`, which every adapter
-# calls as `_patching.leave`): what it does when closing fails is tested in
-# tests/test_recorder.py, as `internal_error`'s reporting is in tests/test_pipeline.py.
 # `discard` runs only from `stagetrace.discard()` (guarded in `_api.discard`, tested in
 # tests/test_api.py) and the dev page, which answers 404 before it under these settings.
 NOT_HOOKS.add("discard")
@@ -153,7 +150,12 @@ ADAPTER_HOOKS = [
     ("stagetrace.sqlalchemy._install", "_checkout_box"),
 ]
 
-HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS
+#: Closing a stage is guarded inside the recorder itself (`_recorder.leave`, which every adapter
+#: calls as `_patching.leave`), so no function of the adapters' can be made to fail there: the
+#: clock is, when `leave` reads it.
+CLOSING = ("stagetrace._recorder", "leave.now")
+
+HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS + [CLOSING]
 HITS: dict[tuple[str, str], set[str]] = {}
 #: Server-Timing is on in these scenarios (so its recorder function is reached) and its values
 #: change from run to run.
@@ -171,6 +173,8 @@ def _module(name: str) -> Any:
 
 
 def _inject(monkeypatch: pytest.MonkeyPatch, hook: tuple[str, str]) -> list[int]:
+    if hook == CLOSING:
+        return _inject_closing(monkeypatch)
     module, name = hook
     calls = [0]
     original = getattr(_module(module), name)
@@ -181,6 +185,25 @@ def _inject(monkeypatch: pytest.MonkeyPatch, hook: tuple[str, str]) -> list[int]
 
     faulty.__wrapped__ = original  # type: ignore[attr-defined]
     monkeypatch.setattr(_module(module), name, faulty)
+    return calls
+
+
+def _inject_closing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import sys
+
+    from stagetrace import _recorder
+
+    calls = [0]
+    clock = _recorder.now
+    leave = _recorder.leave.__code__
+
+    def now() -> int:
+        if sys._getframe(1).f_code is leave:
+            calls[0] += 1
+            raise InjectedFault("injected fault closing a stage")
+        return clock()
+
+    monkeypatch.setattr(_recorder, "now", now)
     return calls
 
 
