@@ -100,7 +100,7 @@ ADAPTER_HOOKS = [
     ("stagetrace.django._gateway", "_register"),
     ("stagetrace.django._gateway", "_ensure_ending"),
     ("stagetrace.django._gateway", "_finish"),
-    ("stagetrace.django._views", "_cached_view_name"),
+    ("stagetrace.django._views", "_view_facts"),
     ("stagetrace.django._views", "_route_attrs"),
     ("stagetrace.django._db", "_conn_attrs"),
     ("stagetrace.django._db", "_params_key"),

@@ -51,20 +51,23 @@ def view_name(view_and_method: tuple[Any, str | None]) -> str:
     return f"{qualname(cls)}.{handler}" if handler else qualname(cls)
 
 
-_view_names: dict[tuple[Any, Any], str] = {}
+_views: dict[tuple[Any, Any], tuple[str, bool]] = {}
 
 
-def _cached_view_name(view: Any, method: Any) -> str:
+def _view_facts(view: Any, method: Any) -> tuple[str, bool]:
+    """The stage name of `view` for `method` and whether the view is a coroutine function,
+    cached per view (asgiref's `iscoroutinefunction` costs five Python calls; Django asks
+    about the view on every request)."""
     key = (view, method)
     try:
-        name = _view_names.get(key)
+        facts = _views.get(key)
     except TypeError:  # an unhashable view object
-        return view_name(key)
-    if name is None:
-        name = view_name(key)
-        if len(_view_names) < 4096:
-            _view_names[key] = name
-    return name
+        return view_name(key), iscoroutinefunction(view)
+    if facts is None:
+        facts = (view_name(key), iscoroutinefunction(view))
+        if len(_views) < 4096:
+            _views[key] = facts
+    return facts
 
 
 def _enter(kind: str, name: Any) -> Any:
@@ -75,9 +78,9 @@ def _enter(kind: str, name: Any) -> Any:
         return None
 
 
-def _timed_view(callback: Any, name: str) -> Any:
+def _timed_view(callback: Any, name: str, is_async: bool) -> Any:
     """The view as Django will call it, recorded; same sync/async nature as `callback`."""
-    if iscoroutinefunction(callback):
+    if is_async:
 
         async def view(*args: Any, **kwargs: Any) -> Any:
             rec = _enter("view", name)
@@ -150,11 +153,13 @@ def install() -> None:
                 tl = _recorder.live()
                 if tl is None:
                     return callback
-                name = _cached_view_name(view, tl.method)
+                name, is_async = _view_facts(view, tl.method)
+                if callback is not view:  # made atomic: a new function around the view
+                    is_async = iscoroutinefunction(callback)
             except Exception as exc:
                 _recorder.internal_error("django.view_name", exc)
                 return callback
-            return _timed_view(callback, name)
+            return _timed_view(callback, name, is_async)
 
         return make_view_atomic
 
