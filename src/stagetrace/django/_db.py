@@ -50,8 +50,17 @@ def _compile_name(compiler: Any) -> str:
     return name
 
 
+_model_names: dict[Any, str] = {}
+
+
 def _model_name(model: Any) -> str:
-    return str(model._meta.label) if model is not None else "query"
+    """``app_label.Model`` (``Options.label`` formats it anew on every read), cached per model."""
+    name = _model_names.get(model)
+    if name is None:
+        name = str(model._meta.label) if model is not None else "query"
+        if len(_model_names) < 4096:
+            _model_names[model] = name
+    return name
 
 
 def _conn_attrs(conn: Any) -> dict[str, Any]:
