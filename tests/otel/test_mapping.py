@@ -3,6 +3,7 @@ official generated messages (the encoder's oracle), so what is checked is what g
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -231,3 +232,47 @@ def test_stages_once_equals_the_timelines_stages() -> None:
     partly.of_kind("db.query")  # some built, as an analyzer does
     assert list(_recorder.stages_once(partly)) == list(partly.stages)
     assert list(_recorder.stages_once(partly)) == list(partly.stages)  # all built now
+
+
+def _recorded(*stage_attrs: dict[str, Any], kind: str = "template") -> list[Timeline]:
+    """One recorded timeline per attribute dict: a job with one stage of `kind` carrying it."""
+    import stagetrace
+
+    out: list[Timeline] = []
+    for attrs in stage_attrs:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            with stagetrace.stage("s", kind=kind, **attrs):
+                pass
+        out.extend(got)
+    return out
+
+
+def test_equal_values_of_different_types_keep_their_own_type_through_the_block_cache() -> None:
+    """The OTLP path caches each stage's encoded attributes by kind and attributes, and
+    ``1 == True == 1.0`` and ``0.0 == -0.0`` in Python: stages whose attributes differ only
+    in such a value, exported one after another through one encoder, still go out as int, bool
+    and double, with the double's sign."""
+    encoder = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    got = []
+    values = [1, True, 1.0, 1, 0, False, 0.0, -0.0, 0.0, True]
+    for tl in _recorded(*({"flag": v, "db.system.name": "sqlite"} for v in values)):
+        request = ExportTraceServiceRequest.FromString(
+            encoder.encode(timeline_spans(tl, encoder))
+        )
+        span = request.resource_spans[0].scope_spans[0].spans[1]
+        (value,) = [a.value for a in span.attributes if a.key == "stagetrace.flag"]
+        which = value.WhichOneof("value")
+        got.append((which, getattr(value, which)))
+    assert [w for w, _ in got] == [
+        "int_value",
+        "bool_value",
+        "double_value",
+        "int_value",
+        "int_value",
+        "bool_value",
+        "double_value",
+        "double_value",
+        "double_value",
+        "bool_value",
+    ]
+    assert [math.copysign(1, v) for w, v in got if w == "double_value"] == [1, 1, -1, 1]

@@ -255,6 +255,7 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
             # repeat from request to request (same kind, same query text ...): encode them
             # once, and write the timings directly.
             mark = marks.get(i) if marks else None
+            ck: tuple[Any, ...] | None
             try:
                 ck = (
                     (kind_name, short, mark, *sattrs.items())
@@ -264,12 +265,19 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
                 block = blocks.get(ck)
             except TypeError:  # an unhashable value (a list): no cache
                 ck, block = None, None
-            if block is None:
-                block = encode(_stage_attrs(sattrs, kind_name, short, mark))  # type: ignore[misc]
+            if block is _TYPED:
+                # 1, True and 1.0 are equal keys: where a number is among the values, the
+                # entry under the plain key only says so, and the block is kept under a key
+                # with the values' types as well.
+                ck = (ck, *map(type, sattrs.values()))
+                block = blocks.get(ck)
+            if block is None or block is _UNCACHED:
+                attrs = _stage_attrs(sattrs, kind_name, short, mark)
+                block = encode(attrs)  # type: ignore[misc]
                 if ck is not None:
                     if len(blocks) >= BLOCK_CACHE_LIMIT:
                         blocks.clear()
-                    blocks[ck] = block
+                    blocks[ck] = _block_entry(blocks, ck, sattrs, block)
             if phases is not None:
                 # A middleware's own time is its in and out phases: they say it in more detail.
                 raw = uv(phases.get("in", 0))
@@ -420,6 +428,31 @@ def _stage_attrs(
     if findings is not None:
         attrs.append(("stagetrace.findings", findings))
     return attrs
+
+
+#: Entries of the block cache that are not blocks: the key has numbers among its values (look
+#: again under the key with their types), or a float (0.0 == -0.0, nan != nan: never cached).
+_TYPED = b"typed"
+_UNCACHED = b"uncached"
+_NUMBERS = frozenset((int, bool, float))
+
+
+def _block_entry(
+    blocks: dict[tuple[Any, ...], bytes], ck: tuple[Any, ...], sattrs: Any, block: bytes
+) -> bytes:
+    """What the block cache keeps under `ck` for a block just encoded (see `timeline_spans`);
+    stores the ``_TYPED`` marker under the plain key when that is what it needs."""
+    if not sattrs:
+        return block
+    types = set(map(type, sattrs.values()))
+    if float in types:
+        return _UNCACHED
+    if types & _NUMBERS and (not ck or type(ck[0]) is not tuple):
+        blocks[ck] = _TYPED
+        typed = (ck, *map(type, sattrs.values()))
+        blocks[typed] = block
+        return _TYPED
+    return block
 
 
 #: Encoded attribute blocks of recent stages, by kind, short-circuit, findings and attributes;
