@@ -57,17 +57,38 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _MASK64 = (1 << 64) - 1
 
 
-def stage_span_id(root_span_id: int, index: int) -> int:
-    """The span id of stage `index` of a timeline whose root span id is `root_span_id`: the
-    root's own for index 0, otherwise a well-mixed 64-bit value (splitmix64) derived from both,
-    so ids need no random draw per stage and are the same during the request (for context
-    propagation) and when the timeline is exported."""
-    if index == 0:
-        return root_span_id
-    z = (root_span_id + index * 0x9E3779B97F4A7C15) & _MASK64
+def _splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) or 1
+    return z ^ (z >> 31)
+
+
+#: ``_splitmix64(i)`` for each stage index seen so far (grown on demand, replaced rather than
+#: appended to, so a thread reading it never sees a half-grown list).
+_MIX: list[int] = [0]
+
+
+def span_id_masks(n: int) -> list[int]:
+    """At least `n` masks: stage `i`'s span id is the root's XOR ``masks[i]`` (see
+    `stage_span_id`)."""
+    global _MIX
+    mix = _MIX
+    if len(mix) < n:
+        mix = _MIX = mix + [_splitmix64(i) for i in range(len(mix), n)]
+    return mix
+
+
+def stage_span_id(root_span_id: int, index: int) -> int:
+    """The span id of stage `index` of a timeline whose root span id is `root_span_id`: the
+    root's own for index 0, otherwise the root's XOR a well-mixed 64-bit value of the index
+    (splitmix64), so ids need no random draw per stage, differ from each other within the
+    timeline, and are the same during the request (for context propagation) and when the
+    timeline is exported."""
+    if index == 0:
+        return root_span_id
+    mix = _MIX if index < len(_MIX) else span_id_masks(index + 1)
+    return (root_span_id ^ mix[index]) or 1
 
 
 class SchemaError(ValueError):

@@ -163,6 +163,56 @@ def test_span_ids_match_what_the_request_saw() -> None:
     assert spans[3]["span_id"] == f"{stage_span_id(int(tl.span_id, 16), 3):016x}"
 
 
+@pytest.mark.parametrize("root", [1, 0x9E3779B97F4A7C15, (1 << 64) - 1, 0x0123456789ABCDEF])
+def test_stage_span_ids_are_distinct_valid_and_stable(root: int) -> None:
+    """Within a timeline every stage's span id differs from the others' and from the root's, is
+    a valid (non-zero, 64-bit) id, and is the same however the mask table grew meanwhile."""
+    ids = [stage_span_id(root, i) for i in range(5000)]
+    assert ids[0] == root
+    assert len(set(ids)) == len(ids)
+    assert all(0 < x < 1 << 64 for x in ids)
+    assert [stage_span_id(root, i) for i in (4999, 1, 77)] == [ids[4999], ids[1], ids[77]]
+
+
+def _varied() -> list[Timeline]:
+    """Timelines covering what the mapping distinguishes: the documented example with a remote
+    or local parent, tracestate, unsampled flags, findings, an error and a 5xx; and recorded
+    ones with middleware (short-circuit or not), queries, an unfinished stage, empty names."""
+    import stagetrace
+
+    stages = doc_example()["stages"]
+    stages[4]["error"] = {"type": "builtins.ValueError", "message": "bad id"}
+    out = [
+        timeline(parent_span_id=REMOTE, trace_flags=1, tracestate="vendor=abc"),
+        timeline(parent_span_id=None, parent_is_remote=False, tracestate=None, trace_flags=0),
+        timeline(status=500, stages=stages),
+        timeline().with_findings([Finding("n_plus_one", "21 queries", (6,))]),
+    ]
+    with stagetrace.capture() as got, stagetrace.timeline("job", tenant="a"):
+        with stagetrace.stage("mw", kind="middleware"):
+            for i in range(3):
+                with stagetrace.stage("", kind="db.query", **{"db.query.text": f"SELECT {i}"}):
+                    pass
+        with stagetrace.stage("é\ud800", kind="template", rows=3, ok=True):
+            pass
+    out.extend(got)
+    return out
+
+
+def test_spans_the_mapping_encodes_itself_are_byte_identical_to_the_encoders() -> None:
+    """On the OTLP path most child spans are written by the mapping as bytes the encoder takes
+    as they are: the request is byte for byte the one the encoder makes from the plain span
+    tuples of the provider path, for every kind of timeline and on a warm cache too."""
+    for tl in _varied():
+        fast = SpanEncoder({"service.name": "shop"}, "stagetrace")
+        plain = SpanEncoder({"service.name": "shop"}, "stagetrace")
+        spans = timeline_spans(tl, fast)
+        assert any(type(s) is bytes for s in spans)
+        expected = plain.encode(timeline_spans(tl, None))
+        assert fast.encode(spans) == expected
+        assert fast.encode(timeline_spans(tl, fast)) == expected  # blocks cached now
+
+
 def test_resource_has_service_name_and_sdk_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     """service.name comes from stagetrace's service option; OTEL_RESOURCE_ATTRIBUTES and
     telemetry.sdk.* come from the SDK's resource detection."""

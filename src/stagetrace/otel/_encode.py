@@ -403,10 +403,37 @@ class SpanEncoder:
             out += _ld(b"\x5a", event)
         return out
 
-    def encode(self, spans: Iterable[Sequence[Any]]) -> bytes:
+    def name_field(self, name: str) -> bytes:
+        """``Span.name`` (field 5) for `name`, from the encoder's cache."""
+        field = self._names.get(name)
+        if field is None:
+            field = _ld(b"\x2a", utf8(name)) if name else b""
+            if len(self._names) >= self._limit:
+                self._names.clear()
+            self._names[name] = field
+        return field
+
+    def span_constants(
+        self, trace_state: str | None, status: tuple[int, str] | None, flags: int
+    ) -> tuple[bytes, bytes, dict[str, bytes]]:
+        """What a caller writing many similar spans itself needs: the ``trace_state`` field,
+        the tail after the events (``status`` and ``flags``), and the encoder's name-field
+        cache (``name`` → field; fill misses with `name_field`).
+
+        A span written from these as ``0x12 varint(len(body)) body`` with ``body`` =
+        ``0a 10 trace_id 12 08 span_id state (22 08 parent_id) name kind
+        times attributes tail`` — each field as `encode` writes it, no events — can be passed
+        to `encode` in place of its tuple: items that are ``bytes`` are taken as they are.
+        """
+        state = _ld(b"\x1a", utf8(trace_state)) if trace_state else b""
+        tail = _status_field(status) + (b"\x85\x01" + _pack_fixed32(flags) if flags else b"")
+        return state, tail, self._names
+
+    def encode(self, spans: Iterable[Any]) -> bytes:
         """The bytes of an ``ExportTraceServiceRequest`` holding ``spans`` (see :class:`SpanTuple`).
 
-        No spans give ``b""`` (an empty request), as the official encoder does.
+        No spans give ``b""`` (an empty request), as the official encoder does. A span given as
+        ``bytes`` is taken as already encoded (see `span_constants`).
         """
         parts = []
         names = self._names
@@ -421,6 +448,10 @@ class SpanEncoder:
         last_flags: Any = None
         last_tail = b""
         for span in spans:
+            if type(span) is bytes:  # already a ScopeSpans.spans field (see `span_constants`)
+                parts.append(span)
+                size += len(span)
+                continue
             (
                 trace_id,
                 span_id,

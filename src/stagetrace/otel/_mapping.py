@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._model import Timeline, stage_span_id
+from .._model import Timeline, span_id_masks
 from .._recorder import stages_once
 from ._encode import (
     _VARINT1,
@@ -51,6 +51,7 @@ from ._encode import (
     STATUS_ERROR,
     STATUS_UNSET,
     SpanEncoder,
+    _pack_times,
     _varint,
     utf8,
 )
@@ -66,6 +67,8 @@ __all__ = [
 
 _CLIENT_KINDS = frozenset(("db.query", "http.client"))
 _UNSET = (STATUS_UNSET, "")
+#: ``Span.kind`` (field 6) as `SpanEncoder.encode` writes it.
+_KIND_FIELDS = {k: b"0" + bytes((k,)) for k in (KIND_INTERNAL, KIND_CLIENT)}
 
 #: Attribute names the semantic conventions define, exported as they are.
 SEMCONV_KEYS = frozenset(
@@ -205,12 +208,12 @@ _SELF_NS = "stagetrace.self_time_ns"
 _INT64_LIMIT = 1 << 63
 
 
-def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tuple[Any, ...]]:
-    """The spans of one timeline as `_encode.SpanTuple` 12-tuples, root first.
-
-    With `encoder`, each span's attributes are already encoded bytes (the encoder's cached
-    blocks plus the per-span timings written directly), which is what the OTLP path sends;
-    without, they are ``(key, value)`` pairs (the provider path)."""
+def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any]:
+    """The spans of one timeline, root first, as `_encode.SpanTuple` 12-tuples with
+    ``(key, value)`` attribute pairs (the provider path); or, with `encoder`, in the form
+    `SpanEncoder.encode` takes fastest (what the OTLP path sends): the common child spans
+    already encoded (``bytes``), the others as tuples whose attributes are encoded bytes (the
+    encoder's cached blocks plus the per-span timings written directly)."""
     stages = stages_once(tl)
     if not stages:
         return []
@@ -224,9 +227,10 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
     )
     state = tl.tracestate or None
     wall0 = tl.start_unix_nano
-    to_id = stage_span_id
+    n = len(stages)
     ids = [root_id.to_bytes(8, "big")]
-    ids += [to_id(root_id, i).to_bytes(8, "big") for i in range(1, len(stages))]
+    # stage_span_id(root_id, i) for each stage, inlined
+    ids += [((root_id ^ m) or 1).to_bytes(8, "big") for m in span_id_masks(n)[1:n]]
     marks: dict[int, str] = {}
     for f in tl.findings:
         for i in f.stages:
@@ -238,13 +242,22 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
     encode = encoder.span_attributes if encoder is not None else None
     timing = _timing_block
     client = _CLIENT_KINDS
-    out: list[tuple[Any, ...]] = []
+    out: list[Any] = []
     append = out.append
     blocks = _blocks if encoder is not None and encoder is _blocks_owner[0] else None
     if encoder is not None and blocks is None:
         _blocks.clear()
         _blocks_owner[0] = encoder
         blocks = _blocks
+    if encoder is not None:
+        # Child spans on the common path are written here as encoded bytes, which the encoder
+        # takes as they are (`SpanEncoder.span_constants` says how): no tuple to build and
+        # unpack, no checks of ids that are already bytes of the right length.
+        state_field, child_tail, names = encoder.span_constants(state, _UNSET, child_flags)
+        name_field = encoder.name_field
+        kind_client = _KIND_FIELDS[KIND_CLIENT]
+        kind_internal = _KIND_FIELDS[KIND_INTERNAL]
+        head = b"\x0a\x10" + trace + b"\x12\x08"
     uv = _uvarint
     p_in = _key_fields.get(_IN_NS) or _timing_prefixes(_IN_NS)
     p_out = _key_fields.get(_OUT_NS) or _timing_prefixes(_OUT_NS)
@@ -288,22 +301,21 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[tup
                 raw = uv(self_ns)
                 block += p_self[len(raw)] + raw
             start = wall0 + start_ns
-            append(
+            body = b"".join(
                 (
-                    trace,
+                    head,
                     ids[i],
+                    state_field,
+                    b"\x22\x08",
                     ids[p if p is not None else 0],
-                    name,
-                    KIND_CLIENT if kind_name in client else KIND_INTERNAL,
-                    start,
-                    start + duration,
+                    names.get(name) or name_field(name),
+                    kind_client if kind_name in client else kind_internal,
+                    _pack_times(0x39, start, 0x41, start + duration),
                     block,
-                    None,
-                    _UNSET,
-                    state,
-                    child_flags,
+                    child_tail,
                 )
             )
+            append(b"\x12" + uv(len(body)) + body)
             continue
         times: tuple[tuple[str, int], ...] = ()
         if phases is not None:
@@ -465,9 +477,9 @@ _blocks_owner: list[Any] = [None]
 
 def spans_of(
     timelines: Iterable[Timeline], encoder: SpanEncoder | None = None
-) -> list[tuple[Any, ...]]:
+) -> list[Any]:
     """The spans of several timelines, concatenated."""
-    out: list[tuple[Any, ...]] = []
+    out: list[Any] = []
     for tl in timelines:
         out.extend(timeline_spans(tl, encoder))
     return out

@@ -276,13 +276,16 @@ class OtelSink:
                 logger.debug("stagetrace: metrics failed: %r", exc)
         keep = self.rules.keep
         counters = STATE.counters
-        spans: list[tuple[Any, ...]] = []
+        # the processor (provider path) takes tuples with attribute pairs; the OTLP path the
+        # encoder's form, partly encoded already
+        encoder = self.encoder if self.processor is None else None
+        spans: list[Any] = []
         unkept = 0
         for tl in timelines:
             if not keep(tl):
                 unkept += 1
                 continue
-            spans.extend(timeline_spans(tl, self.encoder))
+            spans.extend(timeline_spans(tl, encoder))
             if len(spans) >= MAX_BATCH_SPANS:
                 self._send(spans)
                 spans = []
@@ -295,7 +298,7 @@ class OtelSink:
         """Export one timeline (`emit_many` of one)."""
         self.emit_many([timeline])
 
-    def _send(self, spans: list[tuple[Any, ...]]) -> None:
+    def _send(self, spans: list[Any]) -> None:
         if self.processor is not None:
             self.processor(spans)
             STATE.counters["otel_spans_exported"] += len(spans)
