@@ -290,9 +290,12 @@ def _recorded(*stage_attrs: dict[str, Any], kind: str = "template") -> list[Time
 
     out: list[Timeline] = []
     for attrs in stage_attrs:
-        with stagetrace.capture() as got, stagetrace.timeline("job"):
-            with stagetrace.stage("s", kind=kind, **attrs):
-                pass
+        with (
+            stagetrace.capture() as got,
+            stagetrace.timeline("job"),
+            stagetrace.stage("s", kind=kind, **attrs),
+        ):
+            pass
         out.extend(got)
     return out
 
@@ -306,9 +309,7 @@ def test_equal_values_of_different_types_keep_their_own_type_through_the_block_c
     got = []
     values = [1, True, 1.0, 1, 0, False, 0.0, -0.0, 0.0, True]
     for tl in _recorded(*({"flag": v, "db.system.name": "sqlite"} for v in values)):
-        request = ExportTraceServiceRequest.FromString(
-            encoder.encode(timeline_spans(tl, encoder))
-        )
+        request = ExportTraceServiceRequest.FromString(encoder.encode(timeline_spans(tl, encoder)))
         span = request.resource_spans[0].scope_spans[0].spans[1]
         (value,) = [a.value for a in span.attributes if a.key == "stagetrace.flag"]
         which = value.WhichOneof("value")

@@ -475,9 +475,7 @@ _blocks: dict[tuple[Any, ...], bytes] = {}
 _blocks_owner: list[Any] = [None]
 
 
-def spans_of(
-    timelines: Iterable[Timeline], encoder: SpanEncoder | None = None
-) -> list[Any]:
+def spans_of(timelines: Iterable[Timeline], encoder: SpanEncoder | None = None) -> list[Any]:
     """The spans of several timelines, concatenated."""
     out: list[Any] = []
     for tl in timelines:
