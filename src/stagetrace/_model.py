@@ -8,6 +8,7 @@ bumping `SCHEMA`, and `Timeline.from_dict` keeps reading every earlier version (
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -64,9 +65,11 @@ def _splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
-#: ``_splitmix64(i)`` for each stage index seen so far (grown on demand, replaced rather than
-#: appended to, so a thread reading it never sees a half-grown list).
+#: ``_splitmix64(i)`` for each stage index seen so far: grown on demand under `_GROW`, and
+#: replaced by a longer list rather than appended to, so a reader holding it never sees it
+#: change or shrink.
 _MIX: list[int] = [0]
+_GROW = threading.Lock()
 
 
 def span_id_masks(n: int) -> list[int]:
@@ -75,7 +78,10 @@ def span_id_masks(n: int) -> list[int]:
     global _MIX
     mix = _MIX
     if len(mix) < n:
-        mix = _MIX = mix + [_splitmix64(i) for i in range(len(mix), n)]
+        with _GROW:
+            mix = _MIX
+            if len(mix) < n:
+                mix = _MIX = mix + [_splitmix64(i) for i in range(len(mix), n)]
     return mix
 
 
@@ -87,7 +93,9 @@ def stage_span_id(root_span_id: int, index: int) -> int:
     timeline is exported."""
     if index == 0:
         return root_span_id
-    mix = _MIX if index < len(_MIX) else span_id_masks(index + 1)
+    mix = _MIX
+    if index >= len(mix):
+        mix = span_id_masks(index + 1)
     return (root_span_id ^ mix[index]) or 1
 
 

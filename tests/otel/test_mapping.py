@@ -213,6 +213,61 @@ def test_spans_the_mapping_encodes_itself_are_byte_identical_to_the_encoders() -
         assert fast.encode(timeline_spans(tl, fast)) == expected  # blocks cached now
 
 
+def test_values_equal_to_numbers_but_not_plain_do_not_share_a_cached_block() -> None:
+    """A timeline read from a file keeps its attribute values as given: an array ``(1, 2)``
+    equals ``(True, 2)``, ``(0.0,)`` equals ``(-0.0,)`` and ``Decimal(1)`` equals ``1``. Through
+    one encoder, each still goes out as the provider path (no cache) encodes it."""
+    from decimal import Decimal
+
+    def with_value(value: Any) -> Timeline:
+        stages = doc_example()["stages"]
+        stages[2]["attrs"] = {"flag": value}
+        return timeline(stages=stages)
+
+    encoder = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    for value in ((1, 2), (True, 2), (0.0,), (-0.0,), Decimal(1), 1, (1, 2)):
+        tl = with_value(value)
+        fast = ExportTraceServiceRequest.FromString(encoder.encode(timeline_spans(tl, encoder)))
+        plain = SpanEncoder({"service.name": "shop"}, "stagetrace")
+        expected = ExportTraceServiceRequest.FromString(plain.encode(timeline_spans(tl, None)))
+        assert fast == expected, value
+
+
+def test_spans_starting_at_zero_are_byte_identical_too() -> None:
+    """A timeline whose wall-clock start is 0 (made up, or read from a file): the spans the
+    mapping encodes itself leave the zero times out, as the encoder does."""
+    stages = doc_example()["stages"]
+    stages[3]["start_ns"] = stages[3]["duration_ns"] = 0  # a zero-length stage at t = 0
+    tl = timeline(start_unix_nano=0, stages=stages)
+    fast = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    plain = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    assert fast.encode(timeline_spans(tl, fast)) == plain.encode(timeline_spans(tl, None))
+
+
+def test_stage_span_ids_survive_the_mask_table_being_replaced_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread may replace the mask table between two reads of it (a thread that
+    grew it from an older, shorter copy): the id asked for is still right. The switch is
+    forced right after `stage_span_id` checks the table's length."""
+    import builtins
+
+    from stagetrace import _model
+
+    _model.span_id_masks(600)
+    shorter = _model._MIX[:301]
+
+    def len_then_switch(x: Any) -> int:
+        n = builtins.len(x)
+        _model._MIX = shorter
+        return n
+
+    monkeypatch.setattr(_model, "len", len_then_switch, raising=False)
+    assert stage_span_id(0x1234, 400) == 0x1234 ^ _model._splitmix64(400)
+    monkeypatch.undo()
+    assert len(_model.span_id_masks(5)) >= 5
+
+
 def test_resource_has_service_name_and_sdk_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     """service.name comes from stagetrace's service option; OTEL_RESOURCE_ATTRIBUTES and
     telemetry.sdk.* come from the SDK's resource detection."""

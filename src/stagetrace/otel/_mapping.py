@@ -51,6 +51,7 @@ from ._encode import (
     STATUS_ERROR,
     STATUS_UNSET,
     SpanEncoder,
+    _pack_fixed64,
     _pack_times,
     _varint,
     utf8,
@@ -284,13 +285,13 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                 # with the values' types as well.
                 ck = (ck, *map(type, sattrs.values()))
                 block = blocks.get(ck)
-            if block is None or block is _UNCACHED:
+            if block is None:
                 attrs = _stage_attrs(sattrs, kind_name, short, mark)
                 block = encode(attrs)  # type: ignore[misc]
                 if ck is not None:
                     if len(blocks) >= BLOCK_CACHE_LIMIT:
                         blocks.clear()
-                    blocks[ck] = _block_entry(blocks, ck, sattrs, block)
+                    _keep_block(blocks, ck, sattrs, block)
             if phases is not None:
                 # A middleware's own time is its in and out phases: they say it in more detail.
                 raw = uv(phases.get("in", 0))
@@ -310,7 +311,9 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                     ids[p if p is not None else 0],
                     names.get(name) or name_field(name),
                     kind_client if kind_name in client else kind_internal,
-                    _pack_times(0x39, start, 0x41, start + duration),
+                    _pack_times(0x39, start, 0x41, start + duration)
+                    if start
+                    else _times_from_zero(start + duration),
                     block,
                     child_tail,
                 )
@@ -374,6 +377,12 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
             )
         )
     return out
+
+
+def _times_from_zero(end: int) -> bytes:
+    """A span's times when it starts at 0 (a made-up or file timeline): a zero time is left
+    out, as `SpanEncoder.encode` does."""
+    return b"\x41" + _pack_fixed64(end) if end else b""
 
 
 def _root(
@@ -442,36 +451,40 @@ def _stage_attrs(
     return attrs
 
 
-#: Entries of the block cache that are not blocks: the key has numbers among its values (look
-#: again under the key with their types), or a float (0.0 == -0.0, nan != nan: never cached).
-_TYPED = b"typed"
-_UNCACHED = b"uncached"
-_NUMBERS = frozenset((int, bool, float))
+#: What the block cache holds under a key whose values include numbers: look again under the
+#: key with the values' types added (1, True and 1.0 are equal keys).
+_TYPED: Any = object()
+_PLAIN = frozenset((str, int, bool, type(None)))
+_NUMBERS = frozenset((int, bool))
 
 
-def _block_entry(
-    blocks: dict[tuple[Any, ...], bytes], ck: tuple[Any, ...], sattrs: Any, block: bytes
-) -> bytes:
-    """What the block cache keeps under `ck` for a block just encoded (see `timeline_spans`);
-    stores the ``_TYPED`` marker under the plain key when that is what it needs."""
+def _keep_block(
+    blocks: dict[tuple[Any, ...], Any], ck: tuple[Any, ...], sattrs: Any, block: bytes
+) -> None:
+    """Keep a block just encoded under `ck` (see `timeline_spans`), if it may be reused: only
+    attributes whose values are all str, int, bool or None are cached (a float: 0.0 == -0.0
+    and nan != nan; an array or another type may equal a differently encoded value); with an
+    int or bool among them, the plain key gets the ``_TYPED`` marker and the block a key with
+    the values' types."""
     if not sattrs:
-        return block
+        blocks[ck] = block
+        return
     types = set(map(type, sattrs.values()))
-    if float in types:
-        return _UNCACHED
+    if not types <= _PLAIN:
+        return
     if types & _NUMBERS and (not ck or type(ck[0]) is not tuple):
         blocks[ck] = _TYPED
         typed = (ck, *map(type, sattrs.values()))
         blocks[typed] = block
-        return _TYPED
-    return block
+    else:
+        blocks[ck] = block
 
 
 #: Encoded attribute blocks of recent stages, by kind, short-circuit, findings and attributes;
 #: valid for one encoder (the bytes do not depend on its state, but keep it simple). At most
 #: `BLOCK_CACHE_LIMIT` of them (then it starts over): a few MB at worst, with long SQL texts.
 BLOCK_CACHE_LIMIT = 1024
-_blocks: dict[tuple[Any, ...], bytes] = {}
+_blocks: dict[tuple[Any, ...], Any] = {}
 _blocks_owner: list[Any] = [None]
 
 
