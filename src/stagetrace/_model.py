@@ -8,7 +8,6 @@ bumping `SCHEMA`, and `Timeline.from_dict` keeps reading every earlier version (
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -65,11 +64,11 @@ def _splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
-#: ``_splitmix64(i)`` for each stage index seen so far: grown on demand under `_GROW`, and
-#: replaced by a longer list rather than appended to, so a reader holding it never sees it
-#: change or shrink.
+#: ``_splitmix64(i)`` for each stage index seen so far: grown on demand, replaced by a longer
+#: list rather than appended to, so a reader holding it never sees it change. No lock (one
+#: could be held across a fork): two threads growing it at once compute the same values, and
+#: a reader that finds it shorter than it needs grows it again.
 _MIX: list[int] = [0]
-_GROW = threading.Lock()
 
 
 def span_id_masks(n: int) -> list[int]:
@@ -78,10 +77,9 @@ def span_id_masks(n: int) -> list[int]:
     global _MIX
     mix = _MIX
     if len(mix) < n:
-        with _GROW:
-            mix = _MIX
-            if len(mix) < n:
-                mix = _MIX = mix + [_splitmix64(i) for i in range(len(mix), n)]
+        mix = mix + [_splitmix64(i) for i in range(len(mix), n)]
+        if len(mix) > len(_MIX):
+            _MIX = mix
     return mix
 
 

@@ -244,6 +244,27 @@ def test_spans_starting_at_zero_are_byte_identical_too() -> None:
     assert fast.encode(timeline_spans(tl, fast)) == plain.encode(timeline_spans(tl, None))
 
 
+def test_timings_outside_what_a_recorder_writes_are_exported_as_the_encoder_does() -> None:
+    """A timeline read from a file may hold timings no recorder writes: negative, beyond
+    int64, a stage ending at wall-clock 0. The spans the mapping encodes itself say the same
+    as the encoder does with the plain pairs (a negative int64, a string beyond the range, a
+    zero time left out), cold and warm."""
+    stages = doc_example()["stages"]
+    stages[2]["self_ns"] = -5
+    stages[3]["self_ns"] = 2**63
+    stages[1]["phases"] = {"in": -7, "out": 2**64}
+    stages[4]["start_ns"], stages[4]["duration_ns"] = 0, -5
+    tl = timeline(start_unix_nano=5, stages=stages)
+    fast = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    plain = SpanEncoder({"service.name": "shop"}, "stagetrace")
+    expected = plain.encode(timeline_spans(tl, None))
+    assert fast.encode(timeline_spans(tl, fast)) == expected
+    assert fast.encode(timeline_spans(tl, fast)) == expected
+    spans = decoded(tl)
+    assert spans[1]["attributes"]["stagetrace.middleware.in_ns"] == -7
+    assert spans[3]["attributes"]["stagetrace.self_time_ns"] == str(2**63)
+
+
 def test_stage_span_ids_survive_the_mask_table_being_replaced_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

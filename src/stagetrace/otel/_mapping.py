@@ -41,6 +41,8 @@ from typing import Any
 from .._model import Timeline, span_id_masks
 from .._recorder import stages_once
 from ._encode import (
+    _INT64_MIN,
+    _UINT64_MASK,
     _VARINT1,
     KIND_CLIENT,
     KIND_CONSUMER,
@@ -160,10 +162,13 @@ def _hex_id(value: str | None, size: int) -> bytes | None:
         return None
 
 
-def _uvarint(value: int) -> bytes:
-    """The varint of a non-negative int below 2**63 (a timing: usually 3 or 4 bytes)."""
+def _uvarint(value: int) -> bytes | None:
+    """The varint of an int64 as an ``int_value`` holds it (a timing: usually 3 or 4 bytes);
+    None beyond int64's range, where the encoder writes the number as a string."""
     if value < 0x80:
-        return _VARINT1[value] if value >= 0 else b"\x00"
+        if value >= 0:
+            return _VARINT1[value]
+        return _varint(value & _UINT64_MASK) if value >= _INT64_MIN else None
     if value < 0x4000:
         return bytes((value & 0x7F | 0x80, value >> 7))
     if value < 0x200000:
@@ -177,7 +182,7 @@ def _uvarint(value: int) -> bytes:
                 value >> 21,
             )
         )
-    return _varint(value) if value < _INT64_LIMIT else b"\x00"
+    return _varint(value) if value < _INT64_LIMIT else None
 
 
 def _timing_prefixes(key: str) -> tuple[bytes, ...]:
@@ -193,13 +198,13 @@ def _timing_prefixes(key: str) -> tuple[bytes, ...]:
     return prefixes
 
 
-def _timing_block(key: str, value: int) -> bytes:
-    """One span attribute ``key`` = non-negative int ``value`` as encoded span-attribute bytes
-    (what ``SpanEncoder.span_attributes`` gives): timings are unique per span, so the encoder's
-    value cache would only churn on them."""
+def _timing_block(key: str, value: int) -> bytes | None:
+    """One span attribute ``key`` = int ``value`` as encoded span-attribute bytes (what
+    ``SpanEncoder.span_attributes`` gives; None beyond int64's range): timings are unique per
+    span, so the encoder's value cache would only churn on them."""
     prefixes = _key_fields.get(key) or _timing_prefixes(key)
     raw = _uvarint(value)
-    return prefixes[len(raw)] + raw
+    return prefixes[len(raw)] + raw if raw is not None else None
 
 
 _key_fields: dict[str, tuple[bytes, ...]] = {}
@@ -294,14 +299,19 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                     _keep_block(blocks, ck, sattrs, block)
             if phases is not None:
                 # A middleware's own time is its in and out phases: they say it in more detail.
-                raw = uv(phases.get("in", 0))
-                block += p_in[len(raw)] + raw
-                raw = uv(phases.get("out", 0))
-                block += p_out[len(raw)] + raw
+                v = phases.get("in", 0)
+                raw = uv(v)
+                block += p_in[len(raw)] + raw if raw is not None else encode(((_IN_NS, v),))  # type: ignore[misc]
+                v = phases.get("out", 0)
+                raw = uv(v)
+                block += p_out[len(raw)] + raw if raw is not None else encode(((_OUT_NS, v),))  # type: ignore[misc]
             elif self_ns != duration:  # else a stage without children: its duration
                 raw = uv(self_ns)
-                block += p_self[len(raw)] + raw
+                block += (
+                    p_self[len(raw)] + raw if raw is not None else encode(((_SELF_NS, self_ns),))  # type: ignore[misc]
+                )
             start = wall0 + start_ns
+            end = start + duration
             body = b"".join(
                 (
                     head,
@@ -311,14 +321,12 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                     ids[p if p is not None else 0],
                     names.get(name) or name_field(name),
                     kind_client if kind_name in client else kind_internal,
-                    _pack_times(0x39, start, 0x41, start + duration)
-                    if start
-                    else _times_from_zero(start + duration),
+                    _pack_times(0x39, start, 0x41, end) if start and end else _times(start, end),
                     block,
                     child_tail,
                 )
             )
-            append(b"\x12" + uv(len(body)) + body)
+            append(b"\x12" + _varint(len(body)) + body)
             continue
         times: tuple[tuple[str, int], ...] = ()
         if phases is not None:
@@ -356,7 +364,8 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
         if encode is not None:
             block = encode(attrs)
             for k, v in times:
-                block += timing(k, v) if type(v) is int else encode(((k, v),))
+                t = timing(k, v) if type(v) is int else None
+                block += t if t is not None else encode(((k, v),))
             span_attrs: Any = block
         else:
             span_attrs = attrs + list(times)
@@ -379,10 +388,12 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
     return out
 
 
-def _times_from_zero(end: int) -> bytes:
-    """A span's times when it starts at 0 (a made-up or file timeline): a zero time is left
+def _times(start: int, end: int) -> bytes:
+    """A span's times when one of them is 0 (a made-up or file timeline): a zero time is left
     out, as `SpanEncoder.encode` does."""
-    return b"\x41" + _pack_fixed64(end) if end else b""
+    return (b"\x39" + _pack_fixed64(start) if start else b"") + (
+        b"\x41" + _pack_fixed64(end) if end else b""
+    )
 
 
 def _root(
