@@ -437,7 +437,6 @@ class SpanEncoder:
         """
         parts = []
         names = self._names
-        limit = self._limit
         attributes = self._attributes
         kinds = _KINDS
         size = 0
@@ -486,19 +485,13 @@ class SpanEncoder:
                 parent_field = b""
             name_field = names.get(name)
             if name_field is None:
-                name_field = _ld(b"\x2a", utf8(name)) if name else b""
-                if len(names) >= limit:
-                    names.clear()
-                names[name] = name_field
+                name_field = self.name_field(name)
             kind_field = kinds.get(kind)
             if kind_field is None:
                 kind_field = b"0" + _varint(kind & _UINT64_MASK)
-            if start and end:
-                times = _pack_times(0x39, start, 0x41, end)
-            else:
-                times = (b"\x39" + _pack_fixed64(start) if start else b"") + (
-                    b"\x41" + _pack_fixed64(end) if end else b""
-                )
+            times = (
+                _pack_times(0x39, start, 0x41, end) if start and end else times_field(start, end)
+            )
             attr_field = b""
             if attrs:
                 if type(attrs) is bytes:  # pre-encoded by span_attributes()
@@ -564,6 +557,14 @@ class SpanEncoder:
 
 
 _NOTHING = object()
+
+
+def times_field(start: int, end: int) -> bytes:
+    """A span's start and end time fields (7 and 8) when one of them is 0, which is left out
+    (both non-zero, the common case, are one ``_pack_times(0x39, start, 0x41, end)``)."""
+    return (b"\x39" + _pack_fixed64(start) if start else b"") + (
+        b"\x41" + _pack_fixed64(end) if end else b""
+    )
 
 
 def _status_field(status: Sequence[Any] | None) -> bytes:

@@ -41,6 +41,7 @@ from typing import Any
 from .._model import Timeline, span_id_masks
 from .._recorder import stages_once
 from ._encode import (
+    _INT64_LIMIT,
     _INT64_MIN,
     _UINT64_MASK,
     _VARINT1,
@@ -53,9 +54,9 @@ from ._encode import (
     STATUS_ERROR,
     STATUS_UNSET,
     SpanEncoder,
-    _pack_fixed64,
     _pack_times,
     _varint,
+    times_field,
     utf8,
 )
 
@@ -211,7 +212,6 @@ _key_fields: dict[str, tuple[bytes, ...]] = {}
 _IN_NS = "stagetrace.middleware.in_ns"
 _OUT_NS = "stagetrace.middleware.out_ns"
 _SELF_NS = "stagetrace.self_time_ns"
-_INT64_LIMIT = 1 << 63
 
 
 def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any]:
@@ -321,7 +321,9 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                     ids[p if p is not None else 0],
                     names.get(name) or name_field(name),
                     kind_client if kind_name in client else kind_internal,
-                    _pack_times(0x39, start, 0x41, end) if start and end else _times(start, end),
+                    _pack_times(0x39, start, 0x41, end)
+                    if start and end
+                    else times_field(start, end),
                     block,
                     child_tail,
                 )
@@ -386,14 +388,6 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
             )
         )
     return out
-
-
-def _times(start: int, end: int) -> bytes:
-    """A span's times when one of them is 0 (a made-up or file timeline): a zero time is left
-    out, as `SpanEncoder.encode` does."""
-    return (b"\x39" + _pack_fixed64(start) if start else b"") + (
-        b"\x41" + _pack_fixed64(end) if end else b""
-    )
 
 
 def _root(
@@ -483,7 +477,7 @@ def _keep_block(
     types = set(map(type, sattrs.values()))
     if not types <= _PLAIN:
         return
-    if types & _NUMBERS and (not ck or type(ck[0]) is not tuple):
+    if types & _NUMBERS and type(ck[0]) is not tuple:  # not a typed key already
         blocks[ck] = _TYPED
         typed = (ck, *map(type, sattrs.values()))
         blocks[typed] = block
