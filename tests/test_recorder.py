@@ -106,6 +106,159 @@ def test_middleware_phases_split_at_the_inner_call(captured):
     assert "phases" not in v.to_dict()
 
 
+def _layer(inner, name):
+    """A synchronous middleware as Django builds one: it gets its next layer at construction."""
+
+    def middleware(request):
+        time.sleep(0.002)
+        response = inner(request)
+        time.sleep(0.003)
+        return response
+
+    return middleware
+
+
+def test_a_fused_middleware_frame_records_the_same_stage_as_enter_and_leave(captured):
+    """`run_layer` with a `next_layer` handler records what `enter_middleware`, `inner_begin`,
+    `inner_end` and `exit` record: the stage, its in/out split, the stages inside it, and the
+    call's result passes through."""
+
+    def view(request):
+        v = _recorder.enter("view", "v")
+        time.sleep(0.001)
+        _recorder.exit(v)
+        return ("response", request)
+
+    name = "app.Timing"
+    layer = _layer(_recorder.next_layer(view, name, "test.site"), name)
+    root = begin("GET /", framework="test")
+    assert _recorder.run_layer(name, layer, "req", "test.site") == ("response", "req")
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    m, v = tl.stages[1], tl.stages[2]
+    assert (m.kind, m.name, m.parent, v.parent) == ("middleware", name, 0, m.id)
+    assert m.short_circuit is False and m.error is None
+    assert m.phases["in"] >= 2_000_000 and m.phases["out"] >= 3_000_000
+    assert m.phases["in"] + v.duration_ns + m.phases["out"] <= m.duration_ns
+
+
+def test_a_next_layer_handler_finds_its_middleware_under_a_stage_the_middleware_opened(
+    captured,
+):
+    """A middleware that calls the next layer inside a stage of its own (a lock, a cache
+    lookup) still gets its in/out split: the handler finds the middleware's stage above."""
+
+    def view(request):
+        return request
+
+    name = "app.Locking"
+    handler = _recorder.next_layer(view, name, "test.site")
+
+    def layer(request):
+        time.sleep(0.002)
+        own = _recorder.enter("custom", "lock")
+        try:
+            return handler(request)
+        finally:
+            _recorder.exit(own)
+
+    root = begin("GET /", framework="test")
+    assert _recorder.run_layer(name, layer, "req", "test.site") == "req"
+    _recorder.end(root)
+    (tl,) = captured
+    m, own = tl.stages[1], tl.stages[2]
+    assert own.parent == m.id and m.short_circuit is False
+    assert m.phases["in"] >= 2_000_000
+
+
+def test_a_fused_middleware_frame_passes_the_apps_exception_through_untouched(captured):
+    """The layer's exception reaches the caller as the same object; the stage records it and
+    the context goes back to the parent."""
+    boom = ValueError("nope")
+
+    def view(request):
+        raise boom
+
+    name = "app.Failing"
+    layer = _layer(_recorder.next_layer(view, name, "test.site"), name)
+    root = begin("GET /", framework="test")
+    with pytest.raises(ValueError) as raised:
+        _recorder.run_layer(name, layer, "req", "test.site")
+    assert raised.value is boom
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    m = tl.stages[1]
+    assert m.error is not None and m.error.type == "ValueError"
+    assert m.phases["in"] >= 2_000_000  # the split was marked on the way in
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_fused_middleware_frame_whose_clock_fails_still_serves_the_request(captured, monkeypatch):
+    """The clock failing inside `run_layer` and the `next_layer` handler: the layer is still
+    called and its result returned, every failure is counted at the adapter's site, and the
+    context is back at the root afterwards."""
+    name = "app.Timing"
+    calls = []
+    layer = _layer(_recorder.next_layer(calls.append, name, "test.site"), name)
+    root = begin("GET /", framework="test")
+    clock = _recorder.now
+    fail = [False]
+
+    def flaky_clock() -> int:
+        if fail[0]:
+            raise RuntimeError("clock failed")
+        return clock()
+
+    monkeypatch.setattr(_recorder, "now", flaky_clock)
+    fail[0] = True
+    assert _recorder.run_layer(name, layer, "req", "test.site") is None  # not entered
+    fail[0] = False
+    rec_layer = _layer(
+        _recorder.next_layer(lambda r: fail.__setitem__(0, True) or r, name, "test.site"), name
+    )
+    assert _recorder.run_layer(name, rec_layer, "req2", "test.site") == "req2"
+    fail[0] = False
+    monkeypatch.undo()
+    assert calls == ["req"]
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 3}
+    assert [s.kind for s in tl.stages] == ["gateway", "middleware"]
+
+
+def test_a_fused_middleware_frame_past_the_cap_keeps_the_summary_exact(captured):
+    """Past `max_stages`, `run_layer` times the layer without keeping it, as `enter` does."""
+    stagetrace.configure(max_stages=2)
+    root = begin("GET /", framework="test")
+    first = _recorder.enter("view", "kept")
+    _recorder.exit(first)
+    for _ in range(3):
+        assert _recorder.run_layer("app.M", lambda r: r, 1, "test.site") == 1
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert len(tl.stages) == 2 and tl.dropped_stages == 3
+    assert tl.by_kind["middleware"].count == 3
+
+
+def test_a_next_layer_handler_outside_a_timeline_only_calls_through(captured):
+    """With nothing recording, the handler calls the next layer and returns its result, for
+    both natures; the async one is a coroutine function, as the layer it stands for."""
+    sync = _recorder.next_layer(lambda r: ("sync", r), "app.M", "test.site")
+    assert sync("req") == ("sync", "req")
+
+    async def nxt(r):
+        return ("async", r)
+
+    handler = _recorder.next_layer(nxt, "app.M", "test.site", True)
+    assert asyncio.iscoroutinefunction(handler) and not asyncio.iscoroutinefunction(sync)
+    assert asyncio.run(handler("req")) == ("async", "req")
+    assert captured == []
+
+
 def test_stage_cap_keeps_memory_bounded_and_summary_exact(captured):
     """Past max_stages stages are counted in dropped_stages, and summary counts stay exact."""
     stagetrace.configure(max_stages=10)

@@ -647,6 +647,110 @@ def inner_end(rec: Record | None, at_response: bool = False) -> None:
         rec[11] = now()
 
 
+def run_layer(name: str, call: Callable[[Any], Any], arg: Any, site: str) -> Any:
+    """``call(arg)``, a synchronous middleware layer, inside a `middleware` stage named `name`:
+    `enter_middleware`, the call and `leave` in one frame. For layers that run once each per
+    request (seven in a default Django project), where a Python frame costs about as much as
+    the recorder's own work; the layer's handler for the next one comes from `next_layer`.
+    The call's exceptions pass through untouched; stagetrace's own are reported at `site`."""
+    rec = None
+    try:
+        cur = _get()
+        if cur is not None:
+            tl = cur[0]
+            if len(tl) < tl.cap:
+                # as `enter_middleware` makes it (the marks in slots M_IN ... M_SPLIT)
+                rec = [
+                    tl, cur, "middleware", name, now(), 0, None, None, None,
+                    _MARKS, 0, 0, None, False,
+                ]  # fmt: skip
+                tl.append(rec)
+                _set(rec)
+            else:
+                rec = _enter_overflow(cur, "middleware", None)
+    except Exception as exc:
+        internal_error(site, exc)
+    try:
+        result = call(arg)
+    except BaseException as exc:
+        leave(site, rec, exc)
+        raise
+    if rec is not None:
+        try:
+            t = now()
+            _set(rec[1])
+            if not rec[5]:
+                rec[5] = t
+            if rec[9] is _OVERFLOW:
+                _fold_overflow(rec)
+        except Exception as exc:
+            internal_error(site, exc)
+            try:
+                _set(rec[1])
+            except Exception:  # pragma: no cover - nothing more can be done
+                pass
+    return result
+
+
+def next_layer(
+    call: Callable[[Any], Any], name: str, site: str, is_async: bool = False
+) -> Callable[[Any], Any]:
+    """The handler through which the middleware stage named `name` (entered with this very
+    string) calls the next layer, ``call``: marks the end of the stage's inbound phase when
+    called and the start of its outbound phase when ``call`` returns — `calls_next`, the call
+    and `inner_end` in one frame. Outside a timeline it only calls through. With `is_async`,
+    ``call`` is a coroutine function and so is the handler."""
+    if is_async:
+
+        async def ahandler(arg: Any) -> Any:
+            if _get() is None:
+                return await call(arg)
+            try:
+                rec: Record | None = calls_next(name)
+                if rec is not None and rec[9] is not _MARKS:
+                    rec = None
+            except Exception as exc:
+                internal_error(site, exc)
+                rec = None
+            try:
+                return await call(arg)
+            finally:
+                if rec is not None:
+                    try:
+                        if not rec[5] and not rec[13]:
+                            rec[11] = now()
+                    except Exception as exc:
+                        internal_error(site, exc)
+
+        return ahandler
+
+    def handler(arg: Any) -> Any:
+        rec = _get()
+        if rec is None:
+            return call(arg)
+        try:  # calls_next, inlined for its usual case: the middleware's stage is the current one
+            if rec[3] is not name or rec[9] is not _MARKS:
+                rec = calls_next(name)
+                if rec is not None and rec[9] is not _MARKS:
+                    rec = None
+            elif not rec[10]:
+                rec[10] = now()
+        except Exception as exc:
+            internal_error(site, exc)
+            rec = None
+        try:
+            return call(arg)
+        finally:
+            if rec is not None:
+                try:  # inner_end, inlined
+                    if not rec[5] and not rec[13]:
+                        rec[11] = now()
+                except Exception as exc:
+                    internal_error(site, exc)
+
+    return handler
+
+
 def set_short_circuit(rec: Record | None, short: bool) -> None:
     """Say explicitly whether a middleware stage answered without the next layer (hooks such
     as ``process_view`` have no inner call to observe)."""

@@ -151,8 +151,9 @@ ADAPTER_HOOKS = [
 ]
 
 #: Closing a stage is guarded inside the recorder itself (`_recorder.leave`, which every adapter
-#: calls as `_patching.leave`), so no function of the adapters' can be made to fail there: the
-#: clock is, when `leave` reads it.
+#: calls as `_patching.leave`, and the fused middleware frames `run_layer` and `next_layer`'s
+#: handlers), so no function of the adapters' can be made to fail there: the clock is, when
+#: one of those reads it.
 CLOSING = ("stagetrace._recorder", "leave.now")
 
 HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS + [CLOSING]
@@ -195,10 +196,14 @@ def _inject_closing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     calls = [0]
     clock = _recorder.now
-    leave = _recorder.leave.__code__
+    guarded = {
+        _recorder.leave.__code__,
+        _recorder.run_layer.__code__,
+        *(c for c in _recorder.next_layer.__code__.co_consts if hasattr(c, "co_code")),
+    }
 
     def now() -> int:
-        if sys._getframe(1).f_code is leave:
+        if sys._getframe(1).f_code in guarded:
             calls[0] += 1
             raise InjectedFault("injected fault closing a stage")
         return clock()

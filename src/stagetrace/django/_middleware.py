@@ -32,6 +32,8 @@ from ._common import thread_wait as _thread_wait
 
 _SITE = "django.middleware"
 _hop = hop_started.get
+_current = _recorder.current
+_run_layer = _recorder.run_layer
 
 # The wrappers below run once per middleware per request, so they inline what elsewhere would be
 # helper calls (a Python call costs more than the recorder's work itself); the guard rule is the
@@ -46,53 +48,15 @@ def _enter(name: str) -> Any:
         return None
 
 
-def _mark_in(path: str) -> Any:
-    try:
-        return _recorder.calls_next(path)
-    except Exception as exc:
-        _recorder.internal_error(_SITE, exc)
-        return None
-
-
-def _mark_out(rec: Any) -> None:
-    try:
-        _recorder.inner_end(rec)
-    except Exception as exc:
-        _recorder.internal_error(_SITE, exc)
-
-
 def _inner_handler(get_response: Callable[..., Any], path: str) -> Callable[..., Any]:
-    """The `get_response` a middleware receives: marks the in/out split of its stage. Same
-    sync/async nature as the handler Django built, so the middleware adapts itself the same."""
-    if iscoroutinefunction(get_response):
-
-        async def inner(request: Any) -> Any:
-            rec = _mark_in(path) if _recorder.current() is not None else None
-            try:
-                return await get_response(request)
-            finally:
-                if rec is not None:
-                    _mark_out(rec)
-
-    else:
-
-        def inner(request: Any) -> Any:  # type: ignore[misc]
-            if _recorder.current() is None:
-                return get_response(request)
-            try:
-                rec = _recorder.calls_next(path)
-            except Exception as exc:
-                _recorder.internal_error(_SITE, exc)
-                rec = None
-            try:
-                return get_response(request)
-            finally:
-                if rec is not None:
-                    try:
-                        _recorder.inner_end(rec)
-                    except Exception as exc:
-                        _recorder.internal_error(_SITE, exc)
-
+    """The `get_response` a middleware receives: marks the in/out split of its stage (in one
+    recorder frame: this runs once per middleware per request). Same sync/async nature as the
+    handler Django built, so the middleware adapts itself the same."""
+    try:
+        inner = _recorder.next_layer(get_response, path, _SITE, iscoroutinefunction(get_response))
+    except Exception as exc:  # the middleware gets Django's handler: no in/out split
+        _recorder.internal_error(_SITE, exc)
+        return get_response
     functools.update_wrapper(inner, get_response, updated=())
     return inner
 
@@ -176,15 +140,22 @@ class _MiddlewareProxy(wrapt.ObjectProxy):
 
 class _SyncMiddleware(_MiddlewareProxy):
     def __call__(self, request: Any) -> Any:
-        if not patcher.applied or _recorder.current() is None:
+        if not patcher.applied or _current() is None:
             return self.__wrapped__(request)
+        if _hop() is not None:
+            return self._self_after_hop(request)
+        # enter, call and leave in one recorder frame
+        return _run_layer(self._self_path, self.__wrapped__, request, _SITE)
+
+    def _self_after_hop(self, request: Any) -> Any:
+        """The call that follows a sync_to_async hop: the stage also records how long the hop
+        waited for its thread."""
         try:
             rec = _recorder.enter_middleware(self._self_path)
         except Exception as exc:
             _recorder.internal_error(_SITE, exc)
             rec = None
-        if _hop() is not None:
-            _thread_wait(rec)
+        _thread_wait(rec)
         try:
             response = self.__wrapped__(request)
         except BaseException as exc:
