@@ -1028,10 +1028,12 @@ def annotate(attrs: Mapping[str, Any]) -> None:
     set_attrs(_get(), attrs)
 
 
-def set_name(rec: Record | None, name: Any) -> None:
-    """Rename a stage (a route once it matched, say)."""
+def set_name(rec: Record | None, name: Any, attrs: Mapping[str, Any] | None = None) -> None:
+    """Rename a stage (a route once it matched, say), adding `attrs` (as `set_attrs`)."""
     if rec is not None and rec[AUX] is not _OVERFLOW:
         rec[NAME] = name
+        if attrs:
+            set_attrs(rec, attrs)
 
 
 def aux(rec: Record | None) -> Any:

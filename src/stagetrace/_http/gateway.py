@@ -102,10 +102,12 @@ def begin_http(
     *,
     framework: str,
     protocol: str = "http",
+    extra: dict[str, Any] | None = None,
 ) -> _recorder.Record | None:
     """Start an HTTP (or websocket) timeline for `request`, which `wanted` said to record; its
     root record, or None when not recording. The root's attribute dict belongs to the gateway:
-    `end_http` and the adapters add to it (`_recorder.root_attrs`)."""
+    `end_http` and the adapters add to it (`_recorder.root_attrs`). `extra` becomes the
+    timeline's adapter-owned ``extra`` dict."""
     path = H.safe(request.path)
     h = request.headers
     parent = H.traceparent(h.get("traceparent")) if "traceparent" in h else None
@@ -138,6 +140,8 @@ def begin_http(
         tl = _recorder.timeline_of(root)
         if tl is not None:
             in_flight.add(tl)
+            if extra is not None:
+                tl.extra = extra
             # What the request says about itself is parsed when the timeline is built, on the
             # worker: the request only keeps the raw values (plain strings, never exported raw).
             # Plain values only: a timeline kept by the memory sink must not keep the settings

@@ -73,9 +73,13 @@ def _begin_environ(environ: Any, gateway: str) -> list[Any] | None:
     path = wsgi_request.path(environ)
     if not wanted(cfg, path):
         return None
-    root = begin_http(cfg, gateway, wsgi_request.request(environ, cfg, path), framework="django")
-    _tag(root, gateway)
-    return root
+    return begin_http(
+        cfg,
+        gateway,
+        wsgi_request.request(environ, cfg, path),
+        framework="django",
+        extra={"django.gateway": gateway},
+    )
 
 
 def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
@@ -85,15 +89,13 @@ def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
     path = asgi_request.path(scope)
     if not wanted(cfg, path):
         return None
-    root = begin_http(cfg, gateway, asgi_request.request(scope, cfg, path), framework="django")
-    _tag(root, gateway)
-    return root
-
-
-def _tag(root: Any, gateway: str) -> None:
-    tl = _recorder.timeline_of(root)
-    if tl is not None:
-        tl.extra = {"django.gateway": gateway}
+    return begin_http(
+        cfg,
+        gateway,
+        asgi_request.request(scope, cfg, path),
+        framework="django",
+        extra={"django.gateway": gateway},
+    )
 
 
 def _finish(pending: _Pending, exc: BaseException | None = None) -> None:

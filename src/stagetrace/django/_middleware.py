@@ -88,7 +88,8 @@ def _hook(method: Any, name: str, short_if_result: bool) -> Any:
             if not patcher.applied or _recorder.current() is None:
                 return method(*args, **kwargs)
             rec = _enter(name)
-            _thread_wait(rec)
+            if _hop() is not None:
+                _thread_wait(rec)
             try:
                 result = method(*args, **kwargs)
             except BaseException as exc:

@@ -15,6 +15,7 @@ from ._common import hop_started, patcher, qualname
 from ._common import thread_wait as _thread_wait
 
 _SITE = "django.view"
+_hop = hop_started.get
 
 
 def _route_attrs(match: Any) -> dict[str, Any]:
@@ -95,8 +96,13 @@ def _timed_view(callback: Any, name: str, is_async: bool) -> Any:
         return view
 
     def sync_view(*args: Any, **kwargs: Any) -> Any:
-        rec = _enter("view", name)
-        _thread_wait(rec)
+        try:
+            rec = _recorder.enter("view", name)
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            rec = None
+        if _hop() is not None:
+            _thread_wait(rec)
         try:
             response = callback(*args, **kwargs)
         except BaseException as exc:
@@ -132,8 +138,7 @@ def install() -> None:
                 raise
             try:
                 route = str(match.route)
-                _recorder.set_name(rec, route or "<root>")
-                _recorder.set_attrs(rec, _route_attrs(match))
+                _recorder.set_name(rec, route or "<root>", _route_attrs(match))
                 _recorder.set_route(route)
             except Exception as exc:
                 _recorder.internal_error("django.route", exc)
