@@ -509,3 +509,26 @@ def test_a_stage_that_cannot_be_closed_is_reported_and_the_context_goes_back(cap
         ("view", "v", 0),
         ("template", "t", 0),
     ]
+
+
+def test_enter_owned_once_records_the_outer_call_of_a_method_calling_its_own_super(captured):
+    """With ``once``, entering a stage of the same kind and owner as the current one (a
+    compiler's ``as_sql`` calling ``super().as_sql()``) records nothing; another owner or
+    kind nests as usual."""
+    owner, other = object(), object()
+    root = begin("GET /", framework="test")
+    outer = _recorder.enter_owned("orm.compile", "outer", owner, None, True)
+    assert outer is not None
+    assert _recorder.enter_owned("orm.compile", "again", owner, None, True) is None
+    sub = _recorder.enter_owned("orm.compile", "subquery", other, None, True)
+    _recorder.exit(sub)
+    fetch = _recorder.enter_owned("orm.fetch", "same owner, other kind", owner, None, True)
+    _recorder.exit(fetch)
+    _recorder.exit(outer)
+    _recorder.end(root)
+    (tl,) = captured
+    assert [(s.name, s.parent) for s in tl.stages[1:]] == [
+        ("outer", 0),
+        ("subquery", 1),
+        ("same owner, other kind", 1),
+    ]

@@ -826,13 +826,19 @@ def _fold_overflow(rec: Record) -> None:
 # --- stages that belong to an object ---------------------------------------------------------
 
 
-def enter_owned(kind: str, name: Any, owner: object, attrs: Any = None) -> Record | None:
+def enter_owned(
+    kind: str, name: Any, owner: object, attrs: Any = None, once: bool = False
+) -> Record | None:
     """Like `enter`, but the record remembers `owner` while it is open, so `find_open` can
     close it later from code that holds no reference to the record (``__exit__`` of a shared
     object, say), and so a re-entrant call on the same owner can be recognised
-    (`is_open_for`)."""
+    (`is_open_for`). With `once`, a call made while the current stage is already a `kind`
+    stage of `owner` (a method calling its own ``super()`` implementation) enters nothing and
+    returns None: the outer call is the stage."""
     cur = _get()
     if cur is None:
+        return None
+    if once and cur[8] is owner and cur[2] == kind:
         return None
     tl = cur[0]
     if len(tl) < tl.cap:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _recorder, _sql
 from .._patching import leave, timed
-from ._common import patcher, reentered
+from ._common import patcher
 
 _SITE = "django.db"
 
@@ -253,11 +253,11 @@ def install() -> None:
     # --- ORM compile: every compiler class that defines as_sql -----------------------------
     def as_sql(orig: Any) -> Any:
         def as_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
-            # Not recording, or a compiler calling its own super().as_sql(): one stage only.
-            if _recorder.current() is None or reentered(self, "orm.compile"):
+            if _recorder.current() is None:
                 return orig(self, *args, **kwargs)
             try:
-                rec = _recorder.enter_owned("orm.compile", _compile_name(self), self)
+                # once: a compiler calling its own super().as_sql() makes one stage only
+                rec = _recorder.enter_owned("orm.compile", _compile_name(self), self, None, True)
             except Exception as exc:
                 _recorder.internal_error("django.compile", exc)
                 rec = None
