@@ -106,7 +106,7 @@ def test_middleware_phases_split_at_the_inner_call(captured):
     assert "phases" not in v.to_dict()
 
 
-def _layer(inner, name):
+def _layer(inner):
     """A synchronous middleware as Django builds one: it gets its next layer at construction."""
 
     def middleware(request):
@@ -130,7 +130,7 @@ def test_a_fused_middleware_frame_records_the_same_stage_as_enter_and_leave(capt
         return ("response", request)
 
     name = "app.Timing"
-    layer = _layer(_recorder.next_layer(view, name, "test.site"), name)
+    layer = _layer(_recorder.next_layer(view, name, "test.site"))
     root = begin("GET /", framework="test")
     assert _recorder.run_layer(name, layer, "req", "test.site") == ("response", "req")
     assert _recorder.current() is root
@@ -181,7 +181,7 @@ def test_a_fused_middleware_frame_passes_the_apps_exception_through_untouched(ca
         raise boom
 
     name = "app.Failing"
-    layer = _layer(_recorder.next_layer(view, name, "test.site"), name)
+    layer = _layer(_recorder.next_layer(view, name, "test.site"))
     root = begin("GET /", framework="test")
     with pytest.raises(ValueError) as raised:
         _recorder.run_layer(name, layer, "req", "test.site")
@@ -201,7 +201,7 @@ def test_a_fused_middleware_frame_whose_clock_fails_still_serves_the_request(cap
     context is back at the root afterwards."""
     name = "app.Timing"
     calls = []
-    layer = _layer(_recorder.next_layer(calls.append, name, "test.site"), name)
+    layer = _layer(_recorder.next_layer(calls.append, name, "test.site"))
     root = begin("GET /", framework="test")
     clock = _recorder.now
     fail = [False]
@@ -216,7 +216,7 @@ def test_a_fused_middleware_frame_whose_clock_fails_still_serves_the_request(cap
     assert _recorder.run_layer(name, layer, "req", "test.site") is None  # not entered
     fail[0] = False
     rec_layer = _layer(
-        _recorder.next_layer(lambda r: fail.__setitem__(0, True) or r, name, "test.site"), name
+        _recorder.next_layer(lambda r: fail.__setitem__(0, True) or r, name, "test.site")
     )
     assert _recorder.run_layer(name, rec_layer, "req2", "test.site") == "req2"
     fail[0] = False
@@ -227,6 +227,46 @@ def test_a_fused_middleware_frame_whose_clock_fails_still_serves_the_request(cap
     (tl,) = captured
     assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 3}
     assert [s.kind for s in tl.stages] == ["gateway", "middleware"]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_next_layer_handler_whose_lookup_fails_still_calls_the_next_layer(
+    captured, monkeypatch, is_async
+):
+    """The handler's search for its middleware (``calls_next``, when the middleware opened a
+    stage of its own around the call) failing: the next layer is called with the request and
+    its result returned, the failure is counted at the adapter's site, and the middleware's
+    stage is recorded without the split."""
+
+    def broken(name):
+        raise RuntimeError("lookup failed")
+
+    async def anext_(request):
+        return request
+
+    name = "app.Locking"
+    handler = _recorder.next_layer(
+        anext_ if is_async else (lambda r: r), name, "test.site", is_async
+    )
+
+    def layer(request):
+        own = _recorder.enter("custom", "lock")
+        try:
+            result = handler(request=request)
+            return asyncio.run(result) if is_async else result
+        finally:
+            _recorder.exit(own)
+
+    root = begin("GET /", framework="test")
+    monkeypatch.setattr(_recorder, "calls_next", broken)
+    assert _recorder.run_layer(name, layer, "req", "test.site") == "req"
+    monkeypatch.undo()
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 1}
+    m = tl.stages[1]
+    assert m.kind == "middleware" and m.error is None and m.phases["out"] == 0
 
 
 def test_a_fused_middleware_frame_past_the_cap_keeps_the_summary_exact(captured):
@@ -517,12 +557,12 @@ def test_enter_owned_once_records_the_outer_call_of_a_method_calling_its_own_sup
     kind nests as usual."""
     owner, other = object(), object()
     root = begin("GET /", framework="test")
-    outer = _recorder.enter_owned("orm.compile", "outer", owner, None, True)
+    outer = _recorder.enter_owned("orm.compile", "outer", owner, once=True)
     assert outer is not None
-    assert _recorder.enter_owned("orm.compile", "again", owner, None, True) is None
-    sub = _recorder.enter_owned("orm.compile", "subquery", other, None, True)
+    assert _recorder.enter_owned("orm.compile", "again", owner, once=True) is None
+    sub = _recorder.enter_owned("orm.compile", "subquery", other, once=True)
     _recorder.exit(sub)
-    fetch = _recorder.enter_owned("orm.fetch", "same owner, other kind", owner, None, True)
+    fetch = _recorder.enter_owned("orm.fetch", "same owner, other kind", owner, once=True)
     _recorder.exit(fetch)
     _recorder.exit(outer)
     _recorder.end(root)

@@ -699,12 +699,13 @@ def next_layer(
     string) calls the next layer, ``call``: marks the end of the stage's inbound phase when
     called and the start of its outbound phase when ``call`` returns — `calls_next`, the call
     and `inner_end` in one frame. Outside a timeline it only calls through. With `is_async`,
-    ``call`` is a coroutine function and so is the handler."""
+    ``call`` is a coroutine function and so is the handler. Its parameter is named
+    ``request``, as Django's own handlers name it: middleware may pass it by keyword."""
     if is_async:
 
-        async def ahandler(arg: Any) -> Any:
+        async def ahandler(request: Any) -> Any:
             if _get() is None:
-                return await call(arg)
+                return await call(request)
             try:
                 rec: Record | None = calls_next(name)
                 if rec is not None and rec[9] is not _MARKS:
@@ -713,7 +714,7 @@ def next_layer(
                 internal_error(site, exc)
                 rec = None
             try:
-                return await call(arg)
+                return await call(request)
             finally:
                 if rec is not None:
                     try:
@@ -724,10 +725,10 @@ def next_layer(
 
         return ahandler
 
-    def handler(arg: Any) -> Any:
+    def handler(request: Any) -> Any:
         rec = _get()
         if rec is None:
-            return call(arg)
+            return call(request)
         try:  # calls_next, inlined for its usual case: the middleware's stage is the current one
             if rec[3] is not name or rec[9] is not _MARKS:
                 rec = calls_next(name)
@@ -739,7 +740,7 @@ def next_layer(
             internal_error(site, exc)
             rec = None
         try:
-            return call(arg)
+            return call(request)
         finally:
             if rec is not None:
                 try:  # inner_end, inlined

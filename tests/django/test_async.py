@@ -136,3 +136,56 @@ async def test_async_chain_stays_on_the_event_loop(captured):
     assert all("asgi.thread_wait_ns" not in s.attrs for s in by_kind(tl, "middleware"))
     for mw in by_kind(tl, "middleware"):
         assert mw.phases["in"] > 0 and mw.phases["out"] > 0
+
+
+class ByKeyword:
+    """Calls the next layer with ``request=`` as a keyword, as Django's own handlers accept
+    (``convert_exception_to_response``'s ``inner(request)``): legal, and seen in the wild."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            from asgiref.sync import markcoroutinefunction
+
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        return self.get_response(request=request)
+
+    async def __acall__(self, request):
+        return await self.get_response(request=request)
+
+
+BY_KEYWORD = ["tests.django.test_async.ByKeyword", "tests.django.test_async.ByKeyword"]
+
+
+def test_a_middleware_calling_the_next_layer_by_keyword_works_and_is_split(captured):
+    """The handler a middleware gets accepts ``get_response(request=request)`` as Django's
+    does (it answered 500 with a TypeError when stagetrace's handler named its argument
+    otherwise), and the in/out split is still recorded."""
+    from django.test import Client
+
+    with override_settings(MIDDLEWARE=BY_KEYWORD):
+        response = Client().get("/books.json")
+    assert response.status_code == 200
+    (tl,) = captured
+    layers = by_kind(tl, "middleware")
+    assert [s.name for s in layers] == BY_KEYWORD
+    assert all(s.error is None and s.short_circuit is False for s in layers)
+
+
+async def test_an_async_middleware_calling_the_next_layer_by_keyword_works(captured):
+    """The same through the async handler: ``await get_response(request=request)``."""
+    with override_settings(MIDDLEWARE=BY_KEYWORD):
+        response = await AsyncClient().get("/async/")
+    assert response.status_code == 200
+    (tl,) = captured
+    layers = by_kind(tl, "middleware")
+    assert [s.name for s in layers] == BY_KEYWORD
+    assert all(s.error is None and s.short_circuit is False for s in layers)

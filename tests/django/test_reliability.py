@@ -295,3 +295,21 @@ def test_a_stream_failing_mid_way_keeps_no_frame_alive():
         assert [r() for r in views.HELD] == [None]
     finally:
         gc.enable()
+
+
+def test_a_route_whose_attributes_fail_keeps_its_name(captured, monkeypatch):
+    """Reading the matched route's attributes failing inside a request: counted, the response
+    unchanged, and the route stage still named after the route (only its attributes lost)."""
+    from stagetrace.django import _views
+
+    def broken(match):
+        raise RuntimeError("no attributes")
+
+    monkeypatch.setattr(_views, "_route_attrs", broken)
+    response = Client().get("/books.json")
+    assert response.status_code == 200
+    (tl,) = captured
+    route = one(tl, "route")
+    assert route.name == "books.json" and tl.route == "books.json"
+    assert "http.route" not in route.attrs
+    assert stagetrace.stats()["internal_errors_by_site"] == {"django.route": 1}

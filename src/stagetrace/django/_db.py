@@ -257,7 +257,7 @@ def install() -> None:
                 return orig(self, *args, **kwargs)
             try:
                 # once: a compiler calling its own super().as_sql() makes one stage only
-                rec = _recorder.enter_owned("orm.compile", _compile_name(self), self, None, True)
+                rec = _recorder.enter_owned("orm.compile", _compile_name(self), self, once=True)
             except Exception as exc:
                 _recorder.internal_error("django.compile", exc)
                 rec = None

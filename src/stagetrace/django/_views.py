@@ -138,7 +138,12 @@ def install() -> None:
                 raise
             try:
                 route = str(match.route)
-                _recorder.set_name(rec, route or "<root>", _route_attrs(match))
+                try:
+                    attrs = _route_attrs(match)
+                except Exception as exc:  # the stage keeps its name, without attributes
+                    _recorder.internal_error("django.route", exc)
+                    attrs = None
+                _recorder.set_name(rec, route or "<root>", attrs)
                 _recorder.set_route(route)
             except Exception as exc:
                 _recorder.internal_error("django.route", exc)
