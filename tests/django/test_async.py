@@ -138,20 +138,9 @@ async def test_async_chain_stays_on_the_event_loop(captured):
         assert mw.phases["in"] > 0 and mw.phases["out"] > 0
 
 
-class ByKeyword:
+class ByKeyword(Both):
     """Calls the next layer with ``request=`` as a keyword, as Django's own handlers accept
     (``convert_exception_to_response``'s ``inner(request)``): legal, and seen in the wild."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            from asgiref.sync import markcoroutinefunction
-
-            markcoroutinefunction(self)
 
     def __call__(self, request):
         if self.is_async:

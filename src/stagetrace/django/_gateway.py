@@ -66,33 +66,19 @@ def _load_settings_once() -> None:
         _recorder.internal_error("django.settings", exc)
 
 
-def _begin_environ(environ: Any, gateway: str) -> list[Any] | None:
+def _begin(source: Any, gateway: str, parse: Any) -> list[Any] | None:
+    """Begin the timeline of a request, if it is recorded: `source` is a WSGI environ or an
+    ASGI scope and `parse` the module that reads it (`_http.wsgi` or `_http.asgi`)."""
     cfg = _cfg()
     if not cfg.enabled:
         return None
-    path = wsgi_request.path(environ)
+    path = parse.path(source)
     if not wanted(cfg, path):
         return None
     return begin_http(
         cfg,
         gateway,
-        wsgi_request.request(environ, cfg, path),
-        framework="django",
-        extra={"django.gateway": gateway},
-    )
-
-
-def _begin_scope(scope: Any, gateway: str) -> list[Any] | None:
-    cfg = _cfg()
-    if not cfg.enabled:
-        return None
-    path = asgi_request.path(scope)
-    if not wanted(cfg, path):
-        return None
-    return begin_http(
-        cfg,
-        gateway,
-        asgi_request.request(scope, cfg, path),
+        parse.request(source, cfg, path),
         framework="django",
         extra={"django.gateway": gateway},
     )
@@ -241,7 +227,7 @@ def _wsgi_call(orig: Any, gateway: str) -> Any:
             return orig(self, environ, *args, **kwargs)
         prev = _recorder.current()
         try:
-            root = _begin_environ(environ, gateway)
+            root = _begin(environ, gateway, wsgi_request)
         except Exception as exc:
             _recorder.internal_error("django.begin", exc)
             _recorder.restore(prev)
@@ -285,7 +271,7 @@ def _asgi_call(orig: Any, gateway: str) -> Any:
             return await orig(self, scope, receive, send, *args)
         prev = _recorder.current()
         try:
-            root = _begin_scope(scope, gateway)
+            root = _begin(scope, gateway, asgi_request)
         except Exception as exc:
             _recorder.internal_error("django.begin", exc)
             _recorder.restore(prev)
@@ -420,7 +406,7 @@ def install_test_client() -> None:
                 return await orig(self, scope, *args, **kwargs)
             prev = _recorder.current()
             try:
-                root = _begin_scope(scope, "async test client")
+                root = _begin(scope, "async test client", asgi_request)
             except Exception as exc:
                 _recorder.internal_error("django.begin", exc)
                 _recorder.restore(prev)
