@@ -3,6 +3,7 @@ official generated messages (the encoder's oracle), so what is checked is what g
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -350,6 +351,27 @@ def test_stages_once_equals_the_timelines_stages() -> None:
         (tl,) = got
         return tl
 
+    def unusual() -> Timeline:
+        # What `_make` treats specially: an error, a stage still open at the end, attributes cut
+        # to the length limit, a middleware that answered without the next layer.
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            _recorder.enter("template", "left open", {"x": 1})
+            with stagetrace.stage("long", kind="template", text="y" * 5000):
+                pass
+            with contextlib.suppress(ValueError), stagetrace.stage("bad", kind="template"):
+                raise ValueError("no")
+            with stagetrace.stage("short", kind="middleware"):
+                pass
+        (tl,) = got
+        return tl
+
+    odd = unusual()
+    rows = _recorder.stages_once(odd)
+    assert list(rows) == list(odd.stages)
+    assert rows[1][7] == {"x": 1, "unfinished": True}
+    assert len(rows[2][7]["text"]) < 5000
+    assert rows[3][8] is not None and rows[3][8].type.endswith("ValueError")
+    assert rows[4][9] == {"in": rows[4][5], "out": 0} and rows[4][10] is True
     fresh = record()
     once = _recorder.stages_once(fresh)
     assert fresh._stages is None  # not kept on the timeline
