@@ -268,3 +268,56 @@ def test_the_worker_drains_before_the_collector_promotes_what_is_queued(monkeypa
     assert _pipeline._gc_hook in gc.callbacks
     stagetrace.reset()
     assert _pipeline._gc_hook not in gc.callbacks  # reset leaves nothing in the collector
+
+
+def test_a_kept_timeline_holds_few_objects_the_garbage_collector_follows():
+    """Every object a timeline kept by the memory sink holds that the collector tracks reaches
+    its oldest generation and brings the next full collection closer: a served request's kept
+    timeline holds four (the timeline, its rows, the flat row tuple and the request's plain
+    facts) — not the gateway's request object or tuples around it."""
+    import gc
+    import io
+    import types
+
+    from stagetrace.wsgi import StagetraceMiddleware
+
+    def app(environ, start_response):
+        with stagetrace.stage("work", kind="template", rows=3):
+            pass
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    stagetrace.configure(sinks=["memory"])
+    wrapped = StagetraceMiddleware(app)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/kept",
+        "QUERY_STRING": "a=1",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_USER_AGENT": "test",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    body = wrapped(environ, lambda status, headers, exc_info=None: None)
+    assert b"".join(body) == b"ok"
+    body.close()
+    assert stagetrace.flush(5)
+    (tl,) = stagetrace.recent()
+    gc.collect(0)  # what a young collection leaves tracked is what gets promoted
+    seen: dict[int, object] = {}
+    stack: list[object] = [tl]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(
+            obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+        ):
+            continue
+        seen[id(obj)] = obj
+        stack.extend(gc.get_referents(obj))
+    tracked = sorted(type(o).__name__ for o in seen.values() if gc.is_tracked(o))
+    assert tracked == ["Timeline", "_Rows", "tuple", "tuple"]
+    assert tl.stages[0].attrs["user_agent.original"] == "test"  # the facts are all there
+    assert tl.stages[0].attrs["url.query"] == "a=REDACTED"

@@ -1350,7 +1350,6 @@ def build(sealed: Sealed) -> Timeline:
         tracestate,
         parent_local,
     ) = head
-    root_more = (extra, deferred) if extra or deferred is not None else None
     t0 = flat[R_START]
     t_end = flat[R_END] or t0
     trace_id = f"{trace:032x}"
@@ -1379,7 +1378,8 @@ def build(sealed: Sealed) -> Timeline:
             own_dropped,
             cfg.max_attr_length,
             cfg.max_sql_length,
-            root_more,
+            extra or None,
+            deferred,
         ),
         parent_span_id=f"{parent:016x}" if parent else None,
         trace_flags=flags,
@@ -1409,7 +1409,9 @@ class _Rows:
         "n",
         "own_dropped",
         "ovf_kinds",
-        "root_more",
+        "extra",
+        "more_fn",
+        "more_arg",
         "t0",
         "t_end",
     )
@@ -1423,13 +1425,23 @@ class _Rows:
         own_dropped: dict[int, int] | None,
         limit: int,
         sql_limit: int,
-        root_more: tuple[dict[str, Any], Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None,
     ) -> None:
         self.flat = flat
         #: What the root's attributes still lack: (extra attributes, the deferred request
         #: attributes), merged when the root is first read (`_root_attrs`, which keeps the
         #: result in ``_root``), so a timeline nobody reads never parses its request.
-        self.root_more = root_more
+        #: What the root's attributes still lack: the adapter's extra attributes and the
+        #: deferred request attributes (``more_fn(more_arg)``), merged when the root is first
+        #: read (`_root_attrs`, which keeps the result in ``_root``), so a timeline nobody reads
+        #: never parses its request. In slots of their own, not a tuple: every object a kept
+        #: timeline holds that the garbage collector tracks ends up in its oldest generation.
+        self.extra = extra
+        self.more_fn: Callable[[Any], dict[str, Any]] | None = None
+        self.more_arg: Any = None
+        if deferred is not None:
+            self.more_fn, self.more_arg = deferred
         self._root: dict[str, Any] | None = None
         self.n = len(flat) // W
         self.t0 = t0
@@ -1468,19 +1480,19 @@ class _Rows:
 
     def _root_attrs(self) -> Any:
         """The root's recorded attributes with the extra and the request's (once)."""
-        more = self.root_more
-        if more is None:
+        fn, extra = self.more_fn, self.extra
+        if fn is None and extra is None:
             return self.flat[R_ATTRS] if self._root is None else self._root
-        extra, deferred = more
         attrs = dict(self.flat[R_ATTRS] or ())
-        if deferred is not None:
+        if fn is not None:
             try:
-                attrs = {**deferred[0](deferred[1]), **attrs}
+                attrs = {**fn(self.more_arg), **attrs}
             except Exception as exc:
                 _guard.report("recorder.request_attrs", exc)
-        attrs.update(extra)
+        if extra:
+            attrs.update(extra)
         self._root = attrs
-        self.root_more = None
+        self.extra = self.more_fn = self.more_arg = None
         return attrs
 
     def lineage(self, i: int) -> Iterator[tuple[str, str]]:

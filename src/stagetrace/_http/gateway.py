@@ -146,9 +146,22 @@ def begin_http(
             # worker: the request only keeps the raw values (plain strings, never exported raw).
             # Plain values only: a timeline kept by the memory sink must not keep the settings
             # (and through them the sinks of an earlier configuration) alive.
+            # A tuple of plain values rather than the `Request`: the collector stops tracking
+            # such a tuple at its first pass, where a kept object would reach its oldest
+            # generation (and bring the next full collection closer).
             tl.deferred = (
                 request_attrs,
-                (request, cfg.record_query_values, cfg.record_headers, tl.wall0),
+                (
+                    request.method,
+                    request.scheme,
+                    request.query,
+                    request.headers,
+                    request.client,
+                    request.version,
+                    cfg.record_query_values,
+                    cfg.record_headers,
+                    tl.wall0,
+                ),
             )
             if STATE.context_hooks:
                 tokens = attach(root, request)
@@ -158,19 +171,34 @@ def begin_http(
     return root
 
 
-def request_attrs(args: tuple[Request, tuple[str, ...], tuple[str, ...], int]) -> dict[str, Any]:
+#: What `begin_http` keeps of a request for `request_attrs`: method, scheme, query, headers,
+#: client, protocol version, then the options ``record_query_values`` and ``record_headers``
+#: and the request's start (wall clock, ns).
+RequestFacts = tuple[
+    str | None,
+    str | None,
+    str | bytes | None,
+    dict[str, Any],
+    str | None,
+    str | None,
+    tuple[str, ...],
+    tuple[str, ...],
+    int,
+]
+
+
+def request_attrs(args: RequestFacts) -> dict[str, Any]:
     """The gateway attributes OpenTelemetry's HTTP server conventions name, from the raw
     request: method, scheme, the query with its values redacted, server and client address,
     user agent, protocol version, request body size, allowed headers, and the queue time the
     proxy reported."""
-    request, query_values, record_headers, wall0 = args
-    h = request.headers
+    method, scheme, raw_query, h, client, version, query_values, record_headers, wall0 = args
     attrs: dict[str, Any] = {}
-    if request.method is not None:
-        attrs["http.request.method"] = request.method
-    if request.scheme:
-        attrs["url.scheme"] = request.scheme
-    query = H.redact_query(request.query, query_values)
+    if method is not None:
+        attrs["http.request.method"] = method
+    if scheme:
+        attrs["url.scheme"] = scheme
+    query = H.redact_query(raw_query, query_values)
     if query:
         attrs["url.query"] = query
     host, port = H.host_and_port(h.get("host"))
@@ -178,13 +206,13 @@ def request_attrs(args: tuple[Request, tuple[str, ...], tuple[str, ...], int]) -
         attrs["server.address"] = H.safe(host, 255)
         if port is not None:
             attrs["server.port"] = port
-    if request.client:
-        attrs["client.address"] = H.safe(request.client, 64)
+    if client:
+        attrs["client.address"] = H.safe(client, 64)
     agent = H.text(h.get("user-agent"), 512)
     if agent:
         attrs["user_agent.original"] = H.safe(agent, 512)
-    if request.version:
-        attrs["network.protocol.version"] = request.version
+    if version:
+        attrs["network.protocol.version"] = version
     size = H.content_length(h.get("content-length"))
     if size is not None:
         attrs["http.request.body.size"] = size
