@@ -138,6 +138,32 @@ def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
     assert "tests.asgi.test_starlette.Pass" in names
 
 
+def test_an_app_that_is_gone_is_forgotten_so_a_new_one_at_its_address_is_walked(captured):
+    """Which apps' prebuilt stacks were looked at is kept by id (asked on every request): an
+    app's id leaves that record when the app is collected, so a new app that Python puts at the
+    same address still gets its prebuilt middleware recorded."""
+    import gc
+
+    from stagetrace.starlette import _install
+
+    stagetrace.starlette.instrument()
+    try:
+        app = make_app()
+        TestClient(app).get("/json")
+        key = id(app)
+        assert key in _install._walked
+        del app
+        gc.collect()
+        assert key not in _install._walked
+        later = make_app()
+        TestClient(later).get("/json")
+        assert id(later) in _install._walked
+    finally:
+        stagetrace.starlette.uninstrument()
+    names = [s.name for s in captured[-1].stages if s.kind == "middleware"]
+    assert "tests.asgi.test_starlette.Pass" in names
+
+
 def test_uninstrument_restores_every_patched_attribute(captured):
     """uninstrument() puts every original back; proxies left in built stacks go quiet."""
     stagetrace.starlette.instrument()

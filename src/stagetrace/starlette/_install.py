@@ -51,7 +51,24 @@ _lock = threading.RLock()
 
 _everything = False  # instrument(): every app; instrument_app(): only these
 _apps: weakref.WeakSet[Any] = weakref.WeakSet()
-_walked: weakref.WeakSet[Any] = weakref.WeakSet()  # apps whose built stack was looked at
+#: Apps whose built stack was looked at, by id: asked on every request, where a set of ints is
+#: a C lookup and a WeakSet a Python call. An app's weak reference drops its id when it dies,
+#: before the id can be reused.
+_walked: dict[int, Any] = {}
+
+
+def _mark_walked(app: Any) -> None:
+    key = id(app)
+    if key not in _walked:
+
+        def forget(_: Any) -> None:
+            _walked.pop(key, None)
+
+        _walked[key] = weakref.ref(app, forget)
+
+
+#: The framework an app class belongs to ("fastapi" or "starlette"), by class.
+_frameworks: dict[type, str] = {}
 _SITE = "starlette"
 
 
@@ -465,13 +482,18 @@ def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
-        if self.middleware_stack is not None and self not in _walked:
+        if self.middleware_stack is not None and id(self) not in _walked:
             try:  # built before instrumentation: watch its layers where they are
-                _walked.add(self)
+                _mark_walked(self)
                 _walk_stack(self.middleware_stack)
             except Exception as exc:
                 _recorder.internal_error("starlette.build", exc)
-        framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
+        cls = type(self)
+        framework = _frameworks.get(cls)
+        if framework is None:
+            framework = "fastapi" if cls.__module__.startswith("fastapi") else "starlette"
+            if len(_frameworks) < 64:
+                _frameworks[cls] = framework
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
         return None
 
@@ -491,7 +513,7 @@ def _build(orig: Any) -> Any:
         finally:
             _building.depth -= 1
         if _instrumented(self):
-            _walked.add(self)
+            _mark_walked(self)
         return stack
 
     return build_middleware_stack
