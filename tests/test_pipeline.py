@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -237,37 +236,6 @@ def test_internal_errors_are_counted_not_raised(monkeypatch, captured):
         value = 42
     assert value == 42 and captured == []
     assert stagetrace.stats()["internal_errors"] == 1
-
-
-def test_the_worker_drains_before_the_collector_promotes_what_is_queued(monkeypatch):
-    """A queued timeline's records are young objects: every one still queued at the next
-    middle-generation collection is moved to the oldest generation and counts towards a full
-    collection. After the young collection that makes the next one a middle-generation
-    collection, the worker stops gathering and drains at once — not `BATCH_DELAY` later."""
-    import gc
-
-    from stagetrace import _pipeline
-
-    monkeypatch.setattr(_pipeline.Pipeline, "BATCH_DELAY", 60.0)
-    sink = RecordingSink()
-    stagetrace.configure(sinks=[sink])
-    with stagetrace.timeline("first"):  # starts the worker
-        pass
-    assert stagetrace.flush(5)  # which flush() hurries
-    assert [t.name for t in sink.got] == ["first"]
-    with stagetrace.timeline("queued"):  # wakes the worker, which now gathers for 60 s
-        pass
-    time.sleep(0.1)
-    assert [t.name for t in sink.got] == ["first"]
-    for _ in range(gc.get_threshold()[1] + 1):  # young collections up to a middle one
-        gc.collect(0)
-    deadline = time.monotonic() + 5
-    while len(sink.got) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [t.name for t in sink.got] == ["first", "queued"]
-    assert _pipeline._gc_hook in gc.callbacks
-    stagetrace.reset()
-    assert _pipeline._gc_hook not in gc.callbacks  # reset leaves nothing in the collector
 
 
 def test_a_kept_timeline_holds_few_objects_the_garbage_collector_follows():

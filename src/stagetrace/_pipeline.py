@@ -9,19 +9,12 @@ The worker is woken once per batch, not once per timeline: a wake-up costs a fut
 request thread and, worse, a thread that then competes with requests for the GIL (measured:
 freezing on a worker woken per timeline added more request latency than freezing inline). The
 first timeline after an idle period wakes it; it then waits `BATCH_DELAY` to gather more, and
-drains everything queued in one go. `flush()` cuts the wait short, and so does the garbage
-collector: a queued timeline's records are young objects, and every one still queued when the
-collector next examines its middle generation is moved to the oldest one, where it counts
-towards the next *full* collection (tens of milliseconds in a large app's heap) although it
-dies a moment later. So after the young collection that makes the next one a middle-generation
-collection, the worker drains at once (`_gc_hook`): measured on the benchmark's Django shop, it
-halves the collector's time per request that the queue added.
+drains everything queued in one go. `flush()` cuts the wait short.
 """
 
 from __future__ import annotations
 
 import atexit
-import gc
 import logging
 import os
 import threading
@@ -118,10 +111,6 @@ class Pipeline:
         self._q: deque[tuple[Any, bool]] = deque()
         self._wake = threading.Event()
         self._hurry = threading.Event()
-        #: What the gathering worker waits on: a plain lock it holds, released by `_open_gate`
-        #: (from `flush()`, or from the garbage collector's callback, which must not take a lock
-        #: another thread may hold — an Event would).
-        self._gate = threading.Lock()
         self._progress = threading.Condition()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -135,24 +124,6 @@ class Pipeline:
     def depth(self) -> int:
         """Timelines waiting for the worker."""
         return len(self._q)
-
-    def _open_gate(self) -> None:
-        """End the worker's gathering wait now (or its next one, if it is not waiting). Safe in
-        a garbage-collector callback on any thread: releasing a plain lock runs no Python code
-        and waits for nothing."""
-        try:
-            self._gate.release()
-        except RuntimeError:  # already open
-            pass
-
-    def _before_promotion(self) -> None:
-        """Called after each young collection: when the next collection will be a
-        middle-generation one, drain what is queued before it is promoted (see the module
-        docstring)."""
-        if self._q and not self._idle:
-            count, threshold = gc.get_count()[1], gc.get_threshold()[1]
-            if count + 1 >= threshold:
-                self._open_gate()
 
     def put(self, timeline: Any, analyzed: bool) -> bool:
         """Queue a timeline (a built, analyzed `Timeline`, or a finished live one the worker
@@ -178,25 +149,20 @@ class Pipeline:
                 return
             _install_process_hooks()
             _pipelines.add(self)
-            _install_gc_hook()
             t = threading.Thread(target=self._run, name="stagetrace-worker", daemon=True)
             self._thread = t
             t.start()
 
     def _run(self) -> None:
         q = self._q
-        gate = self._gate
-        gate.acquire(blocking=False)  # held by this thread from now on; see `_open_gate`
         while not self._stop:
             if self._idle:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 if not q:
                     continue
-            # Gather a batch, unless someone is waiting for a flush or the collector is about
-            # to promote what is queued (`_open_gate`).
-            if not self._hurry.is_set():
-                gate.acquire(timeout=self.BATCH_DELAY)
+            # Gather a batch, unless someone is waiting for a flush.
+            self._hurry.wait(self.BATCH_DELAY)
             self._drain()
             self._idle = True
             if q:  # put() saw us busy and did not wake us: go on
@@ -263,7 +229,6 @@ class Pipeline:
                     if remaining is not None and remaining <= 0:
                         break
                     self._hurry.set()
-                    self._open_gate()
                     self._wake.set()
                     self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
             self._hurry.clear()
@@ -283,14 +248,11 @@ class Pipeline:
         drained = self.flush(timeout)
         self._stop = True
         self._hurry.set()
-        self._open_gate()
         self._wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=1.0)
         _pipelines.discard(self)
-        if not _pipelines:
-            _remove_gc_hook()
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -311,7 +273,6 @@ class Pipeline:
         self._idle = True
         self._wake = threading.Event()
         self._hurry = threading.Event()
-        self._gate = threading.Lock()
         self._progress = threading.Condition()
         self._start_lock = threading.Lock()
         self._submitted = 0
@@ -340,30 +301,6 @@ def _install_process_hooks() -> None:
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork)
-
-
-def _gc_hook(phase: str, info: dict[str, int]) -> None:
-    """``gc.callbacks`` entry (installed while a pipeline's worker runs): after a young
-    collection, let the pipelines drain before their queue is promoted. Never raises."""
-    if phase == "stop" and info.get("generation") == 0:
-        pipeline = STATE.pipeline
-        if pipeline is not None:
-            try:
-                pipeline._before_promotion()
-            except Exception:  # pragma: no cover - nothing there can fail; never into the GC
-                pass
-
-
-def _install_gc_hook() -> None:
-    if _gc_hook not in gc.callbacks:
-        gc.callbacks.append(_gc_hook)
-
-
-def _remove_gc_hook() -> None:
-    try:
-        gc.callbacks.remove(_gc_hook)
-    except ValueError:
-        pass
 
 
 def _at_exit() -> None:
