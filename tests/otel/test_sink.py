@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -203,3 +204,65 @@ def test_the_otel_sink_brings_the_context_hook_and_records_metrics() -> None:
     data = reader.get_metrics_data()
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert "stagetrace.stage.duration" in names
+
+
+class _Requests:
+    """A transport that keeps each encoded request (what is tested here is how the sink cuts
+    its batches, not the network: the collector tests above cover that)."""
+
+    def __init__(self) -> None:
+        from stagetrace.otel._transport import ExporterConfig
+
+        self.config = ExporterConfig(url="http://127.0.0.1:9/v1/traces")
+        self.sent: list[bytes] = []
+
+    def export(self, data: bytes, deadline: float | None = None) -> Any:
+        from stagetrace.otel._transport import ExportOutcome, ExportResult
+
+        self.sent.append(data)
+        return ExportOutcome(ExportResult.OK, 1)
+
+    def close(self) -> None:
+        pass
+
+
+def _spans_in(data: bytes) -> list[Any]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    msg = ExportTraceServiceRequest.FromString(data)
+    return [s for rs in msg.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def test_export_requests_are_cut_by_span_count_and_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch goes out in requests of at most MAX_BATCH_SPANS spans and about MAX_BATCH_BYTES
+    bytes — many small spans in few large requests (each POST's cost is mostly fixed), long
+    SQL texts never in one request a collector would refuse — and every span arrives once."""
+    from stagetrace.otel import _sink
+    from stagetrace.otel._encode import SpanEncoder
+
+    monkeypatch.setattr(_sink, "MAX_BATCH_SPANS", 50)
+    monkeypatch.setattr(_sink, "MAX_BATCH_BYTES", 64 * 1024)
+    transport = _Requests()
+    sink = _sink.OtelSink(encoder=SpanEncoder(), transport=transport)
+    with stagetrace.capture() as small:
+        run_jobs(40, stages=4)  # 200 small spans: four requests of at most 50
+    sql = "SELECT " + ", ".join(f"column_{i}" for i in range(400))  # about 5 KB each
+    with stagetrace.capture() as large:
+        for i in range(4):
+            with stagetrace.timeline(f"report-{i}"):
+                for _ in range(10):
+                    with stagetrace.stage("q", kind="db.query", **{"db.query.text": sql}):
+                        pass
+    sink.emit_many(small)
+    assert sink.flush(5)
+    assert [len(_spans_in(d)) for d in transport.sent] == [50, 50, 50, 50]
+    transport.sent.clear()
+    sink.emit_many(large)  # 44 spans, about 220 KB: cut by size, not by count
+    assert sink.flush(5)
+    sizes = [len(d) for d in transport.sent]
+    assert len(sizes) >= 4 and max(sizes) <= 64 * 1024 + 8 * 1024, sizes
+    names = sorted(s.name for d in transport.sent for s in _spans_in(d))
+    assert names == sorted(["q"] * 40 + [f"report-{i}" for i in range(4)])
+    sink.close()
