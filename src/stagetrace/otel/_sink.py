@@ -288,6 +288,7 @@ class OtelSink:
         # the processor (provider path) takes tuples with attribute pairs; the OTLP path the
         # encoder's form, partly encoded already
         encoder = self.encoder if self.processor is None else None
+        cap = self._batch_cap()
         spans: list[Any] = []
         sizes: list[int] = []  # estimated encoded size of each span in `spans`
         size = 0
@@ -301,28 +302,42 @@ class OtelSink:
             spans += got
             sizes += est
             size += sum(est)
-            if len(spans) >= MAX_BATCH_SPANS or size >= MAX_BATCH_BYTES:
-                self._send_capped(spans, sizes)
-                spans, sizes, size = [], [], 0
+            if len(spans) >= cap or size >= MAX_BATCH_BYTES:
+                spans, sizes = self._send_capped(spans, sizes, cap, keep_tail=True)
+                size = sum(sizes)
         if unkept:
             counters["otel_timelines_sampled_out"] += unkept
         if spans:
-            self._send_capped(spans, sizes)
+            self._send_capped(spans, sizes, cap)
 
     def emit(self, timeline: Timeline) -> None:
         """Export one timeline (`emit_many` of one)."""
         self.emit_many([timeline])
 
-    def _send_capped(self, spans: list[Any], sizes: list[int]) -> None:
-        """Send `spans` in requests of at most `MAX_BATCH_SPANS` spans and, by the estimates in
-        `sizes`, about `MAX_BATCH_BYTES` bytes (a larger single span alone)."""
+    def _batch_cap(self) -> int:
+        """Spans per export request: `MAX_BATCH_SPANS`, and at most a quarter of the export
+        queue, so a request always fits in it (``otel_queue_size`` 1,000 gives requests of 250)."""
+        if self._exporter is None:
+            return MAX_BATCH_SPANS
+        return max(1, min(MAX_BATCH_SPANS, self._exporter.max_spans // 4))
+
+    def _send_capped(
+        self, spans: list[Any], sizes: list[int], cap: int, keep_tail: bool = False
+    ) -> tuple[list[Any], list[int]]:
+        """Send `spans` in requests of at most `cap` spans and, by the estimates in `sizes`,
+        about `MAX_BATCH_BYTES` bytes (a larger single span alone). With `keep_tail`, a last
+        request that is not full yet is not sent but returned (spans, sizes), to be filled by
+        the next timelines."""
         start = total = 0
         for i, n in enumerate(sizes):
-            if i > start and (i - start >= MAX_BATCH_SPANS or total + n > MAX_BATCH_BYTES):
+            if i > start and (i - start >= cap or total + n > MAX_BATCH_BYTES):
                 self._send(spans[start:i])
                 start, total = i, 0
             total += n
+        if keep_tail and len(spans) - start < cap and total < MAX_BATCH_BYTES:
+            return spans[start:], sizes[start:]
         self._send(spans[start:] if start else spans)
+        return [], []
 
     def _send(self, spans: list[Any]) -> None:
         if self.processor is not None:
