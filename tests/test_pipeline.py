@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from typing import Any
 
 import pytest
 
@@ -289,3 +290,74 @@ def test_a_kept_timeline_holds_few_objects_the_garbage_collector_follows():
     assert tracked == ["Timeline", "_Rows", "tuple", "tuple"]
     assert tl.stages[0].attrs["user_agent.original"] == "test"  # the facts are all there
     assert tl.stages[0].attrs["url.query"] == "a=REDACTED"
+
+
+def test_a_kept_timeline_read_by_two_threads_at_once_keeps_its_request_attributes():
+    """The worker (mapping for export) and an application thread (``recent()``) can read a
+    kept timeline's root for the first time at once. The reader that comes second must still
+    see the request's attributes, not a half-cleared state (the regression: it called the
+    deferred parser with None, counted an internal error and kept a root without them)."""
+    import io
+    import linecache
+    import sys
+
+    from stagetrace._recorder import _Rows
+    from stagetrace.wsgi import StagetraceMiddleware
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    stagetrace.configure(sinks=["memory"])
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/x",
+        "QUERY_STRING": "a=1",
+        "SERVER_NAME": "h",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_USER_AGENT": "ua",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    body = StagetraceMiddleware(app)(environ, lambda *a: None)
+    b"".join(body)
+    body.close()
+    assert stagetrace.flush(5)
+    (tl,) = stagetrace.recent()
+    rows = tl._load
+    code = _Rows._root_attrs.__code__
+    paused, go = threading.Event(), threading.Event()
+
+    def tracer(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+
+        def local(frame, event, arg):
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+            if event == "line" and "attrs = dict(self.flat" in line and not paused.is_set():
+                paused.set()  # the first reader stops just before it builds the root
+                go.wait(5)
+            return local
+
+        return local
+
+    got: dict[str, Any] = {}
+
+    def first_reader() -> None:
+        sys.settrace(tracer)
+        try:
+            got["a"] = dict(rows._root_attrs())
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=first_reader)
+    t.start()
+    assert paused.wait(5)
+    got["b"] = dict(tl.stages[0].attrs)  # another thread reads the whole root meanwhile
+    go.set()
+    t.join(5)
+    for attrs in (got["a"], got["b"], dict(tl.stages[0].attrs)):
+        assert attrs["user_agent.original"] == "ua" and attrs["http.request.method"] == "GET"
+    assert stagetrace.stats()["internal_errors"] == 0

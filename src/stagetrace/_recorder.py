@@ -1429,9 +1429,6 @@ class _Rows:
         deferred: tuple[Callable[[Any], dict[str, Any]], Any] | None = None,
     ) -> None:
         self.flat = flat
-        #: What the root's attributes still lack: (extra attributes, the deferred request
-        #: attributes), merged when the root is first read (`_root_attrs`, which keeps the
-        #: result in ``_root``), so a timeline nobody reads never parses its request.
         #: What the root's attributes still lack: the adapter's extra attributes and the
         #: deferred request attributes (``more_fn(more_arg)``), merged when the root is first
         #: read (`_root_attrs`, which keeps the result in ``_root``), so a timeline nobody reads
@@ -1480,13 +1477,18 @@ class _Rows:
 
     def _root_attrs(self) -> Any:
         """The root's recorded attributes with the extra and the request's (once)."""
-        fn, extra = self.more_fn, self.extra
+        # Read every field first, then `_root`: a reader that finished sets `_root` before it
+        # clears the fields, so a reader that saw a cleared field also sees its `_root`.
+        fn, arg, extra = self.more_fn, self.more_arg, self.extra
+        root = self._root
+        if root is not None:
+            return root
         if fn is None and extra is None:
-            return self.flat[R_ATTRS] if self._root is None else self._root
+            return self.flat[R_ATTRS]
         attrs = dict(self.flat[R_ATTRS] or ())
         if fn is not None:
             try:
-                attrs = {**fn(self.more_arg), **attrs}
+                attrs = {**fn(arg), **attrs}
             except Exception as exc:
                 _guard.report("recorder.request_attrs", exc)
         if extra:

@@ -141,23 +141,31 @@ def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
 def test_an_app_that_is_gone_is_forgotten_so_a_new_one_at_its_address_is_walked(captured):
     """Which apps' prebuilt stacks were looked at is kept by id (asked on every request): an
     app's id leaves that record when the app is collected, so a new app that Python puts at the
-    same address still gets its prebuilt middleware recorded."""
+    same address, its stack also built before instrumentation, still gets its middleware
+    recorded."""
     import gc
 
     from stagetrace.starlette import _install
 
-    stagetrace.starlette.instrument()
+    app = make_app()
+    TestClient(app).get("/json")  # stack built, not instrumented
+    stagetrace.starlette.instrument_app(app)
     try:
-        app = make_app()
         TestClient(app).get("/json")
         key = id(app)
         assert key in _install._walked
-        del app
-        gc.collect()
-        assert key not in _install._walked
-        later = make_app()
+    finally:
+        stagetrace.starlette.uninstrument()
+    del app
+    gc.collect()
+    assert key not in _install._walked
+    # A stale id would now skip the walk of any new app at that address: simulate that app.
+    later = make_app()
+    TestClient(later).get("/json")  # stack built, not instrumented
+    _install._walked.pop(id(later), None)
+    stagetrace.starlette.instrument_app(later)
+    try:
         TestClient(later).get("/json")
-        assert id(later) in _install._walked
     finally:
         stagetrace.starlette.uninstrument()
     names = [s.name for s in captured[-1].stages if s.kind == "middleware"]

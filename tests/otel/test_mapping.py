@@ -372,6 +372,38 @@ def test_stages_once_equals_the_timelines_stages() -> None:
     assert len(rows[2][7]["text"]) < 5000
     assert rows[3][8] is not None and rows[3][8].type.endswith("ValueError")
     assert rows[4][9] == {"in": rows[4][5], "out": 0} and rows[4][10] is True
+
+    def served() -> Timeline:
+        # An HTTP request: the root's attributes come from the deferred request parser and
+        # the gateway's extra ones, merged when the root is first read.
+        import io
+
+        from stagetrace.wsgi import StagetraceMiddleware
+
+        def app(environ: Any, start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        environ = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/p", "QUERY_STRING": "q=1",
+            "SERVER_NAME": "h", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_USER_AGENT": "ua", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+            "wsgi.errors": io.StringIO(),
+        }  # fmt: skip
+        with stagetrace.capture() as got:
+            body = StagetraceMiddleware(app)(environ, lambda *a: None)
+            b"".join(body)
+            body.close()
+        (tl,) = got
+        return tl
+
+    http = served()
+    rows = _recorder.stages_once(http)
+    assert list(rows) == list(http.stages)
+    assert rows[0][7]["user_agent.original"] == "ua"
+    assert rows[0][7]["url.query"] == "q=REDACTED" and rows[0][7]["http.request.method"] == "GET"
+    assert [r[1:4] for r in rows] == [(s.parent, s.kind, s.name) for s in http.stages]
+    assert rows[0][7] == http.stages[0].attrs
     fresh = record()
     once = _recorder.stages_once(fresh)
     assert fresh._stages is None  # not kept on the timeline

@@ -286,3 +286,30 @@ def test_an_export_request_always_fits_in_the_export_queue() -> None:
     assert sum(counts) >= 1000  # at worst the last request waits for a full queue
     assert sum(counts) + STATE.counters["otel_spans_dropped"] == 1200
     sink.close()
+
+
+def test_an_export_request_of_large_failed_spans_stays_under_the_byte_cap() -> None:
+    """Spans the mapping leaves as tuples (roots, failed stages) count by their own size, not a
+    fixed guess: 600 failed queries with 4,000 characters of non-ASCII SQL each (about 8 KB
+    encoded) never make one request above OTLP/gRPC's 4 MiB default (the regression: 4.2 MB)."""
+    import contextlib
+
+    from stagetrace.otel import _sink
+    from stagetrace.otel._encode import SpanEncoder
+
+    transport = _Requests()
+    sink = _sink.OtelSink(encoder=SpanEncoder(), transport=transport)
+    sql = "SELECT " + "é" * 3990
+    with stagetrace.capture() as got, stagetrace.timeline("import"):
+        for _ in range(600):
+            with (
+                contextlib.suppress(ValueError),
+                stagetrace.stage("INSERT", kind="db.query", **{"db.query.text": sql}),
+            ):
+                raise ValueError("duplicate key")
+    sink.emit_many(got)
+    assert sink.flush(5)
+    sizes = [len(d) for d in transport.sent]
+    assert max(sizes) <= _sink.MAX_BATCH_BYTES + 64 * 1024, sizes
+    assert sum(len(_spans_in(d)) for d in transport.sent) == 601
+    sink.close()

@@ -43,9 +43,23 @@ MAX_BATCH_SPANS = 4096
 #: OpenTelemetry Collector's HTTP receiver takes 20 MiB), so long SQL texts never make a request
 #: that a collector refuses. A single span larger than this still goes, alone.
 MAX_BATCH_BYTES = 1 << 20
-#: What a span the mapping did not encode ahead of time (a root span, a failed stage) counts
-#: towards `MAX_BATCH_BYTES`: an estimate on the high side.
-_TUPLE_SPAN_BYTES = 2048
+
+
+def _span_size(span: Any) -> int:
+    """A span's encoded size as it counts towards `MAX_BATCH_BYTES`: exact for one the mapping
+    encoded ahead of time (``bytes``); for a span tuple (a root, a failed stage, an outbound
+    call) an upper bound from its attribute block, name, status and events."""
+    if type(span) is bytes:
+        return len(span)
+    attrs = span[7]
+    size = 128 + 4 * len(span[3]) + 4 * len(span[9][1] or "")
+    size += len(attrs) if type(attrs) is bytes else 64 * len(attrs) + 2048
+    for event in span[8] or ():
+        size += 32 + 4 * len(event[1])
+        for key, value in event[2]:
+            size += 16 + len(key) + 4 * len(value if type(value) is str else str(value))
+    return size
+
 
 _RATIO_BITS = 1 << 64
 
@@ -298,7 +312,7 @@ class OtelSink:
                 unkept += 1
                 continue
             got = timeline_spans(tl, encoder)
-            est = [len(s) if type(s) is bytes else _TUPLE_SPAN_BYTES for s in got]
+            est = [len(s) if type(s) is bytes else _span_size(s) for s in got]
             spans += got
             sizes += est
             size += sum(est)

@@ -67,8 +67,6 @@ def _mark_walked(app: Any) -> None:
         _walked[key] = weakref.ref(app, forget)
 
 
-#: The framework an app class belongs to ("fastapi" or "starlette"), by class.
-_frameworks: dict[type, str] = {}
 _SITE = "starlette"
 
 
@@ -488,12 +486,7 @@ def _app_call(orig: Any) -> Any:
                 _walk_stack(self.middleware_stack)
             except Exception as exc:
                 _recorder.internal_error("starlette.build", exc)
-        cls = type(self)
-        framework = _frameworks.get(cls)
-        if framework is None:
-            framework = "fastapi" if cls.__module__.startswith("fastapi") else "starlette"
-            if len(_frameworks) < 64:
-                _frameworks[cls] = framework
+        framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
         return None
 
