@@ -14,6 +14,7 @@ import pytest
 import stagetrace
 import stagetrace._state
 from stagetrace import Finding, Timeline
+from tests.helpers import wsgi_environ
 
 
 class RecordingSink:
@@ -245,7 +246,6 @@ def test_a_kept_timeline_holds_few_objects_the_garbage_collector_follows():
     timeline holds four (the timeline, its rows, the flat row tuple and the request's plain
     facts) — not the gateway's request object or tuples around it."""
     import gc
-    import io
     import types
 
     from stagetrace.wsgi import StagetraceMiddleware
@@ -258,18 +258,7 @@ def test_a_kept_timeline_holds_few_objects_the_garbage_collector_follows():
 
     stagetrace.configure(sinks=["memory"])
     wrapped = StagetraceMiddleware(app)
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/kept",
-        "QUERY_STRING": "a=1",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_USER_AGENT": "test",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-    }
+    environ = wsgi_environ("/kept", QUERY_STRING="a=1", HTTP_USER_AGENT="test")
     body = wrapped(environ, lambda status, headers, exc_info=None: None)
     assert b"".join(body) == b"ok"
     body.close()
@@ -297,7 +286,6 @@ def test_a_kept_timeline_read_by_two_threads_at_once_keeps_its_request_attribute
     kept timeline's root for the first time at once. The reader that comes second must still
     see the request's attributes, not a half-cleared state (the regression: it called the
     deferred parser with None, counted an internal error and kept a root without them)."""
-    import io
     import linecache
     import sys
 
@@ -309,18 +297,7 @@ def test_a_kept_timeline_read_by_two_threads_at_once_keeps_its_request_attribute
         return [b"ok"]
 
     stagetrace.configure(sinks=["memory"])
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/x",
-        "QUERY_STRING": "a=1",
-        "SERVER_NAME": "h",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_USER_AGENT": "ua",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-    }
+    environ = wsgi_environ("/x", QUERY_STRING="a=1", HTTP_USER_AGENT="ua")
     body = StagetraceMiddleware(app)(environ, lambda *a: None)
     b"".join(body)
     body.close()

@@ -1395,6 +1395,21 @@ _EMPTY_ATTRS: Mapping[str, Any] = MappingProxyType({})
 _proxy = MappingProxyType
 
 
+def _middleware_phases(aux: Any, start: int, d: int) -> tuple[dict[str, int], bool]:
+    """A middleware stage's in/out phases and whether it answered without the next layer, from
+    its sealed marks `aux` (its start and duration `d`)."""
+    if aux is not None and aux[0]:
+        inner_end = aux[1] if aux[1] else start + d
+        phases = {"in": max(0, aux[0] - start), "out": max(0, start + d - inner_end)}
+        short = False
+    else:
+        phases = {"in": d, "out": 0}
+        short = True
+    if aux is not None and aux[2] is not None:
+        short = bool(aux[2])
+    return phases, short
+
+
 class _Rows:
     """The stages of a sealed timeline, built into `Stage` objects on demand: all at once
     (``load()``), or only those of one kind and their ancestors (what the analyzers read), so a
@@ -1555,15 +1570,7 @@ class _Rows:
             attrs["unfinished"] = True
         phases = short = None
         if kind == "middleware":
-            if aux_ is not None and aux_[0]:
-                inner_end_ = aux_[1] if aux_[1] else start + d
-                phases = {"in": max(0, aux_[0] - start), "out": max(0, start + d - inner_end_)}
-                short = False
-            else:
-                phases = {"in": d, "out": 0}
-                short = True
-            if aux_ is not None and aux_[2] is not None:
-                short = bool(aux_[2])
+            phases, short = _middleware_phases(aux_, start, d)
         t0 = self.t0
         return _tuple_new(
             Stage,
@@ -1612,15 +1619,7 @@ class _Rows:
                 attrs = {**attrs, "unfinished": True}
             phases = short = None
             if kind == "middleware":
-                if aux_ is not None and aux_[0]:
-                    inner_end_ = aux_[1] if aux_[1] else start + d
-                    phases = {"in": max(0, aux_[0] - start), "out": max(0, start + d - inner_end_)}
-                    short = False
-                else:
-                    phases = {"in": d, "out": 0}
-                    short = True
-                if aux_ is not None and aux_[2] is not None:
-                    short = bool(aux_[2])
+                phases, short = _middleware_phases(aux_, start, d)
             append(
                 (
                     i,

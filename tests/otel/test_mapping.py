@@ -15,7 +15,7 @@ from stagetrace._model import Finding, stage_span_id
 from stagetrace.otel._encode import SpanEncoder
 from stagetrace.otel._mapping import export_key, resource_attributes, timeline_spans
 from stagetrace.otel._sink import SamplingRules
-from tests.helpers import doc_example
+from tests.helpers import doc_example, wsgi_environ
 
 from .conftest import span_dict
 
@@ -376,7 +376,6 @@ def test_stages_once_equals_the_timelines_stages() -> None:
     def served() -> Timeline:
         # An HTTP request: the root's attributes come from the deferred request parser and
         # the gateway's extra ones, merged when the root is first read.
-        import io
 
         from stagetrace.wsgi import StagetraceMiddleware
 
@@ -384,12 +383,7 @@ def test_stages_once_equals_the_timelines_stages() -> None:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok"]
 
-        environ = {
-            "REQUEST_METHOD": "GET", "PATH_INFO": "/p", "QUERY_STRING": "q=1",
-            "SERVER_NAME": "h", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_USER_AGENT": "ua", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
-            "wsgi.errors": io.StringIO(),
-        }  # fmt: skip
+        environ = wsgi_environ("/p", QUERY_STRING="q=1", HTTP_USER_AGENT="ua")
         with stagetrace.capture() as got:
             body = StagetraceMiddleware(app)(environ, lambda *a: None)
             b"".join(body)
