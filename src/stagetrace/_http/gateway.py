@@ -146,9 +146,9 @@ def begin_http(
             # worker: the request only keeps the raw values (plain strings, never exported raw).
             # Plain values only: a timeline kept by the memory sink must not keep the settings
             # (and through them the sinks of an earlier configuration) alive.
-            # A tuple of plain values rather than the `Request`: the collector stops tracking
-            # such a tuple at its first pass, where a kept object would reach its oldest
-            # generation (and bring the next full collection closer).
+            # One tuple of plain values rather than the `Request` and a tuple around it: one
+            # object fewer for the collector to follow in a kept timeline, where each reaches
+            # its oldest generation (and brings the next full collection closer).
             tl.deferred = (
                 request_attrs,
                 (

@@ -40,8 +40,8 @@ logger = logging.getLogger("stagetrace")
 MAX_BATCH_SPANS = 4096
 #: Encoded bytes per export request, about (spans are estimated as they are mapped): a
 #: quarter of the smallest common collector limit (OTLP/gRPC's default 4 MiB message; the
-#: OpenTelemetry Collector's HTTP receiver takes 20 MiB), so long SQL texts never make a request
-#: that a collector refuses. A single span larger than this still goes, alone.
+#: OpenTelemetry Collector's HTTP receiver takes 20 MiB), so long SQL texts do not make a
+#: request that a collector refuses. A single span larger than this still goes, alone.
 MAX_BATCH_BYTES = 1 << 20
 
 
