@@ -137,6 +137,20 @@ def test_a_cache_backend_returning_none_from_get_many_is_not_a_500(client, captu
     assert "cache.hits" not in caches[1].attrs and caches[2].attrs["cache.hit"] is False
 
 
+def test_a_cache_method_calling_its_own_backend_is_one_stage(captured):
+    """``get_or_set`` calls the same backend's ``get`` and ``add``: one cache stage, the outer
+    call, not three nested ones (the recorder's ``enter_owned(..., once=True)``)."""
+    from django.core.cache import caches
+
+    import stagetrace
+
+    caches["default"].delete("once-key")
+    with stagetrace.timeline("job"):
+        assert caches["default"].get_or_set("once-key", 7) == 7
+    (tl,) = captured
+    assert [c.name.rsplit(".", 1)[-1] for c in by_kind(tl, "cache")] == ["get_or_set"]
+
+
 def test_static_files_served_through_the_static_handler_end_their_timeline(captured):
     """StaticFilesHandler (what runserver and LiveServerTestCase serve through) overrides
     get_response; its timelines were never emitted and stayed counted in flight."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _recorder
 from .._patching import leave
-from ._common import patcher, reentered
+from ._common import patcher
 
 _SITE = "django.cache"
 
@@ -76,10 +76,11 @@ def _cache_attrs(self: Any, op: str, args: Any, kwargs: Any, result: Any) -> dic
 
 def _cache_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _recorder.current() is None or reentered(self, "cache"):
+        if _recorder.current() is None:
             return orig(self, *args, **kwargs)
         try:
-            rec = _recorder.enter_owned("cache", _cache_name(self, op), self)
+            # once: a backend method calling another of its own (get_or_set -> get) is one stage
+            rec = _recorder.enter_owned("cache", _cache_name(self, op), self, once=True)
         except Exception as exc:
             _recorder.internal_error(_SITE, exc)
             rec = None
@@ -117,11 +118,11 @@ _patched_methods: set[tuple[type, str]] = set()
 
 def _session_method(op: str, orig: Any) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _recorder.current() is None or reentered(self, "session"):
+        if _recorder.current() is None:
             return orig(self, *args, **kwargs)
         try:
             rec = _recorder.enter_owned(
-                "session", op, self, {"session.engine": type(self).__module__}
+                "session", op, self, {"session.engine": type(self).__module__}, once=True
             )
         except Exception as exc:
             _recorder.internal_error("django.session", exc)

@@ -14,7 +14,6 @@ __all__ = [
     "load_settings",
     "patcher",
     "qualname",
-    "reentered",
     "take_thread_wait",
     "thread_wait",
 ]
@@ -41,17 +40,6 @@ def take_thread_wait(rec: list[Any] | None) -> None:
             _recorder.set_attrs(rec, {"asgi.thread_wait_ns": wait})
     except Exception as exc:
         _recorder.internal_error("django.thread_wait", exc)
-
-
-def reentered(owner: Any, kind: str) -> bool:
-    """Whether this call runs inside a stage of the same object (a method calling its own
-    super() implementation): record the outer call only. On an internal error, record
-    nothing."""
-    try:
-        return _recorder.is_open_for(owner, kind)
-    except Exception as exc:
-        _recorder.internal_error("django.reentry", exc)
-        return True
 
 
 def thread_wait(rec: list[Any] | None) -> None:

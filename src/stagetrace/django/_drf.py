@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import _recorder
 from .._patching import leave
-from ._common import patcher, reentered
+from ._common import patcher
 
 
 def _serializer_name(serializer: Any) -> str:
@@ -23,10 +23,10 @@ def _serializer_name(serializer: Any) -> str:
 
 def _data_getter(fget: Any) -> Any:
     def data(self: Any) -> Any:
-        if _recorder.current() is None or reentered(self, "serialize"):
+        if _recorder.current() is None:
             return fget(self)
         try:
-            rec = _recorder.enter_owned("serialize", _serializer_name(self), self)
+            rec = _recorder.enter_owned("serialize", _serializer_name(self), self, once=True)
         except Exception as exc:
             _recorder.internal_error("django.drf", exc)
             rec = None
