@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _guard
 from ._model import KindSummary, Stage, StageError, Timeline, stage_span_id
+from ._sql import db_error_message, is_db_error
 from ._state import STATE
 
 if TYPE_CHECKING:
@@ -201,7 +202,9 @@ def internal_error(site: str, exc: BaseException | None = None) -> None:
 
 
 def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
-    """(qualified type, message) of an exception, computed once per exception per timeline."""
+    """(qualified type, message) of an exception, computed once per exception per timeline. A
+    database error's message keeps no values it may quote (`_sql.db_error_message`) unless
+    the timeline's settings record SQL parameter values."""
     last = tl.last_exc
     if last is not None and last[0] is exc:
         return last[1]  # type: ignore[no-any-return]
@@ -210,6 +213,10 @@ def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
     name = t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
     try:
         msg = str(exc)
+        if is_db_error(t):
+            cfg = getattr(tl, "settings", None)
+            if cfg is None or not cfg.record_sql_params:
+                msg = db_error_message(msg)
     except Exception:
         msg = "<unprintable>"
     if len(msg) > MAX_ERROR_MESSAGE:

@@ -157,3 +157,64 @@ def _frame_function(frame: Any) -> str:
         name = f"{outer.f_code.co_name}.{name}"
         outer = outer.f_back
     return name
+
+
+# --- database errors -------------------------------------------------------------------------
+#
+# A database error's message can quote the values of the statement that failed: PostgreSQL's
+# ``DETAIL:  Key (email)=(ann@example.com) already exists.``, MySQL's ``Duplicate entry
+# 'ann@example.com'``, and SQLAlchemy appends ``[parameters: (...)]`` to every error it wraps.
+# Unless parameter values are recorded (`record_sql_params`), a stage keeps such a message
+# only as far as it can without them.
+
+#: PEP 249's base classes, which every DB-API driver (and Django) defines under these names,
+#: SQLAlchemy's wrapper of errors raised while running a statement, and asyncpg's base.
+_DB_ERROR_NAMES = frozenset(("DatabaseError", "InterfaceError", "StatementError", "PostgresError"))
+_db_error_types: dict[type, bool] = {}
+
+#: A quoted name that follows one of these words is a schema object's, not a value.
+_NAMED_BY = re.compile(
+    r"(?:constraint|column|relation|table|index|key|database|schema|function|sequence|"
+    r"field|trigger|view|savepoint|collation|extension|role)\s*$",
+    re.I,
+)
+#: MySQL drivers' ``(1062, "Duplicate entry ...")``.
+_CODE_AND_MESSAGE = re.compile(r"^\((\d+), (['\"])(.*)\2\)$", re.S)
+
+
+def is_db_error(exc_type: type) -> bool:
+    """Whether an exception class is a database's (a DB-API driver's, Django's, SQLAlchemy's
+    statement errors, asyncpg's)."""
+    found = _db_error_types.get(exc_type)
+    if found is None:
+        found = any(
+            k.__name__ in _DB_ERROR_NAMES and k.__module__ != "builtins" for k in exc_type.__mro__
+        )
+        if len(_db_error_types) < 512:
+            _db_error_types[exc_type] = found
+    return found
+
+
+def db_error_message(message: str) -> str:
+    """A database error's message without the values it may quote: its first line only (the
+    ``DETAIL``, ``LINE``, SQL and parameters that drivers and SQLAlchemy add follow it), cut
+    with ``…`` at the first quote that does not name a schema object (``constraint
+    "users_email_key"``, ``column 'email'`` are kept)."""
+    line = message.split("\n", 1)[0].rstrip()
+    m = _CODE_AND_MESSAGE.match(line)
+    if m:
+        line = f"{m.group(1)}: {m.group(3)}"
+    pos = 0
+    while True:
+        starts = [i for i in (line.find("'", pos), line.find('"', pos)) if i >= 0]
+        if not starts:
+            break
+        i = min(starts)
+        if line[i] == "'" and 0 < i < len(line) - 1 and line[i - 1].isalpha() and line[i + 1].isalpha():
+            pos = i + 1  # an apostrophe: "can't adapt type"
+            continue
+        end = line.find(line[i], i + 1)
+        if end < 0 or not _NAMED_BY.search(line, pos, i):
+            return line[:i].rstrip() + " …"
+        pos = end + 1
+    return line if line == message else line + " …"
