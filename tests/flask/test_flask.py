@@ -329,3 +329,42 @@ def test_bad_configuration_fails_at_instrument(monkeypatch):
     with pytest.raises(stagetrace.ConfigurationError):
         stagetrace.flask.instrument()
     assert not stagetrace.flask.is_instrumented()
+
+
+def test_a_function_made_per_request_is_not_kept_alive(instrumented, captured):
+    """``after_this_request`` registers a new closure on every request: once the request is
+    over, neither the closure nor what it closes over (the view's objects) is kept."""
+    import gc
+    import weakref
+
+    import flask
+
+    class Payload:
+        pass
+
+    app = flask.Flask(__name__)
+    alive: list[weakref.ref[Payload]] = []
+
+    @app.get("/report")
+    def report() -> str:
+        payload = Payload()
+        alive.append(weakref.ref(payload))
+
+        @flask.after_this_request
+        def add_header(response: flask.Response) -> flask.Response:
+            response.headers["X-Payload"] = type(payload).__name__
+            return response
+
+        return "ok"
+
+    client = app.test_client()
+    for _ in range(5):
+        response = client.get("/report")
+        assert response.headers["X-Payload"] == "Payload"
+        response.close()
+    del response
+    stagetrace.flush()
+    gc.collect()
+    assert [ref() for ref in alive] == [None] * 5
+    hooks = [s.name for s in captured[0].stages if s.attrs.get("flask.hook") == "after_request"]
+    assert any("add_header" in name for name in hooks)

@@ -84,15 +84,17 @@ def _instrumented(app: Any) -> bool:
 
 
 def _function_name(func: Any) -> str:
-    """``module.qualname`` of a registered function, cached (functions live as long as the
-    app)."""
+    """``module.qualname`` of a registered function, cached: views and hooks live as long as the
+    app. A function defined inside another (``<locals>`` in its name) is not cached: it may be
+    made per request (``after_this_request``), and the cache would keep it, and everything it
+    closes over, alive."""
     try:
         name = _names.get(func)
     except TypeError:  # an unhashable callable
         return qualname(func)
     if name is None:
         name = qualname(func)
-        if len(_names) < MAX_NAMES:
+        if len(_names) < MAX_NAMES and "<locals>" not in name:
             _names[func] = name
     return name
 
