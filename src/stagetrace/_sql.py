@@ -210,7 +210,7 @@ def db_error_message(message: str) -> str:
         if not starts:
             break
         i = min(starts)
-        if line[i] == "'" and 0 < i < len(line) - 1 and line[i - 1].isalpha() and line[i + 1].isalpha():
+        if line[i] == "'" and line[i - 1 : i].isalpha() and line[i + 1 : i + 2].isalpha():
             pos = i + 1  # an apostrophe: "can't adapt type"
             continue
         end = line.find(line[i], i + 1)

@@ -273,3 +273,50 @@ def test_a_query_past_max_stages_is_not_recorded_twice(instrumented):
     (tl,) = got
     assert tl.by_kind["db.query"].count == 20
     assert tl.dropped_stages == 20 - 4
+
+
+class _DictCursor(sqlite3.Cursor):
+    def dicts(self) -> list[dict[str, object]]:
+        names = [d[0] for d in self.description]
+        return [dict(zip(names, row, strict=True)) for row in self.fetchall()]
+
+
+class _DefaultFactory(sqlite3.Connection):
+    def cursor(self, factory=_DictCursor):  # type: ignore[no-untyped-def, override]
+        return super().cursor(factory)
+
+
+class _NoFactory(sqlite3.Connection):
+    def cursor(self):  # type: ignore[no-untyped-def, override]
+        return super().cursor(_DictCursor)
+
+
+class _NamedFirst(sqlite3.Connection):
+    def cursor(self, label=None, factory=_DictCursor):  # type: ignore[no-untyped-def, override]
+        cur = super().cursor(factory)
+        cur.label = label
+        return cur
+
+
+def test_an_application_connection_class_keeps_its_own_cursor(instrumented):
+    """A ``Connection`` subclass of the application's with its own ``cursor()`` gets what it
+    asks for: its default cursor class (traced), its own arguments in their places, and no
+    argument it does not take."""
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:", factory=_DefaultFactory)
+        cur = conn.cursor()
+        assert isinstance(cur, _DictCursor)
+        assert cur.execute("SELECT 1 AS one").dicts() == [{"one": 1}]
+
+        named = sqlite3.connect(":memory:", factory=_NamedFirst).cursor("report")
+        assert isinstance(named, _DictCursor) and named.label == "report"
+        assert named.execute("SELECT 2 AS two").dicts() == [{"two": 2}]
+
+        bare = sqlite3.connect(":memory:", factory=_NoFactory)
+        assert bare.cursor().execute("SELECT 3 AS three").dicts() == [{"three": 3}]
+        bare.execute("SELECT 4")
+    (tl,) = got
+    texts = [s.attrs["db.query.text"] for s in queries(tl)]
+    # the cursor of a cursor() without a factory parameter is the application's own: untraced
+    assert texts == ["SELECT 1 AS one", "SELECT 2 AS two", "SELECT 4"]
+    assert stagetrace.stats().get("internal_errors", 0) == 0

@@ -158,10 +158,13 @@ def test_a_failed_psycopg_statement_exports_no_parameter_value():
         c.execute(f"INSERT INTO {table} VALUES (%s)", (SECRET,))
     stagetrace.dbapi.instrument()
     try:
-        with stagetrace.capture() as timelines, stagetrace.timeline("signup"):
-            with psycopg.connect(dsn) as c:
-                with pytest.raises(psycopg.errors.UniqueViolation):
-                    c.execute(f"INSERT INTO {table} VALUES (%s)", (SECRET,))
+        with (
+            stagetrace.capture() as timelines,
+            stagetrace.timeline("signup"),
+            psycopg.connect(dsn) as c,
+            pytest.raises(psycopg.errors.UniqueViolation),
+        ):
+            c.execute(f"INSERT INTO {table} VALUES (%s)", (SECRET,))
     finally:
         stagetrace.dbapi.uninstrument()
         with psycopg.connect(dsn, autocommit=True) as c:

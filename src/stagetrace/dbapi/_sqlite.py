@@ -14,6 +14,7 @@ recorded.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Any
@@ -49,12 +50,16 @@ class _ConnectionMixin:
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            factory = args[0] if args else kwargs.get("factory")
-            traced = _traced_class(factory or sys.modules["sqlite3"].Cursor, _CursorMixin)
-            if args:
-                args = (traced, *args[1:])
+            own = _own_cursor(type(self))
+            if own is None:  # sqlite3's cursor(factory=Cursor)
+                factory = args[0] if args else kwargs.get("factory")
+                traced = _traced_class(factory or sys.modules["sqlite3"].Cursor, _CursorMixin)
+                if args:
+                    args = (traced, *args[1:])
+                else:
+                    kwargs = {**kwargs, "factory": traced}
             else:
-                kwargs = {**kwargs, "factory": traced}
+                args, kwargs = _with_traced_factory(own, self, args, kwargs)
         except Exception as exc:
             _recorder.internal_error(_SITE, exc)
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
@@ -134,6 +139,57 @@ def _run(
             _recorder.internal_error(_SITE, exc)
     leave(_SITE, rec)
     return result
+
+
+#: Per traced connection class: the signature of the ``cursor()`` the application's class
+#: defines (None: it has none, sqlite3's own runs; False: not introspectable).
+_cursor_signatures: dict[type, Any] = {}
+
+
+def _own_cursor(cls: type) -> Any:
+    found = _cursor_signatures.get(cls, _UNSEEN)
+    if found is not _UNSEEN:
+        return found
+    found = None
+    connection = sys.modules["sqlite3"].Connection
+    for k in cls.__mro__[1:]:
+        if k is connection:
+            break
+        if k is not _ConnectionMixin and "cursor" in vars(k):
+            try:
+                found = inspect.signature(vars(k)["cursor"])
+            except (TypeError, ValueError):
+                found = False
+            break
+    if len(_cursor_signatures) < 256:
+        _cursor_signatures[cls] = found
+    return found
+
+
+_UNSEEN = object()
+
+
+def _with_traced_factory(
+    signature: Any, conn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments for an application's own ``cursor()``: its ``factory`` argument, given or
+    defaulted, replaced by the traced subclass of that class. Left as they are when it has no
+    such parameter, its default is not a class (it picks one itself), or the call does not fit
+    its signature (the application gets its own error)."""
+    if signature is False:
+        return args, kwargs
+    param = signature.parameters.get("factory")
+    if param is None:
+        return args, kwargs
+    try:
+        bound = signature.bind_partial(conn, *args, **kwargs)
+    except TypeError:
+        return args, kwargs
+    factory = bound.arguments.get("factory", param.default)
+    if not isinstance(factory, type):
+        return args, kwargs
+    bound.arguments["factory"] = _traced_class(factory, _CursorMixin)
+    return bound.args[1:], bound.kwargs
 
 
 _classes: dict[tuple[type, type], type] = {}
