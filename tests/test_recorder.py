@@ -572,3 +572,48 @@ def test_enter_owned_once_records_the_outer_call_of_a_method_calling_its_own_sup
         ("subquery", 1),
         ("same owner, other kind", 1),
     ]
+
+
+def test_a_stage_closed_from_elsewhere_leaves_that_context_where_it_was(captured):
+    """A generator holding a stage open across ``yield`` can be closed anywhere — by the garbage
+    collector in the middle of the next request, say. Closing it ends its stage but moves
+    neither that request's position (its later stages still nest where they should) nor an
+    empty context into the finished request."""
+
+    def chunks():
+        rec = _recorder.enter("template", "page")
+        try:
+            yield "a"
+            yield "b"
+        finally:
+            _recorder.exit(rec)
+
+    first = begin("GET /peek", framework="test")
+    gen = chunks()
+    assert next(gen) == "a"  # the template stage stays open across the yield
+    _recorder.exit(_recorder.current())
+    _recorder.end(first)
+    assert _recorder.current() is None
+
+    second = begin("GET /books", framework="test")
+    view = _recorder.enter("view", "books")
+    gen.close()  # as the collector would, while /books runs
+    query = _recorder.enter("db.query", "SELECT 1")
+    _recorder.exit(query)
+    _recorder.exit(view)
+    _recorder.end(second)
+
+    gen = chunks()
+    third = begin("GET /again", framework="test")
+    assert next(gen) == "a"
+    _recorder.end(third)
+    gen.close()  # in a context outside any timeline: it stays outside
+    assert _recorder.current() is None
+
+    peek, books, _ = captured
+    assert [(s.kind, s.name, s.parent) for s in books.stages] == [
+        ("gateway", "GET /books", None),
+        ("view", "books", 0),
+        ("db.query", "SELECT 1", 1),
+    ]
+    assert [s.kind for s in peek.stages] == ["gateway", "template"]

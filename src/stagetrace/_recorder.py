@@ -487,12 +487,20 @@ def leave(site: str, rec: Record | None, exc: BaseException | None = None) -> No
 
     Guarded in its own frame, for adapters (a helper guarding a call to `exit` cost a Python
     frame per stage, ~1,000 instructions, on every stage of every request): should closing
-    fail, the failure is reported at `site` and the context still goes back to the parent."""
+    fail, the failure is reported at `site` and the context still goes back to the parent.
+
+    The context goes back to the parent only if it is positioned in `rec`'s timeline: a
+    generator holding a stage open across ``yield`` may be closed anywhere — by the garbage
+    collector in the middle of another request, say — and must not move that request's
+    position (it would lose the rest of its stages) or leave a finished request's stage
+    current in a context that had none."""
     if rec is None:
         return
     try:
         t = now()
-        _set(rec[1])
+        cur = _get()
+        if cur is rec or (cur is not None and cur[0] is rec[0]):
+            _set(rec[1])
         if not rec[5]:
             rec[5] = t
         rec[8] = None  # the owner (an application object) is needed only while the stage is open
@@ -503,7 +511,8 @@ def leave(site: str, rec: Record | None, exc: BaseException | None = None) -> No
     except Exception as e:
         internal_error(site, e)
         try:
-            _set(rec[PARENT])
+            if _get() is rec:
+                _set(rec[PARENT])
         except Exception:  # pragma: no cover - nothing more can be done
             pass
 
