@@ -47,10 +47,15 @@ def describe(sql: str) -> tuple[str, str]:
         if m:
             name = f"{op} {m.group(1).strip(_QUOTES)}"
     found = (name, op)
-    if len(_described) >= 2048:
-        _described.clear()
-    _described[sql] = found
+    if len(sql) <= MAX_CACHED_TEXT:  # callers cut texts to `max_sql_length`: this is a backstop
+        if len(_described) >= 2048:
+            _described.clear()
+        _described[sql] = found
     return found
+
+
+#: The longest SQL text `describe` keeps as a key of its cache.
+MAX_CACHED_TEXT = 16384
 
 
 # --- call sites ------------------------------------------------------------------------------

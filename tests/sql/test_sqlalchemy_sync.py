@@ -345,3 +345,23 @@ def test_yield_per_loads_in_chunks_each_a_fetch_stage(instrumented, engine):
     tl = job(run)
     fetches = [s for s in tl.stages if s.kind == "orm.fetch"]
     assert [s.attrs.get("rows") for s in fetches][:3] == [2, 2, 2]
+
+
+def test_a_huge_statement_is_named_from_its_cut_text(instrumented):
+    """The compile stage's name comes from the statement cut to ``max_sql_length`` (as the
+    query's text), so the cache of names never holds a statement of any size — nor the literal
+    values an application inlined in it."""
+    from stagetrace import _sql
+
+    eng = create_engine("sqlite://")
+    _sql._described.clear()
+    with eng.connect() as conn:
+        for n in range(5):
+            ids = ",".join(str(i) for i in range(n * 10_000, n * 10_000 + 5_000))
+            with stagetrace.capture() as got, stagetrace.timeline("job"):
+                conn.execute(text(f"SELECT 1 WHERE 1 IN ({ids})")).all()
+    eng.dispose()
+    (compile_stage,) = [s for s in got[0].stages if s.kind == "orm.compile"]
+    assert compile_stage.name == "SELECT"
+    limit = stagetrace.settings().max_sql_length
+    assert max(len(k) for k in _sql._described) <= limit + 1

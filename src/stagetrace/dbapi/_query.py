@@ -49,7 +49,7 @@ def params_key(params: Any) -> Any:
             return hash(tuple(sorted(params.items())))
         if params is None:
             return 0
-    except TypeError:
+    except Exception:  # unhashable, or an application's __hash__ or __lt__ that raises
         pass
     return None
 
@@ -123,11 +123,16 @@ def enter_query(
     else:
         rec = _recorder.enter_owned("db.query", name, owner, attrs)
     if rec is not None and not many and not text.startswith("<"):
-        repeat, dup = _recorder.note_query(rec, text, params_key(params))
-        if dup is not None:
-            attrs["stagetrace.duplicate_of"] = dup
-        if repeat:
-            attrs.update(_sql.call_site())
+        # The stage is open: a failure from here on must not lose it (the caller would never
+        # close it, and the request's position would stay on it).
+        try:
+            repeat, dup = _recorder.note_query(rec, text, params_key(params))
+            if dup is not None:
+                attrs["stagetrace.duplicate_of"] = dup
+            if repeat:
+                attrs.update(_sql.call_site())
+        except Exception as exc:
+            _recorder.internal_error("dbapi.query", exc)
     return rec, attrs
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from .. import _recorder, _sql
+from .. import _recorder
 from .._patching import Patcher, leave, timed
 from ..dbapi import _query
 
@@ -123,8 +123,14 @@ def _compile_attrs(stats: Any) -> dict[str, Any] | None:
 
 
 def _compile_name(compiled: Any) -> str:
+    """The statement's short name, from its text cut as the ``db.query`` stage cuts it (the
+    names are cached by text: an uncut text could be any size)."""
     text = getattr(compiled, "string", None)
-    return _sql.describe(text)[0] if isinstance(text, str) and text else "compile"
+    if not isinstance(text, str) or not text:
+        return "compile"
+    tl = _recorder.live()
+    limit = tl.settings.max_sql_length if tl is not None else 4096
+    return _query.text_of(text, limit)[1]
 
 
 def _compile(orig: Any) -> Any:
