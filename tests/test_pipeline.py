@@ -87,6 +87,40 @@ def test_flush_gives_up_at_its_deadline():
     assert stagetrace.flush(5) is True
 
 
+def test_a_sinks_flush_gets_what_is_left_of_the_deadline():
+    """One deadline covers the worker and the sinks: a sink whose ``flush`` takes a timeout
+    (the OTLP exporter's) gets what the wait for the worker left of it, not a deadline of its
+    own on top; a sink whose ``flush`` takes none is still called."""
+    import time
+
+    class SlowToDrain(BlockingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flush_timeouts: list[float | None] = []
+
+        def flush(self, timeout: float | None = None) -> None:
+            self.flush_timeouts.append(timeout)
+
+    class Plain(RecordingSink):
+        flushed = 0
+
+        def flush(self) -> None:
+            self.flushed += 1
+
+    slow, plain = SlowToDrain(), Plain()
+    stagetrace.configure(sinks=[slow, plain])
+    with stagetrace.timeline("job"):
+        pass
+    assert slow.entered.wait(5)
+    threading.Timer(0.3, slow.release.set).start()  # the worker catches up after 0.3 s
+    t = time.monotonic()
+    assert stagetrace.flush(1.0)
+    assert time.monotonic() - t < 1.0
+    (left,) = slow.flush_timeouts
+    assert left is not None and 0.0 < left <= 0.75
+    assert plain.flushed == 1
+
+
 def test_a_failing_sink_is_counted_and_does_not_starve_the_others(caplog):
     """A sink that raises is counted and logged once; the next sink still gets the timeline."""
     good = RecordingSink()

@@ -15,6 +15,7 @@ drains everything queued in one go. `flush()` cuts the wait short.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import threading
@@ -120,6 +121,9 @@ class Pipeline:
         self._closed = False
         self._stop = False
         self._pid = os.getpid()
+        #: Per sink: whether its ``flush`` takes a ``timeout`` (then it gets what is left of
+        #: the caller's deadline, not a deadline of its own on top).
+        self._flush_takes_timeout = tuple(_takes_timeout(s) for s in self.sinks)
 
     def depth(self) -> int:
         """Timelines waiting for the worker."""
@@ -232,11 +236,14 @@ class Pipeline:
                     self._wake.set()
                     self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
             self._hurry.clear()
-        for sink in self.sinks:
+        for sink, takes_timeout in zip(self.sinks, self._flush_takes_timeout, strict=True):
             fl = getattr(sink, "flush", None)
             if fl is not None:
                 try:
-                    fl()
+                    if takes_timeout and deadline is not None:
+                        fl(timeout=max(0.0, deadline - time.monotonic()))
+                    else:
+                        fl()
                 except Exception as exc:
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} flush", exc)
@@ -287,6 +294,17 @@ class Pipeline:
                     _guard.report("pipeline.after_fork", exc)
 
 
+def _takes_timeout(sink: Any) -> bool:
+    """Whether a sink's ``flush`` takes a ``timeout`` keyword argument."""
+    fl = getattr(sink, "flush", None)
+    if fl is None:
+        return False
+    try:
+        return "timeout" in inspect.signature(fl).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 #: Pipelines whose thread started, for the exit and fork hooks (weakly: retired ones go).
 _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _hooks_installed = False
@@ -304,9 +322,12 @@ def _install_process_hooks() -> None:
 
 
 def _at_exit() -> None:
+    """Deliver what is queued, within one deadline (``otel_flush_timeout``) for the worker and
+    the sinks together."""
     pipeline = STATE.pipeline
     if pipeline is not None:
-        pipeline.flush(timeout=5.0)
+        cfg = STATE.settings
+        pipeline.flush(timeout=cfg.otel_flush_timeout if cfg is not None else 5.0)
 
 
 def _after_fork() -> None:

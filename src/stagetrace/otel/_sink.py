@@ -363,11 +363,13 @@ class OtelSink:
         self._exporter.submit(self.encoder.encode(spans), len(spans))
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the queued spans were sent, at most `timeout` seconds (default: the flush
-        deadline); True when everything went out."""
+        """Wait until the queued spans were sent, at most the flush deadline, or `timeout`
+        seconds when that is shorter (what is left of the caller's); True when everything went
+        out."""
         if self._exporter is None:
             return True
-        return self._exporter.flush(self.flush_timeout if timeout is None else timeout)
+        limit = self.flush_timeout if timeout is None else min(timeout, self.flush_timeout)
+        return self._exporter.flush(limit)
 
     def close(self) -> None:
         """Flush (at most the flush deadline), then stop the export thread."""
