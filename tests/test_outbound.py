@@ -83,3 +83,13 @@ def test_nothing_is_recorded_outside_a_timeline_or_after_the_last_uninstall(serv
     finally:
         for _ in range(others):
             _outbound.install()
+
+
+def test_a_call_without_a_host_is_named_by_its_path_only():
+    """A stage's name is ``METHOD host``; a URL without a host (credentials with an empty host,
+    a relative URL) names its path — never its query values or credentials."""
+    from stagetrace.httpclients import _name
+
+    assert _name(("GET", "https://api.example.com/v1?token=s3cr3t")) == "GET api.example.com"
+    assert _name(("GET", "http://user:s3cr3t@/v1/items?token=s3cr3t")) == "GET /v1/items"
+    assert _name(("POST", "/relative?token=s3cr3t")) == "POST /relative"

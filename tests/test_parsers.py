@@ -150,6 +150,17 @@ def test_query_values_are_redacted_unless_allowed():
     )
 
 
+def test_a_value_given_without_a_name_is_redacted():
+    """A bare piece is kept only when it looks like a flag's name: a magic link's token, a
+    signed value or a cache buster given without ``name=`` is a value."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig"
+    assert headers.redact_query(f"{jwt}") == "REDACTED"
+    assert headers.redact_query("a8f3c2d1e9&print-view&debug&1699999999") == (
+        "REDACTED&print-view&debug&REDACTED"
+    )
+    assert headers.redact_query("v2", ("v2",)) == "v2"
+
+
 @fast
 @given(st.one_of(anything, huge))
 def test_host_is_total(value):

@@ -207,10 +207,20 @@ def redact_query(query: str | bytes | None, keep: tuple[str, ...] = ()) -> str |
         if not piece:
             continue
         name, eq, value = piece.partition("=")
-        if eq and value and unquote(name) not in keep:
-            value = "REDACTED"
-        parts.append(f"{name}={value}" if eq else name)
+        if eq:
+            if value and unquote(name) not in keep:
+                value = "REDACTED"
+            parts.append(f"{name}={value}")
+        elif _FLAG.fullmatch(name) or unquote(name) in keep:
+            parts.append(name)
+        else:  # a bare value: a token in a magic link (``?eyJhbGciOi...``), a cache buster
+            parts.append("REDACTED")
     return safe("&".join(parts)) if parts else None
+
+
+#: A query piece without ``=`` kept as it is: a flag's name (``?debug``, ``?print-view``).
+#: Anything else — digits, dots, long — may be a value given bare, and is redacted.
+_FLAG = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")
 
 
 def host_and_port(value: str | bytes | None) -> tuple[str | None, int | None]:

@@ -54,8 +54,10 @@ def _attrs(raw: tuple[str, str, list[Any]]) -> dict[str, Any]:
 
 
 def _name(raw: tuple[str, str]) -> str:
+    """``METHOD host``; without a host, ``METHOD path`` (never the query or credentials)."""
     method, url = raw
-    return f"{method} {urlsplit(url).hostname or url}"
+    parts = urlsplit(url)
+    return f"{method} {parts.hostname or safe(parts.path or '/')}"
 
 
 _SITE = "httpclients.send"
