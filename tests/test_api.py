@@ -46,6 +46,45 @@ async def test_stage_decorates_async_functions_and_they_stay_async(captured):
     assert st.duration_ns >= 2_000_000
 
 
+async def test_decorating_a_staticmethod_or_classmethod_keeps_what_it_is(captured):
+    """Above ``@staticmethod`` or ``@classmethod`` the decorators wrap the function inside and
+    return the same kind of descriptor: no argument shifts, async stays async."""
+
+    class Rates:
+        base = 10
+
+        @stagetrace.stage("double")
+        @staticmethod
+        def double(x: int) -> int:
+            return 2 * x
+
+        @stagetrace.stage("fetch")
+        @staticmethod
+        async def fetch(x: int) -> int:
+            return x
+
+        @stagetrace.stage("add")
+        @classmethod
+        def add(cls, x: int) -> int:
+            return cls.base + x
+
+        @stagetrace.timeline("nightly")
+        @staticmethod
+        def nightly() -> int:
+            return Rates.double(1)
+
+    assert isinstance(vars(Rates)["double"], staticmethod)
+    assert inspect.iscoroutinefunction(Rates.fetch)
+    with stagetrace.timeline("job"):
+        assert Rates.double(4) == 8 and Rates().double(4) == 8
+        assert await Rates().fetch(3) == 3
+        assert Rates.add(1) == 11 and Rates().add(2) == 12
+    assert Rates().nightly() == 2
+    job, nightly = captured
+    assert [s.name for s in job.stages[1:]] == ["double", "double", "fetch", "add", "add"]
+    assert nightly.name == "nightly" and [s.name for s in nightly.stages[1:]] == ["double"]
+
+
 def test_bare_decorator_names_the_stage_after_the_function(captured):
     """@stagetrace.stage without arguments uses the function's qualified name."""
 
