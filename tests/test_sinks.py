@@ -535,3 +535,16 @@ def test_console_sink_prints_through_the_pipeline(capsys):
     assert stagetrace.flush(5)
     err = capsys.readouterr().err
     assert err.startswith("nightly  ") and "custom load rows" in err
+
+
+def test_a_multiline_error_message_reads_as_words_in_the_waterfall(captured):
+    """Line breaks in an error's message are spaces in the waterfall, not ``?``; other control
+    characters stay escaped."""
+    from stagetrace.sinks import render_waterfall
+
+    with pytest.raises(ValueError), stagetrace.timeline("job"):
+        raise ValueError("1 validation error:\n  pin\n\tnot an int \x1b[31m")
+    for verbose in (False, True):
+        text = render_waterfall(captured[0], width=120, verbose=verbose)
+        assert "1 validation error: pin not an int ?[31m" in text
+        assert "error:?" not in text and "\x1b" not in text

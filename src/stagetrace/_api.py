@@ -62,7 +62,7 @@ class StageScope:
     def __call__(self, func: F) -> F:
         """Decorate a function (sync or async) so that each call is recorded as this stage."""
         if isinstance(func, (staticmethod, classmethod)):  # above @staticmethod/@classmethod
-            return type(func)(self(func.__func__))  # type: ignore[return-value]
+            return type(func)(self(func.__func__))
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
                 f"stagetrace.stage() cannot decorate the generator function {func.__qualname__}:"
@@ -244,7 +244,7 @@ class TimelineScope:
     def __call__(self, func: F) -> F:
         """Decorate a function (sync or async): each call is one timeline."""
         if isinstance(func, (staticmethod, classmethod)):  # above @staticmethod/@classmethod
-            return type(func)(self(func.__func__))  # type: ignore[return-value]
+            return type(func)(self(func.__func__))
         scope = self
         if inspect.iscoroutinefunction(func):
 

@@ -30,9 +30,8 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _guard
+from . import _errors, _guard
 from ._model import KindSummary, Stage, StageError, Timeline, stage_span_id
-from ._sql import db_error_message, is_db_error
 from ._state import STATE
 
 if TYPE_CHECKING:
@@ -202,9 +201,9 @@ def internal_error(site: str, exc: BaseException | None = None) -> None:
 
 
 def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
-    """(qualified type, message) of an exception, computed once per exception per timeline. A
-    database error's message keeps no values it may quote (`_sql.db_error_message`) unless
-    the timeline's settings record SQL parameter values."""
+    """(qualified type, message) of an exception, computed once per exception per timeline.
+    The message is what `_errors.message` keeps of it: a database error's keeps no values it
+    quotes, a validation error's no input it refused."""
     last = tl.last_exc
     if last is not None and last[0] is exc:
         return last[1]  # type: ignore[no-any-return]
@@ -212,11 +211,7 @@ def describe(tl: Any, exc: BaseException) -> tuple[str, str]:
     mod = t.__module__
     name = t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
     try:
-        msg = str(exc)
-        if is_db_error(t):
-            cfg = getattr(tl, "settings", None)
-            if cfg is None or not cfg.record_sql_params:
-                msg = db_error_message(msg)
+        msg = _errors.message(exc, getattr(tl, "settings", None))
     except Exception:
         msg = "<unprintable>"
     if len(msg) > MAX_ERROR_MESSAGE:

@@ -73,3 +73,16 @@ def test_control_characters_from_the_request_never_reach_exports_or_the_terminal
     assert "\n" not in tl.path and "\x1b" not in text and "\r" not in text
     assert "\\x0a" in tl.path
     assert tl.stages[0].attrs["user_agent.original"].startswith("agent\\x0d\\x0a")
+
+
+def test_a_404_does_not_carry_the_url_configuration(captured):
+    """Django's ``Resolver404`` holds every pattern it tried (module paths, kilobytes on every
+    404 a scanner provokes): the route stage says no pattern matched, and where."""
+    response = Client().get("/wp-login.php")
+    assert response.status_code == 404
+    (tl,) = captured
+    text = dump(captured)
+    assert "URLPattern" not in text and "tried" not in text
+    (route,) = [s for s in tl.stages if s.kind == "route"]
+    assert route.error.message == "no URL pattern matched the path"
+    assert route.attrs["url.path"] == "/wp-login.php"

@@ -420,7 +420,7 @@ def _detail_lines(
         url += f"?{a['url.query']}" if a.get("url.query") else ""
         out.append(([_clean(url)] + (["(query names only)"] if a.get("url.query") else []), " "))
     if st.error is not None and origin:
-        out.append((_clean(f"{st.error.type}: {st.error.message}").split(" "), " "))
+        out.append(([_clean(w) for w in f"{st.error.type}: {st.error.message}".split()], " "))
     return out
 
 
@@ -646,7 +646,7 @@ def _error_lines(timeline: Timeline, width: int, g: _Glyphs) -> list[str]:
     for (etype, message, where), n in list(origins.items())[:5]:
         times = f" ({n}{g.times})" if n > 1 else ""
         words = f"{g.cross} {etype.rpartition('.')[2]} in {where}{times}:".split(" ")
-        words += _clean(message).split()[:60] or ["(no message)"]
+        words += [_clean(w) for w in message.split()[:60]] or ["(no message)"]
         lines.extend(_wrap([_clean(w) for w in words], width, first="  ", sep=" ")[:3])
     if len(origins) > 5:
         lines.append(f"  {g.ellipsis} {len(origins) - 5} more errors")

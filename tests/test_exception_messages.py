@@ -1,0 +1,106 @@
+"""What a stage keeps of an exception's message: the application's own text, except where a
+library's message systematically quotes what privacy by default keeps out — the input a
+validation error refused (a request body's fields), the URL configuration Django tried on a
+404."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import stagetrace
+
+SECRET = "pw-SECRETPW"
+
+
+def exported(tl) -> str:
+    return json.dumps(tl.to_dict())
+
+
+def test_fastapi_request_validation_keeps_where_and_why_not_the_input(captured):
+    """A body FastAPI refuses: the error says which field and why, never the value sent."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    import stagetrace.starlette
+
+    from .asgi.login_app import app
+
+    stagetrace.starlette.instrument()
+    try:
+        with TestClient(app) as client:
+            response = client.post("/login", json={"password": SECRET, "pin": "x1234"})
+    finally:
+        stagetrace.starlette.uninstrument()
+    assert response.status_code == 422
+    assert SECRET in response.text  # FastAPI's own answer is untouched
+    (tl,) = captured
+    assert SECRET not in exported(tl) and "x1234" not in exported(tl)
+    errors = {s.error.message for s in tl.stages if s.error is not None}
+    assert errors == {
+        "2 validation errors: body.password: String should have at least 12 characters; "
+        "body.pin: Input should be a valid integer, unable to parse string as an integer"
+    }
+
+
+def test_a_pydantic_validation_error_raised_in_a_stage_keeps_no_input(captured):
+    """Validating data in the application's own code: the same, for pydantic's error."""
+    from pydantic import BaseModel, ValidationError
+
+    class Card(BaseModel):
+        number: int
+
+    with pytest.raises(ValidationError), stagetrace.timeline("import"):
+        Card(number="4242-SECRET")
+    (tl,) = captured
+    assert tl.stages[0].error.type == "pydantic_core._pydantic_core.ValidationError"
+    assert tl.stages[0].error.message == (
+        "1 validation error: number: Input should be a valid integer, unable to parse string"
+        " as an integer"
+    )
+
+
+def test_django_validation_error_keeps_its_templates_not_the_values(captured):
+    """Django fills the refused value into its messages: the stage keeps the message before
+    that, naming the parameter instead."""
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError), stagetrace.timeline("save"):
+        raise ValidationError(
+            {
+                "age": ValidationError(
+                    "“%(value)s” value must be an integer.", params={"value": "SECRET-AGE"}
+                ),
+                "email": ValidationError("Enter a valid email address."),
+            }
+        )
+    (tl,) = captured
+    assert tl.stages[0].error.message == (
+        "age: “<value>” value must be an integer.; email: Enter a valid email address."
+    )
+
+
+def test_a_message_of_the_application_is_kept_as_it_is(captured):
+    """Other exceptions keep their message (cut to 1,000 characters)."""
+    with pytest.raises(ValueError), stagetrace.timeline("job"):
+        raise ValueError("rate table for 2026-11 is missing")
+    (tl,) = captured
+    assert tl.stages[0].error.message == "rate table for 2026-11 is missing"
+
+
+def test_an_unexpected_shape_keeps_nothing_rather_than_everything(captured):
+    """A class named like FastAPI's whose ``errors()`` misbehaves: the type, no message."""
+    import stagetrace._errors as errors
+
+    class RequestValidationError(Exception):
+        def errors(self) -> list[object]:
+            raise RuntimeError("no")
+
+    RequestValidationError.__module__ = "fastapi.exceptions"
+    RequestValidationError.__qualname__ = "RequestValidationError"
+    errors._found.clear()
+    with pytest.raises(RequestValidationError), stagetrace.timeline("job"):
+        raise RequestValidationError(f"body: {SECRET}")
+    (tl,) = captured
+    assert tl.stages[0].error.message == "RequestValidationError"
