@@ -316,14 +316,16 @@ def _install_process_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
-    atexit.register(_at_exit)
+    atexit.register(flush_at_shutdown)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork)
 
 
-def _at_exit() -> None:
+def flush_at_shutdown() -> None:
     """Deliver what is queued, within one deadline (``otel_flush_timeout``) for the worker and
-    the sinks together."""
+    the sinks together: at interpreter exit, and at an ASGI app's lifespan shutdown (uvicorn
+    re-raises SIGTERM after its graceful shutdown, and the process dies without exit
+    handlers)."""
     pipeline = STATE.pipeline
     if pipeline is not None:
         cfg = STATE.settings

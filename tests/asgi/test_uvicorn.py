@@ -71,3 +71,52 @@ def test_fastapi_example_under_uvicorn(tmp_path):
     assert by["http", "/nowhere"]["status"] == 404 and by["http", "/nowhere"]["route"] is None
     ws = by["websocket", "/ws"]
     assert ws["status"] == 1000 and ws["stages"][0]["attrs"]["websocket.messages_sent"] == 2
+
+
+def test_sigterm_right_after_a_request_loses_no_timeline(tmp_path):
+    """uvicorn re-raises SIGTERM once it has shut down gracefully, so the process dies without
+    running its exit handlers: a timeline that ended during the shutdown (its background task
+    was still running) is delivered at the app's lifespan shutdown instead — the sink here takes
+    a quarter of a second a timeline, longer than uvicorn's shutdown leaves."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ..servers import ROOT, wait_for_port
+
+    port = free_port()
+    out_file = tmp_path / "delivered.jsonl"
+    log = tmp_path / "uvicorn.log"
+    here = str(ROOT / "tests" / "asgi")
+    args = [
+        "uvicorn",
+        "--app-dir",
+        here,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "shutdown_app:app",
+    ]
+    env = {**os.environ, "SLOW_SINK_FILE": str(out_file)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        wait_for_port(port, proc, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.post("/orders").text == "ok"
+        proc.send_signal(signal.SIGTERM)  # its background task is still running
+        t = time.monotonic()
+        code = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert code == -signal.SIGTERM  # uvicorn's own behaviour, unchanged
+    assert time.monotonic() - t < 6
+    lines = [json.loads(x) for x in out_file.read_text().splitlines()] if out_file.exists() else []
+    assert lines == [{"path": "/orders"}], log.read_text()[-2000:]

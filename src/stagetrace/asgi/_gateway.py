@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .. import _recorder, _runtime
+from .. import _pipeline, _recorder, _runtime
 from .._http import asgi as _parse
 from .._http import server_timing
 from .._http.gateway import begin_http, end_http, release, wanted
@@ -292,7 +292,7 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
     recorder's context is put back as it was afterwards, whatever happened."""
     kind = scope.get("type")
     if kind not in ("http", "websocket"):
-        await app(scope, receive, send)
+        await app(scope, receive, _flushing_at_shutdown(send) if kind == "lifespan" else send)
         return
     prev = _recorder.current()
     try:
@@ -325,6 +325,23 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
         _end(observer, exc, prev)
         raise
     _end(observer, None, prev)
+
+
+def _flushing_at_shutdown(send: Send) -> Send:
+    """The lifespan's `send`: before the app reports its shutdown done, the timelines still
+    queued are delivered. uvicorn re-raises SIGTERM once it has shut down gracefully, so the
+    process then dies without running exit handlers; the server has no request left to serve
+    at this point, so waiting here (at most the flush deadline) delays nothing else."""
+
+    async def lifespan_send(message: MutableMapping[str, Any]) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            try:
+                _pipeline.flush_at_shutdown()
+            except Exception as exc:
+                _recorder.internal_error("asgi.shutdown", exc)
+        await send(message)
+
+    return lifespan_send
 
 
 def _end(observer: _Http | _Websocket, exc: BaseException | None, prev: Any) -> None:
