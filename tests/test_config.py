@@ -149,6 +149,17 @@ def test_a_sink_object_without_emit_is_rejected():
         stagetrace.configure(sinks=[object()])
 
 
+def test_a_misspelt_sink_gets_a_suggestion_and_the_public_class_name():
+    """The one line says which sink was meant; tracebacks name the class as users import it."""
+    with pytest.raises(
+        stagetrace.ConfigurationError, match=r"'consol' is not one \(did you mean 'console'\?\)"
+    ):
+        stagetrace.configure(sinks=["consol"])
+    assert f"{stagetrace.ConfigurationError.__module__}.ConfigurationError" == (
+        "stagetrace.ConfigurationError"
+    )
+
+
 def test_disabled_records_nothing(captured):
     """enabled=False: no timeline starts at all."""
     stagetrace.configure(enabled=False)

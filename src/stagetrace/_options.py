@@ -27,6 +27,9 @@ class ConfigurationError(ValueError):
     """An option has a value stagetrace cannot use; the message names the option and its source."""
 
 
+ConfigurationError.__module__ = "stagetrace"  # as tracebacks show it: where users import it
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration. Read it with `stagetrace.settings()`; change it with
@@ -237,7 +240,9 @@ def _sinks(value: Any, from_env: bool) -> tuple[Any, ...]:
     for item in items:
         if isinstance(item, str):
             if item not in SINK_NAMES:
-                raise _Bad(f"{accepts}; {item!r} is not one")
+                close = difflib.get_close_matches(item, SINK_NAMES, 1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise _Bad(f"{accepts}; {item!r} is not one{hint}")
         elif not callable(getattr(item, "emit", None)):
             raise _Bad(f"{accepts}; {item!r} has no emit() method")
     return items

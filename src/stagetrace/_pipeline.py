@@ -219,7 +219,8 @@ class Pipeline:
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Wait until everything queued before this call reached the sinks, then flush them.
 
-        Returns False when the deadline passed first (the rest stays queued)."""
+        Returns False when the deadline passed first (the rest stays queued), or a sink's
+        ``flush`` returned False (the OTLP export: not everything reached the collector)."""
         target = self._submitted
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = self._thread
@@ -236,18 +237,21 @@ class Pipeline:
                     self._wake.set()
                     self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
             self._hurry.clear()
+        delivered = True
         for sink, takes_timeout in zip(self.sinks, self._flush_takes_timeout, strict=True):
             fl = getattr(sink, "flush", None)
             if fl is not None:
                 try:
                     if takes_timeout and deadline is not None:
-                        fl(timeout=max(0.0, deadline - time.monotonic()))
+                        done = fl(timeout=max(0.0, deadline - time.monotonic()))
                     else:
-                        fl()
+                        done = fl()
+                    if done is False:  # the sink says what it holds did not all go out
+                        delivered = False
                 except Exception as exc:
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} flush", exc)
-        return self._done >= target
+        return delivered and self._done >= target
 
     def retire(self, timeout: float = 5.0) -> bool:
         """Stop accepting, drain what is queued (up to `timeout`), stop the thread, close sinks."""

@@ -137,6 +137,20 @@ def test_flush_and_shutdown_honour_the_deadline() -> None:
     assert STATE.counters["otel_spans_exported"] == 0
 
 
+def test_flush_says_false_while_the_collector_has_not_got_the_spans() -> None:
+    """With the collector unreachable, flush() returns False (the spans are still being
+    retried), and the export's counters are in stats() from the start."""
+    port = free_port()
+    stagetrace.configure(
+        sinks=["otel"], otlp_endpoint=f"http://127.0.0.1:{port}", otel_flush_timeout=0.3
+    )
+    counted = stagetrace.stats()
+    assert counted["otel_spans_exported"] == 0 and counted["otel_timelines_sampled_out"] == 0
+    run_jobs(3)
+    assert stagetrace.flush(2) is False
+    stagetrace.shutdown(1)
+
+
 def test_tracer_provider_option_gets_readable_spans() -> None:
     """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
     ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""

@@ -248,6 +248,18 @@ class _Exporter:
             pass
 
 
+#: What `stats()` counts of the export, each 0 until it happens.
+COUNTERS = (
+    "otel_spans_exported",
+    "otel_spans_dropped",
+    "otel_spans_failed",
+    "otel_spans_rejected",
+    "otel_export_failures",
+    "otel_export_errors",
+    "otel_timelines_sampled_out",
+)
+
+
 class OtelSink:
     """Exports every stage of every kept timeline as OpenTelemetry spans.
 
@@ -285,6 +297,9 @@ class OtelSink:
         self._describe = describe
         #: Part B's metrics recorder (``record_many(timelines)``), when present and configured.
         self.metrics: Any = None
+        counters = STATE.counters
+        for name in COUNTERS:  # in stats() from the start, not from their first change
+            counters.setdefault(name, 0)
 
     # -- the pipeline's side -----------------------------------------------------------------
 
