@@ -151,6 +151,25 @@ def test_flush_says_false_while_the_collector_has_not_got_the_spans() -> None:
     stagetrace.shutdown(1)
 
 
+def test_an_unreachable_collector_is_warned_about_at_the_first_failed_attempt(caplog) -> None:
+    """The warning comes when the first attempt fails, not once the export's deadline (10 s by
+    default) has passed; one warning an outage."""
+    port = free_port()
+    stagetrace.configure(
+        sinks=["otel"], otlp_endpoint=f"http://127.0.0.1:{port}", otel_flush_timeout=0.3
+    )
+    with caplog.at_level("WARNING", logger="stagetrace"):
+        run_jobs(2)
+        stagetrace.flush(0.2)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not caplog.records:
+            time.sleep(0.05)
+        stagetrace.shutdown(0.2)
+    failing = [r.getMessage() for r in caplog.records if "OTLP export" in r.getMessage()]
+    assert len(failing) == 1 and f"127.0.0.1:{port}" in failing[0]
+    assert "is failing (" in failing[0] and "Connection refused" in failing[0]
+
+
 def test_tracer_provider_option_gets_readable_spans() -> None:
     """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
     ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""

@@ -129,6 +129,12 @@ class _Exporter:
     def __init__(self, transport: Transport, max_spans: int) -> None:
         self.transport = transport
         self.max_spans = max_spans
+        #: Warned about the collector since it last accepted a request (one warning an outage).
+        self._warned = False
+        try:
+            transport.on_retry = self._retrying
+        except AttributeError:  # a transport of the application's own, without the hook
+            pass
         self._q: deque[tuple[bytes, int]] = deque()
         self._queued_spans = 0
         self._cond = threading.Condition()
@@ -155,9 +161,20 @@ class _Exporter:
         self._thread = t
         t.start()
 
+    def _retrying(self, detail: str) -> None:
+        """The transport retries a request whose first attempt failed: say so now, once an
+        outage (the transport's deadline, 10 s by default, can be long to wait for a word)."""
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "stagetrace: OTLP export to %s is failing (%s); retrying until the export "
+                "deadline, then spans are dropped and counted until it succeeds again",
+                self.transport.config.url,
+                detail,
+            )
+
     def _run(self) -> None:
         counters = STATE.counters
-        warned = False
         while True:
             with self._cond:
                 while not self._q and not self._closed:
@@ -171,20 +188,20 @@ class _Exporter:
             except Exception as exc:  # a bug in the transport: count it, keep the thread alive
                 counters["otel_export_errors"] += 1
                 counters["otel_spans_failed"] += spans
-                if not warned:
-                    warned = True
+                if not self._warned:
+                    self._warned = True
                     logger.warning("stagetrace: OTLP export failed: %r", exc, exc_info=exc)
             else:
                 if outcome.result is ExportResult.OK:
                     counters["otel_spans_exported"] += spans - outcome.rejected
                     if outcome.rejected:
                         counters["otel_spans_rejected"] += outcome.rejected
-                    warned = False
+                    self._warned = False
                 else:
                     counters["otel_export_failures"] += 1
                     counters["otel_spans_failed"] += spans
-                    if not warned:
-                        warned = True
+                    if not self._warned:
+                        self._warned = True
                         logger.warning(
                             "stagetrace: OTLP export to %s failed (%s); spans are dropped and "
                             "counted until it succeeds again",

@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Literal, Protocol
@@ -350,6 +350,7 @@ class Transport(Protocol):
     """Sends encoded ``ExportTraceServiceRequest`` bytes; what a sink holds."""
 
     config: ExporterConfig
+    on_retry: Callable[[str], None] | None
 
     def export(self, data: bytes, deadline: float | None = None) -> ExportOutcome:
         """Send ``data``; give up at ``deadline`` (``time.monotonic()``), default now+timeout."""
@@ -463,6 +464,10 @@ class HttpTransport:
     exporting thread owns it (the sink's worker).
     """
 
+    #: Called with what went wrong when a request's first attempt failed and it is retried
+    #: (the sink warns then, not only once the deadline has passed).
+    on_retry: Callable[[str], None] | None = None
+
     def __init__(self, config: ExporterConfig) -> None:
         from ._about import version
 
@@ -551,6 +556,8 @@ class HttpTransport:
                 if status not in _RETRYABLE_HTTP:
                     return ExportOutcome(ExportResult.FAILED, attempt, detail)
                 retry_after = _retry_after(response.getheader("Retry-After"))
+            if attempt == 1 and self.on_retry is not None:
+                self.on_retry(detail)
             if not self._backoff.sleep(attempt, deadline, retry_after):
                 return ExportOutcome(ExportResult.RETRYABLE, attempt, detail)
 
@@ -593,6 +600,10 @@ class GrpcTransport:
     The channel reconnects by itself; its reconnect backoff is capped at a few seconds so export
     resumes soon after the collector comes back. Safe to use from several threads.
     """
+
+    #: Called with what went wrong when a request's first attempt failed and it is retried
+    #: (the sink warns then, not only once the deadline has passed).
+    on_retry: Callable[[str], None] | None = None
 
     def __init__(self, config: ExporterConfig) -> None:
         _require_grpc()
@@ -657,6 +668,8 @@ class GrpcTransport:
             else:
                 rejected, message = partial_success_rejected(response or b"")
                 return ExportOutcome(ExportResult.OK, attempt, message, rejected)
+            if attempt == 1 and self.on_retry is not None:
+                self.on_retry(detail)
             if not self._backoff.sleep(attempt, deadline):
                 return ExportOutcome(ExportResult.RETRYABLE, attempt, detail)
 
