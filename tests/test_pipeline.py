@@ -121,6 +121,77 @@ def test_a_sinks_flush_gets_what_is_left_of_the_deadline():
     assert plain.flushed == 1
 
 
+def test_timelines_waiting_for_the_worker_are_sealed_before_an_older_generation_is_collected():
+    """Before the collector moves what survived into an older generation, the live timelines
+    waiting in the queue are sealed in place (a few objects instead of a list per stage): they
+    are delivered complete and in order all the same, and a young collection leaves them."""
+    import gc
+
+    from stagetrace import _pipeline
+
+    sink = BlockingSink()
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("first"):
+        pass
+    assert sink.entered.wait(5)  # the worker is held inside emit(); the rest waits in the queue
+    for i in range(5):
+        with stagetrace.timeline(f"job {i}"), stagetrace.stage("step", kind="custom"):
+            pass
+    queue = stagetrace._state.STATE.pipeline._q
+    assert [what for _, what in queue] == [_pipeline.LIVE] * 5
+    gc.collect(0)
+    assert [what for _, what in queue] == [_pipeline.LIVE] * 5
+    gc.collect(1)
+    assert [what for _, what in queue] == [_pipeline.SEALED] * 5
+    sink.release.set()
+    assert stagetrace.flush(5)
+    assert [t.name for t in sink.got] == ["first"] + [f"job {i}" for i in range(5)]
+    assert [s.name for s in sink.got[3].stages] == ["job 2", "step"]
+
+
+def test_sealing_before_collections_races_the_worker_without_loss_or_reordering():
+    """Threads end timelines while another forces middle-generation collections (each seals
+    the queue) and the worker drains it: every timeline arrives once, each thread's in order."""
+    import gc
+
+    sink = RecordingSink()
+    stagetrace.configure(sinks=[sink], queue_size=5000)
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            gc.collect(1)
+
+    def work(n: int) -> None:
+        for i in range(300):
+            with stagetrace.timeline(f"{n}:{i}"), stagetrace.stage("s", kind="custom"):
+                pass
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the races happen
+    try:
+        collector = threading.Thread(target=collect)
+        collector.start()
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        stop.set()
+        collector.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert stagetrace.flush(10)
+    got = [t.name.split(":") for t in sink.got]
+    assert len(got) == 1200
+    for n in range(4):
+        assert [int(i) for m, i in got if m == str(n)] == list(range(300))
+    assert all(len(t.stages) == 2 for t in sink.got)
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
 def test_a_failing_sink_is_counted_and_does_not_starve_the_others(caplog):
     """A sink that raises is counted and logged once; the next sink still gets the timeline."""
     good = RecordingSink()
