@@ -296,3 +296,5 @@ def test_demo_follows_the_terminal_width():
         waterfall = block.split("\n", 1)[1].split("\nYour own project")[0]
         assert max(len(x) for x in waterfall.splitlines()) <= 80
     assert "20× fetch shop.Author" in proc.stdout  # the N+1 collapsed
+    # the N+1 is shown in its waterfall, not logged first, out of place (piped output too)
+    assert "n_plus_one" in proc.stdout and "N+1" not in proc.stderr
