@@ -109,9 +109,6 @@ class Pipeline:
 
     #: How long the woken worker waits to gather a batch before draining the queue.
     BATCH_DELAY = 0.05
-    #: At most this many waiting timelines are sealed before one collection (about 1 to 3 ms
-    #: of work, inside the request that set the collection off).
-    SEAL_AT_ONCE = 128
 
     def __init__(self, sinks: Sequence[Sink], analyzers: Sequence[Analyzer], maxsize: int) -> None:
         self.sinks = tuple(sinks)
@@ -248,16 +245,13 @@ class Pipeline:
         where they count towards the next full collection, which traverses the application's
         whole heap (measured: most of what the memory sink cost on a template page). Sealed
         (the worker's first step anyway), a timeline is a few objects. Skipped when the worker
-        is taking an item right now: it drains the queue then. At most `SEAL_AT_ONCE`
-        timelines, the oldest: this runs inside whichever request allocated, and a queue that
-        long means the worker is far behind anyway."""
+        is taking an item right now: it drains the queue then."""
         taking = self._taking
         if not taking.acquire(blocking=False):
             return
         try:
             q = self._q
-            n = min(len(q), self.SEAL_AT_ONCE)
-            items = [q.popleft() for _ in range(n)]  # only lock holders take items
+            items = [q.popleft() for _ in range(len(q))]  # only lock holders take items
             for i, (item, what) in enumerate(items):
                 if what == LIVE:
                     try:
