@@ -15,7 +15,6 @@ drains everything queued in one go. `flush()` cuts the wait short.
 from __future__ import annotations
 
 import atexit
-import gc
 import inspect
 import logging
 import os
@@ -94,10 +93,6 @@ def _warn_once(what: str, exc: BaseException) -> None:
         )
 
 
-# What a queued item is (see `Pipeline._q`).
-LIVE, SEALED, BUILT, DROPPED = 0, 1, 2, 3
-
-
 class Pipeline:
     """Analyzers and sinks behind one daemon thread and a bounded queue.
 
@@ -114,12 +109,7 @@ class Pipeline:
         self.sinks = tuple(sinks)
         self.analyzers = tuple(analyzers)
         self.maxsize = maxsize
-        #: (item, what it is): a finished `Live` timeline (`LIVE`), one sealed before a
-        #: collection (`SEALED`), or a built and analyzed `Timeline` (`BUILT`).
-        self._q: deque[tuple[Any, int]] = deque()
-        #: Held by whoever takes items off the queue's left end: the worker, and the garbage
-        #: collector's hook sealing what waits (`seal_waiting`), which must not reorder them.
-        self._taking = threading.Lock()
+        self._q: deque[tuple[Any, bool]] = deque()
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._progress = threading.Condition()
@@ -148,7 +138,7 @@ class Pipeline:
             STATE.counters["timelines_dropped"] += 1
             return False
         self._submitted += 1
-        self._q.append((timeline, BUILT if analyzed else LIVE))
+        self._q.append((timeline, analyzed))
         if self._idle:
             self._idle = False
             if self._thread is None:
@@ -185,25 +175,16 @@ class Pipeline:
 
     def _drain(self) -> None:
         q = self._q
-        taking = self._taking
         while q:
             batch: list[Timeline] = []
-            taken = 0
             try:
-                while taken < 512:
-                    with taking:
-                        item, what = q.popleft()
-                    taken += 1
-                    if what == BUILT:
+                while len(batch) < 512:
+                    item, analyzed = q.popleft()
+                    if analyzed:
                         batch.append(item)
                         continue
                     try:
-                        if what == SEALED:
-                            timeline = _recorder.build(item)
-                        elif what == LIVE:
-                            timeline = _recorder.finished(item)
-                        else:  # DROPPED: sealing it failed (reported)
-                            continue
+                        timeline = _recorder.finished(item)
                     except Exception as exc:
                         _guard.report("pipeline.build", exc)
                         continue
@@ -214,8 +195,7 @@ class Pipeline:
                 pass
             if batch:
                 self._emit(batch)
-            if taken:  # a timeline that could not be built counts as done: flush() need not wait
-                self._done += taken
+                self._done += len(batch)
                 with self._progress:
                     self._progress.notify_all()
 
@@ -235,33 +215,6 @@ class Pipeline:
             except Exception as exc:
                 STATE.counters["sink_errors"] += 1
                 _warn_once(f"sink {sink!r}", exc)
-
-    def seal_waiting(self) -> None:
-        """Seal the live timelines waiting in the queue, in place (called by the garbage
-        collector's hook before it collects an older generation).
-
-        A live timeline is a list per stage; waiting for the worker, those lists survive young
-        collections, and a middle-generation collection would move them to the oldest one —
-        where they count towards the next full collection, which traverses the application's
-        whole heap (measured: most of what the memory sink cost on a template page). Sealed
-        (the worker's first step anyway), a timeline is a few objects. Skipped when the worker
-        is taking an item right now: it drains the queue then."""
-        taking = self._taking
-        if not taking.acquire(blocking=False):
-            return
-        try:
-            q = self._q
-            items = [q.popleft() for _ in range(len(q))]  # only lock holders take items
-            for i, (item, what) in enumerate(items):
-                if what == LIVE:
-                    try:
-                        items[i] = (_recorder.seal(item), SEALED)
-                    except Exception as exc:
-                        _guard.report("pipeline.seal", exc)
-                        items[i] = (None, DROPPED)
-            q.extendleft(reversed(items))  # back in front of any put meanwhile, in order
-        finally:
-            taking.release()
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Wait until everything queued before this call reached the sinks, then flush them.
@@ -323,11 +276,10 @@ class Pipeline:
 
     def _after_fork_in_child(self) -> None:
         # The parent owns what was queued before the fork; the child starts empty.
-        for item, what in self._q:
-            if what == LIVE:
+        for item, analyzed in self._q:
+            if not analyzed:
                 _recorder.dispose(item)
         self._q.clear()
-        self._taking = threading.Lock()
         self._thread = None
         self._idle = True
         self._wake = threading.Event()
@@ -363,30 +315,14 @@ _hooks_installed = False
 
 
 def _install_process_hooks() -> None:
-    """Flush at interpreter exit; restart cleanly in forked children (gunicorn --preload); seal
-    the waiting timelines before the collector promotes them."""
+    """Flush at interpreter exit; restart cleanly in forked children (gunicorn --preload)."""
     global _hooks_installed
     if _hooks_installed:
         return
     _hooks_installed = True
     atexit.register(flush_at_shutdown)
-    gc.callbacks.append(_before_collection)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork)
-
-
-def _before_collection(phase: str, info: dict[str, int]) -> None:
-    """A ``gc.callbacks`` entry: before a collection of the middle or oldest generation, seal
-    the timelines waiting for the worker (`Pipeline.seal_waiting`). Young collections, which
-    run every few hundred allocations, return at the first test."""
-    if phase != "start" or not info.get("generation"):
-        return
-    pipeline = STATE.pipeline
-    if pipeline is not None and pipeline._q:
-        try:
-            pipeline.seal_waiting()
-        except Exception as exc:  # pragma: no cover - seal_waiting reports its own
-            _guard.report("pipeline.seal", exc)
 
 
 def flush_at_shutdown() -> None:
