@@ -61,6 +61,45 @@ def test_a_pydantic_validation_error_raised_in_a_stage_keeps_no_input(captured):
     )
 
 
+def test_keys_and_tags_from_the_input_are_not_kept_either(captured):
+    """Where a validation error is can itself be input (a dictionary's keys, a key the model
+    forbids), and some messages quote it (a union's tag): those parts are ``?`` and ``…``."""
+    from typing import Literal, Union
+
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    email = "ann.secret@example.com"
+
+    class Scores(BaseModel):
+        by_user: dict[str, int]
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str
+
+    class Cat(BaseModel):
+        kind: Literal["cat"]
+
+    class Dog(BaseModel):
+        kind: Literal["dog"]
+
+    class Pet(BaseModel):
+        pet: Union[Cat, Dog] = Field(discriminator="kind")  # noqa: UP007
+
+    for build in (
+        lambda: Scores(by_user={email: "many"}),
+        lambda: Strict(name="x", **{email: 1}),
+        lambda: Pet(pet={"kind": email}),
+    ):
+        with pytest.raises(ValidationError), stagetrace.timeline("import"):
+            build()
+    messages = [tl.stages[0].error.message for tl in captured]
+    assert not any(email in m for m in messages), messages
+    assert messages[0].startswith("1 validation error: by_user.?: Input should be a valid integer")
+    assert messages[1] == "1 validation error: ?: Extra inputs are not permitted"
+    assert messages[2].startswith("1 validation error: pet: Input tag '…' found using 'kind'")
+
+
 def test_django_validation_error_keeps_its_templates_not_the_values(captured):
     """Django fills the refused value into its messages: the stage keeps the message before
     that, naming the parameter instead."""

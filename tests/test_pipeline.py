@@ -98,7 +98,7 @@ def test_a_sinks_flush_gets_what_is_left_of_the_deadline():
             super().__init__()
             self.flush_timeouts: list[float | None] = []
 
-        def flush(self, timeout: float | None = None) -> None:
+        def flush(self, timeout: float | None = None, /) -> None:  # positional only
             self.flush_timeouts.append(timeout)
 
     class Plain(RecordingSink):

@@ -26,7 +26,7 @@ from ._sql import db_error_message, is_db_error
 MAX_VALIDATION_ERRORS = 10
 
 
-def _validation(exc: BaseException, message: str, cfg: Any) -> str:
+def _validation(exc: BaseException, cfg: Any) -> str:
     """``N validation errors: body.password: String should have at least 12 characters; ...``
     from pydantic's structured errors (FastAPI's validation errors hold the same), without
     the refused input."""
@@ -37,8 +37,11 @@ def _validation(exc: BaseException, message: str, cfg: Any) -> str:
     for e in errors[:MAX_VALIDATION_ERRORS]:
         if not isinstance(e, dict):
             continue
-        loc = ".".join(str(p) for p in e.get("loc", ()) or ())
-        msg = str(e.get("msg", "invalid"))
+        where = [_loc_part(p) for p in e.get("loc", ()) or ()]
+        if where and e.get("type") == "extra_forbidden":
+            where[-1] = "?"  # the key the client sent
+        loc = ".".join(where)
+        msg = _without_input(str(e.get("msg", "invalid")), e.get("input"))
         parts.append(f"{loc}: {msg}" if loc else msg)
     n = len(errors)
     head = f"{n} validation error{'' if n == 1 else 's'}"
@@ -46,10 +49,44 @@ def _validation(exc: BaseException, message: str, cfg: Any) -> str:
     return f"{head}: {'; '.join(parts)}{more}" if parts else head
 
 
+_SCALARS = (str, int, float)
+
+
+def _without_input(msg: str, value: Any) -> str:
+    """A message that quotes its input (``Input tag 'x' found using 'kind' ...``, the tag
+    taken from the input's dictionary) with the input's values replaced by ``…``: quoted,
+    whatever their length; bare, from three characters on."""
+    if type(value) in _SCALARS:
+        values = [value]
+    elif isinstance(value, dict):
+        values = [v for v in list(value.values())[:20] if type(v) in _SCALARS]
+    elif isinstance(value, (list, tuple)):
+        values = [v for v in value[:20] if type(v) in _SCALARS]
+    else:
+        return msg
+    for v in values:
+        text = str(v)
+        for quoted in (f"'{text}'", f'"{text}"'):
+            msg = msg.replace(quoted, "'…'")
+        if len(text) >= 3:
+            msg = msg.replace(text, "…")
+    return msg
+
+
+def _loc_part(part: Any) -> str:
+    """One step of where a validation error is: a field's name or a list index as it is; a
+    dictionary's key — the input's own, such as an e-mail address — as ``?`` unless it reads
+    like a name."""
+    if type(part) is int:
+        return str(part)
+    text = str(part)
+    return text if text.isidentifier() and len(text) <= 40 else "?"
+
+
 _PARAM = re.compile(r"%\((\w+)\)[a-z]")
 
 
-def _django_validation(exc: BaseException, message: str, cfg: Any) -> str:
+def _django_validation(exc: BaseException, cfg: Any) -> str:
     """Django's messages before their parameters are filled in (``“%(value)s” value must be an
     integer.`` names the parameter, ``<value>``, instead of quoting it), by field."""
 
@@ -71,18 +108,19 @@ def _django_validation(exc: BaseException, message: str, cfg: Any) -> str:
     return " ".join(templates(exc))
 
 
-def _resolver404(exc: BaseException, message: str, cfg: Any) -> str:
+def _resolver404(exc: BaseException, cfg: Any) -> str:
     return "no URL pattern matched the path"
 
 
-def _database(exc: BaseException, message: str, cfg: Any) -> str:
+def _database(exc: BaseException, cfg: Any) -> str:
+    message = str(exc)
     if cfg is not None and cfg.record_sql_params:
         return message
     return db_error_message(message)
 
 
 #: By ``module.QualifiedName`` of a class in the exception's MRO.
-_BY_NAME: dict[str, Callable[[BaseException, str, Any], str]] = {
+_BY_NAME: dict[str, Callable[[BaseException, Any], str]] = {
     "pydantic_core._pydantic_core.ValidationError": _validation,
     "fastapi.exceptions.RequestValidationError": _validation,
     "fastapi.exceptions.ResponseValidationError": _validation,
@@ -91,10 +129,10 @@ _BY_NAME: dict[str, Callable[[BaseException, str, Any], str]] = {
     "django.urls.exceptions.Resolver404": _resolver404,
 }
 
-_found: dict[type, Callable[[BaseException, str, Any], str] | None] = {}
+_found: dict[type, Callable[[BaseException, Any], str] | None] = {}
 
 
-def _rewriter(exc_type: type) -> Callable[[BaseException, str, Any], str] | None:
+def _rewriter(exc_type: type) -> Callable[[BaseException, Any], str] | None:
     try:
         return _found[exc_type]
     except KeyError:
@@ -114,11 +152,10 @@ def _rewriter(exc_type: type) -> Callable[[BaseException, str, Any], str] | None
 def message(exc: BaseException, cfg: Any) -> str:
     """The message a stage keeps of `exc` under the settings `cfg` (None: the defaults). May
     raise (an exception whose ``__str__`` fails): the caller handles it."""
-    text = str(exc)
     rewrite = _rewriter(type(exc))
     if rewrite is None:
-        return text
-    try:
-        return rewrite(exc, text, cfg)
+        return str(exc)
+    try:  # without str(exc) first: Resolver404's is the whole URL configuration, rendered
+        return rewrite(exc, cfg)
     except Exception:  # an unexpected shape: keep nothing of it rather than everything
         return type(exc).__name__

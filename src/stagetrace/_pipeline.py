@@ -243,7 +243,7 @@ class Pipeline:
             if fl is not None:
                 try:
                     if takes_timeout and deadline is not None:
-                        done = fl(timeout=max(0.0, deadline - time.monotonic()))
+                        done = fl(max(0.0, deadline - time.monotonic()))
                     else:
                         done = fl()
                     if done is False:  # the sink says what it holds did not all go out
@@ -299,14 +299,24 @@ class Pipeline:
 
 
 def _takes_timeout(sink: Any) -> bool:
-    """Whether a sink's ``flush`` takes a ``timeout`` keyword argument."""
+    """Whether a sink's ``flush`` takes a ``timeout`` as its first argument (by position or
+    by keyword; a keyword-only one is passed by keyword)."""
     fl = getattr(sink, "flush", None)
     if fl is None:
         return False
     try:
-        return "timeout" in inspect.signature(fl).parameters
+        params = list(inspect.signature(fl).parameters.values())
     except (TypeError, ValueError):
         return False
+    return (
+        bool(params)
+        and params[0].name == "timeout"
+        and params[0].kind
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+    )
 
 
 #: Pipelines whose thread started, for the exit and fork hooks (weakly: retired ones go).

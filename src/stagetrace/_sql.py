@@ -179,10 +179,13 @@ _db_error_types: dict[type, bool] = {}
 
 #: A quoted name that follows one of these words is a schema object's, not a value.
 _NAMED_BY = re.compile(
-    r"(?:constraint|column|relation|table|index|key|database|schema|function|sequence|"
+    r"\b(?:constraint|column|relation|table|index|key|database|schema|function|sequence|"
     r"field|trigger|view|savepoint|collation|extension|role)\s*$",
     re.I,
 )
+#: asyncpg's refusal of an argument prints its ``repr``, unquoted (``... $1: 4111111111111111
+#: (value out of int32 range)``): nothing after the argument's number is kept.
+_ARGUMENT = re.compile(r"(.*?\bquery argument \$\d+):")
 #: MySQL drivers' ``(1062, "Duplicate entry ...")``.
 _CODE_AND_MESSAGE = re.compile(r"^\((\d+), (['\"])(.*)\2\)$", re.S)
 
@@ -209,6 +212,9 @@ def db_error_message(message: str) -> str:
     m = _CODE_AND_MESSAGE.match(line)
     if m:
         line = f"{m.group(1)}: {m.group(3)}"
+    m = _ARGUMENT.match(line)
+    if m:
+        return f"{m.group(1)}: …"
     pos = 0
     while True:
         starts = [i for i in (line.find("'", pos), line.find('"', pos)) if i >= 0]

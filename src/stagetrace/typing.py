@@ -21,8 +21,8 @@ class Sink(Protocol):
 
     `emit` runs on stagetrace's background worker, one timeline at a time, never on the request
     path; an exception it raises is counted (``sink_errors`` in `stagetrace.stats()`) and logged
-    once. A sink may also define ``flush()`` (called by `stagetrace.flush()`; a ``flush`` with
-    a ``timeout`` parameter gets what is left of the caller's deadline), ``close()``
+    once. A sink may also define ``flush()`` (called by `stagetrace.flush()`; a ``flush`` whose
+    first parameter is ``timeout`` gets what is left of the caller's deadline), ``close()``
     (called when it is replaced or at `stagetrace.shutdown()`), and ``after_fork()`` (called in
     a child process after ``os.fork()``, e.g. to reopen files or sockets).
     """

@@ -188,3 +188,58 @@ def test_uninstrument_restores_every_patched_attribute(captured):
     captured.clear()
     assert TestClient(app).get("/json").json() == {"a": 1}
     assert captured == []
+
+
+async def test_lifespan_shutdown_delivers_without_freezing_the_event_loop(instrumented):
+    """At the app's lifespan shutdown stagetrace delivers what is queued (uvicorn's re-raised
+    SIGTERM skips exit handlers) — waiting in a thread: with the collector unreachable the
+    wait lasts the flush deadline, and the event loop's other tasks run meanwhile."""
+    import asyncio
+    import itertools
+    import socket
+    import time
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    import stagetrace
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stagetrace.configure(
+        sinks=["otel"], otlp_endpoint=f"http://127.0.0.1:{port}", otel_flush_timeout=1.0
+    )
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", hello)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.get("/")).text == "ok"
+    messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    for kind in ("lifespan.startup", "lifespan.shutdown"):
+        await messages.put({"type": kind})
+    sent: list[str] = []
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message["type"])
+
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    ticker = asyncio.create_task(tick())
+    t0 = time.monotonic()
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, messages.get, send)
+    took = time.monotonic() - t0
+    ticker.cancel()
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert 0.5 < took < 3  # it waited for the collector, up to the deadline
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) > 10 and max(gaps) < 0.3, f"the event loop stood still: {ticks}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
@@ -331,16 +332,30 @@ def test_bad_configuration_fails_at_instrument(monkeypatch):
     assert not stagetrace.flask.is_instrumented()
 
 
+class _Payload:
+    """A request's object, with a method registered as an after-request hook."""
+
+    def stamp(self, response: Any) -> Any:
+        response.headers["X-Stamped"] = "1"
+        return response
+
+
+def _note(payload: _Payload, response: Any) -> Any:
+    return response
+
+
 def test_a_function_made_per_request_is_not_kept_alive(instrumented, captured):
-    """``after_this_request`` registers a new closure on every request: once the request is
-    over, neither the closure nor what it closes over (the view's objects) is kept."""
+    """``after_this_request`` registers a new closure (or ``partial``, or bound method) on every
+    request: once the request is over, none of them nor what they hold (the view's objects) is
+    kept."""
+    import functools
     import gc
     import weakref
 
     import flask
 
-    class Payload:
-        pass
+    Payload = _Payload
+    note = _note
 
     app = flask.Flask(__name__)
     alive: list[weakref.ref[Payload]] = []
@@ -355,12 +370,14 @@ def test_a_function_made_per_request_is_not_kept_alive(instrumented, captured):
             response.headers["X-Payload"] = type(payload).__name__
             return response
 
+        flask.after_this_request(functools.partial(note, payload))
+        flask.after_this_request(payload.stamp)
         return "ok"
 
     client = app.test_client()
     for _ in range(5):
         response = client.get("/report")
-        assert response.headers["X-Payload"] == "Payload"
+        assert response.headers["X-Payload"] == "_Payload"
         response.close()
     del response
     stagetrace.flush()

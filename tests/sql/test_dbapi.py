@@ -291,6 +291,14 @@ class _NoFactory(sqlite3.Connection):
         return super().cursor(_DictCursor)
 
 
+class _PassThrough(sqlite3.Connection):
+    calls = 0
+
+    def cursor(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        _PassThrough.calls += 1
+        return super().cursor(*args, **kwargs)
+
+
 class _NamedFirst(sqlite3.Connection):
     def cursor(self, label=None, factory=_DictCursor):  # type: ignore[no-untyped-def, override]
         cur = super().cursor(factory)
@@ -312,13 +320,17 @@ def test_an_application_connection_class_keeps_its_own_cursor(instrumented):
         assert isinstance(named, _DictCursor) and named.label == "report"
         assert named.execute("SELECT 2 AS two").dicts() == [{"two": 2}]
 
+        through = sqlite3.connect(":memory:", factory=_PassThrough)
+        through.cursor().execute("SELECT 5")
+        assert _PassThrough.calls == 1
+
         bare = sqlite3.connect(":memory:", factory=_NoFactory)
         assert bare.cursor().execute("SELECT 3 AS three").dicts() == [{"three": 3}]
         bare.execute("SELECT 4")
     (tl,) = got
     texts = [s.attrs["db.query.text"] for s in queries(tl)]
     # the cursor of a cursor() without a factory parameter is the application's own: untraced
-    assert texts == ["SELECT 1 AS one", "SELECT 2 AS two", "SELECT 4"]
+    assert texts == ["SELECT 1 AS one", "SELECT 2 AS two", "SELECT 5", "SELECT 4"]
     assert stagetrace.stats().get("internal_errors", 0) == 0
 
 

@@ -45,6 +45,15 @@ SECRET = "alice.secret@example.com"
             'null value in column "email" of relation "users" violates not-null constraint',
         ),
         ("can't adapt type 'dict'", "can't adapt type …"),
+        (  # asyncpg refusing an argument prints its repr, unquoted
+            "invalid input for query argument $1: 4111111111111111 (value out of int32 range)",
+            "invalid input for query argument $1: …",
+        ),
+        (
+            "invalid input for query argument $2: datetime.date(1980, 5, 17) (expected str)",
+            "invalid input for query argument $2: …",
+        ),
+        ('monkey "secret" business', "monkey …"),  # not a schema object's name
         ("UNIQUE constraint failed: users.email", "UNIQUE constraint failed: users.email"),
     ],
 )
@@ -175,3 +184,32 @@ def test_a_failed_psycopg_statement_exports_no_parameter_value():
     assert query.error.message == (
         f'duplicate key value violates unique constraint "{table}_email_key" …'
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "secret"),
+    [(4111111111111111, "4111111111111111"), (__import__("datetime").date(1980, 5, 17), "1980")],
+)
+def test_an_argument_asyncpg_refuses_is_not_kept(value, secret):
+    """asyncpg prints a refused argument's ``repr`` without quotes (a card number, a birth
+    date): the message stops at the argument's number."""
+    import asyncio
+
+    from ..conftest import need_service
+
+    need_service("PostgreSQL", PG_HOST, PG_PORT)
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def fail() -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+        try:
+            with stagetrace.timeline("job"):
+                await conn.fetch("SELECT $1::int", value)
+        finally:
+            await conn.close()
+
+    with stagetrace.capture() as got, pytest.raises(asyncpg.DataError):
+        asyncio.run(fail())
+    (tl,) = got
+    assert secret not in json.dumps(tl.to_dict())
+    assert tl.stages[0].error.message == "invalid input for query argument $1: …"

@@ -329,19 +329,37 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
 
 def _flushing_at_shutdown(send: Send) -> Send:
     """The lifespan's `send`: before the app reports its shutdown done, the timelines still
-    queued are delivered. uvicorn re-raises SIGTERM once it has shut down gracefully, so the
-    process then dies without running exit handlers; the server has no request left to serve
-    at this point, so waiting here (at most the flush deadline) delays nothing else."""
+    queued are delivered (at most the flush deadline). uvicorn re-raises SIGTERM once it has
+    shut down gracefully, so the process then dies without running exit handlers. The wait
+    runs in a thread: the event loop goes on (other apps' tasks, a test client's loop)."""
 
     async def lifespan_send(message: MutableMapping[str, Any]) -> None:
         if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             try:
-                _pipeline.flush_at_shutdown()
+                await _in_thread(_pipeline.flush_at_shutdown)
             except Exception as exc:
                 _recorder.internal_error("asgi.shutdown", exc)
         await send(message)
 
     return lifespan_send
+
+
+async def _in_thread(func: Callable[[], None]) -> None:
+    """Run `func` in a worker thread of the running event loop: asyncio's default executor,
+    or anyio's threads under another loop (trio); in this thread if there is neither."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            import anyio.to_thread
+        except ImportError:
+            func()
+            return
+        await anyio.to_thread.run_sync(func)
+        return
+    await loop.run_in_executor(None, func)
 
 
 def _end(observer: _Http | _Websocket, exc: BaseException | None, prev: Any) -> None:

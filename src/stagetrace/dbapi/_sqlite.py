@@ -51,7 +51,7 @@ class _ConnectionMixin:
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         try:
             own = _own_cursor(type(self))
-            if own is None:  # sqlite3's cursor(factory=Cursor)
+            if own is None:  # sqlite3's cursor(factory=Cursor), or an override passing through
                 factory = args[0] if args else kwargs.get("factory")
                 traced = _traced_class(factory or sys.modules["sqlite3"].Cursor, _CursorMixin)
                 if args:
@@ -160,6 +160,13 @@ def _own_cursor(cls: type) -> Any:
                 found = inspect.signature(vars(k)["cursor"])
             except (TypeError, ValueError):
                 found = False
+            else:
+                kinds = {p.kind for p in found.parameters.values()}
+                if "factory" not in found.parameters and (
+                    inspect.Parameter.VAR_POSITIONAL in kinds
+                    or inspect.Parameter.VAR_KEYWORD in kinds
+                ):
+                    found = None  # ``cursor(self, *args, **kwargs)`` hands them on: as sqlite3's
             break
     if len(_cursor_signatures) < 256:
         _cursor_signatures[cls] = found

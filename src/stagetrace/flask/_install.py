@@ -40,6 +40,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
+from types import FunctionType
 from typing import Any
 
 from .. import _recorder, _runtime, dbapi, httpclients
@@ -85,13 +86,12 @@ def _instrumented(app: Any) -> bool:
 
 def _function_name(func: Any) -> str:
     """``module.qualname`` of a registered function, cached: views and hooks live as long as the
-    app. A function defined inside another (``<locals>`` in its name) is not cached: it may be
-    made per request (``after_this_request``), and the cache would keep it, and everything it
-    closes over, alive."""
-    try:
-        name = _names.get(func)
-    except TypeError:  # an unhashable callable
+    app. Only plain functions defined at a module's or class's top level are cached: anything
+    else may be made per request (``after_this_request`` with a closure, a ``partial`` or a
+    bound method), and the cache would keep it, and everything it holds, alive."""
+    if type(func) is not FunctionType:
         return qualname(func)
+    name = _names.get(func)
     if name is None:
         name = qualname(func)
         if len(_names) < MAX_NAMES and "<locals>" not in name:
