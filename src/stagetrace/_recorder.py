@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _errors, _guard
+from . import _errors, _guard, _sql
 from ._model import KindSummary, Stage, StageError, Timeline, stage_span_id
 from ._state import STATE
 
@@ -1128,6 +1128,21 @@ def enter_at(parent: Record, kind: str, name: Any, attrs: Any = None) -> Record 
 
 
 # --- SQL repeats (for N+1 and duplicate analysis) ---------------------------------------------
+
+
+def note_repeat(rec: Record | None, attrs: dict[str, Any], text: str, params: Any) -> None:
+    """After a ``db.query`` stage opened with the attribute dict `attrs`: mark it a duplicate
+    of an earlier statement with the same text and parameters (``stagetrace.duplicate_of``),
+    and once its text repeats, add the call site. Never raises: the stage is open, and a
+    failure here must not keep the caller from closing it."""
+    try:
+        repeat, dup = note_query(rec, text, _sql.params_key(params))
+        if dup is not None:
+            attrs["stagetrace.duplicate_of"] = dup
+        if repeat:
+            attrs.update(_sql.call_site())
+    except Exception as exc:
+        internal_error("recorder.note_query", exc)
 
 
 def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, int | None]:

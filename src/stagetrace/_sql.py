@@ -58,6 +58,24 @@ def describe(sql: str) -> tuple[str, str]:
 MAX_CACHED_TEXT = 16384
 
 
+def params_key(params: Any) -> Any:
+    """A hash of a statement's parameters, to tell repeated identical queries apart (never
+    stored); None when they cannot be hashed — unhashable, or an application's ``__hash__``
+    or ``__lt__`` that raises."""
+    try:
+        if type(params) is tuple:
+            return hash(params)
+        if type(params) is list:
+            return hash(tuple(params))
+        if isinstance(params, dict):
+            return hash(tuple(sorted(params.items())))
+        if params is None:
+            return 0
+    except Exception:
+        pass
+    return None
+
+
 # --- call sites ------------------------------------------------------------------------------
 
 _LIBRARY_DIRS = tuple(

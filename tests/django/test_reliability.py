@@ -327,3 +327,32 @@ def test_a_route_whose_attributes_fail_keeps_its_name(captured, monkeypatch):
     assert route.name == "books.json" and tl.route == "books.json"
     assert "http.route" not in route.attrs
     assert stagetrace.stats()["internal_errors_by_site"] == {"django.route": 1}
+
+
+class _UnhashableParam:
+    """A query parameter an adapter turns into SQL, whose ``__hash__`` raises a ValueError."""
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash")
+
+
+def test_a_parameter_that_cannot_be_hashed_still_closes_its_query_stage(captured):
+    """Telling repeated queries apart hashes their parameters; when that raises, the query is
+    still a stage that ends, and the queries after it are recorded where they run."""
+    import sqlite3
+
+    from django.db import connection
+
+    sqlite3.register_adapter(_UnhashableParam, lambda _: 7)
+    try:
+        with stagetrace.timeline("job"), connection.cursor() as cursor:
+            cursor.execute("SELECT %s", [_UnhashableParam()])
+            assert cursor.fetchone() == (7,)
+            with stagetrace.stage("after"):
+                cursor.execute("SELECT 2")
+    finally:
+        del sqlite3.adapters[(_UnhashableParam, sqlite3.PrepareProtocol)]
+    (tl,) = captured
+    queries = [s for s in tl.stages if s.kind == "db.query"]
+    assert [tl.stages[s.parent].name for s in queries] == ["job", "after"]
+    assert not any(s.attrs.get("unfinished") for s in tl.stages)

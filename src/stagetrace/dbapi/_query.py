@@ -38,22 +38,6 @@ def system_name(name: str) -> str:
     return SYSTEMS.get(name, name)
 
 
-def params_key(params: Any) -> Any:
-    """A hash of the parameters, to tell repeated identical queries (never stored)."""
-    try:
-        if type(params) is tuple:
-            return hash(params)
-        if type(params) is list:
-            return hash(tuple(params))
-        if isinstance(params, dict):
-            return hash(tuple(sorted(params.items())))
-        if params is None:
-            return 0
-    except Exception:  # unhashable, or an application's __hash__ or __lt__ that raises
-        pass
-    return None
-
-
 def params_kwarg(kwargs: dict[str, Any]) -> Any:
     """The parameters of an ``execute``/``executemany`` call passed by keyword (``params``,
     psycopg's ``params_seq``, sqlite3's ``parameters``)."""
@@ -123,16 +107,7 @@ def enter_query(
     else:
         rec = _recorder.enter_owned("db.query", name, owner, attrs)
     if rec is not None and not many and not text.startswith("<"):
-        # The stage is open: a failure from here on must not lose it (the caller would never
-        # close it, and the request's position would stay on it).
-        try:
-            repeat, dup = _recorder.note_query(rec, text, params_key(params))
-            if dup is not None:
-                attrs["stagetrace.duplicate_of"] = dup
-            if repeat:
-                attrs.update(_sql.call_site())
-        except Exception as exc:
-            _recorder.internal_error("dbapi.query", exc)
+        _recorder.note_repeat(rec, attrs, text, params)
     return rec, attrs
 
 

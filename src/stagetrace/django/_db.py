@@ -74,22 +74,6 @@ def _conn_attrs(conn: Any) -> dict[str, Any]:
     }
 
 
-def _params_key(params: Any) -> Any:
-    """A hash of the parameters, to tell repeated identical queries (never stored)."""
-    try:
-        if type(params) is tuple:
-            return hash(params)
-        if type(params) is list:
-            return hash(tuple(params))
-        if isinstance(params, dict):
-            return hash(tuple(sorted(params.items())))
-        if params is None:
-            return 0
-    except TypeError:
-        pass
-    return None
-
-
 def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
     """Django execute wrapper: one ``db.query`` stage per statement."""
     if _recorder.current() is None or not patcher.applied:
@@ -118,11 +102,7 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
             attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
         rec = _recorder.enter("db.query", name, attrs)
         if rec is not None and not many:
-            repeat, dup = _recorder.note_query(rec, text, _params_key(params))
-            if dup is not None:
-                attrs["stagetrace.duplicate_of"] = dup
-            if repeat:
-                attrs.update(_sql.call_site())
+            _recorder.note_repeat(rec, attrs, text, params)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         return execute(sql, params, many, context)
