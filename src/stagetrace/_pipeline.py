@@ -299,8 +299,8 @@ class Pipeline:
 
 
 def _takes_timeout(sink: Any) -> bool:
-    """Whether a sink's ``flush`` takes a ``timeout`` as its first argument (by position or
-    by keyword; a keyword-only one is passed by keyword)."""
+    """Whether a sink's ``flush`` takes a ``timeout`` as its first argument, which can be
+    passed by position (a keyword-only one is left alone: that flush is called without it)."""
     fl = getattr(sink, "flush", None)
     if fl is None:
         return False
