@@ -235,15 +235,21 @@ def db_error_message(message: str) -> str:
         return f"{m.group(1)}: …"
     pos = 0
     while True:
-        starts = [i for i in (line.find("'", pos), line.find('"', pos)) if i >= 0]
-        if not starts:
+        m = _QUOTE.search(line, pos)
+        if m is None:
             break
-        i = min(starts)
+        i = m.start()
         if line[i] == "'" and line[i - 1 : i].isalpha() and line[i + 1 : i + 2].isalpha():
             pos = i + 1  # an apostrophe: "can't adapt type"
             continue
-        end = line.find(line[i], i + 1)
+        end = line.find(_CLOSING[line[i]], i + 1)
         if end < 0 or not _NAMED_BY.search(line, pos, i):
             return line[:i].rstrip() + " …"
         pos = end + 1
     return line if line == message else line + " …"
+
+
+#: Opening quotes and their closing ones — PostgreSQL's translated messages quote with the
+#: language's own (German ``»users_email_key«``, French ``« … »``).
+_CLOSING = {"'": "'", '"': '"', "»": "«", "«": "»", "„": "“", "“": "”", "‘": "’", "‚": "‘"}
+_QUOTE = re.compile("[" + re.escape("".join(_CLOSING)) + "]")

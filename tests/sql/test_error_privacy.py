@@ -54,6 +54,19 @@ SECRET = "alice.secret@example.com"
             "invalid input for query argument $2: …",
         ),
         ('monkey "secret" business', "monkey …"),  # not a schema object's name
+        (  # PostgreSQL in German: its own quotes
+            "doppelter Schlüsselwert verletzt Unique-Constraint »users_email_key«\n"
+            f"DETAIL:  Schlüssel »(email)=({SECRET})« existiert bereits.",
+            "doppelter Schlüsselwert verletzt Unique-Constraint »users_email_key« …",
+        ),
+        (
+            f"ungültige Eingabesyntax für Typ integer: »{SECRET}«",
+            "ungültige Eingabesyntax für Typ integer: …",
+        ),
+        (
+            f"syntaxe en entrée invalide pour le type integer : « {SECRET} »",
+            "syntaxe en entrée invalide pour le type integer : …",
+        ),
         ("UNIQUE constraint failed: users.email", "UNIQUE constraint failed: users.email"),
     ],
 )
