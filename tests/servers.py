@@ -16,8 +16,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_next_port = [0]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port no other test process will pick: CI runs test processes side by side,
+    and a port the OS hands out for ``bind(0)`` can be handed to another process again
+    between our releasing it and the server binding it (the server then answered for another
+    test's, which went away). Each process draws from its own block below Linux's ephemeral
+    range, which the OS never assigns by itself."""
+    block = 10_000 + (os.getpid() % 900) * 24
+    for _ in range(24):
+        port = block + _next_port[0] % 24
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the whole block taken: fall back to the OS's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -45,9 +45,10 @@ def rotel_binary() -> Path | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port of this process's own block (see `tests.servers.free_port`)."""
+    from ..servers import free_port as own_port
+
+    return own_port()
 
 
 def port_open(port: int) -> bool:
