@@ -3,7 +3,7 @@
 An exception's message is the application's own text and is kept as it is — except for the
 exceptions whose messages systematically carry what privacy by default keeps out:
 
-* a database error quotes the values of the statement that failed (`_sql.db_error_message`),
+* a database error quotes the values of the statement that failed (`db_error_message`),
   unless SQL parameter values are recorded (``record_sql_params``);
 * a validation error (pydantic's, FastAPI's request and response validation, Django's) quotes
   the input it refused — a request body's fields, a form's values: the message keeps where and
@@ -20,7 +20,80 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ._sql import db_error_message, is_db_error
+# --- database errors -------------------------------------------------------------------------
+#
+# A database error's message can quote the values of the statement that failed: PostgreSQL's
+# ``DETAIL:  Key (email)=(ann@example.com) already exists.``, MySQL's ``Duplicate entry
+# 'ann@example.com'``, and SQLAlchemy appends ``[parameters: (...)]`` to every error it wraps.
+# Unless parameter values are recorded (`record_sql_params`), a stage keeps such a message
+# only as far as it can without them.
+
+#: PEP 249's base classes, which every DB-API driver (and Django) defines under these names,
+#: SQLAlchemy's wrapper of errors raised while running a statement, and asyncpg's base.
+_DB_ERROR_NAMES = frozenset(("DatabaseError", "InterfaceError", "StatementError", "PostgresError"))
+_db_error_types: dict[type, bool] = {}
+
+#: A quoted name that follows one of these words is a schema object's, not a value.
+_NAMED_BY = re.compile(
+    r"\b(?:constraint|column|relation|table|index|key|database|schema|function|sequence|"
+    r"field|trigger|view|savepoint|collation|extension|role)\s*$",
+    re.I,
+)
+#: asyncpg's refusal of an argument prints its ``repr``, unquoted (``... $1: 4111111111111111
+#: (value out of int32 range)``): nothing after the argument's number is kept.
+_ARGUMENT = re.compile(r"(.*?\bquery argument \$\d+):")
+#: MySQL drivers' ``(1062, "Duplicate entry ...")``.
+_CODE_AND_MESSAGE = re.compile(r"^\((\d+), (['\"])(.*)\2\)$", re.S)
+
+
+def is_db_error(exc_type: type) -> bool:
+    """Whether an exception class is a database's (a DB-API driver's, Django's, SQLAlchemy's
+    statement errors, asyncpg's)."""
+    found = _db_error_types.get(exc_type)
+    if found is None:
+        found = any(
+            k.__name__ in _DB_ERROR_NAMES and k.__module__ != "builtins" for k in exc_type.__mro__
+        )
+        if len(_db_error_types) < 512:
+            _db_error_types[exc_type] = found
+    return found
+
+
+def db_error_message(message: str) -> str:
+    """A database error's message without the values it may quote: its first line only (the
+    ``DETAIL``, ``LINE``, SQL and parameters that drivers and SQLAlchemy add follow it), cut
+    with ``…`` at the first quote that does not name a schema object (``constraint
+    "users_email_key"``, ``column 'email'`` are kept)."""
+    line = message.split("\n", 1)[0].rstrip()
+    m = _CODE_AND_MESSAGE.match(line)
+    if m:
+        line = f"{m.group(1)}: {m.group(3)}"
+    m = _ARGUMENT.match(line)
+    if m:
+        return f"{m.group(1)}: …"
+    pos = 0
+    while True:
+        m = _QUOTE.search(line, pos)
+        if m is None:
+            break
+        i = m.start()
+        if line[i] == "'" and line[i - 1 : i].isalpha() and line[i + 1 : i + 2].isalpha():
+            pos = i + 1  # an apostrophe: "can't adapt type"
+            continue
+        end = line.find(_CLOSING[line[i]], i + 1)
+        if end < 0 or not _NAMED_BY.search(line, pos, i):
+            return line[:i].rstrip() + " …"
+        pos = end + 1
+    return line if line == message else line + " …"
+
+
+#: Opening quotes and their closing ones — PostgreSQL's translated messages quote with the
+#: language's own (German ``»users_email_key«``, French ``« … »``).
+_CLOSING = {"'": "'", '"': '"', "»": "«", "«": "»", "„": "“", "“": "”", "‘": "’", "‚": "‘"}
+_QUOTE = re.compile("[" + re.escape("".join(_CLOSING)) + "]")
+
+
+# --- validation errors ---------------------------------------------------------------------
 
 #: At most this many errors of a validation error are described.
 MAX_VALIDATION_ERRORS = 10

@@ -73,7 +73,7 @@ SECRET = "alice.secret@example.com"
 def test_a_database_error_message_keeps_what_names_the_schema_and_no_values(message, kept):
     """The first line only, cut at the first quote that does not follow a schema object's
     kind (constraint, column, relation, key...)."""
-    from stagetrace._sql import db_error_message
+    from stagetrace._errors import db_error_message
 
     assert db_error_message(message) == kept
 
@@ -86,7 +86,7 @@ def test_database_errors_are_told_by_their_classes():
     import sqlalchemy.exc
     from django.db import utils
 
-    from stagetrace._sql import is_db_error
+    from stagetrace._errors import is_db_error
 
     for t in (sqlite3.IntegrityError, sqlite3.OperationalError, utils.IntegrityError):
         assert is_db_error(t)
