@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from stagetrace import Timeline
@@ -53,3 +56,21 @@ def assert_golden(name: str, text: str) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1" or not path.exists():
         path.write_text(text, encoding="utf-8")
     assert text == path.read_text(encoding="utf-8"), f"output differs from golden file {name}"
+
+
+class UnhashableParam:
+    """A query parameter whose ``__hash__`` raises (not a TypeError), as an application's own
+    value object may; sqlite3 binds it as 7 while `unhashable_param` is active."""
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash")
+
+
+@contextlib.contextmanager
+def unhashable_param() -> Iterator[UnhashableParam]:
+    """An `UnhashableParam` that sqlite3 can bind (its adapter registered for the block)."""
+    sqlite3.register_adapter(UnhashableParam, lambda _: 7)
+    try:
+        yield UnhashableParam()
+    finally:
+        del sqlite3.adapters[(UnhashableParam, sqlite3.PrepareProtocol)]

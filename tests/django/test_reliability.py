@@ -17,7 +17,7 @@ from django.test import Client
 import stagetrace
 from stagetrace._state import STATE
 
-from ..helpers import wsgi_environ
+from ..helpers import unhashable_param, wsgi_environ
 from ..servers import ROOT
 from .conftest import by_kind, one
 
@@ -329,29 +329,16 @@ def test_a_route_whose_attributes_fail_keeps_its_name(captured, monkeypatch):
     assert stagetrace.stats()["internal_errors_by_site"] == {"django.route": 1}
 
 
-class _UnhashableParam:
-    """A query parameter an adapter turns into SQL, whose ``__hash__`` raises a ValueError."""
-
-    def __hash__(self) -> int:
-        raise ValueError("no hash")
-
-
 def test_a_parameter_that_cannot_be_hashed_still_closes_its_query_stage(captured):
     """Telling repeated queries apart hashes their parameters; when that raises, the query is
     still a stage that ends, and the queries after it are recorded where they run."""
-    import sqlite3
-
     from django.db import connection
 
-    sqlite3.register_adapter(_UnhashableParam, lambda _: 7)
-    try:
-        with stagetrace.timeline("job"), connection.cursor() as cursor:
-            cursor.execute("SELECT %s", [_UnhashableParam()])
-            assert cursor.fetchone() == (7,)
-            with stagetrace.stage("after"):
-                cursor.execute("SELECT 2")
-    finally:
-        del sqlite3.adapters[(_UnhashableParam, sqlite3.PrepareProtocol)]
+    with unhashable_param() as param, stagetrace.timeline("job"), connection.cursor() as cursor:
+        cursor.execute("SELECT %s", [param])
+        assert cursor.fetchone() == (7,)
+        with stagetrace.stage("after"):
+            cursor.execute("SELECT 2")
     (tl,) = captured
     queries = [s for s in tl.stages if s.kind == "db.query"]
     assert [tl.stages[s.parent].name for s in queries] == ["job", "after"]

@@ -14,6 +14,7 @@ import pytest
 import stagetrace
 import stagetrace.dbapi
 
+from ..helpers import unhashable_param
 from .conftest import PG_HOST, PG_PORT
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_sqlite3"
@@ -334,25 +335,14 @@ def test_an_application_connection_class_keeps_its_own_cursor(instrumented):
     assert stagetrace.stats().get("internal_errors", 0) == 0
 
 
-class _Unhashable:
-    """A parameter an adapter turns into SQL, whose ``__hash__`` raises (not a TypeError)."""
-
-    def __hash__(self) -> int:
-        raise ValueError("no hash for you")
-
-
 def test_a_parameter_that_cannot_be_hashed_still_closes_its_stage(instrumented):
     """Telling repeated queries apart hashes the parameters; when that fails, the query is
     still a stage that ends, and the statements after it are recorded where they run."""
-    sqlite3.register_adapter(_Unhashable, lambda _: 7)
-    try:
-        with stagetrace.capture() as got, stagetrace.timeline("job"):
-            conn = sqlite3.connect(":memory:")
-            assert conn.execute("SELECT ?", (_Unhashable(),)).fetchall() == [(7,)]
-            with stagetrace.stage("after"):
-                conn.execute("SELECT 2")
-    finally:
-        del sqlite3.adapters[(_Unhashable, sqlite3.PrepareProtocol)]
+    with unhashable_param() as param, stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:")
+        assert conn.execute("SELECT ?", (param,)).fetchall() == [(7,)]
+        with stagetrace.stage("after"):
+            conn.execute("SELECT 2")
     (tl,) = got
     assert [(s.kind, s.name, tl.stages[s.parent].kind) for s in tl.stages[1:]] == [
         ("db.connect", "connect", "task"),
