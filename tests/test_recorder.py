@@ -284,6 +284,129 @@ def test_a_fused_middleware_frame_past_the_cap_keeps_the_summary_exact(captured)
     assert tl.by_kind["middleware"].count == 3
 
 
+def test_an_asgi_layer_pair_splits_each_layer_at_the_next_ones_start_and_end(captured):
+    """`enter_layer`/`leave_layer` record what `calls_inner`, `enter_middleware`, `leave` and
+    `inner_end` record: each layer's inbound phase ends when the layer inside it starts, its
+    outbound phase starts when that layer returns; the innermost one is split by routing's
+    own `calls_inner`, and the context is back at the root afterwards."""
+    root = begin("GET /", framework="test")
+    a, outer_of_a = _recorder.enter_layer("app.A")
+    assert outer_of_a is None  # directly under the gateway
+    time.sleep(0.002)
+    b, outer_of_b = _recorder.enter_layer("app.B")
+    assert outer_of_b is a
+    time.sleep(0.003)
+    assert _recorder.calls_inner() is b
+    view = _recorder.enter("view", "v")
+    time.sleep(0.001)
+    _recorder.exit(view)
+    _recorder.inner_end(b)
+    time.sleep(0.004)
+    _recorder.leave_layer("test.site", b, outer_of_b)
+    time.sleep(0.005)
+    _recorder.leave_layer("test.site", a, outer_of_a)
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    sa, sb, sv = tl.stages[1], tl.stages[2], tl.stages[3]
+    assert [(s.kind, s.name, s.parent) for s in (sa, sb, sv)] == [
+        ("middleware", "app.A", 0),
+        ("middleware", "app.B", 1),
+        ("view", "v", 2),
+    ]
+    assert sa.short_circuit is False and sb.short_circuit is False
+    assert sa.phases["in"] >= 2_000_000 and sa.phases["out"] >= 5_000_000
+    assert sb.phases["in"] >= 3_000_000 and sb.phases["out"] >= 4_000_000
+    assert sa.phases["in"] + sb.duration_ns + sa.phases["out"] <= sa.duration_ns
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_an_asgi_layer_under_a_stage_its_outer_layer_opened_still_splits_it(captured):
+    """A layer that calls the next one inside a stage of its own: the next layer's
+    `enter_layer` finds it above that stage and ends its inbound phase there."""
+    root = begin("GET /", framework="test")
+    a, _ = _recorder.enter_layer("app.Locking")
+    time.sleep(0.002)
+    own = _recorder.enter("custom", "lock")
+    b, outer = _recorder.enter_layer("app.Inner")
+    assert outer is a
+    _recorder.leave_layer("test.site", b, outer)
+    _recorder.exit(own)
+    _recorder.leave_layer("test.site", a, None)
+    _recorder.end(root)
+    (tl,) = captured
+    sa = tl.stages[1]
+    assert sa.short_circuit is False and sa.phases["in"] >= 2_000_000
+
+
+def test_an_asgi_layer_that_raised_records_the_error_and_gives_the_context_back(captured):
+    """`leave_layer` with the layer's exception: the stage carries it, the outer layer's
+    outbound phase starts all the same, and the context is back at the outer layer."""
+    root = begin("GET /", framework="test")
+    a, _ = _recorder.enter_layer("app.A")
+    b, outer = _recorder.enter_layer("app.Failing")
+    _recorder.leave_layer("test.site", b, outer, ValueError("nope"))
+    assert _recorder.current() is a
+    time.sleep(0.002)
+    _recorder.leave_layer("test.site", a, None)
+    _recorder.end(root)
+    (tl,) = captured
+    sa, sb = tl.stages[1], tl.stages[2]
+    assert sb.error is not None and sb.error.to_dict() == {"type": "ValueError", "message": "nope"}
+    assert sa.error is None and sa.phases["out"] >= 2_000_000
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_an_asgi_layer_whose_clock_fails_on_return_is_counted_and_gives_the_context_back(
+    captured, monkeypatch
+):
+    """The clock failing inside `leave_layer`: nothing raises, the failure is counted at the
+    adapter's site, and the context goes back to the outer layer all the same."""
+    root = begin("GET /", framework="test")
+    a, _ = _recorder.enter_layer("app.A")
+    b, outer = _recorder.enter_layer("app.B")
+
+    def broken_clock() -> int:
+        raise RuntimeError("clock failed")
+
+    monkeypatch.setattr(_recorder, "now", broken_clock)
+    _recorder.leave_layer("test.site", b, outer)
+    monkeypatch.undo()
+    assert _recorder.current() is a
+    _recorder.leave_layer("test.site", a, None)
+    _recorder.end(root)
+    (tl,) = captured
+    assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 2}
+    assert [s.name for s in tl.stages] == ["GET /", "app.A", "app.B"]
+
+
+def test_asgi_layers_past_the_cap_keep_the_summary_exact(captured):
+    """Past `max_stages`, `enter_layer` times the layer without keeping it, as `enter` does,
+    and `leave_layer` folds it into the per-kind summary."""
+    stagetrace.configure(max_stages=2)
+    root = begin("GET /", framework="test")
+    kept, outer = _recorder.enter_layer("app.Kept")
+    for _ in range(3):
+        rec, o = _recorder.enter_layer("app.M")
+        assert o is kept
+        _recorder.leave_layer("test.site", rec, o)
+    _recorder.leave_layer("test.site", kept, outer)
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert len(tl.stages) == 2 and tl.dropped_stages == 3
+    assert tl.by_kind["middleware"].count == 4
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_an_asgi_layer_outside_a_timeline_records_nothing():
+    """Outside a timeline `enter_layer` opens nothing and `leave_layer` does nothing."""
+    rec, outer = _recorder.enter_layer("app.M")
+    assert rec is None and outer is None and _recorder.current() is None
+    _recorder.leave_layer("test.site", None, None)
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
 def test_a_next_layer_handler_outside_a_timeline_only_calls_through(captured):
     """With nothing recording, the handler calls the next layer and returns its result, for
     both natures; the async one is a coroutine function, as the layer it stands for."""

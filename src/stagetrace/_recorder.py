@@ -645,6 +645,74 @@ def calls_next(name: str) -> Record | None:
     return None
 
 
+#: What `enter_layer` returns outside a timeline.
+_NO_LAYER: tuple[None, None] = (None, None)
+
+
+def enter_layer(name: str, split_at_response: bool = False) -> tuple[Record | None, Record | None]:
+    """An ASGI middleware layer (an object wrapping the next one) is called: the layer around
+    it ends its inbound phase (`calls_inner`) and this layer's stage opens (`enter_middleware`),
+    in one call — each layer makes it once per request. Returns ``(its record, the outer
+    layer's record)`` for `leave_layer`; ``(None, None)`` outside a timeline."""
+    cur = _get()
+    if cur is None:
+        return _NO_LAYER
+    t = now()
+    # calls_inner, inlined for its usual case: the layer around this one is the current stage
+    if cur[2] == "middleware" and not cur[5]:
+        outer = cur if cur[9] is _MARKS else None
+        if outer is not None and not outer[10]:
+            outer[10] = t
+    else:
+        outer = calls_inner()
+    tl = cur[0]
+    if len(tl) < tl.cap:
+        # as `enter_middleware` makes it (the marks in slots M_IN ... M_SPLIT)
+        rec = [
+            tl, cur, "middleware", name, t, 0, None, None, None,
+            _MARKS, 0, 0, None, split_at_response,
+        ]  # fmt: skip
+        tl.append(rec)
+        _set(rec)
+        return rec, outer
+    return _enter_overflow(cur, "middleware", None), outer
+
+
+def leave_layer(
+    site: str, rec: Record | None, outer: Record | None, exc: BaseException | None = None
+) -> None:
+    """The ASGI middleware layer `enter_layer` opened returns: its stage closes (`leave`, with
+    `exc` if it raised) and the outbound phase of the layer around it starts (`inner_end`), in
+    one guarded call; failures are reported at `site`."""
+    t = 0
+    if rec is not None:
+        try:  # leave, inlined
+            t = now()
+            cur = _get()
+            if cur is rec or (cur is not None and cur[0] is rec[0]):
+                _set(rec[1])
+            if not rec[5]:
+                rec[5] = t
+            rec[8] = None
+            if exc is not None:
+                _exit_error(rec, exc)
+            if rec[9] is _OVERFLOW:
+                _fold_overflow(rec)
+        except Exception as e:
+            internal_error(site, e)
+            try:
+                if _get() is rec:
+                    _set(rec[PARENT])
+            except Exception:  # pragma: no cover - nothing more can be done
+                pass
+    if outer is not None:
+        try:  # inner_end, inlined
+            if outer[9] is _MARKS and not outer[5] and not outer[13]:
+                outer[11] = t or now()
+        except Exception as e:
+            internal_error(site, e)
+
+
 def inner_begin(rec: Record | None) -> None:
     """The middleware `rec` is calling the next layer now: its inbound phase ends."""
     if rec is not None and rec[9] is _MARKS and not rec[10]:

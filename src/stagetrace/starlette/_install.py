@@ -37,6 +37,7 @@ import inspect
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .. import _recorder, _runtime, dbapi, httpclients
@@ -98,7 +99,14 @@ def _layer_name(layer: Any) -> str:
     name = _class_names.get(cls)
     if name is None:
         name = _class_names[cls] = qualname(cls)
+        if _base_http is None or not issubclass(cls, _base_http):
+            _plain_names[cls] = name
     return name
+
+
+#: Names of the layer classes that are not ``BaseHTTPMiddleware``s: their stages are named
+#: after the class alone, found in one lookup on every request.
+_plain_names: dict[type, str] = {}
 
 
 def _layer_call(orig: Any) -> Any:
@@ -106,37 +114,28 @@ def _layer_call(orig: Any) -> Any:
         if _recorder.current() is None or not patcher.applied or scope["type"] == "lifespan":
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         try:
-            outer = _recorder.calls_inner()
-            split = (
-                _base_http is not None and scope["type"] == "http" and isinstance(self, _base_http)
-            )
-            rec = _recorder.enter_middleware(_layer_name(self), None, split)
+            name = _plain_names.get(type(self))
+            if name is not None:
+                rec, outer = _recorder.enter_layer(name)
+            else:
+                split = (
+                    _base_http is not None
+                    and scope["type"] == "http"
+                    and isinstance(self, _base_http)
+                )
+                rec, outer = _recorder.enter_layer(_layer_name(self), split)
         except Exception as exc:
             _recorder.internal_error("starlette.middleware", exc)
             outer = rec = None
         try:
             await orig(self, scope, receive, send)
         except BaseException as exc:
-            _after_layer(rec, outer, exc)
+            _recorder.leave_layer("starlette.middleware", rec, outer, exc)
             raise
-        # `_after_layer`, inlined: this runs once per layer per request
-        leave("starlette.middleware", rec)
-        if outer is not None:
-            try:
-                _recorder.inner_end(outer)
-            except Exception as exc:
-                _recorder.internal_error("starlette.middleware", exc)
+        _recorder.leave_layer("starlette.middleware", rec, outer)
         return None
 
     return __call__
-
-
-def _after_layer(rec: Any, outer: Any, exc: BaseException | None) -> None:
-    leave("starlette.middleware", rec, exc)
-    try:
-        _recorder.inner_end(outer)
-    except Exception as e:
-        _recorder.internal_error("starlette.middleware", e)
 
 
 _patched_classes: set[type] = set()
@@ -210,10 +209,10 @@ def _response_started(orig: Any) -> Any:
 # --- routing and endpoints -------------------------------------------------------------------
 
 
-def _open_route() -> Any:
-    """The route stage still matching, if any: the current stage, or an ancestor when a
-    mounted sub-app's middleware runs inside it."""
-    return _recorder.nearest_open("route")
+#: The route stage still matching, if any: the current stage, or an ancestor when a mounted
+#: sub-app's middleware runs inside it. (A partial, not a function: a Python frame fewer, and
+#: routing asks on every request.)
+_open_route: Callable[[], Any] = functools.partial(_recorder.nearest_open, "route")
 
 
 def _route_state(rec: Any) -> dict[str, Any]:
