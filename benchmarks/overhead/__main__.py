@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             _report.render_group(summary, write)
         document["targets"] = _report.targets(document["apps"])
         _report.render_targets(document["targets"], write)
+        document["steadiness"] = _report.steadiness(document["apps"])
+        _report.render_steadiness(document["steadiness"], write)
         if scale and any(a.startswith("django") for a in apps):
             with _runner.database("django-sqlite", tmp) as db:
                 document["scale"] = _scale.run_scale(

@@ -23,6 +23,20 @@ TARGET_UNRECORDED_US = 10.0
 #: Issue 10's targets for stagetrace-otel against otel-contrib.
 TARGET_OTEL_CPU_RATIO = 0.6
 TARGET_OTEL_SPANS_RATIO = 2.5
+#: An endpoint whose untraced blocks vary more than this from round to round (interquartile
+#: range over median of their CPU per request) was measured while the machine itself changed
+#: speed: no other process was busy, yet the same work took a different time. Seen on the
+#: 2-vCPU test machines: 3 to 11 % in a steady phase, 8 to 52 % in an unsteady one, where the
+#: ratios moved by 0.1 to 0.3 between two runs of the same code.
+UNSTEADY_SPREAD = 0.15
+
+
+def spread(values: Sequence[float]) -> float | None:
+    """Interquartile range over median (None for fewer than four values)."""
+    if len(values) < 4:
+        return None
+    q1, med, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / med if med > 0 else None
 
 
 def median_ci(values: Sequence[float]) -> tuple[float, float | None]:
@@ -117,6 +131,7 @@ def summarize(group: GroupResult) -> dict[str, Any]:
                         mine["delivered_per_request"], theirs["delivered_per_request"]
                     ),
                 }
+        untraced = results.get("none") or {}
         out["endpoints"].append(
             {
                 "label": label,
@@ -124,6 +139,7 @@ def summarize(group: GroupResult) -> dict[str, Any]:
                 "requests_per_block": group.block_sizes.get(path),
                 "quiet_rounds": len(quiet),
                 "rounds_used": len(use),
+                "untraced_spread": spread(untraced.get("blocks_cpu_us") or []),
                 "machine_load": [group.load.get((r, path)) for r in range(group.rounds)],
                 "results": results,
                 "ratios": ratios,
@@ -297,6 +313,11 @@ def render_group(summary: dict[str, Any], write: Callable[[str], None]) -> None:
             if used == ep["quiet_rounds"]
             else f"all {used} rounds: only {ep['quiet_rounds']} quiet, machine busy"
         )
+        steadiness = ep.get("untraced_spread")
+        if steadiness is not None:
+            note += f", untraced spread {steadiness:.0%}"
+            if steadiness > UNSTEADY_SPREAD:
+                note += ": machine unsteady, ratios uncertain"
         write(f"{ep['label']} ({ep['path']}, {ep['requests_per_block']} requests/block, {note})")
         write(head)
         for config, row in ep["results"].items():
@@ -328,6 +349,44 @@ def render_group(summary: dict[str, Any], write: Callable[[str], None]) -> None:
         for ep in summary["endpoints"]:
             cells = "".join(f"{_ratio_text(ep['ratios'].get(ours, {}).get(p)):>18s}" for p in PEERS)
             write(f"  {ep['label']:28s}{cells}")
+
+
+def steadiness(apps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which endpoints were measured on a steady machine (`UNSTEADY_SPREAD`)."""
+    spreads = {
+        f"{app} · {ep['label']}": ep.get("untraced_spread")
+        for app, summary in apps.items()
+        for ep in summary.get("endpoints", [])
+    }
+    known = {k: v for k, v in spreads.items() if v is not None}
+    return {
+        "limit": UNSTEADY_SPREAD,
+        "steady": sorted(k for k, v in known.items() if v <= UNSTEADY_SPREAD),
+        "unsteady": sorted(k for k, v in known.items() if v > UNSTEADY_SPREAD),
+        "spreads": spreads,
+    }
+
+
+def render_steadiness(found: dict[str, Any], write: Callable[[str], None]) -> None:
+    """One line: how many endpoints were measured while the machine kept its speed."""
+    steady, unsteady = found["steady"], found["unsteady"]
+    if not steady and not unsteady:
+        return
+    write("")
+    limit = (
+        f"untraced spread — the interquartile range of the untraced blocks' CPU per request"
+        f" over its median — at most {found['limit']:.0%}"
+    )
+    if not unsteady:
+        write(f"Machine steady on all {len(steady)} endpoints ({limit}).")
+        return
+    worst = max(unsteady, key=lambda k: found["spreads"][k])
+    write(
+        f"Machine UNSTEADY on {len(unsteady)} of {len(steady) + len(unsteady)} endpoints"
+        f" ({limit} on {len(steady)}; worst {found['spreads'][worst]:.0%}, {worst}): the"
+        " machine's speed changed while nothing else ran, and ratios from such a run move by"
+        " 0.1–0.3 between runs of the same code — measure again before comparing."
+    )
 
 
 def render_targets(checks: list[dict[str, Any]], write: Callable[[str], None]) -> None:
