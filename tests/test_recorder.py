@@ -407,6 +407,119 @@ def test_an_asgi_layer_outside_a_timeline_records_nothing():
     assert stagetrace.stats()["internal_errors"] == 0
 
 
+def test_a_middleware_link_records_the_layer_and_its_callers_split(captured):
+    """`run_link`, as Django's chain calls it: each link opens its middleware's stage, the
+    layer calls the next link directly, and that link ends the caller's inbound phase when it
+    starts and starts its outbound phase when it is done; the result passes through."""
+
+    def view(request):
+        v = _recorder.enter("view", "v")
+        time.sleep(0.001)
+        _recorder.exit(v)
+        return ("response", request)
+
+    def convert(request, exc):  # pragma: no cover - nothing raises here
+        raise AssertionError(exc)
+
+    inner = _layer(view)
+    outer = _layer(lambda r: _recorder.run_link("app.Inner", inner, r, "test.site", convert))
+    root = begin("GET /", framework="test")
+    assert _recorder.run_link("app.Outer", outer, "req", "test.site", convert) == (
+        "response",
+        "req",
+    )
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    so, si, sv = tl.stages[1], tl.stages[2], tl.stages[3]
+    assert [(s.name, s.parent) for s in (so, si, sv)] == [
+        ("app.Outer", 0),
+        ("app.Inner", 1),
+        ("v", 2),
+    ]
+    assert so.short_circuit is False and so.phases["in"] >= 2_000_000
+    assert so.phases["out"] >= 3_000_000
+    assert so.phases["in"] + si.duration_ns + so.phases["out"] <= so.duration_ns
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_middleware_link_turns_an_exception_into_a_result_inside_its_own_time(captured):
+    """A link whose layer raises: the stage records the exception, ``convert`` makes the
+    result (the same exception object passed), and the caller's outbound phase starts only
+    after the conversion — its time is the link's, not the caller's own."""
+    boom = ValueError("nope")
+    seen = []
+
+    def failing(request):
+        raise boom
+
+    def convert(request, exc):
+        seen.append(exc)
+        time.sleep(0.004)
+        return "converted"
+
+    def outer(request):
+        result = _recorder.run_link("app.Failing", failing, request, "test.site", convert)
+        time.sleep(0.001)
+        return result
+
+    root = begin("GET /", framework="test")
+    assert _recorder.run_link("app.Outer", outer, "req", "test.site", convert) == "converted"
+    _recorder.end(root)
+    (tl,) = captured
+    so, sf = tl.stages[1], tl.stages[2]
+    assert seen == [boom]
+    assert sf.error is not None and sf.error.type == "ValueError"
+    assert so.error is None and so.short_circuit is False
+    assert so.phases["out"] < 4_000_000  # the conversion's 4 ms is not the outer layer's own
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_middleware_link_lets_other_exceptions_and_the_conversions_own_through(captured):
+    """`BaseException`s of the layer, and an exception the conversion raises, reach the
+    caller as the same objects; the stages are closed and the context is back at the root."""
+    stop = KeyboardInterrupt()
+    again = RuntimeError("conversion failed")
+
+    def interrupted(request):
+        raise stop
+
+    def failing(request):
+        raise ValueError("x")
+
+    def convert(request, exc):
+        raise again
+
+    root = begin("GET /", framework="test")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        _recorder.run_link("app.A", interrupted, 1, "test.site", convert)
+    assert raised.value is stop and _recorder.current() is root
+    with pytest.raises(RuntimeError) as raised2:
+        _recorder.run_link("app.B", failing, 1, "test.site", convert)
+    assert raised2.value is again and _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert [s.error.type for s in tl.stages[1:]] == ["KeyboardInterrupt", "ValueError"]
+    assert all(s.duration_ns > 0 for s in tl.stages)
+
+
+def test_middleware_links_outside_a_timeline_and_past_the_cap(captured):
+    """Outside a timeline a link only calls (and converts); past `max_stages` it times the
+    layer for the summary without keeping it."""
+    assert _recorder.run_link("app.M", lambda r: r + 1, 1, "test.site", None) == 2
+    stagetrace.configure(max_stages=2)
+    root = begin("GET /", framework="test")
+    kept = _recorder.enter("view", "kept")
+    _recorder.exit(kept)
+    for _ in range(3):
+        assert _recorder.run_link("app.M", lambda r: r, 1, "test.site", None) == 1
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert len(tl.stages) == 2 and tl.dropped_stages == 3
+    assert tl.by_kind["middleware"].count == 3
+
+
 def test_a_next_layer_handler_outside_a_timeline_only_calls_through(captured):
     """With nothing recording, the handler calls the next layer and returns its result, for
     both natures; the async one is a coroutine function, as the layer it stands for."""

@@ -726,6 +726,94 @@ def inner_end(rec: Record | None, at_response: bool = False) -> None:
         rec[11] = now()
 
 
+def run_link(
+    name: str,
+    call: Callable[[Any], Any],
+    arg: Any,
+    site: str,
+    convert: Callable[[Any, Exception], Any],
+) -> Any:
+    """One link of a synchronous middleware chain whose links turn exceptions into results
+    (Django's ``convert_exception_to_response``), in one frame: the layer around it ends its
+    inbound phase (`calls_inner`); ``call(arg)`` runs in a `middleware` stage named `name`; an
+    `Exception` it raises is recorded on the stage and turned into the result by
+    ``convert(arg, exc)``; then the outer layer's outbound phase starts — after the
+    conversion, which belongs to this link, not to the outer layer's own work. The layer then
+    calls the next link directly, with no handler of ours in between. The call's other
+    exceptions, and the conversion's, pass through untouched; stagetrace's own are reported
+    at `site`."""
+    rec = outer = None
+    try:
+        cur = _get()
+        if cur is not None:
+            t = now()
+            # calls_inner, inlined for its usual case: the layer around this one is current
+            if cur[2] == "middleware" and not cur[5]:
+                if cur[9] is _MARKS:
+                    outer = cur
+                    if not cur[10]:
+                        cur[10] = t
+            else:
+                outer = calls_inner()
+            tl = cur[0]
+            if len(tl) < tl.cap:
+                # as `enter_middleware` makes it (the marks in slots M_IN ... M_SPLIT)
+                rec = [
+                    tl, cur, "middleware", name, t, 0, None, None, None,
+                    _MARKS, 0, 0, None, False,
+                ]  # fmt: skip
+                tl.append(rec)
+                _set(rec)
+            else:
+                rec = _enter_overflow(cur, "middleware", None)
+    except Exception as exc:
+        internal_error(site, exc)
+    try:
+        result = call(arg)
+    except Exception as exc:
+        leave(site, rec, exc)
+        try:
+            result = convert(arg, exc)
+        except BaseException:
+            _outbound(outer, site)
+            raise
+    except BaseException as exc:
+        leave(site, rec, exc)
+        _outbound(outer, site)
+        raise
+    else:
+        if rec is not None:
+            try:  # leave, inlined as in `run_layer`
+                t = now()
+                _set(rec[1])
+                if not rec[5]:
+                    rec[5] = t
+                if rec[9] is _OVERFLOW:
+                    _fold_overflow(rec)
+            except Exception as exc:
+                internal_error(site, exc)
+                try:
+                    _set(rec[1])
+                except Exception:  # pragma: no cover - nothing more can be done
+                    pass
+    if outer is not None:
+        try:  # inner_end, inlined
+            if outer[9] is _MARKS and not outer[5] and not outer[13]:
+                outer[11] = now()
+        except Exception as exc:
+            internal_error(site, exc)
+    return result
+
+
+def _outbound(outer: Record | None, site: str) -> None:
+    """`inner_end(outer)`, guarded: the next layer is done with, the outer one goes on."""
+    if outer is not None:
+        try:
+            inner_end(outer)
+        except Exception as exc:
+            internal_error(site, exc)
+
+
 def run_layer(name: str, call: Callable[[Any], Any], arg: Any, site: str) -> Any:
     """``call(arg)``, a synchronous middleware layer, inside a `middleware` stage named `name`:
     `enter_middleware`, the call and `leave` in one frame. For layers that run once each per

@@ -150,9 +150,9 @@ ADAPTER_HOOKS = [
 ]
 
 #: Closing a stage is guarded inside the recorder itself (`_recorder.leave`, which every adapter
-#: calls as `_patching.leave`, and the fused middleware frames `run_layer` and `next_layer`'s
-#: handlers), so no function of the adapters' can be made to fail there: the clock is, when
-#: one of those reads it.
+#: calls as `_patching.leave`, the fused middleware frames `run_layer`, `run_link` and
+#: `next_layer`'s handlers, and `leave_layer`), so no function of the adapters' can be made to
+#: fail there: the clock is, when one of those reads it.
 CLOSING = ("stagetrace._recorder", "leave.now")
 
 HOOKS = [("stagetrace._recorder", name) for name in _recorder_hooks()] + ADAPTER_HOOKS + [CLOSING]
@@ -198,6 +198,8 @@ def _inject_closing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     guarded = {
         _recorder.leave.__code__,
         _recorder.run_layer.__code__,
+        _recorder.run_link.__code__,
+        _recorder.leave_layer.__code__,
         *(c for c in _recorder.next_layer.__code__.co_consts if hasattr(c, "co_code")),
     }
 

@@ -417,6 +417,7 @@ def test_middleware_exception_is_recorded_on_that_middleware(client, captured):
     assert broken.short_circuit is True  # it never called the next layer
     outer = one(tl, "middleware", "django.middleware.clickjacking.XFrameOptionsMiddleware")
     assert outer.error is None and tl.status == 500
+    assert outer.short_circuit is False  # the failing link still ended its in phase
     client.raise_request_exception = True
     with pytest.raises(MiddlewareError):
         client.get("/mw-error/")

@@ -193,15 +193,71 @@ class _MiddlewareFactory(wrapt.ObjectProxy):
 
     def __call__(self, get_response: Any, *args: Any, **kwargs: Any) -> Any:
         path = self._self_path
-        instance = self.__wrapped__(_inner_handler(get_response, path), *args, **kwargs)
+        if not getattr(get_response, _LINK, False):
+            # The next layer is not one of our links (the view's, or an adapted one, with a
+            # thread hop between): a handler marks this middleware's in/out split.
+            get_response = _inner_handler(get_response, path)
+        instance = self.__wrapped__(get_response, *args, **kwargs)
         if instance is None:
             return None  # Django reports "Middleware factory ... returned None."
         proxy = _AsyncMiddleware if iscoroutinefunction(instance) else _SyncMiddleware
         return proxy(instance, path)
 
 
+#: Marks a link made by `_link`: the layer that calls it needs no handler of ours, the link
+#: marks the caller's in/out split itself.
+_LINK = "__stagetrace_link__"
+
+
+def _link(proxy: _SyncMiddleware, exception: Any) -> Callable[[Any], Any]:
+    """What ``convert_exception_to_response`` makes of a synchronous middleware: Django's
+    link (exceptions turned into responses by ``response_for_exception``) that also records
+    the middleware's stage and its caller's in/out split, in one recorder frame
+    (`_recorder.run_link`) — where Django's link, our proxy's ``__call__``, `run_layer` and
+    the caller's handler made four. Not recording, it is Django's link around the middleware
+    itself (one frame, where it was two); after a thread hop, Django's link around the proxy,
+    as before."""
+    path = proxy._self_path
+    middleware = proxy.__wrapped__
+    run_link = _recorder.run_link
+
+    def convert(request: Any, exc: Exception) -> Any:
+        return exception.response_for_exception(request, exc)
+
+    def link(request: Any) -> Any:
+        if _hop() is None:
+            if _current() is not None and patcher.applied:
+                return run_link(path, middleware, request, _SITE, convert)
+            layer = middleware  # not recording: Django's link, straight to the middleware
+        else:
+            layer = proxy  # after a thread hop: the proxy records how long it waited
+        try:
+            response = layer(request)
+        except Exception as exc:
+            response = exception.response_for_exception(request, exc)
+        return response
+
+    functools.update_wrapper(link, proxy)
+    setattr(link, _LINK, True)
+    return link
+
+
 def install() -> None:
     from django.core.handlers import base
+    from django.core.handlers import exception as exception_module
+
+    def convert_exception_to_response(orig: Any) -> Any:
+        def convert_exception_to_response(get_response: Any) -> Any:
+            if patcher.applied and type(get_response) is _SyncMiddleware:
+                try:
+                    return _link(get_response, exception_module)
+                except Exception as exc:
+                    _recorder.internal_error(_SITE, exc)
+            return orig(get_response)
+
+        return convert_exception_to_response
+
+    patcher.wrap(base, "convert_exception_to_response", convert_exception_to_response)
 
     def import_string(orig: Any) -> Any:
         def import_string(dotted_path: str) -> Any:

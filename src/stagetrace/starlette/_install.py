@@ -109,6 +109,10 @@ def _layer_name(layer: Any) -> str:
 _plain_names: dict[type, str] = {}
 
 
+#: Guarded in its own frame (as `leave` is): a layer's return never needs a guard of its own.
+_leave_layer = _recorder.leave_layer
+
+
 def _layer_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if _recorder.current() is None or not patcher.applied or scope["type"] == "lifespan":
@@ -130,9 +134,9 @@ def _layer_call(orig: Any) -> Any:
         try:
             await orig(self, scope, receive, send)
         except BaseException as exc:
-            _recorder.leave_layer("starlette.middleware", rec, outer, exc)
+            _leave_layer("starlette.middleware", rec, outer, exc)
             raise
-        _recorder.leave_layer("starlette.middleware", rec, outer)
+        _leave_layer("starlette.middleware", rec, outer)
         return None
 
     return __call__
