@@ -7,12 +7,18 @@ flags, calls ``factory(get_response)``, and wraps the instance. We stand in for
 
 * the factory proxy forwards every attribute (the capability flags included), so Django adapts
   the chain exactly as it would without stagetrace — no extra thread hops;
-* calling it builds the real middleware around a handler that marks the moment the middleware
-  calls the next layer (end of the inbound phase) and the moment that call returns (start of the
-  outbound phase);
+* calling it builds the real middleware around the next layer: a synchronous middleware's
+  link (below) directly, anything else through a handler that marks the moment the middleware
+  calls the next layer (end of the inbound phase) and the moment that call returns (start of
+  the outbound phase);
 * the instance proxy forwards every attribute, ``isinstance`` and the coroutine markers, and
   records one ``middleware`` stage per call; its ``process_view``, ``process_exception`` and
-  ``process_template_response`` hooks are recorded as ``<path>.<hook>`` stages.
+  ``process_template_response`` hooks are recorded as ``<path>.<hook>`` stages;
+* Django then wraps each middleware in ``convert_exception_to_response``, which we also stand
+  in for inside that module: for a synchronous middleware it makes a *link* that records the
+  middleware's stage and its caller's in/out split in one recorder frame, with Django's own
+  exception conversion inside it — one frame a layer where Django's wrapper, the proxy's
+  ``__call__``, the recorder and the handler made four.
 """
 
 from __future__ import annotations
