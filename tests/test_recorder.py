@@ -421,10 +421,11 @@ def test_a_middleware_link_records_the_layer_and_its_callers_split(captured):
     def convert(request, exc):  # pragma: no cover - nothing raises here
         raise AssertionError(exc)
 
+    name = "app.Outer"  # the caller is found by this very string
     inner = _layer(view)
-    outer = _layer(lambda r: _recorder.run_link("app.Inner", inner, r, "test.site", convert))
+    outer = _layer(lambda r: _recorder.run_link("app.Inner", inner, r, "test.site", convert, name))
     root = begin("GET /", framework="test")
-    assert _recorder.run_link("app.Outer", outer, "req", "test.site", convert) == (
+    assert _recorder.run_link(name, outer, "req", "test.site", convert) == (
         "response",
         "req",
     )
@@ -458,13 +459,15 @@ def test_a_middleware_link_turns_an_exception_into_a_result_inside_its_own_time(
         time.sleep(0.004)
         return "converted"
 
+    name = "app.Outer"
+
     def outer(request):
-        result = _recorder.run_link("app.Failing", failing, request, "test.site", convert)
+        result = _recorder.run_link("app.Failing", failing, request, "test.site", convert, name)
         time.sleep(0.001)
         return result
 
     root = begin("GET /", framework="test")
-    assert _recorder.run_link("app.Outer", outer, "req", "test.site", convert) == "converted"
+    assert _recorder.run_link(name, outer, "req", "test.site", convert) == "converted"
     _recorder.end(root)
     (tl,) = captured
     so, sf = tl.stages[1], tl.stages[2]
@@ -501,6 +504,71 @@ def test_a_middleware_link_lets_other_exceptions_and_the_conversions_own_through
     (tl,) = captured
     assert [s.error.type for s in tl.stages[1:]] == ["KeyboardInterrupt", "ValueError"]
     assert all(s.duration_ns > 0 for s in tl.stages)
+
+
+def test_a_middleware_link_finds_its_caller_by_name_above_a_stage_the_caller_opened(captured):
+    """A caller that calls the link inside a stage of its own — even a `middleware` one —
+    still gets its split: the link looks for the caller's name, not the nearest middleware."""
+    name = "app.Locking"
+
+    def layer(request):
+        time.sleep(0.002)
+        own = _recorder.enter_middleware("app.Locking.lock")
+        try:
+            return _recorder.run_link("app.Inner", lambda r: r, request, "test.site", None, name)
+        finally:
+            _recorder.exit(own)
+
+    root = begin("GET /", framework="test")
+    assert _recorder.run_link(name, layer, "req", "test.site", None) == "req"
+    _recorder.end(root)
+    (tl,) = captured
+    m, lock = tl.stages[1], tl.stages[2]
+    assert lock.parent == m.id
+    assert m.short_circuit is False and m.phases["in"] >= 2_000_000
+    assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_middleware_link_whose_clock_fails_on_return_still_serves_the_request(
+    captured, monkeypatch
+):
+    """The clock failing after the layer returned: the result still comes back, the failure
+    is counted at the adapter's site, the context is back at the caller, and the caller's
+    outbound mark is attempted (and counted) on its own."""
+    name = "app.Outer"
+    clock = _recorder.now
+    fail = [False]
+
+    def flaky_clock() -> int:
+        if fail[0]:
+            raise RuntimeError("clock failed")
+        return clock()
+
+    def inner_layer(request):
+        fail[0] = True  # from here on, every clock read fails
+        return request
+
+    def outer_layer(request):
+        result = _recorder.run_link("app.Inner", inner_layer, request, "test.site", None, name)
+        assert _recorder.current() is outer_rec[0]
+        fail[0] = False
+        return result
+
+    outer_rec = [None]
+    monkeypatch.setattr(_recorder, "now", flaky_clock)
+    root = begin("GET /", framework="test")
+
+    def outer_call(request):
+        outer_rec[0] = _recorder.current()
+        return outer_layer(request)
+
+    assert _recorder.run_link(name, outer_call, "req", "test.site", None) == "req"
+    monkeypatch.undo()
+    assert _recorder.current() is root
+    _recorder.end(root)
+    (tl,) = captured
+    assert stagetrace.stats()["internal_errors_by_site"] == {"test.site": 2}
+    assert [s.name for s in tl.stages] == ["GET /", "app.Outer", "app.Inner"]
 
 
 def test_middleware_links_outside_a_timeline_and_past_the_cap(captured):

@@ -732,29 +732,32 @@ def run_link(
     arg: Any,
     site: str,
     convert: Callable[[Any, Exception], Any],
+    caller: str | None = None,
 ) -> Any:
     """One link of a synchronous middleware chain whose links turn exceptions into results
-    (Django's ``convert_exception_to_response``), in one frame: the layer around it ends its
-    inbound phase (`calls_inner`); ``call(arg)`` runs in a `middleware` stage named `name`; an
-    `Exception` it raises is recorded on the stage and turned into the result by
-    ``convert(arg, exc)``; then the outer layer's outbound phase starts — after the
-    conversion, which belongs to this link, not to the outer layer's own work. The layer then
-    calls the next link directly, with no handler of ours in between. The call's other
-    exceptions, and the conversion's, pass through untouched; stagetrace's own are reported
-    at `site`."""
+    (Django's ``convert_exception_to_response``), in one frame: the middleware stage named
+    `caller` (entered with this very string), which calls this link, ends its inbound phase;
+    ``call(arg)`` runs in a `middleware` stage named `name`; an `Exception` it raises is
+    recorded on the stage and turned into the result by ``convert(arg, exc)``; then the
+    caller's outbound phase starts — so the conversion's time is in neither of the caller's
+    own phases. With `caller` None (the chain's first link, or one whose caller marks its
+    split by other means) no other stage is marked. The call's other exceptions, and the
+    conversion's, pass through untouched; stagetrace's own are reported at `site`."""
     rec = outer = None
     try:
         cur = _get()
         if cur is not None:
             t = now()
-            # calls_inner, inlined for its usual case: the layer around this one is current
-            if cur[2] == "middleware" and not cur[5]:
-                if cur[9] is _MARKS:
+            if caller is not None:
+                # calls_next, inlined for its usual case: the caller's stage is the current one
+                if cur[3] is caller and cur[9] is _MARKS:
                     outer = cur
                     if not cur[10]:
                         cur[10] = t
-            else:
-                outer = calls_inner()
+                else:  # it opened stages of its own around calling this link
+                    outer = calls_next(caller)
+                    if outer is not None and outer[9] is not _MARKS:
+                        outer = None
             tl = cur[0]
             if len(tl) < tl.cap:
                 # as `enter_middleware` makes it (the marks in slots M_IN ... M_SPLIT)

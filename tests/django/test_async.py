@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -91,6 +92,50 @@ MIXED = [
     "tests.django.test_async.Both",
     "django.middleware.common.CommonMiddleware",
 ]
+
+
+def wrapping_async(get_response):
+    """A function middleware, async only, that ``functools.wraps`` the layer it calls (as
+    decorator-style middleware often do): its function carries that layer's attributes."""
+
+    @functools.wraps(get_response)
+    async def middleware(request):
+        return await get_response(request)
+
+    return middleware
+
+
+wrapping_async.sync_capable = False  # type: ignore[attr-defined]
+wrapping_async.async_capable = True  # type: ignore[attr-defined]
+
+ASYNC_OVER_SYNC = [
+    "tests.django.test_async.AsyncOnly",
+    "tests.django.test_async.wrapping_async",
+    "tests.djapp.middleware.ShortCircuitMiddleware",
+]
+
+
+@pytest.mark.parametrize("gateway", ["asgi", "wsgi"])
+async def test_async_middleware_over_a_sync_one_is_split_where_it_awaits_the_next(
+    gateway, captured
+):
+    """An async middleware whose next layer is a sync one (Django puts a thread hop between,
+    through asgiref's ``sync_to_async``, which copies the wrapped function's attributes): its
+    stage is split where it awaits the next layer — it did not answer by itself."""
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    with override_settings(MIDDLEWARE=ASYNC_OVER_SYNC):
+        if gateway == "asgi":
+            response = await AsyncClient().get("/books.json")
+        else:
+            response = await sync_to_async(Client().get)("/books.json")
+    assert response.status_code == 200
+    (tl,) = captured
+    for name in ("tests.django.test_async.AsyncOnly", "tests.django.test_async.wrapping_async"):
+        layer = one(tl, "middleware", name)
+        assert layer.short_circuit is False, name
+        assert layer.phases["in"] < layer.duration_ns, name
 
 
 def adaptations(handler_class, caplog) -> list[str]:

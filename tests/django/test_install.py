@@ -49,6 +49,23 @@ def test_uninstrument_restores_every_patched_object(captured):
     assert len(captured) == 1 and len(captured[0].of_kind("db.query")) == 7
 
 
+def test_djangos_exception_conversion_stays_one_function_under_both_its_names():
+    """``convert_exception_to_response`` is replaced where ``load_middleware`` calls it and in
+    its own module with one object (code checking that Django's handler was not patched
+    behind its back compares the two names), and both are Django's again once undone."""
+    from django.core.handlers import base, exception
+
+    assert base.convert_exception_to_response is exception.convert_exception_to_response
+    assert base.convert_exception_to_response.__wrapped__ is not None
+    stagetrace.django.uninstrument()
+    try:
+        assert base.convert_exception_to_response is exception.convert_exception_to_response
+        assert not hasattr(base.convert_exception_to_response, "__stagetrace_patch__")
+    finally:
+        stagetrace.django.instrument()
+    assert base.convert_exception_to_response is exception.convert_exception_to_response
+
+
 def test_instrument_twice_changes_nothing(captured):
     """A second instrument() is a no-op: no stage is recorded twice."""
     stagetrace.django.instrument()

@@ -423,6 +423,38 @@ def test_middleware_exception_is_recorded_on_that_middleware(client, captured):
         client.get("/mw-error/")
 
 
+class _OwnStage:
+    """Calls the next layer inside a stage of its own, of the kind its request asks for."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with stagetrace.stage("session lock", kind=request.GET["kind"]):
+            return self.get_response(request)
+
+
+OWN_STAGE = [
+    "tests.django.test_request_flow._OwnStage",
+    "tests.djapp.middleware.ShortCircuitMiddleware",
+]
+
+
+@pytest.mark.parametrize("kind", ["custom", "middleware"])
+def test_a_middleware_calling_the_next_layer_inside_its_own_stage_is_split(client, captured, kind):
+    """A middleware that opens a stage of its own around calling the next layer — even one of
+    kind ``middleware`` — is still split where it called the next layer: the next layer finds
+    its caller by name, not by the nearest middleware-kind stage."""
+    from django.test import override_settings
+
+    with override_settings(MIDDLEWARE=OWN_STAGE):
+        assert client.get(f"/books.json?kind={kind}").status_code == 200
+    (tl,) = captured
+    own = one(tl, "middleware", "tests.django.test_request_flow._OwnStage")
+    assert own.short_circuit is False
+    assert own.phases["in"] < own.duration_ns
+
+
 def test_process_exception_hooks_are_stages(client, captured):
     """process_exception runs as <path>.process_exception; answering marks short_circuit."""
     client.raise_request_exception = False

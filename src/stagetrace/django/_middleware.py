@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -199,9 +200,15 @@ class _MiddlewareFactory(wrapt.ObjectProxy):
 
     def __call__(self, get_response: Any, *args: Any, **kwargs: Any) -> Any:
         path = self._self_path
-        if not getattr(get_response, _LINK, False):
-            # The next layer is not one of our links (the view's, or an adapted one, with a
-            # thread hop between): a handler marks this middleware's in/out split.
+        caller = _caller_cell(get_response)
+        if caller is not None:
+            # The next layer is one of our links, as it is: it marks this middleware's in/out
+            # split itself (the last factory given it is the one that keeps it: a middleware
+            # that raised MiddlewareNotUsed passed it on).
+            caller[0] = path
+        else:
+            # Anything else (the view's layer; a link Django adapted with a thread hop, whose
+            # wrapper carries the link's attributes): a handler marks the split.
             get_response = _inner_handler(get_response, path)
         instance = self.__wrapped__(get_response, *args, **kwargs)
         if instance is None:
@@ -210,42 +217,52 @@ class _MiddlewareFactory(wrapt.ObjectProxy):
         return proxy(instance, path)
 
 
-#: Marks a link made by `_link`: the layer that calls it needs no handler of ours, the link
-#: marks the caller's in/out split itself.
-_LINK = "__stagetrace_link__"
-
-
-def _link(proxy: _SyncMiddleware, exception: Any) -> Callable[[Any], Any]:
+def _link(proxy: _SyncMiddleware, exception_module: Any) -> Callable[[Any], Any]:
     """What ``convert_exception_to_response`` makes of a synchronous middleware: Django's
     link (exceptions turned into responses by ``response_for_exception``) that also records
     the middleware's stage and its caller's in/out split, in one recorder frame
     (`_recorder.run_link`) — where Django's link, our proxy's ``__call__``, `run_layer` and
     the caller's handler made four. Not recording, it is Django's link around the middleware
     itself (one frame, where it was two); after a thread hop, Django's link around the proxy,
-    as before."""
+    as before. Its caller, the middleware whose factory it is given to, is named later
+    (`_caller_cell`)."""
     path = proxy._self_path
     middleware = proxy.__wrapped__
     run_link = _recorder.run_link
+    caller: list[str | None] = [None]
 
     def convert(request: Any, exc: Exception) -> Any:
-        return exception.response_for_exception(request, exc)
+        return exception_module.response_for_exception(request, exc)
 
     def link(request: Any) -> Any:
         if _hop() is None:
             if _current() is not None and patcher.applied:
-                return run_link(path, middleware, request, _SITE, convert)
+                return run_link(path, middleware, request, _SITE, convert, caller[0])
             layer = middleware  # not recording: Django's link, straight to the middleware
         else:
             layer = proxy  # after a thread hop: the proxy records how long it waited
         try:
             response = layer(request)
         except Exception as exc:
-            response = exception.response_for_exception(request, exc)
+            response = exception_module.response_for_exception(request, exc)
         return response
 
     functools.update_wrapper(link, proxy)
-    setattr(link, _LINK, True)
+    _callers[link] = caller
     return link
+
+
+#: The caller cell of each link `_link` made, by the link itself (not by an attribute: asgiref's
+#: and ``functools.wraps``'s wrappers copy a function's attributes, and must not pass for it).
+_callers: weakref.WeakKeyDictionary[Any, list[str | None]] = weakref.WeakKeyDictionary()
+
+
+def _caller_cell(get_response: Any) -> list[str | None] | None:
+    """The cell naming the caller of `get_response`, if it is one of our links as it is."""
+    try:
+        return _callers.get(get_response)
+    except TypeError:  # not weakly referenceable, or unhashable: not a link
+        return None
 
 
 def install() -> None:
@@ -263,14 +280,22 @@ def install() -> None:
 
         return convert_exception_to_response
 
+    # ``load_middleware`` calls it by the name ``base`` imported; the name in its own module is
+    # made the same object, so that both still name one function (code checking that Django's
+    # handler was not patched behind its back compares them).
+    same = base.convert_exception_to_response is exception_module.convert_exception_to_response
     patcher.wrap(base, "convert_exception_to_response", convert_exception_to_response)
+    if same:
+        patcher.replace(
+            exception_module, "convert_exception_to_response", base.convert_exception_to_response
+        )
 
     def import_string(orig: Any) -> Any:
         def import_string(dotted_path: str) -> Any:
             target = orig(dotted_path)
             if not patcher.applied:
                 return target
-            # Interned-by-identity: records compare names with `is` (see _recorder.open_middleware).
+            # Interned-by-identity: records compare names with `is` (see _recorder.calls_next).
             return _MiddlewareFactory(target, str(dotted_path))
 
         return import_string
