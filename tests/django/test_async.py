@@ -26,6 +26,33 @@ async def test_async_view_through_async_client(captured):
     assert tl.route == "async/" and tl.status == 200
 
 
+async def test_a_connection_opened_in_another_thread_while_uninstrumented_gets_recorded(
+    captured,
+):
+    """Instrumenting again after ``uninstrument()``: a connection that asgiref's executor
+    thread opened in between (persistent, so no ``connection_created`` will come) still gets
+    the execute wrapper before its next ORM query, so its queries are ``db.query`` stages."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    import stagetrace.django
+    from tests.djapp.models import Book
+
+    def reopen() -> int:
+        connections["default"].close()
+        return Book.objects.count()  # a fresh connection, in the executor thread
+
+    stagetrace.django.uninstrument()
+    try:
+        await sync_to_async(reopen)()
+    finally:
+        stagetrace.django.instrument()
+    response = await AsyncClient().get("/async/")
+    assert response.status_code == 200
+    (tl,) = captured
+    assert len(by_kind(tl, "db.query")) == 2
+
+
 async def test_sync_view_under_asgi_records_its_thread_wait(captured):
     """A sync view served by the async handler waits for asgiref's thread: recorded."""
     response = await AsyncClient().get("/books.json")

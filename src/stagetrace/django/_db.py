@@ -236,6 +236,12 @@ def install() -> None:
             if _recorder.current() is None:
                 return orig(self, *args, **kwargs)
             try:
+                # A connection opened while stagetrace was not installed, in a thread other than
+                # the one that installed it (asgiref's executor keeps its own), has no execute
+                # wrapper yet: it gets it here, before its query runs.
+                wrappers = self.connection.execute_wrappers
+                if execute_wrapper not in wrappers:
+                    wrappers.insert(0, execute_wrapper)
                 # once: a compiler calling its own super().as_sql() makes one stage only
                 rec = _recorder.enter_owned("orm.compile", _compile_name(self), self, once=True)
             except Exception as exc:
