@@ -731,7 +731,7 @@ def run_link(
     call: Callable[[Any], Any],
     arg: Any,
     site: str,
-    convert: Callable[[Any, Exception], Any],
+    convert: Callable[[Any, Exception], Any] | None,
     caller: str | None = None,
 ) -> Any:
     """One link of a synchronous middleware chain whose links turn exceptions into results
@@ -742,7 +742,8 @@ def run_link(
     caller's outbound phase starts — so the conversion's time is in neither of the caller's
     own phases. With `caller` None (the chain's first link, or one whose caller marks its
     split by other means) no other stage is marked. The call's other exceptions, and the
-    conversion's, pass through untouched; stagetrace's own are reported at `site`."""
+    conversion's, pass through untouched; stagetrace's own are reported at `site`. With
+    `convert` None, every exception of the call passes through (`run_layer`)."""
     rec = outer = None
     try:
         cur = _get()
@@ -776,6 +777,8 @@ def run_link(
     except Exception as exc:
         leave(site, rec, exc)
         try:
+            if convert is None:
+                raise
             result = convert(arg, exc)
         except BaseException:
             _outbound(outer, site)
@@ -819,47 +822,11 @@ def _outbound(outer: Record | None, site: str) -> None:
 
 def run_layer(name: str, call: Callable[[Any], Any], arg: Any, site: str) -> Any:
     """``call(arg)``, a synchronous middleware layer, inside a `middleware` stage named `name`:
-    `enter_middleware`, the call and `leave` in one frame. For layers that run once each per
-    request (seven in a default Django project), where a Python frame costs about as much as
-    the recorder's own work; the layer's handler for the next one comes from `next_layer`.
-    The call's exceptions pass through untouched; stagetrace's own are reported at `site`."""
-    rec = None
-    try:
-        cur = _get()
-        if cur is not None:
-            tl = cur[0]
-            if len(tl) < tl.cap:
-                # as `enter_middleware` makes it (the marks in slots M_IN ... M_SPLIT)
-                rec = [
-                    tl, cur, "middleware", name, now(), 0, None, None, None,
-                    _MARKS, 0, 0, None, False,
-                ]  # fmt: skip
-                tl.append(rec)
-                _set(rec)
-            else:
-                rec = _enter_overflow(cur, "middleware", None)
-    except Exception as exc:
-        internal_error(site, exc)
-    try:
-        result = call(arg)
-    except BaseException as exc:
-        leave(site, rec, exc)
-        raise
-    if rec is not None:
-        try:
-            t = now()
-            _set(rec[1])
-            if not rec[5]:
-                rec[5] = t
-            if rec[9] is _OVERFLOW:
-                _fold_overflow(rec)
-        except Exception as exc:
-            internal_error(site, exc)
-            try:
-                _set(rec[1])
-            except Exception:  # pragma: no cover - nothing more can be done
-                pass
-    return result
+    `enter_middleware`, the call and `leave` (`run_link` without a conversion or a caller; call
+    that directly where the frame counts). The layer's handler for the next one comes from
+    `next_layer`. The call's exceptions pass through untouched; stagetrace's own are reported
+    at `site`."""
+    return run_link(name, call, arg, site, None)
 
 
 def next_layer(

@@ -40,7 +40,7 @@ from ._common import thread_wait as _thread_wait
 _SITE = "django.middleware"
 _hop = hop_started.get
 _current = _recorder.current
-_run_layer = _recorder.run_layer
+_run_link = _recorder.run_link
 
 # The wrappers below run once per middleware per request, so they inline what elsewhere would be
 # helper calls (a Python call costs more than the recorder's work itself); the guard rule is the
@@ -153,7 +153,7 @@ class _SyncMiddleware(_MiddlewareProxy):
         if _hop() is not None:
             return self._self_after_hop(request)
         # enter, call and leave in one recorder frame
-        return _run_layer(self._self_path, self.__wrapped__, request, _SITE)
+        return _run_link(self._self_path, self.__wrapped__, request, _SITE, None)
 
     def _self_after_hop(self, request: Any) -> Any:
         """The call that follows a sync_to_async hop: the stage also records how long the hop
@@ -221,7 +221,7 @@ def _link(proxy: _SyncMiddleware, exception_module: Any) -> Callable[[Any], Any]
     """What ``convert_exception_to_response`` makes of a synchronous middleware: Django's
     link (exceptions turned into responses by ``response_for_exception``) that also records
     the middleware's stage and its caller's in/out split, in one recorder frame
-    (`_recorder.run_link`) — where Django's link, our proxy's ``__call__``, `run_layer` and
+    (`_recorder.run_link`) — where Django's link, our proxy's ``__call__``, the recorder's frame and
     the caller's handler made four. Not recording, it is Django's link around the middleware
     itself (one frame, where it was two); after a thread hop, Django's link around the proxy,
     as before. Its caller, the middleware whose factory it is given to, is named later
