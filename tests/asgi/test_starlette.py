@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.endpoints import HTTPEndpoint
@@ -243,3 +245,134 @@ async def test_lifespan_shutdown_delivers_without_freezing_the_event_loop(instru
     assert 0.5 < took < 3  # it waited for the collector, up to the deadline
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) > 10 and max(gaps) < 0.3, f"the event loop stood still: {ticks}"
+
+
+def _our_frames(tb) -> list[str]:
+    """The wrappers of this adapter a traceback passed through, the app's gateway aside."""
+    import traceback
+
+    out = []
+    for frame, _ in traceback.walk_tb(tb):
+        code = frame.f_code
+        qualname = getattr(code, "co_qualname", code.co_name)
+        ours = code.co_filename.endswith(("starlette/_install.py", "starlette\\_install.py"))
+        if ours and not qualname.startswith("_app_call"):
+            out.append(qualname)
+    return out
+
+
+class Boom(Exception):
+    pass
+
+
+async def boom(request):
+    raise Boom("from the endpoint")
+
+
+class Marker:
+    """A pure ASGI middleware with a coroutine ``__call__``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+def test_patched_asgi_methods_stay_coroutine_functions(instrumented):
+    """Every wrapped ASGI method (a middleware's ``__call__``, the router's, a route's
+    ``handle``) is still a coroutine function to ``inspect`` and ``asyncio``, with the
+    original's signature — whichever form the wrapper takes on this Python."""
+    import asyncio
+    import inspect
+
+    from starlette.routing import Router
+
+    app = Starlette(routes=[Route("/boom", boom)], middleware=[Middleware(Marker)])
+    TestClient(app, raise_server_exceptions=False).get("/boom")
+    for func in (Marker.__call__, Router.__call__, Route.handle, Mount.handle):
+        assert getattr(func, "__stagetrace_patch__", False), func
+        assert inspect.iscoroutinefunction(func), func
+        assert asyncio.iscoroutinefunction(func), func
+        assert inspect.signature(func) == inspect.signature(func.__wrapped__)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="inspect.markcoroutinefunction: 3.12+")
+def test_an_unrecorded_request_runs_through_none_of_the_wrappers(instrumented):
+    """Sampled out, a request's exception passes through the app's own layers only: the
+    middleware, router and route wrappers hand out the originals' coroutines (no coroutine of
+    ours awaited at every step); recorded, they are in the way, as they must be."""
+    app = Starlette(routes=[Route("/boom", boom)], middleware=[Middleware(Marker)])
+    seen = []
+    for rate in (0.0, 1.0):
+        stagetrace.configure(sample_rate=rate, sinks=[])
+        client = TestClient(app)
+        with pytest.raises(Boom) as info:
+            client.get("/boom")
+        seen.append(_our_frames(info.value.__traceback__))
+    unrecorded, recorded = seen
+    assert unrecorded == []
+    assert any("_layer_call" in name for name in recorded)
+    assert any("_leaf_handle" in name for name in recorded)
+
+
+def test_each_request_is_sampled_once(instrumented, monkeypatch):
+    """The gateway's sampling decision is taken once a request, whether the adapter takes it
+    before the app's coroutine exists (Python 3.12+) or inside it: deciding twice would
+    record ``sample_rate`` squared of the requests."""
+    from stagetrace import _recorder
+
+    calls = []
+    real = _recorder.sampled
+
+    def counting(cfg, path):
+        calls.append(path)
+        return real(cfg, path)
+
+    monkeypatch.setattr(_recorder, "sampled", counting)
+    stagetrace.configure(sample_rate=1.0, sinks=[])
+    app = Starlette(routes=[Route("/json", lambda request: JSONResponse({"a": 1}))])
+    with stagetrace.capture() as got:
+        assert TestClient(app).get("/json").json() == {"a": 1}
+    assert calls == ["/json"] and len(got) == 1
+
+
+def test_an_app_called_in_one_context_and_awaited_in_another_leaves_the_caller_alone(
+    instrumented,
+):
+    """asgiref's ApplicationCommunicator calls the app outside the task that awaits it: the
+    request is recorded in that task, and the caller's context is left as it was."""
+    import asyncio
+
+    from asgiref.testing import ApplicationCommunicator
+
+    from stagetrace import _recorder
+
+    app = Starlette(routes=[Route("/json", lambda request: JSONResponse({"a": 1}))])
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/json",
+        "raw_path": b"/json",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "scheme": "http",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "http_version": "1.1",
+        "root_path": "",
+    }
+
+    async def main():
+        comm = ApplicationCommunicator(app, scope)
+        assert _recorder.current() is None
+        await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
+        start = await comm.receive_output(5)
+        body = await comm.receive_output(5)
+        await comm.wait(5)
+        return start["status"], body["body"], _recorder.current()
+
+    with stagetrace.capture() as got:
+        status, body, position = asyncio.run(main())
+    assert (status, body, position) == (200, b'{"a":1}', None)
+    assert [tl.route for tl in got] == ["/json"]

@@ -35,14 +35,41 @@ now = _recorder.now
 MAX_MESSAGE_STAGES = 100
 
 
-def begin(scope: Scope, framework: str) -> list[Any] | None:
-    """Start the timeline of an HTTP request or websocket connection (None: not recording)."""
-    cfg = _runtime.active()
-    if not cfg.enabled:
+#: What `decide` says of a connection that will not be recorded.
+PASS: Any = object()
+
+
+def decide(scope: Scope) -> Any:
+    """Decide, before the connection's coroutine exists, whether it will be recorded: `PASS`
+    for an HTTP request or websocket that will not be (stagetrace disabled, the path excluded
+    or sampled out, while no timeline records in this context), so an adapter can hand the
+    app's own coroutine out untouched; else what `serve` takes as `decided` — the decision
+    made (None: `serve` decides). Nothing here changes the context."""
+    try:
+        if scope.get("type") not in ("http", "websocket") or _recorder.current() is not None:
+            return None
+        cfg = _runtime.active()
+        if not cfg.enabled:
+            return PASS
+        path = _parse.path(scope)
+        return (cfg, path) if _recorder.sampled(cfg, path) else PASS
+    except Exception as exc:
+        _recorder.internal_error("asgi.begin", exc)
         return None
-    path = _parse.path(scope)
-    if not wanted(cfg, path):
-        return None
+
+
+def begin(scope: Scope, framework: str, decided: Any = None) -> list[Any] | None:
+    """Start the timeline of an HTTP request or websocket connection (None: not recording).
+    `decided`: what `decide` said, when it was asked (the request is sampled in)."""
+    if decided is not None:
+        cfg, path = decided
+    else:
+        cfg = _runtime.active()
+        if not cfg.enabled:
+            return None
+        path = _parse.path(scope)
+        if not wanted(cfg, path):
+            return None
     websocket = scope["type"] == "websocket"
     return begin_http(
         cfg,
@@ -286,10 +313,18 @@ def _size(message: Message) -> int:
     return len(data)
 
 
-async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framework: str) -> None:
+async def serve(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    framework: str,
+    decided: Any = None,
+) -> None:
     """Run `app` for one ASGI connection, recording it. Lifespan and unknown scope types, and
     connections inside a timeline that is already recording, pass straight through. The
-    recorder's context is put back as it was afterwards, whatever happened."""
+    recorder's context is put back as it was afterwards, whatever happened. `decided`: what
+    `decide` said of this connection just before (never `PASS`), if it was asked."""
     kind = scope.get("type")
     if kind not in ("http", "websocket"):
         await app(scope, receive, _flushing_at_shutdown(send) if kind == "lifespan" else send)
@@ -308,7 +343,7 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, framew
         await app(scope, receive, send)
         return
     try:
-        root = begin(scope, framework)
+        root = begin(scope, framework, decided)
         observer: _Http | _Websocket | None = None
         if root is not None:
             observer = _Http(root) if kind == "http" else _Websocket(root)
