@@ -345,3 +345,30 @@ def test_a_body_resetting_its_own_context_variable_closes_cleanly():
     stagetrace.flush()
     (tl,) = stagetrace.recent()
     assert tl.path == "/" and tl.status == 200
+
+
+def _recovering(environ, start_response):
+    """An app answering 503 from its error path, passing ``exc_info`` by keyword (PEP 3333)."""
+    import sys
+
+    try:
+        raise RuntimeError("backend down")
+    except RuntimeError:
+        start_response(
+            "503 Service Unavailable", [("Content-Type", "text/plain")], exc_info=sys.exc_info()
+        )
+        return [b"try later"]
+
+
+def test_start_response_takes_exc_info_by_keyword(captured):
+    """``start_response(status, headers, exc_info=...)`` reaches the real server as the app
+    meant it: the 503 the app gives from its error path is what the client gets (a TypeError
+    there would turn it into the server's 500), and the timeline has that status."""
+    with wsgiref_server(_recovering) as plain_url:
+        plain = requests.get(plain_url + "/", timeout=10)
+    with wsgiref_server(StagetraceMiddleware(_recovering)) as url:
+        traced = requests.get(url + "/", timeout=10)
+        wait_for(captured)
+    assert (plain.status_code, plain.content) == (503, b"try later")
+    assert (traced.status_code, traced.content) == (503, b"try later")
+    assert captured[0].status == 503

@@ -97,12 +97,16 @@ class _Exchange:
         self.body = False
 
     def start_response(self, start_response: StartResponse) -> StartResponse:
-        def observed_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
+        # PEP 3333's signature: applications pass ``exc_info`` by position or by keyword.
+        def observed_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
             try:
                 headers = self._started(status, headers)
             except Exception as exc:
                 _recorder.internal_error("wsgi.start_response", exc)
-            write = start_response(status, headers, *exc_info)
+            if exc_info is None:
+                write = start_response(status, headers)
+            else:
+                write = start_response(status, headers, exc_info)
             return self._writer(write)
 
         return observed_start_response
