@@ -9,7 +9,11 @@ import sys
 import sysconfig
 from typing import Any
 
-_WORD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)", re.S)
+# Leading comments are skipped by a pattern that matches each of them in exactly one way (a
+# block comment's body cannot run past its first ``*/``): with ``/\*.*?\*/`` a run of comments
+# followed by no keyword (``/* a */ /* b */ (SELECT 1) UNION ...``) could be split in
+# exponentially many ways, and the regex took seconds on the request path before giving up.
+_WORD = re.compile(r"\s*(?:/\*(?:[^*]|\*(?!/))*\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)")
 _TABLE = {
     "SELECT": re.compile(r"\bFROM\s+([`\"\[]?[\w.$]+[`\"\]]?)", re.I),
     "DELETE": re.compile(r"\bFROM\s+([`\"\[]?[\w.$]+[`\"\]]?)", re.I),

@@ -351,3 +351,37 @@ def test_a_parameter_that_cannot_be_hashed_still_closes_its_stage(instrumented):
         ("db.query", "SELECT", "custom"),
     ]
     assert not any(s.attrs.get("unfinished") for s in tl.stages)
+
+
+COMMENTED = "/* tag */ " * 40 + "(SELECT 1) UNION (SELECT 2)"
+
+
+def test_naming_a_statement_after_many_comments_is_linear():
+    """A statement opening with many block comments and then no keyword (valid PostgreSQL:
+    ``/* tag */ ... (SELECT 1) UNION (SELECT 2)``) is named at once: the name's pattern
+    matches each comment one way only (it used to split a run of them in exponentially many
+    ways — 24 comments took seconds, 40 would take days). Run in a child process so a
+    regression fails by its deadline instead of hanging the suite."""
+    import subprocess
+
+    code = (
+        "from stagetrace import _sql; import sys; "
+        f"print(_sql.describe({COMMENTED!r}), _sql.describe('/* a */ -- b\\n /* c*d */ select x from t'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "('SQL', 'SQL') ('SELECT t', 'SELECT')", done.stderr
+
+
+def test_a_commented_statement_is_recorded_under_postgresql(instrumented, pg_conninfo):
+    """Such a statement (with a few comments: a regression must not hang the suite here) sent
+    through psycopg in a recorded job: answered, one ``db.query`` stage with its text."""
+    psycopg = pytest.importorskip("psycopg")
+    sql = "/* tag */ " * 3 + "(SELECT 1) UNION (SELECT 2)"
+    with (
+        stagetrace.capture() as got,
+        stagetrace.timeline("job"),
+        psycopg.connect(pg_conninfo, autocommit=True) as conn,
+    ):
+        assert conn.execute(sql).fetchall() == [(1,), (2,)]
+    (query,) = queries(got[0])
+    assert (query.name, query.attrs["db.query.text"]) == ("SQL", sql)
