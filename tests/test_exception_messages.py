@@ -143,3 +143,49 @@ def test_an_unexpected_shape_keeps_nothing_rather_than_everything(captured):
         raise RequestValidationError(f"body: {SECRET}")
     (tl,) = captured
     assert tl.stages[0].error.message == "RequestValidationError"
+
+
+def test_an_http_clients_error_keeps_no_credentials_or_query_values(captured):
+    """requests' connection error (urllib3 quotes the path and query it tried), httpx's status
+    error (it quotes the whole URL, ``user:password@`` included) — against a closed port and
+    a real server on loopback — and an application's own message quoting a URL: the stages
+    keep the URLs with their credentials and query values redacted, the rest as it was."""
+    import socket
+
+    httpx = pytest.importorskip("httpx")
+    requests = pytest.importorskip("requests")
+    from stagetrace import httpclients
+    from tests.servers import http_target
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    httpclients.install()
+    try:
+        with http_target() as url, stagetrace.timeline("job"):
+            try:
+                requests.get(f"http://127.0.0.1:{closed}/reset?token={SECRET}", timeout=5)
+            except requests.ConnectionError:
+                pass
+            authed = url.replace("http://", f"http://ann:{SECRET}@")
+            try:
+                with stagetrace.stage("calling"):
+                    httpx.get(f"{authed}/missing?token={SECRET}&page=2").raise_for_status()
+            except httpx.HTTPStatusError:
+                pass
+            try:
+                with stagetrace.stage("quoting"):
+                    raise RuntimeError(f"see {url}/docs?lang=en for help")
+            except RuntimeError:
+                pass
+    finally:
+        httpclients.uninstall()
+    (tl,) = captured
+    assert SECRET not in exported(tl)
+    errors = [s.error.message for s in tl.stages if s.error is not None]
+    refused = next(m for m in errors if "Max retries exceeded" in m)
+    assert "with url: /reset?token=REDACTED (Caused by" in refused
+    status = next(m for m in errors if "404" in m)
+    host = url.removeprefix("http://")
+    assert f"'http://REDACTED@{host}/missing?token=REDACTED&page=REDACTED'" in status
+    assert f"see {url}/docs?lang=REDACTED for help" in errors

@@ -9,7 +9,10 @@ exceptions whose messages systematically carry what privacy by default keeps out
   the input it refused — a request body's fields, a form's values: the message keeps where and
   why, never the input;
 * Django's ``Resolver404`` carries the whole URL configuration it tried (kilobytes, with module
-  paths, on every 404 a scanner provokes): the message is that no pattern matched.
+  paths, on every 404 a scanner provokes): the message is that no pattern matched;
+* any message quoting a URL (an HTTP client's connection or status error quotes the URL it
+  called, with its query string and any ``user:password@``): the URL's credentials and query
+  values are redacted as the ``url.query`` attribute's are.
 
 Exception classes are recognized by name along their MRO, so nothing here imports a framework.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+
+from ._http.headers import redact_query
 
 # --- database errors -------------------------------------------------------------------------
 #
@@ -222,13 +227,42 @@ def _rewriter(exc_type: type) -> Callable[[BaseException, Any], str] | None:
     return rewrite
 
 
+# --- URLs ------------------------------------------------------------------------------------
+
+#: A URL quoted in a message: its scheme, credentials (``user:password@``) if any, host and
+#: path, and its query string if any — up to a space, a quote or a bracket. Or a path after
+#: ``url:`` (urllib3's ``Max retries exceeded with url: /reset?token=...``, which requests'
+#: connection errors quote).
+_URL = re.compile(
+    r"""(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://|\burl: (?=/))([^\s/?#@'"<>()\[\]]*@)?"""
+    r"""([^\s?#'"<>()\[\]]*)(\?[^\s#'"<>()\[\]]*)?"""
+)
+
+
+def _redact_url(m: re.Match[str]) -> str:
+    scheme, userinfo, rest, query = m.groups()
+    if userinfo:
+        scheme += "REDACTED@"
+    if query:
+        redacted = redact_query(query[1:])
+        rest += "?" + redacted if redacted else "?"
+    return scheme + rest
+
+
+def without_url_secrets(text: str) -> str:
+    """`text` with every URL it quotes stripped of its credentials and query values."""
+    return _URL.sub(_redact_url, text) if "://" in text or "url: /" in text else text
+
+
 def message(exc: BaseException, cfg: Any) -> str:
     """The message a stage keeps of `exc` under the settings `cfg` (None: the defaults). May
     raise (an exception whose ``__str__`` fails): the caller handles it."""
     rewrite = _rewriter(type(exc))
     if rewrite is None:
-        return str(exc)
-    try:  # without str(exc) first: Resolver404's is the whole URL configuration, rendered
-        return rewrite(exc, cfg)
-    except Exception:  # an unexpected shape: keep nothing of it rather than everything
-        return type(exc).__name__
+        text = str(exc)
+    else:
+        try:  # without str(exc) first: Resolver404's is the whole URL configuration, rendered
+            text = rewrite(exc, cfg)
+        except Exception:  # an unexpected shape: keep nothing of it rather than everything
+            return type(exc).__name__
+    return without_url_secrets(text)
