@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +138,39 @@ class Patcher:
                     delattr(owner, attr)
                 except AttributeError:
                     pass
+
+
+class Objects:
+    """Application objects (apps) an adapter keeps apart, by identity: an app class may define
+    ``__eq__``, which makes its instances unhashable for a set, and compare unlike identity.
+    Each entry is a weak reference whose callback drops the id before it can be reused (a
+    strong one for an object that takes no weak references). ``id(obj) in objects.ids`` is a
+    C-level test for hot paths."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self) -> None:
+        self.ids: dict[int, Any] = {}
+
+    def add(self, obj: Any) -> None:
+        key = id(obj)
+        if key in self.ids:
+            return
+        ids = self.ids
+
+        def forget(_: Any) -> None:
+            ids.pop(key, None)
+
+        try:
+            ids[key] = weakref.ref(obj, forget)
+        except TypeError:
+            ids[key] = obj
+
+    def __contains__(self, obj: object) -> bool:
+        return id(obj) in self.ids
+
+    def clear(self) -> None:
+        self.ids.clear()
 
 
 def _resolve(value: Naming, args: tuple[Any, ...]) -> Any:

@@ -126,6 +126,28 @@ def test_instrument_app_records_only_that_app(captured):
     assert [s.kind for s in captured[0].stages].count("middleware") >= 3
 
 
+class ComparedApp(Starlette):
+    """An app class defining ``__eq__`` (which makes its instances unhashable)."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def test_instrument_app_takes_an_app_that_cannot_be_hashed(captured):
+    """instrument_app(app) on an unhashable app records it, and another app's requests are
+    served and not recorded (asking whether an app was instrumented used to raise TypeError
+    out of every request of every app)."""
+    mine = ComparedApp(routes=[Route("/json", lambda request: JSONResponse({"a": 1}))])
+    other = ComparedApp(routes=[Route("/json", lambda request: JSONResponse({"a": 1}))])
+    stagetrace.starlette.instrument_app(mine)
+    try:
+        assert TestClient(mine).get("/json").json() == {"a": 1}
+        assert TestClient(other).get("/json").json() == {"a": 1}
+    finally:
+        stagetrace.starlette.uninstrument()
+    assert [tl.route for tl in captured] == ["/json"]
+
+
 def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
     """An app whose middleware stack was built before instrument() is rebuilt once."""
     app = make_app()
@@ -155,16 +177,16 @@ def test_an_app_that_is_gone_is_forgotten_so_a_new_one_at_its_address_is_walked(
     try:
         TestClient(app).get("/json")
         key = id(app)
-        assert key in _install._walked
+        assert key in _install._walked.ids
     finally:
         stagetrace.starlette.uninstrument()
     del app
     gc.collect()
-    assert key not in _install._walked
+    assert key not in _install._walked.ids
     # A stale id would now skip the walk of any new app at that address: simulate that app.
     later = make_app()
     TestClient(later).get("/json")  # stack built, not instrumented
-    _install._walked.pop(id(later), None)
+    _install._walked.ids.pop(id(later), None)
     stagetrace.starlette.instrument_app(later)
     try:
         TestClient(later).get("/json")

@@ -275,6 +275,42 @@ def test_instrument_one_app_only(captured):
     assert len(captured) == 1
 
 
+class ComparedApp(flask.Flask):
+    """An app class defining ``__eq__`` (which makes its instances unhashable)."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def test_instrument_takes_an_app_that_cannot_be_hashed(captured):
+    """instrument(app) on an unhashable app records it (it used to raise a bare TypeError,
+    leaving the class patches applied and counting an internal error on every request of
+    every app); another app stays unrecorded, and a dead app's entry goes with it."""
+    import gc
+
+    one, other = ComparedApp(__name__), flask.Flask(__name__)
+    for app in (one, other):
+        app.add_url_rule("/", "index", lambda: "ok")
+    assert stagetrace.flask.instrument(one) is one
+    try:
+        assert one.test_client().get("/").data == b"ok"
+        assert other.test_client().get("/").data == b"ok"
+        assert [tl.framework for tl in captured] == ["flask"]
+        assert stagetrace.flask.is_instrumented(one)
+        assert not stagetrace.flask.is_instrumented(other)
+        assert stagetrace.stats()["internal_errors"] == 0
+        third = ComparedApp(__name__)
+        stagetrace.flask.instrument(third)
+        key = id(third)
+        del third
+        gc.collect()
+        from stagetrace.flask import _install
+
+        assert key not in _install._apps.ids
+    finally:
+        stagetrace.flask.uninstrument()
+
+
 def test_instrument_is_idempotent_and_reversible():
     """Patched attributes are restored exactly; instrumenting twice patches once."""
     from flask.json import provider

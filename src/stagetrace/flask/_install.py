@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import FunctionType
@@ -47,13 +46,14 @@ from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
-from .._patching import Patcher, leave, timed
+from .._patching import Objects, Patcher, leave, timed
 from ..wsgi import _gateway
 
 patcher = Patcher("flask")
 
 _lock = threading.RLock()
-_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The apps `instrument(app)` named (by identity: an app class may not be hashable).
+_apps = Objects()
 _everything = False
 
 # Which of the app's functions Flask is calling now (set by the phase methods, read by
@@ -77,11 +77,7 @@ def _instrumented(app: Any) -> bool:
         return False
     if _everything:
         return True
-    try:
-        return app in _apps
-    except Exception as exc:
-        _recorder.internal_error("flask.instrumented", exc)
-        return False
+    return id(app) in _apps.ids
 
 
 def _function_name(func: Any) -> str:

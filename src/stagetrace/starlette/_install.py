@@ -36,7 +36,6 @@ import functools
 import inspect
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -44,35 +43,26 @@ from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
 from .._names import qualname
-from .._patching import Patcher, leave, timed, timed_async
+from .._patching import Objects, Patcher, leave, timed, timed_async
 from ..asgi import _gateway
 
 patcher = Patcher("starlette")
 _lock = threading.RLock()
 
 _everything = False  # instrument(): every app; instrument_app(): only these
-_apps: weakref.WeakSet[Any] = weakref.WeakSet()
-#: Apps whose built stack was looked at, by id: asked on every request, where a set of ints is
-#: a C lookup and a WeakSet a Python call. An app's weak reference drops its id when it dies,
-#: before the id can be reused.
-_walked: dict[int, Any] = {}
-
-
-def _mark_walked(app: Any) -> None:
-    key = id(app)
-    if key not in _walked:
-
-        def forget(_: Any) -> None:
-            _walked.pop(key, None)
-
-        _walked[key] = weakref.ref(app, forget)
+#: The apps `instrument_app` named (by identity: an app class may not be hashable).
+_apps = Objects()
+#: Apps whose built stack was looked at: asked on every request (``id(app) in
+#: _walked.ids``, a C lookup).
+_walked = Objects()
+_mark_walked = _walked.add
 
 
 _SITE = "starlette"
 
 
 def _instrumented(app: Any) -> bool:
-    return patcher.applied and (_everything or app in _apps)
+    return patcher.applied and (_everything or id(app) in _apps.ids)
 
 
 # --- middleware -------------------------------------------------------------------------------
@@ -520,7 +510,7 @@ def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
-        if self.middleware_stack is not None and id(self) not in _walked:
+        if self.middleware_stack is not None and id(self) not in _walked.ids:
             _walk_once(self)
         framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
@@ -534,7 +524,7 @@ def _app_call(orig: Any) -> Any:
         # request that will not be recorded gets the app's own coroutine.
         if not _instrumented(self):
             return orig(self, scope, receive, send)
-        if self.middleware_stack is not None and id(self) not in _walked:
+        if self.middleware_stack is not None and id(self) not in _walked.ids:
             _walk_once(self)
         decided = _gateway.decide(scope)
         if decided is _gateway.PASS:
