@@ -1057,13 +1057,14 @@ def end_owned_job(owner: object, exc: BaseException | None = None) -> None:
 
 def current_span() -> tuple[int, int, int] | None:
     """(trace id, span id, trace flags) of the innermost open stage of this context — what
-    other instrumentation should see as the current span — or None outside a timeline. A stage
-    past `max_stages` is not exported: its nearest kept ancestor stands in."""
+    other instrumentation should see as the current span — or None outside a timeline and in
+    a discarded one (none of its spans will exist). A stage past `max_stages` is not exported:
+    its nearest kept ancestor stands in."""
     rec = _get()
     if rec is None:
         return None
     tl = rec[TL]
-    if tl.ended:
+    if tl.ended or tl.discarded:
         return None
     while rec is not None and rec[AUX] is _OVERFLOW:
         rec = rec[PARENT]

@@ -73,7 +73,12 @@ def ctx_view(request: Any) -> JsonResponse:
     return JsonResponse(out)
 
 
-urlpatterns = [path("ctx/", ctx_view)]
+def discarding_view(request: Any) -> JsonResponse:
+    stagetrace.discard()
+    return ctx_view(request)
+
+
+urlpatterns = [path("ctx/", ctx_view), path("discarded/", discarding_view)]
 
 
 def _stage(tl: stagetrace.Timeline, kind: str) -> Any:
@@ -201,6 +206,30 @@ def test_a_request_that_is_not_recorded_gets_no_context(client):
     EXPORTER.clear()
     body = json.loads(client.get("/ctx/").content)
     assert body["view"]["valid"] is False
+
+
+@pytest.mark.parametrize("incoming", [True, False], ids=["traceparent", "none"])
+def test_a_discarded_request_leaves_the_context_as_an_excluded_path_would(client, incoming):
+    """After `stagetrace.discard()` none of the request's spans will exist, so none may be a
+    parent: an SDK span made in the view is a child of the caller's span (an incoming
+    traceparent) or a root of its own, and inject() writes the caller's traceparent or none
+    — never a stage's span id (an orphan in the collector)."""
+    stagetrace.configure(**exporting(), otel_context=True)
+    EXPORTER.clear()
+    headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"} if incoming else {}
+    with stagetrace.capture() as got:
+        response = client.get("/discarded/", headers=headers)
+    stagetrace.flush()
+    body = json.loads(response.content)
+    assert response.status_code == 200 and got == []
+    (span,) = EXPORTER.get_finished_spans()
+    if incoming:
+        assert f"{span.context.trace_id:032x}" == TRACE
+        assert f"{span.parent.span_id:016x}" == PARENT and span.parent.is_remote
+        assert body["view"]["carrier"]["traceparent"] == f"00-{TRACE}-{PARENT}-01"
+    else:
+        assert span.parent is None
+        assert body["view"]["valid"] is False and "traceparent" not in body["view"]["carrier"]
 
 
 def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():

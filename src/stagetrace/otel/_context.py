@@ -50,7 +50,13 @@ def _load(option: str) -> dict[str, Any]:
         from opentelemetry import context, trace
         from opentelemetry.baggage.propagation import W3CBaggagePropagator
         from opentelemetry.context import Context
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+        from opentelemetry.trace import (
+            INVALID_SPAN_CONTEXT,
+            NonRecordingSpan,
+            SpanContext,
+            TraceFlags,
+            TraceState,
+        )
     except ImportError:
         raise ConfigurationError(
             f"stagetrace {option} needs the OpenTelemetry API, which is not installed: {INSTALL}"
@@ -104,12 +110,37 @@ def _load(option: str) -> dict[str, Any]:
                 now = None
             ids = self._ids
             if now is None or now[0] != ids[0]:
+                dropped = self._discarded()
+                if dropped is not None:
+                    return dropped
                 # Outside the request (a task that outlived it): the request's own span.
                 now = ids
             last = self._last
             if last is not None and last[0] == now[1]:
                 return last[1]
             return self._make(now[1], now[2])
+
+        def _discarded(self) -> Any:
+            """In a request left out by `stagetrace.discard()` (none of its spans will be
+            exported): what was current before it, as for an excluded path — the remote (or
+            local) parent it continued, or no span; None otherwise."""
+            try:
+                tl = _recorder.live()
+                if tl is None or not tl.discarded or tl.trace_id != self._ids[0]:
+                    return None
+                if not tl.parent_span_id:
+                    return INVALID_SPAN_CONTEXT
+                raw = tl.tracestate
+                return SpanContext(
+                    tl.trace_id,
+                    tl.parent_span_id,
+                    is_remote=not tl.parent_local,
+                    trace_flags=flags_of.get(tl.trace_flags) or TraceFlags(tl.trace_flags),
+                    trace_state=TraceState.from_header([raw]) if raw else no_state,
+                )
+            except Exception as exc:
+                _recorder.internal_error("otel.context", exc)
+                return None
 
         def __repr__(self) -> str:
             return f"StageSpan(trace_id=0x{self._ids[0]:032x})"
