@@ -311,6 +311,26 @@ def test_a_stream_failing_mid_way_keeps_no_frame_alive():
         gc.enable()
 
 
+def test_a_stream_failing_mid_way_ends_the_request_with_its_exception(captured):
+    """Under WSGIHandler, a streamed body that raises after its first chunk (the server then
+    aborts the response and closes it): the exception is on response.write and on the
+    gateway, the request's root — it ended the request, so error rules (the OpenTelemetry
+    sink's keep-errors) keep it although the status sent was 200."""
+    environ = _get_environ("/failing-stream-holding/")
+    response = WSGIHandler()(environ, lambda status, headers, exc_info=None: None)
+    body = iter(response)
+    assert next(body) == b"first\n"
+    with pytest.raises(RuntimeError, match="the stream failed"):
+        next(body)
+    response.close()
+    stagetrace.flush()
+    (tl,) = captured
+    root = tl.stages[0]
+    write = next(s for s in tl.stages if s.kind == "response.write")
+    assert (tl.status, root.kind, root.error.type) == (200, "gateway", "RuntimeError")
+    assert write.error.type == "RuntimeError"
+
+
 def test_a_route_whose_attributes_fail_keeps_its_name(captured, monkeypatch):
     """Reading the matched route's attributes failing inside a request: counted, the response
     unchanged, and the route stage still named after the route (only its attributes lost)."""

@@ -178,13 +178,17 @@ def test_the_apps_exception_passes_through_unchanged(captured):
 
 def test_an_exception_while_streaming_is_recorded_on_response_write(captured):
     """A body generator that fails: the exception reaches the server unchanged and is recorded
-    on response.write; the chunks before it are counted."""
+    on response.write, and on the gateway — the request ended with it (the server aborts the
+    response), so error rules such as the OpenTelemetry sink's keep-errors see it; the chunks
+    before it are counted."""
     server = Server(StagetraceMiddleware(apps.app))
     with pytest.raises(ValueError) as info:
         server(environ("/broken"))
     assert info.value is apps.RAISED[-1]
     write = next(s for s in captured[0].stages if s.kind == "response.write")
     assert write.error.type == "ValueError" and write.attrs["chunks"] == 1
+    root = captured[0].stages[0]
+    assert (root.kind, root.error.type) == ("gateway", "ValueError")
 
 
 def test_length_and_legacy_write_are_kept():

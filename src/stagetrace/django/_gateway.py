@@ -92,7 +92,7 @@ def _finish(pending: _Pending, exc: BaseException | None = None) -> None:
     try:
         _recorder.close(pending.write, exc)
         _recorder.mark_sent(pending.root)
-        end_http(pending.root)
+        end_http(pending.root, exc=exc)  # a body that raised ended the request with it
     except Exception as e:
         _recorder.internal_error("django.finish", e)
 

@@ -76,6 +76,7 @@ class _Exchange:
         "body",
         "chunks",
         "done",
+        "failed",
         "length",
         "root",
         "size",
@@ -95,6 +96,9 @@ class _Exchange:
         self.done = False
         #: The application returned a body (iterated by us, or a file the server sends).
         self.body = False
+        #: The exception producing the body raised (the server then aborts the response and
+        #: closes it): the request ended with it.
+        self.failed: BaseException | None = None
 
     def start_response(self, start_response: StartResponse) -> StartResponse:
         # PEP 3333's signature: applications pass ``exc_info`` by position or by keyword.
@@ -175,6 +179,8 @@ class _Exchange:
         if self.done:
             return
         self.done = True
+        if exc is None:
+            exc, self.failed = self.failed, None
         self.finish_write(exc)
         try:
             size = (self.size if sized else self.length) if self.body else None
@@ -261,6 +267,7 @@ def _iterate(result: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:
         raise
     except BaseException as exc:
         exchange.finish_write(exc)
+        exchange.failed = exc
         raise
     # The server asked for more after writing the last chunk: the response is sent.
     exchange.end()
