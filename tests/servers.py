@@ -94,8 +94,8 @@ def read_timelines(path: Path, count: int, timeout: float = 15.0) -> list[dict]:
 @contextlib.contextmanager
 def http_target(received: list[dict[str, str]] | None = None) -> Iterator[str]:
     """A plain HTTP server on loopback for outbound calls: GET answers 200 ``ok`` (404 under
-    ``/missing``); with `received`, the lower-cased headers of every request are appended to
-    it. Yields its base URL."""
+    ``/missing``, a 302 to ``/landed`` under ``/redirect``); with `received`, the lower-cased
+    headers of every request are appended to it. Yields its base URL."""
     import http.server
     import threading
 
@@ -103,6 +103,12 @@ def http_target(received: list[dict[str, str]] | None = None) -> Iterator[str]:
         def do_GET(self) -> None:
             if received is not None:
                 received.append({k.lower(): v for k, v in self.headers.items()})
+            if self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", "/landed")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(404 if self.path.startswith("/missing") else 200)
             self.send_header("Content-Length", "2")
             self.end_headers()

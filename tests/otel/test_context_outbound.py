@@ -127,6 +127,56 @@ def test_a_request_object_sent_again_carries_no_earlier_trace_context(server):
     assert "traceparent" not in req.headers
 
 
+def test_no_request_object_of_a_redirected_call_keeps_its_trace_context(server):
+    """Every hop of a redirected call carries the trace context of a stage of that call, and
+    none of the request objects the clients hand back keeps it: the last hop's
+    (``response.request``, a copy the client made), the earlier hops' (``response.history``)
+    and, with redirects not followed, the next one (httpx's ``next_request``, requests'
+    ``next``). A retry sending one of them later, from another job or outside any, used to
+    carry this call's traceparent."""
+    with requests.Session() as session, httpx.Client(follow_redirects=True) as client:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            followed = [
+                session.get(f"{server}/redirect", timeout=5),
+                client.get(f"{server}/redirect"),
+            ]
+            not_followed = [
+                session.get(f"{server}/redirect", timeout=5, allow_redirects=False),
+                client.get(f"{server}/redirect", follow_redirects=False),
+            ]
+        stagetrace.flush()
+        tl = got[0]
+        spans = {tl.stage_span_id(s.id) for s in tl.stages if s.kind == "http.client"}
+        hops = [h["traceparent"] for h in RECEIVED]
+        assert len(hops) == 6 and {h[3:35] for h in hops} == {tl.trace_id}
+        assert {h[36:52] for h in hops} <= spans
+        handed_back = [r.request for r in followed]
+        handed_back += [h.request for r in followed for h in r.history]
+        handed_back += [not_followed[0].next, not_followed[1].next_request]
+        assert [dict(r.headers).keys() & {"traceparent", "tracestate"} for r in handed_back] == [
+            set()
+        ] * 6
+        RECEIVED.clear()
+        session.send(followed[0].request, timeout=5)
+        client.send(followed[1].request)
+    assert [h.get("traceparent") for h in RECEIVED] == [None, None]
+
+
+def test_a_failed_hop_leaves_no_trace_context_on_its_request():
+    """A call that fails (nothing listens) takes the headers off its request too: the one
+    the exception carries is the one a retry would send."""
+    failed = []
+    with stagetrace.timeline("job"):
+        for call, error in (
+            (lambda: httpx.get("http://127.0.0.1:9/", timeout=2), httpx.ConnectError),
+            (lambda: requests.get("http://127.0.0.1:9/", timeout=2), requests.ConnectionError),
+        ):
+            with pytest.raises(error) as raised:
+                call()
+            failed.append(raised.value.request)
+    assert [dict(r.headers).keys() & {"traceparent"} for r in failed] == [set(), set()]
+
+
 def test_the_option_turns_it_off(server):
     """propagate_traceparent=False: calls are still stages, but carry no traceparent."""
     stagetrace.configure(propagate_traceparent=False)

@@ -9,6 +9,13 @@ calls carry a W3C ``traceparent`` naming their http.client stage (option
 the otel sink runs with another OpenTelemetry propagator (``OTEL_PROPAGATORS=b3``, ...), that
 propagator's headers. Installed
 by the web adapters (reference-counted); a library that is not installed is skipped.
+
+The headers are added per *hop*, one level down (httpx's ``Client._send_single_request``,
+requests' ``HTTPAdapter.send``), and taken off again as soon as that hop is sent: ``send``
+follows redirects (and httpx's auth flows) itself, building each next request as a copy of the
+last, so headers put on above it would ride along on every copy the client hands back
+(``response.request``, ``next_request``) and go out again with a later retry, in another
+trace or in none.
 """
 
 from __future__ import annotations
@@ -61,30 +68,36 @@ def _name(raw: tuple[str, str]) -> str:
 
 
 _SITE = "httpclients.send"
+_TRACEPARENT = "httpclients.traceparent"
 
 
 def _begin(request: Any, url_of: Any, outcome: list[Any]) -> Any:
     try:
         method, url = str(request.method), str(url_of(request))
-        rec = _recorder.enter(
+        return _recorder.enter(
             "http.client", (_name, (method, url)), (_attrs, (method, url, outcome))
         )
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         return None
-    try:
-        outcome.append(_propagate(request))
-    except Exception as exc:
-        _recorder.internal_error("httpclients.traceparent", exc)
-    return rec
 
 
 def _propagate(request: Any) -> dict[str, str] | None:
-    """W3C trace context for the server we call: a ``traceparent`` naming the http.client
-    stage just entered (and the request's ``tracestate``), unless the caller set one. Returns
-    the headers added, which `_unpropagate` takes off the request object again once it is
-    sent: a request object sent again (or outside any request) must not carry this call's
-    trace context."""
+    """Trace context for the server one hop calls, guarded (`_add`); None when nothing was
+    added."""
+    try:
+        return _add(request)
+    except Exception as exc:
+        _recorder.internal_error(_TRACEPARENT, exc)
+        return None
+
+
+def _add(request: Any) -> dict[str, str] | None:
+    """W3C trace context for the server we call: a ``traceparent`` naming the stage sending
+    this hop, the http.client stage (and the request's ``tracestate``), unless the caller set
+    one. Returns the headers added, which `_unpropagate` takes off the request object again
+    once the hop is sent: a request object sent again (or outside any request) must not carry
+    this call's trace context."""
     tl = _recorder.live()
     if tl is None or not tl.settings.propagate_traceparent or tl.discarded:
         return None
@@ -106,17 +119,14 @@ def _propagate(request: Any) -> dict[str, str] | None:
     return added
 
 
-def _unpropagate(request: Any, outcome: list[Any]) -> None:
-    added = outcome[1] if len(outcome) > 1 else None
-    if not added:
-        return
+def _unpropagate(request: Any, added: dict[str, str]) -> None:
     try:
         headers = request.headers
         for name, value in added.items():
             if headers.get(name) == value:
                 del headers[name]
     except Exception as exc:
-        _recorder.internal_error("httpclients.traceparent", exc)
+        _recorder.internal_error(_TRACEPARENT, exc)
 
 
 def _status(outcome: list[Any], response: Any) -> None:
@@ -136,10 +146,8 @@ def _wrap_sync(orig: Any, url_of: Any) -> Any:
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _unpropagate(request, outcome)
             leave(_SITE, rec, exc)
             raise
-        _unpropagate(request, outcome)
         _status(outcome, response)
         leave(_SITE, rec)
         return response
@@ -156,12 +164,48 @@ def _wrap_async(orig: Any, url_of: Any) -> Any:
         try:
             response = await orig(self, request, *args, **kwargs)
         except BaseException as exc:
-            _unpropagate(request, outcome)
             leave(_SITE, rec, exc)
             raise
-        _unpropagate(request, outcome)
         _status(outcome, response)
         leave(_SITE, rec)
+        return response
+
+    return send
+
+
+def _hop_sync(orig: Any) -> Any:
+    """One hop: the trace context goes on the request object just for the time it is sent."""
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _recorder.current() is None or not _patcher.applied:
+            return orig(self, request, *args, **kwargs)
+        added = _propagate(request)
+        if not added:
+            return orig(self, request, *args, **kwargs)
+        try:
+            response = orig(self, request, *args, **kwargs)
+        except BaseException:
+            _unpropagate(request, added)
+            raise
+        _unpropagate(request, added)
+        return response
+
+    return send
+
+
+def _hop_async(orig: Any) -> Any:
+    async def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _recorder.current() is None or not _patcher.applied:
+            return await orig(self, request, *args, **kwargs)
+        added = _propagate(request)
+        if not added:
+            return await orig(self, request, *args, **kwargs)
+        try:
+            response = await orig(self, request, *args, **kwargs)
+        except BaseException:
+            _unpropagate(request, added)
+            raise
+        _unpropagate(request, added)
         return response
 
     return send
@@ -174,10 +218,14 @@ def _url(request: Any) -> str:
 def _patch_httpx(module: Any) -> None:
     _patcher.wrap(module.Client, "send", lambda orig: _wrap_sync(orig, _url))
     _patcher.wrap(module.AsyncClient, "send", lambda orig: _wrap_async(orig, _url))
+    _patcher.wrap(module.Client, "_send_single_request", _hop_sync)
+    _patcher.wrap(module.AsyncClient, "_send_single_request", _hop_async)
 
 
 def _patch_requests(module: Any) -> None:
     _patcher.wrap(module.Session, "send", lambda orig: _wrap_sync(orig, _url))
+    # Each redirect goes through Session.send again (a stage of its own, inside the first).
+    _patcher.wrap(module.adapters.HTTPAdapter, "send", _hop_sync)
 
 
 # httpx2 is httpx's successor with the same client API.
@@ -189,7 +237,10 @@ def _when_imported(name: str) -> None:
     def hook(module: Any) -> None:
         if _users and name not in _patched:
             _patched.add(name)
-            _LIBRARIES[name](module)
+            try:
+                _LIBRARIES[name](module)
+            except Exception as exc:  # a version without what we wrap: the import goes on
+                _recorder.internal_error(f"httpclients.patch.{name}", exc)
 
     if name in sys.modules:
         hook(sys.modules[name])
