@@ -681,3 +681,111 @@ def test_a_failing_recorder_in_the_suppression_check_never_breaks_the_query(
     assert json.loads(Client().get("/pg/").content) == {"row": [2]}
     assert stagetrace.stats()["internal_errors"] >= 1
     assert "otel.suppress" in stagetrace.stats()["internal_errors_by_site"]
+
+
+# --- requests and httpx ------------------------------------------------------------------
+
+
+def _outbound_view(request: Any) -> JsonResponse:
+    """One call to ``?url=`` with the library ``?with=`` (requests or httpx)."""
+    import httpx
+    import requests
+
+    url = request.GET["url"]
+    if request.GET["with"] == "requests":
+        requests.get(url, timeout=5)
+    else:
+        httpx.get(url)
+    return JsonResponse({"ok": True})
+
+
+urlpatterns.append(path("outbound/", _outbound_view))
+
+#: OpenTelemetry's instrumentation of each HTTP client library.
+INSTRUMENTORS = {
+    "requests": ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
+    "httpx": ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+}
+
+
+def _instrumentor(library: str) -> Any:
+    module, name = INSTRUMENTORS[library]
+    return getattr(pytest.importorskip(module), name)()
+
+
+@pytest.fixture
+def httpclients() -> Iterator[Any]:
+    """`stagetrace.httpclients` uninstalled, for the test to install when it wants (the
+    adapters other tests instrumented are counted back in afterwards)."""
+    from stagetrace import httpclients as module
+
+    others = module._users
+    for _ in range(others):
+        module.uninstall()
+    try:
+        yield module
+    finally:
+        while module._users:
+            module.uninstall()
+        for _ in range(others):
+            module.install()
+
+
+@pytest.mark.parametrize("first", ["opentelemetry", "stagetrace"])
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+def test_opentelemetrys_http_client_span_is_a_child_of_the_http_client_stage(
+    httpclients, library, first
+):
+    """OpenTelemetry's requests or httpx instrumentation, installed before or after
+    stagetrace's: one trace, its CLIENT span a child of the ``http.client`` stage (not a
+    second client span beside it), and its header is the one the called service gets.
+    requests' instrumentation wraps ``Session.send`` as stagetrace does: installed last, it
+    used to wrap stagetrace's wrapper and make its span a sibling of the stage."""
+    from tests.servers import http_target
+
+    instrumentor = _instrumentor(library)
+    if first == "stagetrace":
+        httpclients.install()
+    instrumentor.instrument(tracer_provider=PROVIDER)
+    if first == "opentelemetry":
+        httpclients.install()
+    stagetrace.configure(**exporting(), otel_context=True)
+    received: list[dict[str, str]] = []
+    try:
+        with http_target(received) as url, override_settings(ROOT_URLCONF=__name__):
+            tl, spans = _django_get(f"/outbound/?with={library}&url={url}/x")
+    finally:
+        instrumentor.uninstrument()
+    _coherent(tl, spans)
+    (call,) = [s for s in tl.stages if s.kind == "http.client"]
+    (client,) = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert f"{client.parent.span_id:016x}" == tl.stage_span_id(call.id)
+    (sent,) = received
+    assert sent["traceparent"] == f"00-{tl.trace_id}-{client.context.span_id:016x}-01"
+
+
+@pytest.mark.parametrize("first_off", ["opentelemetry", "stagetrace"])
+@pytest.mark.parametrize("first_on", ["opentelemetry", "stagetrace"])
+def test_either_order_leaves_requests_session_send_as_it_was(httpclients, first_on, first_off):
+    """OpenTelemetry's requests instrumentation and stagetrace's, on and off in any order:
+    ``Session.send`` is requests' own again, and neither records anything any more."""
+    import requests
+
+    from tests.servers import http_target
+
+    instrumentor = _instrumentor("requests")
+    original = requests.Session.send
+    on = {"opentelemetry": lambda: instrumentor.instrument(tracer_provider=PROVIDER)}
+    on["stagetrace"] = httpclients.install
+    off = {"opentelemetry": instrumentor.uninstrument, "stagetrace": httpclients.uninstall}
+    second = {"opentelemetry": "stagetrace", "stagetrace": "opentelemetry"}
+    on[first_on]()
+    on[second[first_on]]()
+    off[first_off]()
+    off[second[first_off]]()
+    assert requests.Session.send is original
+    EXPORTER.clear()
+    with http_target() as url, stagetrace.capture() as got, stagetrace.timeline("job"):
+        requests.get(url, timeout=5)
+    assert [s.kind for s in got[0].stages] == ["task"]
+    assert EXPORTER.get_finished_spans() == ()

@@ -8,7 +8,9 @@ calls carry a W3C ``traceparent`` naming their http.client stage (option
 ``propagate_traceparent``, on by default; a header the caller set is never replaced) — or, when
 the otel sink runs with another OpenTelemetry propagator (``OTEL_PROPAGATORS=b3``, ...), that
 propagator's headers. Installed
-by the web adapters (reference-counted); a library that is not installed is skipped.
+by the web adapters (reference-counted); a library that is not installed is skipped. Beside
+OpenTelemetry's requests instrumentation, which wraps ``Session.send`` too, ours stays the
+outer wrapper whichever is installed first (`_patch_otel_requests`).
 
 The headers are added per *hop*, one level down (httpx's ``Client._send_single_request``,
 requests' ``HTTPAdapter.send``), and taken off again as soon as that hop is sent: ``send``
@@ -223,13 +225,60 @@ def _patch_httpx(module: Any) -> None:
 
 
 def _patch_requests(module: Any) -> None:
-    _patcher.wrap(module.Session, "send", lambda orig: _wrap_sync(orig, _url))
+    _patch_session(module.Session)
     # Each redirect goes through Session.send again (a stage of its own, inside the first).
     _patcher.wrap(module.adapters.HTTPAdapter, "send", _hop_sync)
 
 
+#: ``requests.Session`` and the ``send`` wrapper we last put on it.
+_session: tuple[Any, Any] = (None, None)
+
+
+def _patch_session(session: Any) -> None:
+    global _session
+    _patcher.wrap(session, "send", lambda orig: _wrap_sync(orig, _url))
+    _session = (session, vars(session)["send"])
+
+
+def _patch_otel_requests(module: Any) -> None:
+    """OpenTelemetry's requests instrumentation wraps ``Session.send`` too, and the wrapper
+    put on last runs first. Ours must run first: OpenTelemetry's span is then a child of the
+    http.client stage (as its httpx instrumentation's always is: that one works in the
+    transport). Run first itself, it starts its span before the stage, beside it, and the
+    called service becomes its child, not the stage's. So while ours is on top, its
+    instrumentor's ``instrument`` and ``uninstrument`` work on ``Session.send`` with ours
+    taken off, and ours goes back on top afterwards. (``uninstrument`` puts back what its
+    wrapper wrapped when it finds its marker on ``Session.send``; ``functools.wraps`` copies
+    that marker onto ours, so with ours on top it would take ours off and leave its own.)"""
+    instrumentor = module.RequestsInstrumentor
+    _patcher.wrap(instrumentor, "_instrument", _beneath_ours)
+    _patcher.wrap(instrumentor, "_uninstrument", _beneath_ours)
+
+
+def _beneath_ours(orig: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        session, ours = _session
+        if not _patcher.applied or session is None or vars(session).get("send") is not ours:
+            return orig(self, *args, **kwargs)  # another tool's wrapper on top: its order
+        session.send = ours.__wrapped__
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            try:
+                _patch_session(session)
+            except Exception as exc:
+                _recorder.internal_error("httpclients.patch.requests", exc)
+
+    return call
+
+
 # httpx2 is httpx's successor with the same client API.
-_LIBRARIES = {"httpx": _patch_httpx, "httpx2": _patch_httpx, "requests": _patch_requests}
+_LIBRARIES = {
+    "httpx": _patch_httpx,
+    "httpx2": _patch_httpx,
+    "requests": _patch_requests,
+    "opentelemetry.instrumentation.requests": _patch_otel_requests,
+}
 _patched: set[str] = set()
 
 
@@ -260,8 +309,9 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undo `install` once no adapter needs it any more."""
-    global _users
+    global _users, _session
     _users = max(0, _users - 1)
     if _users == 0:
         _patcher.undo()
         _patched.clear()
+        _session = (None, None)
