@@ -218,9 +218,10 @@ def redact_query(query: str | bytes | None, keep: tuple[str, ...] = ()) -> str |
     return safe("&".join(parts)) if parts else None
 
 
-#: A query piece without ``=`` kept as it is: a flag's name (``?debug``, ``?print-view``).
-#: Anything else — digits, dots, long — may be a value given bare, and is redacted.
-_FLAG = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")
+#: A query piece without ``=`` kept as it is: a flag's name in lower case (``?debug``,
+#: ``?print-view``). Anything else — capitals, digits, dots, long — may be a value given bare
+#: (a magic link's token in URL-safe base64 can be letters only), and is redacted.
+_FLAG = re.compile(r"[a-z][a-z_-]{0,31}")
 
 
 def host_and_port(value: str | bytes | None) -> tuple[str | None, int | None]:
