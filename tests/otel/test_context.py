@@ -78,7 +78,23 @@ def discarding_view(request: Any) -> JsonResponse:
     return ctx_view(request)
 
 
-urlpatterns = [path("ctx/", ctx_view), path("discarded/", discarding_view)]
+def streaming_view(request: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    def body() -> Any:
+        yield b"["
+        with TRACER.start_as_current_span("made while streaming"):
+            yield json.dumps(_now()).encode()
+        yield b"]"
+
+    return StreamingHttpResponse(body())
+
+
+urlpatterns = [
+    path("ctx/", ctx_view),
+    path("discarded/", discarding_view),
+    path("stream/", streaming_view),
+]
 
 
 def _stage(tl: stagetrace.Timeline, kind: str) -> Any:
@@ -230,6 +246,63 @@ def test_a_discarded_request_leaves_the_context_as_an_excluded_path_would(client
     else:
         assert span.parent is None
         assert body["view"]["valid"] is False and "traceparent" not in body["view"]["carrier"]
+
+
+def test_a_streamed_body_is_produced_in_the_requests_context(client):
+    """A WSGI server iterates a streamed body after the gateway gave the request's context
+    back; the body still runs in it: a span it makes is a child of the response.write stage
+    that produces it, in the request's trace — not a root of a trace of its own — and the
+    context is gone again between chunks and after the response."""
+    stagetrace.configure(**exporting(), otel_context=True)
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = client.get("/stream/")
+        outside = trace.get_current_span().get_span_context().is_valid
+        (inside,) = json.loads(b"".join(response.streaming_content))
+        response.close()
+    stagetrace.flush()
+    (tl,) = got
+    (span,) = EXPORTER.get_finished_spans()
+    write = _stage(tl, "response.write")
+    assert f"{span.context.trace_id:032x}" == tl.trace_id
+    assert f"{span.parent.span_id:016x}" == tl.stage_span_id(write.id)
+    assert inside["trace"] == tl.trace_id and inside["span"] == f"{span.context.span_id:016x}"
+    assert outside is False and trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_a_flask_streamed_body_is_produced_in_the_requests_context():
+    """The same under the generic WSGI gateway (Flask, ``stream_with_context``): the span
+    the body makes is a child of the response.write stage, in the request's trace."""
+    flask = pytest.importorskip("flask")
+    import stagetrace.flask
+
+    app = flask.Flask(__name__)
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def body() -> Any:
+            yield "a"
+            with TRACER.start_as_current_span("made while streaming"):
+                yield "b"
+
+        return flask.Response(flask.stream_with_context(body()))
+
+    stagetrace.configure(**exporting(), otel_context=True)
+    stagetrace.flask.instrument(app)
+    EXPORTER.clear()
+    try:
+        with stagetrace.capture() as got:
+            response = app.test_client().get("/stream")
+            assert response.get_data() == b"ab"
+            response.close()
+    finally:
+        stagetrace.flask.uninstrument()
+    stagetrace.flush()
+    (tl,) = got
+    (span,) = EXPORTER.get_finished_spans()
+    write = _stage(tl, "response.write")
+    assert f"{span.context.trace_id:032x}" == tl.trace_id
+    assert f"{span.parent.span_id:016x}" == tl.stage_span_id(write.id)
 
 
 def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +239,48 @@ def release(root: _recorder.Record | None) -> None:
             detach(found[1])
     except Exception as exc:
         _recorder.internal_error("context.exit", exc)
+
+
+def held(root: _recorder.Record | None) -> Any:
+    """What the context hooks attached in this context for `root`'s request (None: nothing),
+    to attach again (`resumed`) where the request's work goes on after `release`."""
+    try:
+        found = _attached.get()
+        if found is not None and found[0] is root and found[1]:
+            return found[1]
+    except Exception as exc:
+        _recorder.internal_error("context.enter", exc)
+    return None
+
+
+def again(tokens: Any) -> Any:
+    """Attach what `held` found once more, in the context running now; `detach` undoes it."""
+    out = []
+    for hook, token in tokens:
+        try:
+            redo = getattr(hook, "again", None)
+            if redo is not None:
+                out.append((hook, redo(token)))
+        except Exception as exc:
+            _recorder.internal_error("context.enter", exc)
+    return out
+
+
+def resumed(content: Iterable[Any], tokens: Any) -> Iterator[Any]:
+    """Iterate `content` with what the context hooks attached for its request (`held`)
+    attached again while each chunk is produced: a WSGI server iterates the body after the
+    gateway gave the caller its context back, and the body's work (a query, an OpenTelemetry
+    span) belongs to the request's context as the view's did. Exceptions pass through."""
+    it = iter(content)
+    while True:
+        redone = again(tokens)
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        finally:
+            detach(redone)
+        yield chunk
 
 
 def attach(root: _recorder.Record | None, request: Request | None) -> Any:

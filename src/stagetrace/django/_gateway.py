@@ -24,7 +24,7 @@ from .. import _recorder, _runtime
 from .._http import asgi as asgi_request
 from .._http import server_timing
 from .._http import wsgi as wsgi_request
-from .._http.gateway import begin_http, end_http, release, wanted
+from .._http.gateway import begin_http, end_http, held, release, resumed, wanted
 from .._patching import leave
 from ._common import patcher, settings_loaded
 
@@ -180,6 +180,11 @@ def _register(tl: Any, response: Any) -> None:
             if getattr(response, "is_async", False):
                 wrapped: Any = _recorder.acarry(content, write, done)
             else:
+                # Under WSGI the server iterates after the gateway released the request's
+                # (OpenTelemetry) context: each chunk is produced in it again.
+                tokens = held(root)
+                if tokens:
+                    content = resumed(content, tokens)
                 wrapped = _recorder.carry(content, write, done)
         except Exception as exc:
             _recorder.internal_error("django.stream", exc)

@@ -314,7 +314,7 @@ class ContextHook:
         return self._propagation
 
     def enter(self, tl: Any, request: Any) -> Any:
-        """Attach the request's context; returns the token `exit` needs."""
+        """Attach the request's context; returns the token `exit` (and `again`) needs."""
         context = self._context
         ctx = context.get_current()
         if self._propagate.get_global_textmap() is not self._textmap:
@@ -351,7 +351,7 @@ class ContextHook:
             ctx = self._Context({**ctx, key: span, self._suppress_key: IN_QUERY})
         else:
             ctx = self._Context({**ctx, key: span})
-        return context.attach(ctx)
+        return (context.attach(ctx), ctx)
 
     def _extract(
         self, tl: Any, carrier: dict[str, str], propagation: Propagation, ctx: Any, adopted: bool
@@ -399,8 +399,14 @@ class ContextHook:
         return True
 
     def exit(self, token: Any) -> None:
-        """Detach what `enter` attached."""
-        self._context.detach(token)
+        """Detach what `enter` (or `again`) attached."""
+        self._context.detach(token[0])
+
+    def again(self, token: Any) -> Any:
+        """Attach what `enter` attached (its `token`) once more, in whatever context runs now:
+        a WSGI body produced after the gateway gave the request's context back. Returns what
+        `exit` takes."""
+        return (self._context.attach(token[1]), token[1])
 
     def __repr__(self) -> str:
         return "<stagetrace OpenTelemetry context hook>"

@@ -32,7 +32,7 @@ from typing import Any
 from .. import _recorder, _runtime
 from .._http import server_timing
 from .._http import wsgi as _parse
-from .._http.gateway import begin_http, end_http, release, wanted
+from .._http.gateway import again, begin_http, detach, end_http, held, release, resumed, wanted
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -75,6 +75,7 @@ class _Exchange:
     __slots__ = (
         "body",
         "chunks",
+        "context",
         "done",
         "failed",
         "length",
@@ -99,6 +100,9 @@ class _Exchange:
         #: The exception producing the body raised (the server then aborts the response and
         #: closes it): the request ended with it.
         self.failed: BaseException | None = None
+        #: What the context hooks attached for the request (`held`): attached again while the
+        #: server iterates and closes the body, after the gateway returned.
+        self.context: Any = None
 
     def start_response(self, start_response: StartResponse) -> StartResponse:
         # PEP 3333's signature: applications pass ``exc_info`` by position or by keyword.
@@ -216,14 +220,19 @@ class _Response:
             exchange.end()
             return
         prev = _recorder.current()
+        redone = None
         if not exchange.done:
             _recorder.restore(exchange.root)
+            if exchange.context:
+                redone = again(exchange.context)
         try:
             close()
         except BaseException as exc:
+            detach(redone)
             _recorder.restore(prev)
             exchange.end(exc)
             raise
+        detach(redone)
         _recorder.restore(prev)
         exchange.end()
 
@@ -251,7 +260,8 @@ class _SizedResponse(_Response):
 
 def _iterate(result: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:
     try:
-        chunks: Iterable[bytes] = _recorder.carry(result, exchange.write or exchange.root)
+        source = resumed(result, exchange.context) if exchange.context else result
+        chunks: Iterable[bytes] = _recorder.carry(source, exchange.write or exchange.root)
     except Exception as exc:
         _recorder.internal_error("wsgi.stream", exc)
         chunks = result
@@ -330,6 +340,7 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
         exchange.end(exc)
         _recorder.restore(prev)
         raise
+    exchange.context = held(root)
     release(root)
     try:
         _recorder.forget_exception(root)
