@@ -4,6 +4,7 @@ SQLAlchemy's own recording is never doubled; instrumentation comes and goes."""
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -221,6 +222,46 @@ async def test_asyncpg(instrumented, pg_database):
     assert fetch.attrs["db.response.returned_rows"] == 2
     assert fetch.attrs["db.query.text"] == "SELECT id FROM t WHERE id > $1"
     assert queries(tl)[1].attrs["db.operation.batch.size"] == 2
+
+
+async def test_asyncpg_prepared_statement_methods_stay_plain_functions(instrumented, pg_database):
+    """asyncpg's ``PreparedStatement.fetch`` (and its siblings) are plain functions that check
+    the statement's connection when called and only then return the coroutine: instrumented,
+    they still are. A statement whose connection went back to the pool raises asyncpg's
+    ``InterfaceError`` at the call, recorded or not, chained to nothing of stagetrace's; a
+    usable one is still a ``db.query`` stage."""
+    asyncpg = pytest.importorskip("asyncpg")
+    from asyncpg.connection import Connection
+    from asyncpg.prepared_stmt import PreparedStatement
+
+    for cls in (Connection, PreparedStatement):
+        for name in ("executemany", "fetch", "fetchval", "fetchrow", "fetchmany"):
+            method = vars(cls)[name]
+            assert inspect.iscoroutinefunction(method) is inspect.iscoroutinefunction(
+                method.__wrapped__
+            ), f"{cls.__name__}.{name}"
+    assert not inspect.iscoroutinefunction(PreparedStatement.fetch)
+
+    dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{pg_database}"
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            released = await conn.prepare("SELECT 1")
+        with pytest.raises(asyncpg.InterfaceError, match="released back") as untraced:
+            released.fetch()
+        with stagetrace.capture() as got:
+            async with stagetrace.timeline("job"):
+                with pytest.raises(asyncpg.InterfaceError, match="released back") as recorded:
+                    released.fetchval()
+                async with pool.acquire() as conn:
+                    stmt = await conn.prepare("SELECT $1::int + 1")
+                    assert await stmt.fetchval(41) == 42
+    finally:
+        await pool.close()
+    assert untraced.value.__context__ is None and recorded.value.__context__ is None
+    assert stagetrace.stats()["internal_errors"] == 0
+    (tl,) = got
+    assert queries(tl)[0].attrs["db.query.text"] == "SELECT $1::int + 1"
 
 
 @pytest.mark.usefixtures("sql_integrations_start_unpatched")

@@ -10,6 +10,7 @@ a request).
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Any
 
@@ -64,6 +65,9 @@ def _method(name: str, on_statement: bool) -> Any:
     many = name in ("executemany", "fetchmany")
 
     def make(orig: Any) -> Any:
+        if not inspect.iscoroutinefunction(orig):
+            return _plain_method(orig, many)
+
         async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if (
                 _recorder.current() is None
@@ -80,23 +84,59 @@ def _method(name: str, on_statement: bool) -> Any:
                     conn = self
                     query = args[0] if args else kwargs.get("query", kwargs.get("command"))
                     params = _statement_call(args, kwargs, many)
-                rec, attrs = _query.enter_query(conn_attrs(conn), query, params, many)
             except Exception as exc:
                 _recorder.internal_error(_SITE, exc)
-                return await orig(self, *args, **kwargs)
-            try:
-                result = await orig(self, *args, **kwargs)
-            except BaseException as exc:
-                leave(_SITE, rec, exc)
-                raise
-            if attrs is not None and type(result) is list:
-                attrs["db.response.returned_rows"] = len(result)
-            leave(_SITE, rec)
-            return result
+            else:
+                return await _recorded(orig(self, *args, **kwargs), conn, query, params, many)
+            # Not in the except: an error of the original's must not get ours as its context.
+            return await orig(self, *args, **kwargs)
 
         return method
 
     return make
+
+
+def _plain_method(orig: Any, many: bool) -> Any:
+    """A prepared statement's method: asyncpg's is a plain function (``connresource.guarded``)
+    that checks the statement's connection and raises right there, returning the coroutine
+    only when the statement is usable. So is this one: the original runs first (its errors
+    raised at the call, untouched), the query is read only once it accepted the call (reading
+    it checks the connection too), and the coroutine it returned is recorded when awaited."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        awaitable = orig(self, *args, **kwargs)
+        if _recorder.current() is None or not _query.patcher.applied or _query.recorded_elsewhere():
+            return awaitable
+        try:
+            conn = getattr(self, "_connection", None)
+            query = self.get_query()
+            params = (args[0] if args else kwargs.get("args")) if many else args
+        except Exception as exc:
+            _recorder.internal_error(_SITE, exc)
+            return awaitable
+        return _recorded(awaitable, conn, query, params, many)
+
+    return method
+
+
+async def _recorded(awaitable: Any, conn: Any, query: Any, params: Any, many: bool) -> Any:
+    """Await a query's coroutine as a ``db.query`` stage (unrecorded if the stage cannot be
+    opened: the coroutine is awaited outside the ``except``, so an error it raises is not
+    chained to ours)."""
+    try:
+        rec, attrs = _query.enter_query(conn_attrs(conn), query, params, many)
+    except Exception as exc:
+        _recorder.internal_error(_SITE, exc)
+        rec = attrs = None
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        leave(_SITE, rec, exc)
+        raise
+    if attrs is not None and type(result) is list:
+        attrs["db.response.returned_rows"] = len(result)
+    leave(_SITE, rec)
+    return result
 
 
 def _connect(orig: Any) -> Any:
