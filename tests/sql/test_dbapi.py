@@ -264,6 +264,83 @@ async def test_asyncpg_prepared_statement_methods_stay_plain_functions(instrumen
     assert queries(tl)[0].attrs["db.query.text"] == "SELECT $1::int + 1"
 
 
+class _FinalConnection(sqlite3.Connection):
+    """An application's connection class that refuses subclasses (so stagetrace cannot trace
+    the connections it makes)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        raise TypeError("_FinalConnection may not be subclassed")
+
+
+class _NoRepr(str):
+    """A parameter value whose ``repr`` fails (so recording it, with record_sql_params, does)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+async def _sqlite_connect(request):
+    missing = request.getfixturevalue("tmp_path") / "missing" / "db.sqlite3"
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        sqlite3.connect(str(missing), factory=_FinalConnection)
+    return raised.value
+
+
+async def _sqlite_execute(request):
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError, match="no such table") as raised:
+        conn.execute("SELECT * FROM missing WHERE name = ?", (_NoRepr("x"),))
+    return raised.value
+
+
+async def _asyncpg(request, prepared):
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = await asyncpg.connect(
+        f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{request.getfixturevalue('pg_database')}"
+    )
+    try:
+        query = "SELECT $1::text, 1 / $2::int"
+        target = await conn.prepare(query) if prepared else conn
+        args = (_NoRepr("x"), 0) if prepared else (query, _NoRepr("x"), 0)
+        with pytest.raises(asyncpg.DivisionByZeroError) as raised:
+            await target.fetchrow(*args)
+    finally:
+        await conn.close()
+    return raised.value
+
+
+async def _asyncpg_connection(request):
+    return await _asyncpg(request, prepared=False)
+
+
+async def _asyncpg_statement(request):
+    return await _asyncpg(request, prepared=True)
+
+
+@pytest.mark.parametrize(
+    ("call", "site"),
+    [
+        (_sqlite_connect, "dbapi.sqlite3"),
+        (_sqlite_execute, "dbapi.sqlite3"),
+        (_asyncpg_connection, "dbapi.asyncpg"),
+        (_asyncpg_statement, "dbapi.asyncpg"),
+    ],
+    ids=["sqlite3.connect", "sqlite3.execute", "asyncpg.connection", "asyncpg.statement"],
+)
+async def test_the_drivers_error_is_not_chained_to_an_internal_error(
+    instrumented, request, call, site
+):
+    """Where stagetrace fails before the driver's call (a connection class it cannot subclass,
+    a parameter whose repr fails with record_sql_params on), the call runs untraced, and the
+    driver's exception reaches the application as untraced: not "during handling of" ours."""
+    stagetrace.configure(record_sql_params=True)
+    with stagetrace.capture():
+        async with stagetrace.timeline("job"):
+            error = await call(request)
+    assert error.__context__ is None
+    assert stagetrace.stats()["internal_errors_by_site"].get(site, 0) >= 1
+
+
 @pytest.mark.usefixtures("sql_integrations_start_unpatched")
 def test_instrumentation_is_reversible_and_idempotent(tmp_path):
     """instrument() twice patches once; uninstrument() puts sqlite3.connect (and psycopg's and

@@ -124,7 +124,9 @@ def _run(
         rec, attrs = _query.enter_query(base_attrs(obj), sql, params, bool(many))
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
-        return method(*args, **kwargs)
+        # Unrecorded. The call runs below, not in this except: an error it raises must not get
+        # ours as its __context__.
+        rec = attrs = None
     try:
         result = method(*args, **kwargs)
     except BaseException as exc:
@@ -239,8 +241,11 @@ def _connect(orig: Any) -> Any:
                 call_args = args
                 call_kwargs = {**kwargs, "factory": _traced_class(factory, _ConnectionMixin)}
         except Exception as exc:
+            # A factory that cannot be subclassed (say): the connection's statements go
+            # untraced. It is made below, not in this except, so that an error of sqlite3's
+            # does not get ours as its __context__.
             _recorder.internal_error(_SITE, exc)
-            return orig(*args, **kwargs)
+            call_args, call_kwargs = args, kwargs
         rec = None
         if _recorder.current() is not None and not _query.recorded_elsewhere():
             try:
