@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("greenlet")
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import selectinload
 
@@ -130,6 +130,36 @@ async def test_async_selectinload_and_awaitable_lazy_loads(instrumented, engine,
         "db.query",
         "orm.fetch",
     ]
+
+
+async def test_an_error_loading_unrecorded_rows_is_not_chained_to_ours(
+    instrumented, engine, monkeypatch
+):
+    """When the fetch stage cannot be set up (naming it fails, here by injection), the
+    pre-buffered rows are loaded unrecorded, and outside stagetrace's except block: an error
+    the application raises while they load (in its ``load`` event handler) reaches it as
+    untraced, not "during handling of" ours."""
+    from stagetrace.sqlalchemy import _install
+
+    class Refused(Exception):
+        pass
+
+    def refuse(target: object, context: object) -> None:
+        raise Refused("not loading this one")
+
+    def broken(context: object) -> str:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(_install, "_fetch_name", broken)
+    event.listen(User, "load", refuse)
+    try:
+        async with AsyncSession(engine) as s, stagetrace.timeline("job"):
+            with pytest.raises(Refused) as raised:
+                await s.scalars(select(User))
+    finally:
+        event.remove(User, "load", refuse)
+    assert raised.value.__context__ is None
+    assert stagetrace.stats()["internal_errors_by_site"]["sqlalchemy.fetch"] >= 1
 
 
 async def test_the_async_driver_underneath_adds_nothing(instrumented, engine, captured):

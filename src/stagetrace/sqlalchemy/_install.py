@@ -330,6 +330,10 @@ def _instances(orig: Any) -> Any:
             prebuffer = bool(context.execution_options.get("prebuffer_rows", False))
         except Exception as exc:
             _recorder.internal_error("sqlalchemy.fetch", exc)
+            name = None
+        if name is None:
+            # Unrecorded, and not in the except: an error raised loading the rows (pre-buffered,
+            # they load in here) must not get ours as its __context__.
             return orig(cursor, context)
         if not prebuffer:
             result = orig(cursor, context)
