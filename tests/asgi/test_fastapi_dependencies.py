@@ -201,6 +201,38 @@ def test_websocket_dependencies(instrumented, captured):
     assert f"{__name__}.current_user" in [s.name for s in deps(tl)]
 
 
+class Unavailable(Exception):
+    pass
+
+
+async def unavailable_db() -> AsyncIterator[str]:
+    raise Unavailable("the database is down")
+    yield "db"  # a yield dependency, whose setup fails
+
+
+def test_a_yield_dependencys_error_is_not_chained_to_ours(instrumented, captured, monkeypatch):
+    """If timing a yield dependency's teardown cannot be set up (naming the dependency fails,
+    here by injection), the dependency runs untraced, and outside stagetrace's except block:
+    the error its setup raises reaches the application as untraced, not "during handling of"
+    ours."""
+    from stagetrace.starlette import _install
+
+    def broken(call: object) -> str:
+        raise RuntimeError("injected fault")
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def index(db: Annotated[str, Depends(unavailable_db)]) -> str:
+        return db
+
+    monkeypatch.setattr(_install, "_dependency_name", broken)
+    with TestClient(app) as client, pytest.raises(Unavailable) as raised:
+        client.get("/")
+    assert raised.value.__context__ is None
+    assert stagetrace.stats()["internal_errors_by_site"]["fastapi.teardown"] >= 1
+
+
 def test_without_a_timeline_nothing_changes(instrumented):
     """Outside a recorded request (sampled out) the dependencies resolve as usual."""
     stagetrace.configure(sample_rate=0.0)

@@ -827,6 +827,10 @@ def _solve_generator(orig: Any) -> Any:
             stack.push_async_exit(_teardown_end(box))
         except Exception as exc:
             _recorder.internal_error("fastapi.teardown", exc)
+            name = None
+        if name is None:
+            # Untimed, and not in the except: an error the dependency's setup raises must not
+            # get ours as its __context__.
             return await orig(**kwargs)
         solved = await orig(**kwargs)
         try:
