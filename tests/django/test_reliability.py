@@ -3,8 +3,10 @@ record wrong data or hold memory (issue 7). Each failed on the code before the f
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -363,3 +365,54 @@ def test_a_parameter_that_cannot_be_hashed_still_closes_its_query_stage(captured
     queries = [s for s in tl.stages if s.kind == "db.query"]
     assert [tl.stages[s.parent].name for s in queries] == ["job", "after"]
     assert not any(s.attrs.get("unfinished") for s in tl.stages)
+
+
+class _NoRepr(str):
+    """A query parameter whose ``repr`` fails (so recording it, with record_sql_params, does)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_statements_error_is_not_chained_to_an_internal_error(captured):
+    """When opening a query's stage fails (a parameter whose repr fails, with record_sql_params
+    on), the statement runs unrecorded, and outside stagetrace's except block: the driver's
+    error (that Django's wraps) is not "during handling of" ours."""
+    from django.db import OperationalError, connection
+
+    stagetrace.configure(record_sql_params=True)
+    with (
+        stagetrace.timeline("job"),
+        connection.cursor() as cursor,
+        pytest.raises(OperationalError, match="no such table") as raised,
+    ):
+        cursor.execute("SELECT * FROM missing WHERE name = %s", [_NoRepr("x")])
+    driver_error = raised.value.__cause__
+    assert isinstance(driver_error, sqlite3.OperationalError)
+    assert driver_error.__context__ is None
+    assert stagetrace.stats()["internal_errors_by_site"] == {"django.db": 1}
+
+
+def test_a_statement_after_its_timeline_ended_runs_once(captured):
+    """Work a request left running (a task holding a copy of its context) runs its statements
+    after the timeline ended: unrecorded, once, and a failing one's error is the application's,
+    not an internal error of stagetrace's followed by the statement run again."""
+    from django.db import OperationalError, connection
+
+    runs: list[str] = []
+
+    def counting(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        runs.append(sql)
+        return execute(sql, params, many, context)
+
+    with stagetrace.timeline("job"):
+        left_running = contextvars.copy_context()
+    with (
+        connection.execute_wrapper(counting),
+        connection.cursor() as cursor,
+        pytest.raises(OperationalError) as raised,
+    ):
+        left_running.run(cursor.execute, "SELECT * FROM missing")
+    assert runs == ["SELECT * FROM missing"]
+    assert raised.value.__cause__.__context__ is None
+    assert stagetrace.stats()["internal_errors"] == 0

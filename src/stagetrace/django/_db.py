@@ -80,31 +80,34 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
         return execute(sql, params, many, context)
     try:
         tl = _recorder.live()
-        if tl is None:
-            return execute(sql, params, many, context)
-        conn = context["connection"]
-        cfg = tl.settings
-        if type(sql) is str:
-            limit = cfg.max_sql_length
-            text = sql if len(sql) <= limit else sql[:limit] + "…"
-            name, op = _sql.describe(text)
-        else:  # a composed SQL object: its str() may hold literal values
-            text, name, op = f"<{type(sql).__name__}>", "SQL", None
-        attrs = _conn_attrs(conn)
-        attrs["db.query.text"] = text
-        if op:
-            attrs["db.operation.name"] = op
-        if many:
-            attrs["db.operation.batch.size"] = (
-                len(params) if isinstance(params, (list, tuple)) else None
-            )
-        if cfg.record_sql_params and params is not None:
-            attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
-        rec = _recorder.enter("db.query", name, attrs)
-        if rec is not None and not many:
-            _recorder.note_repeat(rec, attrs, text, params)
+        if tl is not None:  # None: this context's timeline ended (work a request left running)
+            conn = context["connection"]
+            cfg = tl.settings
+            if type(sql) is str:
+                limit = cfg.max_sql_length
+                text = sql if len(sql) <= limit else sql[:limit] + "…"
+                name, op = _sql.describe(text)
+            else:  # a composed SQL object: its str() may hold literal values
+                text, name, op = f"<{type(sql).__name__}>", "SQL", None
+            attrs = _conn_attrs(conn)
+            attrs["db.query.text"] = text
+            if op:
+                attrs["db.operation.name"] = op
+            if many:
+                attrs["db.operation.batch.size"] = (
+                    len(params) if isinstance(params, (list, tuple)) else None
+                )
+            if cfg.record_sql_params and params is not None:
+                attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
+            rec = _recorder.enter("db.query", name, attrs)
+            if rec is not None and not many:
+                _recorder.note_repeat(rec, attrs, text, params)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
+        tl = None
+    if tl is None:
+        # Unrecorded. Not in the try: an error of the statement's would be taken for ours, and
+        # the statement run again; nor in the except: it would get ours as its __context__.
         return execute(sql, params, many, context)
     try:
         result = execute(sql, params, many, context)
