@@ -4,7 +4,10 @@ of its own outside one."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,12 +16,35 @@ try:
 except ImportError:
     pytest.importorskip("django_tasks")
 
-from django.test import Client
+from django.test import Client, override_settings
+from django.utils import timezone
 
 import stagetrace
 import stagetrace.django_tasks
+from stagetrace.django_tasks._install import _framework
 
 PATH = "tests.djapp.tasks.record_order"
+FRAMEWORK = _framework().__name__
+signals = importlib.import_module(FRAMEWORK + ".signals")
+TaskResultStatus = importlib.import_module(FRAMEWORK + ".base").TaskResultStatus
+ImmediateBackend = importlib.import_module(FRAMEWORK + ".backends.immediate").ImmediateBackend
+
+
+class ReplacingBackend(ImmediateBackend):  # type: ignore[misc]
+    """Runs tasks inline, updating the task result as the frozen dataclass it is declared as
+    (`dataclasses.replace`, as a published thread-worker backend does): each signal gets a new
+    object, with the same id."""
+
+    def _execute_task(self, task_result: Any) -> None:
+        task_result = dataclasses.replace(
+            task_result, status=TaskResultStatus.RUNNING, started_at=timezone.now()
+        )
+        signals.task_started.send(type(self), task_result=task_result)
+        task_result.task.call(*task_result.args, **task_result.kwargs)
+        task_result = dataclasses.replace(
+            task_result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now()
+        )
+        signals.task_finished.send(type(self), task_result=task_result)
 
 
 @pytest.fixture(autouse=True)
@@ -60,13 +86,28 @@ def test_outside_a_request_the_execution_is_a_job_timeline(captured):
     assert second.stages[0].attrs["django.task.status"] == "FAILED"
 
 
+def test_a_task_result_replaced_between_the_signals_ends_its_own_execution(captured):
+    """The task result that reports the end is another object than the one that reported the
+    start: the execution is still found by the result's id, so each task is a job timeline of
+    its own and the thread is outside any timeline between them (not left in the first, where
+    the second's enqueue and execution would be recorded)."""
+    from tests.djapp.tasks import record_order
+
+    backend = f"{ReplacingBackend.__module__}.ReplacingBackend"
+    with override_settings(TASKS={"default": {"BACKEND": backend}}):
+        first = record_order.enqueue(11)
+        assert stagetrace.current_timeline() is None
+        second = record_order.enqueue(12)
+        assert stagetrace.current_timeline() is None
+    assert [tl.request_id for tl in captured] == [first.id, second.id]
+    for tl in captured:
+        assert [s.name for s in tl.stages if s.kind == "task"] == [PATH]
+        assert tl.stages[0].attrs["django.task.status"] == "SUCCESSFUL"
+
+
 def test_instrument_is_idempotent_and_reversible():
     """Instrumenting twice connects once; uninstrument restores the Task class."""
-    import importlib
-
-    from stagetrace.django_tasks._install import _framework
-
-    task_class = importlib.import_module(_framework().__name__ + ".base").Task
+    task_class = importlib.import_module(FRAMEWORK + ".base").Task
     stagetrace.django_tasks.uninstrument()
     before = dict(vars(task_class))
     stagetrace.django_tasks.instrument()

@@ -20,8 +20,10 @@ from .._patching import Patcher, leave
 
 patcher = Patcher("django tasks")
 _lock = threading.RLock()
-#: Executions in progress: id(task result) -> (record, position before it).
-_running: dict[int, tuple[Any, Any]] = {}
+#: Executions in progress: id(record) -> (task result id, record, position before it). Found
+#: again by the task result's id, never by the object: it is a frozen dataclass, and a backend
+#: that updates it with `dataclasses.replace` reports the end with another object.
+_running: dict[int, tuple[Any, Any, Any]] = {}
 _module: list[Any] = []
 
 
@@ -131,17 +133,48 @@ def _started(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None
                 request_id=getattr(task_result, "id", None),
             )
         if rec is not None:
-            _running[id(task_result)] = (rec, prev)
+            with _lock:  # `_claim` looks through it from other threads
+                _running[id(rec)] = (getattr(task_result, "id", None), rec, prev)
     except Exception as exc:
         _recorder.internal_error("django_tasks.started", exc)
         _recorder.restore(prev)
 
 
+#: How far up from the current stage `_claim` looks for an open execution.
+_MAX_DEPTH = 64
+
+
+def _claim(task_result: Any) -> tuple[Any, Any, Any] | None:
+    """Take the execution whose end `task_result` reports out of `_running`: the one begun for
+    its id; if several are (a task run inline inside itself) or none (a backend that reports
+    the end with another id), the innermost execution open in this context."""
+    task_id = getattr(task_result, "id", None)
+    same = [k for k, entry in _running.items() if entry[0] == task_id] if task_id else []
+    if len(same) == 1:
+        return _running.pop(same[0])
+    keys = set(same or _running)
+    rec = _recorder.current()
+    for _ in range(_MAX_DEPTH):
+        if rec is None:
+            break
+        if id(rec) in keys:
+            return _running.pop(id(rec))
+        rec = _recorder.parent_of(rec)
+    return _running.pop(same[-1]) if same else None
+
+
 def _finished(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
-    entry = _running.pop(id(task_result), None)
+    if task_result is None:
+        return
+    with _lock:
+        try:
+            entry = _claim(task_result)
+        except Exception as e:
+            _recorder.internal_error("django_tasks.finished", e)
+            entry = None
     if entry is None:
         return
-    rec, prev = entry
+    _task_id, rec, prev = entry
     try:
         status = str(getattr(getattr(task_result, "status", None), "value", "") or "")
         if status:
