@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,11 @@ from django.utils import timezone
 import stagetrace
 import stagetrace.django_tasks
 from stagetrace.django_tasks._install import _framework
+
+try:
+    from django.tasks import task
+except ImportError:
+    from django_tasks import task
 
 PATH = "tests.djapp.tasks.record_order"
 FRAMEWORK = _framework().__name__
@@ -45,6 +51,21 @@ class ReplacingBackend(ImmediateBackend):  # type: ignore[misc]
             task_result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now()
         )
         signals.task_finished.send(type(self), task_result=task_result)
+
+
+#: Set by `wait_for_gate` once it runs; it returns when `GATE` is set.
+RUNNING = threading.Event()
+GATE = threading.Event()
+
+
+@task()
+def wait_for_gate() -> None:
+    RUNNING.set()
+    GATE.wait(10)
+
+
+def _connected(signal: Any, uid: str) -> bool:
+    return any(receiver[0][0] == uid for receiver in signal.receivers)
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +124,51 @@ def test_a_task_result_replaced_between_the_signals_ends_its_own_execution(captu
     for tl in captured:
         assert [s.name for s in tl.stages if s.kind == "task"] == [PATH]
         assert tl.stages[0].attrs["django.task.status"] == "SUCCESSFUL"
+
+
+def test_uninstrument_while_a_task_runs_still_ends_its_timeline(captured):
+    """uninstrument() while a task runs in another thread: that execution's timeline still ends
+    when the task does, and is delivered; the receiver left connected for it goes with it; the
+    next task that thread runs, after instrument() again, is a timeline of its own."""
+    from tests.djapp.tasks import record_order
+
+    RUNNING.clear()
+    GATE.clear()
+    first_done, again = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def worker() -> None:
+        try:
+            seen.append(wait_for_gate.enqueue().status.value)
+            seen.append(stagetrace.current_timeline())
+            first_done.set()
+            again.wait(10)
+            seen.append(record_order.enqueue(13).status.value)
+            seen.append(stagetrace.current_timeline())
+        finally:
+            first_done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert RUNNING.wait(10)
+        stagetrace.django_tasks.uninstrument()
+        assert not _connected(signals.task_started, "stagetrace.task_started")
+        assert _connected(signals.task_finished, "stagetrace.task_finished")
+        GATE.set()
+        assert first_done.wait(10)
+        assert not _connected(signals.task_finished, "stagetrace.task_finished")
+        stagetrace.django_tasks.instrument()
+    finally:
+        GATE.set()
+        again.set()
+        thread.join(10)
+    assert seen == ["SUCCESSFUL", None, "SUCCESSFUL", None]
+    first, second = captured
+    assert first.stages[0].name == f"{__name__}.wait_for_gate"
+    assert first.stages[0].attrs["django.task.status"] == "SUCCESSFUL"
+    assert [s.name for s in first.stages if s.kind == "task"] == [first.stages[0].name]
+    assert [s.name for s in second.stages if s.kind == "task"] == [PATH]
 
 
 def test_instrument_is_idempotent_and_reversible():

@@ -22,7 +22,8 @@ patcher = Patcher("django tasks")
 _lock = threading.RLock()
 #: Executions in progress: id(record) -> (task result id, record, position before it). Found
 #: again by the task result's id, never by the object: it is a frozen dataclass, and a backend
-#: that updates it with `dataclasses.replace` reports the end with another object.
+#: that updates it with `dataclasses.replace` reports the end with another object. While one
+#: remains after `uninstrument()`, `_finished` stays connected to end it.
 _running: dict[int, tuple[Any, Any, Any]] = {}
 _module: list[Any] = []
 
@@ -111,6 +112,14 @@ def _aenqueue(orig: Any) -> Any:
 def _started(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
     if not patcher.applied or task_result is None:
         return
+    with _lock:  # uninstrument() sees every execution begun before it returns
+        if patcher.applied:
+            _begin(task_result)
+
+
+def _begin(task_result: Any) -> None:
+    """An execution starts in this context: a job timeline of its own, or a nested stage when
+    it runs inline inside a live timeline (the immediate backend, in a request or a task)."""
     prev = _recorder.current()
     try:
         name = _task_path(task_result.task)
@@ -133,8 +142,7 @@ def _started(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None
                 request_id=getattr(task_result, "id", None),
             )
         if rec is not None:
-            with _lock:  # `_claim` looks through it from other threads
-                _running[id(rec)] = (getattr(task_result, "id", None), rec, prev)
+            _running[id(rec)] = (getattr(task_result, "id", None), rec, prev)
     except Exception as exc:
         _recorder.internal_error("django_tasks.started", exc)
         _recorder.restore(prev)
@@ -172,6 +180,8 @@ def _finished(sender: Any = None, task_result: Any = None, **kwargs: Any) -> Non
         except Exception as e:
             _recorder.internal_error("django_tasks.finished", e)
             entry = None
+        if not patcher.applied and not _running:
+            _disconnect_finished()  # the last execution uninstrument() left it connected for
     if entry is None:
         return
     _task_id, rec, prev = entry
@@ -213,16 +223,23 @@ def instrument() -> None:
 
 
 def uninstrument() -> None:
-    """Undo `instrument()`."""
+    """Undo `instrument()`. Executions already running are still ended when they finish (else
+    their threads would stay inside timelines that never end): ``task_finished``'s receiver
+    goes with the last of them."""
     with _lock:
         if not patcher.applied:
             return
         patcher.undo()
         for signals in _module:
             signals.task_started.disconnect(_started, dispatch_uid="stagetrace.task_started")
-            signals.task_finished.disconnect(_finished, dispatch_uid="stagetrace.task_finished")
-        _module.clear()
-        _running.clear()
+        if not _running:
+            _disconnect_finished()
+
+
+def _disconnect_finished() -> None:
+    for signals in _module:
+        signals.task_finished.disconnect(_finished, dispatch_uid="stagetrace.task_finished")
+    _module.clear()
 
 
 def is_instrumented() -> bool:
