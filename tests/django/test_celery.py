@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,10 @@ from django.test import Client
 
 import stagetrace
 import stagetrace.celery
+from stagetrace import _recorder
 from tests.servers import ROOT, read_timelines
 
-from ..conftest import need_service
+from ..conftest import begin, need_service
 
 DB = 14  # a Redis database of its own (the cache tests use 15); keys under a private prefix
 
@@ -299,6 +301,51 @@ def test_instrument_is_idempotent_and_reversible():
         len(signals.task_prerun.receivers),
     )
     assert after == before
+
+
+@pytest.fixture
+def inline_app() -> Iterator[Any]:
+    """A Celery app of its own on kombu's in-memory transport, instrumented. Its tasks run with
+    `Task.apply`: Celery's own tracer and signals, in the test's threads."""
+    from celery import Celery
+
+    app = Celery("stagetrace_inline", broker="memory://", set_as_current=False)
+    stagetrace.celery.instrument()
+    yield app
+    stagetrace.celery.uninstrument()
+
+
+def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
+    """A task enqueued from a timeline left out with `stagetrace.discard()` carries none of
+    stagetrace's headers, as from an excluded path: nothing may point at stages no sink ever
+    receives (the worker's job, and OpenTelemetry spans under it, would hang from them)."""
+    from celery.signals import before_task_publish
+
+    from stagetrace.celery._install import PUBLISHED, REQUEST_ID
+
+    @inline_app.task(name="inline.noop")
+    def noop() -> None:
+        pass
+
+    sent: list[dict[str, Any]] = []
+
+    def seen(headers: Any = None, **kwargs: Any) -> None:
+        sent.append(dict(headers))  # connected after stagetrace's: what it added
+
+    before_task_publish.connect(seen, weak=False)
+    try:
+        for name in ("kept", "dropped"):
+            root = begin(name, request_id=f"{name}-1", tracestate="vendor=1")
+            if name == "dropped":
+                stagetrace.discard()
+            noop.delay()
+            _recorder.end(root)
+    finally:
+        before_task_publish.disconnect(seen)
+    kept, dropped = sent
+    assert {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} <= set(kept)
+    assert not {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} & set(dropped), dropped
+    assert [tl.stages[0].name for tl in captured] == ["kept"]
 
 
 def _descends(tl, stage, ancestor) -> bool:

@@ -110,21 +110,24 @@ def _result_attrs(result: Any) -> dict[str, Any]:
 def _before_publish(
     sender: Any = None, headers: Any = None, routing_key: Any = None, **kwargs: Any
 ) -> None:
-    """Carry the current stage's trace context (the enqueue stage) in the message."""
+    """Carry the current stage's trace context (the enqueue stage) in the message. Not from a
+    discarded timeline: no sink receives its stages, so nothing may name them as a parent (the
+    message goes as from an excluded path)."""
     if not patcher.applied or not isinstance(headers, dict):
         return
     try:
+        tl = _recorder.live()
+        if tl is None or tl.discarded:
+            return
         span = _recorder.current_span()
         if span is None:
             return
         trace_id, span_id, flags = span
         headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-        tl = _recorder.live()
-        if tl is not None:
-            if tl.tracestate:
-                headers["tracestate"] = tl.tracestate
-            if tl.request_id:
-                headers[REQUEST_ID] = tl.request_id
+        if tl.tracestate:
+            headers["tracestate"] = tl.tracestate
+        if tl.request_id:
+            headers[REQUEST_ID] = tl.request_id
         headers[PUBLISHED] = time.time_ns()
         if isinstance(routing_key, str) and routing_key:
             _recorder.set_attrs(
