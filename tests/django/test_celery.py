@@ -315,6 +315,10 @@ def inline_app() -> Iterator[Any]:
     stagetrace.celery.uninstrument()
 
 
+def _connected(signal: Any, name: str) -> bool:
+    return any(key[0] == f"stagetrace.{name}" for key, _ in signal.receivers)
+
+
 def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
     """A task enqueued from a timeline left out with `stagetrace.discard()` carries none of
     stagetrace's headers, as from an excluded path: nothing may point at stages no sink ever
@@ -346,6 +350,64 @@ def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
     assert {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} <= set(kept)
     assert not {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} & set(dropped), dropped
     assert [tl.stages[0].name for tl in captured] == ["kept"]
+
+
+def test_uninstrument_while_a_task_runs_still_ends_its_timeline(inline_app, captured):
+    """uninstrument() while a task runs in another thread: its job timeline still ends when
+    the task does, and is delivered; the receivers left connected for it go with it; the next
+    task that thread runs, after instrument() again, is a timeline of its own."""
+    from celery import signals
+
+    running, gate = threading.Event(), threading.Event()
+
+    @inline_app.task(name="inline.first")
+    def first() -> None:
+        running.set()
+        gate.wait(10)
+        with stagetrace.stage("first's work"):
+            pass
+
+    @inline_app.task(name="inline.second")
+    def second() -> None:
+        with stagetrace.stage("second's work"):
+            pass
+
+    first_done, again = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def worker() -> None:
+        try:
+            seen.append(first.apply().state)
+            seen.append(stagetrace.current_timeline())
+            first_done.set()
+            again.wait(10)
+            seen.append(second.apply().state)
+            seen.append(stagetrace.current_timeline())
+        finally:
+            first_done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert running.wait(10)
+        stagetrace.celery.uninstrument()
+        assert not _connected(signals.task_prerun, "task_prerun")
+        assert _connected(signals.task_postrun, "task_postrun")
+        gate.set()
+        assert first_done.wait(10)
+        assert not _connected(signals.task_postrun, "task_postrun")
+        assert not _connected(signals.task_failure, "task_failure")
+        stagetrace.celery.instrument()
+    finally:
+        gate.set()
+        again.set()
+        thread.join(10)
+    assert seen == ["SUCCESS", None, "SUCCESS", None]
+    assert [[s.name for s in tl.stages] for tl in captured] == [
+        ["inline.first", "first's work"],
+        ["inline.second", "second's work"],
+    ]
+    assert captured[0].stages[0].attrs["celery.task.state"] == "SUCCESS"
 
 
 def _descends(tl, stage, ancestor) -> bool:

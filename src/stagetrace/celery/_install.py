@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,10 @@ _lock = threading.RLock()
 _ENQUEUE = object()
 #: Where the worker keeps a running task's record, on the task's request context.
 _KEY = "_stagetrace_record"
+#: The requests of the executions `_prerun` began and `_postrun` has not ended (weakly: Celery
+#: drops a request when its task is over, whatever became of the signals). While one remains
+#: after `uninstrument()`, the receivers that end an execution stay connected for it.
+_in_flight: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Message headers stagetrace adds besides the W3C ones.
 PUBLISHED = "stagetrace_published_ns"
 REQUEST_ID = "stagetrace_request_id"
@@ -175,6 +180,13 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
     inside a live one (eager)."""
     if not patcher.applied or task is None:
         return
+    with _lock:  # uninstrument() sees every execution begun before it returns
+        if patcher.applied:
+            _begin(task_id, task)
+
+
+def _begin(task_id: Any, task: Any) -> None:
+    """`_prerun`'s work, under the lock."""
     prev = _recorder.current()
     try:
         request = task.request
@@ -219,6 +231,7 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs:
                     # job's entry and this timeline its child (else see _postrun).
                     _adopted(rec)
             setattr(request, _KEY, (rec, prev, tokens))
+            _in_flight.add(request)
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
         _recorder.restore(prev)
@@ -254,8 +267,10 @@ def _record_of(task: Any) -> Any:
     return entry[0] if entry is not None else None
 
 
+# The receivers that end an execution act on the record `_prerun` left on the request, if any:
+# they also end the executions in flight when `uninstrument()` ran (see `_in_flight`).
 def _failure(sender: Any = None, exception: Any = None, **kwargs: Any) -> None:
-    if not patcher.applied or not isinstance(exception, BaseException):
+    if not isinstance(exception, BaseException):
         return
     try:
         _recorder.set_error(_record_of(sender), exception)
@@ -264,8 +279,6 @@ def _failure(sender: Any = None, exception: Any = None, **kwargs: Any) -> None:
 
 
 def _retry(sender: Any = None, reason: Any = None, **kwargs: Any) -> None:
-    if not patcher.applied:
-        return
     try:
         rec = _record_of(sender)
         if rec is not None:
@@ -277,6 +290,12 @@ def _retry(sender: Any = None, reason: Any = None, **kwargs: Any) -> None:
 def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: Any) -> None:
     if task is None:
         return
+    _end(task, state)
+    if not patcher.applied:
+        _release()
+
+
+def _end(task: Any, state: Any) -> None:
     prev: Any = _ENQUEUE  # a marker: nothing taken from the request yet
     try:
         request = task.request
@@ -285,6 +304,8 @@ def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: 
             return
         rec, prev, tokens = entry
         delattr(request, _KEY)
+        with _lock:
+            _in_flight.discard(request)
         if tokens:
             detach(tokens)
         elif _recorder.parent_of(rec) is None and _otel_celery_instrumented():
@@ -319,14 +340,18 @@ def _process_shutdown(**kwargs: Any) -> None:
 
 # --- installation ----------------------------------------------------------------------------
 
-_SIGNALS = (
+_INSTRUMENTING = (
     ("before_task_publish", _before_publish),
     ("task_prerun", _prerun),
+    ("worker_process_shutdown", _process_shutdown),
+)
+#: Connected until the executions in flight when `uninstrument()` ran have ended.
+_ENDING = (
     ("task_failure", _failure),
     ("task_retry", _retry),
     ("task_postrun", _postrun),
-    ("worker_process_shutdown", _process_shutdown),
 )
+_SIGNALS = _INSTRUMENTING + _ENDING
 
 
 def instrument() -> None:
@@ -351,25 +376,40 @@ def instrument() -> None:
                 )
         except Exception:
             patcher.undo()
-            _disconnect()
+            _disconnect(_SIGNALS)
             raise
         httpclients.install()
 
 
-def _disconnect() -> None:
+def _disconnect(receivers: tuple[tuple[str, Callable[..., None]], ...]) -> None:
     from celery import signals
 
-    for name, receiver in _SIGNALS:
+    for name, receiver in receivers:
         getattr(signals, name).disconnect(receiver, dispatch_uid=f"stagetrace.{name}")
 
 
+def _release() -> None:
+    """After `uninstrument()`: disconnect the receivers that end an execution once no execution
+    they were left connected for is in flight."""
+    try:
+        with _lock:
+            if not patcher.applied and not _in_flight:
+                _disconnect(_ENDING)
+    except Exception as exc:
+        _recorder.internal_error("celery.uninstrument", exc)
+
+
 def uninstrument() -> None:
-    """Undo `instrument()`: patches removed, signal receivers disconnected."""
+    """Undo `instrument()`: patches removed, signal receivers disconnected. Tasks already
+    running are still ended when they finish (else their threads would stay inside timelines
+    that never end): the receivers that end them go with the last of them."""
     with _lock:
         if not patcher.applied:
             return
         patcher.undo()
-        _disconnect()
+        _disconnect(_INSTRUMENTING)
+        if not _in_flight:
+            _disconnect(_ENDING)
         httpclients.uninstall()
 
 
