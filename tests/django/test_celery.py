@@ -410,6 +410,71 @@ def test_uninstrument_while_a_task_runs_still_ends_its_timeline(inline_app, capt
     assert captured[0].stages[0].attrs["celery.task.state"] == "SUCCESS"
 
 
+def test_a_job_whose_end_never_came_is_ended_not_extended(inline_app, captured):
+    """A task whose task_postrun never reached stagetrace (its receiver disconnected by
+    someone else) leaves its thread inside its job timeline: the next task there ends that
+    timeline — delivered, counted as an internal error — instead of recording into it."""
+    from celery import signals
+
+    from stagetrace.celery._install import _postrun
+
+    @inline_app.task(name="inline.lost")
+    def lost() -> None:
+        pass
+
+    @inline_app.task(name="inline.next")
+    def next_one() -> None:
+        with stagetrace.stage("next's work"):
+            pass
+
+    signals.task_postrun.disconnect(dispatch_uid="stagetrace.task_postrun")
+    try:
+        lost.apply()
+    finally:
+        signals.task_postrun.connect(_postrun, weak=False, dispatch_uid="stagetrace.task_postrun")
+    assert stagetrace.current_timeline() is not None  # what the missing signal leaves behind
+    next_one.apply()
+    assert stagetrace.current_timeline() is None
+    assert [[s.name for s in tl.stages] for tl in captured] == [
+        ["inline.lost"],
+        ["inline.next", "next's work"],
+    ]
+    assert captured[0].stages[0].attrs["stagetrace.internal_errors"] == 1
+    assert stagetrace.stats()["internal_errors_by_site"] == {"celery.unended": 1}
+
+
+def test_a_task_applied_inside_a_running_task_nests_in_its_job(inline_app, captured):
+    """Outside a request, a task that runs another inline (`apply`, itself included) is one
+    job timeline: the inner executions are nested task stages, not mistaken for a job left
+    behind."""
+
+    @inline_app.task(name="inline.inner")
+    def inner() -> None:
+        with stagetrace.stage("inner's work"):
+            pass
+
+    @inline_app.task(name="inline.outer", bind=True)
+    def outer(self: Any, depth: int) -> None:
+        inner.apply()
+        if depth:
+            self.apply(args=(depth - 1,))
+
+    outer.apply(args=(1,))
+    (job,) = captured
+    names = [s.name for s in job.stages]
+    assert names == [
+        "inline.outer",
+        "inline.inner",
+        "inner's work",
+        "inline.outer",
+        "inline.inner",
+        "inner's work",
+    ]
+    assert [s.parent for s in job.stages] == [None, 0, 1, 0, 3, 4]
+    assert all(s.attrs["celery.eager"] is True for s in job.stages[1:] if s.kind == "task")
+    assert stagetrace.current_timeline() is None
+
+
 def _descends(tl, stage, ancestor) -> bool:
     by_id = {s.id: s for s in tl.stages}
     while stage.parent is not None:

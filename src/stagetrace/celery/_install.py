@@ -189,9 +189,19 @@ def _begin(task_id: Any, task: Any) -> None:
     """`_prerun`'s work, under the lock."""
     prev = _recorder.current()
     try:
+        tl = _recorder.live()
+        if tl is not None and tl.framework == "celery" and tl.protocol == "job":
+            root = _recorder.root_of(tl)
+            if not _running_here(root):
+                # Its task is over but its end never reached us (no task_postrun): recording
+                # this execution inside it would mix two executions' stages.
+                _recorder.internal_error("celery.unended")
+                _recorder.end(root)
+                prev = _recorder.current()
+                tl = _recorder.live()
         request = task.request
         attrs = _job_attrs(task, task_id, request)
-        if _recorder.live() is not None:
+        if tl is not None:
             attrs["celery.eager"] = True
             rec = _recorder.enter("task", str(task.name), attrs)
         else:
@@ -235,6 +245,21 @@ def _begin(task_id: Any, task: Any) -> None:
     except Exception as exc:
         _recorder.internal_error("celery.prerun", exc)
         _recorder.restore(prev)
+
+
+def _running_here(root: Any) -> bool:
+    """Whether `root` is the job timeline of a task still running in this thread: the record
+    of a request on the request stack of a task on Celery's stack of the tasks running here
+    (Celery pops both when a task is over, whether or not task_postrun was received). A task
+    run inline inside another (eager) finds the outer one there."""
+    from celery._state import _task_stack
+
+    for running in _task_stack.stack:
+        for request in getattr(getattr(running, "request_stack", None), "stack", ()):
+            entry = getattr(request, _KEY, None)
+            if entry is not None and entry[0] is root:
+                return True
+    return False
 
 
 def _adopted(rec: Any) -> None:
