@@ -53,6 +53,18 @@ class ReplacingBackend(ImmediateBackend):  # type: ignore[misc]
         signals.task_finished.send(type(self), task_result=task_result)
 
 
+class RenamingBackend(ReplacingBackend):
+    """Reports the end with a task result of another id (one reloaded under a new key, say)."""
+
+    def _execute_task(self, task_result: Any) -> None:
+        signals.task_started.send(type(self), task_result=task_result)
+        task_result.task.call(*task_result.args, **task_result.kwargs)
+        task_result = dataclasses.replace(
+            task_result, id=f"{task_result.id}-reloaded", status=TaskResultStatus.SUCCESSFUL
+        )
+        signals.task_finished.send(type(self), task_result=task_result)
+
+
 #: Set by `wait_for_gate` once it runs; it returns when `GATE` is set.
 RUNNING = threading.Event()
 GATE = threading.Event()
@@ -124,6 +136,29 @@ def test_a_task_result_replaced_between_the_signals_ends_its_own_execution(captu
     for tl in captured:
         assert [s.name for s in tl.stages if s.kind == "task"] == [PATH]
         assert tl.stages[0].attrs["django.task.status"] == "SUCCESSFUL"
+
+
+def test_an_end_reported_under_another_id_ends_the_execution_open_here(captured):
+    """No execution was begun for the id the end is reported with: the innermost execution
+    open in this context is the one that ends, inline in a request as outside one."""
+    from tests.djapp.tasks import record_order
+
+    backend = f"{RenamingBackend.__module__}.RenamingBackend"
+    with override_settings(TASKS={"default": {"BACKEND": backend}}):
+        record_order.enqueue(14)
+        assert stagetrace.current_timeline() is None
+        with stagetrace.timeline("script"):
+            record_order.enqueue(15)
+            with stagetrace.stage("after"):
+                pass
+        assert stagetrace.current_timeline() is None
+    job, script = captured
+    assert [s.name for s in job.stages if s.kind == "task"] == [PATH]
+    assert job.stages[0].attrs["django.task.status"] == "SUCCESSFUL"
+    run = next(s for s in script.stages if s.name == PATH)
+    assert run.attrs["django.task.status"] == "SUCCESSFUL" and "unfinished" not in run.attrs
+    after = next(s for s in script.stages if s.name == "after")
+    assert after.parent == 0 and after.start_ns >= run.start_ns + run.duration_ns
 
 
 def test_uninstrument_while_a_task_runs_still_ends_its_timeline(captured):
