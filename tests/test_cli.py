@@ -252,6 +252,26 @@ def test_standard_input(mixed):
     assert proc.returncode == 0 and shown(proc.stdout) == ["r4"]
 
 
+@pytest.mark.parametrize("command", ["show", "summary"])
+def test_standard_input_compressed(mixed, command):
+    """`zcat`-less pipes: a gzip-compressed file on standard input is read as the same file
+    given by path is (told by its first bytes), by `show -` and `summary -`."""
+    import gzip
+
+    packed = gzip.compress(mixed.read_bytes())
+    args = [sys.executable, "-m", "stagetrace", command, "-"]
+    if command == "show":
+        args += ["--route", "/items/{item_id}"]
+    proc = subprocess.run(args, input=packed, capture_output=True, timeout=60)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"not valid JSON" not in proc.stderr
+    if command == "show":
+        assert shown(out) == ["r4"]
+    else:
+        assert "/items/{item_id}" in out
+
+
 def test_a_closed_pipe_is_quiet(mixed):
     """`stagetrace show FILE | head -1` ends without an error message."""
     big = mixed.parent / "big.jsonl"

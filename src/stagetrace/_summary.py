@@ -26,7 +26,7 @@ from ._model import Finding, Timeline
 from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
-from .sinks._jsonl import BadLine, read_jsonl
+from .sinks._jsonl import BadLine, open_stdin, read_jsonl
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
 
@@ -545,7 +545,7 @@ def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None
     """A text stream for `path` (gzip or plain), a function giving the bytes consumed so far,
     the file's size, and a function closing everything."""
     if path == "-":
-        return sys.stdin, lambda: 0, 0, lambda: None
+        return open_stdin(), lambda: 0, 0, lambda: None
     if os.path.isdir(path):
         raise IsADirectoryError(path)
     size = os.path.getsize(path)

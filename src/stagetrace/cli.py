@@ -17,7 +17,7 @@ from typing import IO, Any, NoReturn
 
 from ._model import Timeline
 from .sinks._console import MIN_WIDTH, _use_color, render_waterfall, terminal_width
-from .sinks._jsonl import BadLine, open_text, read_to_end
+from .sinks._jsonl import BadLine, open_stdin, open_text, read_to_end
 
 
 class CliError(Exception):
@@ -155,7 +155,7 @@ def _describe(args: argparse.Namespace) -> str:
 
 def _open(path: str) -> IO[str]:
     if path == "-":
-        return sys.stdin
+        return open_stdin()
     if os.path.isdir(path):
         raise CliError(f"{path} is a directory, not a JSON lines file")
     try:
@@ -197,7 +197,7 @@ class Selection:
                 else:
                     kept.append(item)
         finally:
-            if stream is not sys.stdin:
+            if self.args.file != "-":
                 stream.close()
         if kept is not None:
             yield from kept

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from .._model import SchemaError, Timeline
 from .._options import ConfigurationError
@@ -106,6 +108,19 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
     if packed:
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
+
+
+def open_stdin() -> IO[str]:
+    """Standard input as `open_text` reads a file: plain or gzip-compressed (told by its first
+    bytes), undecodable bytes replaced. Standard input replaced by a text stream without
+    bytes underneath (a test's) is read as it is."""
+    binary: Any = getattr(sys.stdin, "buffer", None)
+    peek = getattr(binary, "peek", None)
+    if peek is None:
+        return sys.stdin
+    if peek(2)[:2] == b"\x1f\x8b":
+        binary = gzip.GzipFile(fileobj=binary)
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
 
 
 #: What reading a compressed file that ends early or is corrupt raises, line by line.
