@@ -125,6 +125,25 @@ def test_environment_lists_accept_commas_or_json(monkeypatch):
     assert stagetrace.configure().exclude_paths == ("^/a{1,3}$",)
 
 
+@pytest.mark.parametrize(
+    ("value", "patterns"),
+    [
+        ("^/a{1,3}$,^/health$", ("^/a{1,3}$", "^/health$")),
+        ("^/(api|v1,v2)/, ^/static/", ("^/(api|v1,v2)/", "^/static/")),
+        ("[0-9]+$,^/x", ("[0-9]+$", "^/x")),
+        ("^/[],]x, y", ("^/[],]x", "y")),
+        (r"^/a\,b,c", (r"^/a\,b", "c")),
+    ],
+)
+def test_environment_regexes_split_only_between_them(monkeypatch, value, patterns):
+    """A comma list of regexes is split at the commas between them, not inside a repetition
+    count, a group or a character class (``^/a{1,3}$`` used to become two regexes that both
+    compile, silently excluding the wrong paths), and one starting with ``[`` that is no JSON
+    array is a regex, not a JSON error."""
+    monkeypatch.setenv("STAGETRACE_EXCLUDE_PATHS", value)
+    assert stagetrace.configure().exclude_paths == patterns
+
+
 def test_sinks_by_name_and_as_objects(tmp_path, monkeypatch):
     """Sink names build the built-in sinks; objects are used as they are; a jsonl path alone
     turns the jsonl sink on."""

@@ -158,8 +158,47 @@ def _str_list(value: Any, from_env: bool) -> tuple[str, ...]:
     raise _Bad("a list of strings")
 
 
+def _split_regexes(text: str) -> tuple[str, ...]:
+    """A comma list of regular expressions, split only at the commas that separate them: not
+    inside ``{1,3}``, a group, a character class, or after a backslash."""
+    parts: list[str] = []
+    start = depth = class_start = 0
+    in_class = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            # ``]`` right after ``[`` or ``[^`` is a literal, not the class's end
+            if ch == "]" and i > class_start:
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            class_start = i + 2 if text.startswith("^", i + 1) else i + 1
+        elif ch in "({":
+            depth += 1
+        elif ch in ")}" and depth:
+            depth -= 1
+        elif ch == "," and not depth:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return tuple(p.strip() for p in parts if p.strip())
+
+
 def _regexes(value: Any, from_env: bool) -> tuple[str, ...]:
-    patterns = _str_list(value, from_env)
+    if from_env and isinstance(value, str):
+        text = value.strip()
+        try:  # a JSON array of strings, else regexes separated by commas
+            found = json.loads(text) if text.startswith("[") else None
+        except ValueError:
+            found = None
+        if isinstance(found, list) and all(isinstance(v, str) for v in found):
+            value = found
+        else:
+            value = _split_regexes(text)
+    patterns = _str_list(value, False)
     for p in patterns:
         try:
             re.compile(p)
