@@ -110,6 +110,15 @@ def test_route_matches_with_or_without_the_leading_slash(mixed, capsys):
     assert shown(capsys.readouterr().out) == ["r0", "r1", "r2", "r3", "r5"]
 
 
+def test_route_matches_with_or_without_the_trailing_slash(mixed, capsys):
+    """Most Django templates end in a slash, Starlette's do not: ``--route albums`` finds
+    ``albums/`` (it matched nothing), ``--route /items/{item_id}/`` finds ``/items/{item_id}``."""
+    assert main(["show", str(mixed), "--route", "albums"]) == 0
+    assert shown(capsys.readouterr().out) == ["r0", "r2", "r5"]
+    assert main(["show", str(mixed), "--route", "/items/{item_id}/"]) == 0
+    assert shown(capsys.readouterr().out) == ["r4"]
+
+
 def test_path_status_and_duration_filters(mixed, capsys):
     """--path matches the request path (globs with *), --status a code or class, --min-ms the
     duration; all given filters must match."""

@@ -86,11 +86,12 @@ def _statuses(text: str) -> list[str]:
 
 
 def _matches(pattern: str, value: str | None) -> bool:
-    """Exact match, or a glob when `pattern` has a ``*``; a leading ``/`` never matters, since
-    Django's route templates have none (``albums/<int:pk>/``) and Starlette's have one."""
+    """Exact match, or a glob when `pattern` has a ``*``; a leading or trailing ``/`` never
+    matters, since Django's route templates have no leading one and most a trailing one
+    (``albums/<int:pk>/``), Starlette's the other way round."""
     if value is None:
         return False
-    pattern, value = pattern.lstrip("/"), value.lstrip("/")
+    pattern, value = pattern.strip("/"), value.strip("/")
     if "*" in pattern:
         return fnmatch.fnmatchcase(value, pattern)
     return value == pattern
