@@ -91,10 +91,12 @@ def _matches(pattern: str, value: str | None) -> bool:
     (``albums/<int:pk>/``), Starlette's the other way round."""
     if value is None:
         return False
-    pattern, value = pattern.strip("/"), value.strip("/")
     if "*" in pattern:
-        return fnmatch.fnmatchcase(value, pattern)
-    return value == pattern
+        pattern, value = pattern.lstrip("/"), value.lstrip("/")
+        return fnmatch.fnmatchcase(value, pattern) or fnmatch.fnmatchcase(
+            value.rstrip("/"), pattern.rstrip("/")
+        )
+    return value.strip("/") == pattern.strip("/")
 
 
 def _status_matches(wanted: list[str], status: int | None) -> bool:
