@@ -67,7 +67,7 @@ def run_demo(out: IO[str], *, color: bool, width: int) -> int:
         client = Client()
         # The waterfalls show the findings: their log lines would only come first, out of place.
         quiet_findings = _NotFindings()
-        logging.getLogger("stagetrace").addFilter(quiet_findings)
+        logging.getLogger("stagetrace.findings").addFilter(quiet_findings)
         try:
             with _api.capture() as timelines:
                 for path, _ in REQUESTS:
@@ -76,7 +76,7 @@ def run_demo(out: IO[str], *, color: bool, width: int) -> int:
                         b"".join(response.streaming_content)
                     response.close()
         finally:
-            logging.getLogger("stagetrace").removeFilter(quiet_findings)
+            logging.getLogger("stagetrace.findings").removeFilter(quiet_findings)
         from django.db import connections
 
         connections.close_all()

@@ -197,7 +197,7 @@ def test_analyzers_run_in_the_pipeline_and_findings_are_exported() -> None:
 
 def test_log_findings_once_per_route_and_fingerprint(caplog: pytest.LogCaptureFixture) -> None:
     """The same pattern on the same route is logged once per process, at WARNING on logger
-    ``stagetrace``; another route, or a forgotten log, logs again."""
+    ``stagetrace.findings``; another route, or a forgotten log, logs again."""
     analyzers.reset_logged()
     tl = record(n_plus_one_body(6))
     tl = tl.with_findings(analyzers.detect_n_plus_one(tl))
@@ -208,11 +208,34 @@ def test_log_findings_once_per_route_and_fingerprint(caplog: pytest.LogCaptureFi
         assert analyzers.log_findings(Timeline.from_dict(other)) == 1
         analyzers.reset_logged()
         assert analyzers.log_findings(tl) == 1
-    records = [r for r in caplog.records if r.name == "stagetrace"]
+    records = [r for r in caplog.records if r.name == "stagetrace.findings"]
     assert len(records) == 3
     assert all(r.levelno == logging.WARNING for r in records)
     assert "N+1: 6×" in records[0].getMessage()
     analyzers.reset_logged()
+
+
+def test_findings_can_be_silenced_apart_from_internal_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Raising ``stagetrace.findings``'s level keeps findings out of the application's logs
+    while stagetrace's own warnings (an internal error) still reach them."""
+    from stagetrace import _guard
+
+    analyzers.reset_logged()
+    tl = record(n_plus_one_body(6))
+    tl = tl.with_findings(analyzers.detect_n_plus_one(tl))
+    findings_logger = logging.getLogger("stagetrace.findings")
+    findings_logger.setLevel(logging.ERROR)
+    try:
+        with caplog.at_level(logging.WARNING, logger="stagetrace"):
+            analyzers.log_findings(tl)
+            _guard.report("tests.silenced-findings", RuntimeError("boom"))
+    finally:
+        findings_logger.setLevel(logging.NOTSET)
+        analyzers.reset_logged()
+    assert [r.name for r in caplog.records] == ["stagetrace"]
+    assert "tests.silenced-findings" in caplog.records[0].getMessage()
 
 
 def test_log_findings_is_bounded(

@@ -9,7 +9,8 @@ from .._state import STATE
 
 __all__ = ["log_findings", "reset_logged"]
 
-logger = logging.getLogger("stagetrace")
+#: A child of ``stagetrace``: findings can be silenced without silencing internal errors.
+logger = logging.getLogger("stagetrace.findings")
 
 #: Distinct (route, kind, fingerprint) keys remembered. Past this many, new keys are no longer
 #: logged (and a single line says so): memory stays bounded in a process that sees an unbounded
@@ -18,8 +19,8 @@ MAX_KEYS = 10_000
 
 
 def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) -> int:
-    """Log each finding of `timeline` on logger ``stagetrace`` at WARNING, once per process
-    for each (route, kind, fingerprint) — later timelines with the same pattern are silent.
+    """Log each finding of `timeline` on logger ``stagetrace.findings`` at WARNING, once per
+    process for each (route, kind, fingerprint) — later timelines with the same pattern are silent.
     Findings without a ``fingerprint`` attribute are keyed by their message. `kinds` limits
     which finding kinds are logged (all by default). Returns the number of lines logged.
 
