@@ -475,6 +475,28 @@ def test_a_task_applied_inside_a_running_task_nests_in_its_job(inline_app, captu
     assert stagetrace.current_timeline() is None
 
 
+@pytest.mark.parametrize(("raised", "state"), [("Ignore", "IGNORED"), ("Reject", "REJECTED")])
+def test_a_task_ending_without_failure_keeps_no_error_of_its_caller(
+    inline_app, captured, raised, state
+):
+    """A task applied inline inside the application's own ``except`` block that ends with
+    ``Ignore`` or ``Reject`` (IGNORED, REJECTED: no failure) has no error: the exception the
+    caller is handling is not the task's (it was recorded as the job's error)."""
+    from celery import exceptions
+
+    @inline_app.task(name=f"inline.{raised.lower()}")
+    def ends() -> None:
+        raise getattr(exceptions, raised)()
+
+    try:
+        raise KeyError("the caller's own, being handled")
+    except KeyError:
+        ends.apply()
+    (job,) = captured
+    assert job.stages[0].error is None
+    assert job.stages[0].attrs["celery.task.state"] == state
+
+
 def _descends(tl, stage, ancestor) -> bool:
     by_id = {s.id: s for s in tl.stages}
     while stage.parent is not None:

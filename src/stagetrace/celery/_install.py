@@ -320,6 +320,11 @@ def _postrun(sender: Any = None, task: Any = None, state: Any = None, **kwargs: 
         _release()
 
 
+#: Task states that are no failure: a task that raised ``Ignore`` or ``Reject``, or was
+#: revoked, ended without an error of its own.
+_NOT_FAILED = frozenset(("SUCCESS", "RETRY", "IGNORED", "REJECTED", "REVOKED"))
+
+
 def _end(task: Any, state: Any) -> None:
     prev: Any = _ENQUEUE  # a marker: nothing taken from the request yet
     try:
@@ -335,9 +340,11 @@ def _end(task: Any, state: Any) -> None:
             detach(tokens)
         elif _recorder.parent_of(rec) is None and _otel_celery_instrumented():
             _adopted(rec)  # receivers run in the same order: its task span is still current
-        if state not in ("SUCCESS", "RETRY"):
+        if state not in _NOT_FAILED:
             # An eager task whose exception propagates (task_eager_propagates) sends no
-            # task_failure; postrun runs while that exception is on its way out.
+            # task_failure; postrun runs while that exception is on its way out. (Any other
+            # exception being handled here is the caller's: an eager task applied inside an
+            # application's except block.)
             exc = sys.exc_info()[1]
             if exc is not None:
                 _recorder.set_error(rec, exc)
