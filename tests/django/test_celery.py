@@ -352,6 +352,38 @@ def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
     assert [tl.stages[0].name for tl in captured] == ["kept"]
 
 
+def test_a_traceparent_already_in_the_message_is_kept(inline_app, captured):
+    """A message that carries a ``traceparent`` already (the application's, or the one
+    OpenTelemetry's Celery instrumentation injects for its producer span when its receiver
+    runs first) keeps it: overwriting it would leave that span without the worker's spans
+    under it. stagetrace's own headers (request id, publish time) are still added."""
+    from celery.signals import before_task_publish
+
+    from stagetrace.celery._install import REQUEST_ID
+
+    @inline_app.task(name="inline.noop2")
+    def noop() -> None:
+        pass
+
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sent: list[dict[str, Any]] = []
+
+    def seen(headers: Any = None, **kwargs: Any) -> None:
+        sent.append(dict(headers))
+
+    before_task_publish.connect(seen, weak=False)
+    try:
+        root = begin("enqueue", request_id="r-1")
+        noop.apply_async(headers={"traceparent": theirs})
+        noop.apply_async()
+        _recorder.end(root)
+    finally:
+        before_task_publish.disconnect(seen)
+    kept, ours = sent
+    assert kept["traceparent"] == theirs and kept[REQUEST_ID] == "r-1"
+    assert ours["traceparent"] != theirs and ours["traceparent"].startswith("00-")
+
+
 def test_uninstrument_while_a_task_runs_still_ends_its_timeline(inline_app, captured):
     """uninstrument() while a task runs in another thread: its job timeline still ends when
     the task does, and is delivered; the receivers left connected for it go with it; the next

@@ -115,8 +115,10 @@ def _result_attrs(result: Any) -> dict[str, Any]:
 def _before_publish(
     sender: Any = None, headers: Any = None, routing_key: Any = None, **kwargs: Any
 ) -> None:
-    """Carry the current stage's trace context (the enqueue stage) in the message. Not from a
-    discarded timeline: no sink receives its stages, so nothing may name them as a parent (the
+    """Carry the current stage's trace context (the enqueue stage) in the message, unless it
+    carries one already (set by the application, or by OpenTelemetry's Celery instrumentation
+    for its producer span, which the worker's spans then continue). Not from a discarded
+    timeline: no sink receives its stages, so nothing may name them as a parent (the
     message goes as from an excluded path)."""
     if not patcher.applied or not isinstance(headers, dict):
         return
@@ -127,10 +129,12 @@ def _before_publish(
         span = _recorder.current_span()
         if span is None:
             return
-        trace_id, span_id, flags = span
-        headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-        if tl.tracestate:
-            headers["tracestate"] = tl.tracestate
+        if "traceparent" not in headers:  # else the application's, or OpenTelemetry's
+            # Celery instrumentation's (its producer span, itself a child of this stage)
+            trace_id, span_id, flags = span
+            headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+            if tl.tracestate:
+                headers["tracestate"] = tl.tracestate
         if tl.request_id:
             headers[REQUEST_ID] = tl.request_id
         headers[PUBLISHED] = time.time_ns()
