@@ -112,6 +112,21 @@ def _result_attrs(result: Any) -> dict[str, Any]:
     return {"messaging.message.id": task_id} if isinstance(task_id, str) else {}
 
 
+def _set_elsewhere(value: Any, tl: Any) -> bool:
+    """Whether a message's `traceparent` was set by someone else — the application, or
+    OpenTelemetry's Celery instrumentation for its producer span (itself a child of the
+    enqueue stage) — rather than inherited: a retry's message copies the headers of the
+    execution retried, whose traceparent names that execution's own parent."""
+    if not isinstance(value, str) or not value:
+        return False
+    parent = tl.parent_span_id
+    return not (
+        parent is not None
+        and value[3:35] == f"{tl.trace_id:032x}"
+        and value[36:52] == f"{parent:016x}"
+    )
+
+
 def _before_publish(
     sender: Any = None, headers: Any = None, routing_key: Any = None, **kwargs: Any
 ) -> None:
@@ -129,8 +144,7 @@ def _before_publish(
         span = _recorder.current_span()
         if span is None:
             return
-        if "traceparent" not in headers:  # else the application's, or OpenTelemetry's
-            # Celery instrumentation's (its producer span, itself a child of this stage)
+        if not _set_elsewhere(headers.get("traceparent"), tl):
             trace_id, span_id, flags = span
             headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
             if tl.tracestate:
