@@ -175,3 +175,29 @@ def test_included_routers_with_prefixes_and_router_dependencies(instrumented, ca
     assert tl.route == "/r/items/{item_id}"
     (view,) = [s for s in tl.stages if s.kind == "view" and s.name.endswith(".item")]
     assert any(s.name == "dependencies" and s.parent == view.id for s in tl.stages)
+
+
+def test_the_first_request_without_a_lifespan_has_its_middleware_stages(instrumented, captured):
+    """FastAPI builds its stack in its own ``build_middleware_stack``, on the first ASGI call:
+    without a lifespan (``TestClient(app)`` without ``with``, ``uvicorn --lifespan off``) that
+    call is the first request, whose middleware is recorded as every later request's is."""
+    from fastapi import FastAPI
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    class Passing(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            return await call_next(request)
+
+    app = FastAPI()
+    app.add_middleware(Passing)
+
+    @app.get("/")
+    async def index() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)  # no lifespan
+    for _ in range(2):
+        assert client.get("/").json() == {"ok": True}
+    first, second = ([s.name for s in middleware_chain(tl)] for tl in captured)
+    assert first == second
+    assert f"{__name__}.{Passing.__qualname__}" in first

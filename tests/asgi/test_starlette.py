@@ -162,6 +162,45 @@ def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
     assert "tests.asgi.test_starlette.Pass" in names
 
 
+class Outermost:
+    """A pure ASGI middleware."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+class OwnStackApp(Starlette):
+    """An app class building its stack its own way: a layer around Starlette's stack that no
+    ``Middleware`` entry names."""
+
+    def build_middleware_stack(self):
+        return Outermost(super().build_middleware_stack())
+
+
+def test_an_app_class_building_its_own_stack_has_every_layer_recorded_from_the_first_request(
+    instrumented, captured
+):
+    """The stack is built on the first request (no lifespan), by the app class's own
+    ``build_middleware_stack``: that request, like the next, records every layer."""
+    app = OwnStackApp(
+        routes=[Route("/json", lambda request: JSONResponse({"a": 1}))],
+        middleware=[Middleware(Pass)],
+    )
+    client = TestClient(app)
+    for _ in range(2):
+        assert client.get("/json").json() == {"a": 1}
+    first, second = ([s.name for s in named(tl, "middleware")] for tl in captured)
+    assert first == second
+    assert first[:3] == [
+        f"{__name__}.Outermost",
+        "starlette.middleware.errors.ServerErrorMiddleware",
+        f"{__name__}.Pass",
+    ]
+
+
 def test_an_app_that_is_gone_is_forgotten_so_a_new_one_at_its_address_is_walked(captured):
     """Which apps' prebuilt stacks were looked at is kept by id (asked on every request): an
     app's id leaves that record when the app is collected, so a new app that Python puts at the

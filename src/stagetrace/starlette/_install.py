@@ -9,9 +9,11 @@ Where each stage comes from:
   records its stage and marks the in/out split of the layer that called it (the innermost
   open middleware). ``BaseHTTPMiddleware`` gets its response before the inner layer is done
   (``call_next`` returns when the response starts), so for it the outbound phase starts when
-  ``call_next`` builds that response. Classes are found while a stack is built
-  (``Middleware`` entries) and, for a stack built before instrumentation, by following the
-  layers' ``app`` attributes.
+  ``call_next`` builds that response. Classes are found while a stack is built, by whichever
+  ``build_middleware_stack`` the app's class has (Starlette's; FastAPI's own or an app
+  class's is wrapped on the app's first call, which builds the stack): its ``Middleware``
+  entries, then the layers of the stack built, by their ``app`` attributes. A stack built
+  before instrumentation is walked the same way on the app's next call.
 * route — ``Router.__call__`` opens the stage, which ends when a route's ``handle`` starts
   (Mounts add their prefix and keep matching; FastAPI announces its template through its own
   ``_route_selected`` hook). Routers built before instrumentation are covered too.
@@ -506,11 +508,27 @@ def _walk_once(app: Any) -> None:
         _recorder.internal_error("starlette.build", exc)
 
 
+def _watch_build(app: Any) -> None:
+    """An app whose stack is not built yet: the call about to run builds it, with whichever
+    ``build_middleware_stack`` its class has — FastAPI's own, or an app class's — so that one
+    is wrapped too (once, on the class that defines it), and the stack it builds is looked at
+    before its first request goes through it."""
+    try:
+        owner = next(k for k in type(app).__mro__ if "build_middleware_stack" in vars(k))
+        with _lock:
+            if not getattr(vars(owner)["build_middleware_stack"], "__stagetrace_patch__", False):
+                patcher.wrap(owner, "build_middleware_stack", _build)
+    except Exception as exc:
+        _recorder.internal_error("starlette.build", exc)
+
+
 def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
-        if self.middleware_stack is not None and id(self) not in _walked.ids:
+        if self.middleware_stack is None:
+            _watch_build(self)
+        elif id(self) not in _walked.ids:
             _walk_once(self)
         framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
@@ -524,7 +542,9 @@ def _app_call(orig: Any) -> Any:
         # request that will not be recorded gets the app's own coroutine.
         if not _instrumented(self):
             return orig(self, scope, receive, send)
-        if self.middleware_stack is not None and id(self) not in _walked.ids:
+        if self.middleware_stack is None:
+            _watch_build(self)
+        elif id(self) not in _walked.ids:
             _walk_once(self)
         decided = _gateway.decide(scope)
         if decided is _gateway.PASS:
@@ -543,6 +563,10 @@ _building = threading.local()
 
 
 def _build(orig: Any) -> Any:
+    """``build_middleware_stack``: the layers built from ``Middleware`` entries are watched as
+    they are built (`_factory`); the stack built is then walked too, for layers an app class
+    adds around or inside it by itself."""
+
     def build_middleware_stack(self: Any) -> Any:
         _building.depth = getattr(_building, "depth", 0) + 1
         try:
@@ -550,7 +574,11 @@ def _build(orig: Any) -> Any:
         finally:
             _building.depth -= 1
         if _instrumented(self):
-            _mark_walked(self)
+            try:
+                _mark_walked(self)
+                _walk_stack(stack)
+            except Exception as exc:
+                _recorder.internal_error("starlette.build", exc)
         return stack
 
     return build_middleware_stack
