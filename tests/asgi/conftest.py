@@ -54,3 +54,17 @@ def descendants(tl, stage):
             ids.add(s.id)
             out.append(s)
     return out
+
+
+def assert_nested(tl) -> None:
+    """Every stage starts and ends within its parent, and the self times add up to at most
+    the request's duration (for a request that runs one thing at a time: a
+    ``BaseHTTPMiddleware`` sends the response while its inner task finishes)."""
+    by_id = {s.id: s for s in tl.stages}
+    for s in tl.stages:
+        parent = by_id.get(s.parent)
+        if parent is not None:
+            assert parent.start_ns <= s.start_ns, (s.kind, s.name)
+            end, parent_end = s.start_ns + s.duration_ns, parent.start_ns + parent.duration_ns
+            assert end <= parent_end, (s.kind, s.name, "ends after", parent.kind, parent.name)
+    assert sum(s.self_ns for s in tl.stages) <= tl.duration_ns

@@ -3,9 +3,13 @@ dependencies and validation, serialization, templates, background tasks, websock
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from .conftest import descendants, named
+import stagetrace
+
+from .conftest import assert_nested, descendants, named
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -201,3 +205,34 @@ def test_the_first_request_without_a_lifespan_has_its_middleware_stages(instrume
     first, second = ([s.name for s in middleware_chain(tl)] for tl in captured)
     assert first == second
     assert f"{__name__}.{Passing.__qualname__}" in first
+
+
+def test_a_mounted_fastapi_app_is_nested_and_counted_once(instrumented, captured):
+    """app.mount("/sub", another FastAPI app): the outer route stage ends where it hands the
+    request over; the mounted app's stack, its route and its endpoint nest within their
+    parents, and the Server-Timing entries add up to at most the total."""
+    from fastapi import FastAPI
+
+    stagetrace.configure(server_timing=True)
+    app, sub = FastAPI(), FastAPI()
+
+    @sub.get("/hello/{name}")
+    async def hello(name: str) -> dict[str, str]:
+        await asyncio.sleep(0.01)
+        return {"hi": name}
+
+    app.mount("/sub", sub)
+    with TestClient(app) as client:
+        response = client.get("/sub/hello/bob")
+    assert response.json() == {"hi": "bob"}
+    (tl,) = captured
+    assert_nested(tl)
+    entries = dict(
+        (part.split(";")[0].strip(), float(part.split("dur=")[1].split(";")[0]))
+        for part in response.headers["server-timing"].split(",")
+    )
+    total = entries.pop("total")
+    assert sum(entries.values()) <= total + 0.01 * len(entries)  # each rounded to 0.01 ms
+    assert tl.route == "/sub/hello/{name}"
+    assert [s.name for s in named(tl, "route")] == ["/sub/{path}", "/sub/hello/{name}"]
+    assert not any(s.short_circuit for s in middleware_chain(tl))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from starlette.testclient import TestClient
 import stagetrace.starlette
 from stagetrace.starlette import patcher
 
-from .conftest import named
+from .conftest import assert_nested, named
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -82,6 +83,71 @@ def test_mount_prefixes_join_into_the_route_template(instrumented, captured):
         "/static/{path}",
     ]
     assert [tl.framework for tl in captured] == ["starlette"] * 3
+
+
+class Outermost:
+    """A pure ASGI middleware."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+class Inner(Outermost):
+    pass
+
+
+async def slow(request):
+    await asyncio.sleep(0.01)
+    return JSONResponse({"n": request.path_params["n"]})
+
+
+def test_a_mounted_app_runs_after_the_route_stage_that_hands_over_to_it(instrumented, captured):
+    """Mount("/api", app=an app with its own middleware): routing ends where the outer router
+    hands the request over to the mounted app (route stage ``/api/{path}``), whose middleware
+    follows under the same parent; its own routing is a route stage of its own, with the
+    joined template. Every stage ends within its parent, and the endpoint's time is counted
+    once (it was also the outer middleware's, the mounted app's stages being children of a
+    route stage that had ended)."""
+    api = Starlette(routes=[Route("/slow/{n:int}", slow)], middleware=[Middleware(Inner)])
+    app = Starlette(routes=[Mount("/api", app=api)], middleware=[Middleware(Outermost)])
+    assert TestClient(app).get("/api/slow/3").json() == {"n": 3}
+    (tl,) = captured
+    assert_nested(tl)
+    assert tl.route == "/api/slow/{n}"
+    outer, inner = named(tl, "route")
+    assert (outer.name, inner.name) == ("/api/{path}", "/api/slow/{n}")
+    by_id = {s.id: s for s in tl.stages}
+    handing_over = by_id[outer.parent]
+    assert handing_over.name == "starlette.middleware.exceptions.ExceptionMiddleware"
+    mounted = [s for s in tl.stages if s.parent == handing_over.id and s is not outer]
+    assert [s.name for s in mounted] == ["starlette.middleware.errors.ServerErrorMiddleware"]
+    assert mounted[0].start_ns >= outer.start_ns + outer.duration_ns
+    (view,) = named(tl, "view")
+    assert view.parent == inner.parent
+    assert by_id[view.parent].name == "starlette.middleware.exceptions.ExceptionMiddleware"
+    assert by_id[view.parent] is not handing_over
+    assert f"{__name__}.Inner" in [s.name for s in named(tl, "middleware")]
+    assert not any(s.short_circuit for s in named(tl, "middleware"))
+
+
+def test_a_router_behind_a_mounts_own_layers_keeps_the_mounts_prefix(instrumented, captured):
+    """Mount(routes=..., middleware=... or max_body_size=...): the mount's router sits behind
+    the mount's own layers, and its templates still start with the mount's prefix."""
+    app = Starlette(
+        routes=[
+            Mount("/limited", routes=[Route("/teapot", teapot)], max_body_size=1024),
+            Mount("/wrapped", routes=[Route("/teapot", teapot)], middleware=[Middleware(Pass)]),
+        ],
+        exception_handlers={418: on_teapot},
+    )
+    client = TestClient(app)
+    assert client.get("/limited/teapot").status_code == 418
+    assert client.get("/wrapped/teapot").status_code == 418
+    assert [tl.route for tl in captured] == ["/limited/teapot", "/wrapped/teapot"]
+    assert [s.name for s in named(captured[0], "route")] == ["/limited/{path}", "/limited/teapot"]
 
 
 def test_http_endpoint_named_by_class_and_method(instrumented, captured):
@@ -160,16 +226,6 @@ def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
         stagetrace.starlette.uninstrument()
     names = [s.name for s in captured[0].stages if s.kind == "middleware"]
     assert "tests.asgi.test_starlette.Pass" in names
-
-
-class Outermost:
-    """A pure ASGI middleware."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        await self.app(scope, receive, send)
 
 
 class OwnStackApp(Starlette):

@@ -15,8 +15,12 @@ Where each stage comes from:
   entries, then the layers of the stack built, by their ``app`` attributes. A stack built
   before instrumentation is walked the same way on the app's next call.
 * route — ``Router.__call__`` opens the stage, which ends when a route's ``handle`` starts
-  (Mounts add their prefix and keep matching; FastAPI announces its template through its own
-  ``_route_selected`` hook). Routers built before instrumentation are covered too.
+  (FastAPI announces its template through its own ``_route_selected`` hook). A Mount of a
+  bare router adds its prefix and matching goes on; a Mount of anything else — a Starlette or
+  FastAPI app, static files, a router behind the mount's own layers — is the route
+  (``/api/{path}``): the stage ends there, the mounted app's layers follow it under the same
+  parent, and routing inside that app is a route stage of its own whose template continues
+  the mount's. Routers built before instrumentation are covered too.
 * view — ``Route.handle``/``WebSocketRoute.handle`` (and FastAPI's): the endpoint; exceptions it
   raises are recorded on it even when an exception handler turns them into a response.
   FastAPI's dependency resolution (a ``dependencies`` stage, with one ``dependency`` stage per
@@ -39,6 +43,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder, _runtime, dbapi, httpclients
@@ -232,10 +237,13 @@ def _response_started(orig: Any) -> Any:
 # --- routing and endpoints -------------------------------------------------------------------
 
 
-#: The route stage still matching, if any: the current stage, or an ancestor when a mounted
-#: sub-app's middleware runs inside it. (A partial, not a function: a Python frame fewer, and
-#: routing asks on every request.)
+#: The route stage still matching, if any: the current stage, or a near ancestor. (A partial,
+#: not a function: a Python frame fewer, and routing asks on every request.)
 _open_route: Callable[[], Any] = functools.partial(_recorder.nearest_open, "route")
+
+#: The template prefix of the Mounts that handed the request over to the app being run now
+#: (see `_mount_handle`): where the templates of that app's own routing start.
+_handed_over: ContextVar[str] = ContextVar("stagetrace.starlette.mounted", default="")
 
 
 def _route_state(rec: Any) -> dict[str, Any]:
@@ -243,7 +251,7 @@ def _route_state(rec: Any) -> dict[str, Any]:
     the template FastAPI announced (``_route_selected``), if it does."""
     state = _recorder.aux(rec)
     if state is None:
-        state = {"prefix": "", "template": None, "announced": False}
+        state = {"prefix": _handed_over.get(), "template": None, "announced": False}
         _recorder.set_aux(rec, state)
     return state  # type: ignore[no-any-return]
 
@@ -393,27 +401,55 @@ def _leaf_handle(orig: Any) -> Any:
 
 
 def _mount_handle(orig: Any) -> Any:
+    """A ``Mount`` (or ``Host``) of a bare ``Router`` (``routes=[...]``): matching goes on
+    inside, its prefix added to the template. Of anything else — a Starlette or FastAPI app,
+    static files, a router behind the mount's own ``middleware=`` — routing hands the request
+    over: the mount is the route (``/api/{path}``), whose stage ends here, before that app's
+    layers run. As stages of the route they would outlive it, and their time would count
+    twice (as theirs, and as the self time of the layer around the route). A router inside
+    that app routes in a route stage of its own, under the app's innermost layer, its
+    templates starting with the mount's (``/api/users/{id}``)."""
+
     async def handle(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        token = None
         if _current() is not None:
             try:
-                from starlette import routing
-
-                rec = _open_route()
-                if rec is not None:
-                    state = _route_state(rec)
-                    prefix = getattr(self, "path", "")
-                    router = getattr(self.app, "router", self.app)
-                    if not isinstance(router, routing.Router):
-                        # a mounted ASGI app (static files, ...): the mount is the route
-                        template = state["template"] or state["prefix"] + prefix + "/{path}"
-                        _matched(rec, template, self)
-                    elif not state["announced"]:
-                        state["prefix"] += prefix  # keep matching inside
+                token = _enter_mount(self)
             except Exception as exc:
                 _recorder.internal_error("starlette.mount", exc)
-        await orig(self, scope, receive, send)
+        if token is None:
+            await orig(self, scope, receive, send)
+            return
+        try:
+            await orig(self, scope, receive, send)
+        finally:
+            _leave_mount(token)
 
     return _unless_recording(orig, handle)
+
+
+def _enter_mount(mount: Any) -> Any:
+    """The routing of `mount` (see `_mount_handle`); a token for `_leave_mount` when it hands
+    the request over."""
+    from starlette import routing
+
+    rec = _open_route()
+    if rec is None:
+        return None
+    state = _route_state(rec)
+    prefix = state["prefix"] if state["announced"] else state["prefix"] + getattr(mount, "path", "")
+    if isinstance(mount.app, routing.Router):
+        state["prefix"] = prefix  # keep matching inside
+        return None
+    _matched(rec, state["template"] or prefix + "/{path}", mount)
+    return _handed_over.set(prefix)
+
+
+def _leave_mount(token: Any) -> None:
+    try:
+        _handed_over.reset(token)
+    except Exception as exc:
+        _recorder.internal_error("starlette.mount", exc)
 
 
 def _route_selected(orig: Any) -> Any:
