@@ -114,6 +114,7 @@ ADAPTER_HOOKS = [
     ("stagetrace.starlette._install", "_view_name"),
     ("stagetrace.starlette._install", "_route_state"),
     ("stagetrace.starlette._install", "_matched"),
+    ("stagetrace.starlette._install", "_enter_mount"),
     ("stagetrace.starlette._install", "_task_name"),
     ("stagetrace.asgi._gateway", "begin"),
     ("stagetrace.wsgi._gateway", "begin"),
@@ -362,6 +363,10 @@ def _starlette_app() -> Any:
             yield "a\n"
             yield "b\n"
 
+    mounted = Starlette(
+        routes=[Route("/y/{n:int}", lambda r: JSONResponse({"n": r.path_params["n"]}))],
+        middleware=[Middleware(Pure)],
+    )
     return Starlette(
         routes=[
             Route("/json", lambda r: JSONResponse({"a": [1, 2, 3]})),
@@ -369,6 +374,7 @@ def _starlette_app() -> Any:
             Route("/stream", lambda r: StreamingResponse(rows())),
             Route("/boom", boom),
             Mount("/sub", routes=[Route("/x/{n:int}", lambda r: PlainTextResponse("x" * 300))]),
+            Mount("/app", app=mounted),
         ],
         middleware=[Middleware(Header), Middleware(Pure), Middleware(GZipMiddleware)],
     )
@@ -382,7 +388,7 @@ def _starlette() -> list[Any]:
 
     client = TestClient(_starlette_app(), raise_server_exceptions=False)
     out = []
-    for path in ("/json", "/task", "/stream", "/boom", "/sub/x/3", "/nope"):
+    for path in ("/json", "/task", "/stream", "/boom", "/sub/x/3", "/app/y/4", "/app/no", "/nope"):
         r = client.get(path, headers={"x-request-start": "t=1e400", "accept-encoding": "gzip"})
         out.append(_snapshot(r.status_code, r.headers.items(), r.content))
     return out
