@@ -215,7 +215,8 @@ def test_instrument_app_takes_an_app_that_cannot_be_hashed(captured):
 
 
 def test_app_started_before_instrument_gets_its_middleware_recorded(captured):
-    """An app whose middleware stack was built before instrument() is rebuilt once."""
+    """An app whose middleware stack was built before instrument() has its layers found where
+    they are (by their ``app`` attributes) and recorded."""
     app = make_app()
     TestClient(app).get("/json")  # builds the stack, not recorded
     assert captured == []
