@@ -163,6 +163,20 @@ def test_a_value_given_without_a_name_is_redacted():
     assert headers.redact_query("QkZrTmxWbGpYbWdWcg&noCache&amp") == "REDACTED&REDACTED&amp"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://alice:s3cret@collector:4318/v1/traces?api_key=k&debug", "https://REDACTED@collector:4318/v1/traces?api_key=REDACTED&debug"),
+        ("http://a:p/w@h:1/x#frag", "http://REDACTED@h:1/x#REDACTED"),
+        ("alice:pw@collector:4317", "REDACTED@collector:4317"),
+        ("http://collector:4318", "http://collector:4318"),
+    ],
+)  # fmt: skip
+def test_a_url_is_shown_without_credentials_or_query_values(url: str, shown: str) -> None:
+    """What logs and errors show of a configured URL (an OTLP endpoint), valid or not."""
+    assert headers.redact_url(url) == shown
+
+
 @fast
 @given(st.one_of(anything, huge))
 def test_host_is_total(value):

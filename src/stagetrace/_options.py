@@ -16,8 +16,10 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
+
+from ._http.headers import redact_url
 
 if TYPE_CHECKING:
     from .typing import Analyzer, Sink
@@ -70,6 +72,18 @@ class Settings:
     server_timing: bool = False
     # derived, for the request path
     exclude_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """As the dataclass writes it, with the OTLP endpoint's ``user:password@`` and query
+        values redacted: settings get printed and logged, and those are credentials."""
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if f.name == "otlp_endpoint" and value is not None:
+                    value = redact_url(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 # --- coercers: (value, from_env) -> value, or raise _Bad(what it accepts) -----------------------
@@ -454,6 +468,8 @@ def coerce(name: str, value: Any, source: str, from_env: bool = False) -> Any:
     try:
         return OPTIONS[name].coerce(value, from_env)
     except _Bad as bad:
+        if name == "otlp_endpoint" and isinstance(value, str):
+            value = redact_url(value)  # an endpoint's user:password@ and ?api_key= are secrets
         raise ConfigurationError(
             f"stagetrace option {name!r} ({source}): expected {bad}, got {_short(value)}"
         ) from None

@@ -145,6 +145,43 @@ def test_bad_values_get_one_line_errors_naming_the_variable(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://alice:s3cretpw@collector:4318/?api_key=k3y"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://alice:s3cretpw@c/v1/traces?api_key=k3y"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://alice:s3cretpw@c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "alice:s3cretpw@c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    ],
+)  # fmt: skip
+def test_endpoint_credentials_become_basic_auth_and_are_never_shown(env: dict[str, str]) -> None:
+    """The endpoint's ``user:password@`` is taken out of the URL and sent as Basic auth; what
+    is shown of the endpoint (``display_url``, the repr) has neither it nor query values."""
+    config = exporter_config(env)
+    assert "alice" not in config.url and "s3cretpw" not in config.url
+    assert dict(config.headers)["Authorization"].startswith("Basic ")
+    for shown in (config.display_url, repr(config)):
+        assert "alice" not in shown and "s3cretpw" not in shown and "k3y" not in shown
+    assert "@c" not in config.display_url or "REDACTED@" in config.display_url
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://alice:s3cretpw@x:99999/?api_key=k3y"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://alice:s3cretpw@x/?api_key=k3y"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "alice:s3cretpw@x/?api_key=k3y", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    ],
+)  # fmt: skip
+def test_a_bad_endpoint_error_does_not_repeat_its_secrets(env: dict[str, str]) -> None:
+    """Refusing an endpoint names it without its credentials or query values, in one line."""
+    with pytest.raises(ConfigurationError) as info:
+        exporter_config(env)
+    message = str(info.value)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message and "REDACTED" in message
+    assert "s3cretpw" not in message and "k3y" not in message and "\n" not in message
+
+
 def test_unknown_override_is_refused() -> None:
     """A misspelt option is an error listing the known ones, not silently ignored."""
     with pytest.raises(ConfigurationError, match="unknown option\\(s\\) endpont; known: "):

@@ -170,6 +170,31 @@ def test_an_unreachable_collector_is_warned_about_at_the_first_failed_attempt(ca
     assert "is failing (" in failing[0] and "Connection refused" in failing[0]
 
 
+def test_endpoint_secrets_stay_out_of_warnings_and_settings(caplog) -> None:
+    """An endpoint with ``user:password@`` (sent as Basic auth, not part of the URL) and an
+    ``?api_key=`` is shown without either in the export warning and in the sink's repr (what
+    ``settings()`` prints), which still name the collector."""
+    port = free_port()
+    stagetrace.configure(
+        sinks=["otel"],
+        otlp_endpoint=f"http://alice:s3cretpw@127.0.0.1:{port}/?api_key=k3y",
+        otel_flush_timeout=0.3,
+    )
+    with caplog.at_level("WARNING", logger="stagetrace"):
+        run_jobs(2)
+        stagetrace.flush(0.2)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not caplog.records:
+            time.sleep(0.05)
+        shown = repr(stagetrace.settings())
+        stagetrace.shutdown(0.2)
+    failing = [r.getMessage() for r in caplog.records if "OTLP export" in r.getMessage()]
+    assert failing and f"//127.0.0.1:{port}/v1/traces?api_key=REDACTED is" in failing[0]
+    assert f"//127.0.0.1:{port}/v1/traces?api_key=REDACTED" in shown
+    for text in (*failing, shown, caplog.text, str(stagetrace.stats())):
+        assert "s3cretpw" not in text and "alice" not in text and "k3y" not in text
+
+
 def test_tracer_provider_option_gets_readable_spans() -> None:
     """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
     ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.server
 import socket
@@ -256,6 +257,27 @@ def test_headers_and_gzip_are_sent(serve: Any) -> None:
     assert gzip.decompress(body) == BODY * 100
 
 
+def test_credentials_in_the_endpoint_are_sent_as_basic_auth(serve: Any) -> None:
+    """``http://user:pass@host`` sends Basic auth (percent-decoded, as OpenTelemetry's own HTTP
+    exporter does through requests) and no userinfo in the request line; an Authorization
+    header configured in OTEL_EXPORTER_OTLP_HEADERS wins over the URL's."""
+    server = serve([(200, {}, b"")])
+    with_userinfo = server.url.replace("http://", "http://alice:s3cret%21@")
+    assert http_transport(with_userinfo).export(BODY).ok
+    expected = "Basic " + base64.b64encode(b"alice:s3cret!").decode()
+    assert server.requests[0][0]["authorization"] == expected
+
+    configured = HttpTransport(
+        exporter_config(
+            {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0ken"},
+            {"endpoint": with_userinfo},
+        )
+    )
+    _open.append(configured)
+    assert configured.export(BODY).ok
+    assert server.requests[1][0]["authorization"] == "Bearer t0ken"
+
+
 def test_partial_success_is_reported(serve: Any) -> None:
     """A 200 whose ExportTraceServiceResponse reports rejected spans is OK with the count."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -275,7 +297,8 @@ def test_partial_success_is_reported(serve: Any) -> None:
 
 def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     """A real gRPC server answering UNAVAILABLE once: the export retries and succeeds; headers
-    arrive as metadata; our bytes arrive unchanged."""
+    arrive as metadata, the endpoint's credentials as Basic auth (not in the target); our bytes
+    arrive unchanged."""
     seen: list[tuple[bytes, dict[str, str]]] = []
 
     def export(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -296,7 +319,11 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
         transport = GrpcTransport(
             exporter_config(
                 {"OTEL_EXPORTER_OTLP_HEADERS": "X-Tenant=blue"},
-                {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc", "compression": "gzip"},
+                {
+                    "endpoint": f"http://alice:s3cret@127.0.0.1:{port}",
+                    "protocol": "grpc",
+                    "compression": "gzip",
+                },
             )
         )
         transport._backoff.initial = 0.01
@@ -307,6 +334,7 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     assert outcome.ok and outcome.attempts == 2, outcome
     assert [request for request, _ in seen] == [BODY, BODY]
     assert seen[1][1]["x-tenant"] == "blue"
+    assert seen[1][1]["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
 
 
 def test_grpc_unreachable_fails_within_the_deadline() -> None:

@@ -218,6 +218,24 @@ def redact_query(query: str | bytes | None, keep: tuple[str, ...] = ()) -> str |
     return safe("&".join(parts)) if parts else None
 
 
+def redact_url(url: str) -> str:
+    """`url` fit to be shown (logs, errors, reprs, ``settings()``): a ``user:password@`` becomes
+    ``REDACTED@`` and every query value ``REDACTED``, as the recorded ``url.query`` is. Works
+    on text that is not a valid URL too (what an error about a bad endpoint quotes)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    else:
+        scheme += sep
+    rest, hash_, fragment = rest.partition("#")
+    head, question, query = rest.partition("?")
+    if "@" in head:  # up to the last "@": a password may hold an unencoded "/"
+        head = "REDACTED@" + head.rpartition("@")[2]
+    if question:
+        head += "?" + (redact_query(query) or "")
+    return scheme + head + (hash_ + "REDACTED" if fragment else hash_)
+
+
 #: A query piece without ``=`` kept as it is: a flag's name in lower case (``?debug``,
 #: ``?print-view``). Anything else — capitals, digits, dots, long — may be a value given bare
 #: (a magic link's token in URL-safe base64 can be letters only), and is redacted.

@@ -99,7 +99,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
             rules=_rules(values),
             max_queue_spans=values.get("otel_queue_size", 20_000),
             flush_timeout=flush_timeout,
-            describe=f"{config.protocol} {config.url}",
+            describe=f"{config.protocol} {config.display_url}",
         )
     _attach_extras(sink, values)
     return sink

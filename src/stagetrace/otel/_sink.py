@@ -169,7 +169,7 @@ class _Exporter:
             logger.warning(
                 "stagetrace: OTLP export to %s is failing (%s); retrying until the export "
                 "deadline, then spans are dropped and counted until it succeeds again",
-                self.transport.config.url,
+                self.transport.config.display_url,
                 detail,
             )
 
@@ -205,7 +205,7 @@ class _Exporter:
                         logger.warning(
                             "stagetrace: OTLP export to %s failed (%s); spans are dropped and "
                             "counted until it succeeds again",
-                            self.transport.config.url,
+                            self.transport.config.display_url,
                             outcome.detail or outcome.result.value,
                         )
             with self._cond:

@@ -14,6 +14,7 @@ which the ``otlp`` extra installs.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import random
@@ -25,8 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Literal, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
+from .._http.headers import redact_url
 from .._options import ConfigurationError
 
 __all__ = [
@@ -62,9 +64,11 @@ class ExporterConfig:
     """Where and how to send spans, resolved from the environment and explicit overrides.
 
     ``url`` is the full URL spans are POSTed to (OTLP/HTTP) or the ``http(s)://host:port`` the
-    gRPC channel connects to; ``secure`` says whether TLS is used. ``timeout`` is in seconds: the
-    default deadline of one export, retries included. ``headers`` are sent with every export
-    (their values are secrets as often as not: never log them).
+    gRPC channel connects to, without the endpoint's ``user:password@`` (that is sent as an
+    ``Authorization`` header); its query may still hold an API key: show `display_url`, never
+    ``url``. ``secure`` says whether TLS is used. ``timeout`` is in seconds: the default deadline
+    of one export, retries included. ``headers`` are sent with every export (their values are
+    secrets as often as not: never log them).
     """
 
     url: str
@@ -77,11 +81,17 @@ class ExporterConfig:
     client_key_file: str | None = None
     client_certificate_file: str | None = None
 
+    @property
+    def display_url(self) -> str:
+        """``url`` as logs, errors and reprs show it: query values redacted (an ``?api_key=``)."""
+        return redact_url(self.url)
+
     def __repr__(self) -> str:  # headers often carry API keys: keep them out of logs
         hidden = tuple((k, "***") for k, _ in self.headers)
         return (
-            f"ExporterConfig(url={self.url!r}, protocol={self.protocol!r}, headers={hidden!r}, "
-            f"timeout={self.timeout!r}, compression={self.compression!r}, secure={self.secure!r})"
+            f"ExporterConfig(url={self.display_url!r}, protocol={self.protocol!r}, "
+            f"headers={hidden!r}, timeout={self.timeout!r}, compression={self.compression!r}, "
+            f"secure={self.secure!r})"
         )
 
 
@@ -154,7 +164,7 @@ def exporter_config(
     if protocol == GRPC:
         _require_grpc()
 
-    url, secure = _endpoint(env, over, protocol)
+    url, secure, userinfo = _endpoint(env, over, protocol)
     insecure_pick = pick("INSECURE", "insecure")
     if protocol == GRPC and insecure_pick is not None and "://" not in url:
         secure = not _boolean(*insecure_pick)
@@ -174,6 +184,8 @@ def exporter_config(
         for key, _ in headers:
             if not key or not _is_token(key):
                 raise ConfigurationError(f"{where}: {key!r} is not a valid header name")
+    if userinfo is not None and not any(k.lower() == "authorization" for k, _ in headers):
+        headers += (("Authorization", _basic_auth(userinfo)),)
 
     timeout = _DEFAULT_TIMEOUT
     timeout_over = over.get("timeout")
@@ -222,8 +234,11 @@ def exporter_config(
     )
 
 
-def _endpoint(env: Mapping[str, str], over: Mapping[str, Any], protocol: str) -> tuple[str, bool]:
-    """The URL (HTTP: with the traces path) and whether it is TLS."""
+def _endpoint(
+    env: Mapping[str, str], over: Mapping[str, Any], protocol: str
+) -> tuple[str, bool, str | None]:
+    """The URL (HTTP: with the traces path) without its ``user:password@``, whether it is TLS,
+    and that userinfo (None when there is none)."""
     chosen: tuple[str, str, bool] | None = None  # value, where, used as is?
     if over.get("traces_endpoint"):
         chosen = (str(over["traces_endpoint"]), "option 'traces_endpoint'", True)
@@ -241,10 +256,12 @@ def _endpoint(env: Mapping[str, str], over: Mapping[str, Any], protocol: str) ->
         value, where = (chosen[0], chosen[1]) if chosen else (_DEFAULT_GRPC, "endpoint")
         if "://" not in value:  # host:port, as gRPC clients accept it
             if not value or "/" in value:
-                raise ConfigurationError(f"{where}: {value!r} is not a gRPC target or URL")
-            return value, True
+                shown = redact_url(value)
+                raise ConfigurationError(f"{where}: {shown!r} is not a gRPC target or URL")
+            userinfo, at, target = value.rpartition("@")
+            return target, True, userinfo if at else None
         parts = _split_url(value, where)
-        return f"{parts.scheme}://{parts.netloc}", parts.scheme == "https"
+        return f"{parts.scheme}://{_host_port(parts)}", parts.scheme == "https", _userinfo(parts)
     value, where, as_is = chosen if chosen else (_DEFAULT_HTTP, "endpoint", False)
     parts = _split_url(value, where)
     path = parts.path
@@ -253,18 +270,41 @@ def _endpoint(env: Mapping[str, str], over: Mapping[str, Any], protocol: str) ->
     elif not path:
         path = "/"
     query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{parts.netloc}{path}{query}", parts.scheme == "https"
+    url = f"{parts.scheme}://{_host_port(parts)}{path}{query}"
+    return url, parts.scheme == "https", _userinfo(parts)
 
 
-def _split_url(value: str, where: str) -> Any:
+def _split_url(value: str, where: str) -> SplitResult:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises on a bad port
     except ValueError as exc:
-        raise ConfigurationError(f"{where}: {value!r} is not a URL ({exc})") from None
+        raise ConfigurationError(f"{where}: {redact_url(value)!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{where}: {value!r} is not an http:// or https:// URL")
+        raise ConfigurationError(
+            f"{where}: {redact_url(value)!r} is not an http:// or https:// URL"
+        )
     return parts
+
+
+def _host_port(parts: SplitResult) -> str:
+    """The URL's ``host:port`` as written, without its ``user:password@``."""
+    return parts.netloc.rpartition("@")[2]
+
+
+def _userinfo(parts: SplitResult) -> str | None:
+    """The URL's ``user:password`` as written (percent-encoded), None when it has none."""
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return userinfo if at else None
+
+
+def _basic_auth(userinfo: str) -> str:
+    """The ``Authorization`` value for an endpoint's ``user:password@``: Basic, user and password
+    percent-decoded, as OpenTelemetry's own OTLP/HTTP exporter sends it (through requests), so
+    a collector behind basic auth accepts either exporter. UTF-8, as RFC 7617 advises."""
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 def _parse_headers(raw: str, where: str) -> tuple[tuple[str, str], ...]:
