@@ -156,6 +156,39 @@ def test_route_missing_names_the_span_by_method_only() -> None:
     assert decoded(timeline(route=None))[0]["name"] == "GET"
 
 
+@pytest.mark.parametrize("method", ["FOOBAR", "get", "X7Q2ZK91"])
+def test_an_unknown_method_is_other_and_the_span_is_named_http(method: str) -> None:
+    """A method the conventions do not know (any token a client sends; they are case-sensitive)
+    is exported as ``http.request.method=_OTHER`` with ``http.request.method_original``, and the
+    server span is named ``HTTP {route}`` (``HTTP`` without a route): clients cannot mint span
+    names or attribute values. A known method stays as it is, with no original beside it."""
+    stages = doc_example()["stages"]
+    stages[0]["attrs"]["http.request.method"] = method
+    for route, name in (("books/", "HTTP books/"), (None, "HTTP")):
+        root = decoded(timeline(method=method, route=route, stages=stages))[0]
+        assert root["name"] == name
+        assert root["attributes"]["http.request.method"] == "_OTHER"
+        assert root["attributes"]["http.request.method_original"] == method
+    known = decoded(timeline())[0]["attributes"]
+    assert known["http.request.method"] == "GET" and "http.request.method_original" not in known
+
+
+def test_an_unknown_method_of_an_outbound_call_is_other_too() -> None:
+    """An ``http.client`` span with a method the conventions do not know (WebDAV's PROPFIND)
+    gets ``_OTHER`` and the original, and ``HTTP`` in its name for the method."""
+    stages = doc_example()["stages"]
+    call = {"http.request.method": "PROPFIND", "server.address": "dav.example"}
+    stages.append(
+        {"id": 9, "parent": 4, "kind": "http.client", "name": "PROPFIND dav.example",
+         "start_ns": 3960000, "duration_ns": 200000, "self_ns": 200000, "attrs": call,
+         "error": None}
+    )  # fmt: skip
+    span = decoded(timeline(stages=stages))[9]
+    assert span["name"] == "HTTP dav.example" and span["kind"] == 3
+    assert span["attributes"]["http.request.method"] == "_OTHER"
+    assert span["attributes"]["http.request.method_original"] == "PROPFIND"
+
+
 def test_span_ids_match_what_the_request_saw() -> None:
     """The exported span id of stage i is `stage_span_id(root, i)`, the id `current_span()` gave
     other instrumentation while the stage ran."""

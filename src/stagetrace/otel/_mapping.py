@@ -59,6 +59,7 @@ from ._encode import (
     times_field,
     utf8,
 )
+from ._metrics import KNOWN_METHODS
 
 __all__ = [
     "export_key",
@@ -146,11 +147,15 @@ def export_key(key: str) -> str:
 
 def span_name(tl: Timeline) -> str:
     """The root span's name: ``"{METHOD} {route}"``, the method alone when no route matched
-    (the path is high-cardinality and is not a span name), the root stage's name for a job."""
+    (the path is high-cardinality and is not a span name), the root stage's name for a job.
+    A method the conventions do not know is ``HTTP``, as they say: any client can send any
+    token as a method."""
     if tl.protocol == "job":
         root = tl.root
         return root.name if root is not None else "job"
-    method = tl.method or "HTTP"
+    method = tl.method
+    if method not in KNOWN_METHODS:
+        method = "HTTP"
     return f"{method} {tl.route}" if tl.route else method
 
 
@@ -358,11 +363,17 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
             kind = KIND_CLIENT if kind_name in client else KIND_INTERNAL
             parent = ids[p if p is not None else 0]
             flags = child_flags
-            if kind_name == "http.client" and err is None:
-                answer = sattrs.get("http.response.status_code")
-                if type(answer) is int and answer >= 400:
-                    status = (STATUS_ERROR, "")
-                    attrs.append(("error.type", str(answer)))
+            if kind_name == "http.client":
+                if err is None:
+                    answer = sattrs.get("http.response.status_code")
+                    if type(answer) is int and answer >= 400:
+                        status = (STATUS_ERROR, "")
+                        attrs.append(("error.type", str(answer)))
+                method = sattrs.get("http.request.method")
+                if method is not None and method not in KNOWN_METHODS:
+                    _other_method(attrs, method)
+                    if name.startswith(f"{method} "):  # "METHOD host"
+                        name = "HTTP" + name[len(method) :]
         if encode is not None:
             block = encode(attrs)
             for k, v in times:
@@ -410,6 +421,9 @@ def _root(
             attrs.append(("url.path", tl.path))
         if tl.route:
             attrs.append(("http.route", tl.route))
+        method = sattrs.get("http.request.method")
+        if method is not None and method not in KNOWN_METHODS:
+            _other_method(attrs, method)
         code = tl.status
         if code is not None and tl.protocol == "http":
             if "http.response.status_code" not in sattrs:
@@ -440,6 +454,17 @@ def _root(
             for f in tl.findings
         ]
     return kind, name, status, events
+
+
+def _other_method(attrs: list[tuple[str, Any]], method: Any) -> None:
+    """A method the semantic conventions do not know, as they say to export it:
+    ``http.request.method=_OTHER`` and the method as sent in ``http.request.method_original``.
+    Checked once per request (and per outbound call), never per stage."""
+    for i, (key, _) in enumerate(attrs):
+        if key == "http.request.method":
+            attrs[i] = (key, "_OTHER")
+            break
+    attrs.append(("http.request.method_original", method))
 
 
 def _stage_attrs(

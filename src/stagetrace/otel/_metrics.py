@@ -43,7 +43,9 @@ DURATION_BUCKETS = (
 #: Finer buckets for stage time (a query, a template: often well under 5 ms).
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, *DURATION_BUCKETS)
 
-_METHODS = frozenset(
+#: The HTTP methods the semantic conventions know (case-sensitive); any other is ``_OTHER``
+#: (metrics and spans), so a client cannot mint attribute values or span names.
+KNOWN_METHODS = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
 )
 
@@ -107,7 +109,7 @@ class StageMetrics:
             attrs: dict[str, Any] = {}
             method = tl.method
             if method is not None:
-                attrs["http.request.method"] = method if method in _METHODS else "_OTHER"
+                attrs["http.request.method"] = method if method in KNOWN_METHODS else "_OTHER"
             if route:
                 attrs["http.route"] = route
             status = tl.status
