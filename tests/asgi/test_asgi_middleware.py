@@ -149,6 +149,7 @@ async def test_websocket_connection_is_one_timeline(captured):
     assert attrs["websocket.messages_received"] == 3
     assert attrs["websocket.bytes_received"] == 10
     assert attrs["websocket.messages_sent"] == 2 and attrs["websocket.close_code"] == 4001
+    assert "http.response.status_code" not in attrs  # a close code is no HTTP status
     names = [s.name for s in tl.stages if s.kind == "response.write"]
     assert names == ["websocket.accept", "websocket.send", "websocket.send"]
 

@@ -189,6 +189,56 @@ def test_an_unknown_method_of_an_outbound_call_is_other_too() -> None:
     assert span["attributes"]["http.request.method_original"] == "PROPFIND"
 
 
+def test_a_websocket_close_code_is_not_exported_as_an_http_status() -> None:
+    """A websocket's close code (the timeline's ``status``) is ``stagetrace.websocket.close_code``
+    on its server span, never ``http.response.status_code`` (OpenTelemetry has no stable
+    websocket attribute), and 1011 is no 5xx: even a timeline recorded before the gateway
+    stopped writing the close code under the HTTP name exports none."""
+    stages = doc_example()["stages"][:1]
+    stages[0]["attrs"] = {"websocket.close_code": 1011, "http.response.status_code": 1011}
+    tl = timeline(protocol="websocket", method=None, route="/ws", status=1011, stages=stages)
+    (root,) = decoded(tl)
+    assert "http.response.status_code" not in root["attributes"]
+    assert root["attributes"]["stagetrace.websocket.close_code"] == 1011
+    assert root["status"]["code"] == 0 and "error.type" not in root["attributes"]
+
+
+async def test_the_asgi_gateway_exports_a_websocket_without_an_http_status() -> None:
+    """End to end, through the ASGI gateway and a TracerProvider: the close code is
+    ``stagetrace.websocket.close_code`` only."""
+    import stagetrace
+    from stagetrace.asgi import StagetraceMiddleware
+
+    from .conftest import exporting
+
+    options = exporting()
+    stagetrace.configure(**options)
+    (exporter,) = [
+        p.span_exporter for p in options["tracer_provider"]._active_span_processor._span_processors
+    ]
+
+    async def ws_app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1011})
+
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"",
+             "headers": [], "scheme": "ws", "server": ("127.0.0.1", 8000), "subprotocols": []}  # fmt: skip
+    await StagetraceMiddleware(ws_app)(scope, receive, send)
+    stagetrace.flush()
+    (root,) = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert "http.response.status_code" not in root.attributes
+    assert root.attributes["stagetrace.websocket.close_code"] == 1011
+
+
 def test_span_ids_match_what_the_request_saw() -> None:
     """The exported span id of stage i is `stage_span_id(root, i)`, the id `current_span()` gave
     other instrumentation while the stage ran."""

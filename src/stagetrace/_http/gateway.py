@@ -338,7 +338,9 @@ def end_http(
     response_size: int | None = None,
     exc: BaseException | None = None,
 ) -> None:
-    """End an HTTP timeline begun by `begin_http`, recording status and response size."""
+    """End an HTTP timeline begun by `begin_http`, recording status and response size. A
+    websocket's status is its close code: the timeline's ``status``, but no HTTP status, so
+    not ``http.response.status_code`` (the ASGI gateway records ``websocket.close_code``)."""
     if root is None:
         return
     tl = _recorder.timeline_of(root)
@@ -347,7 +349,7 @@ def end_http(
     if status is not None:
         tl.status = status
     attrs = _recorder.root_attrs(root)
-    if tl.status is not None:
+    if tl.status is not None and tl.protocol == "http":
         attrs["http.response.status_code"] = tl.status
     if response_size is not None:
         attrs["http.response.body.size"] = response_size

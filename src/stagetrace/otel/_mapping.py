@@ -431,6 +431,10 @@ def _root(
             if code >= 500 and err is None:
                 status = (STATUS_ERROR, "")
                 attrs.append(("error.type", str(code)))
+        elif "http.response.status_code" in sattrs:
+            # A websocket's close code, where the ASGI gateway used to record it (timelines
+            # read from older files): no HTTP status; stagetrace.websocket.close_code has it.
+            attrs[:] = [kv for kv in attrs if kv[0] != "http.response.status_code"]
     if tl.parent_span_id and not tl.parent_is_remote:
         # An OpenTelemetry span of this process was current when the request began (FastAPI's
         # own telemetry, OpenTelemetry's ASGI/WSGI middleware outside ours): that span is the
