@@ -3,6 +3,7 @@ bounded export queue, flush deadlines, and the TracerProvider path."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -193,6 +194,72 @@ def test_endpoint_secrets_stay_out_of_warnings_and_settings(caplog) -> None:
     assert f"//127.0.0.1:{port}/v1/traces?api_key=REDACTED" in shown
     for text in (*failing, shown, caplog.text, str(stagetrace.stats())):
         assert "s3cretpw" not in text and "alice" not in text and "k3y" not in text
+
+
+FORKING = """
+import os, sys
+import stagetrace
+endpoint, path = sys.argv[1], sys.argv[2]
+if path == "provider":
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint + "/v1/traces")))
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+else:
+    stagetrace.configure(sinks=["otel"], otlp_endpoint=endpoint)
+if path == "busy parent":  # the pipeline's and the exporter's threads run before the fork
+    with stagetrace.timeline("before"):
+        pass
+    assert stagetrace.flush(5)
+workers = []
+for i in range(2):  # as gunicorn --preload: configured in the master, then forked
+    pid = os.fork()
+    if pid == 0:
+        with stagetrace.timeline(f"worker-{i}"):
+            pass
+        os._exit(0 if stagetrace.flush(5) else 1)
+    workers.append(pid)
+for pid in workers:
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+with stagetrace.timeline("master"):
+    pass
+assert stagetrace.flush(5)
+"""
+
+
+@pytest.mark.parametrize("path", ["otlp", "busy parent", "provider"])
+def test_forked_workers_each_export_their_own_service_instance_id(
+    collector: Collector, path: str
+) -> None:
+    """Workers forked from a configured master (gunicorn ``--preload``) are told apart: each
+    exports its own ``service.instance.id``, as the OpenTelemetry SDK's providers do, whether
+    the master exported before forking or not, and through a TracerProvider too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+    subprocess.run(
+        [sys.executable, "-c", FORKING, collector.http_endpoint, path], env=env, check=True
+    )
+    expected = 3 if path != "busy parent" else 4
+    by_name = {s.name: r["service.instance.id"] for r, s in collector.wait_for_spans(expected)}
+    assert sorted(by_name) == sorted(
+        ["worker-0", "worker-1", "master"] + (["before"] if path == "busy parent" else [])
+    )
+    assert len({by_name["worker-0"], by_name["worker-1"], by_name["master"]}) == 3
+    assert by_name.get("before", by_name["master"]) == by_name["master"]
+
+
+def test_a_configured_service_instance_id_is_kept_in_forked_workers(
+    collector: Collector,
+) -> None:
+    """An instance id the deployment set (``OTEL_RESOURCE_ATTRIBUTES``) is what every worker
+    exports: the resource is computed in the worker as configure() would compute it there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+    env["OTEL_RESOURCE_ATTRIBUTES"] = "service.instance.id=pod-7"
+    subprocess.run(
+        [sys.executable, "-c", FORKING, collector.http_endpoint, "otlp"], env=env, check=True
+    )
+    assert {r["service.instance.id"] for r, _ in collector.wait_for_spans(3)} == {"pod-7"}
 
 
 def test_tracer_provider_option_gets_readable_spans() -> None:

@@ -296,8 +296,7 @@ class SpanEncoder:
         self._cached_bytes = 0
         self._keys: dict[str, list[Any]] = {}
         self._names: dict[str, bytes] = {}
-        res_attrs = self._attributes(resource)
-        resource_msg = (b"\x0a" + b"\x0a".join(res_attrs)) if res_attrs else b""
+        self.set_resource(resource)
         scope_msg = b""
         if scope_name:
             scope_msg += _ld(b"\x0a", utf8(scope_name))
@@ -306,14 +305,20 @@ class SpanEncoder:
         scope_attrs = self._attributes(scope_attributes)
         if scope_attrs:
             scope_msg += b"\x1a" + b"\x1a".join(scope_attrs)
-        #: ResourceSpans.resource (field 1), written before the scope spans.
-        self._resource_field = _ld(b"\x0a", resource_msg)
         #: ScopeSpans.scope (field 1), written before the spans.
         self._scope_field = _ld(b"\x0a", scope_msg)
         self._scope_tail = _ld(b"\x1a", utf8(scope_schema_url)) if scope_schema_url else b""
         self._resource_tail = (
             _ld(b"\x1a", utf8(resource_schema_url)) if resource_schema_url else b""
         )
+
+    def set_resource(self, resource: Attributes | None) -> None:
+        """Encode the resource the next requests carry: at construction, and again in a forked
+        worker, whose ``service.instance.id`` is its own."""
+        res_attrs = self._attributes(resource)
+        resource_msg = (b"\x0a" + b"\x0a".join(res_attrs)) if res_attrs else b""
+        #: ResourceSpans.resource (field 1), written before the scope spans.
+        self._resource_field = _ld(b"\x0a", resource_msg)
 
     def _key(self, key: str) -> list[Any]:
         """The per-key cache: ``[key field, {str: kv}, {int: kv}, kv for True, kv for False]``."""

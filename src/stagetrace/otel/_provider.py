@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from .._options import ConfigurationError
@@ -88,11 +89,8 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
         from ._transport import exporter_config, make_transport
 
         config = exporter_config(env, {"endpoint": endpoint} if endpoint else None)
-        encoder = SpanEncoder(
-            resource_attributes(values.get("service", "unknown_service"), env),
-            "stagetrace",
-            version(),
-        )
+        resource = partial(resource_attributes, values.get("service", "unknown_service"), env)
+        encoder = SpanEncoder(resource(), "stagetrace", version())
         sink = OtelSink(
             encoder=encoder,
             transport=make_transport(config),
@@ -100,6 +98,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
             max_queue_spans=values.get("otel_queue_size", 20_000),
             flush_timeout=flush_timeout,
             describe=f"{config.protocol} {config.display_url}",
+            resource=resource,
         )
     _attach_extras(sink, values)
     return sink
@@ -113,11 +112,12 @@ def provider_processor(provider: Any) -> Callable[[list[tuple[Any, ...]]], None]
             f"stagetrace option 'tracer_provider': {type(provider).__name__} is not an "
             f"OpenTelemetry SDK TracerProvider (install it with: {INSTALL_HINT})"
         )
-    resource = getattr(provider, "resource", None)
     on_end = processor.on_end
 
     def process(spans: list[tuple[Any, ...]]) -> None:
-        for span in readable_spans(spans, resource):
+        # The provider's resource, read for each batch: the SDK gives a provider a new one in
+        # a forked child (its own service.instance.id).
+        for span in readable_spans(spans, getattr(provider, "resource", None)):
             on_end(span)
 
     return process

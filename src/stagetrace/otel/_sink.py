@@ -19,6 +19,7 @@ maps each kept timeline to span tuples (`_mapping`), and either
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -62,6 +63,20 @@ def _span_size(span: Any) -> int:
 
 
 _RATIO_BITS = 1 << 64
+
+#: Forks this process descends from (a forked child counts one more than its parent): a sink
+#: whose resource was computed before the last fork computes it again (`OtelSink.emit_many`).
+#: A fork hook of its own, not the pipeline's: that one only runs for a pipeline whose thread
+#: has started, and gunicorn ``--preload`` forks workers from a master that recorded nothing.
+_forks = [0]
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 class SamplingRules:
@@ -303,6 +318,7 @@ class OtelSink:
         max_queue_spans: int = 20_000,
         flush_timeout: float = 5.0,
         describe: str = "",
+        resource: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         if processor is None and (encoder is None or transport is None):
             raise ValueError("OtelSink needs an encoder and a transport, or a processor")
@@ -312,6 +328,10 @@ class OtelSink:
         self.flush_timeout = flush_timeout
         self._exporter = _Exporter(transport, max_queue_spans) if transport is not None else None
         self._describe = describe
+        #: Computes the encoder's resource again in a forked child: each worker of a preforked
+        #: server has its own ``service.instance.id``, as with the SDK's providers.
+        self._resource = resource
+        self._forks = _forks[0]
         #: Part B's metrics recorder (``record_many(timelines)``), when present and configured.
         self.metrics: Any = None
         counters = STATE.counters
@@ -322,6 +342,8 @@ class OtelSink:
 
     def emit_many(self, timelines: Sequence[Timeline]) -> None:
         """Export a batch of finished timelines (on the pipeline's worker thread)."""
+        if self._forks != _forks[0]:  # once a batch, not a span
+            self._renew_resource()
         metrics = self.metrics
         if metrics is not None:
             try:
@@ -355,6 +377,19 @@ class OtelSink:
             counters["otel_timelines_sampled_out"] += unkept
         if spans:
             self._send_capped(spans, sizes, cap)
+
+    def _renew_resource(self) -> None:
+        """In a forked child: the resource as `configure()` would compute it in this process,
+        with a ``service.instance.id`` of its own (one the deployment set in
+        ``OTEL_RESOURCE_ATTRIBUTES`` is kept). Once per fork, on the worker thread, before
+        this process's first export."""
+        self._forks = _forks[0]
+        if self._resource is None or self.encoder is None:
+            return
+        try:
+            self.encoder.set_resource(self._resource())
+        except Exception as exc:  # export with the parent's resource rather than not at all
+            logger.warning("stagetrace: OTLP resource not renewed after fork: %r", exc)
 
     def emit(self, timeline: Timeline) -> None:
         """Export one timeline (`emit_many` of one)."""
