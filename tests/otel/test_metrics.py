@@ -23,6 +23,7 @@ from django.test import Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 import stagetrace  # noqa: E402
 from stagetrace._options import ConfigurationError  # noqa: E402
@@ -122,12 +123,25 @@ def test_metrics_are_recorded_on_the_worker_not_the_request_thread(monkeypatch):
     assert threading.main_thread().name not in RECORDED_ON
 
 
-def test_without_a_meter_provider_nothing_is_recorded_and_nothing_fails():
-    """No option and no global SDK MeterProvider: the sink skips its batches quietly."""
+def test_without_a_meter_provider_the_sink_fails_at_configuration(monkeypatch):
+    """sinks=["otel-metrics"] with no MeterProvider (option, or global SDK one set before)
+    would record nothing: configuration fails, in one line that says what to do, as the
+    ``otel`` sink does without anywhere to send spans — also with an OTLP endpoint set, which
+    stagetrace does not export metrics to itself (docs/opentelemetry.md says why)."""
     assert meter_provider_or_none() is None
-    stagetrace.configure(sinks=["otel-metrics"])
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("STAGETRACE_SINKS", "otel-metrics")
+    with pytest.raises(ConfigurationError) as info:
+        stagetrace.configure()
+    message = str(info.value)
+    assert "\n" not in message and "'otel-metrics'" in message
+    assert "meter_provider" in message and "OTEL_EXPORTER_OTLP_ENDPOINT alone" in message
+    with pytest.raises(ConfigurationError, match="'otel-metrics'"):  # beside the otel sink too
+        stagetrace.configure(sinks=["otel", "otel-metrics"], tracer_provider=TracerProvider())
+    provider, reader = _provider()
+    stagetrace.configure(meter_provider=provider)  # what the message says: it works
     _requests(1, 0)
-    assert stagetrace.stats()["sink_errors"] == 0
+    assert len(_points(reader, "http.server.request.duration")) == 1
 
 
 def test_record_many_from_any_sink():

@@ -12,8 +12,16 @@ Two histograms, recorded on the pipeline's worker, never on the request's thread
 
 `StageMetrics` is what a sink calls; `MetricsSink` is the sink selectable as
 ``sinks=["otel-metrics"]`` for metrics without span export. The MeterProvider is the
-``meter_provider`` option, else the application's global SDK MeterProvider — looked up again
-at each batch until there is one, so one set after stagetrace was configured is found.
+``meter_provider`` option, else the application's global SDK MeterProvider set before
+configuration; without either, naming the sink fails at configuration (`require_provider`).
+
+stagetrace does not export metrics itself. Setting up the SDK's OTLP metric exporter from
+``OTEL_EXPORTER_OTLP_ENDPOINT`` was considered and refused: that exporter does not keep the
+export's guarantees (its ``force_flush`` ignores the deadline it is given and reports success
+when nothing was delivered, so ``stagetrace.flush()`` and exit would wait for it and be told
+wrong; it reads ``OTEL_EXPORTER_OTLP_TIMEOUT`` in seconds where stagetrace reads milliseconds;
+its retry warnings quote the endpoint's query string, an ``?api_key=`` included). An
+application sets a MeterProvider up in a few lines and knows what it gets.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._model import Timeline
+from .._options import ConfigurationError
 
 #: The HTTP semantic conventions' advised buckets for ``http.server.request.duration`` (s).
 DURATION_BUCKETS = (
@@ -132,10 +141,37 @@ class StageMetrics:
             self.record(tl)
 
 
+#: The one-line error when ``otel-metrics`` is named without a MeterProvider.
+NO_PROVIDER = (
+    "stagetrace sink 'otel-metrics' has no MeterProvider to record with: pass "
+    "configure(meter_provider=...) or set a global SDK MeterProvider "
+    "(opentelemetry.metrics.set_meter_provider) before configure(); stagetrace exports "
+    "metrics only through one, OTEL_EXPORTER_OTLP_ENDPOINT alone does not"
+)
+
+
+def require_provider(configured: Any = None) -> Any:
+    """The MeterProvider the ``otel-metrics`` sink records with (see `meter_provider_or_none`);
+    `ConfigurationError` in one line when there is none: a sink that was asked for and records
+    nothing, saying nothing, helps no one (the ``otel`` sink fails the same way without
+    anywhere to send spans)."""
+    provider = meter_provider_or_none(configured)
+    if provider is None:
+        try:
+            import opentelemetry.sdk.metrics  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                f'{NO_PROVIDER} (the SDK is not installed: pip install "stagetrace[otlp]")'
+            ) from None
+        raise ConfigurationError(NO_PROVIDER)
+    return provider
+
+
 class MetricsSink:
     """A sink recording `StageMetrics` for every timeline (``sinks=["otel-metrics"]``), with
-    the ``meter_provider`` option or the global SDK MeterProvider. Until there is a provider,
-    batches are skipped."""
+    the ``meter_provider`` option or the global SDK MeterProvider (configuration makes sure
+    there is one: `require_provider`; built without one, batches are skipped until the
+    application sets a global one)."""
 
     def __init__(self, meter_provider: Any = None) -> None:
         self._configured = meter_provider

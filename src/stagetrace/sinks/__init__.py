@@ -37,9 +37,10 @@ def build(plan: Sequence[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
 
             built.append(build_sink(values))
         elif item == "otel-metrics":
+            from ..otel._metrics import MetricsSink, require_provider
+
+            provider = require_provider(values.get("meter_provider"))
             if "otel" in plan:  # the otel sink records the same metrics: not twice
                 continue
-            from ..otel._metrics import MetricsSink
-
-            built.append(MetricsSink(values.get("meter_provider")))
+            built.append(MetricsSink(provider))
     return tuple(built)
