@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ._http.headers import redact_query
+from ._http.headers import redact_url
 
 # --- database errors -------------------------------------------------------------------------
 #
@@ -240,13 +240,7 @@ _URL = re.compile(
 
 
 def _redact_url(m: re.Match[str]) -> str:
-    scheme, userinfo, rest, query = m.groups()
-    if userinfo:
-        scheme += "REDACTED@"
-    if query:
-        redacted = redact_query(query[1:])
-        rest += "?" + redacted if redacted else "?"
-    return scheme + rest
+    return redact_url(m.group(0))
 
 
 def without_url_secrets(text: str) -> str:
