@@ -90,10 +90,39 @@ def streaming_view(request: Any) -> Any:
     return StreamingHttpResponse(body())
 
 
+def holding_view(request: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    def body() -> Any:
+        with TRACER.start_as_current_span("held across chunks"):
+            yield b"a"
+            with TRACER.start_as_current_span("inside"):
+                yield b"b"
+            yield b"c"
+
+    return StreamingHttpResponse(body())
+
+
+def closing_view(request: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    def body() -> Any:
+        try:
+            yield b"a"
+            yield b"b"
+        finally:
+            with TRACER.start_as_current_span("cleanup"):
+                pass
+
+    return StreamingHttpResponse(body())
+
+
 urlpatterns = [
     path("ctx/", ctx_view),
     path("discarded/", discarding_view),
     path("stream/", streaming_view),
+    path("holding/", holding_view),
+    path("closing/", closing_view),
 ]
 
 
@@ -268,6 +297,38 @@ def test_a_streamed_body_is_produced_in_the_requests_context(client):
     assert f"{span.parent.span_id:016x}" == tl.stage_span_id(write.id)
     assert inside["trace"] == tl.trace_id and inside["span"] == f"{span.context.span_id:016x}"
     assert outside is False and trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_a_span_a_streamed_body_holds_open_across_chunks_stays_current(client):
+    """A span the body makes current and holds open across ``yield``s is current again when
+    the body resumes: a span made inside it is its child (each chunk is produced in the
+    context as the previous one left it, not in the request's as it began)."""
+    stagetrace.configure(**exporting(), otel_context=True)
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = client.get("/holding/")
+        assert b"".join(response.streaming_content) == b"abc"
+        response.close()
+    stagetrace.flush()
+    (tl,) = got
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    assert {f"{s.context.trace_id:032x}" for s in spans.values()} == {tl.trace_id}
+    assert spans["inside"].parent.span_id == spans["held across chunks"].context.span_id
+
+
+def test_a_streamed_bodys_cleanup_at_close_runs_in_the_requests_context(client):
+    """The client read one chunk and went away: the server closes the response, and the
+    body's ``finally`` runs then — in the request's trace, as its chunks did."""
+    stagetrace.configure(**exporting(), otel_context=True)
+    EXPORTER.clear()
+    with stagetrace.capture() as got:
+        response = client.get("/closing/")
+        assert next(iter(response.streaming_content)) == b"a"
+        response.close()
+    stagetrace.flush()
+    (tl,) = got
+    (span,) = EXPORTER.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == tl.trace_id
 
 
 def test_a_flask_streamed_body_is_produced_in_the_requests_context():

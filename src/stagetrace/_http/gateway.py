@@ -227,23 +227,27 @@ def request_attrs(args: RequestFacts) -> dict[str, Any]:
     return attrs
 
 
-def release(root: _recorder.Record | None) -> None:
+def release(root: _recorder.Record | None) -> Any:
     """Undo what the context hooks did when `root`'s request began: call it where the gateway
-    gives the caller its context back (in the context that began the request)."""
+    gives the caller its context back (in the context that began the request). Returns what
+    they had attached (None: nothing), for `again` where the request's work goes on after it
+    (a WSGI body)."""
     if root is None:
-        return
+        return None
     try:
         found = _attached.get()
         if found is not None and found[0] is root:
             _attached.set(None)
             detach(found[1])
+            return found[1] or None
     except Exception as exc:
         _recorder.internal_error("context.exit", exc)
+    return None
 
 
 def held(root: _recorder.Record | None) -> Any:
     """What the context hooks attached in this context for `root`'s request (None: nothing),
-    to attach again (`resumed`) where the request's work goes on after `release`."""
+    to attach again (`again`, `resumed`) where the request's work goes on after `release`."""
     try:
         found = _attached.get()
         if found is not None and found[0] is root and found[1]:
@@ -254,7 +258,8 @@ def held(root: _recorder.Record | None) -> Any:
 
 
 def again(tokens: Any) -> Any:
-    """Attach what `held` found once more, in the context running now; `detach` undoes it."""
+    """Attach what `held` found once more, in the context running now; `kept` (or `detach`)
+    undoes it."""
     out = []
     for hook, token in tokens:
         try:
@@ -266,12 +271,30 @@ def again(tokens: Any) -> Any:
     return out
 
 
+def kept(redone: Any) -> Any:
+    """Undo `again`, returning what to attach next time: the context as the work left it (an
+    OpenTelemetry span a body made current and holds open across chunks is current again
+    when it resumes)."""
+    out = []
+    for hook, token in redone:
+        try:
+            out.append((hook, hook.leave(token)))
+        except Exception as exc:
+            _recorder.internal_error("context.exit", exc)
+    return out
+
+
 def resumed(content: Iterable[Any], tokens: Any) -> Iterator[Any]:
     """Iterate `content` with what the context hooks attached for its request (`held`)
-    attached again while each chunk is produced: a WSGI server iterates the body after the
-    gateway gave the caller its context back, and the body's work (a query, an OpenTelemetry
-    span) belongs to the request's context as the view's did. Exceptions pass through."""
+    attached again while each chunk is produced — as the body left it after the previous
+    chunk: a WSGI server iterates the body after the gateway gave the caller its context
+    back, and the body's work (a query, an OpenTelemetry span) belongs to the request's
+    context as the view's did. Between chunks the server's context is its own again.
+    Exceptions pass through."""
     it = iter(content)
+    if len(tokens) == 1 and hasattr(tokens[0][0], "leave"):
+        yield from _resumed_one(it, *tokens[0])
+        return
     while True:
         redone = again(tokens)
         try:
@@ -279,7 +302,30 @@ def resumed(content: Iterable[Any], tokens: Any) -> Iterator[Any]:
         except StopIteration:
             return
         finally:
-            detach(redone)
+            tokens = kept(redone)
+        yield chunk
+
+
+def _resumed_one(it: Iterator[Any], hook: Any, token: Any) -> Iterator[Any]:
+    """`resumed` for the usual single hook (OpenTelemetry's), without the loops: a chunk is
+    produced per resumption of this generator, so what it costs is paid per chunk."""
+    redo, leave = hook.again, hook.leave
+    while True:
+        try:
+            redone = redo(token)
+        except Exception as exc:
+            _recorder.internal_error("context.enter", exc)
+            redone = None
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        finally:
+            if redone is not None:
+                try:
+                    token = leave(redone)
+                except Exception as exc:
+                    _recorder.internal_error("context.exit", exc)
         yield chunk
 
 

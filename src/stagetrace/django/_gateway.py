@@ -24,7 +24,7 @@ from .. import _recorder, _runtime
 from .._http import asgi as asgi_request
 from .._http import server_timing
 from .._http import wsgi as wsgi_request
-from .._http.gateway import begin_http, end_http, held, release, resumed, wanted
+from .._http.gateway import again, begin_http, detach, end_http, held, release, resumed, wanted
 from .._patching import leave
 from ._common import patcher, settings_loaded
 
@@ -34,12 +34,15 @@ _KEY = "_stagetrace_pending"
 class _Pending:
     """A response handed back to the server whose timeline ends when it is closed."""
 
-    __slots__ = ("done", "root", "write")
+    __slots__ = ("context", "done", "root", "write")
 
     def __init__(self, root: list[Any], write: list[Any] | None) -> None:
         self.root = root
         self.write = write
         self.done = False
+        #: A streamed body's: what the context hooks attached for the request, attached
+        #: again while the server iterates the body and closes the response.
+        self.context: Any = None
 
 
 def _cfg() -> Any:
@@ -182,7 +185,7 @@ def _register(tl: Any, response: Any) -> None:
             else:
                 # Under WSGI the server iterates after the gateway released the request's
                 # (OpenTelemetry) context: each chunk is produced in it again.
-                tokens = held(root)
+                tokens = pending.context = held(root)
                 if tokens:
                     content = resumed(content, tokens)
                 wrapped = _recorder.carry(content, write, done)
@@ -384,9 +387,19 @@ def install() -> None:
 
     def close(orig: Any) -> Any:
         def close(self: Any) -> None:
+            redone = None
+            try:
+                pending = vars(self).get(_KEY)
+                if pending is not None and pending.context:
+                    # a streamed body's cleanup runs here: in the request's context, as its
+                    # chunks did
+                    redone = again(pending.context)
+            except Exception as exc:
+                _recorder.internal_error("django.finish", exc)
             try:
                 orig(self)
             finally:
+                detach(redone)
                 try:
                     pending = vars(self).pop(_KEY, None)
                     if pending is not None:

@@ -405,8 +405,16 @@ class ContextHook:
     def again(self, token: Any) -> Any:
         """Attach what `enter` attached (its `token`) once more, in whatever context runs now:
         a WSGI body produced after the gateway gave the request's context back. Returns what
-        `exit` takes."""
+        `exit` and `leave` take."""
         return (self._context.attach(token[1]), token[1])
+
+    def leave(self, token: Any) -> Any:
+        """Detach what `again` attached; returns what `again` attaches next time: the context
+        as the work left it (a span it made current and holds open stays current)."""
+        context = self._context
+        now = context.get_current()
+        context.detach(token[0])
+        return (None, now)
 
     def __repr__(self) -> str:
         return "<stagetrace OpenTelemetry context hook>"

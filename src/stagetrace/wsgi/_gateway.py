@@ -32,7 +32,7 @@ from typing import Any
 from .. import _recorder, _runtime
 from .._http import server_timing
 from .._http import wsgi as _parse
-from .._http.gateway import again, begin_http, detach, end_http, held, release, resumed, wanted
+from .._http.gateway import again, begin_http, detach, end_http, release, resumed, wanted
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -100,7 +100,7 @@ class _Exchange:
         #: The exception producing the body raised (the server then aborts the response and
         #: closes it): the request ended with it.
         self.failed: BaseException | None = None
-        #: What the context hooks attached for the request (`held`): attached again while the
+        #: What the context hooks attached for the request (`release`): attached again while the
         #: server iterates and closes the body, after the gateway returned.
         self.context: Any = None
 
@@ -340,8 +340,7 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
         exchange.end(exc)
         _recorder.restore(prev)
         raise
-    exchange.context = held(root)
-    release(root)
+    exchange.context = release(root)
     try:
         _recorder.forget_exception(root)
         if _is_file_wrapper(result, environ):
