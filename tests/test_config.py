@@ -51,6 +51,21 @@ def test_service_defaults_to_the_opentelemetry_service_name(monkeypatch):
     assert stagetrace.configure().service == "shop"
 
 
+@pytest.mark.parametrize("env", ["STAGETRACE_SERVICE", "OTEL_SERVICE_NAME"])
+def test_a_service_name_that_is_not_utf8_fails_at_startup(monkeypatch, env):
+    """Undecodable bytes in the environment (a Latin-1 deploy file) reach Python as lone
+    surrogates, which no export can encode: refused in one line at configuration, rather than
+    accepted and every timeline lost later."""
+    monkeypatch.setenv(env, "caf\udce9")
+    with pytest.raises(
+        stagetrace.ConfigurationError, match="expected text that is valid UTF-8"
+    ) as info:
+        stagetrace.configure()
+    assert "\n" not in str(info.value) and env in str(info.value)
+    with pytest.raises(stagetrace.ConfigurationError, match="'service' \\(configure\\(\\)\\)"):
+        stagetrace.configure(service="caf\udce9")
+
+
 def test_environment_is_read_at_configure_time_not_per_request(monkeypatch, captured):
     """Changing the environment after configuration changes nothing until configure()."""
     stagetrace.configure()

@@ -68,6 +68,35 @@ def test_jsonl_sink_appends_and_reopens_after_rotation(tmp_path):
     assert json.loads(path.read_text())["request_id"] == "2"
 
 
+def test_jsonl_sink_keeps_a_timeline_holding_text_that_is_not_utf8(tmp_path):
+    """A lone surrogate (a file name from os.fsdecode, an environment value) anywhere in a
+    timeline is written as U+FFFD: the timeline is kept, not dropped as a sink error."""
+    name = os.fsdecode(b"write r\xe9port.csv")
+    b = Builder(path="/caf\udce9")
+    b.add("gateway", "WSGI", 0, 5, error=("ValueError", "bad \udce9"))
+    b.add("custom", name, 1, 2, 0)
+    path = tmp_path / "t.jsonl"
+    sink = JsonlSink(path)
+    sink.emit(b.build())
+    sink.close()
+    (back,) = read_jsonl(path)
+    assert back.path == "/caf\ufffd" and back.stages[1].name == "write r\ufffdport.csv"
+    assert back.stages[0].error.message == "bad \ufffd"
+
+
+def test_console_sink_prints_a_timeline_holding_text_that_is_not_utf8():
+    """A lone surrogate in a name is shown as ``?``: a stream that encodes strictly gets the
+    waterfall, not a UnicodeEncodeError."""
+    b = Builder(path="/caf\udce9")
+    gw = b.add("gateway", "WSGI", 0, 5)
+    b.add("view", os.fsdecode(b"app.r\xe9port"), 1, 1, gw)
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")
+    ConsoleSink(stream, width=80).emit(b.build())
+    stream.flush()
+    assert b"GET /caf?" in raw.getvalue() and b"r?port" in raw.getvalue()
+
+
 WRITER = textwrap.dedent(
     """
     import sys, stagetrace

@@ -221,8 +221,24 @@ def _regexes(value: Any, from_env: bool) -> tuple[str, ...]:
     return patterns
 
 
+def _utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8. Not when it holds lone surrogates: how Python
+    decodes bytes of another encoding in the environment, argv and file names."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: What a text option refuses that is not UTF-8: every export writes it, and none could.
+_NOT_UTF8 = "text that is valid UTF-8 (this holds bytes of another encoding)"
+
+
 def _text(value: Any, from_env: bool) -> str:
     if isinstance(value, str) and value.strip():
+        if not _utf8(value):
+            raise _Bad(_NOT_UTF8)
         return value.strip()
     raise _Bad("a non-empty string")
 
@@ -325,6 +341,8 @@ def _url_or_none(value: Any, from_env: bool) -> str | None:
     if value is None or (from_env and value.strip() == ""):
         return None
     if isinstance(value, str) and re.match(r"https?://[^/\s]+", value.strip()):
+        if not _utf8(value):  # no request could be sent to it
+            raise _Bad(_NOT_UTF8)
         return value.strip()
     raise _Bad("an http:// or https:// URL")
 
@@ -440,14 +458,15 @@ def known_options() -> Sequence[tuple[str, str]]:
 
 
 def default_service(environ: Mapping[str, str]) -> str:
-    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``."""
+    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, checked
+    as the ``service`` option is (it goes into every timeline)."""
     name = environ.get("OTEL_SERVICE_NAME", "").strip()
     if name:
-        return name
+        return str(coerce("service", name, "environment OTEL_SERVICE_NAME", True))
     for part in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, _, value = part.partition("=")
         if key.strip() == "service.name" and value.strip():
-            return value.strip()
+            return str(coerce("service", value, "environment OTEL_RESOURCE_ATTRIBUTES", True))
     return "unknown_service"
 
 

@@ -110,8 +110,9 @@ _UNICODE = _Glyphs("█", "─", "▏", "░", "→", "✗", "×", "…", "·")
 _ASCII = _Glyphs("#", "-", "|", ":", "->", "!", "x", "~", "|")
 
 # Control characters in names, paths and messages come from requests; never let them reach a
-# terminal (an ESC in a URL path would otherwise be an escape sequence).
-_CONTROL = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0))}
+# terminal (an ESC in a URL path would otherwise be an escape sequence). Lone surrogates (a file
+# name from os.fsdecode) too: no stream can encode them.
+_CONTROL = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000))}
 
 
 def _clean(text: str) -> str:

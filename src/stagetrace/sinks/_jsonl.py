@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ try:  # POSIX advisory locks keep lines whole when several processes append to o
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+#: Lone surrogates: what Python makes of bytes that are not UTF-8 (``surrogateescape``).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonlSink:
@@ -62,7 +67,12 @@ class JsonlSink:
 
     def emit(self, timeline: Timeline) -> None:
         line = json.dumps(timeline.to_dict(), separators=(",", ":"), ensure_ascii=False)
-        data = (line + "\n").encode("utf-8")
+        try:
+            data = (line + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (a file name from os.fsdecode, an environment value) cannot be
+            # UTF-8: written as U+FFFD, as readers show undecodable bytes, not the line lost.
+            data = (_SURROGATE.sub("\ufffd", line) + "\n").encode("utf-8")
         fd = self._open()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
