@@ -97,6 +97,49 @@ def test_console_sink_prints_a_timeline_holding_text_that_is_not_utf8():
     assert b"GET /caf?" in raw.getvalue() and b"r?port" in raw.getvalue()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_takes_the_jsonl_file_lock_for_itself(tmp_path):
+    """After fork() the child writes through its own open file: the parent holding the file's
+    flock (mid-write) excludes the child, instead of both sharing one lock and interleaving."""
+    import fcntl
+
+    sink = JsonlSink(tmp_path / "t.jsonl")
+    assert sink._fd is not None
+    fcntl.flock(sink._fd, fcntl.LOCK_EX)  # the parent's worker, writing a line
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 3
+            try:
+                sink.after_fork()
+                fd = sink._open()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    code = 1  # took a lock the parent holds
+                except BlockingIOError:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        fcntl.flock(sink._fd, fcntl.LOCK_UN)
+    assert os.waitstatus_to_exitcode(status) == 0
+    sink.emit(sample_timeline(request_id="after"))
+    sink.close()
+    assert [t.request_id for t in read_jsonl(tmp_path / "t.jsonl")] == ["after"]
+
+
+def test_a_forked_child_does_not_inherit_the_console_lock_held():
+    """A fork while the parent's worker prints a waterfall copies its lock held; after_fork()
+    gives the child a free one, or the child would never print (nor finish a flush)."""
+    out = io.StringIO()
+    sink = ConsoleSink(out, width=80)
+    sink._lock.acquire()  # as the parent's worker holds it, mid-write, at the fork
+    sink.after_fork()
+    sink.emit(sample_timeline())
+    assert "SessionMiddleware" in out.getvalue()
+
+
 WRITER = textwrap.dedent(
     """
     import sys, stagetrace

@@ -851,5 +851,10 @@ class ConsoleSink:
             stream.write(text)
             stream.flush()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock. A fork while the parent's worker was printing copies
+        the lock held, and the child's worker would wait for it forever."""
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return "ConsoleSink()"

@@ -94,9 +94,11 @@ class JsonlSink:
                 pass
 
     def after_fork(self) -> None:
-        # The descriptor is shared with the parent; keep it (O_APPEND makes that safe) but let
-        # the child reopen it on rotation independently.
-        pass
+        """In a forked child: write through an open file of its own. The inherited descriptor
+        is the parent's open file, and an flock belongs to the open file, so the child would
+        share the parent's lock instead of being excluded by it (lines could interleave, and a
+        failed write's repair cut the other's line). Reopened at the next write."""
+        self.close()  # the child's copy only: the parent's descriptor and lock are untouched
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r})"
