@@ -140,6 +140,44 @@ def test_a_forked_child_does_not_inherit_the_console_lock_held():
     assert "SessionMiddleware" in out.getvalue()
 
 
+SHORT_WRITE = textwrap.dedent(
+    """
+    import os, resource, signal, sys
+    from stagetrace.sinks import JsonlSink
+    from tests.helpers import sample_timeline
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails (EFBIG)
+    sink = JsonlSink(sys.argv[1])
+    sink.emit(sample_timeline(request_id="first"))
+    size = os.path.getsize(sys.argv[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))  # full after 100 bytes
+    try:
+        sink.emit(sample_timeline(request_id="second"))
+    except OSError:
+        pass
+    else:
+        sys.exit("the write did not fail")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    sink.emit(sample_timeline(request_id="third"))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX file size limit")
+def test_a_write_cut_short_leaves_no_half_line(tmp_path):
+    """A disk that fills up mid-line (here: a file size limit) costs that timeline only: the
+    part written is taken back, so the next timeline is a line of its own, readable."""
+    path = tmp_path / "t.jsonl"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE, str(path)], cwd=root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    items = list(read_jsonl(path))
+    assert [getattr(t, "request_id", t) for t in items] == ["first", "third"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, stagetrace

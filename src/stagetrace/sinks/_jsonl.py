@@ -76,11 +76,14 @@ class JsonlSink:
         fd = self._open()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
         try:
-            view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
+        except OSError:
+            _take_back(fd, len(data) - len(view))
+            raise
         finally:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -102,6 +105,17 @@ class JsonlSink:
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r})"
+
+
+def _take_back(fd: int, written: int) -> None:
+    """Remove the `written` bytes of a line whose write was cut short (disk full, file size
+    limit): left there, the next line would be appended to them and be unreadable too. Under
+    the lock no other writer appended after them, so they are the end of the file."""
+    if written:
+        try:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - written))
+        except OSError:
+            pass  # the write's own error is the one to report
 
 
 @dataclass(frozen=True)
