@@ -140,6 +140,27 @@ def test_a_forked_child_does_not_inherit_the_console_lock_held():
     assert "SessionMiddleware" in out.getvalue()
 
 
+def test_jsonl_sink_writes_non_finite_numbers_as_strings(tmp_path):
+    """JSON has no NaN or Infinity, and readers other than Python's refuse the bare tokens: an
+    attribute that is one (an analyzer's 0/0 ratio) is written as the string ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"``."""
+    nan, inf = float("nan"), float("inf")
+    finding = {"kind": "ratio", "message": "m", "stages": [], "attrs": {"ratio": nan}}
+    b = Builder(findings=[finding])
+    b.add("gateway", "WSGI", 0, 5, attrs={"up": inf, "down": -inf, "ok": 0.5})
+    path = tmp_path / "t.jsonl"
+    sink = JsonlSink(path)
+    sink.emit(b.build())
+    sink.close()
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} in the line")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data["findings"][0]["attrs"] == {"ratio": "NaN"}
+    assert data["stages"][0]["attrs"] == {"up": "Infinity", "down": "-Infinity", "ok": 0.5}
+
+
 SHORT_WRITE = textwrap.dedent(
     """
     import os, resource, signal, sys

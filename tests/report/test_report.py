@@ -33,6 +33,25 @@ def test_embed_json_cannot_close_the_script_element() -> None:
     assert json.loads(text) == data
 
 
+def test_non_finite_numbers_in_a_recording_do_not_stop_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file written before the jsonl sink wrote them as strings holds bare ``NaN`` and
+    ``Infinity`` tokens (Python reads them as floats): the page shows them as strings, where
+    it used to stop with a ValueError traceback."""
+    data = sample_timeline().to_dict()
+    data["findings"][0]["attrs"]["ratio"] = float("nan")
+    data["stages"][0]["attrs"]["up"] = float("-inf")
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(data) + "\n")
+    assert "NaN" in src.read_text()
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(src), "-o", str(out)]) == 0
+    (item,) = page_data(out.read_text(encoding="utf-8"))["timelines"]
+    assert item["findings"][0]["attrs"]["ratio"] == "NaN"
+    assert item["stages"][0][7]["up"] == "-Infinity"
+
+
 def test_page_is_self_contained(tmp_path: Path) -> None:
     """No URL to load anything from: no src/href attributes, no @import or url() in CSS, and
     a Content-Security-Policy that allows only the page's own inline script and style."""

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from .._model import KINDS, Finding, Timeline
+from ..sinks._jsonl import finite_json
 
 __all__ = ["embed_json", "render_html", "timeline_data"]
 
@@ -27,8 +28,13 @@ _UNSAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
 def embed_json(data: Any) -> str:
     """JSON safe to place inside ``<script type="application/json">``: ``<``, ``>`` and ``&``
     escaped as ``\\u003c``..., everything outside ASCII (U+2028, U+2029, lone surrogates
-    included) as ``\\uXXXX`` escapes. `JSON.parse` reads it back unchanged."""
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    included) as ``\\uXXXX`` escapes. `JSON.parse` reads it back unchanged, except NaN and
+    infinite numbers, which JSON lacks: they become the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (files written before the jsonl sink wrote them so hold bare tokens)."""
+    try:
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(finite_json(data), ensure_ascii=True, separators=(",", ":"))
     return text.translate(_UNSAFE)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -66,23 +67,27 @@ class JsonlSink:
         return fd
 
     def emit(self, timeline: Timeline) -> None:
-        line = json.dumps(timeline.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        data = timeline.to_dict()
         try:
-            data = (line + "\n").encode("utf-8")
+            line = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:  # a NaN or infinite number (an analyzer's 0/0 ratio)
+            line = json.dumps(finite_json(data), separators=(",", ":"), ensure_ascii=False)
+        try:
+            raw = (line + "\n").encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate (a file name from os.fsdecode, an environment value) cannot be
             # UTF-8: written as U+FFFD, as readers show undecodable bytes, not the line lost.
-            data = (_SURROGATE.sub("\ufffd", line) + "\n").encode("utf-8")
+            raw = (_SURROGATE.sub("\ufffd", line) + "\n").encode("utf-8")
         fd = self._open()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(data)
+        view = memoryview(raw)
         try:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
         except OSError:
-            _take_back(fd, len(data) - len(view))
+            _take_back(fd, len(raw) - len(view))
             raise
         finally:
             if fcntl is not None:
@@ -105,6 +110,21 @@ class JsonlSink:
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r})"
+
+
+def finite_json(value: Any) -> Any:
+    """JSON data with each NaN or infinite float as the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"``: JSON has no such numbers, and readers other than Python's refuse the bare
+    tokens `json.dumps` writes for them."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def _take_back(fd: int, written: int) -> None:
