@@ -129,6 +129,21 @@ def test_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
 
 
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_report(tmp_path: Path) -> None:
+    """A file name in another encoding (a Latin-1 name reaches Python as a lone surrogate) and
+    such a ``--title`` are shown with U+FFFD in the page, where the page used to fail to be
+    written with a UnicodeEncodeError traceback."""
+    import os
+
+    src = tmp_path / os.fsdecode(b"r\xe9sultats.jsonl")
+    src.write_text(json.dumps(sample_timeline().to_dict()) + "\n")
+    out = tmp_path / "r.html"
+    title = os.fsdecode(b"caf\xe9")
+    assert cli.main(["report", str(src), "-o", str(out), "--title", title]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "r\ufffdsultats.jsonl" in page and "<title>caf\ufffd</title>" in page
+
+
 def test_report_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``-o -`` prints the page."""
     src = tmp_path / "t.jsonl"

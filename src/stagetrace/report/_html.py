@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from .._model import KINDS, Finding, Timeline
-from ..sinks._jsonl import finite_json
+from ..sinks._jsonl import finite_json, replace_surrogates
 
 __all__ = ["embed_json", "render_html", "timeline_data"]
 
@@ -36,6 +36,12 @@ def embed_json(data: Any) -> str:
     except ValueError:
         text = json.dumps(finite_json(data), ensure_ascii=True, separators=(",", ":"))
     return text.translate(_UNSAFE)
+
+
+def _text(text: str) -> str:
+    """Text for the page's HTML, escaped; a lone surrogate (a file name or ``--title`` in
+    another encoding) as U+FFFD, since the page is written as UTF-8 and could not be."""
+    return html.escape(replace_surrogates(text))
 
 
 @cache
@@ -193,10 +199,10 @@ def render_html(
     return _PAGE.format(
         csp=csp,
         version=html.escape(__version__),
-        title=html.escape(title),
-        meta=html.escape(meta),
+        title=_text(title),
+        meta=_text(meta),
         reload='<button id="reload" type="button">Reload</button>' if reload_button else "",
-        notice=f'<div class="notice" id="notice">{html.escape(notice)}</div>\n' if notice else "",
+        notice=f'<div class="notice" id="notice">{_text(notice)}</div>\n' if notice else "",
         main_class=' class="with-notice"' if notice else "",
         css=css,
         data=embed_json(data),

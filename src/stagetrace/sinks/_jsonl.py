@@ -77,7 +77,7 @@ class JsonlSink:
         except UnicodeEncodeError:
             # A lone surrogate (a file name from os.fsdecode, an environment value) cannot be
             # UTF-8: written as U+FFFD, as readers show undecodable bytes, not the line lost.
-            raw = (_SURROGATE.sub("\ufffd", line) + "\n").encode("utf-8")
+            raw = (replace_surrogates(line) + "\n").encode("utf-8")
         fd = self._open()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -110,6 +110,12 @@ class JsonlSink:
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r})"
+
+
+def replace_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (what Python makes of bytes that are not UTF-8, in a file
+    name or the environment) as U+FFFD, as a UTF-8 reader shows undecodable bytes."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def finite_json(value: Any) -> Any:
