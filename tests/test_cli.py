@@ -55,6 +55,17 @@ def test_show_prints_a_waterfall_per_timeline(tmp_path, capsys):
     assert "SessionMiddleware" in out
 
 
+def test_summary_prints_requests_text_harmlessly(tmp_path, capsys):
+    """A path (no route matched) with an escape sequence or a bidi override is printed by
+    `summary` as the waterfall prints it, with ``?``, never raw to the terminal."""
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, [line(route=None, path="/x\x1b[2J\u202efdp.exe")])
+    assert main(["summary", str(path), "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "GET /x?[2J?fdp.exe (no route)" in out
+    assert "\x1b" not in out and "\u202e" not in out
+
+
 def test_last_applies_after_the_filters(mixed, capsys):
     """--route R --last 1 shows the newest timeline OF THAT ROUTE (it printed nothing when
     --last was applied first)."""

@@ -559,6 +559,26 @@ def test_control_characters_from_requests_never_reach_the_terminal():
     assert "GET /x?[2J?]0;pwned?/" in text
 
 
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_bidi_controls_from_requests_never_reach_the_terminal():
+    """A Unicode bidi override in a path (``/invoice-%E2%80%AEfdp.exe``) would make a terminal
+    show the rest of the line reversed, ``/invoice-exe.pdf``: each bidi control is printed as
+    ``?``, in the title, names, error messages and findings, verbose or not."""
+    finding = {"kind": "x\u202e\x1b[2J", "message": "m \u2067y", "stages": [1], "attrs": {}}
+    b = Builder(path="/invoice-\u202efdp.exe", findings=[finding])
+    gw = b.add("gateway", "WSGI", 0, 5, error=("ValueError", "bad \u2066input"))
+    b.add("view", "app.views.\u200fx", 1, 1, gw)
+    for verbose in (False, True):
+        text = render_waterfall(b.build(), width=120, verbose=verbose)
+        assert not set(text) & set(BIDI) and "\x1b" not in text
+        assert "GET /invoice-?fdp.exe" in text
+    every = Builder(path=BIDI)
+    every.add("gateway", "WSGI", 0, 5)
+    assert render_waterfall(every.build(), width=80).startswith("GET " + "?" * len(BIDI) + " ")
+
+
 def test_middleware_bars_are_thin_while_inner_layers_run():
     """A middleware bar is solid for its own phases and thin in between."""
     row = next(r for r in rows_of(render_waterfall(sample_timeline(), width=80)) if "Session" in r)

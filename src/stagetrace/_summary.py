@@ -26,6 +26,7 @@ from ._model import Finding, Timeline
 from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
+from .sinks._console import _clean
 from .sinks._jsonl import BadLine, open_stdin, read_jsonl
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
@@ -457,6 +458,8 @@ def _table(
     `wrap` lines. Column `flex` is left-aligned, the first column too, the others right-aligned."""
     if not rows:
         return []
+    # Routes, paths and messages come from requests: printed as the waterfall prints them.
+    rows = [[_clean(" ".join(cell.split())) for cell in row] for row in rows]
     ncols = len(headers)
     widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(ncols)]
     if shrink is not None:

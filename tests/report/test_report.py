@@ -67,6 +67,18 @@ def test_page_is_self_contained(tmp_path: Path) -> None:
     assert page_data(page)["timelines"][0]["path"] == HOSTILE
 
 
+def test_bidi_controls_are_replaced_in_the_page() -> None:
+    """A bidi override in a path (``/invoice-\\u202efdp.exe``) would show the rest of the
+    text reversed (``/invoice-exe.pdf``) however it is escaped: the page's data has each bidi
+    control as U+FFFD, the rest unchanged, an escaped backslash before a ``u202e`` too."""
+    bidi = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    tl = sample_timeline(path="/invoice-\u202efdp.exe", route="a\\u202e" + bidi)
+    page = render_html([tl])
+    (item,) = page_data(page)["timelines"]
+    assert item["path"] == "/invoice-\ufffdfdp.exe"
+    assert item["route"] == "a\\u202e" + "\ufffd" * len(bidi)
+
+
 def test_page_data_describes_every_stage() -> None:
     """Each stage is in the page: kind, timing, attributes, error, middleware phases."""
     tl = sample_timeline()

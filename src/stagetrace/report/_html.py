@@ -7,6 +7,7 @@ import base64
 import hashlib
 import html
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from functools import cache
@@ -14,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from .._model import KINDS, Finding, Timeline
+from ..sinks._console import BIDI_CONTROLS
 from ..sinks._jsonl import finite_json, replace_surrogates
 
 __all__ = ["embed_json", "render_html", "timeline_data"]
@@ -38,10 +40,24 @@ def embed_json(data: Any) -> str:
     return text.translate(_UNSAFE)
 
 
+#: Unicode bidi controls as the escapes `embed_json` writes, or an escaped backslash (kept, so
+#: that a ``\\u202e`` typed as text is not taken for one).
+_BIDI_ESCAPE = re.compile(r"\\(?:\\|u(?:202[a-e]|206[6-9]|200[ef]|061c))")
+_BIDI = dict.fromkeys(map(ord, BIDI_CONTROLS), "\ufffd")
+
+
+def _no_bidi(embedded: str) -> str:
+    """`embedded` JSON with each bidi control as U+FFFD. Escaping does not help against them:
+    shown as text, an override in a path (``/invoice-\\u202efdp.exe``) reverses the rest of
+    it (``/invoice-exe.pdf``)."""
+    return _BIDI_ESCAPE.sub(lambda m: m[0] if m[0] == "\\\\" else "\\ufffd", embedded)
+
+
 def _text(text: str) -> str:
     """Text for the page's HTML, escaped; a lone surrogate (a file name or ``--title`` in
-    another encoding) as U+FFFD, since the page is written as UTF-8 and could not be."""
-    return html.escape(replace_surrogates(text))
+    another encoding) as U+FFFD, since the page is written as UTF-8 and could not be; a bidi
+    control too."""
+    return html.escape(replace_surrogates(text).translate(_BIDI))
 
 
 @cache
@@ -205,7 +221,7 @@ def render_html(
         notice=f'<div class="notice" id="notice">{_text(notice)}</div>\n' if notice else "",
         main_class=' class="with-notice"' if notice else "",
         css=css,
-        data=embed_json(data),
+        data=_no_bidi(embed_json(data)),
         js=js,
     )
 

@@ -109,13 +109,28 @@ class _Glyphs:
 _UNICODE = _Glyphs("█", "─", "▏", "░", "→", "✗", "×", "…", "·")
 _ASCII = _Glyphs("#", "-", "|", ":", "->", "!", "x", "~", "|")
 
+#: Unicode bidi controls: embeddings, overrides, isolates and marks. Raw on a terminal, one in
+#: a path (``/invoice-\u202efdp.exe``) shows the rest of the line reversed (``exe.pdf``).
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
 # Control characters in names, paths and messages come from requests; never let them reach a
-# terminal (an ESC in a URL path would otherwise be an escape sequence). Lone surrogates (a file
-# name from os.fsdecode) too: no stream can encode them.
-_CONTROL = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000))}
+# terminal (an ESC in a URL path would otherwise be an escape sequence, a bidi override would
+# reorder what is shown). Lone surrogates (a file name from os.fsdecode) too: no stream can
+# encode them.
+_CONTROL = {
+    c: "?"
+    for c in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        *range(0xD800, 0xE000),
+        *map(ord, BIDI_CONTROLS),
+    )
+}
 
 
 def _clean(text: str) -> str:
+    """`text` safe to print on a terminal: each control character, bidi control and lone
+    surrogate as ``?`` (one character for one, so widths hold). `show` and `summary` too."""
     return text.translate(_CONTROL)
 
 
@@ -347,7 +362,7 @@ def _details(row: _Row, g: _Glyphs, finding_of: Mapping[int, str]) -> list[str]:
         if codes:
             out.append(f"{g.arrow} " + ",".join(str(c) for c in codes[:3]))
     found = sorted({finding_of[s.id] for s in members if s.id in finding_of})
-    out.extend(f"! {k}" for k in found)
+    out.extend(f"! {_clean(k)}" for k in found)
     if kind in ("db.query", "orm.fetch"):
         names = _DB_ROWS if kind == "db.query" else ("rows", *_DB_ROWS)
         counts = [_int(_first(s.attrs, names)) for s in members]
