@@ -166,6 +166,20 @@ def test_show_follows_the_terminal_width(mixed):
     assert max(len(x) for x in out.stdout.splitlines()) == 100
 
 
+@pytest.mark.parametrize("command", ["show", "summary"])
+def test_output_that_cannot_take_unicode_gets_ascii(tmp_path, command):
+    """Standard output in an encoding without the waterfall's glyphs (``PYTHONIOENCODING=ascii``,
+    a Latin-1 terminal) gets ASCII bars and ``?`` for what it lacks, as the console sink does,
+    not a UnicodeEncodeError traceback."""
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, [line(route=None, path="/caf\u00e9/\u65e5\u672c")])
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "COLUMNS": "100"}
+    cmd = [sys.executable, "-m", "stagetrace", command, str(path)]
+    out = subprocess.run(cmd, capture_output=True, env=env, timeout=60)
+    assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr
+    assert b"GET /caf?/?? " in out.stdout
+
+
 def test_show_verbose_and_sql(tmp_path, capsys):
     """-v expands collapsed repeats; --sql adds the SQL text under the queries."""
     path = tmp_path / "t.jsonl"

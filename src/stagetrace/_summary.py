@@ -26,7 +26,7 @@ from ._model import Finding, Timeline
 from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
-from .sinks._console import _clean
+from .sinks._console import _clean, _encodable
 from .sinks._jsonl import BadLine, open_stdin, read_jsonl
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
@@ -669,7 +669,7 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
         out.write("\n")
     elif summary.timelines:
         width = args.width or _terminal_width(out)
-        out.write(summary.render(width, args.top, [r.path for r in results]))
+        out.write(_encodable(out, summary.render(width, args.top, [r.path for r in results])))
     if not summary.timelines:
         print("stagetrace: no timelines to summarize", file=err)
         return 1

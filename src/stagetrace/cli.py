@@ -16,7 +16,15 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, NoReturn
 
 from ._model import Timeline
-from .sinks._console import MIN_WIDTH, _use_color, render_waterfall, terminal_width
+from .sinks._console import (
+    _GLYPHS,
+    MIN_WIDTH,
+    _can_encode,
+    _encodable,
+    _use_color,
+    render_waterfall,
+    terminal_width,
+)
 from .sinks._jsonl import BadLine, open_stdin, open_text, read_to_end
 
 
@@ -235,12 +243,15 @@ class Selection:
 def _cmd_show(args: argparse.Namespace, out: IO[str]) -> int:
     color = _use_color(args.color, out)
     width = args.width or terminal_width(out)
+    unicode = _can_encode(out, _GLYPHS)  # as the console sink decides
     selection = Selection(args)
     for shown, tl in enumerate(selection):
         if shown:
             out.write("\n")
-        text = render_waterfall(tl, width=width, color=color, verbose=args.verbose, sql=args.sql)
-        out.write(text)
+        text = render_waterfall(
+            tl, width=width, color=color, unicode=unicode, verbose=args.verbose, sql=args.sql
+        )
+        out.write(text if unicode else _encodable(out, text))
     out.flush()
     return selection.report()
 

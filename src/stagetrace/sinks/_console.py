@@ -821,6 +821,22 @@ def _can_encode(stream: IO[str], text: str) -> bool:
     return True
 
 
+#: The glyphs of a Unicode waterfall: a stream that cannot encode them all gets ASCII.
+_GLYPHS = "█─▏░→✗…×·"
+
+
+def _encodable(stream: IO[str], text: str) -> str:
+    """`text` as `stream` can write it: each character its encoding lacks (a path's ``é`` on
+    an ASCII terminal) as ``?``."""
+    if _can_encode(stream, text):
+        return text
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        return text.encode(encoding, "replace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", "replace").decode("ascii")
+
+
 class ConsoleSink:
     """Prints each timeline as a waterfall to a stream (standard error by default).
 
@@ -850,7 +866,7 @@ class ConsoleSink:
         stream = self._stream if self._stream is not None else sys.stderr
         use_color = _use_color(self._color, stream)
         width = self._width if self._width is not None else terminal_width(stream)
-        unicode = _can_encode(stream, "█─▏░→✗…×·")
+        unicode = _can_encode(stream, _GLYPHS)
         text = render_waterfall(
             timeline,
             width=width,
@@ -860,8 +876,7 @@ class ConsoleSink:
             sql=self._sql,
         )
         if not unicode:
-            encoding = getattr(stream, "encoding", None) or "ascii"
-            text = text.encode(encoding, "replace").decode(encoding)
+            text = _encodable(stream, text)
         with self._lock:
             stream.write(text)
             stream.flush()
