@@ -101,6 +101,8 @@ def test_environment_is_read_at_configure_time_not_per_request(monkeypatch, capt
         ),
         ("STAGETRACE_OTEL_FLUSH_TIMEOUT", "0", "'otel_flush_timeout'.*a number of seconds above 0"),
         ("STAGETRACE_OTEL_KEEP_SLOWER_THAN_MS", "-1", "a number of milliseconds"),
+        ("STAGETRACE_OTLP_ENDPOINT", "http://caf\udce9:4318", "'otlp_endpoint'.*valid UTF-8"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.name=caf\udce9", "OTEL_RESOURCE_ATTRIBUTES"),
     ],
 )
 def test_bad_environment_values_fail_with_one_clear_line(monkeypatch, env, value, message):
