@@ -178,6 +178,11 @@ def test_an_http_clients_error_keeps_no_credentials_or_query_values(captured):
                     raise RuntimeError(f"see {url}/docs?lang=en for help")
             except RuntimeError:
                 pass
+            try:  # an OAuth implicit flow's redirect carries its token in the fragment
+                with stagetrace.stage("fragment"):
+                    raise RuntimeError(f"bad redirect to {url}/cb#access_token={SECRET}")
+            except RuntimeError:
+                pass
     finally:
         httpclients.uninstall()
     (tl,) = captured
@@ -189,3 +194,4 @@ def test_an_http_clients_error_keeps_no_credentials_or_query_values(captured):
     host = url.removeprefix("http://")
     assert f"'http://REDACTED@{host}/missing?token=REDACTED&page=REDACTED'" in status
     assert f"see {url}/docs?lang=REDACTED for help" in errors
+    assert f"bad redirect to {url}/cb#REDACTED" in errors
