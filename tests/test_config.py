@@ -150,6 +150,8 @@ def test_environment_lists_accept_commas_or_json(monkeypatch):
         ("[0-9]+$,^/x", ("[0-9]+$", "^/x")),
         ("^/[],]x, y", ("^/[],]x", "y")),
         (r"^/a\,b,c", (r"^/a\,b", "c")),
+        # a "{" that is no repetition count is a literal: it opens nothing
+        (r"^/legacy\?q={,^/health$", (r"^/legacy\?q={", "^/health$")),
     ],
 )
 def test_environment_regexes_split_only_between_them(monkeypatch, value, patterns):

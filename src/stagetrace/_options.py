@@ -172,13 +172,18 @@ def _str_list(value: Any, from_env: bool) -> tuple[str, ...]:
     raise _Bad("a list of strings")
 
 
+_COUNT = re.compile(r"\{\d*,?\d*\}")
+
+
 def _split_regexes(text: str) -> tuple[str, ...]:
     """A comma list of regular expressions, split only at the commas that separate them: not
     inside ``{1,3}``, a group, a character class, or after a backslash."""
     parts: list[str] = []
-    start = depth = class_start = 0
+    start = depth = class_start = skip = 0
     in_class = escaped = False
     for i, ch in enumerate(text):
+        if i < skip:
+            continue
         if escaped:
             escaped = False
         elif ch == "\\":
@@ -190,9 +195,15 @@ def _split_regexes(text: str) -> tuple[str, ...]:
         elif ch == "[":
             in_class = True
             class_start = i + 2 if text.startswith("^", i + 1) else i + 1
-        elif ch in "({":
+        elif ch == "{":
+            # a repetition count ({3}, {1,3}, {,2}): its comma stays; any other ``{`` is a
+            # literal in Python's regexes and opens nothing
+            count = _COUNT.match(text, i)
+            if count is not None:
+                skip = count.end()
+        elif ch == "(":
             depth += 1
-        elif ch in ")}" and depth:
+        elif ch == ")" and depth:
             depth -= 1
         elif ch == "," and not depth:
             parts.append(text[start:i])
