@@ -306,6 +306,21 @@ def test_standard_input_compressed(mixed, command):
         assert "/items/{item_id}" in out
 
 
+@pytest.mark.parametrize("command", ["show", "summary"])
+def test_reading_standard_input_leaves_it_open(mixed, monkeypatch, command):
+    """Called in-process (an embedding tool, a REPL), `show -` and `summary -` leave standard
+    input open: the text wrapper they read it through used to close its buffer when it was
+    collected."""
+    import gc
+    import io
+
+    stdin = io.TextIOWrapper(io.BufferedReader(io.BytesIO(mixed.read_bytes())))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main([command, "-"]) == 0
+    gc.collect()
+    assert not stdin.buffer.closed
+
+
 def test_a_closed_pipe_is_quiet(mixed):
     """`stagetrace show FILE | head -1` ends without an error message."""
     big = mixed.parent / "big.jsonl"

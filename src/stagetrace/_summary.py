@@ -27,7 +27,7 @@ from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
 from .sinks._console import _clean, _encodable
-from .sinks._jsonl import BadLine, open_stdin, read_jsonl
+from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, read_jsonl
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
 
@@ -548,7 +548,8 @@ def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None
     """A text stream for `path` (gzip or plain), a function giving the bytes consumed so far,
     the file's size, and a function closing everything."""
     if path == "-":
-        return open_stdin(), lambda: 0, 0, lambda: None
+        stdin = open_stdin()
+        return stdin, lambda: 0, 0, lambda: done_with_stdin(stdin)
     if os.path.isdir(path):
         raise IsADirectoryError(path)
     size = os.path.getsize(path)

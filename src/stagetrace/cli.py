@@ -25,7 +25,7 @@ from .sinks._console import (
     render_waterfall,
     terminal_width,
 )
-from .sinks._jsonl import BadLine, open_stdin, open_text, read_to_end
+from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, open_text, read_to_end
 
 
 class CliError(Exception):
@@ -210,6 +210,8 @@ class Selection:
         finally:
             if self.args.file != "-":
                 stream.close()
+            else:
+                done_with_stdin(stream)
         if kept is not None:
             yield from kept
 

@@ -175,6 +175,17 @@ def open_stdin() -> IO[str]:
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
 
 
+def done_with_stdin(stream: IO[str]) -> None:
+    """Let go of what `open_stdin` returned without closing standard input: the wrapper is
+    detached, so collecting it later closes nothing (a second command in the same process,
+    an embedding tool, a REPL keep their standard input)."""
+    if stream is not sys.stdin and isinstance(stream, io.TextIOWrapper):
+        try:
+            stream.detach()
+        except (ValueError, OSError):
+            pass
+
+
 #: What reading a compressed file that ends early or is corrupt raises, line by line.
 _READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
