@@ -236,6 +236,17 @@ def discard() -> bool:
     return True
 
 
+def discarded_here() -> Live | None:
+    """The timeline this context is positioned in if `discard` left it out — ended or not:
+    work the request left running (a task holding a copy of its context) still belongs to
+    it. None otherwise."""
+    cur = _get()
+    if cur is None:
+        return None
+    tl = cur[TL]
+    return tl if getattr(tl, "discarded", False) else None
+
+
 def forget_exception(rec: Record | None) -> None:
     """Drop the exception `describe` cached on `rec`'s timeline. A timeline can stay in flight
     after the application returned (until the server is done with the response); an exception

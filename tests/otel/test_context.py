@@ -366,6 +366,52 @@ def test_a_flask_streamed_body_is_produced_in_the_requests_context():
     assert f"{span.parent.span_id:016x}" == tl.stage_span_id(write.id)
 
 
+def test_work_a_discarded_request_left_running_parents_nothing_to_it():
+    """A task a discarded request started and left running (``asyncio.create_task`` in an
+    endpoint) makes its span after the request ended: a root of its own, as in the request —
+    not a child of the request's root span, which is never exported."""
+    pytest.importorskip("starlette")
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    import stagetrace.starlette
+
+    tasks: list[Any] = []
+
+    async def later() -> None:
+        await asyncio.sleep(0.01)
+        with TRACER.start_as_current_span("after the request"):
+            pass
+
+    async def endpoint(request: Any) -> Any:
+        stagetrace.discard()
+        with TRACER.start_as_current_span("in the request"):
+            pass
+        tasks.append(asyncio.create_task(later()))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/d", endpoint)])
+    stagetrace.configure(**exporting(), otel_context=True)
+    stagetrace.starlette.instrument()
+    EXPORTER.clear()
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/d")).status_code == 200
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stagetrace.starlette.uninstrument()
+    spans = {s.name: s for s in EXPORTER.get_finished_spans()}
+    assert spans["in the request"].parent is None
+    assert spans["after the request"].parent is None
+
+
 def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():
     """When an OpenTelemetry span is current as the request begins (OpenTelemetry's own
     middleware wrapped outside stagetrace's gateway), the timeline joins its trace as its

@@ -125,8 +125,8 @@ def _load(option: str) -> dict[str, Any]:
             exported): what was current before it, as for an excluded path — the remote (or
             local) parent it continued, or no span; None otherwise."""
             try:
-                tl = _recorder.live()
-                if tl is None or not tl.discarded or tl.trace_id != self._ids[0]:
+                tl = _recorder.discarded_here()
+                if tl is None or tl.trace_id != self._ids[0]:
                     return None
                 if not tl.parent_span_id:
                     return INVALID_SPAN_CONTEXT
