@@ -133,20 +133,23 @@ def test_a_mounted_app_runs_after_the_route_stage_that_hands_over_to_it(instrume
     assert not any(s.short_circuit for s in named(tl, "middleware"))
 
 
-def test_a_router_behind_a_mounts_own_layers_keeps_the_mounts_prefix(instrumented, captured):
+@pytest.mark.parametrize("layer", ["middleware", "max_body_size"])
+def test_a_router_behind_a_mounts_own_layers_keeps_the_mounts_prefix(
+    instrumented, captured, layer
+):
     """Mount(routes=..., middleware=... or max_body_size=...): the mount's router sits behind
     the mount's own layers, and its templates still start with the mount's prefix."""
+    import inspect
+
+    if layer not in inspect.signature(Mount).parameters:
+        pytest.skip(f"this Starlette's Mount takes no {layer}=")
+    own = {"middleware": [Middleware(Pass)]} if layer == "middleware" else {layer: 1024}
     app = Starlette(
-        routes=[
-            Mount("/limited", routes=[Route("/teapot", teapot)], max_body_size=1024),
-            Mount("/wrapped", routes=[Route("/teapot", teapot)], middleware=[Middleware(Pass)]),
-        ],
+        routes=[Mount("/limited", routes=[Route("/teapot", teapot)], **own)],
         exception_handlers={418: on_teapot},
     )
-    client = TestClient(app)
-    assert client.get("/limited/teapot").status_code == 418
-    assert client.get("/wrapped/teapot").status_code == 418
-    assert [tl.route for tl in captured] == ["/limited/teapot", "/wrapped/teapot"]
+    assert TestClient(app).get("/limited/teapot").status_code == 418
+    assert [tl.route for tl in captured] == ["/limited/teapot"]
     assert [s.name for s in named(captured[0], "route")] == ["/limited/{path}", "/limited/teapot"]
 
 
