@@ -134,9 +134,7 @@ def test_a_mounted_app_runs_after_the_route_stage_that_hands_over_to_it(instrume
 
 
 @pytest.mark.parametrize("layer", ["middleware", "max_body_size"])
-def test_a_router_behind_a_mounts_own_layers_keeps_the_mounts_prefix(
-    instrumented, captured, layer
-):
+def test_a_router_behind_a_mounts_own_layers_keeps_the_mounts_prefix(instrumented, captured, layer):
     """Mount(routes=..., middleware=... or max_body_size=...): the mount's router sits behind
     the mount's own layers, and its templates still start with the mount's prefix."""
     import inspect
