@@ -177,6 +177,33 @@ def test_a_failed_hop_leaves_no_trace_context_on_its_request():
     assert [dict(r.headers).keys() & {"traceparent"} for r in failed] == [set(), set()]
 
 
+def test_an_adapter_of_the_applications_own_sends_the_trace_context_too():
+    """A requests transport adapter not derived from ``HTTPAdapter`` (requests_mock's, a
+    Unix-socket adapter) never runs the hop we wrap: the call's trace context goes on for the
+    whole call instead, names its http.client stage, and comes off the request afterwards."""
+    seen: list[dict[str, str]] = []
+
+    class Recording(requests.adapters.BaseAdapter):
+        def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(dict(request.headers))
+            response = requests.Response()
+            response.status_code, response.request, response._content = 200, request, b""
+            return response
+
+        def close(self) -> None:
+            pass
+
+    stagetrace.configure(**exporting())
+    session = requests.Session()
+    session.mount("mock://", Recording())
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        response = session.get("mock://svc/x")
+    (tl,) = got
+    (stage,) = [s for s in tl.stages if s.kind == "http.client"]
+    assert seen[0]["traceparent"] == f"00-{tl.trace_id}-{tl.stage_span_id(stage.id)}-01"
+    assert "traceparent" not in response.request.headers
+
+
 def test_the_option_turns_it_off(server):
     """propagate_traceparent=False: calls are still stages, but carry no traceparent."""
     stagetrace.configure(propagate_traceparent=False)

@@ -139,22 +139,42 @@ def _status(outcome: list[Any], response: Any) -> None:
         _recorder.internal_error(_SITE, exc)
 
 
-def _wrap_sync(orig: Any, url_of: Any) -> Any:
+def _wrap_sync(orig: Any, url_of: Any, unhopped: Any = None) -> Any:
+    """The client's ``send``: the http.client stage. With `unhopped(client, request)` true,
+    the hops are not ours to see (a transport adapter not derived from the one whose send we
+    wrap): the trace context goes on here, for the whole call, as it did before hops."""
+
     def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _patcher.applied:
             return orig(self, request, *args, **kwargs)
         outcome: list[Any] = [None]
         rec = _begin(request, url_of, outcome)
+        added = _propagate(request) if unhopped is not None and unhopped(self, request) else None
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
+            if added:
+                _unpropagate(request, added)
             leave(_SITE, rec, exc)
             raise
+        if added:
+            _unpropagate(request, added)
         _status(outcome, response)
         leave(_SITE, rec)
         return response
 
     return send
+
+
+def _unhopped_requests(session: Any, request: Any) -> bool:
+    """Whether the adapter sending `request` is not an ``HTTPAdapter`` whose ``send`` is our
+    hop wrapper: a ``BaseAdapter`` of its own (requests_mock's, a Unix-socket adapter), one
+    overriding ``send``, or ``responses`` having replaced it in a test."""
+    try:
+        adapter = session.get_adapter(url=request.url)
+        return not getattr(type(adapter).send, "__stagetrace_patch__", False)
+    except Exception:  # no adapter for this URL: requests raises that itself
+        return False
 
 
 def _wrap_async(orig: Any, url_of: Any) -> Any:
@@ -236,7 +256,7 @@ _session: tuple[Any, Any] = (None, None)
 
 def _patch_session(session: Any) -> None:
     global _session
-    _patcher.wrap(session, "send", lambda orig: _wrap_sync(orig, _url))
+    _patcher.wrap(session, "send", lambda orig: _wrap_sync(orig, _url, _unhopped_requests))
     _session = (session, vars(session)["send"])
 
 
