@@ -240,8 +240,10 @@ def test_a_forked_child_gets_its_own_worker(tmp_path):
     assert names == ["child", "parent-after-fork", "parent-before-fork"]
 
 
-def test_shutdown_closes_sinks_and_recording_goes_on():
-    """shutdown() flushes and closes; a later timeline starts a fresh worker."""
+def test_shutdown_flushes_and_recording_goes_on_into_the_same_sinks():
+    """shutdown() delivers what is queued and stops the worker; a later timeline starts a fresh
+    worker that delivers to the same sinks, which shutdown() therefore leaves open (a closed
+    otel sink used to drop every later span). reset() closes them."""
     closed = []
 
     class Closing(RecordingSink):
@@ -253,11 +255,43 @@ def test_shutdown_closes_sinks_and_recording_goes_on():
     with stagetrace.timeline("a"):
         pass
     assert stagetrace.shutdown(5)
-    assert closed == [True] and [t.name for t in sink.got] == ["a"]
+    assert closed == [] and [t.name for t in sink.got] == ["a"]
     with stagetrace.timeline("b"):
         pass
     assert stagetrace.flush(5)
     assert [t.name for t in sink.got] == ["a", "b"]
+    stagetrace.reset()
+    assert closed == [True]
+
+
+def test_configure_closes_only_the_sinks_it_replaces():
+    """A sink object given to configure() stays open, and keeps receiving, across a later
+    configure() of another option; it is closed once a configure() no longer uses it."""
+
+    class Closing(RecordingSink):
+        closed = False
+
+        def emit(self, timeline: Timeline) -> None:
+            if self.closed:
+                raise RuntimeError("emit() after close()")
+            super().emit(timeline)
+
+        def close(self) -> None:
+            self.closed = True
+
+    kept, other = Closing(), RecordingSink()
+    stagetrace.configure(sinks=[kept])
+    with stagetrace.timeline("a"):
+        pass
+    stagetrace.configure(sample_rate=1.0)
+    assert not kept.closed
+    with stagetrace.timeline("b"):
+        pass
+    assert stagetrace.flush(5)
+    assert [t.name for t in kept.got] == ["a", "b"]
+    stagetrace.configure(sinks=[other])
+    assert kept.closed
+    assert stagetrace.stats()["sink_errors"] == 0
 
 
 def test_internal_errors_are_counted_not_raised(monkeypatch, captured):

@@ -253,8 +253,11 @@ class Pipeline:
                     _warn_once(f"sink {sink!r} flush", exc)
         return delivered and self._done >= target
 
-    def retire(self, timeout: float = 5.0) -> bool:
-        """Stop accepting, drain what is queued (up to `timeout`), stop the thread, close sinks."""
+    def retire(self, timeout: float = 5.0, keep: Sequence[Sink] = ()) -> bool:
+        """Stop accepting, drain what is queued (up to `timeout`), stop the thread, and close
+        the sinks, except those in `keep`: the ones the next pipeline goes on using (a sink
+        object given to ``configure()`` again, every sink at ``shutdown()``) — a closed sink
+        may never work again (the otel sink's exporter stops for good)."""
         self._closed = True
         drained = self.flush(timeout)
         self._stop = True
@@ -264,7 +267,10 @@ class Pipeline:
         if t is not None and t is not threading.current_thread():
             t.join(timeout=1.0)
         _pipelines.discard(self)
+        kept = {id(sink) for sink in keep}
         for sink in self.sinks:
+            if id(sink) in kept:
+                continue
             close = getattr(sink, "close", None)
             if close is not None:
                 try:

@@ -103,7 +103,7 @@ def _apply() -> Settings:
         )
         _connect()
     if old is not None:
-        old.retire()
+        old.retire(keep=new.sinks)
     return new
 
 
@@ -238,15 +238,17 @@ def flush(timeout: float | None = 5.0) -> bool:
 
 
 def shutdown(timeout: float = 5.0) -> bool:
-    """Flush, then stop the background worker and close the sinks. Recording continues; the
-    next timeline starts a fresh worker with the same configuration."""
+    """Flush, then stop the background worker. Recording continues: the next timeline starts
+    a fresh worker with the same configuration, delivering to the same sinks — which are
+    therefore left open (`reset()`, or a ``configure()`` that no longer uses one, closes
+    them)."""
     with STATE.lock:
         pipeline = STATE.pipeline
         if pipeline is None:
             return True
         STATE.pipeline = _pipeline.Pipeline(pipeline.sinks, pipeline.analyzers, pipeline.maxsize)
         _connect()
-    return pipeline.retire(timeout)
+    return pipeline.retire(timeout, keep=pipeline.sinks)
 
 
 def stats() -> dict[str, Any]:

@@ -23,8 +23,9 @@ class Sink(Protocol):
     path; an exception it raises is counted (``sink_errors`` in `stagetrace.stats()`) and logged
     once. A sink may also define ``flush()`` (called by `stagetrace.flush()`; a ``flush`` whose
     first parameter is ``timeout`` gets what is left of the caller's deadline), ``close()``
-    (called when it is replaced or at `stagetrace.shutdown()`), and ``after_fork()`` (called in
-    a child process after ``os.fork()``, e.g. to reopen files or sockets).
+    (called once it is no longer used: by a ``configure()`` without it, or `stagetrace.reset()`;
+    `stagetrace.shutdown()` leaves it open, as recording goes on), and ``after_fork()`` (called
+    in a child process after ``os.fork()``, e.g. to reopen files or sockets).
     """
 
     def emit(self, timeline: Timeline) -> None: ...

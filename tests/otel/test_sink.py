@@ -138,6 +138,25 @@ def test_flush_and_shutdown_honour_the_deadline() -> None:
     assert STATE.counters["otel_spans_exported"] == 0
 
 
+def test_export_goes_on_after_shutdown_and_an_unrelated_configure(collector: Collector) -> None:
+    """shutdown() says recording goes on with the same configuration, and configure() of
+    another option keeps the sink: spans recorded after either still reach the collector (the
+    sink's exporter used to be closed for good, every later span dropped)."""
+    stagetrace.configure(sinks=["otel"], otlp_endpoint=collector.http_endpoint)
+    run_jobs(1, stages=0)
+    assert stagetrace.flush(5)
+    collector.wait_for_spans(1)
+    assert stagetrace.shutdown(5)
+    run_jobs(1, stages=0)
+    assert stagetrace.flush(5)
+    collector.wait_for_spans(2)
+    stagetrace.configure(sample_rate=1.0)
+    run_jobs(1, stages=0)
+    assert stagetrace.flush(5)
+    collector.wait_for_spans(3)
+    assert stagetrace.stats()["otel_spans_dropped"] == 0
+
+
 def test_flush_says_false_while_the_collector_has_not_got_the_spans() -> None:
     """With the collector unreachable, flush() returns False (the spans are still being
     retried), and the export's counters are in stats() from the start."""
