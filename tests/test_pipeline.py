@@ -406,3 +406,121 @@ def test_a_kept_timeline_read_by_two_threads_at_once_keeps_its_request_attribute
     for attrs in (got["a"], got["b"], dict(tl.stages[0].attrs)):
         assert attrs["user_agent.original"] == "ua" and attrs["http.request.method"] == "GET"
     assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_sink_or_analyzer_raising_a_base_exception_is_counted_and_delivery_goes_on():
+    """``asyncio.CancelledError`` (an asyncio-based exporter's cancelled send) is no
+    ``Exception``: from a sink or an analyzer it used to end the worker for good, uncounted,
+    and every later timeline waited in the queue until it was full and then was dropped."""
+    import asyncio
+
+    class Cancelled(RecordingSink):
+        raised = False
+
+        def emit(self, timeline: Timeline) -> None:
+            if not self.raised:
+                self.raised = True
+                raise asyncio.CancelledError
+            super().emit(timeline)
+
+    class CancelledMany(RecordingSink):
+        raised = False
+
+        def emit_many(self, timelines: list[Timeline]) -> None:
+            if not self.raised:
+                self.raised = True
+                raise asyncio.CancelledError
+            self.got.extend(timelines)
+
+    def analyzer(tl: Timeline) -> None:
+        if tl.name == "first":
+            raise asyncio.CancelledError
+
+    one, many = Cancelled(), CancelledMany()
+    stagetrace.configure(sinks=[one, many], analyzers=[analyzer])
+    with stagetrace.timeline("first"):
+        pass
+    assert stagetrace.flush(5)
+    for i in range(3):
+        with stagetrace.timeline(f"later {i}"):
+            pass
+    assert stagetrace.flush(5)
+    stats = stagetrace.stats()
+    assert stats["sink_errors"] == 2 and stats["analyzer_errors"] == 1
+    assert (
+        [t.name for t in one.got] == [t.name for t in many.got] == [f"later {i}" for i in range(3)]
+    )
+    assert stats["timelines_dropped"] == 0 and stats["queue_depth"] == 0
+
+
+def test_a_worker_that_died_is_replaced_by_the_next_timeline(monkeypatch):
+    """Should the worker die after all (here: the logging handler that reports a failing sink
+    raises what nothing catches), the next timeline starts another, and flush() does not wait
+    for the batch that was lost."""
+    import logging
+
+    class Raising(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise SystemExit  # ends a thread quietly
+
+    class FailsOnce(RecordingSink):
+        failed = False
+
+        def emit_many(self, timelines: list[Timeline]) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("first one fails")
+            self.got.extend(timelines)
+
+    ended: list[type[BaseException]] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+    sink = FailsOnce()
+    stagetrace.configure(sinks=[sink])
+    handler = Raising()
+    logging.getLogger("stagetrace").addHandler(handler)
+    try:
+        with stagetrace.timeline("lost"):
+            pass
+        pipeline = stagetrace._state.STATE.pipeline
+        assert pipeline is not None
+        first = pipeline._thread
+        assert first is not None
+        first.join(5)
+    finally:
+        logging.getLogger("stagetrace").removeHandler(handler)
+    assert not first.is_alive() and ended == [SystemExit]
+    with stagetrace.timeline("delivered"):
+        pass
+    assert pipeline._thread is not None and pipeline._thread is not first
+    assert stagetrace.flush(5)
+    assert [t.name for t in sink.got] == ["delivered"]
+    assert stagetrace.stats()["sink_errors"] == 1
+
+
+def test_a_timeline_that_fails_to_build_does_not_hold_up_flush(monkeypatch):
+    """A timeline the worker cannot build is counted as an internal error and skipped; flush()
+    still returns True at once (it used to wait for it until its deadline, then say False)."""
+    import time
+
+    from stagetrace import _pipeline
+
+    real = _pipeline._recorder.finished
+    calls = []
+
+    def finished(tl: Any) -> Timeline:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("cannot build")
+        return real(tl)
+
+    monkeypatch.setattr(_pipeline._recorder, "finished", finished)
+    sink = RecordingSink()
+    stagetrace.configure(sinks=[sink])
+    for name in ("broken", "fine"):
+        with stagetrace.timeline(name):
+            pass
+    t = time.monotonic()
+    assert stagetrace.flush(2)
+    assert time.monotonic() - t < 1.0
+    assert [t.name for t in sink.got] == ["fine"]
+    assert stagetrace.stats()["internal_errors_by_site"] == {"pipeline.build": 1}

@@ -45,7 +45,8 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
             result = analyzer(timeline)
             if result:
                 found.extend(result)
-        except Exception as exc:
+        except BaseException as exc:
+            _reraise_if_stopping(exc)
             STATE.counters["analyzer_errors"] += 1
             _warn_once(f"analyzer {analyzer!r}", exc)
     forget_analyzed()
@@ -54,9 +55,26 @@ def analyze(timeline: Timeline, analyzers: Sequence[Analyzer]) -> Timeline:
     timeline = timeline.with_findings(found)
     try:
         log_findings(timeline)
-    except Exception as exc:
+    except BaseException as exc:
+        _reraise_if_stopping(exc)
         _guard.report("pipeline.log_findings", exc)
     return timeline
+
+
+#: Set on the worker thread (see `_reraise_if_stopping`).
+_on_worker = threading.local()
+
+
+def _reraise_if_stopping(exc: BaseException) -> None:
+    """Re-raise `exc` when it is the application stopping: `KeyboardInterrupt` or `SystemExit`
+    on one of its own threads (`flush()` draining the queue itself, a `capture()` analyzing on
+    the request's thread). Anything else a sink or analyzer raises is counted and swallowed,
+    ``asyncio.CancelledError`` included (an asyncio-based exporter's cancelled send): it is
+    no ``Exception``, and used to end the worker for good. On the worker these two are
+    swallowed as well: raised on a daemon thread, they cannot stop the process, only end the
+    worker and with it every later delivery."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not getattr(_on_worker, "on", False):
+        raise exc
 
 
 def submit(tl: _recorder.Live) -> None:
@@ -158,44 +176,62 @@ class Pipeline:
             t.start()
 
     def _run(self) -> None:
+        _on_worker.on = True
         q = self._q
-        while not self._stop:
-            if self._idle:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                if not q:
-                    continue
-            # Gather a batch, unless someone is waiting for a flush.
-            self._hurry.wait(self.BATCH_DELAY)
+        try:
+            while not self._stop:
+                if self._idle:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    if not q:
+                        continue
+                # Gather a batch, unless someone is waiting for a flush.
+                self._hurry.wait(self.BATCH_DELAY)
+                try:
+                    self._drain()
+                except BaseException as exc:  # sinks and analyzers are guarded: ours, then
+                    _guard.report("pipeline.worker", exc)
+                self._idle = True
+                if q:  # put() saw us busy and did not wake us: go on
+                    self._idle = False
             self._drain()
-            self._idle = True
-            if q:  # put() saw us busy and did not wake us: go on
-                self._idle = False
-        self._drain()
+        finally:
+            if not self._stop:
+                # Ended after all (the logging of an error raised): the next put() finds the
+                # worker idle and without a thread, and starts another.
+                self._thread = None
+                self._idle = True
 
     def _drain(self) -> None:
         q = self._q
         while q:
             batch: list[Timeline] = []
+            taken = 0
             try:
-                while len(batch) < 512:
-                    item, analyzed = q.popleft()
-                    if analyzed:
-                        batch.append(item)
-                        continue
-                    try:
-                        timeline = _recorder.finished(item)
-                    except Exception as exc:
-                        _guard.report("pipeline.build", exc)
-                        continue
-                    if self.analyzers:
-                        timeline = analyze(timeline, self.analyzers)
-                    batch.append(timeline)
-            except IndexError:
-                pass
-            if batch:
-                self._emit(batch)
-                self._done += len(batch)
+                try:
+                    while taken < 512:
+                        item, analyzed = q.popleft()
+                        taken += 1
+                        if analyzed:
+                            batch.append(item)
+                            continue
+                        try:
+                            timeline = _recorder.finished(item)
+                        except BaseException as exc:
+                            _reraise_if_stopping(exc)
+                            _guard.report("pipeline.build", exc)
+                            continue
+                        if self.analyzers:
+                            timeline = analyze(timeline, self.analyzers)
+                        batch.append(timeline)
+                except IndexError:
+                    pass
+                if batch:
+                    self._emit(batch)
+            finally:
+                # Counted as done when taken, delivered or not: `flush` waits for the count,
+                # and must not wait out its deadline for a timeline that failed to build.
+                self._done += taken
                 with self._progress:
                     self._progress.notify_all()
 
@@ -209,10 +245,12 @@ class Pipeline:
                     for timeline in batch:
                         try:
                             sink.emit(timeline)
-                        except Exception as exc:
+                        except BaseException as exc:
+                            _reraise_if_stopping(exc)
                             STATE.counters["sink_errors"] += 1
                             _warn_once(f"sink {sink!r}", exc)
-            except Exception as exc:
+            except BaseException as exc:
+                _reraise_if_stopping(exc)
                 STATE.counters["sink_errors"] += 1
                 _warn_once(f"sink {sink!r}", exc)
 
@@ -248,7 +286,8 @@ class Pipeline:
                         done = fl()
                     if done is False:  # the sink says what it holds did not all go out
                         delivered = False
-                except Exception as exc:
+                except BaseException as exc:
+                    _reraise_if_stopping(exc)
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} flush", exc)
         return delivered and self._done >= target
@@ -275,7 +314,8 @@ class Pipeline:
             if close is not None:
                 try:
                     close()
-                except Exception as exc:
+                except BaseException as exc:
+                    _reraise_if_stopping(exc)
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} close", exc)
         return drained
@@ -300,7 +340,8 @@ class Pipeline:
             if hook is not None:
                 try:
                     hook()
-                except Exception as exc:
+                except BaseException as exc:
+                    _reraise_if_stopping(exc)
                     _guard.report("pipeline.after_fork", exc)
 
 
