@@ -240,6 +240,39 @@ def test_a_forked_child_gets_its_own_worker(tmp_path):
     assert names == ["child", "parent-after-fork", "parent-before-fork"]
 
 
+FORK_IN_REQUEST_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, stagetrace
+    stagetrace.configure(jsonl=sys.argv[1])
+    with stagetrace.timeline("parent-request"):  # the first timeline: no worker yet
+        pid = os.fork()
+        if pid == 0:
+            with stagetrace.timeline("child"):
+                pass
+            ok = stagetrace.flush(5)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+    stagetrace.flush(5)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_timeline_records_its_own(tmp_path):
+    """A process forked while a timeline is being recorded (multiprocessing started from a
+    view) starts outside it: its own timelines are recorded, not declined as nested in a copy
+    of the parent's that never ends."""
+    path = tmp_path / "fork.jsonl"
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", FORK_IN_REQUEST_SCRIPT, str(path)],
+        check=True,
+        timeout=60,
+    )
+    names = sorted(json.loads(x)["stages"][0]["name"] for x in path.read_text().splitlines())
+    assert names == ["child", "parent-request"]
+
+
 def test_shutdown_flushes_and_recording_goes_on_into_the_same_sinks():
     """shutdown() delivers what is queued and stops the worker; a later timeline starts a fresh
     worker that delivers to the same sinks, which shutdown() therefore leaves open (a closed

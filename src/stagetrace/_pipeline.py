@@ -372,7 +372,9 @@ _hooks_installed = False
 
 
 def _install_process_hooks() -> None:
-    """Flush at interpreter exit; restart cleanly in forked children (gunicorn --preload)."""
+    """Flush at interpreter exit; restart cleanly in forked children (gunicorn --preload).
+    Installed at configuration (a process may fork inside its first timeline, before any
+    worker started) and, for pipelines built otherwise, when a worker starts."""
     global _hooks_installed
     if _hooks_installed:
         return
@@ -397,3 +399,8 @@ def _after_fork() -> None:
     for pipeline in list(_pipelines):
         pipeline._after_fork_in_child()
     STATE.in_flight.clear()
+    # Only the forking thread lives on in the child. Forked during a request (multiprocessing
+    # started from a view), its context still names the parent's open stage: the child would
+    # add its stages to a copy of that timeline that never ends, and `begin` would decline
+    # each of its own timelines as nested. The child starts outside any timeline.
+    _recorder.restore(None)

@@ -102,6 +102,7 @@ def _apply() -> Settings:
             _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
         )
         _connect()
+        _pipeline._install_process_hooks()
     if old is not None:
         old.retire(keep=new.sinks)
     return new
