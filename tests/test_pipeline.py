@@ -273,6 +273,42 @@ def test_a_child_forked_during_a_timeline_records_its_own(tmp_path):
     assert names == ["child", "parent-request"]
 
 
+MULTIPROCESSING_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys, stagetrace
+
+    def job():
+        with stagetrace.timeline("child"):
+            pass  # and return: multiprocessing ends the child with os._exit()
+
+    if __name__ == "__main__":
+        stagetrace.configure(jsonl=sys.argv[1])
+        with stagetrace.timeline("parent"):
+            pass
+        stagetrace.flush(5)
+        p = multiprocessing.get_context("fork").Process(target=job)
+        p.start()
+        p.join(30)
+        sys.exit(p.exitcode)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_multiprocessing_child_delivers_its_timelines_when_it_ends(tmp_path):
+    """A multiprocessing child (fork start method, as Pool workers use) ends with os._exit(),
+    which skips atexit: what it queued is flushed by multiprocessing's own exit finalizers
+    (it used to be lost, uncounted, unless the worker's batch delay had passed)."""
+    path = tmp_path / "mp.jsonl"
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", MULTIPROCESSING_SCRIPT, str(path)],
+        check=True,
+        timeout=60,
+    )
+    names = sorted(json.loads(x)["stages"][0]["name"] for x in path.read_text().splitlines())
+    assert names == ["child", "parent"]
+
+
 def test_shutdown_flushes_and_recording_goes_on_into_the_same_sinks():
     """shutdown() delivers what is queued and stops the worker; a later timeline starts a fresh
     worker that delivers to the same sinks, which shutdown() therefore leaves open (a closed

@@ -18,6 +18,7 @@ import atexit
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -404,3 +405,33 @@ def _after_fork() -> None:
     # add its stages to a copy of that timeline that never ends, and `begin` would decline
     # each of its own timelines as nested. The child starts outside any timeline.
     _recorder.restore(None)
+    _flush_when_multiprocessing_child_ends()
+
+
+_multiprocessing_hooked = False
+
+
+def _flush_when_multiprocessing_child_ends() -> None:
+    """A multiprocessing child (fork start method; Pool workers) ends with ``os._exit()``
+    once its target returns: atexit never runs there, and what it queued would be lost. It
+    runs multiprocessing's own exit finalizers first (``util._exit_function``): flush in one.
+
+    Registered from this (``os.register_at_fork``) hook, a finalizer would be wiped: the
+    child's ``Process._bootstrap`` clears the finalizer registry, and only then runs the
+    after-fork callbacks — so register one of those, which registers the finalizer. Once per
+    line of processes: the callback is inherited by later children (the flag as well)."""
+    global _multiprocessing_hooked
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _multiprocessing_hooked:
+        return
+    _multiprocessing_hooked = True
+    # The registry keeps its key object weakly: this module's function lives as long as it.
+    util.register_after_fork(flush_at_shutdown, _finalize_with_multiprocessing)
+
+
+def _finalize_with_multiprocessing(_: object) -> None:
+    import multiprocessing.util
+
+    # Ahead of the finalizers of multiprocessing's queues (10) and pools (15), so that a sink
+    # writing to one still can; `flush_at_shutdown` keeps to the flush deadline.
+    multiprocessing.util.Finalize(None, flush_at_shutdown, exitpriority=20)
