@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -185,6 +186,50 @@ def test_reconfiguring_drains_the_old_sinks_first():
     new = RecordingSink()
     stagetrace.configure(sinks=[new])
     assert len(old.got) == 5 and new.got == []
+
+
+def test_configure_past_a_stuck_sink_closes_it_only_after_its_last_timeline(monkeypatch):
+    """configure() waits for the old sinks at most its deadline, without holding stagetrace's
+    lock; the old worker delivers the rest afterwards and only then closes them (they used to be
+    closed at the deadline and written into afterwards: a closed JSON lines sink reopened its
+    file, one leaked descriptor per such configure())."""
+    from stagetrace import _pipeline
+    from stagetrace._state import STATE
+
+    monkeypatch.setattr(_pipeline.Pipeline, "RETIRE_TIMEOUT", 1.0, raising=False)
+
+    class Tracking(RecordingSink):
+        closed = False
+        late = 0
+
+        def emit(self, timeline: Timeline) -> None:
+            self.late += self.closed
+            super().emit(timeline)
+
+        def close(self) -> None:
+            self.closed = True
+
+    slow, tracking = BlockingSink(), Tracking()
+    stagetrace.configure(sinks=[slow, tracking])
+    for i in range(3):
+        with stagetrace.timeline(f"job {i}"):
+            pass
+        assert slow.entered.wait(5)
+    done = threading.Event()
+    threading.Thread(target=lambda: (stagetrace.configure(sinks=[]), done.set())).start()
+    try:
+        assert not done.wait(0.2)  # waiting for the stuck sink...
+        assert STATE.lock.acquire(timeout=0.5)  # ... with the lock free
+        STATE.lock.release()
+        assert done.wait(5)
+        assert not tracking.closed
+    finally:
+        slow.release.set()
+    deadline = time.monotonic() + 5
+    while not tracking.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tracking.closed and tracking.late == 0
+    assert [t.name for t in tracking.got] == ["job 0", "job 1", "job 2"]
 
 
 EXIT_SCRIPT = textwrap.dedent(

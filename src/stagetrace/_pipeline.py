@@ -123,6 +123,8 @@ class Pipeline:
 
     #: How long the woken worker waits to gather a batch before draining the queue.
     BATCH_DELAY = 0.05
+    #: How long `retire` waits, by default, for the worker to deliver what is queued.
+    RETIRE_TIMEOUT = 5.0
 
     def __init__(self, sinks: Sequence[Sink], analyzers: Sequence[Analyzer], maxsize: int) -> None:
         self.sinks = tuple(sinks)
@@ -139,6 +141,8 @@ class Pipeline:
         self._idle = True
         self._closed = False
         self._stop = False
+        #: The sinks to close when the worker stops (set by `retire`, emptied by who closes).
+        self._to_close: list[Sink] = []
         self._pid = os.getpid()
         #: Per sink: whether its ``flush`` takes a ``timeout`` (then it gets what is left of
         #: the caller's deadline, not a deadline of its own on top).
@@ -197,7 +201,9 @@ class Pipeline:
                     self._idle = False
             self._drain()
         finally:
-            if not self._stop:
+            if self._stop:
+                self._close_sinks()
+            else:
                 # Ended after all (the logging of an error raised): the next put() finds the
                 # worker idle and without a thread, and starts another.
                 self._thread = None
@@ -293,24 +299,40 @@ class Pipeline:
                     _warn_once(f"sink {sink!r} flush", exc)
         return delivered and self._done >= target
 
-    def retire(self, timeout: float = 5.0, keep: Sequence[Sink] = ()) -> bool:
-        """Stop accepting, drain what is queued (up to `timeout`), stop the thread, and close
-        the sinks, except those in `keep`: the ones the next pipeline goes on using (a sink
-        object given to ``configure()`` again, every sink at ``shutdown()``) — a closed sink
-        may never work again (the otel sink's exporter stops for good)."""
+    def retire(self, timeout: float | None = None, keep: Sequence[Sink] = ()) -> bool:
+        """Stop accepting, drain what is queued (up to `timeout`, `RETIRE_TIMEOUT` by default),
+        stop the thread, and close the sinks, except those in `keep`: the ones the next
+        pipeline goes on using (a sink object given to ``configure()`` again, every sink at
+        ``shutdown()``) — a closed sink may never work again (the otel sink's exporter stops
+        for good).
+
+        When the worker has not caught up by the deadline (a sink is stuck), it goes on
+        delivering what it took, and closes the sinks itself once it stopped: a sink is never
+        written to after ``close()`` (a closed JSON lines sink would reopen its file, and
+        nobody close it again)."""
         self._closed = True
-        drained = self.flush(timeout)
+        drained = self.flush(self.RETIRE_TIMEOUT if timeout is None else timeout)
+        kept = {id(sink) for sink in keep}
+        self._to_close = [sink for sink in self.sinks if id(sink) not in kept]
         self._stop = True
         self._hurry.set()
         self._wake.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=1.0)
         _pipelines.discard(self)
-        kept = {id(sink) for sink in keep}
-        for sink in self.sinks:
-            if id(sink) in kept:
-                continue
+        t = self._thread
+        if t is None or t is threading.current_thread() or not t.is_alive():
+            self._close_sinks()
+        elif self._done >= self._submitted:  # idle: it only has to see `_stop`, and close
+            t.join(timeout=1.0)
+        return drained
+
+    def _close_sinks(self) -> None:
+        """Close the sinks `retire` gave up (once each: the worker and `retire` may race)."""
+        to_close = self._to_close
+        while to_close:
+            try:
+                sink = to_close.pop(0)
+            except IndexError:  # the other one took the last
+                return
             close = getattr(sink, "close", None)
             if close is not None:
                 try:
@@ -319,7 +341,6 @@ class Pipeline:
                     _reraise_if_stopping(exc)
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} close", exc)
-        return drained
 
     def _after_fork_in_child(self) -> None:
         # The parent owns what was queued before the fork; the child starts empty.

@@ -81,6 +81,16 @@ def _build(values: Mapping[str, Any]) -> Settings:
 
 
 def _apply() -> Settings:
+    """Resolve the configuration and put it in force (see `_install`)."""
+    new, old = _install()
+    _retire(old, new)
+    return new
+
+
+def _install() -> tuple[Settings, _pipeline.Pipeline | None]:
+    """Resolve the configuration layers, build the sinks and put them in force; returns the
+    new settings and the pipeline they replace, which the caller retires (`_retire`) once it
+    released `STATE.lock`: retiring waits for the old sinks, up to seconds."""
     with STATE.lock:
         values = _options.resolve(
             STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
@@ -103,9 +113,13 @@ def _apply() -> Settings:
         )
         _connect()
         _pipeline._install_process_hooks()
+    return new, old
+
+
+def _retire(old: _pipeline.Pipeline | None, new: Settings) -> None:
+    """Deliver what the replaced pipeline holds; close the sinks the new one does not use."""
     if old is not None:
         old.retire(keep=new.sinks)
-    return new
 
 
 def _propagation(hooks: tuple[Any, ...]) -> Any:
@@ -180,10 +194,12 @@ def configure(**options: Any) -> Settings:
         previous = dict(STATE.explicit)
         STATE.explicit.update(options)
         try:
-            return _apply()
+            new, old = _install()
         except ConfigurationError:
             STATE.explicit = previous
             raise
+    _retire(old, new)
+    return new
 
 
 def configure_from_framework(options: Any, source: str) -> Settings:
@@ -196,10 +212,12 @@ def configure_from_framework(options: Any, source: str) -> Settings:
         previous, previous_source = STATE.framework, STATE.framework_source
         STATE.framework, STATE.framework_source = dict(options), source
         try:
-            return _apply()
+            new, old = _install()
         except ConfigurationError:
             STATE.framework, STATE.framework_source = previous, previous_source
             raise
+    _retire(old, new)
+    return new
 
 
 def propose_defaults(options: Mapping[str, Any]) -> Settings:
@@ -209,10 +227,12 @@ def propose_defaults(options: Mapping[str, Any]) -> Settings:
         previous = STATE.proposed
         STATE.proposed = dict(options)
         try:
-            return _apply()
+            new, old = _install()
         except ConfigurationError:
             STATE.proposed = previous
             raise
+    _retire(old, new)
+    return new
 
 
 def framework_source() -> str:
