@@ -232,6 +232,37 @@ def test_configure_past_a_stuck_sink_closes_it_only_after_its_last_timeline(monk
     assert [t.name for t in tracking.got] == ["job 0", "job 1", "job 2"]
 
 
+def test_a_sink_kept_past_a_stuck_worker_never_has_two_workers_at_once():
+    """shutdown() (or a configure() keeping a sink object) gives up waiting for a stuck sink;
+    the fresh worker delivers to that sink only once the old one stopped: one timeline at a
+    time, in the order they ended."""
+
+    class Stuck(BlockingSink):
+        inside = 0
+        most = 0
+
+        def emit(self, timeline: Timeline) -> None:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            try:
+                super().emit(timeline)
+            finally:
+                self.inside -= 1
+
+    sink = Stuck()
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("a"):
+        pass
+    assert sink.entered.wait(5)
+    assert stagetrace.shutdown(0.2) is False
+    with stagetrace.timeline("b"):
+        pass
+    time.sleep(0.3)  # the fresh worker has woken meanwhile
+    sink.release.set()
+    assert stagetrace.flush(5)
+    assert [t.name for t in sink.got] == ["a", "b"] and sink.most == 1
+
+
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, stagetrace

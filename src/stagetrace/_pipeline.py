@@ -118,7 +118,8 @@ class Pipeline:
     `put` never blocks and takes no lock: it appends to a deque and wakes the thread only when
     it is idle. The thread starts on the first `put`, not before. A sink with an
     ``emit_many(timelines)`` method gets each batch in one call; others get ``emit`` per
-    timeline.
+    timeline. A sink is only ever called by one worker at a time, also when a new pipeline
+    takes it over from the one it `replaces`.
     """
 
     #: How long the woken worker waits to gather a batch before draining the queue.
@@ -126,7 +127,13 @@ class Pipeline:
     #: How long `retire` waits, by default, for the worker to deliver what is queued.
     RETIRE_TIMEOUT = 5.0
 
-    def __init__(self, sinks: Sequence[Sink], analyzers: Sequence[Analyzer], maxsize: int) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        analyzers: Sequence[Analyzer],
+        maxsize: int,
+        replaces: Pipeline | None = None,
+    ) -> None:
         self.sinks = tuple(sinks)
         self.analyzers = tuple(analyzers)
         self.maxsize = maxsize
@@ -143,7 +150,18 @@ class Pipeline:
         self._stop = False
         #: The sinks to close when the worker stops (set by `retire`, emptied by who closes).
         self._to_close: list[Sink] = []
+        #: Set once retired and stopped, sinks closed.
+        self._stopped = threading.Event()
         self._pid = os.getpid()
+        #: The `_stopped` of the pipeline this one `replaces`, when they share a sink (and the
+        #: process it was made in): the worker delivers nothing before that one stopped, so a
+        #: sink `retire` gave up waiting for never has two workers at once, and gets what was
+        #: queued in order.
+        self._after: tuple[int, threading.Event] | None = None
+        if replaces is not None:
+            theirs = {id(sink) for sink in replaces.sinks}
+            if any(id(sink) in theirs for sink in self.sinks):
+                self._after = (self._pid, replaces._stopped)
         #: Per sink: whether its ``flush`` takes a ``timeout`` (then it gets what is left of
         #: the caller's deadline, not a deadline of its own on top).
         self._flush_takes_timeout = tuple(_takes_timeout(s) for s in self.sinks)
@@ -184,6 +202,10 @@ class Pipeline:
         _on_worker.on = True
         q = self._q
         try:
+            after = self._after
+            if after is not None and after[0] == os.getpid():
+                after[1].wait()
+            self._after = None
             while not self._stop:
                 if self._idle:
                     self._wake.wait(1.0)
@@ -203,6 +225,7 @@ class Pipeline:
         finally:
             if self._stop:
                 self._close_sinks()
+                self._stopped.set()
             else:
                 # Ended after all (the logging of an error raised): the next put() finds the
                 # worker idle and without a thread, and starts another.
@@ -321,6 +344,7 @@ class Pipeline:
         t = self._thread
         if t is None or t is threading.current_thread() or not t.is_alive():
             self._close_sinks()
+            self._stopped.set()
         elif self._done >= self._submitted:  # idle: it only has to see `_stop`, and close
             t.join(timeout=1.0)
         return drained
@@ -350,6 +374,7 @@ class Pipeline:
         self._q.clear()
         self._thread = None
         self._idle = True
+        self._after = None  # the parent's workers are not ours to wait for
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._progress = threading.Condition()

@@ -109,7 +109,9 @@ def _install() -> tuple[Settings, _pipeline.Pipeline | None]:
         if new.enabled and not new.otel_context and len(hooks) < len(offered):
             _warn_if_propagator_ignored(offered)
         STATE.pipeline = (
-            _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size) if new.sinks else None
+            _pipeline.Pipeline(new.sinks, new.analyzers, new.queue_size, replaces=old)
+            if new.sinks
+            else None
         )
         _connect()
         _pipeline._install_process_hooks()
@@ -267,7 +269,9 @@ def shutdown(timeout: float = 5.0) -> bool:
         pipeline = STATE.pipeline
         if pipeline is None:
             return True
-        STATE.pipeline = _pipeline.Pipeline(pipeline.sinks, pipeline.analyzers, pipeline.maxsize)
+        STATE.pipeline = _pipeline.Pipeline(
+            pipeline.sinks, pipeline.analyzers, pipeline.maxsize, replaces=pipeline
+        )
         _connect()
     return pipeline.retire(timeout, keep=pipeline.sinks)
 
