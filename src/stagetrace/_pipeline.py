@@ -216,7 +216,7 @@ class Pipeline:
                 self._hurry.wait(self.BATCH_DELAY)
                 try:
                     self._drain()
-                except BaseException as exc:  # sinks and analyzers are guarded: ours, then
+                except BaseException as exc:  # our own code, or the logging of an error
                     _guard.report("pipeline.worker", exc)
                 self._idle = True
                 if q:  # put() saw us busy and did not wake us: go on
@@ -478,6 +478,6 @@ def _flush_when_multiprocessing_child_ends() -> None:
 def _finalize_with_multiprocessing(_: object) -> None:
     import multiprocessing.util
 
-    # Ahead of the finalizers of multiprocessing's queues (10) and pools (15), so that a sink
-    # writing to one still can; `flush_at_shutdown` keeps to the flush deadline.
+    # Ahead of the finalizers of multiprocessing's queues, manager proxies (10) and pools (15),
+    # so that a sink writing to one still can; `flush_at_shutdown` keeps to the flush deadline.
     multiprocessing.util.Finalize(None, flush_at_shutdown, exitpriority=20)

@@ -92,6 +92,7 @@ def _install() -> tuple[Settings, _pipeline.Pipeline | None]:
     new settings and the pipeline they replace, which the caller retires (`_retire`) once it
     released `STATE.lock`: retiring waits for the old sinks, up to seconds."""
     with STATE.lock:
+        _pipeline._install_process_hooks()
         values = _options.resolve(
             STATE.explicit, STATE.framework, STATE.framework_source, os.environ, STATE.proposed
         )
@@ -114,7 +115,6 @@ def _install() -> tuple[Settings, _pipeline.Pipeline | None]:
             else None
         )
         _connect()
-        _pipeline._install_process_hooks()
     return new, old
 
 
