@@ -495,3 +495,27 @@ def test_an_app_called_in_one_context_and_awaited_in_another_leaves_the_caller_a
         status, body, position = asyncio.run(main())
     assert (status, body, position) == (200, b'{"a":1}', None)
     assert [tl.route for tl in got] == ["/json"]
+
+
+def test_a_request_the_outer_app_left_out_is_not_sampled_again_in_a_mounted_app(
+    instrumented, monkeypatch
+):
+    """The outer app's gateway decides whether a request is recorded; a mounted app (both
+    instrumented) takes no second draw: a request sampled out at the door used to be drawn
+    again there, and recorded as a partial timeline of the mounted app (with sample_rate 0.5,
+    three requests in four recorded)."""
+    from stagetrace import _recorder
+
+    draws: list[str | None] = []
+
+    def first_no_then_yes(cfg, path):
+        draws.append(path)
+        return len(draws) > 1
+
+    monkeypatch.setattr(_recorder, "sampled", first_no_then_yes)
+    stagetrace.configure(sinks=[])
+    inner = Starlette(routes=[Route("/x", lambda request: PlainTextResponse("x"))])
+    outer = Starlette(routes=[Mount("/api", app=inner)])
+    with stagetrace.capture() as got:
+        assert TestClient(outer).get("/api/x").text == "x"
+    assert got == [] and len(draws) == 1

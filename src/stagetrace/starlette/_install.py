@@ -558,6 +558,28 @@ def _watch_build(app: Any) -> None:
         _recorder.internal_error("starlette.build", exc)
 
 
+#: Starlette's app class (FastAPI's derives from it), set when the adapter is installed.
+_starlette_app: Any = ()
+
+
+def _mounted_in(app: Any, scope: Any) -> bool:
+    """Whether `app` runs inside another instrumented app's request (mounted in it: the
+    scope's ``app`` is still the outer one, which set it): that app's gateway decided whether
+    the request is recorded — a second sampling draw here would record part of a request
+    the outer app left out."""
+    try:
+        outer = scope.get("app")
+        return (
+            outer is not None
+            and outer is not app
+            and isinstance(outer, _starlette_app)
+            and _instrumented(outer)
+        )
+    except Exception as exc:
+        _recorder.internal_error("starlette.mounted", exc)
+        return False
+
+
 def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
@@ -566,6 +588,8 @@ def _app_call(orig: Any) -> Any:
             _watch_build(self)
         elif id(self) not in _walked.ids:
             _walk_once(self)
+        if _mounted_in(self, scope):
+            return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
         return None
@@ -582,6 +606,8 @@ def _app_call(orig: Any) -> Any:
             _watch_build(self)
         elif id(self) not in _walked.ids:
             _walk_once(self)
+        if _mounted_in(self, scope):
+            return orig(self, scope, receive, send)
         decided = _gateway.decide(scope)
         if decided is _gateway.PASS:
             return orig(self, scope, receive, send)
@@ -621,12 +647,13 @@ def _build(orig: Any) -> Any:
 
 
 def _install_core() -> None:
-    global _base_http
+    global _base_http, _starlette_app
     from starlette import applications, background, responses, routing
     from starlette.middleware import Middleware
     from starlette.middleware import base as base_module
 
     _base_http = base_module.BaseHTTPMiddleware
+    _starlette_app = applications.Starlette
     patcher.wrap(applications.Starlette, "__call__", _app_call)
     patcher.wrap(applications.Starlette, "build_middleware_stack", _build)
 
