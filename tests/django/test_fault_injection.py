@@ -50,6 +50,8 @@ SRC = Path(stagetrace.__file__).parent
 #: `dispose`, which only the pipeline calls, for a timeline dropped on a full queue.
 #: `current_kind` is called only by OpenTelemetry's DB-API wrappers through the context hook's
 #: suppression object (no scenario here runs them): tests/otel/test_coexist.py injects its fault.
+#: `discarded_here` is called only by the OpenTelemetry context's span when asked outside its
+#: request (work the request left running): tests/otel/test_context.py injects its fault.
 NOT_HOOKS = {
     "current",
     "restore",
@@ -60,6 +62,7 @@ NOT_HOOKS = {
     "abandon_job",
     "dispose",
     "current_kind",
+    "discarded_here",
 }
 # `discard` runs only from `stagetrace.discard()` (guarded in `_api.discard`, tested in
 # tests/test_api.py) and the dev page, which answers 404 before it under these settings.

@@ -117,8 +117,17 @@ def closing_view(request: Any) -> Any:
     return StreamingHttpResponse(body())
 
 
+KEPT: list[Any] = []
+
+
+def keeping_view(request: Any) -> JsonResponse:
+    KEPT.append(context.get_current())  # as a task the request leaves running holds it
+    return JsonResponse({})
+
+
 urlpatterns = [
     path("ctx/", ctx_view),
+    path("keep/", keeping_view),
     path("discarded/", discarding_view),
     path("stream/", streaming_view),
     path("holding/", holding_view),
@@ -410,6 +419,34 @@ def test_work_a_discarded_request_left_running_parents_nothing_to_it():
     spans = {s.name: s for s in EXPORTER.get_finished_spans()}
     assert spans["in the request"].parent is None
     assert spans["after the request"].parent is None
+
+
+def test_a_failing_discard_check_is_counted_and_the_span_still_made(monkeypatch):
+    """The recorder failing inside the span context's check for a discarded request (asked by
+    work the request left running): counted as an internal error; the span is made, under
+    the request's own span, and the application goes on."""
+    from stagetrace import _recorder
+
+    def broken() -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_recorder, "discarded_here", broken)
+    stagetrace.configure(**exporting(), otel_context=True)
+    EXPORTER.clear()
+    before = stagetrace.stats()["internal_errors_by_site"].get("otel.context", 0)
+    KEPT.clear()
+    with stagetrace.capture() as got, override_settings(ROOT_URLCONF=__name__):
+        assert Client().get("/keep/").status_code == 200
+    token = context.attach(KEPT.pop())  # the request's context, after the request ended
+    try:
+        with TRACER.start_as_current_span("after the request"):
+            pass
+    finally:
+        context.detach(token)
+    (tl,) = got
+    (span,) = EXPORTER.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == tl.trace_id
+    assert stagetrace.stats()["internal_errors_by_site"]["otel.context"] > before
 
 
 def test_an_outer_opentelemetry_span_becomes_the_timelines_parent():
