@@ -308,11 +308,19 @@ def test_a_streamed_body_is_produced_in_the_requests_context(client):
     assert outside is False and trace.get_current_span().get_span_context().is_valid is False
 
 
-def test_a_span_a_streamed_body_holds_open_across_chunks_stays_current(client):
+@pytest.mark.parametrize("runtime", ["context variable", "API"])
+def test_a_span_a_streamed_body_holds_open_across_chunks_stays_current(client, runtime):
     """A span the body makes current and holds open across ``yield``s is current again when
     the body resumes: a span made inside it is its child (each chunk is produced in the
-    context as the previous one left it, not in the request's as it began)."""
+    context as the previous one left it, not in the request's as it began) — through
+    OpenTelemetry's context variable directly, and through its API (another runtime
+    context)."""
+    from stagetrace._state import STATE
+
     stagetrace.configure(**exporting(), otel_context=True)
+    if runtime == "API":
+        for hook in STATE.context_hooks:
+            hook._var = hook.context_var = None
     EXPORTER.clear()
     with stagetrace.capture() as got:
         response = client.get("/holding/")

@@ -290,11 +290,29 @@ def resumed(content: Iterable[Any], tokens: Any) -> Iterator[Any]:
     chunk: a WSGI server iterates the body after the gateway gave the caller its context
     back, and the body's work (a query, an OpenTelemetry span) belongs to the request's
     context as the view's did. Between chunks the server's context is its own again.
-    Exceptions pass through."""
+    Exceptions pass through.
+
+    A hook whose attached context is one context variable's value says so (``context_var``,
+    and its token's second item is that value): the usual case, OpenTelemetry's, is then
+    three C calls a chunk, not two hook calls — this runs once per chunk of every streamed
+    response."""
     it = iter(content)
-    if len(tokens) == 1 and hasattr(tokens[0][0], "leave"):
-        yield from _resumed_one(it, *tokens[0])
-        return
+    var = getattr(tokens[0][0], "context_var", None) if len(tokens) == 1 else None
+    if var is not None:
+        value = tokens[0][1][1]
+        while True:
+            reset = var.set(value)
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            finally:
+                value = var.get()
+                try:
+                    var.reset(reset)
+                except ValueError as exc:  # the body switched contexts under us
+                    _recorder.internal_error("context.exit", exc)
+            yield chunk
     while True:
         redone = again(tokens)
         try:
@@ -303,29 +321,6 @@ def resumed(content: Iterable[Any], tokens: Any) -> Iterator[Any]:
             return
         finally:
             tokens = kept(redone)
-        yield chunk
-
-
-def _resumed_one(it: Iterator[Any], hook: Any, token: Any) -> Iterator[Any]:
-    """`resumed` for the usual single hook (OpenTelemetry's), without the loops: a chunk is
-    produced per resumption of this generator, so what it costs is paid per chunk."""
-    redo, leave = hook.again, hook.leave
-    while True:
-        try:
-            redone = redo(token)
-        except Exception as exc:
-            _recorder.internal_error("context.enter", exc)
-            redone = None
-        try:
-            chunk = next(it)
-        except StopIteration:
-            return
-        finally:
-            if redone is not None:
-                try:
-                    token = leave(redone)
-                except Exception as exc:
-                    _recorder.internal_error("context.exit", exc)
         yield chunk
 
 

@@ -31,6 +31,7 @@ configuration.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder
@@ -301,6 +302,20 @@ class ContextHook:
         self._span_key = api["span_key"]
         key = api["suppress_key"]
         self._suppress_key = key if suppress_queries else None
+        #: The context variable behind OpenTelemetry's default runtime context, when that is
+        #: the one in use: `again` and `leave` run once per chunk of a streamed WSGI body, and
+        #: through it they are three C calls instead of three API functions calling two
+        #: layers each (attach/get_current/detach are exactly set/get/reset of it). Any
+        #: other runtime context (OTEL_PYTHON_CONTEXT) goes through the API.
+        runtime = getattr(self._context, "_RUNTIME_CONTEXT", None)
+        var = getattr(runtime, "_current_context", None)
+        self._var: ContextVar[Any] | None = (
+            var
+            if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(var, ContextVar)
+            else None
+        )
+        #: For `_http.gateway.resumed`: the attached context is this variable's value.
+        self.context_var = self._var
 
     def propagation(self) -> Propagation | None:
         """How trace context crosses process boundaries now: None while the application's
@@ -406,11 +421,19 @@ class ContextHook:
         """Attach what `enter` attached (its `token`) once more, in whatever context runs now:
         a WSGI body produced after the gateway gave the request's context back. Returns what
         `exit` and `leave` take."""
+        var = self._var
+        if var is not None:
+            return (var.set(token[1]), token[1])
         return (self._context.attach(token[1]), token[1])
 
     def leave(self, token: Any) -> Any:
         """Detach what `again` attached; returns what `again` attaches next time: the context
         as the work left it (a span it made current and holds open stays current)."""
+        var = self._var
+        if var is not None:
+            now = var.get()
+            var.reset(token[0])
+            return (None, now)
         context = self._context
         now = context.get_current()
         context.detach(token[0])
