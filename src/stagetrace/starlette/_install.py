@@ -588,7 +588,7 @@ def _app_call(orig: Any) -> Any:
             _watch_build(self)
         elif id(self) not in _walked.ids:
             _walk_once(self)
-        if _mounted_in(self, scope):
+        if "app" in scope and _mounted_in(self, scope):  # (a server sets no "app")
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
         framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
@@ -606,7 +606,7 @@ def _app_call(orig: Any) -> Any:
             _watch_build(self)
         elif id(self) not in _walked.ids:
             _walk_once(self)
-        if _mounted_in(self, scope):
+        if "app" in scope and _mounted_in(self, scope):  # (a server sets no "app")
             return orig(self, scope, receive, send)
         decided = _gateway.decide(scope)
         if decided is _gateway.PASS:
