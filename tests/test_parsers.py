@@ -170,6 +170,9 @@ def test_a_value_given_without_a_name_is_redacted():
         ("http://a:p/w@h:1/x#frag", "http://REDACTED@h:1/x#REDACTED"),
         ("alice:pw@collector:4317", "REDACTED@collector:4317"),
         ("http://collector:4318", "http://collector:4318"),
+        # a password pasted unencoded, with "#" or "?" in it
+        ("http://admin:hunter2#@collector:4318", "http://REDACTED@collector:4318"),
+        ("http://admin:s3?cr#3t@collector:4318/v1", "http://REDACTED@collector:4318/v1"),
     ],
 )  # fmt: skip
 def test_a_url_is_shown_without_credentials_or_query_values(url: str, shown: str) -> None:

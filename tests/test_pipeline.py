@@ -669,3 +669,202 @@ def test_a_timeline_that_fails_to_build_does_not_hold_up_flush(monkeypatch):
     assert time.monotonic() - t < 1.0
     assert [t.name for t in sink.got] == ["fine"]
     assert stagetrace.stats()["internal_errors_by_site"] == {"pipeline.build": 1}
+
+
+class _SlowSink:
+    """Takes `delay` seconds a timeline; notes two workers inside it at once, and timelines it
+    got after ``close()``."""
+
+    def __init__(self, delay: float = 0.4) -> None:
+        self.delay = delay
+        self.active = 0
+        self.overlap = False
+        self.closed = False
+        self.after_close = 0
+        self.got = 0
+        self.lock = threading.Lock()
+
+    def emit(self, timeline: Any) -> None:
+        with self.lock:
+            self.active += 1
+            self.overlap |= self.active > 1
+            self.after_close += self.closed
+            self.got += 1
+        time.sleep(self.delay)
+        with self.lock:
+            self.active -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _one() -> None:
+    with stagetrace.timeline("t"):
+        pass
+
+
+def test_a_line_of_pipelines_that_never_started_waits_for_the_one_still_delivering():
+    """shutdown() twice, or shutdown() then reset(), while the first worker is still inside a
+    slow sink: the pipelines in between never started, and used to say "stopped" at once —
+    the next one then ran a second worker in the same sink, or reset() closed the sink while
+    the first worker still wrote to it."""
+    sink = _SlowSink()
+    stagetrace.configure(sinks=[sink])
+    _one()
+    _one()
+    time.sleep(0.15)  # the first worker is inside emit (2 x 0.4 s)
+    stagetrace.shutdown(timeout=0.05)
+    stagetrace.shutdown(timeout=0.05)
+    _one()
+    assert stagetrace.flush(timeout=5)
+    assert (sink.got, sink.overlap) == (3, False)
+
+    closing = _SlowSink()
+    stagetrace.configure(sinks=[closing])
+    _one()
+    _one()
+    time.sleep(0.15)
+    stagetrace.shutdown(timeout=0.05)
+    stagetrace.reset()
+    deadline = time.monotonic() + 5
+    while not closing.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (closing.got, closing.closed, closing.after_close) == (2, True, 0)
+
+
+def test_configure_from_inside_a_sink_closes_it_only_after_its_batch():
+    """A sink calling configure() from its emit (switching configuration on some condition):
+    the pipeline is retired from its own worker, which closes the sink only once its batch is
+    done — it used to close it there and then, and go on delivering into it."""
+    from stagetrace.sinks import MemorySink
+
+    class Reconfiguring:
+        def __init__(self) -> None:
+            self.closed = False
+            self.after_close = 0
+            self.got = 0
+
+        def emit(self, timeline: Any) -> None:
+            self.got += 1
+            self.after_close += self.closed
+            if self.got == 1:
+                stagetrace.configure(sinks=[MemorySink()])
+
+        def close(self) -> None:
+            self.closed = True
+
+    sink = Reconfiguring()
+    stagetrace.configure(sinks=[sink])
+    for _ in range(5):
+        _one()
+    deadline = time.monotonic() + 5
+    while not sink.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (sink.closed, sink.after_close) == (True, 0)
+
+
+def test_flush_from_a_sink_never_waits_for_its_own_worker():
+    """A sink calling stagetrace.flush(timeout=None) after shutdown() handed its sinks to a new
+    pipeline: that pipeline's worker waits for this one to stop, so waiting for it from here
+    would never end. The flush returns at once, and delivery goes on."""
+    seen: dict[str, Any] = {}
+
+    class Flushing:
+        got = 0
+
+        def emit(self, timeline: Any) -> None:
+            self.got += 1
+            if self.got == 1:
+                time.sleep(0.3)  # meanwhile: shutdown(), and a new timeline
+                started = time.monotonic()
+                seen["flush"] = stagetrace.flush(timeout=None)
+                seen["took"] = time.monotonic() - started
+
+    sink = Flushing()
+    stagetrace.configure(sinks=[sink])
+    _one()
+    time.sleep(0.1)
+    stagetrace.shutdown(timeout=0.05)
+    _one()
+    assert stagetrace.flush(timeout=5)
+    assert seen["took"] < 1.0 and sink.got == 2
+
+
+FORK_UNSTARTED_SCRIPT = textwrap.dedent(
+    """
+    import io, os, sys, time, stagetrace
+    from stagetrace.sinks import ConsoleSink
+
+    class SlowStream(io.StringIO):
+        encoding = "utf-8"
+        def write(self, s):
+            time.sleep(1.0)  # the parent's worker holds the console sink's lock meanwhile
+            return super().write(s)
+
+    sink = ConsoleSink(SlowStream(), width=80, color="never")
+    stagetrace.configure(sinks=[sink])
+    with stagetrace.timeline("parent"):
+        pass
+    time.sleep(0.3)
+    stagetrace.shutdown(timeout=0.05)  # the pipeline in force has not started
+    pid = os.fork()
+    if pid == 0:
+        sink._stream = io.StringIO()
+        with stagetrace.timeline("child"):
+            pass
+        stagetrace.flush(timeout=3)
+        os._exit(0 if "child" in sink._stream.getvalue() else 3)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_fork_after_shutdown_renews_the_sinks_in_the_child():
+    """A fork while the pipeline in force has not started (after shutdown(), or a gunicorn
+    --preload master that recorded nothing) still gives each sink its after_fork: the console
+    sink's lock, held by the parent's worker as it forked, used to stay held in the child,
+    which then printed nothing."""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", FORK_UNSTARTED_SCRIPT], timeout=60)
+    assert done.returncode == 0
+
+
+SELF_CONFIGURED_CHILD_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+
+    def child(path):
+        import stagetrace
+        stagetrace.configure(jsonl=path)
+        for name in ("a", "b", "c"):
+            with stagetrace.timeline(name):
+                pass
+
+    if __name__ == "__main__":
+        multiprocessing.set_start_method(sys.argv[2])
+        p = multiprocessing.Process(target=child, args=(sys.argv[1],))
+        p.start()
+        p.join(30)
+        sys.exit(p.exitcode)
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_multiprocessing_child_configuring_itself_delivers_when_it_ends(tmp_path, method):
+    """A child that configures stagetrace itself (forkserver, the default start method from
+    Python 3.14; or fork from a parent that did not) ends with os._exit(): its queue is
+    flushed by multiprocessing's exit finalizers too (it was lost: 0 of 3 timelines)."""
+    import multiprocessing
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    script = tmp_path / "child_script.py"
+    script.write_text(SELF_CONFIGURED_CHILD_SCRIPT)
+    path = tmp_path / "child.jsonl"
+    subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), str(path), method], check=True, timeout=60
+    )
+    names = sorted(json.loads(x)["stages"][0]["name"] for x in path.read_text().splitlines())
+    assert names == ["a", "b", "c"]

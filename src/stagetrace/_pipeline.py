@@ -126,6 +126,9 @@ class Pipeline:
     BATCH_DELAY = 0.05
     #: How long `retire` waits, by default, for the worker to deliver what is queued.
     RETIRE_TIMEOUT = 5.0
+    #: How long a new pipeline's worker waits for the one it replaces to stop before it
+    #: delivers anything (see ``_after``).
+    AFTER_TIMEOUT = 30.0
 
     def __init__(
         self,
@@ -162,6 +165,9 @@ class Pipeline:
             theirs = {id(sink) for sink in replaces.sinks}
             if any(id(sink) in theirs for sink in self.sinks):
                 self._after = (self._pid, replaces._stopped)
+        # Every pipeline, started or not, for the fork hook: a sink's `after_fork` (a lock
+        # renewed, a file reopened) is due in a forked child whether or not a worker ran.
+        _pipelines.add(self)
         #: Per sink: whether its ``flush`` takes a ``timeout`` (then it gets what is left of
         #: the caller's deadline, not a deadline of its own on top).
         self._flush_takes_timeout = tuple(_takes_timeout(s) for s in self.sinks)
@@ -193,7 +199,6 @@ class Pipeline:
             if self._thread is not None:
                 return
             _install_process_hooks()
-            _pipelines.add(self)
             t = threading.Thread(target=self._run, name="stagetrace-worker", daemon=True)
             self._thread = t
             t.start()
@@ -204,7 +209,9 @@ class Pipeline:
         try:
             after = self._after
             if after is not None and after[0] == os.getpid():
-                after[1].wait()
+                # Bounded: a sink stuck for good in the old worker must not stop delivery to
+                # the others for good (past the bound, two workers may be in that sink).
+                after[1].wait(self.AFTER_TIMEOUT)
             self._after = None
             while not self._stop:
                 if self._idle:
@@ -290,6 +297,11 @@ class Pipeline:
         Returns False when the deadline passed first (the rest stays queued), or a sink's
         ``flush`` returned False (the OTLP export: not everything reached the collector)."""
         target = self._submitted
+        if getattr(_on_worker, "on", False) and self._thread is not threading.current_thread():
+            # Called from a sink or an analyzer, on another pipeline's worker (this one took
+            # over its sinks, and waits for that worker to stop): waiting here would wait for
+            # ourselves. Flush what can be flushed without waiting.
+            timeout = 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = self._thread
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
@@ -341,12 +353,20 @@ class Pipeline:
         self._hurry.set()
         self._wake.set()
         _pipelines.discard(self)
+        after = self._after
+        if self._thread is None and after is not None and not after[1].is_set():
+            # Never started, but the pipeline before it may still be inside a sink they
+            # share: a worker of its own waits for that one, then closes and says stopped
+            # (so the pipeline after this one waits for the whole line).
+            self._start()
         t = self._thread
-        if t is None or t is threading.current_thread() or not t.is_alive():
+        if t is threading.current_thread():
+            pass  # retired from a sink or analyzer this worker runs: `_run` closes, after it
+        elif t is None or not t.is_alive():
             self._close_sinks()
             self._stopped.set()
-        elif self._done >= self._submitted:  # idle: it only has to see `_stop`, and close
-            t.join(timeout=1.0)
+        elif self._done >= self._submitted and (after is None or after[1].is_set()):
+            t.join(timeout=1.0)  # idle: it only has to see `_stop`, and close
         return drained
 
     def _close_sinks(self) -> None:
@@ -366,7 +386,9 @@ class Pipeline:
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} close", exc)
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self, seen: set[int]) -> None:
+        """Start the child empty; each sink's `after_fork` once (`seen`: the ids of the sinks
+        done already: pipelines share sinks)."""
         # The parent owns what was queued before the fork; the child starts empty.
         for item, analyzed in self._q:
             if not analyzed:
@@ -383,6 +405,9 @@ class Pipeline:
         self._done = 0
         self._pid = os.getpid()
         for sink in self.sinks:
+            if id(sink) in seen:
+                continue
+            seen.add(id(sink))
             hook = getattr(sink, "after_fork", None)
             if hook is not None:
                 try:
@@ -413,7 +438,7 @@ def _takes_timeout(sink: Any) -> bool:
     )
 
 
-#: Pipelines whose thread started, for the exit and fork hooks (weakly: retired ones go).
+#: Pipelines not retired, for the fork hook (weakly).
 _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _hooks_installed = False
 
@@ -429,6 +454,15 @@ def _install_process_hooks() -> None:
     atexit.register(flush_at_shutdown)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork)
+    # A multiprocessing child configuring stagetrace itself (forkserver, or fork from a parent
+    # that had not): it ends with os._exit(), so flush in multiprocessing's exit finalizers.
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and "multiprocessing.util" in sys.modules:
+        try:
+            if mp.parent_process() is not None:
+                _finalize_with_multiprocessing(None)
+        except Exception as exc:
+            _guard.report("pipeline.multiprocessing", exc)
 
 
 def flush_at_shutdown() -> None:
@@ -443,8 +477,9 @@ def flush_at_shutdown() -> None:
 
 
 def _after_fork() -> None:
+    seen: set[int] = set()
     for pipeline in list(_pipelines):
-        pipeline._after_fork_in_child()
+        pipeline._after_fork_in_child(seen)
     STATE.in_flight.clear()
     # Only the forking thread lives on in the child. Forked during a request (multiprocessing
     # started from a view), its context still names the parent's open stage: the child would

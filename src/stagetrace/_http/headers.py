@@ -227,10 +227,12 @@ def redact_url(url: str) -> str:
         scheme, rest = "", url
     else:
         scheme += sep
+    if "@" in rest:
+        # Up to the last "@" of the whole rest: a password pasted unencoded may hold "/", "?"
+        # or "#". (An "@" further on, in a query, hides a little more than the credentials.)
+        rest = "REDACTED@" + rest.rpartition("@")[2]
     rest, hash_, fragment = rest.partition("#")
     head, question, query = rest.partition("?")
-    if "@" in head:  # up to the last "@": a password may hold an unencoded "/"
-        head = "REDACTED@" + head.rpartition("@")[2]
     if question:
         head += "?" + (redact_query(query) or "")
     return scheme + head + (hash_ + "REDACTED" if fragment else hash_)

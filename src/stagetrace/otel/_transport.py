@@ -278,8 +278,9 @@ def _split_url(value: str, where: str) -> SplitResult:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises on a bad port
-    except ValueError as exc:
-        raise ConfigurationError(f"{where}: {redact_url(value)!r} is not a URL ({exc})") from None
+    except ValueError as exc:  # its message may quote a part of the URL (a password): not shown
+        why = " (its port is not a number from 0 to 65535)" if "port" in str(exc).lower() else ""
+        raise ConfigurationError(f"{where}: {redact_url(value)!r} is not a URL{why}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"{where}: {redact_url(value)!r} is not an http:// or https:// URL"
