@@ -299,9 +299,9 @@ class Pipeline:
         target = self._submitted
         if getattr(_on_worker, "on", False) and self._thread is not threading.current_thread():
             # Called from a sink or an analyzer, on another pipeline's worker (this one took
-            # over its sinks, and waits for that worker to stop): waiting here would wait for
-            # ourselves. Flush what can be flushed without waiting.
-            timeout = 0.0
+            # over its sinks, and waits for that worker to stop): waiting would wait for
+            # ourselves, and draining here would call the sinks from inside one of them.
+            return self._done >= target
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = self._thread
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
