@@ -229,15 +229,11 @@ def _rewriter(exc_type: type) -> Callable[[BaseException, Any], str] | None:
 
 # --- URLs ------------------------------------------------------------------------------------
 
-#: A URL quoted in a message: its scheme, credentials (``user:password@``) if any, host and
-#: path, its query string and fragment (an OAuth ``#access_token=``) if any — up to a space,
-#: a quote or a bracket. Or a path after
-#: ``url:`` (urllib3's ``Max retries exceeded with url: /reset?token=...``, which requests'
-#: connection errors quote).
-_URL = re.compile(
-    r"""(\b[A-Za-z][A-Za-z0-9+.-]{0,31}://|\burl: (?=/))([^\s/?#@'"<>()\[\]]*@)?"""
-    r"""([^\s?#'"<>()\[\]]*)(\?[^\s#'"<>()\[\]]*)?(#[^\s'"<>()\[\]]*)?"""
-)
+#: A URL quoted in a message — its scheme, then credentials, host, path, query and fragment
+#: (an OAuth ``#access_token=``), up to a space, a quote or a bracket; `redact_url` takes it
+#: apart — or a path after ``url:`` (urllib3's ``Max retries exceeded with url:
+#: /reset?token=...``, which requests' connection errors quote).
+_URL = re.compile(r"""(?:\b[A-Za-z][A-Za-z0-9+.-]{0,31}://|\burl: (?=/))[^\s'"<>()\[\]]*""")
 
 
 def _redact_url(m: re.Match[str]) -> str:

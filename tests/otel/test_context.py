@@ -320,7 +320,7 @@ def test_a_span_a_streamed_body_holds_open_across_chunks_stays_current(client, r
     stagetrace.configure(**exporting(), otel_context=True)
     if runtime == "API":
         for hook in STATE.context_hooks:
-            hook._var = hook.context_var = None
+            hook.context_var = None
     EXPORTER.clear()
     with stagetrace.capture() as got:
         response = client.get("/holding/")

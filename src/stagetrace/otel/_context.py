@@ -309,13 +309,12 @@ class ContextHook:
         #: other runtime context (OTEL_PYTHON_CONTEXT) goes through the API.
         runtime = getattr(self._context, "_RUNTIME_CONTEXT", None)
         var = getattr(runtime, "_current_context", None)
-        self._var: ContextVar[Any] | None = (
+        #: (`_http.gateway.resumed` reads it: the attached context is this variable's value.)
+        self.context_var: ContextVar[Any] | None = (
             var
             if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(var, ContextVar)
             else None
         )
-        #: For `_http.gateway.resumed`: the attached context is this variable's value.
-        self.context_var = self._var
 
     def propagation(self) -> Propagation | None:
         """How trace context crosses process boundaries now: None while the application's
@@ -421,7 +420,7 @@ class ContextHook:
         """Attach what `enter` attached (its `token`) once more, in whatever context runs now:
         a WSGI body produced after the gateway gave the request's context back. Returns what
         `exit` and `leave` take."""
-        var = self._var
+        var = self.context_var
         if var is not None:
             return (var.set(token[1]), token[1])
         return (self._context.attach(token[1]), token[1])
@@ -429,7 +428,7 @@ class ContextHook:
     def leave(self, token: Any) -> Any:
         """Detach what `again` attached; returns what `again` attaches next time: the context
         as the work left it (a span it made current and holds open stays current)."""
-        var = self._var
+        var = self.context_var
         if var is not None:
             now = var.get()
             var.reset(token[0])
