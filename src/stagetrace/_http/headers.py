@@ -215,7 +215,16 @@ def redact_query(query: str | bytes | None, keep: tuple[str, ...] = ()) -> str |
             parts.append(name)
         else:  # a bare value: a token in a magic link (``?eyJhbGciOi...``), a cache buster
             parts.append("REDACTED")
-    return safe("&".join(parts)) if parts else None
+    if not parts:
+        return None
+    out = "&".join(parts)
+    if len(out) > MAX_URL_PART:
+        # Values grow into ``REDACTED``: cut between pieces, not inside one (a single piece
+        # that long is a name, which `safe` cuts).
+        cut = out.rfind("&", 0, MAX_URL_PART + 1)
+        if cut > 0:
+            out = out[:cut] + "&…"
+    return safe(out)
 
 
 def redact_url(url: str) -> str:
