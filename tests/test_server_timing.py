@@ -53,7 +53,19 @@ def own_header_view(request: Any) -> HttpResponse:
     return response
 
 
-urlpatterns = [path("db/", db_view), path("own/", own_header_view)]
+#: One response object served to every request (a module-level response, a per-process cache).
+SHARED = HttpResponse("shared")
+SHARED["Server-Timing"] = 'app;desc="first"'
+
+
+def shared_view(request: Any) -> HttpResponse:
+    """Serves the shared response; with ``?v=``, sets the app's own Server-Timing on it first."""
+    if "v" in request.GET:
+        SHARED["Server-Timing"] = f'app;desc="{request.GET["v"]}"'
+    return SHARED
+
+
+urlpatterns = [path("db/", db_view), path("own/", own_header_view), path("shared/", shared_view)]
 
 
 def _django(url: str) -> tuple[Any, stagetrace.Timeline]:
@@ -114,6 +126,23 @@ def test_django_appends_to_the_apps_own_header():
     value = response["Server-Timing"]
     assert value.startswith('app;dur=7;desc="mine", ')
     assert "total" in parse(value)
+
+
+def test_a_reused_response_keeps_the_value_the_app_set_for_this_request():
+    """A response object served more than once carries, each time, the Server-Timing value the
+    application set on it for that request, then this request's totals only: a value the
+    application changed between requests is not replaced by the one it had the first time, and
+    one it left alone is not followed by the totals of earlier requests."""
+    stagetrace.configure(server_timing=True)
+    values = []
+    for url in ("/shared/", "/shared/?v=second", "/shared/", "/shared/?v=third"):
+        response, _ = _django(url)
+        values.append(response["Server-Timing"])
+    expected = ["first", "second", "second", "third"]
+    for value, app in zip(values, expected, strict=True):
+        assert value.startswith(f'app;desc="{app}", '), (values, expected)
+        timing = parse(value)
+        assert value.count("total;dur=") == 1 and "total" in timing, value
 
 
 def test_django_asgi_handler_adds_the_header():

@@ -132,9 +132,10 @@ def _on_response(response: Any) -> None:
     _register(tl, response)
 
 
-#: Where on a response object the Server-Timing value the app had set is remembered: a
-#: response object served more than once (a module-level ``HttpResponse``) gets this request's
-#: totals after the app's own value, not after the previous request's totals.
+#: Where on a response object the Server-Timing value the app had set is remembered, with the
+#: value we set after it: a response object served more than once (a module-level
+#: ``HttpResponse``) gets this request's totals after the app's own value, not after the
+#: previous request's totals — and after the value the app set for this request, if it set one.
 _APP_SERVER_TIMING = "_stagetrace_app_server_timing"
 
 
@@ -144,11 +145,13 @@ def _add_server_timing(tl: Any, response: Any) -> None:
         ours = server_timing.value(_recorder.root_of(tl))
         if ours is not None:
             state = response.__dict__
-            if _APP_SERVER_TIMING in state:
-                app_value = state[_APP_SERVER_TIMING]
-            else:
-                app_value = state[_APP_SERVER_TIMING] = response.get("Server-Timing")
+            app_value = response.get("Server-Timing")
+            earlier = state.get(_APP_SERVER_TIMING)
+            if earlier is not None and app_value == earlier[1]:
+                # still what we set on an earlier request: the app's value is the one before ours
+                app_value = earlier[0]
             response["Server-Timing"] = server_timing.append(app_value, ours)
+            state[_APP_SERVER_TIMING] = (app_value, response.get("Server-Timing"))
     except Exception as exc:
         _recorder.internal_error("django.server_timing", exc)
 
