@@ -418,3 +418,22 @@ def test_a_statement_after_its_timeline_ended_runs_once(captured):
     assert runs == ["SELECT * FROM missing"]
     assert raised.value.__cause__.__context__ is None
     assert stagetrace.stats()["internal_errors"] == 0
+
+
+def test_a_query_django_knows_to_be_empty_is_no_error(captured):
+    """``filter(pk__in=[])`` and a subquery that matches nothing make Django's compiler raise
+    ``EmptyResultSet``, which Django catches itself: the query is simply not run (or the
+    subquery is replaced by a condition). Nothing failed, so no stage of the timeline carries
+    an error — an ``orm.compile`` stage with ``EmptyResultSet`` was exported as an ERROR span."""
+    from tests.djapp.models import Author, Book
+
+    with stagetrace.timeline("job"):
+        assert list(Book.objects.filter(pk__in=[])) == []
+        assert Book.objects.filter(pk__in=[]).count() == 0
+        assert Book.objects.exclude(author__in=Author.objects.filter(pk__in=[])).count() == 6
+        assert Book.objects.filter(pk__in=[]).update(title="never") == 0
+    stagetrace.flush()
+    (tl,) = captured
+    compiles = [s for s in tl.stages if s.kind == "orm.compile"]
+    assert len(compiles) >= 4
+    assert [(s.name, s.error) for s in tl.stages if s.error is not None] == []

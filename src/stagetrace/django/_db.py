@@ -145,6 +145,7 @@ def _connect_attrs(conn: Any) -> dict[str, Any]:
 
 
 def install() -> None:
+    from django.core.exceptions import EmptyResultSet, FullResultSet
     from django.db import connections
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.signals import connection_created
@@ -234,6 +235,9 @@ def install() -> None:
     patcher.wrap(Atomic, "__exit__", atomic_exit)
 
     # --- ORM compile: every compiler class that defines as_sql -----------------------------
+    # What a compiler raises to tell its caller the query needs no running: not a failure.
+    no_query = (EmptyResultSet, FullResultSet)
+
     def as_sql(orig: Any) -> Any:
         def as_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _recorder.current() is None:
@@ -252,6 +256,11 @@ def install() -> None:
                 rec = None
             try:
                 result = orig(self, *args, **kwargs)
+            except no_query:
+                # Django's own signal, caught by its caller: a query that matches nothing (or
+                # everything) is not run, or becomes a condition. Nothing failed.
+                leave("django.compile", rec)
+                raise
             except BaseException as exc:
                 leave("django.compile", rec, exc)
                 raise
