@@ -340,6 +340,28 @@ def test_request_id_is_echoed_when_asked(client, captured):
     assert response["X-Request-ID"] == captured[0].request_id
 
 
+def test_a_reused_response_echoes_each_requests_own_id(client, captured):
+    """A response object served to more than one request (a module-level response) echoes
+    each request's own id: the header stagetrace set for an earlier request is not taken for
+    one the application set, which would send one client another request's id. A value the
+    application sets itself is still left alone."""
+    from tests.djapp.views import SHARED_RESPONSE
+
+    stagetrace.configure(echo_request_id=True)
+    try:
+        echoed = [
+            client.get("/shared/", headers={"X-Request-ID": rid})["X-Request-ID"]
+            for rid in ("first-request", "second-request")
+        ]
+        assert echoed == ["first-request", "second-request"]
+        SHARED_RESPONSE["X-Request-ID"] = "the-apps-own"
+        assert client.get("/shared/", headers={"X-Request-ID": "third"})["X-Request-ID"] == (
+            "the-apps-own"
+        )
+    finally:
+        del SHARED_RESPONSE["X-Request-ID"]
+
+
 def test_queue_time_and_traceparent_are_used(client, captured):
     """X-Request-Start gives queue time; a traceparent's trace id is kept."""
     import time

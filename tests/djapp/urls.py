@@ -33,6 +33,7 @@ urlpatterns = [
     path("outbound/", views.outbound),
     re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
     path("unhashable/", views.unhashable),
+    path("shared/", views.shared_response),
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),

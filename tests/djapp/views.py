@@ -300,3 +300,11 @@ def enqueue_django_task(request, order_id):
 
     result = record_order.enqueue(order_id, fail=bool(request.GET.get("fail")))
     return JsonResponse({"status": str(result.status.value)})
+
+
+#: One response object served to every request of ``shared/`` (a module-level response).
+SHARED_RESPONSE = HttpResponse("the same object every time")
+
+
+def shared_response(request):
+    return SHARED_RESPONSE

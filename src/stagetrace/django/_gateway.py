@@ -121,15 +121,26 @@ def _on_response(response: Any) -> None:
         tl.status = status
     cfg = tl.settings
     if cfg.echo_request_id:
-        header = cfg.request_id_header
-        if not response.has_header(header):
-            response[header] = tl.request_id or f"{tl.trace_id:032x}"
+        _echo_request_id(tl, response, cfg.request_id_header)
     if cfg.server_timing:
         _add_server_timing(tl, response)
     gateway = (tl.extra or {}).get("django.gateway")
     if gateway is None or gateway == "ASGI" or "pending" in tl.extra:  # type: ignore[operator]
         return
     _register(tl, response)
+
+
+#: Where on a response object the request id we echoed is remembered: a response object served
+#: more than once carries the id of the request at hand, not that of the first one it served.
+_ECHOED_ID = "_stagetrace_echoed_request_id"
+
+
+def _echo_request_id(tl: Any, response: Any, header: str) -> None:
+    """Echo the request id, unless the app set the header itself."""
+    current = response.get(header)
+    if current is None or current == response.__dict__.get(_ECHOED_ID):
+        response[header] = tl.request_id or f"{tl.trace_id:032x}"
+        response.__dict__[_ECHOED_ID] = response.get(header)
 
 
 #: Where on a response object the Server-Timing value the app had set is remembered, with the
