@@ -165,6 +165,46 @@ async def test_async_middleware_over_a_sync_one_is_split_where_it_awaits_the_nex
         assert layer.phases["in"] < layer.duration_ns, name
 
 
+class AsyncUnmarked:
+    """Async only, with ``async def __call__`` but no ``markcoroutinefunction(self)``: Django
+    calls it through a sync wrapper and awaits the coroutine it returns, which works in an
+    async chain (under WSGI, asgiref warns about it)."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    async def __call__(self, request):
+        return await self.get_response(request)
+
+
+UNMARKED_OVER_ASYNC = [
+    "tests.django.test_async.AsyncUnmarked",
+    "tests.django.test_async.AsyncOnly",
+    "tests.djapp.middleware.ShortCircuitMiddleware",
+]
+
+
+async def test_an_async_middleware_without_the_coroutine_marker_holds_the_layers_it_awaits(
+    captured,
+):
+    """A class middleware whose ``__call__`` is a coroutine function but whose instance is not
+    marked one, in an async chain: its stage lasts until the coroutine it returned finishes,
+    so the layers it awaits nest inside it and it did not answer by itself — not a stage
+    closed as soon as the coroutine was made, with the rest of the chain beside it."""
+    with override_settings(MIDDLEWARE=UNMARKED_OVER_ASYNC):
+        response = await AsyncClient().get("/books.json")
+    assert response.status_code == 200
+    (tl,) = captured
+    outer = one(tl, "middleware", "tests.django.test_async.AsyncUnmarked")
+    inner = one(tl, "middleware", "tests.django.test_async.AsyncOnly")
+    assert inner.parent == outer.id
+    assert outer.short_circuit is False
+    assert outer.duration_ns >= inner.duration_ns
+
+
 def adaptations(handler_class, caplog) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="django.request"):

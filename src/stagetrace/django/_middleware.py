@@ -213,8 +213,21 @@ class _MiddlewareFactory(wrapt.ObjectProxy):
         instance = self.__wrapped__(get_response, *args, **kwargs)
         if instance is None:
             return None  # Django reports "Middleware factory ... returned None."
-        proxy = _AsyncMiddleware if iscoroutinefunction(instance) else _SyncMiddleware
+        proxy = _AsyncMiddleware if _is_async(instance) else _SyncMiddleware
         return proxy(instance, path)
+
+
+def _is_async(instance: Any) -> bool:
+    """Whether calling the middleware `instance` makes a coroutine: a coroutine function (or
+    one marked so), or an instance of a class whose ``__call__`` is one — unmarked, Django
+    calls it as a sync function and awaits what it returns, and its stage must last as long.
+    Its proxy stays what Django sees as a sync function: Django's own wrapper is built for it.
+    """
+    if iscoroutinefunction(instance):
+        return True
+    if isinstance(instance, types.FunctionType) or not callable(instance):
+        return False
+    return iscoroutinefunction(type(instance).__call__)
 
 
 def _link(proxy: _SyncMiddleware, exception_module: Any) -> Callable[[Any], Any]:
