@@ -437,3 +437,50 @@ def test_a_query_django_knows_to_be_empty_is_no_error(captured):
     compiles = [s for s in tl.stages if s.kind == "orm.compile"]
     assert len(compiles) >= 4
     assert [(s.name, s.error) for s in tl.stages if s.error is not None] == []
+
+
+async def test_a_status_set_as_an_httpstatus_member_is_the_timelines_status(captured):
+    """``response.status_code = HTTPStatus.CREATED`` (an int subclass): the timeline's status
+    is 201, as a plain int, under the WSGI handler, the test client and the ASGI handler — it
+    was left out (None) because only a plain int is kept once the timeline is sealed."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    status, _ = await sync_to_async(wsgi_get)(WSGIHandler(), "/created/")
+    assert status.startswith("201")
+    assert (await sync_to_async(Client().get)("/created/")).status_code == 201
+
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/created/",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    await ASGIHandler()(scope, receive, send)
+    assert sent[0]["status"] == 201
+    stagetrace.flush()
+    assert [(t.stages[0].name, t.status) for t in captured] == [
+        ("WSGI", 201),
+        ("test client", 201),
+        ("ASGI", 201),
+    ]
+    assert all(type(t.status) is int for t in captured)
+    assert all(t.stages[0].attrs["http.response.status_code"] == 201 for t in captured)

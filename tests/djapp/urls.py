@@ -34,6 +34,7 @@ urlpatterns = [
     re_path(r"^legacy/(?P<slug>[a-z]+)/$", views.legacy),
     path("unhashable/", views.unhashable),
     path("shared/", views.shared_response),
+    path("created/", views.created_with_enum),
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),

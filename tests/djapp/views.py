@@ -308,3 +308,12 @@ SHARED_RESPONSE = HttpResponse("the same object every time")
 
 def shared_response(request):
     return SHARED_RESPONSE
+
+
+def created_with_enum(request):
+    """A status set as an ``http.HTTPStatus`` member (an int subclass), as views often do."""
+    from http import HTTPStatus
+
+    response = HttpResponse("made")
+    response.status_code = HTTPStatus.CREATED
+    return response

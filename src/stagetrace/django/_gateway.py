@@ -100,6 +100,14 @@ def _finish(pending: _Pending, exc: BaseException | None = None) -> None:
         _recorder.internal_error("django.finish", e)
 
 
+def _status(status: Any) -> int | None:
+    """A response's status as a plain int: an app may set ``status_code`` to an
+    ``http.HTTPStatus`` member, which a sealed timeline would not keep."""
+    if isinstance(status, int) and not isinstance(status, bool):
+        return int(status)
+    return None
+
+
 def _response_size(response: Any) -> int | None:
     if getattr(response, "streaming", False):
         return None
@@ -116,8 +124,8 @@ def _on_response(response: Any) -> None:
     tl = _recorder.live()
     if tl is None:
         return
-    status = getattr(response, "status_code", None)
-    if isinstance(status, int):
+    status = _status(getattr(response, "status_code", None))
+    if status is not None:
         tl.status = status
     cfg = tl.settings
     if cfg.echo_request_id:
@@ -224,8 +232,8 @@ def _ensure_ending(root: list[Any], result: Any) -> None:
         close = getattr(getattr(result, "filelike", None), "close", None)
         response = getattr(close, "__self__", None)
     if isinstance(response, HttpResponseBase):
-        status = getattr(response, "status_code", None)
-        if isinstance(status, int):
+        status = _status(getattr(response, "status_code", None))
+        if status is not None:
             tl.status = status
         _register(tl, response)
     else:
@@ -339,8 +347,7 @@ def _asgi_call(orig: Any, gateway: str) -> Any:
 
 def _end_asgi(root: Any, box: list[Any], exc: BaseException | None) -> None:
     try:
-        status = box[0] if type(box[0]) is int else None
-        end_http(root, status, box[1], exc)
+        end_http(root, _status(box[0]), box[1], exc)
     except Exception as e:
         _recorder.internal_error("django.end", e)
 
