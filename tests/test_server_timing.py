@@ -353,3 +353,52 @@ def test_flask_response_has_per_kind_totals():
     assert {"view", "custom", "total"} <= set(timing)
     assert 2.0 <= timing["custom"][0] <= _ms(got[0], "custom") + 0.05
     assert timing["total"][0] <= got[0].duration_ns / 1e6
+
+
+def test_django_inside_a_generic_middleware_gets_one_set_of_totals():
+    """Django's handler wrapped in stagetrace's generic WSGI or ASGI middleware (or mounted in
+    an instrumented Starlette app): the outer gateway records the request and adds the header,
+    so the response carries one set of totals — Django's adapter added a second one before it
+    (``mw``, ``route``, ``db``, ``total`` twice)."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from stagetrace.asgi import StagetraceMiddleware as ASGIMiddleware
+    from stagetrace.wsgi import StagetraceMiddleware as WSGIMiddleware
+
+    stagetrace.configure(server_timing=True)
+    with override_settings(ROOT_URLCONF=__name__):
+        headers, _ = _wsgi_call(WSGIMiddleware(WSGIHandler()), "/db/")
+        wsgi_values = [v for k, v in headers if k.lower() == "server-timing"]
+
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(5)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/db/",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver")],
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("testserver", 80),
+            "client": ("127.0.0.1", 1234),
+            "root_path": "",
+        }
+        asyncio.run(ASGIMiddleware(ASGIHandler())(scope, receive, send))
+    asgi_values = [v.decode() for k, v in sent[0]["headers"] if k.lower() == b"server-timing"]
+    for values in (wsgi_values, asgi_values):
+        assert len(values) == 1, values
+        assert values[0].count("total;dur=") == 1, values
+        assert values[0].count("db;dur=") == 1, values

@@ -130,10 +130,14 @@ def _on_response(response: Any) -> None:
     cfg = tl.settings
     if cfg.echo_request_id:
         _echo_request_id(tl, response, cfg.request_id_header)
+    gateway = (tl.extra or {}).get("django.gateway")
+    if gateway is None:
+        # An outer gateway (stagetrace's WSGI or ASGI middleware, an instrumented Starlette
+        # app Django is mounted in) records the request and adds the Server-Timing header.
+        return
     if cfg.server_timing:
         _add_server_timing(tl, response)
-    gateway = (tl.extra or {}).get("django.gateway")
-    if gateway is None or gateway == "ASGI" or "pending" in tl.extra:  # type: ignore[operator]
+    if gateway == "ASGI" or "pending" in tl.extra:  # type: ignore[operator]
         return
     _register(tl, response)
 
