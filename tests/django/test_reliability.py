@@ -484,3 +484,30 @@ async def test_a_status_set_as_an_httpstatus_member_is_the_timelines_status(capt
     ]
     assert all(type(t.status) is int for t in captured)
     assert all(t.stages[0].attrs["http.response.status_code"] == 201 for t in captured)
+
+
+def test_one_response_object_served_to_overlapping_requests_ends_both_timelines(captured):
+    """A view returning the same response object (a module-level response) to two requests a
+    threaded server serves at once: each timeline ends when the server closes the response
+    for its request — the second request's registration replaced the first one's, so the
+    first timeline never ended, never reached a sink, and stayed in flight for good."""
+    handler = WSGIHandler()
+
+    def start(rid: str):
+        environ = wsgi_environ(
+            "/shared/",
+            SCRIPT_NAME="",
+            HTTP_X_REQUEST_ID=rid,
+            **{"wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False},
+        )
+        return handler(environ, lambda s, h, exc_info=None: None)
+
+    first = start("first")
+    second = start("second")  # served before the server is done with the first
+    assert first is second
+    for body in (first, second):
+        assert b"".join(body) == b"the same object every time"
+        body.close()
+    stagetrace.flush()
+    assert sorted(t.request_id for t in captured) == ["first", "second"]
+    assert not [tl for tl in STATE.in_flight if tl.request_id in ("first", "second")]

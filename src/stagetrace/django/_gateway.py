@@ -191,10 +191,17 @@ def _register(tl: Any, response: Any) -> None:
         _recorder.restore(_recorder.parent_of(write))
     pending = _Pending(root, write)
     try:
-        vars(response)[_KEY] = pending
+        state = vars(response)
     except TypeError:  # no __dict__: nothing to find on close; end now
         _finish(pending)
         return
+    earlier = state.get(_KEY)
+    if earlier is None:
+        state[_KEY] = pending
+    else:
+        # One response object served to another request before the server closed it for the
+        # first (a module-level response, a threaded server): each close() ends one timeline.
+        state[_KEY] = [*earlier, pending] if type(earlier) is list else [earlier, pending]
     tl.extra["pending"] = True
     if (
         write is not None
@@ -242,6 +249,18 @@ def _ensure_ending(root: list[Any], result: Any) -> None:
         _register(tl, response)
     else:
         end_http(root)
+
+
+def _take_pending(state: dict[str, Any]) -> _Pending | None:
+    """The pending end a response's close() finishes: the only one, or the oldest of those of
+    the requests the same response object is being served to."""
+    held = state.get(_KEY)
+    if type(held) is not list:
+        return state.pop(_KEY, None)  # type: ignore[no-any-return]
+    pending = held.pop(0)
+    if len(held) == 1:
+        state[_KEY] = held[0]
+    return pending  # type: ignore[no-any-return]
 
 
 def _stream_done(pending: _Pending, chunks: int, size: int, error: BaseException | None) -> None:
@@ -415,6 +434,8 @@ def install() -> None:
             redone = None
             try:
                 pending = vars(self).get(_KEY)
+                if type(pending) is list:
+                    pending = pending[0]
                 if pending is not None and pending.context:
                     # a streamed body's cleanup runs here: in the request's context, as its
                     # chunks did
@@ -426,7 +447,7 @@ def install() -> None:
             finally:
                 detach(redone)
                 try:
-                    pending = vars(self).pop(_KEY, None)
+                    pending = _take_pending(vars(self))
                     if pending is not None:
                         _finish(pending)
                 except Exception as exc:
