@@ -244,6 +244,18 @@ def test_drf_view_serializer_and_renderer(client, captured):
     assert tl.route == "^api/books/$"  # DRF routers use regex patterns
 
 
+def test_drf_function_views_are_named_after_their_function(client, captured):
+    """``@api_view`` functions: DRF builds a class for each (named after the function, but
+    every one with the qualified name ``WrappedAPIView``): each view stage is named after its
+    own function, as a function view is — not ``module.WrappedAPIView.get`` for all of them."""
+    assert client.get("/api/titles/").status_code == 200
+    assert client.get("/api/names/").status_code == 200
+    assert [one(tl, "view").name for tl in captured] == [
+        "tests.djapp.views.book_titles",
+        "tests.djapp.views.author_names",
+    ]
+
+
 def test_raw_cursor_and_raw_queryset_are_recorded_without_parameter_values(client, captured):
     """Raw cursor SQL and .raw() are db.query stages; parameter values are not recorded."""
     client.get("/raw/")

@@ -35,6 +35,8 @@ urlpatterns = [
     path("unhashable/", views.unhashable),
     path("shared/", views.shared_response),
     path("created/", views.created_with_enum),
+    path("api/titles/", views.book_titles),
+    path("api/names/", views.author_names),
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),

@@ -9,6 +9,7 @@ from django.template.response import TemplateResponse
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import viewsets
+from rest_framework.decorators import api_view
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -317,3 +318,14 @@ def created_with_enum(request):
     response = HttpResponse("made")
     response.status_code = HTTPStatus.CREATED
     return response
+
+
+@api_view(["GET"])
+def book_titles(request):
+    """A function-based DRF view (``@api_view`` builds a class around it)."""
+    return Response({"titles": list(Book.objects.values_list("title", flat=True))})
+
+
+@api_view(["GET", "POST"])
+def author_names(request):
+    return Response({"names": list(Author.objects.values_list("name", flat=True))})

@@ -37,6 +37,9 @@ def view_name(view_and_method: tuple[Any, str | None]) -> str:
     cls = getattr(func, "view_class", None) or getattr(func, "cls", None)
     if cls is None:
         return qualname(func)
+    made_for = _function_of(cls)
+    if made_for is not None:
+        return made_for
     handler = None
     actions = getattr(func, "actions", None)
     if method:
@@ -50,6 +53,18 @@ def view_name(view_and_method: tuple[Any, str | None]) -> str:
         else:
             handler = "http_method_not_allowed"
     return f"{qualname(cls)}.{handler}" if handler else qualname(cls)
+
+
+def _function_of(cls: Any) -> str | None:
+    """``module.function`` when `cls` is a class made around a view function and named after
+    it (DRF's ``@api_view`` names each ``WrappedAPIView`` class after its function, and only
+    its ``__name__``): the function is the view. None for any other class."""
+    name = getattr(cls, "__name__", None)
+    qual = getattr(cls, "__qualname__", None)
+    if not isinstance(name, str) or not isinstance(qual, str) or qual.rpartition(".")[2] == name:
+        return None
+    module = getattr(cls, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else name
 
 
 _views: dict[tuple[Any, Any], tuple[str, bool]] = {}
