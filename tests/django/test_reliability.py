@@ -511,3 +511,29 @@ def test_one_response_object_served_to_overlapping_requests_ends_both_timelines(
     stagetrace.flush()
     assert sorted(t.request_id for t in captured) == ["first", "second"]
     assert not [tl for tl in STATE.in_flight if tl.request_id in ("first", "second")]
+
+
+def test_requests_served_inside_a_request_leave_its_timeline_to_it(client, captured):
+    """A view serving sub-requests itself (a batch view: ``BaseHandler.get_response``, or the
+    test client) — their stages are the view's work, and the response Django's handler
+    returns for them is theirs, not the request's: the request's timeline ends when its own
+    response is closed, with its own status and its own ``response.write``, and only its own
+    response gets the Server-Timing header. The sub-request's response used to be taken for
+    it: a sub-request's status was the request's, the timeline ended when the test client
+    closed the sub-request's response (mid-view) or never ended at all (nobody closed it)."""
+    stagetrace.configure(server_timing=True)
+    response = client.get("/batch/")
+    assert response.status_code == 200
+    assert response.json()["answers"] == [
+        {"status": 201, "server_timing": False},
+        {"status": 201, "server_timing": False},
+    ]
+    assert response.has_header("Server-Timing")
+    stagetrace.flush()
+    (tl,) = captured
+    assert tl.path == "/batch/" and tl.status == 200
+    view = one(tl, "view", "tests.djapp.views.batch")
+    assert [s.name for s in by_kind(tl, "view")].count("tests.djapp.views.created_with_enum") == 2
+    (write,) = by_kind(tl, "response.write")
+    assert write.parent == 0 and write.start_ns >= view.start_ns + view.duration_ns
+    assert not [t for t in STATE.in_flight if t.path == "/batch/"]

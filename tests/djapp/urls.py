@@ -37,6 +37,7 @@ urlpatterns = [
     path("created/", views.created_with_enum),
     path("api/titles/", views.book_titles),
     path("api/names/", views.author_names),
+    path("batch/", views.batch),
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),

@@ -329,3 +329,20 @@ def book_titles(request):
 @api_view(["GET", "POST"])
 def author_names(request):
     return Response({"names": list(Author.objects.values_list("name", flat=True))})
+
+
+def batch(request):
+    """Serves sub-requests inside this one (as batch-request views do): one through a handler
+    of its own, one through the test client. Returns what each answered."""
+    from django.core.handlers.base import BaseHandler
+    from django.test import Client, RequestFactory
+
+    handler = BaseHandler()
+    handler.load_middleware()
+    first = handler.get_response(RequestFactory().get("/created/"))
+    second = Client().get("/created/")
+    answers = [
+        {"status": sub.status_code, "server_timing": sub.has_header("Server-Timing")}
+        for sub in (first, second)
+    ]
+    return JsonResponse({"answers": answers})

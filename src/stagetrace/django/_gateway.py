@@ -18,6 +18,7 @@ response class may define ``__eq__`` and be unhashable), and holds only stagetra
 from __future__ import annotations
 
 import functools
+from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder, _runtime
@@ -29,6 +30,11 @@ from .._patching import leave
 from ._common import patcher, settings_loaded
 
 _KEY = "_stagetrace_pending"
+
+#: True while a handler's ``get_response`` serves the request this context records: one
+#: called inside it serves a request within the request (a batch view's sub-requests, the test
+#: client in a view), whose response is not the request's own.
+_serving: ContextVar[bool] = ContextVar("stagetrace.django.serving", default=False)
 
 
 class _Pending:
@@ -404,24 +410,34 @@ def install() -> None:
 
     def get_response(orig: Any) -> Any:
         def get_response(self: Any, request: Any) -> Any:
-            response = orig(self, request)
-            if patcher.applied:
-                try:
-                    _on_response(response)
-                except Exception as exc:
-                    _recorder.internal_error("django.response", exc)
+            if not patcher.applied or _serving.get() or _recorder.current() is None:
+                return orig(self, request)
+            token = _serving.set(True)
+            try:
+                response = orig(self, request)
+            finally:
+                _serving.reset(token)
+            try:
+                _on_response(response)
+            except Exception as exc:
+                _recorder.internal_error("django.response", exc)
             return response
 
         return get_response
 
     def get_response_async(orig: Any) -> Any:
         async def get_response_async(self: Any, request: Any) -> Any:
-            response = await orig(self, request)
-            if patcher.applied:
-                try:
-                    _on_response(response)
-                except Exception as exc:
-                    _recorder.internal_error("django.response", exc)
+            if not patcher.applied or _serving.get() or _recorder.current() is None:
+                return await orig(self, request)
+            token = _serving.set(True)
+            try:
+                response = await orig(self, request)
+            finally:
+                _serving.reset(token)
+            try:
+                _on_response(response)
+            except Exception as exc:
+                _recorder.internal_error("django.response", exc)
             return response
 
         return get_response_async
