@@ -126,6 +126,22 @@ def test_bad_explicit_value_keeps_the_previous_configuration():
     assert stagetrace.settings().max_stages == 7
 
 
+@pytest.mark.parametrize(
+    ("option", "text", "meant"),
+    [("enabled", "false", "False"), ("sample_rate", "0.5", "0.5"), ("max_stages", "100", "100")],
+)
+def test_text_given_in_code_is_refused_with_what_to_write_instead(option, text, meant):
+    """Text such as ``"false"`` is an option's value only in the environment; given in code
+    (Django's ``STAGETRACE = {"enabled": "false"}``) it is refused — a non-empty string is
+    truthy, so guessing could switch on what the user meant off — and the one-line error says
+    what to write, instead of the contradiction "expected true or false, got 'false'"."""
+    with pytest.raises(stagetrace.ConfigurationError) as info:
+        _runtime.configure_from_framework({option: text}, "settings.STAGETRACE")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.endswith(f"in code write {meant})"), message
+
+
 def test_bad_framework_settings_name_their_source():
     """Errors in the framework layer say they came from it."""
     with pytest.raises(stagetrace.ConfigurationError, match=r"settings\.STAGETRACE"):

@@ -498,11 +498,25 @@ def coerce(name: str, value: Any, source: str, from_env: bool = False) -> Any:
     try:
         return OPTIONS[name].coerce(value, from_env)
     except _Bad as bad:
+        hint = _as_text_hint(name, value) if not from_env else ""
         if name == "otlp_endpoint" and isinstance(value, str):
             value = redact_url(value)  # an endpoint's user:password@ and ?api_key= are secrets
         raise ConfigurationError(
-            f"stagetrace option {name!r} ({source}): expected {bad}, got {_short(value)}"
+            f"stagetrace option {name!r} ({source}): expected {bad}, got {_short(value)}{hint}"
         ) from None
+
+
+def _as_text_hint(name: str, value: Any) -> str:
+    """When a string was given in code (``configure()``, Django's ``STAGETRACE``) for an option
+    that reads such text only from the environment (``"false"``, ``"0.5"``): what to write
+    instead — else "expected true or false, got 'false'" reads as a contradiction."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        meant = OPTIONS[name].coerce(value, True)
+    except Exception:
+        return ""
+    return f" (text is read only from the environment; in code write {meant!r})"
 
 
 def _short(value: Any) -> str:
