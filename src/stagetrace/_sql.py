@@ -80,6 +80,44 @@ def params_key(params: Any) -> Any:
     return None
 
 
+def params_text(params: Any, limit: int) -> str:
+    """The ``repr`` of a statement's parameters (``record_sql_params``), at most `limit`
+    characters, made in time bounded by `limit` rather than by the parameters' size: an
+    ``executemany`` of 100,000 rows or a megabyte blob is not turned into text whole, on the
+    request path, only to be cut. Containers are followed two levels deep (the rows of an
+    ``executemany``); long strings and bytes are cut before their ``repr``; what is left out
+    shows as ``…``."""
+    return _bounded_repr(params, limit, 2)[:limit]
+
+
+def _bounded_repr(value: Any, limit: int, depth: int) -> str:
+    t = type(value)
+    if t is str or t is bytes or t is bytearray:
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if depth and (t is list or t is tuple or isinstance(value, dict)):
+        items = value.items() if isinstance(value, dict) else value
+        parts: list[str] = []
+        size = 0
+        for item in items:
+            if size > limit:
+                parts.append("…")
+                break
+            if type(item) is tuple and isinstance(value, dict):
+                k, v = item
+                part = f"{_bounded_repr(k, limit, 0)}: {_bounded_repr(v, limit, depth - 1)}"
+            else:
+                part = _bounded_repr(item, limit, depth - 1)
+            parts.append(part)
+            size += len(part) + 2
+        inner = ", ".join(parts)
+        if isinstance(value, dict):
+            return "{" + inner + "}"
+        if t is tuple:
+            return "(" + inner + ("," if len(parts) == 1 and len(value) == 1 else "") + ")"
+        return "[" + inner + "]"
+    return repr(value)
+
+
 # --- call sites ------------------------------------------------------------------------------
 
 _LIBRARY_DIRS = tuple(

@@ -60,6 +60,35 @@ def test_sqlite3_connect_and_statements(instrumented, tmp_path):
     assert all("hush" not in str(s.attrs) for s in tl.stages)
 
 
+class _CountedRepr(str):
+    """A parameter value that counts how often its ``repr`` is taken."""
+
+    calls = 0
+
+    def __repr__(self) -> str:
+        type(self).calls += 1
+        return str.__repr__(self)
+
+
+def test_recorded_parameters_of_a_large_batch_are_not_all_turned_into_text(instrumented):
+    """With record_sql_params on, an ``executemany`` of 20,000 rows records the start of its
+    parameters, cut at ``max_sql_length`` — and only that start is turned into text on the
+    request path, not all 20,000 rows first (whose repr would then be thrown away)."""
+    stagetrace.configure(record_sql_params=True, max_sql_length=200)
+    rows = [(_CountedRepr("v"),) for _ in range(20_000)]
+    _CountedRepr.calls = 0
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", rows)
+        conn.close()
+    (tl,) = got
+    (insert,) = [s for s in queries(tl) if s.name.startswith("INSERT")]
+    text = insert.attrs["db.query.parameters"]
+    assert text.startswith("[('v',), ('v',), ") and len(text) == 200
+    assert _CountedRepr.calls < 100
+
+
 def test_sqlite3_factories_of_the_application_are_kept(instrumented, tmp_path):
     """A connection factory and a cursor factory the application passes: the objects are still
     instances of them (and recorded); a failing statement records its error and raises the

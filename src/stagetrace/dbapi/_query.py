@@ -101,7 +101,7 @@ def enter_query(
             len(params) if isinstance(params, (list, tuple)) else None
         )
     if cfg.record_sql_params and params is not None:
-        attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
+        attrs["db.query.parameters"] = _sql.params_text(params, cfg.max_sql_length)
     if owner is None:
         rec = _recorder.enter("db.query", name, attrs)
     else:

@@ -98,7 +98,7 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
                     len(params) if isinstance(params, (list, tuple)) else None
                 )
             if cfg.record_sql_params and params is not None:
-                attrs["db.query.parameters"] = repr(params)[: cfg.max_sql_length]
+                attrs["db.query.parameters"] = _sql.params_text(params, cfg.max_sql_length)
             rec = _recorder.enter("db.query", name, attrs)
             if rec is not None and not many:
                 _recorder.note_repeat(rec, attrs, text, params)
