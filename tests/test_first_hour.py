@@ -49,7 +49,7 @@ def test_by_kind_reads_zero_for_a_kind_that_did_not_run(captured):
 
 
 def _django_check(
-    installed_app: str, debug: bool = False, **env_vars: str
+    installed_app: str, debug: bool = False, after: str = "", **env_vars: str
 ) -> subprocess.CompletedProcess[str]:
     script = f"""
 import django, sys
@@ -61,6 +61,7 @@ import stagetrace
 print("sinks:", [type(s).__name__ for s in stagetrace.settings().sinks])
 call_command("check")
 """
+    script += after
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["PYTHONPATH"] = str(ROOT / "src")
@@ -87,6 +88,35 @@ def test_django_under_debug_shows_waterfalls_by_default():
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "sinks: ['ConsoleSink']" in on.stdout
     assert "sinks: []" in off.stdout
+
+
+def test_django_tests_run_without_the_waterfalls_debug_turned_on():
+    """Django's test environment (``manage.py test``, pytest-django) turns ``DEBUG`` off after
+    the apps are ready: the console sink and Server-Timing header that ``DEBUG`` proposed
+    follow it off — no waterfall printed for every request of a test suite — and come back
+    when the environment is torn down. A sink chosen explicitly stays."""
+    pytest.importorskip("django")
+    script = """
+from django.test.utils import setup_test_environment, teardown_test_environment
+def show(when):
+    s = stagetrace.settings()
+    print(when, [type(k).__name__ for k in s.sinks], s.server_timing)
+show("before")
+setup_test_environment(debug=False)  # as the test runner and pytest-django call it
+show("testing")
+teardown_test_environment()
+show("after")
+"""
+    done = _django_check("stagetrace.django", debug=True, after=script)
+    assert done.returncode == 0, done.stderr
+    assert "before ['ConsoleSink'] True" in done.stdout
+    assert "testing [] False" in done.stdout
+    assert "after ['ConsoleSink'] True" in done.stdout
+    chosen = _django_check(
+        "stagetrace.django", debug=True, after=script, STAGETRACE_SINKS="console"
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "testing ['ConsoleSink'] False" in chosen.stdout
 
 
 def test_a_jsonl_path_under_debug_keeps_the_console(tmp_path):

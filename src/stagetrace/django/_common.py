@@ -66,10 +66,41 @@ def load_settings() -> None:
     if options is None:
         options = {}
     _runtime.configure_from_framework(options, SOURCE)
+    propose_debug_defaults()
+
+
+def propose_debug_defaults() -> None:
+    """Under ``DEBUG``, propose the console sink and the Server-Timing header; without it,
+    nothing. Again whenever Django's test environment switches ``DEBUG`` (`install_test_env`)."""
+    from django.conf import settings
+
     proposed = (
         {"sinks": ["console"], "server_timing": True} if getattr(settings, "DEBUG", False) else {}
     )
     _runtime.propose_defaults(proposed)
+
+
+def install_test_env(module: Any) -> None:
+    """Django's test environment (``manage.py test``, pytest-django) sets ``DEBUG`` to False
+    after the apps are ready, as tests run as in production: what ``DEBUG`` proposed at
+    start-up — a waterfall printed for every request of the test suite, the Server-Timing
+    header on every test response — follows it off, and back on at its teardown."""
+
+    def following_debug(orig: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = orig(*args, **kwargs)
+            if patcher.applied and settings_loaded():
+                try:
+                    propose_debug_defaults()
+                except Exception as exc:
+                    _recorder.internal_error("django.test_environment", exc)
+            return result
+
+        return wrapper
+
+    for name in ("setup_test_environment", "teardown_test_environment"):
+        if callable(getattr(module, name, None)):
+            patcher.wrap(module, name, following_debug)
 
 
 def settings_loaded() -> bool:

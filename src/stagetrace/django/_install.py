@@ -8,7 +8,7 @@ from typing import Any
 from .. import _runtime, httpclients
 from .. import jinja2 as _jinja2
 from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
-from ._common import load_settings, patcher
+from ._common import install_test_env, load_settings, patcher
 
 __all__ = ["instrument", "is_instrumented", "load_settings", "uninstrument"]
 
@@ -74,10 +74,15 @@ def instrument() -> None:
             _db.uninstall()
             raise
         patcher.when_imported("django.test.client", lambda module: _gateway.install_test_client())
-        patcher.when_imported("django.test.utils", _templates.install_test_utils)
+        patcher.when_imported("django.test.utils", _install_test_utils)
         patcher.when_imported("jinja2", _install_jinja2)
         patcher.when_imported("rest_framework.serializers", _drf.install)
         httpclients.install()
+
+
+def _install_test_utils(module: Any) -> None:
+    _templates.install_test_utils(module)
+    install_test_env(module)
 
 
 def uninstrument() -> None:
