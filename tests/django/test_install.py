@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 from asgiref.sync import iscoroutinefunction
-from django.test import Client
+import pytest
+from django.test import Client, override_settings
 
 import stagetrace.django
 from stagetrace.django._common import patcher
@@ -147,3 +148,20 @@ def test_instrument_before_django_setup_and_without_the_app(tmp_path):
     assert service == "from-settings" and route == "users/"
     for kind in ("gateway", "middleware", "route", "view", "db.query", "serialize"):
         assert kind in kinds
+
+
+def test_override_settings_of_stagetrace_applies_inside_it(captured):
+    """``override_settings(STAGETRACE=...)`` in a test changes stagetrace's options for the
+    requests made inside it and puts the project's back after it; a bad value raises
+    `ConfigurationError` into the test that set it, as it would at start-up."""
+    with override_settings(STAGETRACE={"service": "overridden", "exclude_paths": ["^/books"]}):
+        assert stagetrace.settings().service == "overridden"
+        Client().get("/books.json")
+    assert stagetrace.settings().service == "djapp-tests"
+    assert stagetrace.settings().exclude_paths == ()
+    Client().get("/books.json")
+    assert [tl.path for tl in captured] == ["/books.json"]
+    with pytest.raises(stagetrace.ConfigurationError, match="'sample_rate'"):
+        with override_settings(STAGETRACE={"sample_rate": 5}):
+            pass  # pragma: no cover - not entered
+    assert stagetrace.settings().service == "djapp-tests"

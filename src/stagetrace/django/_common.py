@@ -6,6 +6,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder, _runtime
+from .._options import ConfigurationError
 from .._names import qualname
 from .._patching import Patcher
 
@@ -78,6 +79,23 @@ def propose_debug_defaults() -> None:
         {"sinks": ["console"], "server_timing": True} if getattr(settings, "DEBUG", False) else {}
     )
     _runtime.propose_defaults(proposed)
+
+
+def on_setting_changed(setting: str, **kwargs: Any) -> None:
+    """Django's ``setting_changed`` signal (``override_settings``, ``self.settings()`` in a
+    test): ``STAGETRACE`` read again — a bad value raises `ConfigurationError` into the test
+    that set it, as it would at start-up — and ``DEBUG``'s proposals made again."""
+    if setting not in ("STAGETRACE", "DEBUG") or not patcher.applied or not settings_loaded():
+        return
+    try:
+        if setting == "STAGETRACE":
+            load_settings()
+        else:
+            propose_debug_defaults()
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        _recorder.internal_error("django.setting_changed", exc)
 
 
 def install_test_env(module: Any) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.core.signals import setting_changed
+
 from .. import _runtime, httpclients
 from .. import jinja2 as _jinja2
 from . import _cache, _db, _drf, _gateway, _middleware, _templates, _views
-from ._common import install_test_env, load_settings, patcher
+from ._common import install_test_env, load_settings, on_setting_changed, patcher
 
 __all__ = ["instrument", "is_instrumented", "load_settings", "uninstrument"]
 
 _lock = threading.RLock()
+_SETTING_CHANGED = "stagetrace.django.settings"
 _jinja2_installed = False
 
 
@@ -73,6 +76,7 @@ def instrument() -> None:
             patcher.undo()
             _db.uninstall()
             raise
+        setting_changed.connect(on_setting_changed, dispatch_uid=_SETTING_CHANGED)
         patcher.when_imported("django.test.client", lambda module: _gateway.install_test_client())
         patcher.when_imported("django.test.utils", _install_test_utils)
         patcher.when_imported("jinja2", _install_jinja2)
@@ -95,6 +99,7 @@ def uninstrument() -> None:
         if not patcher.applied:
             return
         patcher.undo()
+        setting_changed.disconnect(dispatch_uid=_SETTING_CHANGED)
         _db.uninstall()
         _uninstall_jinja2()
         httpclients.uninstall()
