@@ -6,8 +6,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder, _runtime
-from .._options import ConfigurationError
 from .._names import qualname
+from .._options import ConfigurationError
 from .._patching import Patcher
 
 __all__ = [
