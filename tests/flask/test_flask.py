@@ -93,6 +93,26 @@ def test_a_json_request_has_every_stage_in_order(client, captured):
     assert all("unfinished" not in s.attrs for s in tl.stages)
 
 
+def test_a_response_the_test_holds_unread_is_recorded_once_its_body_was_taken(client, captured):
+    """Werkzeug's test client takes the body's first chunk and leaves the rest, and
+    ``close()``, to the test. A response whose bytes it took in full (its ``Content-Length``)
+    is sent: its timeline ends then, while the test still holds the response unread, so
+    ``r = client.get(...); assert r.status_code == 200`` and then an assertion on the timelines
+    sees the request (it used to end only once the response was read or dropped)."""
+    r = client.get("/books/1")
+    assert r.status_code == 200
+    assert [t.path for t in captured] == ["/books/1"]
+    write = only(captured[0], "response.write")
+    assert write.attrs == {"chunks": 1, "http.response.body.size": int(r.headers["Content-Length"])}
+    error = client.get("/books/9")  # an error page: its length is known as well
+    assert error.status_code == 404
+    assert [t.status for t in captured] == [200, 404]
+    assert r.json == {"id": 1, "title": "Dune"} and error.data == b"nothing here"
+    r.close()
+    error.close()
+    assert len(captured) == 2
+
+
 def test_a_dict_returned_by_the_view_is_serialized_after_it(client, captured):
     """A view returning a list: the JSON encoding happens when Flask makes the response, after
     the view, as a serialize stage of its own."""

@@ -15,7 +15,10 @@ timeline lasts beyond the application call, as the Django gateway's does:
   took the last chunk, whichever comes first, or — for callers that do neither, such as
   Werkzeug's test client, which leaves ``close()`` to the test — when the response is
   dropped. (A server calls ``close()`` right after the last chunk; the application
-  iterable's own ``close()`` is never called early.)
+  iterable's own ``close()`` is never called early.) Werkzeug's test client takes only the
+  first chunk and leaves the rest to the test, which may hold the response unread while it
+  checks the timelines: under it, the timeline ends as soon as all the ``Content-Length``
+  bytes were taken.
 
 The returned object is a thin iterable that forwards ``close()`` (and ``len()`` when the
 application's iterable has one, which some servers use to set ``Content-Length``). A response
@@ -77,6 +80,7 @@ class _Exchange:
         "chunks",
         "context",
         "done",
+        "eager",
         "failed",
         "length",
         "root",
@@ -97,6 +101,9 @@ class _Exchange:
         self.done = False
         #: The application returned a body (iterated by us, or a file the server sends).
         self.body = False
+        #: The caller takes only the first chunk (Werkzeug's test client): the response is
+        #: sent once its ``Content-Length`` bytes were taken, not when the caller asks again.
+        self.eager = False
         #: The exception producing the body raised (the server then aborts the response and
         #: closes it): the request ended with it.
         self.failed: BaseException | None = None
@@ -270,6 +277,9 @@ def _iterate(result: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:
             try:
                 exchange.chunks += 1
                 exchange.size += len(chunk)
+                length = exchange.length
+                if exchange.eager and length is not None and exchange.size >= length:
+                    exchange.end()
             except Exception as exc:
                 _recorder.internal_error("wsgi.stream", exc)
             yield chunk
@@ -333,6 +343,9 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
     if root is None:
         return app(environ, start_response)
     exchange = _Exchange(root)
+    # Werkzeug's test client (`werkzeug.test.run_wsgi_app`) takes the first chunk and leaves
+    # the rest and close() to the test, which often asserts on the timelines first.
+    exchange.eager = getattr(start_response, "__module__", None) == "werkzeug.test"
     try:
         result = app(environ, exchange.start_response(start_response))
     except BaseException as exc:
