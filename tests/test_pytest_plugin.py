@@ -1,5 +1,6 @@
 """The pytest plugin (``stagetrace_capture``), run by pytest itself through ``pytester`` on real
-apps: pytest-django's ``client``, Django's ``TestCase``, and Starlette's ``TestClient``."""
+apps: pytest-django's ``client``, Django's ``TestCase``, Starlette's ``TestClient`` and Flask's
+test client."""
 
 from __future__ import annotations
 
@@ -300,6 +301,69 @@ def test_with_starlette_testclient(pytester: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(["*expected at most 8 SQL queries, 9 ran in 1 request:"])
     result.stdout.fnmatch_lines(["*GET /books -> 200: * ms in 9 db.query stage(s)"])
+
+
+def test_with_flask_test_client(pytester: pytest.Pytester) -> None:
+    """With Flask's test client and SQLAlchemy, the way a Flask test is written: the test
+    holds the response (``r = client.get(...)``) and checks its status before asserting on the
+    timelines. The N+1 is found; a test whose app is not instrumented is told how a Flask app
+    is (``stagetrace.flask.instrument()``)."""
+    pytest.importorskip("flask")
+    pytest.importorskip("sqlalchemy")
+    pytester.makeini(INI.format(extra=""))
+    pytester.makepyfile(
+        test_app="""
+        import flask
+        import sqlalchemy as sa
+        import stagetrace.flask
+
+        engine = sa.create_engine("sqlite://")
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE author (id INTEGER PRIMARY KEY, name TEXT)"))
+            for i in range(6):
+                conn.execute(sa.text("INSERT INTO author VALUES (:i, 'a')"), {"i": i})
+
+        def make_app(instrument):
+            app = flask.Flask(__name__)
+            if instrument:
+                stagetrace.flask.instrument(app)
+
+            @app.get("/authors")
+            def authors():
+                with engine.connect() as conn:
+                    names = [
+                        conn.execute(
+                            sa.text("SELECT name FROM author WHERE id = :i"), {"i": i}
+                        ).scalar()
+                        for i in range(6)
+                    ]
+                return {"names": names}
+
+            return app
+
+        def test_n_plus_one(stagetrace_capture):
+            r = make_app(True).test_client().get("/authors")
+            assert r.status_code == 200
+            stagetrace_capture.assert_no_n_plus_one()
+
+        def test_queries(stagetrace_capture):
+            r = make_app(True).test_client().get("/authors")
+            assert r.status_code == 200
+            stagetrace_capture.assert_max_queries(6, route="/authors")
+            assert [t.status for t in stagetrace_capture] == [200]
+
+        def test_not_instrumented(stagetrace_capture):
+            r = make_app(False).test_client().get("/authors")
+            assert r.status_code == 200
+            stagetrace_capture.assert_max_queries(6)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:django")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        ["*GET /authors -> 200: N+1: 6× SELECT name FROM author WHERE id = ? at test_app.py:*"]
+    )
+    result.stdout.fnmatch_lines(["*no timeline was recorded*stagetrace.flask.instrument()*"])
 
 
 def test_plugin_loads_without_side_effects(pytester: pytest.Pytester) -> None:

@@ -35,7 +35,7 @@ MAX_WATERFALLS = 3
 _NOT_RECORDED = (
     "no timeline was recorded during this test, so there is nothing to check: is the app "
     'instrumented ("stagetrace.django" in INSTALLED_APPS, stagetrace.starlette.instrument(), '
-    "or the ASGI middleware) and recording enabled?"
+    "stagetrace.flask.instrument(), or the ASGI or WSGI middleware) and recording enabled?"
 )
 
 
