@@ -121,6 +121,30 @@ def test_route_matches_with_or_without_the_leading_slash(mixed, capsys):
     assert shown(capsys.readouterr().out) == ["r0", "r1", "r2", "r3", "r5"]
 
 
+def test_route_selects_a_job_by_the_name_summary_lists_it_under(tmp_path, capsys):
+    """A job timeline (a Celery task, ``stagetrace.timeline("reports.nightly")``) has no route
+    and no path: ``summary`` lists it under its name, and ``show --route NAME`` selects it by
+    that name, a glob too (it matched nothing, so a task could not be picked out)."""
+    import stagetrace
+
+    path = tmp_path / "t.jsonl"
+    stagetrace.configure(jsonl=str(path))
+    for name in ("reports.nightly", "reports.weekly"):
+        with stagetrace.timeline(name), stagetrace.stage("render"):
+            pass
+    stagetrace.flush()
+    with path.open("a") as f:
+        f.write(line(request_id="r0") + "\n")
+    assert main(["summary", str(path)]) == 0
+    assert "reports.nightly" in capsys.readouterr().out
+    assert main(["show", str(path), "--route", "reports.nightly", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "reports.nightly" in out and "reports.weekly" not in out and "GET" not in out
+    assert main(["show", str(path), "--route", "reports.*", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "reports.nightly" in out and "reports.weekly" in out and "GET" not in out
+
+
 def test_route_matches_with_or_without_the_trailing_slash(mixed, capsys):
     """Most Django templates end in a slash, Starlette's do not: ``--route albums`` finds
     ``albums/`` (it matched nothing), ``--route /items/{item_id}/`` finds ``/items/{item_id}``."""

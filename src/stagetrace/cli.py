@@ -114,9 +114,15 @@ def _status_matches(wanted: list[str], status: int | None) -> bool:
     return any(code == w or (w.endswith("xx") and code[0] == w[0]) for w in wanted)
 
 
+def _route(timeline: Timeline) -> str | None:
+    """What ``--route`` compares: the route template, or a job's name (a Celery task has no
+    route; ``summary`` lists it under its name)."""
+    return timeline.name if timeline.protocol == "job" else timeline.route
+
+
 def selected(timeline: Timeline, args: argparse.Namespace) -> bool:
     """Whether `timeline` passes the filters added by `add_filters` (all of them)."""
-    if args.route is not None and not _matches(args.route, timeline.route):
+    if args.route is not None and not _matches(args.route, _route(timeline)):
         return False
     if args.path is not None and not _matches(args.path, timeline.path):
         return False
@@ -133,8 +139,8 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--route",
         metavar="R",
-        help="route template, as recorded (books/<int:pk>/, /items/{item_id}); "
-        "a leading / is optional, * matches anything",
+        help="route template, as recorded (books/<int:pk>/, /items/{item_id}), or a job's "
+        "name (a Celery task's); a leading / is optional, * matches anything",
     )
     group.add_argument("--path", metavar="P", help="request path (/books/7/); * matches anything")
     group.add_argument(
