@@ -302,6 +302,30 @@ class ComparedApp(flask.Flask):
         return self is other
 
 
+@pytest.mark.parametrize("wrong", ["factory", "wsgi_app", "blueprint", "name"])
+def test_instrument_refuses_what_is_not_a_flask_app_in_one_line(wrong):
+    """instrument(x) with something that is not a Flask app — the app factory, the app's
+    ``wsgi_app``, a blueprint, its name — is a TypeError naming what was given and what is
+    expected, and patches nothing (it was accepted silently, and no request was ever
+    recorded)."""
+    from tests.flask.app import create_app
+
+    app = create_app()
+    given = {
+        "factory": create_app,
+        "wsgi_app": app.wsgi_app,
+        "blueprint": flask.Blueprint("shop", __name__),
+        "name": "app",
+    }[wrong]
+    with pytest.raises(TypeError) as info:
+        stagetrace.flask.instrument(given)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("stagetrace.flask.instrument() takes a Flask app")
+    assert type(given).__name__ in message
+    assert not stagetrace.flask.is_instrumented()
+
+
 def test_instrument_takes_an_app_that_cannot_be_hashed(captured):
     """instrument(app) on an unhashable app records it (it used to raise a bare TypeError,
     leaving the class patches applied and counting an internal error on every request of

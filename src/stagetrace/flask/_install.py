@@ -355,6 +355,16 @@ def instrument(app: Any = None) -> Any:
     app, those built already and those built later. Idempotent; raises
     `stagetrace.ConfigurationError` when the configuration is bad."""
     global _everything
+    if app is not None:
+        import flask
+
+        if not isinstance(app, flask.Flask):
+            # An app factory, `app.wsgi_app` or a blueprint would be taken silently and no
+            # request ever recorded.
+            raise TypeError(
+                "stagetrace.flask.instrument() takes a Flask app (or nothing, for every app), "
+                f"got {type(app).__name__} {_given(app)}"
+            )
     with _lock:
         try:
             _install()
@@ -367,6 +377,11 @@ def instrument(app: Any = None) -> Any:
         else:
             _apps.add(app)
     return app
+
+
+def _given(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "name", None)
+    return repr(name) if isinstance(name, str) else f"{obj!r:.60}"
 
 
 def uninstrument() -> None:
