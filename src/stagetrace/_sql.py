@@ -194,6 +194,9 @@ def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
                 return {}
         code = frame.f_code
         if _is_user_code(code):
+            template = frame.f_globals.get("__jinja_template__")
+            if template is not None:
+                return _template_site(template, frame)
             return {
                 "code.file.path": code.co_filename,
                 "code.line.number": frame.f_lineno,
@@ -201,6 +204,23 @@ def call_site(depth: int = 2, limit: int = 200) -> dict[str, Any]:
             }
         frame = frame.f_back
     return {}
+
+
+def _template_site(template: Any, frame: Any) -> dict[str, Any]:
+    """The call site in a Jinja2 template: its code is Python compiled under the template's
+    file name, whose line numbers are the generated code's; Jinja2 maps them back to the
+    template's lines (as it does for tracebacks). The generated functions (``root``,
+    ``block_body``) mean nothing to the reader: a block is named, the body not."""
+    code = frame.f_code
+    site: dict[str, Any] = {"code.file.path": code.co_filename}
+    try:
+        site["code.line.number"] = int(template.get_corresponding_lineno(frame.f_lineno))
+    except Exception:  # not Jinja2's Template after all: the file alone is still right
+        pass
+    name = code.co_name
+    if name.startswith("block_"):
+        site["code.function.name"] = f"block {name[6:]}"
+    return site
 
 
 def _frame_function(frame: Any) -> str:

@@ -146,6 +146,34 @@ def test_lazy_loads_are_fetch_stages_around_their_queries_and_an_n_plus_one(inst
     assert finding.attrs["code.line.number"] == line
 
 
+def test_an_n_plus_one_in_a_jinja2_template_names_the_templates_line(
+    instrumented, engine, tmp_path
+):
+    """Lazy loads touched in a Jinja2 template's loop: the call site is the template file and
+    the line of the template that touches the relationship (it was the line of Jinja2's
+    generated Python code, 25 in a 4-line template, in its function ``root``)."""
+    import jinja2
+
+    (tmp_path / "users.html").write_text(
+        "<h1>Users</h1>\n"
+        "{% for user in users %}\n"
+        "  <p>{{ user.name }}: {{ user.posts|length }} posts</p>\n"
+        "{% endfor %}\n"
+    )
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)))
+
+    def run():
+        with Session(engine) as s:
+            env.get_template("users.html").render(users=s.scalars(select(User)).all())
+
+    tl = job(run)
+    (finding,) = [f for f in tl.findings if f.kind == "n_plus_one"]
+    assert finding.attrs["code.file.path"] == str(tmp_path / "users.html")
+    assert finding.attrs["code.line.number"] == 3
+    assert "code.function.name" not in finding.attrs
+    assert finding.attrs["call_site"] == f"{tmp_path / 'users.html'}:3"
+
+
 def test_selectinload_runs_inside_the_fetch_that_triggers_it(instrumented, engine):
     """selectinload: one follow-up query, nested in the parent rows' fetch, in a stage of its
     own; no N+1."""
