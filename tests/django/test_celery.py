@@ -246,6 +246,36 @@ def test_a_retry_is_a_new_execution_linked_to_the_retry(worker, celery_app):
     assert second["stages"][0]["attrs"]["stagetrace.parent_span_id"] == retry_span
 
 
+def test_the_queue_time_of_a_task_with_a_countdown_starts_at_its_eta(worker, celery_app):
+    """A task sent with ``countdown=`` (or ``eta=``) is not due before that moment: its queue
+    time is from then to its start, not from the publish (an idle worker reported the whole
+    countdown as time waiting in the queue, 1993 ms for ``countdown=2``)."""
+    from tests.celeryapp import send_receipt
+
+    stagetrace.configure(jsonl=str(worker))
+    with stagetrace.timeline("enqueue"):
+        task_id = send_receipt.apply_async((11,), countdown=1.5).id
+    stagetrace.flush()
+    deadline = time.monotonic() + 30
+    while True:
+        mine = [
+            j
+            for j in _jobs(worker, 1)
+            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
+        ]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    (job,) = mine
+    enqueued = next(
+        t
+        for t in read_timelines(worker, 1)
+        if t["protocol"] == "job" and t["stages"][0]["name"] == "enqueue"
+    )
+    assert job["start_unix_nano"] - enqueued["start_unix_nano"] >= 1_500_000_000  # it waited
+    assert 0 <= job["stages"][0]["attrs"]["stagetrace.queue_time_ns"] < 1_000_000_000
+
+
 def test_eager_tasks_run_as_a_nested_stage_of_the_request(celery_app, captured):
     """task_always_eager: the task runs inline, as a task stage nested in the enqueue stage,
     with its ORM stages inside; no timeline of its own."""

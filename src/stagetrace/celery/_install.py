@@ -23,6 +23,7 @@ Eager execution (``task_always_eager``, ``Task.apply``) runs inline: inside a li
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import threading
@@ -189,8 +190,23 @@ def _job_attrs(task: Any, task_id: Any, request: Any) -> dict[str, Any]:
         attrs["celery.worker.hostname"] = hostname
     published = _header(request, PUBLISHED)
     if isinstance(published, int) and published > 0:
-        attrs["stagetrace.queue_time_ns"] = max(0, time.time_ns() - published)
+        # A task sent with a countdown or an ETA is not due before it: it queues from then.
+        due = max(published, _eta_ns(getattr(request, "eta", None)))
+        attrs["stagetrace.queue_time_ns"] = max(0, time.time_ns() - due)
     return attrs
+
+
+def _eta_ns(eta: Any) -> int:
+    """A task's ETA (an ISO 8601 string in the message, or a datetime) in Unix nanoseconds; 0
+    when there is none, or none that names its time zone."""
+    try:
+        if isinstance(eta, str):
+            eta = datetime.datetime.fromisoformat(eta)
+        if isinstance(eta, datetime.datetime) and eta.tzinfo is not None:
+            return int(eta.timestamp() * 1e6) * 1000
+    except (ValueError, OverflowError, OSError):
+        pass
+    return 0
 
 
 def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **kwargs: Any) -> None:
