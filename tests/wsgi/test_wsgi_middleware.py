@@ -141,6 +141,25 @@ def test_file_wrapper_goes_back_to_the_server_unchanged(captured):
     assert "http.response.sent_ns" in tl.stages[0].attrs
 
 
+def test_a_file_the_server_sends_is_a_response_write_stage(captured):
+    """The server's sending of a ``wsgi.file_wrapper`` response (sendfile, under gunicorn) is
+    the ``response.write`` stage, from the application's return to the server's close, sized
+    by ``Content-Length``, as an iterated body's is (it had no stage: a large download's time
+    was the gateway's own)."""
+    app = StagetraceMiddleware(apps.app)
+    result = app(environ("/file"), lambda status, headers, exc_info=None: lambda data: None)
+    assert type(result) is wsgiref.util.FileWrapper
+    body = b"".join(result)
+    time.sleep(0.02)  # the server still sending
+    result.close()
+    tl = captured[0]
+    (write,) = [s for s in tl.stages if s.kind == "response.write"]
+    assert (write.name, write.parent) == ("body", 0)
+    assert write.attrs == {"http.response.body.size": len(body)}
+    assert write.duration_ns >= 20_000_000
+    assert write.start_ns + write.duration_ns <= tl.stages[0].attrs["http.response.sent_ns"]
+
+
 def test_gunicorn_sends_the_file_and_records_every_request(tmp_path):
     """gunicorn (a real server with its own wsgi.file_wrapper and sendfile) serves the app
     wrapped by the middleware: bodies are intact, timelines reach the jsonl sink, and the
@@ -158,6 +177,8 @@ def test_gunicorn_sends_the_file_and_records_every_request(tmp_path):
     assert {t["service"] for t in timelines} == {"gunicorn-bare"}
     file_root = by_path["/file"]["stages"][0]
     assert file_root["attrs"]["http.response.body.size"] == apps.FILE.stat().st_size
+    file_write = next(s for s in by_path["/file"]["stages"] if s["kind"] == "response.write")
+    assert file_write["attrs"] == {"http.response.body.size": apps.FILE.stat().st_size}
     stream = by_path["/stream"]
     write = next(s for s in stream["stages"] if s["kind"] == "response.write")
     assert write["attrs"]["chunks"] == 3

@@ -170,16 +170,21 @@ class _Exchange:
             _recorder.restore(_recorder.parent_of(write))
         self.write = write
 
-    def finish_write(self, exc: BaseException | None = None) -> None:
-        """The server took the last chunk (or stopped early): the response is sent."""
+    def finish_write(self, exc: BaseException | None = None, sized: bool = True) -> None:
+        """The server took the last chunk (or stopped early; or, for a file it sends itself,
+        not `sized` by us, closed it): the response is sent."""
         if self.written or not self.body:
             return
         self.written = True
         try:
             if self.write is not None:
-                _recorder.set_attrs(
-                    self.write, {"chunks": self.chunks, "http.response.body.size": self.size}
-                )
+                if sized:
+                    attrs = {"chunks": self.chunks, "http.response.body.size": self.size}
+                elif self.length is not None:
+                    attrs = {"http.response.body.size": self.length}
+                else:
+                    attrs = {}
+                _recorder.set_attrs(self.write, attrs)
                 _recorder.close(self.write, exc)
             _recorder.mark_sent(self.root)
         except Exception as e:
@@ -192,7 +197,7 @@ class _Exchange:
         self.done = True
         if exc is None:
             exc, self.failed = self.failed, None
-        self.finish_write(exc)
+        self.finish_write(exc, sized)
         try:
             size = (self.size if sized else self.length) if self.body else None
             end_http(self.root, self.status, size, exc)
@@ -301,8 +306,9 @@ def _is_file_wrapper(result: Any, environ: Environ) -> bool:
 def _observe_file(result: Any, exchange: _Exchange) -> Any:
     """A ``wsgi.file_wrapper`` response goes back to the server as it is (the server's
     sendfile path recognises it by its type); its ``close`` is replaced on the instance, so
-    the timeline still ends when the server closes it. Its size is its ``Content-Length``."""
-    exchange.body = True
+    the timeline still ends when the server closes it, and the sending is the
+    ``response.write`` stage. Its size is its ``Content-Length``."""
+    exchange.returned()
     close = getattr(result, "close", None)
 
     def observed_close() -> None:
