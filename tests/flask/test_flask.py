@@ -302,6 +302,27 @@ class ComparedApp(flask.Flask):
         return self is other
 
 
+def test_an_app_mounted_under_a_prefix_has_the_prefix_in_its_route(app, captured):
+    """An app mounted under ``/shop`` (Werkzeug's DispatcherMiddleware, or a server's
+    ``SCRIPT_NAME``): the route includes the application root, as the path does and as
+    OpenTelemetry's ``http.route`` asks, so two mounted apps' ``/books/<int:book_id>`` stay
+    apart (the route was the rule alone, ``/books/<int:book_id>`` under ``/shop/books/1``)."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    front = flask.Flask("front")
+    front.add_url_rule("/", "home", lambda: "home")
+    front.wsgi_app = DispatcherMiddleware(front.wsgi_app, {"/shop": app})
+    stagetrace.flask.instrument(front)
+    client = front.test_client()
+    assert client.get("/shop/books/1").json == {"id": 1, "title": "Dune"}
+    assert client.get("/").data == b"home"
+    mounted, home = captured
+    assert (mounted.path, mounted.route) == ("/shop/books/1", "/shop/books/<int:book_id>")
+    assert only(mounted, "route").name == "/shop/books/<int:book_id>"
+    assert only(mounted, "route").attrs["http.route"] == "/shop/books/<int:book_id>"
+    assert (home.path, home.route) == ("/", "/")
+
+
 @pytest.mark.parametrize("wrong", ["factory", "wsgi_app", "blueprint", "name"])
 def test_instrument_refuses_what_is_not_a_flask_app_in_one_line(wrong):
     """instrument(x) with something that is not a Flask app — the app factory, the app's

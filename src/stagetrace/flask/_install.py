@@ -136,7 +136,9 @@ def _wsgi_entry(orig: Callable[..., Any]) -> Callable[..., Any]:
 def _matched(rec: Any, request: Any) -> None:
     rule = request.url_rule
     if rule is not None:
-        template = str(rule.rule)
+        # The application root too (an app mounted under /shop, or served with SCRIPT_NAME),
+        # as the path has it and OpenTelemetry's http.route asks.
+        template = str(request.script_root) + str(rule.rule)
         _recorder.set_name(rec, template)
         _recorder.set_attrs(rec, {"http.route": template, "flask.endpoint": str(rule.endpoint)})
         _recorder.set_route(template)
