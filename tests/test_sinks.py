@@ -40,6 +40,38 @@ def test_recent_reads_the_configured_memory_sink():
     assert [t.name for t in stagetrace.recent()] == ["b", "c"]
 
 
+def test_recent_right_after_a_request_includes_it(tmp_path):
+    """``stagetrace.recent()`` right after a request (a Flask test client's, a page of your
+    own tooling) includes it: it first waits, briefly, for the timelines finished before the
+    call to reach the sinks, which the background worker delivers after the response. It
+    returned nothing while a slower sink held the worker up, and without a flush in general
+    raced the worker. It never waits for a sink's own flush (an exporter's collector)."""
+    flask = pytest.importorskip("flask")
+    import time
+
+    import stagetrace.flask
+
+    flushed: list[bool] = []
+
+    class Slow:
+        def emit(self, timeline: Timeline) -> None:
+            time.sleep(0.2)
+
+        def flush(self) -> None:
+            flushed.append(True)
+
+    app = flask.Flask(__name__)
+    app.add_url_rule("/ping", "ping", lambda: "pong")
+    stagetrace.flask.instrument(app)
+    try:
+        stagetrace.configure(sinks=[Slow(), "memory"])
+        assert app.test_client().get("/ping").data == b"pong"
+        assert [t.path for t in stagetrace.recent()] == ["/ping"]
+        assert not flushed
+    finally:
+        stagetrace.flask.uninstrument()
+
+
 def test_jsonl_sink_writes_one_parseable_timeline_per_line(tmp_path):
     """Each line is a complete timeline that round-trips through Timeline.from_dict."""
     path = tmp_path / "t.jsonl"

@@ -62,12 +62,24 @@ __all__ = [
 ]
 
 
+#: Longest wait of `recent()` for timelines still on their way to the sinks, in seconds.
+_RECENT_WAIT = 1.0
+
+
 def recent() -> list[Timeline]:
-    """The timelines kept by the configured ``memory`` sink, oldest first (empty without one)."""
+    """The timelines kept by the configured ``memory`` sink, oldest first (empty without one).
+
+    The background worker hands timelines to the sinks after the response: this first waits
+    (at most `_RECENT_WAIT` seconds) for those finished before the call, so a request just
+    made is among them. The sinks are not flushed (an exporter's collector is not waited
+    for)."""
+    from ._runtime import delivered
     from .sinks import MemorySink
 
+    memory = [sink for sink in settings().sinks if isinstance(sink, MemorySink)]
+    if memory:
+        delivered(_RECENT_WAIT)
     out: list[Timeline] = []
-    for sink in settings().sinks:
-        if isinstance(sink, MemorySink):
-            out.extend(sink.timelines())
+    for sink in memory:
+        out.extend(sink.timelines())
     return out

@@ -303,20 +303,7 @@ class Pipeline:
             # ourselves, and draining here would call the sinks from inside one of them.
             return self._done >= target
         deadline = None if timeout is None else time.monotonic() + timeout
-        thread = self._thread
-        if thread is None or not thread.is_alive() or thread is threading.current_thread():
-            # never started, gone (interpreter shutdown), or called from a sink: drain here.
-            self._drain()
-        else:
-            with self._progress:
-                while self._done < target:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._hurry.set()
-                    self._wake.set()
-                    self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
-            self._hurry.clear()
+        self._deliver(target, deadline)
         delivered = True
         for sink, takes_timeout in zip(self.sinks, self._flush_takes_timeout, strict=True):
             fl = getattr(sink, "flush", None)
@@ -333,6 +320,30 @@ class Pipeline:
                     STATE.counters["sink_errors"] += 1
                     _warn_once(f"sink {sink!r} flush", exc)
         return delivered and self._done >= target
+
+    def delivered(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds until everything queued before this call reached the
+        sinks, without flushing them (what `stagetrace.recent()` needs of the memory sink)."""
+        target = self._submitted
+        if not getattr(_on_worker, "on", False) or self._thread is threading.current_thread():
+            self._deliver(target, time.monotonic() + timeout)
+        return self._done >= target
+
+    def _deliver(self, target: int, deadline: float | None) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            # never started, gone (interpreter shutdown), or called from a sink: drain here.
+            self._drain()
+            return
+        with self._progress:
+            while self._done < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._hurry.set()
+                self._wake.set()
+                self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
+        self._hurry.clear()
 
     def retire(self, timeout: float | None = None, keep: Sequence[Sink] = ()) -> bool:
         """Stop accepting, drain what is queued (up to `timeout`, `RETIRE_TIMEOUT` by default),

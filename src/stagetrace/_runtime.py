@@ -260,6 +260,13 @@ def flush(timeout: float | None = 5.0) -> bool:
     return True if pipeline is None else pipeline.flush(timeout)
 
 
+def delivered(timeout: float) -> bool:
+    """Wait at most `timeout` seconds for the timelines finished so far to reach the sinks,
+    without flushing the sinks. True when they did."""
+    pipeline = STATE.pipeline
+    return True if pipeline is None else pipeline.delivered(timeout)
+
+
 def shutdown(timeout: float = 5.0) -> bool:
     """Flush, then stop the background worker. Recording continues: the next timeline starts
     a fresh worker with the same configuration, delivering to the same sinks — which are
