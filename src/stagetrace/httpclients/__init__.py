@@ -5,7 +5,8 @@ Every request these libraries send goes through ``Client.send``, ``AsyncClient.s
 carries scheme, host, port, path, the query's parameter *names* (never their values), the status
 code and any error; the URL is taken apart after the request, not on it. A recorded request's
 calls carry a W3C ``traceparent`` naming their http.client stage (option
-``propagate_traceparent``, on by default; a header the caller set is never replaced) — or, when
+``propagate_traceparent``, on by default with the otel sink; a header the caller set is
+never replaced) — or, when
 the otel sink runs with another OpenTelemetry propagator (``OTEL_PROPAGATORS=b3``, ...), that
 propagator's headers. Installed
 by the web adapters (reference-counted); a library that is not installed is skipped. Beside
