@@ -156,6 +156,8 @@ _DEFAULT_TEXT = {
     "service": "`OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, "
     "else `unknown_service`",
     "analyzers": "N+1 and duplicate queries",
+    "http_known_methods": "`OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`, else the conventions' "
+    "(RFC 9110's, `PATCH`, `QUERY`)",
 }
 #: Options that only `configure()` (or framework settings) can set: their values are objects.
 _NO_ENV = {"analyzers", "tracer_provider", "meter_provider"}

@@ -32,6 +32,13 @@ class ConfigurationError(ValueError):
 ConfigurationError.__module__ = "stagetrace"  # as tracebacks show it: where users import it
 
 
+#: The HTTP methods the semantic conventions know by default (RFC 9110's, PATCH, QUERY); they
+#: are case-sensitive. ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` replaces the whole list.
+DEFAULT_KNOWN_METHODS = (
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration. Read it with `stagetrace.settings()`; change it with
@@ -56,6 +63,7 @@ class Settings:
     max_attr_length: int = 4096
     record_headers: tuple[str, ...] = ()
     record_query_values: tuple[str, ...] = ()
+    http_known_methods: tuple[str, ...] = DEFAULT_KNOWN_METHODS
     # the otel sink (docs/export.md)
     otlp_endpoint: str | None = None
     tracer_provider: Any = None
@@ -302,6 +310,20 @@ def _header_list(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _methods(value: Any, from_env: bool) -> tuple[str, ...]:
+    accepts = "a list of HTTP methods (case-sensitive tokens such as GET or PROPFIND)"
+    try:
+        names = _str_list(value, from_env)
+    except _Bad:
+        raise _Bad(accepts) from None
+    out = []
+    for name in names:
+        if not _TOKEN.fullmatch(name.strip()):
+            raise _Bad(f"{accepts}; {name!r} is not one")
+        out.append(name.strip())
+    return tuple(out)
+
+
 def _query_names(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(n.strip() for n in _str_list(value, from_env) if n.strip())
 
@@ -425,6 +447,10 @@ OPTIONS: dict[str, _Option] = {
     "record_query_values": _Option(
         _query_names, "query parameters whose values are recorded (others: name only)"
     ),
+    "http_known_methods": _Option(
+        _methods,
+        "HTTP methods spans and metrics show as they are (case-sensitive); others as _OTHER",
+    ),
     "otlp_endpoint": _Option(
         _url_or_none, "otel sink: OTLP base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)"
     ),
@@ -479,6 +505,16 @@ def default_service(environ: Mapping[str, str]) -> str:
         if key.strip() == "service.name" and value.strip():
             return str(coerce("service", value, "environment OTEL_RESOURCE_ATTRIBUTES", True))
     return "unknown_service"
+
+
+def default_known_methods(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` (comma-separated, case-sensitive: the
+    semantic conventions' variable, a full override of their list), else that list."""
+    raw = environ.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
+    if not raw.strip():
+        return DEFAULT_KNOWN_METHODS
+    source = "environment OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
+    return tuple(coerce("http_known_methods", raw, source, True))
 
 
 def check_names(options: Mapping[str, Any], source: str) -> None:
@@ -550,6 +586,8 @@ def resolve(
             values[name] = coerce(name, value, "framework default")
     if "service" not in values:
         values["service"] = default_service(environ)
+    if "http_known_methods" not in values:
+        values["http_known_methods"] = default_known_methods(environ)
     return values
 
 

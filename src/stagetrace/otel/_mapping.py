@@ -145,16 +145,16 @@ def export_key(key: str) -> str:
     return out
 
 
-def span_name(tl: Timeline) -> str:
+def span_name(tl: Timeline, known: frozenset[str] = KNOWN_METHODS) -> str:
     """The root span's name: ``"{METHOD} {route}"``, the method alone when no route matched
     (the path is high-cardinality and is not a span name), the root stage's name for a job.
     A method the conventions do not know is ``HTTP``, as they say: any client can send any
-    token as a method."""
+    token as a method. `known` is the ``http_known_methods`` option."""
     if tl.protocol == "job":
         root = tl.root
         return root.name if root is not None else "job"
     method = tl.method
-    if method not in KNOWN_METHODS:
+    if method not in known:
         method = "HTTP"
     return f"{method} {tl.route}" if tl.route else method
 
@@ -219,12 +219,15 @@ _OUT_NS = "stagetrace.middleware.out_ns"
 _SELF_NS = "stagetrace.self_time_ns"
 
 
-def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any]:
+def timeline_spans(
+    tl: Timeline, encoder: SpanEncoder | None = None, known: frozenset[str] = KNOWN_METHODS
+) -> list[Any]:
     """The spans of one timeline, root first, as `_encode.SpanTuple` 12-tuples with
     ``(key, value)`` attribute pairs (the provider path); or, with `encoder`, in the form
     `SpanEncoder.encode` takes fastest (what the OTLP path sends): the common child spans
     already encoded (``bytes``), the others as tuples whose attributes are encoded bytes (the
-    encoder's cached blocks plus the per-span timings written directly)."""
+    encoder's cached blocks plus the per-span timings written directly). HTTP methods not in
+    `known` (the ``http_known_methods`` option) are exported as ``_OTHER``."""
     stages = stages_once(tl)
     if not stages:
         return []
@@ -356,7 +359,9 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                 )
             ]
         if i == 0:
-            kind, name, status, events = _root(tl, name, sattrs, err, attrs, status, events, end)
+            kind, name, status, events = _root(
+                tl, name, sattrs, err, attrs, status, events, end, known
+            )
             parent = remote
             flags = root_flags
         else:
@@ -370,7 +375,7 @@ def timeline_spans(tl: Timeline, encoder: SpanEncoder | None = None) -> list[Any
                         status = (STATUS_ERROR, "")
                         attrs.append(("error.type", str(answer)))
                 method = sattrs.get("http.request.method")
-                if method is not None and method not in KNOWN_METHODS:
+                if method is not None and method not in known:
                     _other_method(attrs, method)
                     if name.startswith(f"{method} "):  # "METHOD host"
                         name = "HTTP" + name[len(method) :]
@@ -410,19 +415,20 @@ def _root(
     status: tuple[int, str],
     events: list[tuple[int, str, Any]] | None,
     end: int,
+    known: frozenset[str],
 ) -> tuple[int, str, tuple[int, str], list[tuple[int, str, Any]] | None]:
     """Kind, name, status and events of the root span; its extra attributes go into `attrs`."""
     if tl.protocol == "job":
         kind = KIND_CONSUMER
     else:
         kind = KIND_SERVER
-        name = span_name(tl)
+        name = span_name(tl, known)
         if tl.path is not None:
             attrs.append(("url.path", tl.path))
         if tl.route:
             attrs.append(("http.route", tl.route))
         method = sattrs.get("http.request.method")
-        if method is not None and method not in KNOWN_METHODS:
+        if method is not None and method not in known:
             _other_method(attrs, method)
         code = tl.status
         if code is not None and tl.protocol == "http":
@@ -522,11 +528,15 @@ _blocks: dict[tuple[Any, ...], Any] = {}
 _blocks_owner: list[Any] = [None]
 
 
-def spans_of(timelines: Iterable[Timeline], encoder: SpanEncoder | None = None) -> list[Any]:
+def spans_of(
+    timelines: Iterable[Timeline],
+    encoder: SpanEncoder | None = None,
+    known: frozenset[str] = KNOWN_METHODS,
+) -> list[Any]:
     """The spans of several timelines, concatenated."""
     out: list[Any] = []
     for tl in timelines:
-        out.extend(timeline_spans(tl, encoder))
+        out.extend(timeline_spans(tl, encoder, known))
     return out
 
 

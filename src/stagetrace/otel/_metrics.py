@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._model import Timeline
-from .._options import ConfigurationError
+from .._options import DEFAULT_KNOWN_METHODS, ConfigurationError
 
 #: The HTTP semantic conventions' advised buckets for ``http.server.request.duration`` (s).
 DURATION_BUCKETS = (
@@ -52,11 +52,10 @@ DURATION_BUCKETS = (
 #: Finer buckets for stage time (a query, a template: often well under 5 ms).
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, *DURATION_BUCKETS)
 
-#: The HTTP methods the semantic conventions know (case-sensitive); any other is ``_OTHER``
-#: (metrics and spans), so a client cannot mint attribute values or span names.
-KNOWN_METHODS = frozenset(
-    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY")
-)
+#: The HTTP methods the semantic conventions know by default (case-sensitive); any other is
+#: ``_OTHER`` (metrics and spans), so a client cannot mint attribute values or span names. The
+#: ``http_known_methods`` option (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``) replaces it.
+KNOWN_METHODS = frozenset(DEFAULT_KNOWN_METHODS)
 
 
 def meter_provider_or_none(configured: Any = None) -> Any:
@@ -94,9 +93,10 @@ def _histogram(meter: Any, name: str, description: str, buckets: tuple[float, ..
 
 class StageMetrics:
     """Records the two histograms (see the module docstring) for timelines, with the meters
-    of `meter_provider`."""
+    of `meter_provider`; methods not in `known_methods` are ``_OTHER``."""
 
-    def __init__(self, meter_provider: Any) -> None:
+    def __init__(self, meter_provider: Any, known_methods: Iterable[str] = KNOWN_METHODS) -> None:
+        self.known_methods = frozenset(known_methods)
         meter = meter_provider.get_meter("stagetrace", _version())
         self.request_duration = _histogram(
             meter,
@@ -118,7 +118,7 @@ class StageMetrics:
             attrs: dict[str, Any] = {}
             method = tl.method
             if method is not None:
-                attrs["http.request.method"] = method if method in KNOWN_METHODS else "_OTHER"
+                attrs["http.request.method"] = method if method in self.known_methods else "_OTHER"
             if route:
                 attrs["http.route"] = route
             status = tl.status
@@ -173,15 +173,18 @@ class MetricsSink:
     there is one: `require_provider`; built without one, batches are skipped until the
     application sets a global one)."""
 
-    def __init__(self, meter_provider: Any = None) -> None:
+    def __init__(
+        self, meter_provider: Any = None, known_methods: Iterable[str] = KNOWN_METHODS
+    ) -> None:
         self._configured = meter_provider
+        self._known = frozenset(known_methods)
         self._metrics: StageMetrics | None = None
 
     def _ready(self) -> StageMetrics | None:
         if self._metrics is None:
             provider = meter_provider_or_none(self._configured)
             if provider is not None:
-                self._metrics = StageMetrics(provider)
+                self._metrics = StageMetrics(provider, self._known)
         return self._metrics
 
     def emit_many(self, timelines: list[Timeline]) -> None:

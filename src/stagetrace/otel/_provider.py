@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from .._options import ConfigurationError
+from .._options import DEFAULT_KNOWN_METHODS, ConfigurationError
 from ._sink import OtelSink, SamplingRules, _attach_extras
 
 __all__ = ["NOWHERE", "build_sink", "global_sdk_provider", "readable_spans"]
@@ -69,12 +69,14 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if provider is None:
         provider = global_sdk_provider()
     flush_timeout = values.get("otel_flush_timeout", 5.0)
+    known = values.get("http_known_methods", DEFAULT_KNOWN_METHODS)
     if provider is not None:
         sink = OtelSink(
             processor=provider_processor(provider),
             rules=_rules(values),
             flush_timeout=flush_timeout,
             describe=f"tracer_provider={type(provider).__name__}",
+            known_methods=known,
         )
     else:
         endpoint = values.get("otlp_endpoint")
@@ -99,6 +101,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
             flush_timeout=flush_timeout,
             describe=f"{config.protocol} {config.display_url}",
             resource=resource,
+            known_methods=known,
         )
     _attach_extras(sink, values)
     return sink

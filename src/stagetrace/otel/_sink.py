@@ -23,13 +23,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._model import Timeline
 from .._state import STATE
 from ._encode import SpanEncoder
 from ._mapping import timeline_spans
+from ._metrics import KNOWN_METHODS
 from ._transport import ExportResult, Transport
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_SPANS", "OtelSink", "SamplingRules"]
@@ -319,6 +320,7 @@ class OtelSink:
         flush_timeout: float = 5.0,
         describe: str = "",
         resource: Callable[[], Mapping[str, Any]] | None = None,
+        known_methods: Iterable[str] = KNOWN_METHODS,
     ) -> None:
         if processor is None and (encoder is None or transport is None):
             raise ValueError("OtelSink needs an encoder and a transport, or a processor")
@@ -332,6 +334,8 @@ class OtelSink:
         #: server has its own ``service.instance.id``, as with the SDK's providers.
         self._resource = resource
         self._forks = _forks[0]
+        #: HTTP methods exported as they are (the ``http_known_methods`` option); others _OTHER.
+        self.known_methods = frozenset(known_methods)
         #: Part B's metrics recorder (``record_many(timelines)``), when present and configured.
         self.metrics: Any = None
         counters = STATE.counters
@@ -357,6 +361,7 @@ class OtelSink:
         # encoder's form, partly encoded already
         encoder = self.encoder if self.processor is None else None
         cap = self._batch_cap()
+        known = self.known_methods
         spans: list[Any] = []
         sizes: list[int] = []  # estimated encoded size of each span in `spans`
         size = 0
@@ -365,7 +370,7 @@ class OtelSink:
             if not keep(tl):
                 unkept += 1
                 continue
-            got = timeline_spans(tl, encoder)
+            got = timeline_spans(tl, encoder, known)
             est = [len(s) if type(s) is bytes else _span_size(s) for s in got]
             spans += got
             sizes += est
@@ -477,7 +482,7 @@ def _attach_extras(sink: OtelSink, values: Mapping[str, Any]) -> None:
         try:
             provider = metrics.meter_provider_or_none(values.get("meter_provider"))
             if provider is not None:
-                sink.metrics = metrics.StageMetrics(provider)
+                sink.metrics = metrics.StageMetrics(provider, sink.known_methods)
         except Exception as exc:
             logger.warning("stagetrace: otel metrics left out: %r", exc)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._options import DEFAULT_KNOWN_METHODS
 from ._console import ConsoleSink, render_waterfall
 from ._jsonl import JsonlSink, read_jsonl
 from ._memory import MemorySink
@@ -42,5 +43,7 @@ def build(plan: Sequence[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
             provider = require_provider(values.get("meter_provider"))
             if "otel" in plan:  # the otel sink records the same metrics: not twice
                 continue
-            built.append(MetricsSink(provider))
+            built.append(
+                MetricsSink(provider, values.get("http_known_methods", DEFAULT_KNOWN_METHODS))
+            )
     return tuple(built)
