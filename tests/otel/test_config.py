@@ -215,3 +215,39 @@ def test_grpc_without_grpcio_names_the_pip_install_line(monkeypatch: pytest.Monk
     )
     # HTTP needs nothing beyond the standard library.
     assert exporter_config({}).protocol == "http/protobuf"
+
+
+@pytest.mark.parametrize(
+    ("value", "protocol"),
+    [
+        ("api-key=s3cret%0D%0AX-Evil: 1", "http/protobuf"),
+        ("api-key=s3cret%0Ax", "http/protobuf"),
+        ("api-key=s3cret%00", "http/protobuf"),
+        ("api-key=s3cret%E2%82%AC", "http/protobuf"),
+        ("api-key=s3cret%C3%A9", "grpc"),
+        ("api-key=s3cret%7F", "grpc"),
+    ],
+)
+def test_a_header_value_no_request_can_carry_fails_at_configuration_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str, protocol: str
+) -> None:
+    """A percent-decoded ``OTEL_EXPORTER_OTLP_HEADERS`` value with a line break or another
+    control character, or a character the protocol cannot send (HTTP: beyond Latin-1; gRPC
+    metadata: beyond printable ASCII), is refused at configuration in one line naming the
+    variable and the header, never its value (an API key) — not accepted, every export then
+    failing on the worker and the value written to the log."""
+    import stagetrace
+
+    with pytest.raises(ConfigurationError) as info:
+        exporter_config(
+            {"OTEL_EXPORTER_OTLP_HEADERS": value, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+        )
+    message = str(info.value)
+    assert "\n" not in message and "s3cret" not in message
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in message and "'api-key'" in message
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", value)
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        stagetrace.configure(sinks=["otel"])
+    assert "s3cret" not in caplog.text

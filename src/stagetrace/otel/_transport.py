@@ -181,9 +181,12 @@ def exporter_config(
             headers = tuple((str(k).strip(), str(v).strip()) for k, v in raw.items())
         else:
             headers = _parse_headers(str(raw), where)
-        for key, _ in headers:
+        for key, value in headers:
             if not key or not _is_token(key):
                 raise ConfigurationError(f"{where}: {key!r} is not a valid header name")
+            bad = _bad_header_value(value, protocol)
+            if bad:  # the value is often an API key: never shown
+                raise ConfigurationError(f"{where}: the value of {key!r} {bad}")
     if userinfo is not None and not any(k.lower() == "authorization" for k, _ in headers):
         headers += (("Authorization", _basic_auth(userinfo)),)
 
@@ -325,6 +328,21 @@ _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 
 def _is_token(name: str) -> bool:
     return all(c in _TOKEN for c in name)
+
+
+def _bad_header_value(value: str, protocol: str) -> str:
+    """Why no request can carry header `value` ("" when one can): a line break or another
+    control character (``http.client`` refuses it at every export, quoting it in the error;
+    it could also end the header), or a character the protocol cannot send: HTTP/1.1 header
+    values are Latin-1, gRPC metadata values printable ASCII."""
+    for c in value:
+        code = ord(c)
+        if (code < 0x20 and c != "\t") or code == 0x7F:
+            return "holds a control character (a line break?) that no request can carry"
+        if code > (0x7E if protocol == GRPC else 0xFF):
+            allowed = "printable ASCII (gRPC metadata)" if protocol == GRPC else "Latin-1"
+            return f"holds a character a request cannot carry: header values are {allowed}"
+    return ""
 
 
 def _boolean(value: Any, where: str) -> bool:
