@@ -189,6 +189,37 @@ def test_an_unknown_method_of_an_outbound_call_is_other_too() -> None:
     assert span["attributes"]["http.request.method_original"] == "PROPFIND"
 
 
+@pytest.mark.parametrize(
+    ("attrs", "full", "port"),
+    [
+        ({"url.scheme": "http", "server.address": "127.0.0.1", "server.port": 8080,
+          "url.path": "/v1/items", "url.query": "page=REDACTED&debug"},
+         "http://127.0.0.1:8080/v1/items?page=REDACTED&debug", 8080),
+        ({"url.scheme": "https", "server.address": "api.example", "url.path": "/"},
+         "https://api.example/", 443),
+        ({"url.scheme": "http", "server.address": "::1", "url.path": "/x"},
+         "http://[::1]/x", 80),
+    ],
+)  # fmt: skip
+def test_an_outbound_call_has_the_attributes_the_conventions_require(
+    attrs: dict[str, Any], full: str, port: int
+) -> None:
+    """An ``http.client`` span carries what the HTTP semantic conventions make Required on a
+    client span: ``url.full`` (built from the recorded parts, so the query as redacted and no
+    credentials) and ``server.port`` (the scheme's default when the URL named none)."""
+    stages = doc_example()["stages"]
+    call = {"http.request.method": "GET", **attrs, "http.response.status_code": 200}
+    stages.append(
+        {"id": 9, "parent": 4, "kind": "http.client", "name": "GET host",
+         "start_ns": 3960000, "duration_ns": 200000, "self_ns": 200000, "attrs": call,
+         "error": None}
+    )  # fmt: skip
+    span = decoded(timeline(stages=stages))[9]
+    assert span["kind"] == 3
+    assert span["attributes"]["url.full"] == full
+    assert span["attributes"]["server.port"] == port
+
+
 def test_a_websocket_close_code_is_not_exported_as_an_http_status() -> None:
     """A websocket's close code (the timeline's ``status``) is ``stagetrace.websocket.close_code``
     on its server span, never ``http.response.status_code`` (OpenTelemetry has no stable

@@ -374,6 +374,7 @@ def timeline_spans(
                     if type(answer) is int and answer >= 400:
                         status = (STATUS_ERROR, "")
                         attrs.append(("error.type", str(answer)))
+                _client_url(attrs, sattrs)
                 method = sattrs.get("http.request.method")
                 if method is not None and method not in known:
                     _other_method(attrs, method)
@@ -464,6 +465,32 @@ def _root(
             for f in tl.findings
         ]
     return kind, name, status, events
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _client_url(attrs: list[tuple[str, Any]], sattrs: Mapping[str, Any]) -> None:
+    """What the HTTP conventions make Required on a client span beyond what the stage
+    recorded: ``server.port`` (the scheme's default when the URL named none) and ``url.full``,
+    built from the recorded parts — so with the query as it was redacted, and never the
+    URL's ``user:password@``, which is not recorded."""
+    if "url.full" in sattrs:
+        return
+    scheme, host = sattrs.get("url.scheme"), sattrs.get("server.address")
+    if not isinstance(scheme, str) or not isinstance(host, str) or not host:
+        return
+    port = sattrs.get("server.port")
+    default = _DEFAULT_PORTS.get(scheme)
+    if port is None and default is not None:
+        attrs.append(("server.port", default))
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != default:
+        netloc += f":{port}"
+    path = sattrs.get("url.path")
+    query = sattrs.get("url.query")
+    full = f"{scheme}://{netloc}{path if isinstance(path, str) else ''}"
+    attrs.append(("url.full", f"{full}?{query}" if isinstance(query, str) and query else full))
 
 
 def _other_method(attrs: list[tuple[str, Any]], method: Any) -> None:
