@@ -184,9 +184,34 @@ def test_an_unknown_method_of_an_outbound_call_is_other_too() -> None:
          "error": None}
     )  # fmt: skip
     span = decoded(timeline(stages=stages))[9]
-    assert span["name"] == "HTTP dav.example" and span["kind"] == 3
+    assert span["name"] == "HTTP" and span["kind"] == 3
     assert span["attributes"]["http.request.method"] == "_OTHER"
     assert span["attributes"]["http.request.method_original"] == "PROPFIND"
+
+
+@pytest.mark.parametrize(
+    ("stage_name", "attrs"),
+    [
+        ("GET api.example", {"server.address": "api.example", "url.path": "/v1/items/42"}),
+        ("GET /v1/items/42", {"server.address": "", "url.path": "/v1/items/42"}),
+    ],
+)
+def test_an_outbound_call_span_is_named_by_its_method_alone(
+    stage_name: str, attrs: dict[str, Any]
+) -> None:
+    """An ``http.client`` span is named ``{method}``, as the HTTP conventions say when no
+    low-cardinality target (``url.template``) is known — never with the host, and never with
+    the URL path, which they forbid as a target (a host-less URL's stage is named by its
+    path). The host is in ``server.address``, the URL in ``url.full``."""
+    stages = doc_example()["stages"]
+    call = {"http.request.method": "GET", "url.scheme": "http", **attrs}
+    stages.append(
+        {"id": 9, "parent": 4, "kind": "http.client", "name": stage_name,
+         "start_ns": 3960000, "duration_ns": 200000, "self_ns": 200000, "attrs": call,
+         "error": None}
+    )  # fmt: skip
+    span = decoded(timeline(stages=stages))[9]
+    assert span["name"] == "GET" and span["kind"] == 3
 
 
 @pytest.mark.parametrize(

@@ -376,10 +376,13 @@ def timeline_spans(
                         attrs.append(("error.type", str(answer)))
                 _client_url(attrs, sattrs)
                 method = sattrs.get("http.request.method")
-                if method is not None and method not in known:
-                    _other_method(attrs, method)
-                    if name.startswith(f"{method} "):  # "METHOD host"
-                        name = "HTTP" + name[len(method) :]
+                if method is not None:
+                    # "{method}": the conventions' name without a low-cardinality target (the
+                    # stage's "METHOD host" is no target, a host-less URL's "METHOD path" one
+                    # they forbid); the host is server.address, the URL url.full.
+                    name = method if method in known else "HTTP"
+                    if method not in known:
+                        _other_method(attrs, method)
         if encode is not None:
             block = encode(attrs)
             for k, v in times:
