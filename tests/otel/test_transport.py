@@ -120,6 +120,23 @@ def test_retryable_statuses_are_retried_until_accepted(serve: Any) -> None:
     assert [body for _, body in server.requests] == [BODY] * 5
 
 
+@pytest.mark.parametrize("retry_after", ["0", "-5", "0.0001"])
+def test_a_short_retry_after_does_not_make_the_exporter_hammer_the_collector(
+    serve: Any, retry_after: str
+) -> None:
+    """A collector answering 429 with ``Retry-After: 0`` (or a negative or tiny value) again
+    and again is waited for at least as long as the exporter's own backoff between attempts:
+    a handful of requests within a one-second deadline, not one per round trip (thousands,
+    at the overloaded collector that asked to be left alone)."""
+    server = serve([(429, {"Retry-After": retry_after}, b"")])
+    transport = http_transport(server.url)
+    started = time.monotonic()
+    outcome = transport.export(BODY, deadline=started + 1.0)
+    assert outcome.result is ExportResult.RETRYABLE and outcome.detail == "HTTP 429"
+    assert outcome.attempts <= 4, outcome
+    assert len(server.requests) <= 4
+
+
 def test_permanent_statuses_are_not_retried(serve: Any) -> None:
     """400 is a permanent failure: one attempt, reported as FAILED with the status."""
     server = serve([(400, {}, b"")])

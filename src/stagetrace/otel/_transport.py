@@ -436,9 +436,13 @@ class _Backoff:
     woken: threading.Event = field(default_factory=threading.Event)
 
     def sleep(self, attempt: int, deadline: float, hint: float | None = None) -> bool:
-        """Wait before attempt ``attempt + 1``; False when that would pass the deadline."""
-        delay = hint if hint is not None else min(self.maximum, self.initial * 2 ** (attempt - 1))
-        delay *= random.uniform(0.8, 1.2)
+        """Wait before attempt ``attempt + 1``; False when that would pass the deadline. A
+        server's `hint` (``Retry-After``) makes the wait longer, never shorter: a collector
+        answering ``429`` with ``Retry-After: 0`` again and again is not sent a request per
+        round trip until the deadline."""
+        delay = min(self.maximum, self.initial * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+        if hint is not None:
+            delay = max(delay, hint)
         if time.monotonic() + delay >= deadline:
             return False
         return not self.woken.wait(delay)
