@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from ._http.headers import redact_url
 
@@ -495,14 +496,16 @@ def known_options() -> Sequence[tuple[str, str]]:
 
 
 def default_service(environ: Mapping[str, str]) -> str:
-    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, checked
-    as the ``service`` option is (it goes into every timeline)."""
+    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` (whose
+    values are percent-encoded, as the SDK's resource detection reads them), checked as the
+    ``service`` option is (it goes into every timeline)."""
     name = environ.get("OTEL_SERVICE_NAME", "").strip()
     if name:
         return str(coerce("service", name, "environment OTEL_SERVICE_NAME", True))
     for part in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, _, value = part.partition("=")
         if key.strip() == "service.name" and value.strip():
+            value = unquote(value.strip(), errors="surrogateescape")
             return str(coerce("service", value, "environment OTEL_RESOURCE_ATTRIBUTES", True))
     return "unknown_service"
 

@@ -440,6 +440,23 @@ def test_resource_has_service_name_and_sdk_detection(monkeypatch: pytest.MonkeyP
     assert attrs["telemetry.sdk.language"] == "python"
 
 
+def test_a_percent_encoded_service_name_in_resource_attributes_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``OTEL_RESOURCE_ATTRIBUTES`` values are percent-encoded (the specification's format):
+    ``service.name=my%20shop`` names the service ``my shop`` — in stagetrace's ``service``
+    setting and on the exported resource, as the SDK's resource detection decodes it — not
+    ``my%20shop``, which would be a service of its own in every backend."""
+    import stagetrace
+
+    raw = "service.name=my%20shop%2Ceu,team=a%2Cb"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)
+    service = stagetrace.configure().service
+    assert service == "my shop,eu"
+    attrs = resource_attributes(service, {"OTEL_RESOURCE_ATTRIBUTES": raw})
+    assert attrs["service.name"] == "my shop,eu" and attrs["team"] == "a,b"
+
+
 @pytest.mark.parametrize(
     ("rules", "overrides", "kept"),
     [
