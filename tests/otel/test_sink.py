@@ -82,6 +82,37 @@ def test_environment_two_line_setup(collector: Collector, monkeypatch: pytest.Mo
     assert stagetrace.stats()["otel_spans_exported"] == 8
 
 
+@pytest.mark.parametrize("value", ["true", "TRUE", " True "])
+def test_otel_sdk_disabled_turns_the_export_off(
+    collector: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    """``OTEL_SDK_DISABLED=true`` (case-insensitive) is OpenTelemetry's switch for "no
+    telemetry": the ``otel`` sink then sends nothing to the endpoint set beside it, says so
+    once at configuration, and the trace context that names its stage spans (the current
+    span, outbound ``traceparent``) stays off; the other sinks go on, and configuration does
+    not fail (not for ``otel-metrics`` either, which has no MeterProvider then). Any other value
+    leaves the export on."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.http_endpoint)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    caplog.set_level("INFO", logger="stagetrace")
+    settings = stagetrace.configure(sinks=["otel", "otel-metrics", "memory"])
+    assert not settings.otel_context and not settings.propagate_traceparent
+    assert "OTEL_SDK_DISABLED" in caplog.text
+    run_jobs(2)
+    assert stagetrace.flush(5)
+    assert len(stagetrace.recent()) == 2
+    time.sleep(0.3)
+    assert collector.spans() == []
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    stagetrace.configure(sinks=["otel", "memory"])
+    run_jobs(1)
+    assert stagetrace.flush(5)
+    assert len(collector.wait_for_spans(4)) == 4
+
+
 def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: Collector) -> None:
     """Collector stopped: recording stays as fast as before, the export queue stays bounded and
     what does not fit is counted as dropped; collector back: later spans arrive again."""

@@ -17,6 +17,7 @@ Only this module (and only on the provider path) imports the OpenTelemetry SDK.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -25,7 +26,9 @@ from typing import Any
 from .._options import DEFAULT_KNOWN_METHODS, ConfigurationError
 from ._sink import OtelSink, SamplingRules, _attach_extras
 
-__all__ = ["NOWHERE", "build_sink", "global_sdk_provider", "readable_spans"]
+__all__ = ["NOWHERE", "build_sink", "global_sdk_provider", "readable_spans", "sdk_disabled"]
+
+logger = logging.getLogger("stagetrace")
 
 #: The one-line error when the ``otel`` sink has nowhere to send spans.
 NOWHERE = (
@@ -34,6 +37,21 @@ NOWHERE = (
     "configure(tracer_provider=...)"
 )
 INSTALL_HINT = 'pip install "stagetrace[otlp]"'
+
+
+def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``OTEL_SDK_DISABLED`` is true (case-insensitive; any other value is false, as
+    the specification says): OpenTelemetry's switch for "no telemetry", which the ``otel`` sink
+    honours as the SDK does unless given a ``tracer_provider`` — it would otherwise export on
+    its own to the endpoint set for the SDK. Logged, as the sink is then left out."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() != "true":
+        return False
+    logger.info(
+        "stagetrace: OTEL_SDK_DISABLED=true: the otel sink exports nothing "
+        "(and the OpenTelemetry context and outbound traceparent that name its spans are off)"
+    )
+    return True
 
 
 def global_sdk_provider() -> Any:

@@ -34,12 +34,17 @@ def build(plan: Sequence[Any], values: Mapping[str, Any]) -> tuple[Sink, ...]:
         elif item == "memory":
             built.append(MemorySink(values.get("memory_size", 100)))
         elif item == "otel":
-            from ..otel._provider import build_sink
+            from ..otel._provider import build_sink, sdk_disabled
 
+            if values.get("tracer_provider") is None and sdk_disabled():
+                continue  # OpenTelemetry is switched off: no spans, no context naming them
             built.append(build_sink(values))
         elif item == "otel-metrics":
             from ..otel._metrics import MetricsSink, require_provider
+            from ..otel._provider import sdk_disabled
 
+            if values.get("meter_provider") is None and sdk_disabled():
+                continue  # no MeterProvider to be had: not a configuration error
             provider = require_provider(values.get("meter_provider"))
             if "otel" in plan:  # the otel sink records the same metrics: not twice
                 continue
