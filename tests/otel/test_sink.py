@@ -113,6 +113,77 @@ def test_otel_sdk_disabled_turns_the_export_off(
     assert len(collector.wait_for_spans(4)) == 4
 
 
+def _limited_job() -> None:
+    """A job with a long attribute, a list of long strings, and an exception with a long
+    message (an ``exception`` event)."""
+    long_step = stagetrace.stage("step", note="x" * 50, tags=["y" * 30, "z"], short="ok")
+    with pytest.raises(ValueError), stagetrace.timeline("limits"), long_step:
+        raise ValueError("m" * 60)
+
+
+def test_attribute_value_length_limits_apply_as_the_sdk_applies_them(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (else ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``)
+    cuts span attribute strings, those in lists too, and ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+    event attribute strings, as the OpenTelemetry SDK's span limits do: the same values reach
+    the collector over stagetrace's own OTLP path as through an SDK TracerProvider (which
+    stagetrace hands ReadableSpans, bypassing the SDK span's limits). The resource is not
+    limited."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "20")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "10")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "a-service-name-longer-than-the-limits")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.http_endpoint)
+    stagetrace.configure(sinks=["otel"])
+    _limited_job()
+    assert stagetrace.flush(5)
+    (resource, _), _ = collector.wait_for_spans(2)
+    step = {d["name"]: d for d in collector.span_dicts()}["step"]
+    assert resource["service.name"] == "a-service-name-longer-than-the-limits"
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+    _limited_job()
+    assert stagetrace.flush(5)
+    sdk_step = {s.name: s for s in exporter.get_finished_spans()}["step"]
+
+    for attrs in (step["attributes"], dict(sdk_step.attributes)):
+        assert attrs["stagetrace.note"] == "x" * 10
+        assert list(attrs["stagetrace.tags"]) == ["y" * 10, "z"]
+        assert attrs["stagetrace.short"] == "ok"
+    (event,) = step["events"]
+    (sdk_event,) = sdk_step.events
+    for attrs in (event["attributes"], dict(sdk_event.attributes)):
+        assert attrs["exception.message"] == "m" * 20
+
+
+def test_a_tracer_providers_span_limits_apply_to_the_spans_handed_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spans handed to a TracerProvider keep at most its ``SpanLimits``' attributes
+    (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``, 128 by default), the rest counted in
+    ``dropped_attributes`` for its exporter, as its own spans would."""
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=5))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+    with stagetrace.timeline("many"), stagetrace.stage("step", **{f"a{i}": i for i in range(9)}):
+        pass
+    assert stagetrace.flush(5)
+    step = {s.name: s for s in exporter.get_finished_spans()}["step"]
+    assert len(step.attributes) == 5 and step.dropped_attributes == 5  # 9 + stagetrace.kind
+
+
 def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: Collector) -> None:
     """Collector stopped: recording stays as fast as before, the export queue stays bounded and
     what does not fit is counted as dropped; collector back: later spans arrive again."""

@@ -224,6 +224,20 @@ def _any_value(value: Any) -> bytes | None:
     return None
 
 
+def _unlimited(attributes: Attributes | None) -> list[bytes]:
+    """Length-prefixed ``KeyValue`` messages of the resource or the scope: never cut (span
+    limits are the spans'), and not through the attribute caches, which hold span values."""
+    if not attributes:
+        return []
+    items = attributes.items() if isinstance(attributes, Mapping) else attributes
+    out = []
+    for key, value in items:
+        kv = _key_value(key if type(key) is str else str(key), value)
+        if kv is not None:
+            out.append(kv)
+    return out
+
+
 def _int_value(value: int) -> bytes:
     if _INT64_MIN <= value < _INT64_LIMIT:
         return b"\x18" + _varint(value & _UINT64_MASK)
@@ -287,9 +301,16 @@ class SpanEncoder:
         scope_schema_url: str = "",
         cache_limit: int = CACHE_LIMIT,
         cache_bytes: int = CACHE_BYTES,
+        span_value_limit: int | None = None,
+        event_value_limit: int | None = None,
     ) -> None:
         #: Attributes left out because their value's type is not one OTLP can carry.
         self.dropped = 0
+        #: Characters kept of a string value (alone or in a list) of a span attribute and of
+        #: an event attribute, as the SDK's span limits keep them (``max_span_attribute_length``,
+        #: ``max_attribute_length``); None keeps all. The resource and scope are not limited.
+        self._span_value_limit = span_value_limit
+        self._event_value_limit = event_value_limit
         self._limit = cache_limit
         self._key_limit = cache_limit
         self._byte_limit = cache_bytes
@@ -302,7 +323,7 @@ class SpanEncoder:
             scope_msg += _ld(b"\x0a", utf8(scope_name))
         if scope_version:
             scope_msg += _ld(b"\x12", utf8(scope_version))
-        scope_attrs = self._attributes(scope_attributes)
+        scope_attrs = _unlimited(scope_attributes)
         if scope_attrs:
             scope_msg += b"\x1a" + b"\x1a".join(scope_attrs)
         #: ScopeSpans.scope (field 1), written before the spans.
@@ -315,7 +336,7 @@ class SpanEncoder:
     def set_resource(self, resource: Attributes | None) -> None:
         """Encode the resource the next requests carry: at construction, and again in a forked
         worker, whose ``service.instance.id`` is its own."""
-        res_attrs = self._attributes(resource)
+        res_attrs = _unlimited(resource)
         resource_msg = (b"\x0a" + b"\x0a".join(res_attrs)) if res_attrs else b""
         #: ResourceSpans.resource (field 1), written before the scope spans.
         self._resource_field = _ld(b"\x0a", resource_msg)
@@ -342,8 +363,9 @@ class SpanEncoder:
             self._cached_bytes = 0
         return kv
 
-    def _attributes(self, attributes: Attributes | None) -> list[bytes]:
-        """Length-prefixed ``KeyValue`` messages, to be joined with the field's tag."""
+    def _attributes(self, attributes: Attributes | None, limit: int | None = None) -> list[bytes]:
+        """Length-prefixed ``KeyValue`` messages, to be joined with the field's tag; string
+        values (alone or in a list or tuple) cut at `limit` characters, if given."""
         if not attributes:
             return []
         if type(attributes) is dict or isinstance(attributes, Mapping):
@@ -359,6 +381,12 @@ class SpanEncoder:
                     key = str(key)
                 entry = self._key(key)
             t = type(value)
+            if limit is not None:
+                if t is str:
+                    if len(value) > limit:
+                        value = value[:limit]
+                elif t is list or t is tuple:
+                    value = [v[:limit] if type(v) is str else v for v in value]
             # One dict per value type under each key: 1, True and 1.0 are equal dict keys.
             if t is str:
                 kv = entry[1].get(value)
@@ -391,7 +419,7 @@ class SpanEncoder:
         Only valid as span attributes (events and the resource use other field numbers) and
         only with the encoder that made it (or one like it: the bytes do not depend on state).
         """
-        kvs = self._attributes(attributes)
+        kvs = self._attributes(attributes, self._span_value_limit)
         return b"\x4a" + b"\x4a".join(kvs) if kvs else b""
 
     def _events(self, events: Iterable[Sequence[Any]]) -> bytes:
@@ -402,7 +430,7 @@ class SpanEncoder:
             if name:
                 event += _ld(b"\x12", utf8(name))
             if attrs:
-                kvs = self._attributes(attrs)
+                kvs = self._attributes(attrs, self._event_value_limit)
                 if kvs:
                     event += b"\x1a" + b"\x1a".join(kvs)
             out += _ld(b"\x5a", event)
@@ -502,7 +530,7 @@ class SpanEncoder:
                 if type(attrs) is bytes:  # pre-encoded by span_attributes()
                     attr_field = attrs
                 else:
-                    kvs = attributes(attrs)
+                    kvs = attributes(attrs, self._span_value_limit)
                     if kvs:
                         attr_field = b"\x4a" + b"\x4a".join(kvs)
             event_fields = b""

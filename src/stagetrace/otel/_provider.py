@@ -110,7 +110,14 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
         config = exporter_config(env, {"endpoint": endpoint} if endpoint else None)
         resource = partial(resource_attributes, values.get("service", "unknown_service"), env)
-        encoder = SpanEncoder(resource(), "stagetrace", version())
+        span_limit, event_limit = value_length_limits(env)
+        encoder = SpanEncoder(
+            resource(),
+            "stagetrace",
+            version(),
+            span_value_limit=span_limit,
+            event_value_limit=event_limit,
+        )
         sink = OtelSink(
             encoder=encoder,
             transport=make_transport(config),
@@ -123,6 +130,28 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
         )
     _attach_extras(sink, values)
     return sink
+
+
+def _length_limit(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigurationError(f"{name}: {raw!r} is not a whole number of characters (0 or more)")
+    return limit
+
+
+def value_length_limits(env: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """The characters kept of span and of event attribute string values, as the SDK's
+    ``SpanLimits`` reads them: ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``, else
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` for spans; the latter for events; unset: no limit."""
+    general = _length_limit(env, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    span = _length_limit(env, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    return (general if span is None else span), general
 
 
 def provider_processor(provider: Any) -> Callable[[list[tuple[Any, ...]]], None]:
@@ -138,21 +167,30 @@ def provider_processor(provider: Any) -> Callable[[list[tuple[Any, ...]]], None]
     def process(spans: list[tuple[Any, ...]]) -> None:
         # The provider's resource, read for each batch: the SDK gives a provider a new one in
         # a forked child (its own service.instance.id).
-        for span in readable_spans(spans, getattr(provider, "resource", None)):
+        limits = getattr(provider, "_span_limits", None)
+        for span in readable_spans(spans, getattr(provider, "resource", None), limits):
             on_end(span)
 
     return process
 
 
-def readable_spans(spans: list[tuple[Any, ...]], resource: Any = None) -> list[Any]:
-    """SDK ``ReadableSpan`` objects for span tuples (see `_encode.SpanTuple`)."""
-    from opentelemetry.sdk.trace import Event, ReadableSpan
+def readable_spans(
+    spans: list[tuple[Any, ...]], resource: Any = None, limits: Any = None
+) -> list[Any]:
+    """SDK ``ReadableSpan`` objects for span tuples (see `_encode.SpanTuple`), with the
+    provider's span `limits` (an SDK ``SpanLimits``: attribute and event counts, value
+    lengths, dropped counts) applied as the SDK's own spans apply them."""
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+    from opentelemetry.sdk.util import BoundedList
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
     from opentelemetry.trace.span import TraceState
 
     from ._about import version
 
+    if limits is None:
+        limits = SpanLimits()
     scope = InstrumentationScope("stagetrace", version())
     kinds = {1: SpanKind.INTERNAL, 2: SpanKind.SERVER, 3: SpanKind.CLIENT, 4: SpanKind.PRODUCER}
     kinds[5] = SpanKind.CONSUMER
@@ -172,17 +210,28 @@ def readable_spans(spans: list[tuple[Any, ...]], resource: Any = None) -> list[A
                 trace_id, int.from_bytes(parent, "big"), bool(flags & 0x200), tflags, ts
             )
         code, message = status
+        bounded: Any = BoundedList(limits.max_events)
+        for etime, ename, eattrs in events or ():
+            event_attrs = BoundedAttributes(
+                limits.max_event_attributes,
+                dict(eattrs or ()),
+                immutable=True,
+                max_value_len=limits.max_attribute_length,
+            )
+            bounded.append(Event(ename, event_attrs, timestamp=etime))
         out.append(
             ReadableSpan(
                 name=name,
                 context=context,
                 parent=parent_ctx,
                 resource=resource,
-                attributes={k: v for k, v in attrs if v is not None},
-                events=[
-                    Event(ename, dict(eattrs or ()), timestamp=etime)
-                    for etime, ename, eattrs in (events or ())
-                ],
+                attributes=BoundedAttributes(
+                    limits.max_span_attributes,
+                    {k: v for k, v in attrs if v is not None},
+                    immutable=True,
+                    max_value_len=limits.max_span_attribute_length,
+                ),
+                events=bounded,
                 kind=kinds.get(kind, SpanKind.INTERNAL),
                 status=Status(codes.get(code, StatusCode.UNSET), message or None)
                 if code
