@@ -181,6 +181,26 @@ def test_an_incoming_traceparent_and_tracestate_carry_through(client):
     assert body["view"]["carrier"]["tracestate"] == "vendor=abc"
 
 
+@pytest.mark.parametrize(("incoming", "sampled"), [("09", 1), ("ff", 1), ("08", 0)])
+def test_trace_flags_other_than_sampled_are_not_passed_on(client, incoming, sampled):
+    """An incoming ``traceparent`` with flag bits W3C Trace Context does not define set
+    (``09``, ``ff``) is read for its sampled bit only: the stages' span contexts, what
+    ``inject()`` writes for the next service and the exported spans' flags carry ``01`` (or
+    ``00``), as OpenTelemetry's SDK gives its own child spans — W3C says vendors must set
+    those bits to zero, not propagate what they do not understand."""
+    from opentelemetry.sdk.trace import TracerProvider as Provider
+
+    exporter = InMemorySpanExporter()
+    provider = Provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+    body, tl = _get(client, traceparent=f"00-{TRACE}-{PARENT}-{incoming}")
+    assert body["view"]["flags"] == sampled
+    assert body["view"]["carrier"]["traceparent"].endswith(f"-0{sampled}")
+    assert tl.trace_flags == sampled
+    assert {int(s.context.trace_flags) for s in exporter.get_finished_spans()} <= {sampled}
+
+
 def test_sdk_spans_made_in_a_view_nest_under_the_view_stage(client):
     """A span the application starts with the SDK inside a view is a child of the view
     stage's span, in the timeline's trace; inside it, the current span is the SDK span."""

@@ -104,7 +104,9 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 def traceparent(value: str | bytes | None) -> tuple[int, int, int] | None:
     """A W3C ``traceparent`` header as (trace id, parent span id, flags), or None when it is
     missing or invalid (version ``ff``, an all-zero id, extra fields on version 00, ...), in
-    which case it is ignored as the spec says."""
+    which case it is ignored as the spec says. Of the flags only the sampled bit is kept: the
+    others are not defined, and W3C says to set them to zero rather than pass them on (as
+    OpenTelemetry's SDK gives its child spans only the sampled bit)."""
     value = text(value, 512)
     if not value:
         return None
@@ -117,7 +119,7 @@ def traceparent(value: str | bytes | None) -> tuple[int, int, int] | None:
     trace_id, span_id = int(trace, 16), int(parent, 16)
     if not trace_id or not span_id:
         return None
-    return trace_id, span_id, int(flags, 16)
+    return trace_id, span_id, int(flags, 16) & 0x01
 
 
 _TS_KEY = re.compile(

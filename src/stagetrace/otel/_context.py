@@ -203,7 +203,7 @@ def _adopt(tl: Any, found: Any) -> None:
     tl.trace_id = found.trace_id
     tl.parent_span_id = found.span_id
     tl.parent_local = not found.is_remote
-    tl.trace_flags = int(found.trace_flags)
+    tl.trace_flags = int(found.trace_flags) & 0x01  # the sampled bit: see headers.traceparent
     # normalized as an incoming header's: what the timeline writes reads back (schema @3)
     tl.tracestate = _tracestate(found.trace_state.to_header())
 
