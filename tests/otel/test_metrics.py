@@ -87,6 +87,8 @@ def test_the_otel_metrics_sink_records_both_histograms_from_a_django_app():
     ok = by_status[200]
     assert dict(ok.attributes) == {
         "http.request.method": "GET",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
         "http.route": "items/<int:pk>/",
         "http.response.status_code": 200,
     }
@@ -104,6 +106,28 @@ def test_the_otel_metrics_sink_records_both_histograms_from_a_django_app():
     assert db.count == 4 and db.attributes["http.route"] == "items/<int:pk>/"
     want = sum(tl.by_kind["db.query"].self_ns for tl in timelines) / 1e9
     assert db.sum == pytest.approx(want, rel=1e-6)
+
+
+def test_a_request_that_raised_has_its_exception_as_error_type():
+    """A request that ended with an exception (the WSGI app raised through the gateway: no
+    status) gets ``error.type`` on ``http.server.request.duration`` — the exception's type,
+    as on its server span — as the conventions require of a request that ended in error; and
+    ``url.scheme``, which they require on every point."""
+    from stagetrace.wsgi import StagetraceMiddleware
+    from tests.helpers import wsgi_environ
+
+    def app(environ: Any, start_response: Any) -> Any:
+        raise LookupError("unlucky")
+
+    provider, reader = _provider()
+    stagetrace.configure(sinks=["otel-metrics"], meter_provider=provider)
+    with stagetrace.capture() as got, pytest.raises(LookupError):
+        StagetraceMiddleware(app)(wsgi_environ("/boom"), lambda *a: None)
+    stagetrace.flush()
+    assert got[0].root.error is not None
+    (point,) = _points(reader, "http.server.request.duration")
+    assert point.attributes["url.scheme"] == "http"
+    assert point.attributes["error.type"] == got[0].root.error.type
 
 
 def test_metrics_are_recorded_on_the_worker_not_the_request_thread(monkeypatch):

@@ -3,8 +3,9 @@
 Two histograms, recorded on the pipeline's worker, never on the request's thread:
 
 * ``http.server.request.duration`` (seconds) — the HTTP semantic conventions' server metric,
-  by ``http.route``, ``http.request.method``, ``http.response.status_code`` (and
-  ``error.type`` for 5xx), one measurement per HTTP request;
+  by ``http.route``, ``http.request.method``, ``url.scheme``, ``network.protocol.version``,
+  ``http.response.status_code`` (and ``error.type``: the exception that ended the request, else
+  a 5xx status), one measurement per HTTP request;
 * ``stagetrace.stage.duration`` (seconds) — by ``stagetrace.stage.kind`` and ``http.route``:
   for each stage kind a request used, the time it spent in stages of that kind (their self
   time: nested stages count for their own kind), one measurement per kind per request. So
@@ -56,6 +57,10 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, *DURATION_BUCKETS)
 #: ``_OTHER`` (metrics and spans), so a client cannot mint attribute values or span names. The
 #: ``http_known_methods`` option (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``) replaces it.
 KNOWN_METHODS = frozenset(DEFAULT_KNOWN_METHODS)
+
+
+#: Attributes of the request's root stage that ``http.server.request.duration`` carries.
+_FROM_ROOT = ("url.scheme", "network.protocol.version")
 
 
 def meter_provider_or_none(configured: Any = None) -> Any:
@@ -119,13 +124,22 @@ class StageMetrics:
             method = tl.method
             if method is not None:
                 attrs["http.request.method"] = method if method in self.known_methods else "_OTHER"
+            root = tl.root
+            recorded = root.attrs if root is not None else {}
+            for key in _FROM_ROOT:  # url.scheme is Required, the version Recommended
+                value = recorded.get(key)
+                if isinstance(value, str) and value:
+                    attrs[key] = value
             if route:
                 attrs["http.route"] = route
             status = tl.status
+            error = root.error if root is not None else None
             if status is not None:
                 attrs["http.response.status_code"] = status
-                if status >= 500:
-                    attrs["error.type"] = str(status)
+            if error is not None:  # as on the server span: what ended the request
+                attrs["error.type"] = error.type
+            elif status is not None and status >= 500:
+                attrs["error.type"] = str(status)
             self.request_duration.record(tl.duration_ns / 1e9, attrs)
         for kind, summary in tl.by_kind.items():
             if kind == "gateway" or not summary.count:
