@@ -189,9 +189,20 @@ def test_unknown_override_is_refused() -> None:
 
 
 def test_certificate_files_are_kept(tmp_path: Path) -> None:
-    """CERTIFICATE / CLIENT_KEY / CLIENT_CERTIFICATE name existing files and are carried over."""
+    """CERTIFICATE / CLIENT_KEY / CLIENT_CERTIFICATE name existing files and are carried over
+    (a CA file TLS can load: a self-signed certificate)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
     ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-days", "2",
+         "-subj", "/CN=stagetrace test CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     config = exporter_config({"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(ca)})
     assert config.certificate_file == str(ca)
 

@@ -146,3 +146,49 @@ def test_grpc_over_tls_with_the_configured_ca(certs: dict[str, Path]) -> None:
         server.stop(0)
     assert outcome.ok, outcome
     assert received == [BODY]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_certificate_files_that_are_not_pem_fail_in_one_line(
+    certs: dict[str, Path], tmp_path: Path, protocol: str
+) -> None:
+    """A CA file, or a client certificate and key, that TLS cannot load (not PEM, a key that
+    needs a pass phrase) fails at configuration with a one-line ConfigurationError naming the
+    variables — not an ``ssl.SSLError`` traceback out of ``configure()``, nor OpenSSL asking
+    for the pass phrase on the terminal, nor every export failing later (gRPC)."""
+    import stagetrace
+    from stagetrace import ConfigurationError
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(certs["key"]), "-out", str(encrypted), "-aes256",
+         "-passout", "pass:secret"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:9"}
+    if protocol == "grpc":
+        endpoint["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    cases = [
+        ({"OTEL_EXPORTER_OTLP_CERTIFICATE": str(garbage)}, "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": str(garbage),
+          "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs["key"])},
+         "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"),
+        ({"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["server"]),
+          "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(encrypted)}, "encrypted"),
+    ]  # fmt: skip
+    for env, named in cases:
+        with pytest.raises(ConfigurationError) as info:
+            exporter_config({**endpoint, **env})
+        message = str(info.value)
+        assert named in message and "\n" not in message and "secret" not in message
+    good = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(certs["ca"]),
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(certs["server"]),
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(certs["key"])}  # fmt: skip
+    assert exporter_config({**endpoint, **good}).certificate_file == str(certs["ca"])
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(garbage)}.items():
+            mp.setenv(key, value)
+        with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_CERTIFICATE"):
+            stagetrace.configure(sinks=["otel"])

@@ -216,6 +216,7 @@ def exporter_config(
         )
 
     files: dict[str, str | None] = {}
+    sources: dict[str, str] = {}
     for name, option in (
         ("CERTIFICATE", "certificate_file"),
         ("CLIENT_KEY", "client_key_file"),
@@ -225,6 +226,9 @@ def exporter_config(
         if chosen is not None and not os.path.isfile(chosen[0]):
             raise ConfigurationError(f"{chosen[1]}: no such file: {chosen[0]!r}")
         files[option] = chosen[0] if chosen else None
+        if chosen is not None:
+            sources[option] = chosen[1]
+    _check_tls_files(files, sources)
 
     return ExporterConfig(
         url=url,
@@ -235,6 +239,43 @@ def exporter_config(
         secure=secure,
         **files,
     )
+
+
+def _no_password() -> bytes:
+    raise _Encrypted
+
+
+class _Encrypted(Exception):
+    """Raised instead of OpenSSL prompting on the terminal for a key's pass phrase."""
+
+
+def _check_tls_files(files: Mapping[str, str | None], sources: Mapping[str, str]) -> None:
+    """Load the certificate files as the transports will, so that one that is not PEM (or a
+    key that needs a pass phrase) fails here in one line naming its variable, not as an
+    ``ssl.SSLError`` traceback at configuration or a failed connection at every export."""
+    ca = files.get("certificate_file")
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise ConfigurationError(
+                f"{sources['certificate_file']}: {ca!r} holds no PEM certificate ({_describe(exc)})"
+            ) from None
+    cert, key = files.get("client_certificate_file"), files.get("client_key_file")
+    if cert:
+        where = sources["client_certificate_file"]
+        if key:
+            where += f" / {sources['client_key_file']}"
+        try:
+            ssl.create_default_context().load_cert_chain(cert, key, password=_no_password)
+        except _Encrypted:
+            raise ConfigurationError(
+                f"{where}: the client key is encrypted; give an unencrypted PEM key"
+            ) from None
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise ConfigurationError(
+                f"{where}: not a PEM client certificate and its key ({_describe(exc)})"
+            ) from None
 
 
 def _endpoint(
@@ -551,7 +592,9 @@ class HttpTransport:
         if self._https:
             self._ssl = ssl.create_default_context(cafile=config.certificate_file)
             if config.client_certificate_file:
-                self._ssl.load_cert_chain(config.client_certificate_file, config.client_key_file)
+                self._ssl.load_cert_chain(
+                    config.client_certificate_file, config.client_key_file, password=_no_password
+                )
         self._conn: http.client.HTTPConnection | None = None
         self._backoff = _Backoff()
 
