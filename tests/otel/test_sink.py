@@ -184,6 +184,38 @@ def test_a_tracer_providers_span_limits_apply_to_the_spans_handed_to_it(
     assert len(step.attributes) == 5 and step.dropped_attributes == 5  # 9 + stagetrace.kind
 
 
+def test_attribute_and_event_count_limits_apply_on_the_otlp_path(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` (else ``OTEL_ATTRIBUTE_COUNT_LIMIT``, default 128)
+    and ``OTEL_SPAN_EVENT_COUNT_LIMIT`` (default 128) bound what a span sent over
+    stagetrace's OTLP path carries, as the specification's SDK limits say: the attributes
+    beyond the limit are discarded and counted in ``dropped_attributes_count``, the events in
+    ``dropped_events_count`` — a stage given many attributes, a request with many findings,
+    reach the collector within the limits the application set, and the backend is told."""
+    from stagetrace import Finding
+
+    def findings(tl: stagetrace.Timeline) -> list[Finding]:
+        return [Finding(kind="demo", message=f"finding {i}", stages=(0,)) for i in range(7)]
+
+    monkeypatch.setenv("OTEL_ATTRIBUTE_COUNT_LIMIT", "6")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "4")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.http_endpoint)
+    stagetrace.configure(sinks=["otel"], analyzers=[findings])
+    many = {f"a{i}": i for i in range(20)}
+    with stagetrace.timeline("limits"):
+        with stagetrace.stage("wide", **many):
+            pass
+        with stagetrace.stage("narrow", x=1):
+            pass
+    assert stagetrace.flush(5)
+    spans = {span.name: span for _, span in collector.wait_for_spans(3)}
+    wide, narrow, root = spans["wide"], spans["narrow"], spans["limits"]
+    assert len(wide.attributes) == 6 and wide.dropped_attributes_count == 21 - 6
+    assert len(narrow.attributes) == 2 and narrow.dropped_attributes_count == 0
+    assert len(root.events) == 4 and root.dropped_events_count == 3
+
+
 def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: Collector) -> None:
     """Collector stopped: recording stays as fast as before, the export queue stays bounded and
     what does not fit is counted as dropped; collector back: later spans arrive again."""

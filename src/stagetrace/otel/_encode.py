@@ -303,6 +303,9 @@ class SpanEncoder:
         cache_bytes: int = CACHE_BYTES,
         span_value_limit: int | None = None,
         event_value_limit: int | None = None,
+        attribute_count_limit: int | None = None,
+        event_count_limit: int | None = None,
+        event_attribute_count_limit: int | None = None,
     ) -> None:
         #: Attributes left out because their value's type is not one OTLP can carry.
         self.dropped = 0
@@ -311,6 +314,14 @@ class SpanEncoder:
         #: ``max_attribute_length``); None keeps all. The resource and scope are not limited.
         self._span_value_limit = span_value_limit
         self._event_value_limit = event_value_limit
+        #: Attributes a span keeps, events a span keeps, attributes an event keeps (the SDK's
+        #: count limits); the rest are discarded and counted in the span's (event's)
+        #: ``dropped_*_count``, as the specification says. None keeps all. The span attribute
+        #: limit applies to attributes given as pairs; a caller passing pre-encoded bytes
+        #: (`span_attributes`) applies it itself (see `_mapping.timeline_spans`).
+        self.attribute_count_limit = attribute_count_limit
+        self._event_count_limit = event_count_limit
+        self._event_attribute_count_limit = event_attribute_count_limit
         self._limit = cache_limit
         self._key_limit = cache_limit
         self._byte_limit = cache_bytes
@@ -431,8 +442,14 @@ class SpanEncoder:
                 event += _ld(b"\x12", utf8(name))
             if attrs:
                 kvs = self._attributes(attrs, self._event_value_limit)
+                limit = self._event_attribute_count_limit
+                dropped = len(kvs) - limit if limit is not None and len(kvs) > limit else 0
+                if dropped:
+                    kvs = kvs[:limit]
                 if kvs:
                     event += b"\x1a" + b"\x1a".join(kvs)
+                if dropped:  # Event.dropped_attributes_count (field 4)
+                    event += b"\x20" + _varint(dropped)
             out += _ld(b"\x5a", event)
         return out
 
@@ -531,11 +548,21 @@ class SpanEncoder:
                     attr_field = attrs
                 else:
                     kvs = attributes(attrs, self._span_value_limit)
+                    limit = self.attribute_count_limit
+                    if limit is not None and len(kvs) > limit:
+                        attr_field = dropped_attributes_field(len(kvs) - limit)
+                        kvs = kvs[:limit]
                     if kvs:
-                        attr_field = b"\x4a" + b"\x4a".join(kvs)
+                        attr_field = b"\x4a" + b"\x4a".join(kvs) + attr_field
             event_fields = b""
             if events:
-                event_fields = self._events(events)
+                limit = self._event_count_limit
+                if limit is not None and len(events) > limit:
+                    # Span.dropped_events_count (field 12), after the events (field 11)
+                    dropped_events = b"\x60" + _varint(len(events) - limit)
+                    event_fields = self._events(list(events)[:limit]) + dropped_events
+                else:
+                    event_fields = self._events(events)
             if status is last_status and flags == last_flags:
                 tail = last_tail
             else:
@@ -590,6 +617,11 @@ class SpanEncoder:
 
 
 _NOTHING = object()
+
+
+def dropped_attributes_field(count: int) -> bytes:
+    """``Span.dropped_attributes_count`` (field 10), to follow a span's attributes (field 9)."""
+    return b"\x50" + _varint(count)
 
 
 def times_field(start: int, end: int) -> bytes:

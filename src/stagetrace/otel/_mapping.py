@@ -56,6 +56,7 @@ from ._encode import (
     SpanEncoder,
     _pack_times,
     _varint,
+    dropped_attributes_field,
     times_field,
     utf8,
 )
@@ -214,6 +215,8 @@ def _timing_block(key: str, value: int) -> bytes | None:
 
 
 _key_fields: dict[str, tuple[bytes, ...]] = {}
+#: Attributes the mapping may add to a stage's own: kind, short-circuit, findings, 2 timings.
+_MOST_ADDED = 5
 _IN_NS = "stagetrace.middleware.in_ns"
 _OUT_NS = "stagetrace.middleware.out_ns"
 _SELF_NS = "stagetrace.self_time_ns"
@@ -276,8 +279,20 @@ def timeline_spans(
     p_in = _key_fields.get(_IN_NS) or _timing_prefixes(_IN_NS)
     p_out = _key_fields.get(_OUT_NS) or _timing_prefixes(_OUT_NS)
     p_self = _key_fields.get(_SELF_NS) or _timing_prefixes(_SELF_NS)
+    # the encoder's span attribute count limit (`SpanEncoder.attribute_count_limit`): stages
+    # with fewer attributes than that by `_MOST_ADDED` (kind, short-circuit, findings, two
+    # timings) take the common path, others the one that counts and cuts
+    most = None
+    if encoder is not None and encoder.attribute_count_limit is not None:
+        most = encoder.attribute_count_limit - _MOST_ADDED
     for i, p, kind_name, name, start_ns, duration, self_ns, sattrs, err, phases, short in stages:
-        if blocks is not None and i and err is None and kind_name != "http.client":
+        if (
+            blocks is not None
+            and i
+            and err is None
+            and kind_name != "http.client"
+            and (most is None or len(sattrs) <= most)
+        ):
             # The common case on the OTLP path: the span's attributes other than its timings
             # repeat from request to request (same kind, same query text ...): encode them
             # once, and write the timings directly.
@@ -384,10 +399,16 @@ def timeline_spans(
                     if method not in known:
                         _other_method(attrs, method)
         if encode is not None:
-            block = encode(attrs)
-            for k, v in times:
-                t = timing(k, v) if type(v) is int else None
-                block += t if t is not None else encode(((k, v),))
+            limit = encoder.attribute_count_limit  # type: ignore[union-attr]
+            if limit is not None and len(attrs) + len(times) > limit:
+                # beyond the limit: discarded, and counted (Span.dropped_attributes_count)
+                every = [*attrs, *times]
+                block = encode(every[:limit]) + dropped_attributes_field(len(every) - limit)
+            else:
+                block = encode(attrs)
+                for k, v in times:
+                    t = timing(k, v) if type(v) is int else None
+                    block += t if t is not None else encode(((k, v),))
             span_attrs: Any = block
         else:
             span_attrs = attrs + list(times)

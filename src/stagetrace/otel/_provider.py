@@ -111,12 +111,16 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
         config = exporter_config(env, {"endpoint": endpoint} if endpoint else None)
         resource = partial(resource_attributes, values.get("service", "unknown_service"), env)
         span_limit, event_limit = value_length_limits(env)
+        attributes, events, event_attributes = count_limits(env)
         encoder = SpanEncoder(
             resource(),
             "stagetrace",
             version(),
             span_value_limit=span_limit,
             event_value_limit=event_limit,
+            attribute_count_limit=attributes,
+            event_count_limit=events,
+            event_attribute_count_limit=event_attributes,
         )
         sink = OtelSink(
             encoder=encoder,
@@ -132,7 +136,24 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
     return sink
 
 
-def _length_limit(env: Mapping[str, str], name: str) -> int | None:
+def count_limits(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """Attributes a span keeps, events a span keeps, attributes an event keeps, as the SDK's
+    ``SpanLimits`` reads them: ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` /
+    ``OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT``, else ``OTEL_ATTRIBUTE_COUNT_LIMIT``, else 128;
+    ``OTEL_SPAN_EVENT_COUNT_LIMIT``, else 128."""
+    general = _length_limit(env, "OTEL_ATTRIBUTE_COUNT_LIMIT", "attributes")
+    fallback = 128 if general is None else general
+    span = _length_limit(env, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "attributes")
+    events = _length_limit(env, "OTEL_SPAN_EVENT_COUNT_LIMIT", "events")
+    event = _length_limit(env, "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "attributes")
+    return (
+        fallback if span is None else span,
+        128 if events is None else events,
+        fallback if event is None else event,
+    )
+
+
+def _length_limit(env: Mapping[str, str], name: str, unit: str = "characters") -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
@@ -141,7 +162,7 @@ def _length_limit(env: Mapping[str, str], name: str) -> int | None:
     except ValueError:
         limit = -1
     if limit < 0:
-        raise ConfigurationError(f"{name}: {raw!r} is not a whole number of characters (0 or more)")
+        raise ConfigurationError(f"{name}: {raw!r} is not a whole number of {unit} (0 or more)")
     return limit
 
 
