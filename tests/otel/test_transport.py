@@ -312,6 +312,42 @@ def test_partial_success_is_reported(serve: Any) -> None:
     assert partial_success_rejected(b"\x0a\x05\xff") == (0, "")  # truncated: ignored, no error
 
 
+def test_spans_the_collector_rejects_are_warned_about_not_only_counted(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the collector accepts a request but reports spans it rejected (OTLP partial
+    success), those spans are lost: besides ``otel_spans_rejected`` in ``stats()``, a warning
+    says how many and the collector's reason — once, until an export is accepted whole — as
+    export failures are warned about, so the loss is not silent."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTracePartialSuccess,
+        ExportTraceServiceResponse,
+    )
+
+    import stagetrace
+    from stagetrace.otel._encode import SpanEncoder
+    from stagetrace.otel._sink import OtelSink
+
+    reply = ExportTraceServiceResponse(
+        partial_success=ExportTracePartialSuccess(rejected_spans=2, error_message="too old")
+    ).SerializeToString()
+    server = serve([(200, {}, reply), (200, {}, reply), (200, {}, b"")])
+    sink = OtelSink(
+        encoder=SpanEncoder({"service.name": "x"}), transport=http_transport(server.url)
+    )
+    stagetrace.configure(sinks=[sink])
+    caplog.set_level("WARNING", logger="stagetrace")
+    for _ in range(3):
+        with stagetrace.timeline("job"), stagetrace.stage("step"):
+            pass
+        assert stagetrace.flush(5)
+    stats = stagetrace.stats()
+    assert stats["otel_spans_rejected"] == 4 and stats["otel_spans_exported"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "reject" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "2 spans" in warnings[0] and "too old" in warnings[0]
+
+
 def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     """A real gRPC server answering UNAVAILABLE once: the export retries and succeeds; headers
     arrive as metadata, the endpoint's credentials as Basic auth (not in the target); our bytes

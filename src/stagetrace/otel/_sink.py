@@ -145,7 +145,8 @@ class _Exporter:
     def __init__(self, transport: Transport, max_spans: int) -> None:
         self.transport = transport
         self.max_spans = max_spans
-        #: Warned about the collector since it last accepted a request (one warning an outage).
+        #: Warned about the collector since it last accepted a request whole (one warning an
+        #: outage, or a run of partial successes).
         self._warned = False
         try:
             transport.on_retry = self._retrying
@@ -209,10 +210,23 @@ class _Exporter:
                     logger.warning("stagetrace: OTLP export failed: %r", exc, exc_info=exc)
             else:
                 if outcome.result is ExportResult.OK:
-                    counters["otel_spans_exported"] += spans - outcome.rejected
-                    if outcome.rejected:
-                        counters["otel_spans_rejected"] += outcome.rejected
-                    self._warned = False
+                    rejected = min(outcome.rejected, spans)
+                    counters["otel_spans_exported"] += spans - rejected
+                    if not rejected:
+                        self._warned = False
+                    else:  # lost as surely as in a failed export: said once, as failures are
+                        counters["otel_spans_rejected"] += rejected
+                        if not self._warned:
+                            self._warned = True
+                            logger.warning(
+                                "stagetrace: the collector at %s rejected %d spans of %d (%s); "
+                                "rejected spans are not retried, they are counted "
+                                "(otel_spans_rejected)",
+                                self.transport.config.display_url,
+                                rejected,
+                                spans,
+                                outcome.detail[:200] or "no reason given",
+                            )
                 else:
                     counters["otel_export_failures"] += 1
                     counters["otel_spans_failed"] += spans
