@@ -11,7 +11,8 @@ holding
   celery, httpx, a user's ``tracer.start_as_current_span``) nest under the stage that made
   them, and ``opentelemetry.propagate.inject()`` in a view writes this trace's traceparent —
   without a context attached per stage (entering a stage stays one list append);
-* the baggage of the incoming W3C ``baggage`` header (malformed entries ignored);
+* the baggage of the incoming W3C ``baggage`` header (malformed entries dropped silently: read
+  by stagetrace, not by OpenTelemetry's extractor, which logs each one a client sends);
 * when the application's OpenTelemetry propagator is not W3C's (``OTEL_PROPAGATORS=b3``,
   ``jaeger``, ``tracecontext`` without ``baggage``, ``none``, or ``set_global_textmap``): what
   *that* propagator extracts from the request — the remote parent (B3 headers, say) and the
@@ -35,6 +36,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder
+from .._http.headers import baggage as _parse_baggage
 from .._http.headers import tracestate as _tracestate
 from .._options import ConfigurationError
 
@@ -49,7 +51,7 @@ def _load(option: str) -> dict[str, Any]:
         return _api
     try:
         from opentelemetry import context, trace
-        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.baggage import set_baggage
         from opentelemetry.context import Context
         from opentelemetry.trace import (
             INVALID_SPAN_CONTEXT,
@@ -157,7 +159,7 @@ def _load(option: str) -> dict[str, Any]:
         context=context,
         Context=Context,
         trace=trace,
-        baggage=W3CBaggagePropagator(),
+        set_baggage=set_baggage,
         StageSpan=StageSpan,
         suppress_key=suppress_key,
         span_key=span_key,
@@ -184,6 +186,10 @@ class _InQuery:
 
 
 IN_QUERY = _InQuery()
+
+#: A baggage member longer than this OpenTelemetry's W3C propagator would not pass on (with a
+#: warning per request): not taken in either.
+_MAX_MEMBER = 4096
 
 #: The headers of OpenTelemetry's default propagator, W3C trace context and baggage.
 _W3C = ("baggage", "traceparent", "tracestate")
@@ -297,7 +303,7 @@ class ContextHook:
         self._context = api["context"]
         self._Context = api["Context"]
         self._trace = api["trace"]
-        self._baggage = api["baggage"]
+        self._set_baggage = api["set_baggage"]
         self._StageSpan = api["StageSpan"]
         self._span_key = api["span_key"]
         key = api["suppress_key"]
@@ -352,7 +358,16 @@ class ContextHook:
         if propagation is None or carrier is None:  # parent came with it, or W3C)
             value = _header(request, "baggage")
             if value is not None:
-                ctx = self._baggage.extract({"baggage": value}, context=ctx)
+                # stagetrace's own reading, which drops bad members silently: OpenTelemetry's
+                # extractor logs a warning per bad member quoting it (a client could write
+                # dozens of lines, tokens included, per request), and a header over its size
+                # limit whole.
+                members = _parse_baggage(value)
+                if members:
+                    set_baggage = self._set_baggage
+                    for name, member in members.items():
+                        if len(name) + len(member) < _MAX_MEMBER:  # what inject() would drop
+                            ctx = set_baggage(name, member, ctx)
         else:
             ctx = self._extract(tl, carrier, propagation, ctx, adopted)
         span = self._StageSpan(tl.trace_id, tl.span_id, tl.trace_flags, tl.tracestate)
