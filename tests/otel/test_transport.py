@@ -390,6 +390,58 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     assert seen[1][1]["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def test_grpc_retry_info_delay_is_honoured() -> None:
+    """A collector answering RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` detail (its
+    way to say when to come back, as an HTTP collector's ``Retry-After``) is not called again
+    before that delay: the OTLP specification says the client should honour it, and the
+    official exporter does. Our own backoff's shorter wait does not cut it short."""
+    duration = b"\x10" + _varint(700_000_000)  # 0.7 s
+    retry_info = _ld(0x0A, duration)
+    detail = _ld(0x0A, b"type.googleapis.com/google.rpc.RetryInfo") + _ld(0x12, retry_info)
+    status = b"\x08\x08" + _ld(0x12, b"slow down") + _ld(0x1A, detail)
+    calls: list[float] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            context.set_trailing_metadata((("grpc-status-details-bin", status),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        transport = GrpcTransport(
+            exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+        )
+        _open.append(transport)
+        transport._backoff.initial = 0.01
+        outcome = transport.export(BODY, deadline=time.monotonic() + 10)
+    finally:
+        server.stop(0)
+    assert outcome.ok and outcome.attempts == 2, outcome
+    assert calls[1] - calls[0] >= 0.7 * 0.95
+
+
 def test_grpc_unreachable_fails_within_the_deadline() -> None:
     """Nothing listening: UNAVAILABLE until the deadline, reported as retryable, on time."""
     with socket.socket() as s:

@@ -771,12 +771,13 @@ class GrpcTransport:
                 detail = f"gRPC {getattr(code, 'name', code)}"
                 if code not in self._retryable:
                     return ExportOutcome(ExportResult.FAILED, attempt, detail)
+                retry_after = _retry_info_delay(exc)
             else:
                 rejected, message = partial_success_rejected(response or b"")
                 return ExportOutcome(ExportResult.OK, attempt, message, rejected)
             if attempt == 1 and self.on_retry is not None:
                 self.on_retry(detail)
-            if not self._backoff.sleep(attempt, deadline):
+            if not self._backoff.sleep(attempt, deadline, retry_after):
                 return ExportOutcome(ExportResult.RETRYABLE, attempt, detail)
 
     def close(self) -> None:
@@ -785,6 +786,62 @@ class GrpcTransport:
         channel, self._channel, self._call = self._channel, None, None
         if channel is not None:
             channel.close()
+
+
+_RETRY_INFO = b"type.googleapis.com/google.rpc.RetryInfo"
+
+
+def _retry_info_delay(exc: Any) -> float | None:
+    """The delay a gRPC error's ``google.rpc.RetryInfo`` asks for (in the trailing
+    ``grpc-status-details-bin`` metadata: a ``google.rpc.Status`` whose ``details`` may hold
+    it), in seconds; None when there is none or it cannot be read. The OTLP specification's
+    counterpart of HTTP's ``Retry-After``."""
+    try:
+        trailers = exc.trailing_metadata() or ()
+        raw = next((v for k, v in trailers if k == "grpc-status-details-bin"), None)
+        if not isinstance(raw, bytes):
+            return None
+        for detail in _fields(raw, 3):  # Status.details: repeated Any
+            if _field(detail, 1) == _RETRY_INFO:  # Any.type_url
+                delay = _field(_field(detail, 2) or b"", 1)  # RetryInfo.retry_delay
+                if delay is None:
+                    return None
+                seconds = nanos = 0
+                pos = 0
+                while pos < len(delay):  # Duration: seconds (1), nanos (2), both varints
+                    tag, pos = _read_varint(delay, pos)
+                    value, pos = _read_varint(delay, pos)
+                    if tag == 0x08:
+                        seconds = value
+                    elif tag == 0x10:
+                        nanos = value
+                return max(0.0, min(seconds + nanos / 1e9, 3600.0))
+    except Exception:  # a malformed detail: our own backoff
+        return None
+    return None
+
+
+def _fields(data: bytes, wanted: int) -> list[bytes]:
+    """Every length-delimited field `wanted` of a message (a repeated message field)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        tag, pos = _read_varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 2:
+            size, pos = _read_varint(data, pos)
+            if number == wanted:
+                out.append(data[pos : pos + size])
+            pos += size
+        elif wire == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError("unsupported wire type")
+    return out
 
 
 def _read(path: str | None) -> bytes | None:
