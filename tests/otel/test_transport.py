@@ -137,6 +137,21 @@ def test_a_short_retry_after_does_not_make_the_exporter_hammer_the_collector(
     assert len(server.requests) <= 4
 
 
+def test_a_retry_after_given_as_a_date_is_honoured(serve: Any) -> None:
+    """``Retry-After`` may be an HTTP date (RFC 9110) as well as seconds: a 503 saying "not
+    before two seconds from now" in that form is waited for, not read as no hint at all."""
+    from email.utils import formatdate
+
+    when = formatdate(time.time() + 2, usegmt=True)
+    server = serve([(503, {"Retry-After": when}, b""), (200, {}, b"")])
+    transport = http_transport(server.url)
+    transport._backoff.initial = 0.01
+    started = time.monotonic()
+    outcome = transport.export(BODY, deadline=started + 10)
+    assert outcome.ok and outcome.attempts == 2, outcome
+    assert time.monotonic() - started >= 0.9  # the date has whole seconds: 1 to 2 s left
+
+
 def test_permanent_statuses_are_not_retried(serve: Any) -> None:
     """400 is a permanent failure: one attempt, reported as FAILED with the status."""
     server = serve([(400, {}, b"")])

@@ -15,6 +15,8 @@ which the ``otlp`` extra installs.
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import http.client
 import os
 import random
@@ -674,12 +676,21 @@ class HttpTransport:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: a number of seconds or an HTTP date
+    (RFC 9110 allows both); None when it is neither. At most an hour."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return min(max(0.0, float(value)), 3600.0)
     except ValueError:
-        return None  # an HTTP date: use our own backoff
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return min(max(0.0, when.timestamp() - time.time()), 3600.0)
 
 
 def _describe(exc: BaseException) -> str:
