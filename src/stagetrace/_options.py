@@ -611,6 +611,7 @@ def sink_plan(values: Mapping[str, Any]) -> tuple[Any, ...]:
 def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Settings:
     """The `Settings` object for resolved values and built sinks."""
     data = dict(values)
+    named = {s for s in values.get("sinks") or () if isinstance(s, str)}
     data["sinks"] = sinks
     # Trace context that names stage spans (the OpenTelemetry current span, an outbound
     # traceparent) only where those spans reach a collector: otherwise the spans of other
@@ -619,6 +620,9 @@ def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Setting
     hooked = any(getattr(s, "context_hook", None) is not None for s in sinks)
     if data.get("otel_context") is None:
         data["otel_context"] = hooked
+    elif data["otel_context"] and not exports and "otel" in named:
+        # The otel sink was asked for and left out (OTEL_SDK_DISABLED=true): so is its context.
+        data["otel_context"] = False
     elif data["otel_context"] and not exports:
         raise ConfigurationError(
             "stagetrace option 'otel_context' needs the otel sink (sinks=[..., 'otel']): "

@@ -216,6 +216,21 @@ def test_attribute_and_event_count_limits_apply_on_the_otlp_path(
     assert len(root.events) == 4 and root.dropped_events_count == 3
 
 
+def test_otel_sdk_disabled_does_not_fail_an_explicit_otel_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An application configured with ``otel_context=True`` beside the ``otel`` sink starts in
+    an environment that sets ``OTEL_SDK_DISABLED=true`` (a CI job, a local run): the sink is
+    left out, and so is the context that would name its spans — not a ConfigurationError
+    saying the otel sink is missing, which would stop the application from starting."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    settings = stagetrace.configure(sinks=["otel", "memory"], otel_context=True)
+    assert not settings.otel_context
+    with pytest.raises(ConfigurationError, match="needs the otel sink"):
+        stagetrace.configure(sinks=["memory"], otel_context=True)  # still a mistake
+
+
 def test_collector_outage_costs_requests_nothing_and_export_resumes(collector: Collector) -> None:
     """Collector stopped: recording stays as fast as before, the export queue stays bounded and
     what does not fit is counted as dropped; collector back: later spans arrive again."""
