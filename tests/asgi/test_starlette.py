@@ -519,3 +519,27 @@ def test_a_request_the_outer_app_left_out_is_not_sampled_again_in_a_mounted_app(
     with stagetrace.capture() as got:
         assert TestClient(outer).get("/api/x").text == "x"
     assert got == [] and len(draws) == 1
+
+
+def test_a_request_the_asgi_middleware_left_out_is_not_sampled_again_by_the_app_inside(
+    instrumented, monkeypatch
+):
+    """Wrapped twice — `StagetraceMiddleware` around an app that `instrument()` covers too —
+    a request is drawn once, at the outer gateway: one it samples out runs through the app
+    unrecorded. The app's own gateway used to draw again and record it (with sample_rate
+    0.5, three requests in four recorded)."""
+    from stagetrace import _recorder
+    from stagetrace.asgi import StagetraceMiddleware
+
+    draws: list[str | None] = []
+
+    def first_no_then_yes(cfg, path):
+        draws.append(path)
+        return len(draws) > 1
+
+    monkeypatch.setattr(_recorder, "sampled", first_no_then_yes)
+    inner = Starlette(routes=[Route("/x", lambda request: PlainTextResponse("x"))])
+    app = StagetraceMiddleware(inner, http_clients=False, sql=False, sinks=[])
+    with stagetrace.capture() as got:
+        assert TestClient(app).get("/x").text == "x"
+    assert got == [] and draws == ["/x"]

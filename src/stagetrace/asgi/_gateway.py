@@ -15,6 +15,7 @@ never changed (except adding the request id header when ``echo_request_id`` is o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from .. import _pipeline, _recorder, _runtime
@@ -38,6 +39,14 @@ MAX_MESSAGE_STAGES = 100
 #: What `decide` says of a connection that will not be recorded.
 PASS: Any = object()
 
+#: ``[True]`` while a connection a gateway left out (disabled, excluded, sampled out) runs
+#: through its app: a gateway inside it — an app `instrument()` covers, wrapped in
+#: `StagetraceMiddleware` too — takes no second draw, which would record a request the outer
+#: gateway left out (with sample_rate 0.5, three requests in four). A list, emptied when the
+#: connection ends: a task it started that outlives it (holding a copy of the context) is no
+#: longer inside it, as a task outliving a recorded request is not inside its timeline.
+_left_out: ContextVar[list[bool] | None] = ContextVar("stagetrace.asgi.left_out", default=None)
+
 
 def decide(scope: Scope) -> Any:
     """Decide, before the connection's coroutine exists, whether it will be recorded: `PASS`
@@ -48,6 +57,8 @@ def decide(scope: Scope) -> Any:
     try:
         if scope.get("type") not in ("http", "websocket") or _recorder.current() is not None:
             return None
+        if _left_out.get():
+            return PASS
         cfg = _runtime.active()
         if not cfg.enabled:
             return PASS
@@ -329,6 +340,9 @@ async def serve(
     if kind not in ("http", "websocket"):
         await app(scope, receive, _flushing_at_shutdown(send) if kind == "lifespan" else send)
         return
+    if _left_out.get():  # an outer gateway left this connection out
+        await app(scope, receive, send)
+        return
     prev = _recorder.current()
     try:
         tl = _recorder.timeline_of(prev)
@@ -352,7 +366,13 @@ async def serve(
         _recorder.restore(prev)
         observer = None
     if observer is None:
-        await app(scope, receive, send)
+        mark = [True]
+        _left_out.set(mark)
+        try:
+            await app(scope, receive, send)
+        finally:
+            mark.clear()  # (and the context as it was: set, not reset, which cannot fail)
+            _left_out.set(None)
         return
     try:
         await app(scope, observer.receive(receive), observer.send(send))
