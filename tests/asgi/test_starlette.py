@@ -543,3 +543,27 @@ def test_a_request_the_asgi_middleware_left_out_is_not_sampled_again_by_the_app_
     with stagetrace.capture() as got:
         assert TestClient(app).get("/x").text == "x"
     assert got == [] and draws == ["/x"]
+
+
+def test_a_status_given_as_an_http_status_member_is_recorded_as_its_number(instrumented):
+    """Starlette sends a response's ``status_code`` as the app gave it: an ``HTTPStatus``
+    member (an ``int`` subclass) from ``Response(status_code=HTTPStatus.CREATED)`` or
+    ``HTTPException(HTTPStatus.NOT_FOUND)``. The timeline's status and
+    ``http.response.status_code`` are that number, a plain ``int``; they used to be left
+    empty, so a 5xx given this way was not an error anywhere."""
+    from http import HTTPStatus
+
+    async def created(request):
+        return PlainTextResponse("x", status_code=HTTPStatus.CREATED)
+
+    async def unavailable(request):
+        raise HTTPException(HTTPStatus.SERVICE_UNAVAILABLE)
+
+    app = Starlette(routes=[Route("/created", created), Route("/unavailable", unavailable)])
+    client = TestClient(app)
+    with stagetrace.capture() as got:
+        assert client.get("/created").status_code == 201
+        assert client.get("/unavailable").status_code == 503
+    assert [tl.status for tl in got] == [201, 503]
+    codes = [tl.stages[0].attrs.get("http.response.status_code") for tl in got]
+    assert codes == [201, 503] and all(type(code) is int for code in codes)

@@ -162,7 +162,7 @@ class _Http:
         root = self.root
         tl = _recorder.timeline_of(root)
         status = message.get("status")
-        self.status = status if type(status) is int else None
+        self.status = _number(status)
         if tl is None:
             return message
         tl.status = self.status
@@ -263,7 +263,7 @@ class _Websocket:
                     self.received_bytes += _size(message)
                 elif kind == "websocket.disconnect" and self.close_code is None:
                     code = message.get("code", 1005)
-                    self.close_code = code if type(code) is int else 1005
+                    self.close_code = _number(code, 1005)
             except Exception as exc:
                 _recorder.internal_error("asgi.websocket.receive", exc)
             return message
@@ -285,7 +285,7 @@ class _Websocket:
                     rec = _recorder.enter("response.write", "websocket.accept")
                 elif kind == "websocket.close" and self.close_code is None:
                     code = message.get("code", 1000)
-                    self.close_code = code if type(code) is int else 1000
+                    self.close_code = _number(code, 1000)
             except Exception as exc:
                 _recorder.internal_error("asgi.websocket.send", exc)
                 kind = None
@@ -315,6 +315,17 @@ class _Websocket:
         if self.close_code is not None:
             attrs["websocket.close_code"] = self.close_code
         end_http(self.root, self.close_code, None, exc)
+
+
+def _number(value: Any, default: int | None = None) -> int | None:
+    """A status or close code as a plain ``int``: an ``int`` subclass (``HTTPStatus.CREATED``,
+    which Starlette sends as the app gave it) counts as its number; anything else (a bool
+    included) as `default`."""
+    if type(value) is int:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return default
 
 
 def _size(message: Message) -> int:
