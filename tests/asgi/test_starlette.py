@@ -567,3 +567,28 @@ def test_a_status_given_as_an_http_status_member_is_recorded_as_its_number(instr
     assert [tl.status for tl in got] == [201, 503]
     codes = [tl.stages[0].attrs.get("http.response.status_code") for tl in got]
     assert codes == [201, 503] and all(type(code) is int for code in codes)
+
+
+def test_a_request_the_app_left_out_is_not_sampled_again_by_the_asgi_middleware_inside(
+    instrumented, monkeypatch
+):
+    """The other way round: `StagetraceMiddleware` added to an app `instrument()` covers. The
+    app's gateway draws; a request it leaves out runs through the middleware unrecorded. On
+    Python 3.12+, where the app hands an unrecorded request its own coroutine, the middleware
+    used to draw again and record the rest of the request as a timeline of its own."""
+    from stagetrace import _recorder
+    from stagetrace.asgi import StagetraceMiddleware
+
+    draws: list[str | None] = []
+
+    def first_no_then_yes(cfg, path):
+        draws.append(path)
+        return len(draws) > 1
+
+    monkeypatch.setattr(_recorder, "sampled", first_no_then_yes)
+    stagetrace.configure(sinks=[])
+    app = Starlette(routes=[Route("/x", lambda request: PlainTextResponse("x"))])
+    app.add_middleware(StagetraceMiddleware, http_clients=False, sql=False)
+    with stagetrace.capture() as got:
+        assert TestClient(app).get("/x").text == "x"
+    assert got == [] and draws == ["/x"]

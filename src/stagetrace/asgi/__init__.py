@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import _runtime, dbapi, httpclients
 from .. import sqlalchemy as _sqlalchemy
+from . import _gateway
 from ._gateway import ASGIApp, Receive, Scope, Send, serve
 
 __all__ = ["StagetraceMiddleware"]
@@ -56,4 +57,7 @@ class StagetraceMiddleware:
             dbapi.install()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "app" in scope and _gateway.app_decided(scope):  # (a server sets no "app")
+            await self.app(scope, receive, send)
+            return
         await serve(self.app, scope, receive, send, self.framework)

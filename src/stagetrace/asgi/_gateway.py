@@ -48,6 +48,17 @@ PASS: Any = object()
 _left_out: ContextVar[list[bool] | None] = ContextVar("stagetrace.asgi.left_out", default=None)
 
 
+def _no_app_decided(scope: Scope) -> bool:
+    return False
+
+
+#: Whether the app that set the scope's ``app`` — an app an adapter covers, around a
+#: `StagetraceMiddleware` — took the decision already. The Starlette adapter sets it while
+#: installed: on Python 3.12+ such an app hands a request it leaves out its own coroutine,
+#: without any of ours that could set `_left_out`.
+app_decided: Callable[[Scope], bool] = _no_app_decided
+
+
 def decide(scope: Scope) -> Any:
     """Decide, before the connection's coroutine exists, whether it will be recorded: `PASS`
     for an HTTP request or websocket that will not be (stagetrace disabled, the path excluded

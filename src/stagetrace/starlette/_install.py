@@ -580,6 +580,12 @@ def _mounted_in(app: Any, scope: Any) -> bool:
         return False
 
 
+def _decided_by_app(scope: Any) -> bool:
+    """For `_gateway.app_decided`: the scope's ``app`` is an app this adapter covers, whose
+    gateway decided whether the request is recorded."""
+    return _mounted_in(None, scope)
+
+
 def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
@@ -656,6 +662,7 @@ def _install_core() -> None:
     _starlette_app = applications.Starlette
     patcher.wrap(applications.Starlette, "__call__", _app_call)
     patcher.wrap(applications.Starlette, "build_middleware_stack", _build)
+    patcher.replace(_gateway, "app_decided", _decided_by_app)
 
     def middleware_iter(orig: Any) -> Any:
         def __iter__(self: Any) -> Any:
