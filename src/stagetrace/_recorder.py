@@ -1221,6 +1221,19 @@ def nearest_open(kind: str, limit: int = 32, dropped: bool = False) -> Record | 
     return None
 
 
+def open_of(kinds: frozenset[str], limit: int = 32) -> bool:
+    """Whether a stage of one of `kinds` is open around the current position (one past
+    `max_stages` too): `nearest_open` for several kinds at once, in one walk."""
+    rec = _get()
+    for _ in range(limit):
+        if rec is None:
+            return False
+        if rec[KIND] in kinds and not rec[END]:
+            return True
+        rec = rec[PARENT]
+    return False
+
+
 def _attrs_now(raw: Any) -> dict[str, Any]:
     if not raw:
         return {}

@@ -592,3 +592,40 @@ def test_a_request_the_app_left_out_is_not_sampled_again_by_the_asgi_middleware_
     with stagetrace.capture() as got:
         assert TestClient(app).get("/x").text == "x"
     assert got == [] and draws == ["/x"]
+
+
+def test_an_app_called_in_process_from_an_endpoint_leaves_the_requests_route_alone(
+    instrumented, captured
+):
+    """An endpoint, or a background task after the response, that calls another app in the
+    same process (``httpx.ASGITransport``) gets that app's stages inside its own, but the
+    timeline's route stays the template that matched the request: the inner app's routing
+    used to overwrite it, so ``GET /orders/1`` was reported (and exported) as
+    ``/inventory/{sku}``."""
+    httpx = pytest.importorskip("httpx")
+
+    async def sku(request):
+        return PlainTextResponse("in stock")
+
+    inventory = Starlette(routes=[Route("/inventory/{sku}", sku)])
+
+    async def ask_inventory():
+        transport = httpx.ASGITransport(inventory)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inventory") as client:
+            return (await client.get("/inventory/abc")).text
+
+    async def order(request):
+        return JSONResponse({"stock": await ask_inventory()})
+
+    async def refill(request):
+        return PlainTextResponse("queued", background=BackgroundTask(ask_inventory))
+
+    app = Starlette(routes=[Route("/orders/{order_id}", order), Route("/refill/{n}", refill)])
+    client = TestClient(app)
+    assert client.get("/orders/1").json() == {"stock": "in stock"}
+    assert client.get("/refill/1").text == "queued"
+    assert [tl.route for tl in captured] == ["/orders/{order_id}", "/refill/{n}"]
+    assert [s.name for s in named(captured[0], "route")] == [
+        "/orders/{order_id}",
+        "/inventory/{sku}",
+    ]

@@ -268,9 +268,19 @@ def _matched(rec: Any, template: str, route: Any) -> None:
         attrs["starlette.route_name"] = name
     _recorder.set_attrs(rec, attrs)
     tl = _recorder.timeline_of(rec)
-    if tl is not None:
+    if tl is not None and not _called_in_process():
         tl.route = template
     _recorder.finish(rec)
+
+
+_APP_CODE = frozenset(("view", "task"))
+
+
+def _called_in_process() -> bool:
+    """Whether routing runs inside an endpoint or a background task: another app's, called in
+    process (``httpx.ASGITransport``), whose stages join the caller's timeline — but the
+    request's route is still the one that led to that endpoint."""
+    return _recorder.open_of(_APP_CODE)
 
 
 def _endpoint_name(raw: tuple[Any, Any]) -> str:
