@@ -1872,11 +1872,17 @@ def carry(
     content: Iterable[Any],
     at: Record | None,
     done: Callable[[int, int, BaseException | None], None] | None = None,
+    here: bool = False,
 ) -> Iterator[Any]:
     """Iterate `content` with the recorder positioned at `at` for the first chunk and, for each
     later one, where producing the previous chunk left it — so a stage the producer holds open
     across ``yield`` (``with stage(...)`` around a loop of yields, a template streaming its
     output) nests and closes correctly although the server resumes it from another context.
+    With `here`, each chunk until one leaves a stage open (the first one too) is produced
+    where the iteration finds the recorder instead, if that is an open stage of `at`'s
+    timeline: a streamed response's ``response.write``, which opened after `at` (the stage that
+    built the response) — or, when a layer holds the response start back until the first chunk
+    (GZip), only after that chunk — and spans the body's production.
 
     With `done`, chunks (which must have a length: bytes) are counted and ``done(chunks, size,
     error)`` is called once when the iteration ends, fails (`error`) or is closed — one
@@ -1886,9 +1892,19 @@ def carry(
     pos = at
     chunks = size = 0
     error: BaseException | None = None
+    follow = here
     try:
         while True:
             prev = _get()
+            if (
+                follow
+                and prev is not None
+                and at is not None
+                and prev[TL] is at[TL]
+                and not prev[END]
+            ):
+                pos = prev
+            given = pos
             _set(pos)
             try:
                 chunk = next(it)
@@ -1897,6 +1913,7 @@ def carry(
             finally:
                 pos = _get()
                 _set(prev)
+                follow = follow and pos is given
             if done is not None:
                 chunks += 1
                 size += len(chunk)

@@ -21,7 +21,7 @@ import stagetrace.starlette
 from stagetrace.asgi import StagetraceMiddleware
 
 from ..servers import free_port, read_timelines, serve
-from .conftest import descendants, named
+from .conftest import assert_nested, descendants, named
 
 SEEN: list[tuple[str, bool, str]] = []
 
@@ -88,6 +88,41 @@ def test_a_stage_held_across_yield_in_a_sync_streaming_response_closes(instrumen
     assert "unfinished" not in produce.attrs
     rows_ = named(tl, "custom", "row")
     assert len(rows_) == 3 and all(r.parent == produce.id for r in rows_)
+
+
+@pytest.mark.parametrize("endpoint", ["async", "sync", "gzip"])
+def test_a_sync_streamed_bodys_stages_nest_in_the_response_write(instrumented, captured, endpoint):
+    """The work producing a streamed body nests in the ``response.write`` stage, for a sync
+    iterator as for an async one, so it is counted once — behind GZip too, which holds the
+    response start back until the first chunk (that chunk's work comes before the write). A
+    sync iterator's stages used to start where the response was built (the view), beside the
+    write stage that spans the same time: the generation counted twice, as the write's self
+    time and as its own (135 ms of self time in a 72 ms request)."""
+    import time
+
+    def rows():
+        for i in range(3):
+            with stagetrace.stage("row"):
+                time.sleep(0.01)
+            yield f"row {i}\n"
+
+    async def async_endpoint(request):
+        return StreamingResponse(rows())
+
+    def sync_endpoint(request):
+        return StreamingResponse(rows())
+
+    endpoints = {"async": async_endpoint, "sync": sync_endpoint, "gzip": async_endpoint}
+    layers = [Middleware(GZipMiddleware, minimum_size=1)] if endpoint == "gzip" else []
+    app = Starlette(routes=[Route("/", endpoints[endpoint])], middleware=layers)
+    client = TestClient(app)
+    assert client.get("/", headers={"accept-encoding": "gzip"}).text == "row 0\nrow 1\nrow 2\n"
+    (tl,) = captured
+    (write,) = named(tl, "response.write")
+    rows_ = named(tl, "custom", "row")
+    first = 1 if endpoint == "gzip" else 0
+    assert len(rows_) == 3 and all(r.parent == write.id for r in rows_[first:])
+    assert_nested(tl)
 
 
 async def test_root_path_is_not_counted_twice(captured):

@@ -524,7 +524,8 @@ def _background_task(orig: Any) -> Any:
 
 def _streaming_init(orig: Any) -> Any:
     """``StreamingResponse`` runs a sync iterator's ``next()`` in a thread, in a fresh copy of
-    the context each time: resume each chunk where the previous one left the recorder."""
+    the context each time: resume each chunk where the previous one left the recorder — the
+    first in the ``response.write`` stage the response start opened, as an async iterator's."""
 
     def __init__(self: Any, content: Any, *args: Any, **kwargs: Any) -> None:
         if (
@@ -533,7 +534,7 @@ def _streaming_init(orig: Any) -> Any:
             and hasattr(content, "__iter__")
         ):
             try:
-                content = _recorder.carry(content, _recorder.current())
+                content = _recorder.carry(content, _recorder.current(), here=True)
             except Exception as exc:
                 _recorder.internal_error("starlette.streaming", exc)
         orig(self, content, *args, **kwargs)
