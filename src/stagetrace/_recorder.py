@@ -701,7 +701,10 @@ def leave_layer(
             t = now()
             cur = _get()
             if cur is rec or (cur is not None and cur[0] is rec[0]):
-                _set(rec[1])
+                parent = rec[1]
+                if parent[5]:  # ended when the response was sent (`detach_to_root`)
+                    parent = _open_ancestor(parent)
+                _set(parent)
             if not rec[5]:
                 rec[5] = t
             rec[8] = None
@@ -722,6 +725,16 @@ def leave_layer(
                 outer[11] = t or now()
         except Exception as e:
             internal_error(site, e)
+
+
+def _open_ancestor(rec: Record) -> Record:
+    """The innermost stage still open from `rec` up (the root at the latest): where work goes
+    that a layer does after returning from a next layer whose stages ended when the response
+    was sent, before the background tasks or ``yield`` dependency teardowns that followed —
+    work done after those is no part of a stage that ended before them."""
+    while rec[END] and rec[PARENT] is not None:
+        rec = rec[PARENT]
+    return rec
 
 
 def inner_begin(rec: Record | None) -> None:

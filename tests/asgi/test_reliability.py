@@ -310,6 +310,53 @@ def test_background_tasks_are_kept_out_of_middleware_phases_and_the_view(instrum
     assert tl.duration_ns >= task.end_ns
 
 
+class Auditing:
+    """A pure ASGI middleware that does work of its own after the app returned."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            with stagetrace.stage("audit"):
+                await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("after", ["background task", "yield dependency"])
+def test_middleware_work_after_the_response_is_not_inside_a_stage_that_ended(
+    instrumented, captured, after
+):
+    """A background task or a ``yield`` dependency's teardown ends the request's open stages
+    when the response was sent; the work a pure ASGI middleware does after the app returns
+    (later still) is a stage of the root, as the task is. It used to open inside the
+    middleware's stage that had ended — a child outside its parent, counted twice in self
+    times."""
+    if after == "background task":
+
+        async def endpoint(request):
+            return PlainTextResponse("ok", background=BackgroundTask(slow_task, "t"))
+
+        app = Starlette(routes=[Route("/", endpoint)], middleware=[Middleware(Auditing)])
+    else:
+        fastapi = pytest.importorskip("fastapi")
+
+        async def session():
+            yield "db"
+
+        app = fastapi.FastAPI(middleware=[Middleware(Auditing)])
+
+        @app.get("/")
+        async def endpoint(db: str = fastapi.Depends(session)):
+            return PlainTextResponse("ok")
+
+    assert TestClient(app).get("/").text == "ok"
+    (tl,) = captured
+    (audit,) = named(tl, "custom", "audit")
+    assert audit.parent == 0
+    assert_nested(tl)
+
+
 def test_an_overflowing_queue_start_header_under_asgi(instrumented, captured):
     """The gateway's header parsing raised OverflowError into the ASGI server for
     `X-Request-Start: t=1e400`; now the header is ignored and the request recorded."""
