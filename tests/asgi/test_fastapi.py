@@ -12,6 +12,7 @@ import stagetrace
 from .conftest import assert_nested, descendants, named
 
 pytest.importorskip("fastapi")
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 USER_STACK = [
@@ -236,3 +237,21 @@ def test_a_mounted_fastapi_app_is_nested_and_counted_once(instrumented, captured
     assert tl.route == "/sub/hello/{name}"
     assert [s.name for s in named(tl, "route")] == ["/sub/{path}", "/sub/hello/{name}"]
     assert not any(s.short_circuit for s in middleware_chain(tl))
+
+
+def test_a_subclass_of_fastapi_is_recorded_as_fastapi(instrumented, captured):
+    """An application class derived from ``FastAPI`` in the application's own module is a
+    FastAPI app: its timelines said ``starlette``, the framework being read from the module
+    of the app's class alone."""
+
+    class Shop(FastAPI):
+        pass
+
+    app = Shop()
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    assert TestClient(app).get("/items/3").json() == {"item_id": 3}
+    assert [tl.framework for tl in captured] == ["fastapi"]

@@ -597,6 +597,21 @@ def _decided_by_app(scope: Any) -> bool:
     return _mounted_in(None, scope)
 
 
+_frameworks: dict[type, str] = {}
+
+
+def _framework(cls: type) -> str:
+    """``fastapi`` for FastAPI's app class and the application's own classes derived from it,
+    else ``starlette``."""
+    name = _frameworks.get(cls)
+    if name is None:
+        fastapi = any(k.__module__.split(".")[0] == "fastapi" for k in cls.__mro__)
+        name = "fastapi" if fastapi else "starlette"
+        if len(_frameworks) < 64:
+            _frameworks[cls] = name
+    return name
+
+
 def _app_call(orig: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if not _instrumented(self):
@@ -607,7 +622,7 @@ def _app_call(orig: Any) -> Any:
             _walk_once(self)
         if "app" in scope and _mounted_in(self, scope):  # (a server sets no "app")
             return await orig(self, scope, receive, send)  # type: ignore[no-any-return]
-        framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
+        framework = _framework(type(self))
         await _gateway.serve(functools.partial(orig, self), scope, receive, send, framework)
         return None
 
@@ -628,7 +643,7 @@ def _app_call(orig: Any) -> Any:
         decided = _gateway.decide(scope)
         if decided is _gateway.PASS:
             return orig(self, scope, receive, send)
-        framework = "fastapi" if type(self).__module__.startswith("fastapi") else "starlette"
+        framework = _framework(type(self))
         return _gateway.serve(
             functools.partial(orig, self), scope, receive, send, framework, decided
         )
