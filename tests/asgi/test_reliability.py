@@ -310,6 +310,31 @@ def test_background_tasks_are_kept_out_of_middleware_phases_and_the_view(instrum
     assert tl.duration_ns >= task.end_ns
 
 
+class LazyRows:
+    """Rows behind a proxy whose attribute lookups fail outside an application context (as a
+    ``LocalProxy`` does): iterable all the same, through its class."""
+
+    def __iter__(self):
+        return iter([b"a", b"b"])
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"working outside of the application context ({name})")
+
+
+def test_a_streamed_body_whose_attribute_lookups_fail_is_served(instrumented, captured):
+    """Starlette tells an async body from a sync one by its class; stagetrace asked the object
+    itself (``hasattr(content, "__aiter__")``), and a body whose ``__getattr__`` raises made
+    ``StreamingResponse(...)`` raise in the endpoint: a 500 for a response served without
+    stagetrace."""
+
+    async def endpoint(request):
+        return StreamingResponse(LazyRows())
+
+    client = TestClient(Starlette(routes=[Route("/", endpoint)]))
+    assert client.get("/").text == "ab"
+    assert [tl.status for tl in captured] == [200]
+
+
 class Auditing:
     """A pure ASGI middleware that does work of its own after the app returned."""
 

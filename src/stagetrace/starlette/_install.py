@@ -42,7 +42,7 @@ import functools
 import inspect
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -528,13 +528,12 @@ def _streaming_init(orig: Any) -> Any:
     first in the ``response.write`` stage the response start opened, as an async iterator's."""
 
     def __init__(self: Any, content: Any, *args: Any, **kwargs: Any) -> None:
-        if (
-            _recorder.current() is not None
-            and not hasattr(content, "__aiter__")
-            and hasattr(content, "__iter__")
-        ):
+        if _recorder.current() is not None:
             try:
-                content = _recorder.carry(content, _recorder.current(), here=True)
+                # By the class, as Starlette tells them apart: asking the object itself
+                # (hasattr) runs its __getattr__, which may raise.
+                if not isinstance(content, AsyncIterable) and isinstance(content, Iterable):
+                    content = _recorder.carry(content, _recorder.current(), here=True)
             except Exception as exc:
                 _recorder.internal_error("starlette.streaming", exc)
         orig(self, content, *args, **kwargs)
