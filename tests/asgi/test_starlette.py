@@ -629,3 +629,29 @@ def test_an_app_called_in_process_from_an_endpoint_leaves_the_requests_route_alo
         "/orders/{order_id}",
         "/inventory/{sku}",
     ]
+
+
+def test_a_bare_asgi_app_calling_an_instrumented_app_in_process_keeps_its_framework_and_route(
+    instrumented, captured
+):
+    """A hand-written ASGI app under `StagetraceMiddleware` that calls a Starlette app in
+    process (``httpx.ASGITransport``): the called app's stages join its timeline, but the
+    timeline stays the bare app's — framework ``asgi``, no route. It was relabelled
+    ``starlette`` with the called app's route, as if the bare app were that app."""
+    httpx = pytest.importorskip("httpx")
+    from stagetrace.asgi import StagetraceMiddleware
+
+    inventory = Starlette(routes=[Route("/inventory/{sku}", lambda r: PlainTextResponse("3"))])
+
+    async def bare(scope, receive, send):
+        transport = httpx.ASGITransport(inventory)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inventory") as client:
+            stock = (await client.get("/inventory/abc")).content
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": stock})
+
+    app = StagetraceMiddleware(bare, sql=False)
+    assert TestClient(app).get("/orders/1").text == "3"
+    (tl,) = captured
+    assert (tl.framework, tl.route, tl.path) == ("asgi", None, "/orders/1")
+    assert [s.name for s in named(tl, "route")] == ["/inventory/{sku}"]

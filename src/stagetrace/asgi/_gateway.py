@@ -368,14 +368,15 @@ async def serve(
     prev = _recorder.current()
     try:
         tl = _recorder.timeline_of(prev)
+        # Wrapped twice (middleware + instrument()): the outer gateway records; the more
+        # specific adapter names the framework — if it serves the request itself (called
+        # right from the outer gateway), not an app the request's own calls in process.
+        if tl is not None and tl.framework == "asgi" and _recorder.parent_of(prev) is None:
+            tl.framework = framework
     except Exception as exc:
         _recorder.internal_error("asgi.begin", exc)
         tl = prev = None
     if tl is not None:
-        # Wrapped twice (middleware + instrument()): the outer gateway records; the more
-        # specific adapter names the framework.
-        if tl.framework == "asgi":
-            tl.framework = framework
         await app(scope, receive, send)
         return
     try:

@@ -273,13 +273,14 @@ def _matched(rec: Any, template: str, route: Any) -> None:
     _recorder.finish(rec)
 
 
-_APP_CODE = frozenset(("view", "task"))
+_APP_CODE = frozenset(("view", "task", "http.client"))
 
 
 def _called_in_process() -> bool:
-    """Whether routing runs inside an endpoint or a background task: another app's, called in
-    process (``httpx.ASGITransport``), whose stages join the caller's timeline — but the
-    request's route is still the one that led to that endpoint."""
+    """Whether routing runs inside an endpoint, a background task or an outbound HTTP call:
+    another app's, called in process (``httpx.ASGITransport``), whose stages join the
+    caller's timeline — but the request's route is still the one that led there (none, for a
+    bare ASGI app)."""
     return _recorder.open_of(_APP_CODE)
 
 
