@@ -311,6 +311,15 @@ def _header_list(value: Any, from_env: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _id_header(value: Any, from_env: bool) -> str:
+    """The request id's header: its value is recorded on every timeline (and echoed back with
+    `echo_request_id`), so never one of the `SECRET_HEADERS`."""
+    name = _header(value, from_env)
+    if name in SECRET_HEADERS:
+        raise _Bad(f"an HTTP header name; {name!r} carries secrets and is never recorded")
+    return name
+
+
 def _methods(value: Any, from_env: bool) -> tuple[str, ...]:
     accepts = "a list of HTTP methods (case-sensitive tokens such as GET or PROPFIND)"
     try:
@@ -439,7 +448,7 @@ OPTIONS: dict[str, _Option] = {
     "queue_size": _Option(_positive_int, "timelines waiting for background sinks"),
     "memory_size": _Option(_positive_int, "timelines the memory sink keeps"),
     "color": _Option(_color, "console colours: auto (only on a terminal), always, never"),
-    "request_id_header": _Option(_header, "incoming header holding the request id"),
+    "request_id_header": _Option(_id_header, "incoming header holding the request id"),
     "echo_request_id": _Option(_to_bool, "add the request id header to responses"),
     "record_sql_params": _Option(_to_bool, "record SQL parameter values (off: placeholders)"),
     "max_sql_length": _Option(_positive_int, "characters of SQL text kept per query"),

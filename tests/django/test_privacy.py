@@ -52,6 +52,19 @@ def test_allowlisted_headers_and_query_values_are_recorded_and_secret_headers_re
             stagetrace.configure(record_headers=[name])
 
 
+def test_the_request_id_header_cannot_be_one_that_carries_secrets(captured):
+    """The request id's header is recorded on every timeline and echoed back to the client
+    with ``echo_request_id``: naming ``Authorization`` or ``Cookie`` there would record the
+    credentials and send them back, so it is refused in one line like ``record_headers``."""
+    for name in ("Authorization", "cookie", "x-api-key"):
+        with pytest.raises(stagetrace.ConfigurationError, match="carries secrets") as info:
+            stagetrace.configure(request_id_header=name)
+        assert "\n" not in str(info.value)
+    stagetrace.configure(request_id_header="x-correlation-id")
+    Client().get("/books.json", HTTP_X_CORRELATION_ID="abc-123")
+    assert captured[0].request_id == "abc-123"
+
+
 def test_sql_parameter_values_only_with_record_sql_params(captured):
     """The SQL text keeps its placeholders; values appear only when the user opts in."""
     Client().get("/raw/")
