@@ -448,7 +448,9 @@ OPTIONS: dict[str, _Option] = {
     "queue_size": _Option(_positive_int, "timelines waiting for background sinks"),
     "memory_size": _Option(_positive_int, "timelines the memory sink keeps"),
     "color": _Option(_color, "console colours: auto (only on a terminal), always, never"),
-    "request_id_header": _Option(_id_header, "incoming header holding the request id"),
+    "request_id_header": _Option(
+        _id_header, "incoming header holding the request id (not one that carries secrets)"
+    ),
     "echo_request_id": _Option(_to_bool, "add the request id header to responses"),
     "record_sql_params": _Option(_to_bool, "record SQL parameter values (off: placeholders)"),
     "max_sql_length": _Option(_positive_int, "characters of SQL text kept per query"),
