@@ -532,24 +532,9 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _field(data: bytes, wanted: int) -> bytes | None:
-    pos = 0
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 2:
-            size, pos = _read_varint(data, pos)
-            if number == wanted:
-                return data[pos : pos + size]
-            pos += size
-        elif wire == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError("unsupported wire type")
-    return None
+    """The first length-delimited field `wanted` of a message."""
+    found = _fields(data, wanted, first=True)
+    return found[0] if found else None
 
 
 def _gzip(data: bytes) -> bytes:
@@ -832,9 +817,10 @@ def _retry_info_delay(exc: Any) -> float | None:
     return None
 
 
-def _fields(data: bytes, wanted: int) -> list[bytes]:
-    """Every length-delimited field `wanted` of a message (a repeated message field)."""
-    out = []
+def _fields(data: bytes, wanted: int, first: bool = False) -> list[bytes]:
+    """Every length-delimited field `wanted` of a message (a repeated message field); with
+    `first`, only the first one."""
+    out: list[bytes] = []
     pos = 0
     while pos < len(data):
         tag, pos = _read_varint(data, pos)
@@ -843,6 +829,8 @@ def _fields(data: bytes, wanted: int) -> list[bytes]:
             size, pos = _read_varint(data, pos)
             if number == wanted:
                 out.append(data[pos : pos + size])
+                if first:
+                    return out
             pos += size
         elif wire == 0:
             _, pos = _read_varint(data, pos)
