@@ -84,38 +84,57 @@ def params_text(params: Any, limit: int) -> str:
     """The ``repr`` of a statement's parameters (``record_sql_params``), at most `limit`
     characters, made in time bounded by `limit` rather than by the parameters' size: an
     ``executemany`` of 100,000 rows or a megabyte blob is not turned into text whole, on the
-    request path, only to be cut. Containers are followed two levels deep (the rows of an
-    ``executemany``); long strings and bytes are cut before their ``repr``; what is left out
-    shows as ``…``."""
-    return _bounded_repr(params, limit, 2)[:limit]
+    request path, only to be cut. Containers are followed four levels deep (the rows of an
+    ``executemany``, an array parameter in a row); one deeper shows as ``[…]``, never as its
+    whole ``repr``. Long strings and bytes (subclasses too) are cut before their ``repr``;
+    what is left out shows as ``…``."""
+    return _bounded_repr(params, limit, _PARAMS_DEPTH)[:limit]
+
+
+#: Container levels of a statement's parameters followed by `params_text`.
+_PARAMS_DEPTH = 4
+
+
+def _brackets(value: Any) -> tuple[str, str] | None:
+    """How `value` opens and closes if it is a container `params_text` follows (subclasses
+    too: a subclass's own ``repr`` would be made whole)."""
+    if isinstance(value, list):
+        return "[", "]"
+    if isinstance(value, tuple):
+        return "(", ")"
+    if isinstance(value, (dict, set, frozenset)):
+        return "{", "}"
+    return None
 
 
 def _bounded_repr(value: Any, limit: int, depth: int) -> str:
-    t = type(value)
-    if t is str or t is bytes or t is bytearray:
+    if isinstance(value, (str, bytes, bytearray)):
+        # a subclass's slice is a plain str or bytes: its repr is as bounded as the cut
         return repr(value[:limit]) + ("…" if len(value) > limit else "")
-    if depth and (t is list or t is tuple or isinstance(value, dict)):
-        items = value.items() if isinstance(value, dict) else value
-        parts: list[str] = []
-        size = 0
-        for item in items:
-            if size > limit:
-                parts.append("…")
-                break
-            if type(item) is tuple and isinstance(value, dict):
-                k, v = item
-                part = f"{_bounded_repr(k, limit, 0)}: {_bounded_repr(v, limit, depth - 1)}"
-            else:
-                part = _bounded_repr(item, limit, depth - 1)
-            parts.append(part)
-            size += len(part) + 2
-        inner = ", ".join(parts)
-        if isinstance(value, dict):
-            return "{" + inner + "}"
-        if t is tuple:
-            return "(" + inner + ("," if len(parts) == 1 and len(value) == 1 else "") + ")"
-        return "[" + inner + "]"
-    return repr(value)
+    brackets = _brackets(value)
+    if brackets is None:
+        return repr(value)
+    if not depth:  # a container this deep: not turned into text whole
+        return f"{brackets[0]}…{brackets[1]}" if len(value) else repr(value)
+    is_dict = isinstance(value, dict)
+    items = value.items() if is_dict else value
+    parts: list[str] = []
+    size = 0
+    for item in items:
+        if size > limit:
+            parts.append("…")
+            break
+        if is_dict and type(item) is tuple:
+            k, v = item
+            part = f"{_bounded_repr(k, limit, 0)}: {_bounded_repr(v, limit, depth - 1)}"
+        else:
+            part = _bounded_repr(item, limit, depth - 1)
+        parts.append(part)
+        size += len(part) + 2
+    inner = ", ".join(parts)
+    if brackets[0] == "(" and len(parts) == 1 and len(value) == 1:
+        inner += ","
+    return brackets[0] + inner + brackets[1]
 
 
 # --- call sites ------------------------------------------------------------------------------

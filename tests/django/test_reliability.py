@@ -368,10 +368,15 @@ def test_a_parameter_that_cannot_be_hashed_still_closes_its_query_stage(captured
 
 
 class _NoRepr(str):
-    """A query parameter whose ``repr`` fails (so recording it, with record_sql_params, does)."""
+    """A query parameter that cannot be turned into text (so recording it, with
+    record_sql_params, fails): neither whole (``repr``) nor cut (slicing, which is what
+    stagetrace takes of a long ``str``)."""
 
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
+
+    def __getitem__(self, key: object) -> str:  # type: ignore[override]
+        raise RuntimeError("no slice")
 
 
 def test_a_statements_error_is_not_chained_to_an_internal_error(captured):

@@ -89,6 +89,31 @@ def test_recorded_parameters_of_a_large_batch_are_not_all_turned_into_text(instr
     assert _CountedRepr.calls < 100
 
 
+def test_parameter_text_stays_bounded_however_deep_or_subclassed_the_values() -> None:
+    """``params_text`` makes at most `limit` characters in time bounded by `limit`: also for
+    an array parameter inside an ``executemany`` row (a container below the levels it
+    follows) and for a ``str`` subclass, whose whole ``repr`` used to be made and then cut
+    (a 2,000,000-element list: about 250 ms on the request path per statement)."""
+    from stagetrace._sql import params_text
+
+    class Text(str):
+        def __repr__(self) -> str:
+            raise AssertionError("the whole value was turned into text")
+
+    class Ids(list):  # type: ignore[type-arg]
+        def __repr__(self) -> str:
+            raise AssertionError("the whole value was turned into text")
+
+    deep = [[[[[Ids(range(10))]]]]]
+    assert params_text(deep, 100) == "[[[[[…]]]]]"
+    assert params_text([(Text("x" * 1000),)], 20) == "[('" + "x" * 17
+    assert params_text([(list(range(10**5)),)], 30) == "[([0, 1, 2, 3, 4, 5, 6, 7, 8, "
+    assert params_text((Ids(range(10**5)),), 12) == "([0, 1, 2, 3"
+    assert params_text((1, "a", b"x", None, {"k": [1]}, ("t",)), 100) == repr(
+        (1, "a", b"x", None, {"k": [1]}, ("t",))
+    )
+
+
 def test_sqlite3_factories_of_the_application_are_kept(instrumented, tmp_path):
     """A connection factory and a cursor factory the application passes: the objects are still
     instances of them (and recorded); a failing statement records its error and raises the
@@ -302,10 +327,15 @@ class _FinalConnection(sqlite3.Connection):
 
 
 class _NoRepr(str):
-    """A parameter value whose ``repr`` fails (so recording it, with record_sql_params, does)."""
+    """A parameter value that cannot be turned into text (so recording it, with
+    record_sql_params, fails): neither whole (``repr``) nor cut (slicing, which is what
+    stagetrace takes of a long ``str``)."""
 
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
+
+    def __getitem__(self, key: object) -> str:  # type: ignore[override]
+        raise RuntimeError("no slice")
 
 
 async def _sqlite_connect(request):
