@@ -96,6 +96,17 @@ def test_baggage_is_total(value):
     assert out is None or (isinstance(out, dict) and len(out) <= 64)
 
 
+def test_a_baggage_member_cut_by_the_header_limit_is_dropped_not_kept_cut():
+    """A ``baggage`` header longer than the limit keeps the members that fit whole: the one the
+    limit cuts is dropped — kept, ``tenant=acme-production`` became ``tenant=acme-produ`` in
+    the request's OpenTelemetry baggage, which ``inject()`` passes on to every service
+    downstream (W3C: "MUST NOT propagate any partial list-members")."""
+    pad = "pad=" + "x" * (headers.MAX_HEADER - 20)
+    assert headers.baggage(f"{pad},tenant=acme-production") == {"pad": pad[4:]}
+    assert headers.baggage(f"{pad},tier=gold") == {"pad": pad[4:], "tier": "gold"}  # fits
+    assert headers.baggage("tenant=" + "y" * headers.MAX_HEADER) is None
+
+
 @fast
 @given(st.one_of(anything, huge), st.integers(min_value=0, max_value=2**63))
 def test_queue_time_is_total(value, now):

@@ -167,10 +167,16 @@ _BAGGAGE_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 def baggage(value: str | bytes | None) -> dict[str, str] | None:
     """A W3C ``baggage`` header as {key: value} (at most 64 entries, percent-decoded values,
-    properties dropped), or None when there is none. Malformed entries are skipped."""
-    value = text(value, MAX_HEADER)
+    properties dropped), or None when there is none. Malformed entries are skipped. Of a
+    header longer than `MAX_HEADER` the members that fit whole are kept: the one the limit cuts
+    is dropped, never kept cut (``tenant=acme-produ``), as W3C says ("MUST NOT propagate any
+    partial list-members")."""
+    value = text(value, MAX_HEADER + 1)
     if not value:
         return None
+    if len(value) > MAX_HEADER:
+        value = value[:MAX_HEADER]
+        value = value[: value.rfind(",") + 1]  # up to the last whole member ("" if none)
     out: dict[str, str] = {}
     for part in value.split(","):
         member = part.split(";", 1)[0].strip()
