@@ -72,6 +72,40 @@ def test_recent_right_after_a_request_includes_it(tmp_path):
         stagetrace.flask.uninstrument()
 
 
+def test_recent_called_by_a_sink_does_not_deliver_from_inside_it():
+    """A sink (or analyzer) may call ``stagetrace.recent()`` — a dashboard of the latest
+    requests. On the worker it must not deliver what is still queued from inside that sink's
+    ``emit``: each sink then got timelines out of order, with its ``emit`` nested as deep as
+    the queue was long (a sink holding its own lock would wait for itself)."""
+    import threading
+    import time
+
+    order: list[str] = []
+    inside = threading.local()
+    nested: list[bool] = []
+
+    class Dashboard:
+        def emit(self, timeline: Timeline) -> None:
+            nested.append(getattr(inside, "on", False))
+            inside.on = True
+            try:
+                order.append(timeline.name)
+                time.sleep(0.02)  # more timelines queue meanwhile
+                stagetrace.recent()
+            finally:
+                inside.on = False
+
+    stagetrace.configure(sinks=[Dashboard(), "memory"])
+    for i in range(30):
+        with stagetrace.timeline(f"job{i:02d}"):
+            pass
+        time.sleep(0.005)
+    assert stagetrace.flush(10)
+    assert order == sorted(order) and len(order) == 30
+    assert not any(nested)
+    assert [t.name for t in stagetrace.recent()] == order
+
+
 def test_jsonl_sink_writes_one_parseable_timeline_per_line(tmp_path):
     """Each line is a complete timeline that round-trips through Timeline.from_dict."""
     path = tmp_path / "t.jsonl"

@@ -323,9 +323,13 @@ class Pipeline:
 
     def delivered(self, timeout: float) -> bool:
         """Wait at most `timeout` seconds until everything queued before this call reached the
-        sinks, without flushing them (what `stagetrace.recent()` needs of the memory sink)."""
+        sinks, without flushing them (what `stagetrace.recent()` needs of the memory sink).
+
+        On a worker (a sink or an analyzer calling `recent()`), nothing is waited for or
+        delivered: draining there would call the sinks from inside one of them — out of order,
+        nested as deep as the queue is long, and into a sink that holds its own lock."""
         target = self._submitted
-        if not getattr(_on_worker, "on", False) or self._thread is threading.current_thread():
+        if not getattr(_on_worker, "on", False):
             self._deliver(target, time.monotonic() + timeout)
         return self._done >= target
 
