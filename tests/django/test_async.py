@@ -290,3 +290,42 @@ async def test_an_async_middleware_calling_the_next_layer_by_keyword_works(captu
     layers = by_kind(tl, "middleware")
     assert [s.name for s in layers] == BY_KEYWORD
     assert all(s.error is None and s.short_circuit is False for s in layers)
+
+
+async def test_django_mounted_in_a_starlette_app_takes_no_second_sampling_draw(
+    captured, monkeypatch
+):
+    """Django's ASGI handler mounted in an instrumented Starlette (FastAPI) app: a request the
+    Starlette gateway sampled out is not drawn again by Django's — with ``sample_rate`` 0.5
+    that recorded three requests in four (220 of 300 in a run), those the outer gateway left
+    out as timelines without its middleware. Only the outer gateway draws."""
+    pytest.importorskip("starlette")
+    import httpx
+    from django.core.asgi import get_asgi_application
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    import stagetrace
+    import stagetrace.starlette
+    from stagetrace import _recorder
+
+    draws: list[float] = []
+
+    def rand() -> float:  # the first draw (the outer gateway's) says no, any later one yes
+        draws.append(0.9 if not draws else 0.1)
+        return draws[-1]
+
+    stagetrace.starlette.instrument()
+    try:
+        app = Starlette(routes=[Mount("/dj", get_asgi_application())])
+        stagetrace.configure(sample_rate=0.5)
+        monkeypatch.setattr(_recorder, "_rand", rand)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            response = await client.get("/dj/created/")
+        assert response.status_code == 201
+        stagetrace.flush()
+        assert captured == []
+        assert draws == [0.9]
+    finally:
+        stagetrace.starlette.uninstrument()

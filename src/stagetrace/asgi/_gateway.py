@@ -59,6 +59,14 @@ def _no_app_decided(scope: Scope) -> bool:
 app_decided: Callable[[Scope], bool] = _no_app_decided
 
 
+def left_out(scope: Scope) -> bool:
+    """Whether a gateway around this point decided already for this connection: one of ours
+    that left it out (`_left_out`), or an app an adapter covers, whose ``app`` the scope holds
+    (`app_decided`). A gateway of another adapter inside it — Django's ASGI handler mounted in
+    a Starlette app — then takes no second sampling draw."""
+    return bool(_left_out.get()) or ("app" in scope and app_decided(scope))
+
+
 def decide(scope: Scope) -> Any:
     """Decide, before the connection's coroutine exists, whether it will be recorded: `PASS`
     for an HTTP request or websocket that will not be (stagetrace disabled, the path excluded
