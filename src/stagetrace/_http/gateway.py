@@ -43,6 +43,25 @@ BASE_HEADERS = (
 #: response inside the call.
 _attached: ContextVar[tuple[Any, Any] | None] = ContextVar("stagetrace.attached", default=None)
 
+#: ``[True]`` while a WSGI gateway runs the application for a request it left out (excluded,
+#: sampled out): a gateway inside it — Flask's ``wsgi_app`` under its own ``__call__``, both
+#: wrapped; an app a WSGI middleware wraps — takes no second draw, which would record a
+#: request the outer one left out (with ``sample_rate`` 0.5, three requests in four). A list,
+#: emptied when the call returns, for the contexts copied from it that outlive it.
+_left_out: ContextVar[list[bool] | None] = ContextVar("stagetrace.http.left_out", default=None)
+
+
+def run_left_out(app: Any, *args: Any) -> Any:
+    """``app(*args)`` for a request this gateway left out: gateways inside do not record it."""
+    mark = [True]
+    token = _left_out.set(mark)
+    try:
+        return app(*args)
+    finally:
+        mark.clear()
+        _left_out.reset(token)
+
+
 _wanted_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
 
 
@@ -92,6 +111,8 @@ def wanted(cfg: Settings, path: str) -> bool:
     recorded costs only this."""
     cur = _recorder.current()
     if cur is not None and _recorder.timeline_of(cur) is not None:
+        return False
+    if _left_out.get():  # a gateway around this one decided already: not recorded
         return False
     return _recorder.sampled(cfg, path)
 

@@ -15,12 +15,12 @@ never changed (except adding the request id header when ``echo_request_id`` is o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextvars import ContextVar
 from typing import Any
 
 from .. import _pipeline, _recorder, _runtime
 from .._http import asgi as _parse
 from .._http import server_timing
+from .._http.gateway import _left_out as _http_left_out
 from .._http.gateway import begin_http, end_http, release, wanted
 from .._patching import leave
 
@@ -45,7 +45,10 @@ PASS: Any = object()
 #: gateway left out (with sample_rate 0.5, three requests in four). A list, emptied when the
 #: connection ends: a task it started that outlives it (holding a copy of the context) is no
 #: longer inside it, as a task outliving a recorded request is not inside its timeline.
-_left_out: ContextVar[list[bool] | None] = ContextVar("stagetrace.asgi.left_out", default=None)
+#: The same mark as the WSGI gateway's (`_http.gateway._left_out`), which every gateway's
+#: `wanted` reads: a WSGI app run in a thread for an ASGI request left out (Starlette's
+#: ``WSGIMiddleware``), Django's handler mounted in the app, are not drawn again either.
+_left_out = _http_left_out
 
 
 def _no_app_decided(scope: Scope) -> bool:

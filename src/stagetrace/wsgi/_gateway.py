@@ -35,7 +35,16 @@ from typing import Any
 from .. import _recorder, _runtime
 from .._http import server_timing
 from .._http import wsgi as _parse
-from .._http.gateway import again, begin_http, detach, end_http, release, resumed, wanted
+from .._http.gateway import (
+    again,
+    begin_http,
+    detach,
+    end_http,
+    release,
+    resumed,
+    run_left_out,
+    wanted,
+)
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -334,6 +343,7 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
     already recording passes straight through (the outer gateway records it; a more specific
     adapter names the framework). The recorder's context is put back as it was."""
     prev = _recorder.current()
+    tl = None
     try:
         tl = _recorder.timeline_of(prev)
         if tl is not None:
@@ -347,6 +357,8 @@ def serve(app: WSGIApp, environ: Environ, start_response: StartResponse, framewo
         _recorder.restore(prev)
         root = None
     if root is None:
+        if tl is None:  # left out here: not by a gateway inside either
+            return run_left_out(app, environ, start_response)
         return app(environ, start_response)
     exchange = _Exchange(root)
     # Werkzeug's test client (`werkzeug.test.run_wsgi_app`) takes the first chunk and leaves
