@@ -434,48 +434,6 @@ def test_a_configured_service_instance_id_is_kept_in_forked_workers(
     assert {r["service.instance.id"] for r, _ in collector.wait_for_spans(3)} == {"pod-7"}
 
 
-def test_the_tracer_providers_sampler_decides_for_the_spans_handed_to_it() -> None:
-    """The spans handed to a TracerProvider are sampled by its sampler, as its own spans are
-    (``OTEL_TRACES_SAMPLER=always_off`` is how an application turns tracing off while keeping
-    the SDK; ``traceidratio`` how it keeps 1 %): one decision per request, for its root, with
-    the request's remote parent — not exported whatever the application chose. Requests it
-    drops are counted as sampled out."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-
-    from stagetrace.wsgi import StagetraceMiddleware
-    from tests.helpers import wsgi_environ
-
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        start_response("200 OK", [])
-        return [b""]
-
-    def request(**headers: str) -> None:
-        list(StagetraceMiddleware(app)(wsgi_environ("/", **headers), lambda *a: None))
-
-    exporter = InMemorySpanExporter()
-    off = TracerProvider(sampler=ALWAYS_OFF)
-    off.add_span_processor(SimpleSpanProcessor(exporter))
-    stagetrace.configure(sinks=["otel"], tracer_provider=off)
-    with stagetrace.timeline("nightly"), stagetrace.stage("load"):
-        pass
-    request()
-    assert stagetrace.flush(5)
-    assert exporter.get_finished_spans() == ()
-    assert stagetrace.stats()["otel_timelines_sampled_out"] == 2
-
-    parent_based = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
-    parent_based.add_span_processor(SimpleSpanProcessor(exporter))
-    stagetrace.configure(sinks=["otel"], tracer_provider=parent_based)
-    request()  # a root of its own: ALWAYS_OFF decides
-    request(HTTP_TRACEPARENT="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    assert stagetrace.flush(5)
-    traces = {f"{s.context.trace_id:032x}" for s in exporter.get_finished_spans()}
-    assert traces == {"0af7651916cd43dd8448eb211c80319c"}
-
-
 def test_tracer_provider_option_gets_readable_spans() -> None:
     """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
     ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""

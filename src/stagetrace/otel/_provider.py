@@ -67,62 +67,13 @@ def global_sdk_provider() -> Any:
     return provider if isinstance(provider, TracerProvider) else None
 
 
-def _rules(values: Mapping[str, Any], provider: Any = None) -> SamplingRules:
+def _rules(values: Mapping[str, Any]) -> SamplingRules:
     return SamplingRules(
         rate=values.get("otel_sample_rate", 1.0),
         slower_than_ms=values.get("otel_keep_slower_than_ms"),
         errors=values.get("otel_keep_errors", True),
         findings=values.get("otel_keep_findings", True),
-        veto=sampler_decision(provider) if provider is not None else None,
     )
-
-
-def sampler_decision(provider: Any) -> Callable[[Any], bool] | None:
-    """Whether `provider`'s sampler samples a timeline: asked once per timeline, for its root
-    span (name, kind, the request's parent), as the SDK asks it when a span starts — so
-    ``OTEL_TRACES_SAMPLER=always_off`` or a ``TraceIdRatioBased`` sampler apply to the spans
-    stagetrace hands that provider too. None when it has no sampler to ask."""
-    sampler = getattr(provider, "sampler", None)
-    if sampler is None or not callable(getattr(sampler, "should_sample", None)):
-        return None
-    from opentelemetry.trace import (
-        NonRecordingSpan,
-        SpanContext,
-        SpanKind,
-        TraceFlags,
-        TraceState,
-        set_span_in_context,
-    )
-
-    from ._mapping import span_name
-
-    def decide(tl: Any) -> bool:
-        trace_id = int(tl.trace_id, 16)
-        parent = None
-        if tl.parent_span_id:
-            state = TraceState.from_header([tl.tracestate]) if tl.tracestate else None
-            context = SpanContext(
-                trace_id,
-                int(tl.parent_span_id, 16),
-                is_remote=bool(tl.parent_is_remote),
-                trace_flags=TraceFlags(tl.trace_flags & 0x01),
-                trace_state=state,
-            )
-            parent = set_span_in_context(NonRecordingSpan(context))
-        if tl.protocol == "job":
-            kind = SpanKind.CONSUMER
-        elif tl.parent_span_id and not tl.parent_is_remote:
-            kind = SpanKind.INTERNAL
-        else:
-            kind = SpanKind.SERVER
-        try:
-            result = sampler.should_sample(parent, trace_id, span_name(tl), kind)
-            return bool(result.decision.is_sampled())
-        except Exception as exc:  # the application's sampler failed: export, as if sampled
-            logger.debug("stagetrace: the TracerProvider's sampler failed: %r", exc)
-            return True
-
-    return decide
 
 
 def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> OtelSink:
@@ -140,7 +91,7 @@ def build_sink(values: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if provider is not None:
         sink = OtelSink(
             processor=provider_processor(provider),
-            rules=_rules(values, provider),
+            rules=_rules(values),
             flush_timeout=flush_timeout,
             describe=f"tracer_provider={type(provider).__name__}",
             known_methods=known,

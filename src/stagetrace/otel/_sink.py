@@ -85,15 +85,14 @@ class SamplingRules:
     flag) and tail rules decided when the request has ended.
 
     A timeline whose trace flags say "not sampled" (``traceparent`` ``...-00``) is never
-    exported: the caller decided for the whole trace; nor, on the provider path, one the
-    application's sampler does not sample (`veto`). Of the others, those slower than
+    exported: the caller decided for the whole trace. Of the others, those slower than
     ``slower_than_ms``, those with errors (``errors``: a 5xx status, or an exception that ended
     the request) and those with findings (``findings``) are always kept; the rest are kept at
     ``rate``, decided by the trace id (as OpenTelemetry's ``TraceIdRatioBased`` sampler does,
     so every service sampling at one rate keeps the same traces).
     """
 
-    __slots__ = ("errors", "findings", "rate", "slower_than_ns", "veto", "_bound")
+    __slots__ = ("errors", "findings", "rate", "slower_than_ns", "_bound")
 
     def __init__(
         self,
@@ -101,24 +100,16 @@ class SamplingRules:
         slower_than_ms: float | None = None,
         errors: bool = True,
         findings: bool = True,
-        veto: Callable[[Timeline], bool] | None = None,
     ) -> None:
         self.rate = rate
         self.slower_than_ns = None if slower_than_ms is None else int(slower_than_ms * 1e6)
         self.errors = errors
         self.findings = findings
-        #: On the provider path, the application's sampler (`_provider.sampler_decision`):
-        #: False drops the timeline, whatever the other rules say, as the SDK drops a span
-        #: its sampler does not sample.
-        self.veto = veto
         self._bound = round(rate * _RATIO_BITS)  # as TraceIdRatioBased: the low 64 bits
 
     def keep(self, tl: Timeline) -> bool:
         """Whether `tl` is exported."""
         if not tl.trace_flags & 1:
-            return False
-        veto = self.veto
-        if veto is not None and not veto(tl):
             return False
         if self.rate >= 1.0:
             return True
