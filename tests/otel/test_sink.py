@@ -434,6 +434,45 @@ def test_a_configured_service_instance_id_is_kept_in_forked_workers(
     assert {r["service.instance.id"] for r, _ in collector.wait_for_spans(3)} == {"pod-7"}
 
 
+def test_a_providers_sampler_does_not_leave_the_applications_spans_without_their_root() -> None:
+    """The request runs "sampled" (stagetrace decides to export after it): the application's
+    own spans under it are recorded by its ``ParentBased`` sampler and ``inject()`` says
+    sampled, so stagetrace's spans must reach the provider as well, whatever its sampler would
+    say of a new root — asked after the request, it left the application's span an orphan."""
+    from opentelemetry import propagate
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    from stagetrace.wsgi import StagetraceMiddleware
+    from tests.helpers import wsgi_environ
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    seen: dict[str, Any] = {}
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        seen["traceparent"] = carrier.get("traceparent", "")
+        with tracer.start_as_current_span("the app's own"):
+            pass
+        start_response("200 OK", [])
+        return [b""]
+
+    stagetrace.configure(sinks=["otel"], tracer_provider=provider)
+    list(StagetraceMiddleware(app)(wsgi_environ("/"), lambda *a: None))
+    assert stagetrace.flush(5)
+    spans = exporter.get_finished_spans()
+    ids = {s.context.span_id for s in spans}
+    (own,) = [s for s in spans if s.name == "the app's own"]
+    assert own.parent is not None and own.parent.span_id in ids
+    assert seen["traceparent"].endswith("-01")
+
+
 def test_tracer_provider_option_gets_readable_spans() -> None:
     """With configure(tracer_provider=...), the spans go to that provider's processors as SDK
     ReadableSpans (the app's exporters see them), with kinds, parents, the provider's resource."""
