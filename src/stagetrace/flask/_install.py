@@ -355,7 +355,8 @@ def _install() -> None:
 def instrument(app: Any = None) -> Any:
     """Instrument one Flask app (returned, the same object), or with no argument every Flask
     app, those built already and those built later. Idempotent; raises
-    `stagetrace.ConfigurationError` when the configuration is bad."""
+    `stagetrace.ConfigurationError` when the configuration is bad, and `TypeError` when `app`
+    is not a Flask app (an app factory, ``app.wsgi_app``, a blueprint)."""
     global _everything
     if app is not None:
         import flask
