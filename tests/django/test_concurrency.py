@@ -57,6 +57,11 @@ def test_gunicorn_prefork_threaded_workers(tmp_path):
         "gthread",
         "--timeout",
         "300",
+        # gthread workers close a keep-alive connection idle for 2 s; on a loaded CI machine the
+        # client's pooled connection can wait that long, and reusing it races the close
+        # (httpx.ReadError, seen in CI: the test's client failing, not the server under test).
+        "--keep-alive",
+        "120",
         "--bind",
         f"127.0.0.1:{port}",
         "django.core.wsgi:get_wsgi_application()",
