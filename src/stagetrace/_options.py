@@ -647,6 +647,9 @@ def settings_from(values: Mapping[str, Any], sinks: tuple[Sink, ...]) -> Setting
         )
     if data.get("propagate_traceparent") is None:
         data["propagate_traceparent"] = exports
+    elif data["propagate_traceparent"] and not exports and "otel" in named:
+        # Likewise: an outbound traceparent would name a stage span nobody receives.
+        data["propagate_traceparent"] = False
     patterns = data.get("exclude_paths", ())
     if patterns:
         data["exclude_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))

@@ -227,6 +227,9 @@ def test_otel_sdk_disabled_does_not_fail_an_explicit_otel_context(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     settings = stagetrace.configure(sinks=["otel", "memory"], otel_context=True)
     assert not settings.otel_context
+    # the outbound traceparent, which would name a stage span nobody receives, likewise
+    settings = stagetrace.configure(propagate_traceparent=True)
+    assert not settings.propagate_traceparent
     with pytest.raises(ConfigurationError, match="needs the otel sink"):
         stagetrace.configure(sinks=["memory"], otel_context=True)  # still a mistake
 
