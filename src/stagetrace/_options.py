@@ -516,7 +516,8 @@ def default_service(environ: Mapping[str, str]) -> str:
     for part in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, _, value = part.partition("=")
         if key.strip() == "service.name" and value.strip():
-            value = unquote(value.strip(), errors="surrogateescape")
+            # undecodable escapes become U+FFFD, as in the SDK's resource detection
+            value = unquote(value.strip())
             return str(coerce("service", value, "environment OTEL_RESOURCE_ATTRIBUTES", True))
     return "unknown_service"
 

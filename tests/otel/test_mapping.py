@@ -457,6 +457,25 @@ def test_a_percent_encoded_service_name_in_resource_attributes_is_decoded(
     assert attrs["service.name"] == "my shop,eu" and attrs["team"] == "a,b"
 
 
+def test_a_service_name_with_a_bad_percent_escape_is_decoded_as_the_sdk_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``service.name=caf%E9`` (Latin-1 percent-encoded, not UTF-8) in the environment
+    variable every OpenTelemetry component of the process reads: the SDK's resource detection
+    decodes it with U+FFFD, and so does stagetrace — it used to refuse it and stop the
+    application at startup, over a value the SDK and every other instrumentation accept."""
+    import stagetrace
+    from opentelemetry.sdk.resources import Resource
+
+    raw = "service.name=caf%E9,team=r%FFd"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)
+    sdk = Resource.create().attributes
+    service = stagetrace.configure().service
+    assert service == sdk["service.name"] == "caf\ufffd"
+    attrs = resource_attributes(service, {"OTEL_RESOURCE_ATTRIBUTES": raw})
+    assert attrs["service.name"] == "caf\ufffd" and attrs["team"] == sdk["team"] == "r\ufffdd"
+
+
 @pytest.mark.parametrize(
     ("rules", "overrides", "kept"),
     [
