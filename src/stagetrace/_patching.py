@@ -38,7 +38,7 @@ class Patcher:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._undo: list[tuple[Any, str, Any, bool | None, Any]] = []
+        self._undo: list[tuple[Any, str, Any, bool | None, Any, bool]] = []
         #: True while instrumented: a plain attribute, cheap to test on hot paths; wrappers
         #: left behind after `undo()` check it and record nothing.
         self.applied = False
@@ -69,13 +69,22 @@ class Patcher:
         else:
             wrapt.register_post_import_hook(hook, module_name)
 
-    def replace(self, owner: Any, attr: str, new: Any) -> Any:
-        """Set ``owner.attr = new``; return what ``owner.attr`` was."""
+    def replace(self, owner: Any, attr: str, new: Any, weak: bool = False) -> Any:
+        """Set ``owner.attr = new``; return what ``owner.attr`` was. With `weak` (an
+        application's class, which may be made per app: a middleware class defined in an app
+        factory), what is kept to undo it does not keep the class alive: a class that is gone
+        needs no undoing."""
         own = vars(owner)
         had_own = attr in own
         original = own[attr] if had_own else getattr(owner, attr)
         setattr(owner, attr, new)
-        self._undo.append((owner, attr, original, had_own, vars(owner).get(attr)))
+        ours = vars(owner).get(attr)
+        if weak:
+            try:
+                owner, original, ours = _weak(owner), _weak(original), _weak(ours)
+            except TypeError:  # takes no weak references: kept as it is
+                weak = False
+        self._undo.append((owner, attr, original, had_own, ours, weak))
         self.applied = True
         return original
 
@@ -84,25 +93,29 @@ class Patcher:
         beneath it rather than around or instead of it); undone like `replace`."""
         original = proxy.__wrapped__
         proxy.__wrapped__ = new
-        self._undo.append((proxy, "__wrapped__", original, None, new))  # None: this kind
+        self._undo.append((proxy, "__wrapped__", original, None, new, False))  # None: this kind
         self.applied = True
 
     def wrap(
-        self, owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+        self,
+        owner: Any,
+        attr: str,
+        make: Callable[[Callable[..., Any]], Callable[..., Any]],
+        weak: bool = False,
     ) -> None:
         """Replace the function ``owner.attr`` by ``make(original)``, keeping its metadata.
 
         If ``owner.attr`` is a wrapper of ours left behind by an earlier instrumentation (one
         someone else saved and put back, as Django's test environment does with
         ``Template._render``), the new wrapper goes around what that one wrapped, so nothing
-        is ever recorded twice."""
+        is ever recorded twice. `weak` as for `replace`."""
         original = getattr(owner, attr)
         while getattr(original, "__stagetrace_patch__", False):
             original = original.__wrapped__
         new = make(original)
         functools.update_wrapper(new, original)
         new.__stagetrace_patch__ = True  # type: ignore[attr-defined]
-        self.replace(owner, attr, new)
+        self.replace(owner, attr, new, weak)
 
     def wrap_property(
         self, owner: type, attr: str, make: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]
@@ -115,6 +128,19 @@ class Patcher:
         functools.update_wrapper(getter, prop.fget)
         self.replace(owner, attr, property(getter, prop.fset, prop.fdel, prop.__doc__))
 
+    def patches(self) -> list[tuple[Any, str, Any, bool | None, Any]]:
+        """What this patcher replaced, oldest first: ``(owner, attribute, original, whether the
+        owner had its own, ours)`` (None for `replace_wrapped`); an owner kept weakly that is
+        gone is left out."""
+        out = []
+        for owner, attr, original, had_own, new, weak in self._undo:
+            if weak:
+                owner, original, new = owner(), original(), new()
+                if owner is None:
+                    continue
+            out.append((owner, attr, original, had_own, new))
+        return out
+
     def undo(self) -> None:
         """Put back everything this patcher replaced, newest first.
 
@@ -124,7 +150,11 @@ class Patcher:
         self.applied = False
         self.generation += 1
         while self._undo:
-            owner, attr, original, had_own, new = self._undo.pop()
+            owner, attr, original, had_own, new, weak = self._undo.pop()
+            if weak:
+                owner, original, new = owner(), original(), new()
+                if owner is None:  # gone: nothing to undo
+                    continue
             if had_own is None:  # `replace_wrapped`
                 if owner.__wrapped__ is new:
                     owner.__wrapped__ = original
@@ -138,6 +168,11 @@ class Patcher:
                     delattr(owner, attr)
                 except AttributeError:
                     pass
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to `obj` (TypeError if it takes none)."""
+    return weakref.ref(obj)
 
 
 class Objects:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -449,3 +450,71 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_an_app_built_per_test_is_not_kept_alive_by_stagetrace(captured):
+    """A test suite that builds its FastAPI app in a factory, per test: its endpoint, its
+    dependency, its ``@app.middleware("http")`` function and its middleware classes are new
+    objects each time. stagetrace names stages after them and caches the names, and wraps the
+    ``__call__`` of a middleware class that defines its own — the caches and the record kept to
+    undo the wrapping used to hold the objects themselves (and whatever their closures hold),
+    thousands of apps' worth in a long suite. Whatever the app's own framework keeps (FastAPI
+    caches a dependency's and an endpoint's signature) stays as it is untraced."""
+    import gc
+    import weakref
+
+    pytest.importorskip("fastapi")
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    def build() -> tuple[FastAPI, list[Any]]:
+        app = FastAPI()
+
+        class Tagging(BaseHTTPMiddleware):
+            async def dispatch(self, request: Any, call_next: Any) -> Any:
+                return await call_next(request)
+
+        class PureASGI:  # its own __call__, which stagetrace wraps on the class
+            def __init__(self, app: Any) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                await self.app(scope, receive, send)
+
+        app.add_middleware(Tagging)
+        app.add_middleware(PureASGI)
+
+        @app.middleware("http")
+        async def timing(request: Any, call_next: Any) -> Any:
+            return await call_next(request)
+
+        def settings() -> int:
+            return 1
+
+        @app.get("/x")
+        def endpoint(value: int = Depends(settings)) -> dict[str, int]:
+            return {"value": value}
+
+        return app, [app, Tagging, PureASGI, timing, settings, endpoint]
+
+    def alive_after_a_request() -> tuple[list[bool], list[str]]:
+        app, objects = build()
+        with TestClient(app) as client:
+            assert client.get("/x").json() == {"value": 1}
+        names = [s.name.rpartition("build.<locals>.")[2] for tl in captured for s in tl.stages]
+        refs = [weakref.ref(o) for o in objects]
+        del app, objects, client
+        captured.clear()
+        gc.collect()
+        return [r() is not None for r in refs], names
+
+    untraced, _ = alive_after_a_request()
+    assert untraced[:4] == [False] * 4  # the app, its middleware and its middleware function
+    stagetrace.starlette.instrument()
+    try:
+        traced, names = alive_after_a_request()
+    finally:
+        stagetrace.starlette.uninstrument()
+    assert {"Tagging", "PureASGI", "timing", "settings", "endpoint"} <= set(names)
+    assert traced == untraced

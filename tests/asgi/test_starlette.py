@@ -298,7 +298,7 @@ def test_uninstrument_restores_every_patched_attribute(captured):
     stagetrace.starlette.instrument()
     app = make_app()
     TestClient(app).get("/json")
-    applied = [(o, a, orig, had) for o, a, orig, had, _ in patcher._undo]
+    applied = [(o, a, orig, had) for o, a, orig, had, _ in patcher.patches()]
     assert len(applied) >= 10
     stagetrace.starlette.uninstrument()
     for owner, attr, original, had_own in applied:

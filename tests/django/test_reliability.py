@@ -542,3 +542,86 @@ def test_requests_served_inside_a_request_leave_its_timeline_to_it(client, captu
     (write,) = by_kind(tl, "response.write")
     assert write.parent == 0 and write.start_ns >= view.start_ns + view.duration_ns
     assert not [t for t in STATE.in_flight if t.path == "/batch/"]
+
+
+def test_a_view_made_per_url_configuration_is_not_kept_alive(captured):
+    """A view made in a function — a URL configuration built per test (``override_settings(
+    ROOT_URLCONF=...)``), a view factory — is named in its stages; the cache of view names
+    used to hold a reference to the view itself, and so whatever its closure holds, for good:
+    serving it recorded must leave it with as many references as serving it untraced."""
+    import types
+
+    from django.http import HttpResponse
+    from django.test import override_settings
+
+    def build() -> types.ModuleType:
+        held = bytearray(1 << 20)
+
+        def made_view(request):  # type: ignore[no-untyped-def]
+            return HttpResponse(str(len(held)))
+
+        urls = types.ModuleType("per_test_urls")
+        urls.urlpatterns = [path("made/", made_view)]  # type: ignore[attr-defined]
+        return urls
+
+    from django.urls import path
+
+    from ..djapp.middleware import SEEN_VIEWS
+
+    urls = build()
+    view = urls.urlpatterns[0].callback  # type: ignore[attr-defined]
+
+    def references_after_a_request() -> int:
+        with override_settings(ROOT_URLCONF=urls):
+            assert Client().get("/made/").content == b"1048576"
+        SEEN_VIEWS.clear()  # the test app's middleware notes each view it sees
+        gc.collect()
+        return sys.getrefcount(view)
+
+    stagetrace.django.uninstrument()
+    try:
+        untraced = [references_after_a_request() for _ in range(2)]
+    finally:
+        stagetrace.django.instrument()
+    traced = [references_after_a_request() for _ in range(2)]
+    (tl, _) = captured
+    assert one(tl, "view").name.endswith("build.<locals>.made_view")
+    assert untraced[0] == untraced[1] == traced[0] == traced[1]
+
+
+def test_a_model_made_in_a_test_is_freed_with_it(captured):
+    """A model class made in a test (``isolate_apps``, as Django's and many libraries' own
+    test suites do) whose queries were compiled while recording: the caches of compile and
+    fetch stage names used to hold the class, and with it its registry, for good."""
+    import weakref
+
+    from django.db import connection, models
+    from django.test.utils import isolate_apps
+
+    def use_a_model() -> weakref.ref[type]:
+        with isolate_apps("tests.djapp"):
+
+            class Gadget(models.Model):
+                name = models.CharField(max_length=10)
+
+                class Meta:
+                    app_label = "djapp"
+
+            with connection.schema_editor() as editor:
+                editor.create_model(Gadget)
+            try:
+                with stagetrace.timeline("job"):
+                    assert list(Gadget.objects.filter(name="x")) == []
+            finally:
+                with connection.schema_editor() as editor:
+                    editor.delete_model(Gadget)
+            return weakref.ref(Gadget)
+
+    gadget = use_a_model()
+    (tl,) = captured
+    assert one(tl, "orm.compile").name == "SELECT djapp.Gadget"
+    assert one(tl, "orm.fetch").name == "djapp.Gadget"
+    del tl
+    captured.clear()
+    gc.collect()
+    assert gadget() is None

@@ -464,8 +464,9 @@ def test_a_service_name_with_a_bad_percent_escape_is_decoded_as_the_sdk_does(
     variable every OpenTelemetry component of the process reads: the SDK's resource detection
     decodes it with U+FFFD, and so does stagetrace — it used to refuse it and stop the
     application at startup, over a value the SDK and every other instrumentation accept."""
-    import stagetrace
     from opentelemetry.sdk.resources import Resource
+
+    import stagetrace
 
     raw = "service.name=caf%E9,team=r%FFd"
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)

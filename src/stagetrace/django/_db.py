@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _recorder, _sql
+from .._names import remember
 from .._patching import leave, timed
 from ._common import patcher
 
@@ -30,7 +31,30 @@ _COMPILERS = {
 #: Django's vendor names as OpenTelemetry's ``db.system.name`` values.
 _SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "oracle": "oracle.db"}
 
+# Stage names by model class. A model of the project's registry lives as long as the process,
+# and its name is cached plainly (a lookup per query); one made in a test (``isolate_apps``)
+# is freed with its registry, so its name is cached without keeping it alive (`remember`).
 _compile_names: dict[tuple[type, Any], str] = {}
+_model_names: dict[Any, str] = {}
+_made_names: dict[tuple[Any, int], tuple[Any, str]] = {}
+
+
+def _for_good(model: Any) -> bool:
+    """Whether `model` belongs to Django's registry (or is None): it is never freed."""
+    if model is None:
+        return True
+    from django.apps import apps
+
+    return getattr(getattr(model, "_meta", None), "apps", None) is apps
+
+
+def _made_name(kind: Any, model: Any, name: Any) -> str:
+    """The cached name of a model made outside the registry; `name(model)` makes it."""
+    entry = _made_names.get((kind, id(model)))
+    if entry is not None and entry[0]() is model:
+        return entry[1]
+    made: str = name(model)
+    return remember(_made_names, (kind, id(model)), model, made)
 
 
 def _compile_name(compiler: Any) -> str:
@@ -43,6 +67,8 @@ def _compile_name(compiler: Any) -> str:
             op = _COMPILERS.get(cls.__name__, "")
             if op:
                 break
+        if not _for_good(model):
+            return _made_name(key[0], model, lambda m: f"{op} {m._meta.label}".strip())
         label = model._meta.label if model is not None else "query"
         name = f"{op} {label}".strip()
         if len(_compile_names) < 4096:
@@ -50,13 +76,12 @@ def _compile_name(compiler: Any) -> str:
     return name
 
 
-_model_names: dict[Any, str] = {}
-
-
 def _model_name(model: Any) -> str:
     """``app_label.Model`` (``Options.label`` formats it anew on every read), cached per model."""
     name = _model_names.get(model)
     if name is None:
+        if not _for_good(model):
+            return _made_name(None, model, lambda m: str(m._meta.label))
         name = str(model._meta.label) if model is not None else "query"
         if len(_model_names) < 4096:
             _model_names[model] = name

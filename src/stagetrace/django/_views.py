@@ -10,6 +10,7 @@ from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
 from .._http.headers import safe
+from .._names import remember
 from .._patching import leave
 from ._common import hop_started, patcher, qualname
 from ._common import thread_wait as _thread_wait
@@ -67,23 +68,18 @@ def _function_of(cls: Any) -> str | None:
     return f"{module}.{name}" if isinstance(module, str) else name
 
 
-_views: dict[tuple[Any, Any], tuple[str, bool]] = {}
+_views: dict[tuple[int, Any], tuple[Any, tuple[str, bool]]] = {}
 
 
 def _view_facts(view: Any, method: Any) -> tuple[str, bool]:
     """The stage name of `view` for `method` and whether the view is a coroutine function,
     cached per view (asgiref's `iscoroutinefunction` costs five Python calls; Django asks
-    about the view on every request)."""
-    key = (view, method)
-    try:
-        facts = _views.get(key)
-    except TypeError:  # an unhashable view object
-        return view_name(key), iscoroutinefunction(view)
-    if facts is None:
-        facts = (view_name(key), iscoroutinefunction(view))
-        if len(_views) < 4096:
-            _views[key] = facts
-    return facts
+    about the view on every request) without keeping the view alive (`remember`)."""
+    key = (id(view), method)
+    entry = _views.get(key)
+    if entry is not None and entry[0]() is view:
+        return entry[1]
+    return remember(_views, key, view, (view_name((view, method)), iscoroutinefunction(view)))
 
 
 def _enter(kind: str, name: Any) -> Any:

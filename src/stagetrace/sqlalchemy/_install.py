@@ -34,6 +34,7 @@ import itertools
 from typing import Any
 
 from .. import _recorder
+from .._names import remember
 from .._patching import Patcher, leave, timed
 from ..dbapi import _query
 
@@ -373,13 +374,10 @@ _relationship_names: dict[int, tuple[Any, str]] = {}
 
 def _relationship_name(strategy: Any, how: str) -> str:
     entry = _relationship_names.get(id(strategy))
-    if entry is not None and entry[0] is strategy:
+    if entry is not None and entry[0]() is strategy:
         return entry[1]
     name = f"{how} {strategy.parent_property}"
-    if len(_relationship_names) >= 1024:
-        _relationship_names.clear()
-    _relationship_names[id(strategy)] = (strategy, name)
-    return name
+    return remember(_relationship_names, id(strategy), strategy, name)
 
 
 def _loader(how: str) -> Any:

@@ -42,6 +42,7 @@ import functools
 import inspect
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -49,7 +50,7 @@ from typing import Any
 from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
-from .._names import qualname
+from .._names import MAX_REMEMBERED, qualname, remember
 from .._patching import Objects, Patcher, leave, timed, timed_async
 from ..asgi import _gateway
 
@@ -74,8 +75,9 @@ def _instrumented(app: Any) -> bool:
 
 # --- middleware -------------------------------------------------------------------------------
 
-_class_names: dict[type, str] = {}
-_func_names: dict[Any, str] = {}
+# Names of the application's objects, kept without keeping the objects alive (`remember`).
+_class_names: dict[int, tuple[Any, str]] = {}
+_func_names: dict[int, tuple[Any, str]] = {}
 _base_http: type | None = None
 
 
@@ -87,17 +89,22 @@ def _layer_name(layer: Any) -> str:
         dispatch = getattr(layer, "dispatch_func", None)
         if dispatch is not None and getattr(dispatch, "__self__", None) is not layer:
             func = getattr(dispatch, "__func__", dispatch)
-            name = _func_names.get(func)
-            if name is None:
-                name = qualname(func)
-                if len(_func_names) < 1024:
-                    _func_names[func] = name
-            return name
-    name = _class_names.get(cls)
-    if name is None:
-        name = _class_names[cls] = qualname(cls)
-        if _base_http is None or not issubclass(cls, _base_http):
-            _plain_names[cls] = name
+            entry = _func_names.get(id(func))
+            if entry is not None and entry[0]() is func:
+                return entry[1]
+            return remember(_func_names, id(func), func, qualname(func))
+    entry = _class_names.get(id(cls))
+    if entry is not None and entry[0]() is cls:
+        return entry[1]
+    name = remember(_class_names, id(cls), cls, qualname(cls))
+    if (
+        "<locals>" not in name
+        and (_base_http is None or not issubclass(cls, _base_http))
+        and len(_plain_names) < MAX_REMEMBERED
+    ):
+        # a class of a module's top level lives as long as its module: the fast lookup may
+        # hold it (one made in a function, per app, would be kept alive by it)
+        _plain_names[cls] = name
     return name
 
 
@@ -166,7 +173,9 @@ def _layer_call(orig: Any) -> Any:
     return _unless_recording(orig, __call__)
 
 
-_patched_classes: set[type] = set()
+#: Layer classes seen, and those whose ``__call__`` is wrapped: weakly, as an app built per
+#: test may define its own (the patcher, too, keeps them only weakly).
+_patched_classes: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def _watch_layer(layer: Any) -> None:
@@ -183,10 +192,10 @@ def _watch_layer(layer: Any) -> None:
     if getattr(func, "__stagetrace_patch__", False) or not inspect.iscoroutinefunction(func):
         return  # a sync __call__ returning an awaitable: left alone (not recorded)
     _patched_owners.add(owner)
-    patcher.wrap(owner, "__call__", _layer_call)
+    patcher.wrap(owner, "__call__", _layer_call, weak=True)
 
 
-_patched_owners: set[type] = set()
+_patched_owners: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def _walk_stack(stack: Any) -> None:
@@ -295,20 +304,15 @@ def _endpoint_name(raw: tuple[Any, Any]) -> str:
     return qualname(endpoint)
 
 
-_endpoint_names: dict[tuple[Any, Any], str] = {}
+_endpoint_names: dict[tuple[int, Any], tuple[Any, str]] = {}
 
 
 def _view_name(endpoint: Any, method: Any) -> str:
-    key = (endpoint, method)
-    try:
-        name = _endpoint_names.get(key)
-    except TypeError:  # an unhashable endpoint
-        return _endpoint_name(key)
-    if name is None:
-        name = _endpoint_name(key)
-        if len(_endpoint_names) < 4096:
-            _endpoint_names[key] = name
-    return name
+    key = (id(endpoint), method)
+    entry = _endpoint_names.get(key)
+    if entry is not None and entry[0]() is endpoint:
+        return entry[1]
+    return remember(_endpoint_names, key, endpoint, _endpoint_name((endpoint, method)))
 
 
 def _record_raised(app: Any) -> Any:
@@ -789,20 +793,15 @@ _DEPENDENCY = object()  # owner of each dependency's stage
 _CALLED = "called"  # aux of a dependency stage whose function FastAPI calls now
 _CACHED = {"cached": True}
 _TEARDOWN = {"teardown": True}
-_dependency_names: dict[Any, str] = {}
+_dependency_names: dict[int, tuple[Any, str]] = {}
 _cache_key_of: Any = None
 
 
 def _dependency_name(call: Any) -> str:
-    try:
-        name = _dependency_names.get(call)
-    except TypeError:  # an unhashable callable
-        return qualname(call)
-    if name is None:
-        name = qualname(call)
-        if len(_dependency_names) < 1024:
-            _dependency_names[call] = name
-    return name
+    entry = _dependency_names.get(id(call))
+    if entry is not None and entry[0]() is call:
+        return entry[1]
+    return remember(_dependency_names, id(call), call, qualname(call))
 
 
 def _close_called(exc: BaseException | None = None) -> None:
