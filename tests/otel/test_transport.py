@@ -457,6 +457,38 @@ def test_grpc_retry_info_delay_is_honoured() -> None:
     assert calls[1] - calls[0] >= 0.7 * 0.95
 
 
+def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
+    """RESOURCE_EXHAUSTED with no ``RetryInfo``: the OTLP specification makes it retryable
+    only when the collector says recovery is possible (with that detail) — a collector over its
+    quota was sent the same batch again and again until the deadline, adding to its load."""
+    calls: list[float] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(time.monotonic())
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "over quota")
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        transport = GrpcTransport(
+            exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+        )
+        _open.append(transport)
+        transport._backoff.initial = 0.01
+        outcome = transport.export(BODY, deadline=time.monotonic() + 2)
+    finally:
+        server.stop(0)
+    assert outcome.result is ExportResult.FAILED and outcome.attempts == 1, outcome
+    assert "RESOURCE_EXHAUSTED" in outcome.detail and len(calls) == 1
+
+
 def test_grpc_unreachable_fails_within_the_deadline() -> None:
     """Nothing listening: UNAVAILABLE until the deadline, reported as retryable, on time."""
     with socket.socket() as s:

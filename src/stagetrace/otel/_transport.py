@@ -685,6 +685,7 @@ def _describe(exc: BaseException) -> str:
 
 # -- OTLP/gRPC ---------------------------------------------------------------------------------
 
+#: RESOURCE_EXHAUSTED only with a ``RetryInfo`` detail (`GrpcTransport.export`).
 _RETRYABLE_GRPC = (
     "CANCELLED",
     "DEADLINE_EXCEEDED",
@@ -718,6 +719,7 @@ class GrpcTransport:
         self._metadata = tuple((k.lower(), v) for k, v in config.headers)
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else None
         self._retryable = frozenset(getattr(grpc.StatusCode, name) for name in _RETRYABLE_GRPC)
+        self._exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
         self._backoff = _Backoff()
 
     def _open(self) -> Any:
@@ -768,6 +770,10 @@ class GrpcTransport:
                 if code not in self._retryable:
                     return ExportOutcome(ExportResult.FAILED, attempt, detail)
                 retry_after = _retry_info_delay(exc)
+                if retry_after is None and code is self._exhausted:
+                    # retryable only when the collector says it will recover (the OTLP
+                    # specification): with a RetryInfo detail
+                    return ExportOutcome(ExportResult.FAILED, attempt, detail)
             else:
                 rejected, message = partial_success_rejected(response or b"")
                 return ExportOutcome(ExportResult.OK, attempt, message, rejected)
