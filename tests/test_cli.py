@@ -330,6 +330,43 @@ def test_standard_input_compressed(mixed, command):
         assert "/items/{item_id}" in out
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes: POSIX")
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("command", ["show", "summary", "report"])
+def test_a_named_pipe_is_read_as_a_file(mixed, tmp_path, command, packed):
+    """A named pipe given as the file — ``stagetrace summary <(zcat app.jsonl.gz)`` in a
+    shell, a FIFO: the file was opened once to peek at its first bytes and again to read it, or
+    seeked back, so `show` found "no timelines" (what the peek had read was gone with it) and
+    `summary` and `report` failed with "not seekable"."""
+    import gzip
+    import threading
+
+    data = mixed.read_bytes()
+    if packed:
+        data = gzip.compress(data)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as f:  # blocks until the reader opens it
+            f.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    out = tmp_path / "report.html"
+    args = [sys.executable, "-m", "stagetrace", command, str(fifo)]
+    args += ["-o", str(out)] if command == "report" else []
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    writer.join(10)
+    assert proc.returncode == 0, proc.stderr
+    if command == "show":
+        assert shown(proc.stdout) == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    elif command == "summary":
+        assert "/items/{item_id}" in proc.stdout
+    else:
+        assert "(6 requests" in proc.stderr + proc.stdout and out.stat().st_size > 0
+
+
 @pytest.mark.parametrize("command", ["show", "summary"])
 def test_reading_standard_input_leaves_it_open(mixed, monkeypatch, command):
     """Called in-process (an embedding tool, a REPL), `show -` and `summary -` leave standard

@@ -27,7 +27,7 @@ from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
 from .sinks._console import _clean, _encodable
-from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, read_jsonl
+from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, read_jsonl, text_of
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
 
@@ -555,10 +555,7 @@ def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None
     size = os.path.getsize(path)
     raw = open(path, "rb")  # noqa: SIM115 - closed by the returned function
     try:
-        magic = raw.read(2)
-        raw.seek(0)
-        binary: Any = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
-        stream = _text(binary)
+        stream = text_of(raw)  # a pipe too: its first bytes are peeked at, not read
     except BaseException:
         raw.close()
         raise
@@ -571,12 +568,6 @@ def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None
         raw.close()
 
     return stream, raw.tell, size, close
-
-
-def _text(binary: Any) -> IO[str]:
-    import io
-
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
 
 
 def read_files(

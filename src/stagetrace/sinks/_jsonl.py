@@ -152,14 +152,42 @@ class BadLine:
     reason: str
 
 
+def text_of(raw: IO[bytes]) -> IO[str]:
+    """`raw`, a buffered binary stream (a file, a pipe), as text: gunzipped when it starts
+    with gzip's magic bytes — peeked at, never read, since a pipe cannot seek back — and
+    undecodable bytes replaced. Closing the text closes `raw`."""
+    peek = getattr(raw, "peek", None)
+    gzipped = peek is not None and peek(2)[:2] == b"\x1f\x8b"
+    binary: Any = _Gunzip(raw, True) if gzipped else raw
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
+
+
+class _Gunzip(gzip.GzipFile):
+    """A gzip stream over an open binary stream, closing that stream too when `owned`."""
+
+    def __init__(self, raw: IO[bytes], owned: bool) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw if owned else None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            raw, self._raw = self._raw, None
+            if raw is not None:
+                raw.close()
+
+
 def open_text(path: str | os.PathLike[str]) -> IO[str]:
     """A text stream of a JSON lines file, plain or gzip-compressed (told by its first bytes,
-    not its name); undecodable bytes are replaced rather than fatal."""
-    with open(path, "rb") as f:
-        packed = f.read(2) == b"\x1f\x8b"
-    if packed:
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    not its name); undecodable bytes are replaced rather than fatal. Opened once and never
+    seeked: a named pipe (``<(zcat app.jsonl.gz)``) reads as a file does."""
+    raw = open(path, "rb")  # noqa: SIM115 - closed with the returned stream
+    try:
+        return text_of(raw)
+    except BaseException:
+        raw.close()
+        raise
 
 
 def open_stdin() -> IO[str]:
@@ -167,12 +195,14 @@ def open_stdin() -> IO[str]:
     bytes), undecodable bytes replaced. Standard input replaced by a text stream without
     bytes underneath (a test's) is read as it is."""
     binary: Any = getattr(sys.stdin, "buffer", None)
-    peek = getattr(binary, "peek", None)
-    if peek is None:
+    if getattr(binary, "peek", None) is None:
         return sys.stdin
-    if peek(2)[:2] == b"\x1f\x8b":
-        binary = gzip.GzipFile(fileobj=binary)
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
+    return io.TextIOWrapper(
+        _Gunzip(binary, False) if binary.peek(2)[:2] == b"\x1f\x8b" else binary,
+        encoding="utf-8",
+        errors="replace",
+        newline=None,
+    )
 
 
 def done_with_stdin(stream: IO[str]) -> None:
