@@ -276,6 +276,32 @@ def test_the_queue_time_of_a_task_with_a_countdown_starts_at_its_eta(worker, cel
     assert 0 <= job["stages"][0]["attrs"]["stagetrace.queue_time_ns"] < 1_000_000_000
 
 
+def test_a_task_sent_outside_any_timeline_has_its_queue_time(worker, celery_app):
+    """A task sent from a script, a cron job or a shell — no timeline recording — waits in the
+    queue like any other: the worker's timeline says how long. The send time travelled only
+    with tasks sent inside a timeline, so these executions had no queue time at all."""
+    from tests.celeryapp import send_receipt
+
+    stagetrace.configure(jsonl=str(worker))
+    assert _recorder.current() is None
+    task_id = send_receipt.apply_async((12,)).id
+    deadline = time.monotonic() + 30
+    while True:
+        mine = [
+            j
+            for j in _jobs(worker, 1)
+            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
+        ]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    (job,) = mine
+    attrs = job["stages"][0]["attrs"]
+    assert attrs["celery.task.state"] == "SUCCESS"
+    assert 0 <= attrs["stagetrace.queue_time_ns"] < 60_000_000_000
+    assert "stagetrace.parent_span_id" not in attrs  # no parent: it was sent from no stage
+
+
 def test_eager_tasks_run_as_a_nested_stage_of_the_request(celery_app, captured):
     """task_always_eager: the task runs inline, as a task stage nested in the enqueue stage,
     with its ORM stages inside; no timeline of its own."""
@@ -350,9 +376,10 @@ def _connected(signal: Any, name: str) -> bool:
 
 
 def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
-    """A task enqueued from a timeline left out with `stagetrace.discard()` carries none of
-    stagetrace's headers, as from an excluded path: nothing may point at stages no sink ever
-    receives (the worker's job, and OpenTelemetry spans under it, would hang from them)."""
+    """A task enqueued from a timeline left out with `stagetrace.discard()` carries neither
+    trace context nor request id, as from an excluded path: nothing may point at stages no
+    sink ever receives (the worker's job, and OpenTelemetry spans under it, would hang from
+    them). Only the time it was sent, as every message does, for the worker's queue time."""
     from celery.signals import before_task_publish
 
     from stagetrace.celery._install import PUBLISHED, REQUEST_ID
@@ -378,7 +405,8 @@ def test_a_discarded_timeline_sends_no_trace_context(inline_app, captured):
         before_task_publish.disconnect(seen)
     kept, dropped = sent
     assert {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} <= set(kept)
-    assert not {"traceparent", "tracestate", REQUEST_ID, PUBLISHED} & set(dropped), dropped
+    assert not {"traceparent", "tracestate", REQUEST_ID} & set(dropped), dropped
+    assert PUBLISHED in dropped
     assert [tl.stages[0].name for tl in captured] == ["kept"]
 
 

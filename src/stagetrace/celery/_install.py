@@ -135,10 +135,12 @@ def _before_publish(
     carries one already (set by the application, or by OpenTelemetry's Celery instrumentation
     for its producer span, which the worker's spans then continue). Not from a discarded
     timeline: no sink receives its stages, so nothing may name them as a parent (the
-    message goes as from an excluded path)."""
+    message goes as from an excluded path). The time it is sent goes with every message,
+    whoever sends it (a script, a cron job): the worker's queue time."""
     if not patcher.applied or not isinstance(headers, dict):
         return
     try:
+        headers[PUBLISHED] = time.time_ns()
         tl = _recorder.live()
         if tl is None or tl.discarded:
             return
@@ -152,7 +154,6 @@ def _before_publish(
                 headers["tracestate"] = tl.tracestate
         if tl.request_id:
             headers[REQUEST_ID] = tl.request_id
-        headers[PUBLISHED] = time.time_ns()
         if isinstance(routing_key, str) and routing_key:
             _recorder.set_attrs(
                 _recorder.nearest_open("task", 2), {"messaging.destination.name": routing_key}
