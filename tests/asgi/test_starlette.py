@@ -655,3 +655,50 @@ def test_a_bare_asgi_app_calling_an_instrumented_app_in_process_keeps_its_framew
     (tl,) = captured
     assert (tl.framework, tl.route, tl.path) == ("asgi", None, "/orders/1")
     assert [s.name for s in named(tl, "route")] == ["/inventory/{sku}"]
+
+
+def test_a_websocket_denied_before_accept_records_the_http_status(instrumented, captured):
+    """A websocket endpoint that closes before accepting (an authentication check) denies
+    the handshake: the client gets HTTP 403 (the ASGI specification), or the status of a
+    denial response (``send_denial_response``). The timeline used to say status 1000 — the
+    close code the client never saw — and nothing of the denial."""
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def closes(websocket: WebSocket) -> None:
+        await websocket.close()
+
+    async def answers(websocket: WebSocket) -> None:
+        await websocket.send_denial_response(PlainTextResponse("no token", status_code=401))
+
+    async def accepts(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close(code=4001)
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/closes", closes),
+            WebSocketRoute("/answers", answers),
+            WebSocketRoute("/accepts", accepts),
+        ]
+    )
+    client = TestClient(app)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/closes"):
+        pass
+    from starlette.testclient import WebSocketDenialResponse
+
+    with pytest.raises(WebSocketDenialResponse) as denial, client.websocket_connect("/answers"):
+        pass
+    assert denial.value.status_code == 401
+    with client.websocket_connect("/accepts") as ws, pytest.raises(WebSocketDisconnect):
+        ws.receive_text()
+    closed, answered, accepted = captured
+    for tl, status in ((closed, 403), (answered, 401)):
+        attrs = tl.stages[0].attrs
+        assert tl.protocol == "websocket" and tl.status == status, tl.path
+        assert attrs["http.response.status_code"] == status
+        assert attrs["websocket.denied"] is True and "websocket.close_code" not in attrs
+        assert "websocket.accepted_ns" not in attrs
+    attrs = accepted.stages[0].attrs
+    assert accepted.status == 4001 and attrs["websocket.close_code"] == 4001
+    assert "http.response.status_code" not in attrs and "websocket.denied" not in attrs

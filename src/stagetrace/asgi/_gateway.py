@@ -258,6 +258,7 @@ class _Websocket:
     __slots__ = (
         "accepted",
         "close_code",
+        "denied",
         "received",
         "received_bytes",
         "receive_wait",
@@ -272,6 +273,9 @@ class _Websocket:
         self.received = self.received_bytes = self.receive_wait = 0
         self.sent = self.sent_bytes = 0
         self.close_code: int | None = None
+        #: The HTTP status of a handshake the app denied: closed before accepting (403, the
+        #: ASGI specification) or answered with a denial response (its status).
+        self.denied: int | None = None
 
     def receive(self, receive: Receive) -> Receive:
         async def observed_receive() -> Message:
@@ -306,8 +310,12 @@ class _Websocket:
                 elif kind == "websocket.accept":
                     rec = _recorder.enter("response.write", "websocket.accept")
                 elif kind == "websocket.close" and self.close_code is None:
-                    code = message.get("code", 1000)
-                    self.close_code = _number(code, 1000)
+                    if self.accepted or self.sent:
+                        self.close_code = _number(message.get("code", 1000), 1000)
+                    elif self.denied is None:  # before accept: the client gets HTTP 403
+                        self.denied = 403
+                elif kind == "websocket.http.response.start" and not self.accepted:
+                    self.denied = _number(message.get("status"))
             except Exception as exc:
                 _recorder.internal_error("asgi.websocket.send", exc)
                 kind = None
@@ -336,7 +344,13 @@ class _Websocket:
             attrs["websocket.accepted_ns"] = self.accepted
         if self.close_code is not None:
             attrs["websocket.close_code"] = self.close_code
-        end_http(self.root, self.close_code, None, exc)
+        status = self.close_code
+        if self.denied is not None and not self.accepted:
+            # no websocket was opened: the client got this HTTP response instead
+            status = self.denied
+            attrs["websocket.denied"] = True
+            attrs["http.response.status_code"] = status
+        end_http(self.root, status, None, exc)
 
 
 def _number(value: Any, default: int | None = None) -> int | None:
