@@ -790,6 +790,45 @@ def test_flush_from_a_sink_never_waits_for_its_own_worker():
     assert seen["took"] < 1.0 and sink.got == 2
 
 
+def test_flush_from_a_sink_delivers_nothing_from_inside_it():
+    """A sink whose ``emit`` calls stagetrace.flush() on its own worker: the flush drained the
+    queue right there — the next timelines went to every sink from inside this one's
+    ``emit`` (nested, out of order, into a sink that may hold its own lock) and its ``flush``
+    was called in the middle of its ``emit``. It now returns False (not everything is
+    delivered: the caller is delivering) and the worker goes on in order."""
+    events: list[tuple[Any, ...]] = []
+    second_queued = threading.Event()
+
+    class Flushing:
+        def emit(self, timeline: Any) -> None:
+            events.append(("emit", timeline.name))
+            if timeline.name == "first":
+                second_queued.wait(5)
+                events.append(("flush returned", stagetrace.flush(timeout=1)))
+            events.append(("emit done", timeline.name))
+
+        def flush(self) -> None:
+            events.append(("sink flush",))
+
+    stagetrace.configure(sinks=[Flushing()])
+    with stagetrace.timeline("first"):
+        pass
+    while not events:
+        time.sleep(0.01)
+    with stagetrace.timeline("second"):
+        pass
+    second_queued.set()
+    assert stagetrace.flush(timeout=5)
+    assert events == [
+        ("emit", "first"),
+        ("flush returned", False),
+        ("emit done", "first"),
+        ("emit", "second"),
+        ("emit done", "second"),
+        ("sink flush",),
+    ]
+
+
 FORK_UNSTARTED_SCRIPT = textwrap.dedent(
     """
     import io, os, sys, time, stagetrace

@@ -297,10 +297,12 @@ class Pipeline:
         Returns False when the deadline passed first (the rest stays queued), or a sink's
         ``flush`` returned False (the OTLP export: not everything reached the collector)."""
         target = self._submitted
-        if getattr(_on_worker, "on", False) and self._thread is not threading.current_thread():
-            # Called from a sink or an analyzer, on another pipeline's worker (this one took
-            # over its sinks, and waits for that worker to stop): waiting would wait for
-            # ourselves, and draining here would call the sinks from inside one of them.
+        if getattr(_on_worker, "on", False):
+            # Called from a sink or an analyzer, on a worker: this pipeline's own, in the
+            # middle of a delivery, or another's (this one took over its sinks and waits for
+            # that worker to stop, so waiting would wait for ourselves). Draining here would
+            # call the sinks from inside one of them — out of order, nested, into a sink that
+            # holds its own lock — and the caller's own flush in the middle of its emit.
             return self._done >= target
         deadline = None if timeout is None else time.monotonic() + timeout
         self._deliver(target, deadline)

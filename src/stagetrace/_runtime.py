@@ -255,7 +255,9 @@ def reset() -> None:
 def flush(timeout: float | None = 5.0) -> bool:
     """Deliver every finished timeline to the sinks, waiting at most `timeout` seconds. True
     when everything got through: False when the deadline passed first, or a sink could not
-    deliver what it held (the OTLP export with the collector unreachable)."""
+    deliver what it held (the OTLP export with the collector unreachable). Called from a sink
+    or an analyzer — on the worker that is delivering — it returns at once, False while
+    anything is still queued: delivery goes on after it, in order."""
     pipeline = STATE.pipeline
     return True if pipeline is None else pipeline.flush(timeout)
 
