@@ -220,22 +220,28 @@ def test_a_task_enqueued_by_a_view_runs_as_a_linked_timeline(worker, celery_app,
     assert all("unfinished" not in s["attrs"] for s in job["stages"])
 
 
+def _executions(path: Path, task_id: str, count: int) -> list[dict[str, Any]]:
+    """The job timelines of the executions of task `task_id` in the worker's file, once there
+    are `count` of them (or 30 s passed: what there is)."""
+    deadline = time.monotonic() + 30
+    while True:
+        mine = [
+            j
+            for j in _jobs(path, 1)
+            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
+        ]
+        if len(mine) >= count or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.1)
+
+
 def test_a_retry_is_a_new_execution_linked_to_the_retry(worker, celery_app):
     """A task that fails once and retries: the first execution (state RETRY, its error) has
     an apply_async stage of its own; the second execution's parent span is that stage."""
     stagetrace.configure(jsonl=str(worker))
     task_id = Client().get("/tasks/receipt/8/?fail=1").json()["task_id"]
     stagetrace.flush()
-    deadline = time.monotonic() + 30
-    while True:
-        mine = [
-            j
-            for j in _jobs(worker, 1)
-            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
-        ]
-        if len(mine) >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    mine = _executions(worker, task_id, 2)
     first, second = sorted(mine, key=lambda j: j["stages"][0]["attrs"]["celery.task.retries"])
     assert first["stages"][0]["attrs"]["celery.task.state"] == "RETRY"
     assert "attempt 0 failed" in first["stages"][0]["attrs"]["celery.task.retry_reason"]
@@ -256,16 +262,7 @@ def test_the_queue_time_of_a_task_with_a_countdown_starts_at_its_eta(worker, cel
     with stagetrace.timeline("enqueue"):
         task_id = send_receipt.apply_async((11,), countdown=1.5).id
     stagetrace.flush()
-    deadline = time.monotonic() + 30
-    while True:
-        mine = [
-            j
-            for j in _jobs(worker, 1)
-            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
-        ]
-        if mine or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    mine = _executions(worker, task_id, 1)
     (job,) = mine
     enqueued = next(
         t
@@ -285,16 +282,7 @@ def test_a_task_sent_outside_any_timeline_has_its_queue_time(worker, celery_app)
     stagetrace.configure(jsonl=str(worker))
     assert _recorder.current() is None
     task_id = send_receipt.apply_async((12,)).id
-    deadline = time.monotonic() + 30
-    while True:
-        mine = [
-            j
-            for j in _jobs(worker, 1)
-            if j["stages"][0]["attrs"].get("messaging.message.id") == task_id
-        ]
-        if mine or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    mine = _executions(worker, task_id, 1)
     (job,) = mine
     attrs = job["stages"][0]["attrs"]
     assert attrs["celery.task.state"] == "SUCCESS"

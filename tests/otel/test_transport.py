@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -363,6 +364,24 @@ def test_spans_the_collector_rejects_are_warned_about_not_only_counted(
     assert "2 spans" in warnings[0] and "too old" in warnings[0]
 
 
+@contextmanager
+def grpc_collector(export: Callable[[bytes, grpc.ServicerContext], bytes]) -> Iterator[int]:
+    """A real gRPC server on loopback whose ``TraceService/Export`` is `export` (bytes in,
+    bytes out); yields its port, stops it afterwards."""
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
 def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     """A real gRPC server answering UNAVAILABLE once: the export retries and succeeds; headers
     arrive as metadata, the endpoint's credentials as Basic auth (not in the target); our bytes
@@ -375,15 +394,7 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         return b""
 
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with grpc_collector(export) as port:
         transport = GrpcTransport(
             exporter_config(
                 {"OTEL_EXPORTER_OTLP_HEADERS": "X-Tenant=blue"},
@@ -397,8 +408,6 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
         transport._backoff.initial = 0.01
         outcome = transport.export(BODY, deadline=time.monotonic() + 10)
         transport.close()
-    finally:
-        server.stop(0)
     assert outcome.ok and outcome.attempts == 2, outcome
     assert [request for request, _ in seen] == [BODY, BODY]
     assert seen[1][1]["x-tenant"] == "blue"
@@ -436,23 +445,13 @@ def test_grpc_retry_info_delay_is_honoured() -> None:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
         return b""
 
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with grpc_collector(export) as port:
         transport = GrpcTransport(
             exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
         )
         _open.append(transport)
         transport._backoff.initial = 0.01
         outcome = transport.export(BODY, deadline=time.monotonic() + 10)
-    finally:
-        server.stop(0)
     assert outcome.ok and outcome.attempts == 2, outcome
     assert calls[1] - calls[0] >= 0.7 * 0.95
 
@@ -468,23 +467,13 @@ def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "over quota")
         return b""
 
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with grpc_collector(export) as port:
         transport = GrpcTransport(
             exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
         )
         _open.append(transport)
         transport._backoff.initial = 0.01
         outcome = transport.export(BODY, deadline=time.monotonic() + 2)
-    finally:
-        server.stop(0)
     assert outcome.result is ExportResult.FAILED and outcome.attempts == 1, outcome
     assert "RESOURCE_EXHAUSTED" in outcome.detail and len(calls) == 1
 
