@@ -414,6 +414,18 @@ def test_grpc_unavailable_is_retried_and_metadata_sent() -> None:
     assert seen[1][1]["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
 
 
+def _export_once(export: Callable[[bytes, grpc.ServicerContext], bytes], seconds: float) -> Any:
+    """Export `BODY` over gRPC to a collector whose ``Export`` is `export`, with `seconds` to
+    do it in (a short first backoff); the outcome."""
+    with grpc_collector(export) as port:
+        transport = GrpcTransport(
+            exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+        )
+        _open.append(transport)
+        transport._backoff.initial = 0.01
+        return transport.export(BODY, deadline=time.monotonic() + seconds)
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
@@ -445,13 +457,7 @@ def test_grpc_retry_info_delay_is_honoured() -> None:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
         return b""
 
-    with grpc_collector(export) as port:
-        transport = GrpcTransport(
-            exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
-        )
-        _open.append(transport)
-        transport._backoff.initial = 0.01
-        outcome = transport.export(BODY, deadline=time.monotonic() + 10)
+    outcome = _export_once(export, seconds=10)
     assert outcome.ok and outcome.attempts == 2, outcome
     assert calls[1] - calls[0] >= 0.7 * 0.95
 
@@ -467,13 +473,7 @@ def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "over quota")
         return b""
 
-    with grpc_collector(export) as port:
-        transport = GrpcTransport(
-            exporter_config({}, {"endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
-        )
-        _open.append(transport)
-        transport._backoff.initial = 0.01
-        outcome = transport.export(BODY, deadline=time.monotonic() + 2)
+    outcome = _export_once(export, seconds=2)
     assert outcome.result is ExportResult.FAILED and outcome.attempts == 1, outcome
     assert "RESOURCE_EXHAUSTED" in outcome.detail and len(calls) == 1
 
