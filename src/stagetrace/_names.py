@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Any, TypeVar
 
@@ -25,6 +26,11 @@ def qualname(obj: Any) -> str:
 
 #: How many entries a `remember` cache holds before it is pruned.
 MAX_REMEMBERED = 4096
+#: The request methods a cache of names by view and method takes: any other token a client
+#: sends is named without being cached (a client could otherwise fill the cache at will).
+CACHED_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY", None)
+)
 
 
 def remember(cache: dict[Any, tuple[Any, T]], key: Any, obj: Any, value: T) -> T:
@@ -36,17 +42,45 @@ def remember(cache: dict[Any, tuple[Any, T]], key: Any, obj: Any, value: T) -> T
         if entry is not None and entry[0]() is obj: ...  # entry[1] is the value
 
     An app built per test (a factory's closures, a class defined in a function) is then freed
-    with its test; an object that cannot be referenced weakly is not kept. Past
-    `MAX_REMEMBERED` entries, those of freed objects are dropped (all of them, if that is not
-    enough). Returns `value`."""
+    with its test. An object that takes no weak reference (a class with ``__slots__`` and no
+    ``__weakref__``) is held, as any cache would, within the bound: past `MAX_REMEMBERED`
+    entries, those of freed objects are dropped, and all of them if that is not enough — on a
+    snapshot, so that requests filling the cache on other threads meanwhile are never in the
+    way. Returns `value`."""
     try:
-        ref = weakref.ref(obj)
+        ref: Any = weakref.ref(obj)
     except TypeError:
-        return value
+        ref = _Held(obj)
     if len(cache) >= MAX_REMEMBERED:
-        for k in [k for k, (r, _) in cache.items() if r() is None]:
-            del cache[k]
+        for k, (r, _) in list(cache.items()):
+            if r() is None:
+                cache.pop(k, None)
         if len(cache) >= MAX_REMEMBERED // 2:
             cache.clear()
     cache[key] = (ref, value)
     return value
+
+
+class _Held:
+    """A strong reference that reads as a weak one: calling it gives the object."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def module_level(obj: Any) -> bool:
+    """Whether `obj` (a class or function) is what its module holds under its qualified name:
+    it lives as long as the module does, so a cache may hold it. One made in a function —
+    ``def`` or ``type()`` in an app factory — is not."""
+    try:
+        found: Any = sys.modules.get(obj.__module__)
+        for part in obj.__qualname__.split("."):
+            found = getattr(found, part, None)
+        return found is obj
+    except Exception:
+        return False

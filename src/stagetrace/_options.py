@@ -513,12 +513,14 @@ def default_service(environ: Mapping[str, str]) -> str:
     name = environ.get("OTEL_SERVICE_NAME", "").strip()
     if name:
         return str(coerce("service", name, "environment OTEL_SERVICE_NAME", True))
+    found = None
     for part in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, _, value = part.partition("=")
         if key.strip() == "service.name" and value.strip():
-            # undecodable escapes become U+FFFD, as in the SDK's resource detection
-            value = unquote(value.strip())
-            return str(coerce("service", value, "environment OTEL_RESOURCE_ATTRIBUTES", True))
+            found = value.strip()  # the last one, as in the SDK's resource detection
+    if found is not None:
+        # undecodable escapes become U+FFFD, as in the SDK's resource detection
+        return str(coerce("service", unquote(found), "environment OTEL_RESOURCE_ATTRIBUTES", True))
     return "unknown_service"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ class Patcher:
     def __init__(self, name: str) -> None:
         self.name = name
         self._undo: list[tuple[Any, str, Any, bool | None, Any, bool]] = []
+        self._lock = threading.Lock()
+        self._prune_at = 256
         #: True while instrumented: a plain attribute, cheap to test on hot paths; wrappers
         #: left behind after `undo()` check it and record nothing.
         self.applied = False
@@ -84,7 +87,12 @@ class Patcher:
                 owner, original, ours = _weak(owner), _weak(original), _weak(ours)
             except TypeError:  # takes no weak references: kept as it is
                 weak = False
-        self._undo.append((owner, attr, original, had_own, ours, weak))
+        with self._lock:
+            if weak and len(self._undo) >= self._prune_at:
+                # forget the classes that are gone (an app built per test, each time)
+                self._undo[:] = [u for u in self._undo if not u[5] or u[0]() is not None]
+                self._prune_at = 2 * len(self._undo) + 64
+            self._undo.append((owner, attr, original, had_own, ours, weak))
         self.applied = True
         return original
 
@@ -93,7 +101,8 @@ class Patcher:
         beneath it rather than around or instead of it); undone like `replace`."""
         original = proxy.__wrapped__
         proxy.__wrapped__ = new
-        self._undo.append((proxy, "__wrapped__", original, None, new, False))  # None: this kind
+        with self._lock:
+            self._undo.append((proxy, "__wrapped__", original, None, new, False))  # None: this kind
         self.applied = True
 
     def wrap(
@@ -153,7 +162,7 @@ class Patcher:
             owner, attr, original, had_own, new, weak = self._undo.pop()
             if weak:
                 owner, original, new = owner(), original(), new()
-                if owner is None:  # gone: nothing to undo
+                if owner is None or new is None:  # gone, or ours gone from it: nothing to undo
                     continue
             if had_own is None:  # `replace_wrapped`
                 if owner.__wrapped__ is new:

@@ -567,7 +567,8 @@ def _open(path: str) -> tuple[IO[str], Callable[[], int], int, Callable[[], None
             pass
         raw.close()
 
-    return stream, raw.tell, size, close
+    # a pipe has no position (tell() raises): its progress is not shown
+    return stream, raw.tell if raw.seekable() else (lambda: 0), size, close
 
 
 def read_files(

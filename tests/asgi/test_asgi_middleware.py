@@ -154,6 +154,27 @@ async def test_websocket_connection_is_one_timeline(captured):
     assert names == ["websocket.accept", "websocket.send", "websocket.send"]
 
 
+async def test_a_denied_websocket_has_no_close_code_from_the_disconnect_after(captured):
+    """An app that closes before accepting and then reads the disconnect the server reports
+    (code 1006): the handshake was denied with HTTP 403 and no websocket ever closed, so the
+    timeline has the 403 and no close code."""
+
+    async def denying(scope, receive, send):
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008})
+        await receive()  # websocket.disconnect
+
+    app = StagetraceMiddleware(denying, http_clients=False)
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "scheme": "ws",
+             "query_string": b"", "root_path": ""}  # fmt: skip
+    messages = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]
+    await call(app, scope, messages)
+    (tl,) = captured
+    attrs = tl.stages[0].attrs
+    assert tl.status == 403 and attrs["http.response.status_code"] == 403
+    assert attrs["websocket.denied"] is True and "websocket.close_code" not in attrs
+
+
 async def test_lifespan_passes_through_untouched(captured):
     app = StagetraceMiddleware(bare_app, http_clients=False)
     sent = await call(

@@ -482,8 +482,15 @@ def test_an_app_built_per_test_is_not_kept_alive_by_stagetrace(captured):
             async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
                 await self.app(scope, receive, send)
 
+        async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+        # made with type(): no "<locals>" in its name, made per app all the same
+        Made = type("Made", (), {"__init__": PureASGI.__init__, "__call__": call})
+
         app.add_middleware(Tagging)
         app.add_middleware(PureASGI)
+        app.add_middleware(Made)
 
         @app.middleware("http")
         async def timing(request: Any, call_next: Any) -> Any:
@@ -496,7 +503,7 @@ def test_an_app_built_per_test_is_not_kept_alive_by_stagetrace(captured):
         def endpoint(value: int = Depends(settings)) -> dict[str, int]:
             return {"value": value}
 
-        return app, [app, Tagging, PureASGI, timing, settings, endpoint]
+        return app, [app, Tagging, PureASGI, Made, timing, settings, endpoint]
 
     def alive_after_a_request() -> tuple[list[bool], list[str]]:
         app, objects = build()
@@ -510,11 +517,12 @@ def test_an_app_built_per_test_is_not_kept_alive_by_stagetrace(captured):
         return [r() is not None for r in refs], names
 
     untraced, _ = alive_after_a_request()
-    assert untraced[:4] == [False] * 4  # the app, its middleware and its middleware function
+    assert untraced[:5] == [False] * 5  # the app, its middleware and its middleware function
     stagetrace.starlette.instrument()
     try:
         traced, names = alive_after_a_request()
     finally:
         stagetrace.starlette.uninstrument()
     assert {"Tagging", "PureASGI", "timing", "settings", "endpoint"} <= set(names)
+    assert any(n.endswith(".Made") for n in names)
     assert traced == untraced

@@ -625,3 +625,17 @@ def test_a_model_made_in_a_test_is_freed_with_it(captured):
     captured.clear()
     gc.collect()
     assert gadget() is None
+
+
+def test_request_methods_a_client_makes_up_do_not_fill_the_view_name_cache(captured):
+    """The view-name cache is keyed by view and request method, and the method is whatever
+    token the client sends: made-up methods are named (a 405) but not cached, so no client can
+    fill the cache and push the application's own views out of it."""
+    from stagetrace.django import _views
+
+    Client().get("/books.json")
+    before = len(_views._views)
+    for i in range(50):
+        assert Client().generic(f"JUNK{i}", "/books.json").status_code in (200, 405)
+    assert len(_views._views) == before
+    assert len(captured) == 51  # every request recorded all the same

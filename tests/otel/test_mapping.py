@@ -468,7 +468,7 @@ def test_a_service_name_with_a_bad_percent_escape_is_decoded_as_the_sdk_does(
 
     import stagetrace
 
-    raw = "service.name=caf%E9,team=r%FFd"
+    raw = "service.name=first,service.name=caf%E9,team=r%FFd"  # the last one counts
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)
     sdk = Resource.create().attributes
     service = stagetrace.configure().service

@@ -478,6 +478,24 @@ def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
     assert "RESOURCE_EXHAUSTED" in outcome.detail and len(calls) == 1
 
 
+def test_grpc_resource_exhausted_with_an_empty_retry_info_is_retried() -> None:
+    """A ``RetryInfo`` with no ``retry_delay`` still says the collector will recover: the batch
+    is sent again, after our own backoff."""
+    detail = _ld(0x0A, b"type.googleapis.com/google.rpc.RetryInfo")  # an empty RetryInfo
+    status = b"\x08\x08" + _ld(0x12, b"later") + _ld(0x1A, detail)
+    calls: list[float] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            context.set_trailing_metadata((("grpc-status-details-bin", status),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "later")
+        return b""
+
+    outcome = _export_once(export, seconds=10)
+    assert outcome.ok and outcome.attempts == 2, outcome
+
+
 def test_grpc_unreachable_fails_within_the_deadline() -> None:
     """Nothing listening: UNAVAILABLE until the deadline, reported as retryable, on time."""
     with socket.socket() as s:

@@ -146,6 +146,35 @@ def test_lazy_loads_are_fetch_stages_around_their_queries_and_an_n_plus_one(inst
     assert finding.attrs["code.line.number"] == line
 
 
+def test_a_lazy_loads_name_is_made_once_per_relationship(instrumented, engine):
+    """The name of a lazy load's stage is cached: SQLAlchemy's loader strategies take no weak
+    references, and a cache keyed on them silently cached nothing — the name was formatted
+    again on every load of an N+1 loop."""
+    from stagetrace.sqlalchemy import _install
+
+    def run():
+        with Session(engine) as s:
+            for user in s.scalars(select(User)).all():
+                assert len(user.posts) == 2
+
+    formatted: list[str] = []
+    real = _install.remember
+
+    def counting(cache, key, obj, value):  # type: ignore[no-untyped-def]
+        formatted.append(value)
+        return real(cache, key, obj, value)
+
+    _install._relationship_names.clear()
+    _install.remember = counting
+    try:
+        tl = job(run)
+        job(run)
+    finally:
+        _install.remember = real
+    assert len([s for s in tl.stages if s.name == "lazy load User.posts"]) == 6
+    assert formatted == ["lazy load User.posts"]
+
+
 def test_an_n_plus_one_in_a_jinja2_template_names_the_templates_line(
     instrumented, engine, tmp_path
 ):

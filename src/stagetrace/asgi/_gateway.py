@@ -342,14 +342,15 @@ class _Websocket:
         attrs["websocket.bytes_sent"] = self.sent_bytes
         if self.accepted:
             attrs["websocket.accepted_ns"] = self.accepted
-        if self.close_code is not None:
-            attrs["websocket.close_code"] = self.close_code
         status = self.close_code
         if self.denied is not None and not self.accepted:
-            # no websocket was opened: the client got this HTTP response instead
+            # no websocket was opened: the client got this HTTP response instead (a close
+            # code from a disconnect the app received afterwards closed nothing)
             status = self.denied
             attrs["websocket.denied"] = True
             attrs["http.response.status_code"] = status
+        elif status is not None:
+            attrs["websocket.close_code"] = status
         end_http(self.root, status, None, exc)
 
 

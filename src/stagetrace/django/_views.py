@@ -10,7 +10,7 @@ from asgiref.sync import iscoroutinefunction
 
 from .. import _recorder
 from .._http.headers import safe
-from .._names import remember
+from .._names import CACHED_METHODS, remember
 from .._patching import leave
 from ._common import hop_started, patcher, qualname
 from ._common import thread_wait as _thread_wait
@@ -79,7 +79,8 @@ def _view_facts(view: Any, method: Any) -> tuple[str, bool]:
     entry = _views.get(key)
     if entry is not None and entry[0]() is view:
         return entry[1]
-    return remember(_views, key, view, (view_name((view, method)), iscoroutinefunction(view)))
+    facts = (view_name((view, method)), iscoroutinefunction(view))
+    return remember(_views, key, view, facts) if method in CACHED_METHODS else facts
 
 
 def _enter(kind: str, name: Any) -> Any:

@@ -774,6 +774,8 @@ class GrpcTransport:
                     # retryable only when the collector says it will recover (the OTLP
                     # specification): with a RetryInfo detail
                     return ExportOutcome(ExportResult.FAILED, attempt, detail)
+                if retry_after is _NO_DELAY:  # a RetryInfo without a delay: our backoff
+                    retry_after = None
             else:
                 rejected, message = partial_success_rejected(response or b"")
                 return ExportOutcome(ExportResult.OK, attempt, message, rejected)
@@ -791,13 +793,16 @@ class GrpcTransport:
 
 
 _RETRY_INFO = b"type.googleapis.com/google.rpc.RetryInfo"
+#: What `_retry_info_delay` gives for a ``RetryInfo`` that names no delay: retry, with our
+#: own backoff.
+_NO_DELAY = -1.0
 
 
 def _retry_info_delay(exc: Any) -> float | None:
     """The delay a gRPC error's ``google.rpc.RetryInfo`` asks for (in the trailing
     ``grpc-status-details-bin`` metadata: a ``google.rpc.Status`` whose ``details`` may hold
-    it), in seconds; None when there is none or it cannot be read. The OTLP specification's
-    counterpart of HTTP's ``Retry-After``."""
+    it), in seconds; None when there is none or it cannot be read, `_NO_DELAY` when it is
+    there without a delay. The OTLP specification's counterpart of HTTP's ``Retry-After``."""
     try:
         trailers = exc.trailing_metadata() or ()
         raw = next((v for k, v in trailers if k == "grpc-status-details-bin"), None)
@@ -807,7 +812,7 @@ def _retry_info_delay(exc: Any) -> float | None:
             if _field(detail, 1) == _RETRY_INFO:  # Any.type_url
                 delay = _field(_field(detail, 2) or b"", 1)  # RetryInfo.retry_delay
                 if delay is None:
-                    return None
+                    return _NO_DELAY
                 seconds = nanos = 0
                 pos = 0
                 while pos < len(delay):  # Duration: seconds (1), nanos (2), both varints

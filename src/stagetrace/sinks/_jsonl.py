@@ -157,9 +157,16 @@ def text_of(raw: IO[bytes]) -> IO[str]:
     with gzip's magic bytes — peeked at, never read, since a pipe cannot seek back — and
     undecodable bytes replaced. Closing the text closes `raw`."""
     peek = getattr(raw, "peek", None)
-    gzipped = peek is not None and peek(2)[:2] == b"\x1f\x8b"
+    gzipped = peek is not None and _gzip_first(peek)
     binary: Any = _Gunzip(raw, True) if gzipped else raw
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
+
+
+def _gzip_first(peek: Any) -> bool:
+    """Whether a stream starts as gzip does. Its first byte only: a pipe's writer may have
+    written just that one yet, and ``peek`` returns what one read gives (0x1f starts no line
+    of JSON, and a stream that is not gzip after all fails in one line as a bad gzip file)."""
+    return peek(1)[:1] == b"\x1f"  # type: ignore[no-any-return]
 
 
 class _Gunzip(gzip.GzipFile):
@@ -198,7 +205,7 @@ def open_stdin() -> IO[str]:
     if getattr(binary, "peek", None) is None:
         return sys.stdin
     return io.TextIOWrapper(
-        _Gunzip(binary, False) if binary.peek(2)[:2] == b"\x1f\x8b" else binary,
+        _Gunzip(binary, False) if _gzip_first(binary.peek) else binary,
         encoding="utf-8",
         errors="replace",
         newline=None,

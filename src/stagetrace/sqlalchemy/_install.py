@@ -369,15 +369,17 @@ def _instances(orig: Any) -> Any:
     return instances
 
 
-_relationship_names: dict[int, tuple[Any, str]] = {}
+_relationship_names: dict[tuple[int, str], tuple[Any, str]] = {}
 
 
 def _relationship_name(strategy: Any, how: str) -> str:
-    entry = _relationship_names.get(id(strategy))
-    if entry is not None and entry[0]() is strategy:
+    """``how Model.relationship``, cached by relationship property (the loader strategies take
+    no weak references; the property does, and the name depends on it alone)."""
+    prop = strategy.parent_property
+    entry = _relationship_names.get((id(prop), how))
+    if entry is not None and entry[0]() is prop:
         return entry[1]
-    name = f"{how} {strategy.parent_property}"
-    return remember(_relationship_names, id(strategy), strategy, name)
+    return remember(_relationship_names, (id(prop), how), prop, f"{how} {prop}")
 
 
 def _loader(how: str) -> Any:

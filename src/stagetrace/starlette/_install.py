@@ -50,7 +50,7 @@ from typing import Any
 from .. import _recorder, _runtime, dbapi, httpclients
 from .. import jinja2 as _jinja2
 from .. import sqlalchemy as _sqlalchemy
-from .._names import MAX_REMEMBERED, qualname, remember
+from .._names import CACHED_METHODS, MAX_REMEMBERED, module_level, qualname, remember
 from .._patching import Objects, Patcher, leave, timed, timed_async
 from ..asgi import _gateway
 
@@ -98,12 +98,12 @@ def _layer_name(layer: Any) -> str:
         return entry[1]
     name = remember(_class_names, id(cls), cls, qualname(cls))
     if (
-        "<locals>" not in name
-        and (_base_http is None or not issubclass(cls, _base_http))
+        (_base_http is None or not issubclass(cls, _base_http))
         and len(_plain_names) < MAX_REMEMBERED
+        and module_level(cls)
     ):
-        # a class of a module's top level lives as long as its module: the fast lookup may
-        # hold it (one made in a function, per app, would be kept alive by it)
+        # a class its module holds lives as long as the module: the fast lookup may hold it
+        # (one made in a function, per app, would be kept alive by it)
         _plain_names[cls] = name
     return name
 
@@ -312,7 +312,8 @@ def _view_name(endpoint: Any, method: Any) -> str:
     entry = _endpoint_names.get(key)
     if entry is not None and entry[0]() is endpoint:
         return entry[1]
-    return remember(_endpoint_names, key, endpoint, _endpoint_name((endpoint, method)))
+    name = _endpoint_name((endpoint, method))
+    return remember(_endpoint_names, key, endpoint, name) if method in CACHED_METHODS else name
 
 
 def _record_raised(app: Any) -> Any:
