@@ -278,6 +278,29 @@ async def test_asyncpg(instrumented, pg_database):
     assert queries(tl)[1].attrs["db.operation.batch.size"] == 2
 
 
+async def test_transaction_control_repeated_in_a_request_is_no_finding(instrumented, pg_database):
+    """Five asyncpg transactions in one request send ``BEGIN;`` and ``COMMIT;`` five times
+    each, the same text with the same (no) parameters: transaction control, which no batching
+    or cache could save, so neither an N+1 nor a duplicate-query finding — only the INSERTs
+    of the loop are an N+1."""
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = await asyncpg.connect(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{pg_database}")
+    try:
+        await conn.execute("CREATE TEMP TABLE t (id int)")
+        with stagetrace.capture() as got:
+            async with stagetrace.timeline("job"):
+                for i in range(5):
+                    async with conn.transaction():
+                        await conn.execute("INSERT INTO t VALUES ($1)", i)
+    finally:
+        await conn.close()
+    (tl,) = got
+    assert [s.name for s in queries(tl)] == ["BEGIN", "INSERT t", "COMMIT"] * 5
+    assert [f.message.split(" at ")[0] for f in tl.findings] == [
+        "N+1: 5× INSERT INTO t VALUES (...)"
+    ]
+
+
 async def test_asyncpg_prepared_statement_methods_stay_plain_functions(instrumented, pg_database):
     """asyncpg's ``PreparedStatement.fetch`` (and its siblings) are plain functions that check
     the statement's connection when called and only then return the coroutine: instrumented,

@@ -8,6 +8,7 @@ options by their factories.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -28,6 +29,15 @@ __all__ = [
 _CONTROL = frozenset(
     ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "START", "END", "SHOW")
 )
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _is_control(fp: str) -> bool:
+    """Whether a fingerprint is a transaction-control statement: its first word, whatever
+    follows it (asyncpg sends ``BEGIN;``) and in any case (the fingerprint lower-cases words
+    it does not know as keywords: ``start transaction``)."""
+    m = _FIRST_WORD.match(fp)
+    return m is not None and m.group().upper() in _CONTROL
 
 
 def sql_text(stage: Stage) -> str | None:
@@ -239,7 +249,7 @@ class NPlusOne:
             return []
         found = []
         for fp, stages in _group_queries(timeline).items():
-            if len(stages) < self.threshold or fp.partition(" ")[0] in _CONTROL:
+            if len(stages) < self.threshold or _is_control(fp):
                 continue
             attrs, location, total = _finding_attrs(timeline, fp, stages)
             if total < self.min_total_ns:
@@ -264,7 +274,8 @@ class DuplicateQueries:
     number at least ``threshold`` for some set of parameters, ``kind="duplicate_query"``, with
     ``fingerprint``, ``count`` (those executions, the first of each set included),
     ``parameter_sets`` (when more than one set repeats), ``total_ns``, the call site when
-    captured, and the stage ids.
+    captured, and the stage ids. Transaction-control statements (``BEGIN``, ``COMMIT``, ...),
+    the same in every transaction, are never reported.
     """
 
     __slots__ = ("threshold",)
@@ -287,6 +298,8 @@ class DuplicateQueries:
                 continue
             text = _text(group[0][_ATTRS])
             fp = fingerprint(text) if text is not None else group[0][_NAME]
+            if _is_control(fp):  # a second transaction's BEGIN and COMMIT
+                continue
             by_fp.setdefault(fp, []).append(group)
         found = []
         for fp, groups in by_fp.items():
