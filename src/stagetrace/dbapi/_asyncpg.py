@@ -3,15 +3,18 @@
 proxies of these connections, so ``pool.fetch(...)`` is covered too), ``db.connect`` for
 ``asyncpg.connect``.
 
-Not recorded: cursors (``Connection.cursor``), ``copy_*``, ``prepare`` itself, and waiting for a
+Not recorded: cursors (``Connection.cursor``), ``copy_*``, ``prepare`` itself, waiting for a
 connection from an ``asyncpg`` pool (connections it opens are recorded when that happens during
-a request).
+a request), and ``Connection.reset``, with which a pool cleans up each connection it gets back
+(its statements are the pool's housekeeping, the same after every query: not the
+application's queries, nor an N+1 or duplicate query).
 """
 
 from __future__ import annotations
 
 import inspect
 import weakref
+from contextvars import ContextVar
 from typing import Any
 
 from .. import _recorder
@@ -23,6 +26,8 @@ _BASE = {"db.system.name": "postgresql"}
 _attrs_by_conn: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 _METHODS = ("execute", "executemany", "fetch", "fetchval", "fetchrow", "fetchmany")
+#: True while ``Connection.reset`` runs in this context: its statements are not recorded.
+_resetting: ContextVar[bool] = ContextVar("stagetrace.asyncpg.resetting", default=False)
 _STATEMENT_METHODS = ("executemany", "fetch", "fetchval", "fetchrow", "fetchmany")
 
 
@@ -72,6 +77,7 @@ def _method(name: str, on_statement: bool) -> Any:
             if (
                 _recorder.current() is None
                 or not _query.patcher.applied
+                or _resetting.get()
                 or _query.recorded_elsewhere()
             ):
                 return await orig(self, *args, **kwargs)
@@ -105,7 +111,12 @@ def _plain_method(orig: Any, many: bool) -> Any:
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         awaitable = orig(self, *args, **kwargs)
-        if _recorder.current() is None or not _query.patcher.applied or _query.recorded_elsewhere():
+        if (
+            _recorder.current() is None
+            or not _query.patcher.applied
+            or _resetting.get()
+            or _query.recorded_elsewhere()
+        ):
             return awaitable
         try:
             conn = getattr(self, "_connection", None)
@@ -139,6 +150,19 @@ async def _recorded(awaitable: Any, conn: Any, query: Any, params: Any, many: bo
     return result
 
 
+def _reset(orig: Any) -> Any:
+    async def reset(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _recorder.current() is None or not _query.patcher.applied:
+            return await orig(self, *args, **kwargs)
+        token = _resetting.set(True)
+        try:
+            return await orig(self, *args, **kwargs)
+        finally:
+            _resetting.reset(token)
+
+    return reset
+
+
 def _connect(orig: Any) -> Any:
     async def connect(*args: Any, **kwargs: Any) -> Any:
         if _recorder.current() is None or not _query.patcher.applied or _query.recorded_elsewhere():
@@ -164,13 +188,16 @@ def _connect(orig: Any) -> Any:
 
 
 def patch(module: Any) -> None:
-    """Patch asyncpg's connection and prepared statement methods and ``connect``."""
+    """Patch asyncpg's connection and prepared statement methods, ``Connection.reset`` and
+    ``connect``."""
     from asyncpg import connection, prepared_stmt
 
     patcher = _query.patcher
     for name in _METHODS:
         if name in vars(connection.Connection):
             patcher.wrap(connection.Connection, name, _method(name, False))
+    if "reset" in vars(connection.Connection):
+        patcher.wrap(connection.Connection, "reset", _reset)
     for name in _STATEMENT_METHODS:
         if name in vars(prepared_stmt.PreparedStatement):
             patcher.wrap(prepared_stmt.PreparedStatement, name, _method(name, True))
