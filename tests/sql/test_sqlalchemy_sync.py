@@ -312,6 +312,33 @@ def test_the_driver_underneath_adds_no_second_query_stage(instrumented, engine):
     assert [s.name for s in connects] == ["pool checkout", "connect"]
 
 
+def test_pool_pre_ping_is_the_checkouts_own_work(instrumented, engine):
+    """With ``pool_pre_ping`` and the drivers instrumented too (as the web adapters install
+    them), the ping SQLAlchemy sends on each checkout (``;`` on psycopg, ``SELECT 1`` on
+    SQLite) is part of the ``pool checkout`` stage, as a new connection's setup is part of its
+    ``connect``: not a query of the application's, nor a duplicate query in every request that
+    checks out twice."""
+    pinging = create_engine(engine.url, pool_pre_ping=True)
+    stagetrace.dbapi.instrument()
+    try:
+        with pinging.connect() as conn:  # the first connection, outside the request
+            conn.execute(text("SELECT 1"))
+
+        def run():
+            for i in range(3):
+                with pinging.connect() as conn:
+                    conn.execute(text("SELECT :i"), {"i": i}).all()
+
+        tl = job(run)
+    finally:
+        stagetrace.dbapi.uninstrument()
+        pinging.dispose()
+    queries = [s for s in tl.stages if s.kind == "db.query"]
+    assert len(queries) == 3
+    assert all(tl.stages[s.parent].kind != "db.connect" for s in queries)
+    assert tl.findings == ()
+
+
 @pytest.mark.usefixtures("sql_integrations_start_unpatched")
 def test_instrumentation_is_idempotent_and_reversible(engine):
     """instrument() twice records once; uninstrument() restores every patched attribute and

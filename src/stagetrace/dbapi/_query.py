@@ -27,9 +27,8 @@ SYSTEMS = {
     "mssql": "microsoft.sql_server",
 }
 
-#: Owner of a pool checkout's ``db.connect`` stage: a connection opened inside it is its own
-#: (nested) stage, while one opened inside any other ``db.connect`` stage (Django's, or
-#: SQLAlchemy's own "connect") is already recorded there.
+#: Owner of a pool checkout's ``db.connect`` stage (SQLAlchemy's), by which the pool finds it
+#: again to time its wait.
 POOL_CHECKOUT = object()
 
 
@@ -49,16 +48,15 @@ def params_kwarg(kwargs: dict[str, Any]) -> Any:
 
 def recorded_elsewhere() -> bool:
     """Whether the database work starting now is recorded already: the current stage is a
-    ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect`` other
-    than a pool checkout (Django's or SQLAlchemy's connect, whose initialization queries and
-    driver-level connect belong to it), kept or past `max_stages`. On an internal error: True
-    (record nothing)."""
+    ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect``
+    (Django's or SQLAlchemy's connect, whose initialization queries and driver-level connect
+    belong to it; SQLAlchemy's pool checkout, whose ``pool_pre_ping`` belongs to it — a new
+    connection it opens is SQLAlchemy's own nested ``connect``), kept or past `max_stages`. On
+    an internal error: True (record nothing)."""
     try:
         if _recorder.nearest_open("db.query", 1, dropped=True) is not None:
             return True
-        return _recorder.nearest_open(
-            "db.connect", 1, dropped=True
-        ) is not None and not _recorder.is_open_for(POOL_CHECKOUT, "db.connect")
+        return _recorder.nearest_open("db.connect", 1, dropped=True) is not None
     except Exception as exc:
         _recorder.internal_error("dbapi.nesting", exc)
         return True
