@@ -233,6 +233,27 @@ def test_with_django_testcase(django_project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*expected at most 1 SQL queries, 6 ran in 1 request:"])
 
 
+def test_n_plus_one_threshold_is_the_assertions(django_project: pytest.Pytester) -> None:
+    """`assert_no_n_plus_one(threshold=N)` judges by N, not by the threshold the analyzers ran
+    with when the request was recorded (5 by default, or the project's
+    ``n_plus_one_threshold``): 6 repeats of one query pass ``threshold=7`` and fail
+    ``threshold=6``."""
+    django_project.makepyfile(
+        test_threshold="""
+        def test_above_the_repeats(client, books, stagetrace_capture):
+            client.get("/n-plus-one/")
+            stagetrace_capture.assert_no_n_plus_one(threshold=7)
+
+        def test_at_the_repeats(client, books, stagetrace_capture):
+            client.get("/n-plus-one/")
+            stagetrace_capture.assert_no_n_plus_one(threshold=6)
+        """
+    )
+    result = django_project.runpytest_subprocess("-p", "django")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_at_the_repeats*", "*1 N+1 query pattern found:"])
+
+
 def test_with_starlette_testclient(pytester: pytest.Pytester) -> None:
     """With Starlette's ``TestClient`` (the app runs in another thread) and raw sqlite3
     queries (recorded by the adapter's DB-API instrumentation): N+1, query count and budgets
