@@ -163,6 +163,37 @@ def test_hostile_data_is_shown_as_text(browser: Any, tmp_path: Path) -> None:
     assert by_css(browser, "img") == []
 
 
+def test_jobs_are_found_by_their_name(browser: Any, tmp_path: Path) -> None:
+    """Job timelines (`stagetrace.timeline()`, Celery tasks) have no route: the list shows
+    their name, and the route menu and the text filter find them by it, as ``show --route``
+    and ``summary`` do, rather than lumping every job under "(no route)"."""
+    import stagetrace
+
+    with stagetrace.capture() as recorded:
+        for name in ("nightly-report", "send-receipts", "nightly-report"):
+            with stagetrace.timeline(name):
+                pass
+    src = tmp_path / "jobs.jsonl"
+    src.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in recorded), encoding="utf-8")
+    page = tmp_path / "jobs.html"
+    assert cli.main(["report", str(src), "-o", str(page)]) == 0
+    load(browser, page)
+    routes = [o.get_attribute("value") for o in by_css(browser, "#f-route option")]
+    assert routes == ["", "nightly-report", "send-receipts"]
+    browser.execute_script(
+        "var s = document.getElementById('f-route'); s.value = 'send-receipts';"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    assert [r.text for r in by_css(browser, "#list-body tr td:nth-child(2)")] == ["send-receipts"]
+    browser.execute_script(
+        "var s = document.getElementById('f-route'); s.value = '';"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    browser.find_element("id", "f-text").send_keys("nightly")
+    assert browser.find_element("id", "count").text == "2 of 3 requests"
+    assert console_errors(browser) == []
+
+
 def test_dev_page_variant_loads(browser: Any, django_recording: Path, tmp_path: Path) -> None:
     """The page as the Django dev page serves it (a notice, a reload button, newest first)
     loads without console errors and lists the newest request first."""

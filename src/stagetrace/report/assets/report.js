@@ -25,11 +25,14 @@
   function ms(ns) { return (ns / 1e6).toFixed(2); }
   function statusClass(s) { return s ? 'st-' + String(s).charAt(0) : ''; }
   function label(tl) { return (tl.method ? tl.method + ' ' : '') + (tl.path || tl.route || tl.name || ''); }
+  // What the route menu lists and filters by: the route template, or a job's name (a job has
+  // no route; `summary` and `show --route` go by its name too).
+  function routeOf(tl) { return tl.protocol === 'job' ? tl.name : tl.route; }
 
   // --- derived fields, computed once ------------------------------------------------------
   TLS.forEach(function (tl, i) {
     tl.index = i;
-    var words = [tl.method, tl.path, tl.route, tl.status, tl.request_id, tl.trace_id,
+    var words = [tl.method, tl.path, routeOf(tl), tl.status, tl.request_id, tl.trace_id,
                  tl.framework, tl.service];
     tl.findings.forEach(function (f) { words.push(f.kind, f.message); });
     tl.search = words.join(' ').toLowerCase();
@@ -42,7 +45,7 @@
 
   function routesOf() {
     var seen = {};
-    TLS.forEach(function (tl) { seen[tl.route === null ? '' : tl.route] = true; });
+    TLS.forEach(function (tl) { var r = routeOf(tl); seen[r === null ? '' : r] = true; });
     return Object.keys(seen).sort();
   }
 
@@ -57,7 +60,7 @@
 
   function matches(tl, text, route, status, withFindings) {
     if (route) {
-      if (route === '\u0000none' ? tl.route !== null : tl.route !== route) { return false; }
+      if (route === '\u0000none' ? routeOf(tl) !== null : routeOf(tl) !== route) { return false; }
     }
     if (status) {
       var s = tl.status === null ? '' : String(tl.status);
@@ -353,9 +356,9 @@
     var order = [];
     TLS.forEach(function (tl) {
       tl.findings.forEach(function (f) {
-        var key = f.kind + '\u0000' + (tl.route || '') + '\u0000' + (f.fingerprint || f.message);
+        var key = f.kind + '\u0000' + (routeOf(tl) || '') + '\u0000' + (f.fingerprint || f.message);
         if (!groups[key]) {
-          groups[key] = {kind: f.kind, route: tl.route, message: f.message, count: 0};
+          groups[key] = {kind: f.kind, route: routeOf(tl), message: f.message, count: 0};
           order.push(key);
         }
         groups[key].count += 1;
