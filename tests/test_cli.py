@@ -179,6 +179,20 @@ def test_nothing_matched_is_said_and_exits_1(mixed, capsys):
     assert "1 has that path (use --path)" in capsys.readouterr().err
 
 
+def test_path_hint_only_when_the_path_would_match(mixed, capsys):
+    """The --path hint is given only when --path would find what --route did not: not for a
+    route that matched but was left out by another filter (the hint would send the user to a
+    filter that finds nothing either), nor for a path the other filters rule out."""
+    assert main(["show", str(mixed), "--route", "albums", "--min-ms", "1000"]) == 1
+    assert capsys.readouterr().err == (
+        f"stagetrace: no timeline matched --route albums --min-ms 1000.0 (of 6 in {mixed})\n"
+    )
+    assert main(["show", str(mixed), "--route", "/albums/2/", "--status", "5xx"]) == 1
+    assert "use --path" not in capsys.readouterr().err
+    assert main(["show", str(mixed), "--route", "/albums/2/", "--status", "4xx"]) == 1
+    assert "1 has that path (use --path)" in capsys.readouterr().err
+
+
 def test_show_follows_the_terminal_width(mixed):
     """Without --width, show follows COLUMNS (the terminal) like the demo; --width wins."""
     env = {**os.environ, "COLUMNS": "80"}

@@ -192,7 +192,11 @@ class Selection:
         self.bad: list[BadLine] = []
         self.total = 0
         self.matched = 0
-        self.path_matches = 0  # timelines whose *path* equals --route: a hint for the user
+        self.path_matches = 0  # timelines --path would select with --route's value: a hint
+        # The filters with --route's value given as --path instead (when --path is not given).
+        self._as_path: argparse.Namespace | None = None
+        if args.route is not None and args.path is None:
+            self._as_path = argparse.Namespace(**{**vars(args), "route": None, "path": args.route})
 
     def __iter__(self) -> Iterator[Timeline]:
         stream = _open(self.args.file)
@@ -205,7 +209,7 @@ class Selection:
                     continue
                 self.total += 1
                 if not selected(item, self.args):
-                    if self.args.route is not None and _matches(self.args.route, item.path):
+                    if self._as_path is not None and selected(item, self._as_path):
                         self.path_matches += 1
                     continue
                 self.matched += 1
