@@ -482,7 +482,8 @@ def _table(
         pieces = textwrap.wrap(text, w, subsequent_indent="  ") or [""]
         if len(pieces) > wrap:
             rest = " ".join(p.strip() for p in pieces[wrap - 1 :])
-            pieces = [*pieces[: wrap - 1], _cut("  " + rest, w)]
+            indent = "  " if wrap > 1 else ""  # the last line continues one above, if any
+            pieces = [*pieces[: wrap - 1], _cut(indent + rest, w)]
         out.append(fmt([pieces[0] if i == flex else c for i, c in enumerate(row)]))
         out.extend(fmt([p if i == flex else "" for i in range(ncols)]) for p in pieces[1:])
     out.append("")

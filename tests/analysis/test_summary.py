@@ -100,6 +100,29 @@ def test_summary_width_follows_option(
     assert max(len(line) for line in wide.splitlines()) > 80
 
 
+def test_a_route_too_long_for_its_column_is_cut_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A route longer than the column (a long path that matched no route) is cut with ``…``
+    where it stands, aligned with the others: not indented as if it continued a line above."""
+    long_path = "/api/v1/organizations/acme/projects/website redesign/members/ada/permissions/"
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        json.dumps(sample_timeline().to_dict())
+        + "\n"
+        + json.dumps(sample_timeline(route=None, path=long_path, status=404).to_dict())
+        + "\n"
+    )
+    code, out, _ = run_cli("summary", "--width", "80", str(path), capsys=capsys)
+    assert code == 0
+    lines = out.splitlines()
+    table = lines[lines.index("Routes (by total time)") + 1 :]
+    long_row = next(line for line in table if "/api/v1/" in line)
+    assert long_row.startswith("GET /api/v1/organizations/"), long_row
+    assert "…" in long_row
+    assert len(long_row) <= 80
+
+
 def test_summary_json(django_recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--json gives the same numbers for machines."""
     code, out, _ = run_cli("summary", "--json", str(django_recording), capsys=capsys)
