@@ -663,7 +663,8 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
         out.write("\n")
     elif summary.timelines:
         width = args.width or _terminal_width(out)
-        out.write(_encodable(out, summary.render(width, args.top, [r.path for r in results])))
+        read = [r.path for r in results if r.timelines]  # not a missing or unreadable one
+        out.write(_encodable(out, summary.render(width, args.top, read)))
     if not summary.timelines:
         print("stagetrace: no timelines to summarize", file=err)
         return 1

@@ -123,6 +123,20 @@ def test_a_route_too_long_for_its_column_is_cut_in_place(
     assert len(long_row) <= 80
 
 
+def test_the_header_counts_only_the_files_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "from N files" counts the files timelines came from, not a missing one beside them."""
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(sample_timeline().to_dict()) + "\n")
+    code, out, err = run_cli("summary", str(tmp_path / "gone.jsonl"), str(src), capsys=capsys)
+    assert code == 1
+    assert err == f"stagetrace: {tmp_path / 'gone.jsonl'}: no such file\n"
+    assert out.startswith("1 timeline over "), out.splitlines()[0]
+    code, out, _ = run_cli("summary", str(src), str(src), capsys=capsys)
+    assert out.startswith("2 timelines from 2 files over "), out.splitlines()[0]
+
+
 def test_summary_json(django_recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--json gives the same numbers for machines."""
     code, out, _ = run_cli("summary", "--json", str(django_recording), capsys=capsys)
@@ -212,7 +226,7 @@ def test_bad_input_one_line_each_and_good_timelines_used(
         f"stagetrace: {empty}: no timelines in the file",
     ]
     # 2 from mixed, 1 from the gzip file, 49 from the truncated one before it broke off
-    assert out.startswith("52 timelines from 6 files"), out.splitlines()[0]
+    assert out.startswith("52 timelines from 3 files "), out.splitlines()[0]
 
 
 def test_no_timelines_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -141,6 +141,23 @@ def test_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
 
 
+def test_the_page_names_only_the_files_its_requests_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that gave no timeline (missing, or only bad lines) is reported on standard
+    error, and not named in the page's header as one the requests came from."""
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(sample_timeline().to_dict()) + "\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{broken\n")
+    out = tmp_path / "r.html"
+    gone = tmp_path / "gone.jsonl"
+    assert cli.main(["report", str(gone), str(src), str(broken), "-o", str(out)]) == 1
+    capsys.readouterr()
+    page = out.read_text(encoding="utf-8")
+    assert f'<span class="meta">1 request from {src}</span>' in page
+
+
 def test_a_file_name_that_is_not_utf8_does_not_stop_the_report(tmp_path: Path) -> None:
     """A file name in another encoding (a Latin-1 name reaches Python as a lone surrogate) and
     such a ``--title`` are shown with U+FFFD in the page, where the page used to fail to be

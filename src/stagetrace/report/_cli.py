@@ -76,7 +76,7 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
     page = render_html(
         timelines,
         title=args.title,
-        meta=page_meta(len(timelines), total, [r.path for r in results]),
+        meta=page_meta(len(timelines), total, [r.path for r in results if r.timelines]),
         total=total,
     )
     if output == "-":
