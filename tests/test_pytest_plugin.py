@@ -387,6 +387,39 @@ def test_with_flask_test_client(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*no timeline was recorded*stagetrace.flask.instrument()*"])
 
 
+def test_route_names_a_job(pytester: pytest.Pytester) -> None:
+    """A job (a Celery task, `stagetrace.timeline()`) is chosen by its name with ``route=``,
+    as ``stagetrace show --route`` does and as the "recorded: ..." list of the failure names
+    it, where the assertion used to say no timeline of that name was recorded."""
+    pytester.makeini(INI.format(extra=""))
+    pytester.makepyfile(
+        test_job="""
+        import sqlite3
+        import stagetrace
+        import stagetrace.dbapi
+
+        stagetrace.dbapi.instrument()
+
+        def nightly_report():
+            with stagetrace.timeline("nightly-report"):
+                db = sqlite3.connect(":memory:")
+                for i in range(6):
+                    db.execute("SELECT ?", (i,)).fetchall()
+
+        def test_job_within_budget(stagetrace_capture):
+            nightly_report()
+            stagetrace_capture.assert_max_queries(6, route="nightly-report")
+
+        def test_job_over_budget(stagetrace_capture):
+            nightly_report()
+            stagetrace_capture.assert_max_queries(5, route="nightly-report")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:django")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*expected at most 5 SQL queries, 6 ran in 1 request:"])
+
+
 def test_plugin_loads_without_side_effects(pytester: pytest.Pytester) -> None:
     """A project that never asks for the fixture gets the plugin loaded and nothing else: no
     autouse fixture, no framework imported, no capture listening, nothing printed."""

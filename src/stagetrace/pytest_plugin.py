@@ -91,9 +91,9 @@ class StagetraceCapture:
         __tracebackhide__ = True
         timelines = list(self.timelines)
         if route is not None:
-            timelines = [t for t in timelines if t.route == route or t.path == route]
+            timelines = [t for t in timelines if route in (_route(t), t.path)]
             if not timelines:
-                seen = sorted({t.route or t.path or t.name for t in self.timelines})
+                seen = sorted({_route(t) or t.path or t.name for t in self.timelines})
                 raise AssertionError(
                     f"no timeline of route {route!r} was recorded during this test "
                     f"(recorded: {', '.join(seen) or 'none'})"
@@ -210,6 +210,12 @@ def _repeats(f: Finding) -> float:
     an analyzer of your own that does not say (it is kept, whatever the threshold)."""
     count = f.attrs.get("count")
     return count if type(count) is int else float("inf")
+
+
+def _route(tl: Timeline) -> str | None:
+    """What ``route=`` names: the route template, or a job's name (a Celery task has no
+    route), as ``stagetrace show --route`` reads it."""
+    return tl.name if tl.protocol == "job" else tl.route
 
 
 def _title(tl: Timeline) -> str:
