@@ -78,6 +78,19 @@ def test_last_applies_after_the_filters(mixed, capsys):
     assert shown(capsys.readouterr().out) == ["r0", "r2", "r5"]
 
 
+def test_last_is_the_newest_by_start_time(tmp_path, capsys):
+    """--last N shows the N that started last, oldest of them first, whatever the order of
+    the lines: ``cat app.jsonl*`` puts the current file before the rotated one, and
+    several processes append a timeline when it ends, not when it started."""
+    t0 = 1_795_000_000_000_000_000
+    current = [line(request_id=f"new{i}", start_unix_nano=t0 + 60_000_000_000 + i) for i in (0, 1)]
+    rotated = [line(request_id=f"old{i}", start_unix_nano=t0 + i) for i in (0, 1, 2)]
+    path = tmp_path / "both.jsonl"
+    write_jsonl(path, current + rotated)  # as `cat app.jsonl app.jsonl.1` gives them
+    assert main(["show", str(path), "--last", "3"]) == 0
+    assert shown(capsys.readouterr().out) == ["old2", "new0", "new1"]
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", ""])
 def test_a_bad_last_is_refused(mixed, capsys, value):
     """--last takes a whole number from 1 up; anything else is one line on stderr, exit 2."""

@@ -8,8 +8,8 @@ bad command line (argparse's convention), with one line saying what was wrong.
 from __future__ import annotations
 
 import argparse
-import collections
 import fnmatch
+import heapq
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -201,7 +201,10 @@ class Selection:
     def __iter__(self) -> Iterator[Timeline]:
         stream = _open(self.args.file)
         last = self.args.last
-        kept: collections.deque[Timeline] | None = collections.deque(maxlen=last) if last else None
+        # --last: the N that started last (a min-heap by start time, then by order read), not
+        # the last N lines: `cat app.jsonl*` puts the current file before the rotated one, and
+        # processes sharing a file append a timeline when it ends.
+        kept: list[tuple[int, int, Timeline]] | None = [] if last else None
         try:
             for item in read_to_end(stream):
                 if isinstance(item, BadLine):
@@ -215,15 +218,17 @@ class Selection:
                 self.matched += 1
                 if kept is None:
                     yield item
+                elif len(kept) < last:
+                    heapq.heappush(kept, (item.start_unix_nano, self.matched, item))
                 else:
-                    kept.append(item)
+                    heapq.heappushpop(kept, (item.start_unix_nano, self.matched, item))
         finally:
             if self.args.file != "-":
                 stream.close()
             else:
                 done_with_stdin(stream)
         if kept is not None:
-            yield from kept
+            yield from (tl for _, _, tl in sorted(kept))
 
     def report(self) -> int:
         """Print the problems on standard error; the exit status."""
