@@ -420,6 +420,47 @@ def test_route_names_a_job(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*expected at most 5 SQL queries, 6 ran in 1 request:"])
 
 
+def test_nothing_recorded_names_the_settings_that_left_requests_out(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instrumented app whose requests went unrecorded because of the configuration —
+    production's ``STAGETRACE_SAMPLE_RATE`` inherited by the test run, ``exclude_paths`` —
+    is told which setting did it, not only asked whether the app is instrumented."""
+    monkeypatch.setenv("STAGETRACE_SAMPLE_RATE", "0")
+    monkeypatch.setenv("STAGETRACE_EXCLUDE_PATHS", "^/health$")
+    pytester.makeini(INI.format(extra=""))
+    pytester.makepyfile(
+        test_app="""
+        import io
+        from wsgiref.util import setup_testing_defaults
+        from stagetrace.wsgi import StagetraceMiddleware
+
+        def hello(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"hello"]
+
+        app = StagetraceMiddleware(hello)
+
+        def test_sampled_out(stagetrace_capture):
+            environ = {}
+            setup_testing_defaults(environ)
+            body = b"".join(app(environ, lambda status, headers: None))
+            assert body == b"hello"
+            stagetrace_capture.assert_max_queries(0)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:django")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * no timeline was recorded during this test, * and recording enabled? "
+            "Only some requests are recorded: the sample_rate option (STAGETRACE_SAMPLE_RATE) "
+            "is 0. Requests whose path matches the exclude_paths option "
+            "(STAGETRACE_EXCLUDE_PATHS) are not recorded: ^/health$."
+        ]
+    )
+
+
 def test_plugin_loads_without_side_effects(pytester: pytest.Pytester) -> None:
     """A project that never asks for the fixture gets the plugin loaded and nothing else: no
     autouse fixture, no framework imported, no capture listening, nothing printed."""

@@ -39,6 +39,27 @@ _NOT_RECORDED = (
 )
 
 
+def _not_recorded() -> str:
+    """Why no timeline may have been recorded: `_NOT_RECORDED`, and the settings that leave
+    requests out when they do (a sample rate a test run inherited from production's
+    environment makes tests fail at random)."""
+    from . import settings
+
+    current = settings()
+    why = [_NOT_RECORDED]
+    if current.enabled and current.sample_rate < 1:
+        why.append(
+            f"Only some requests are recorded: the sample_rate option "
+            f"(STAGETRACE_SAMPLE_RATE) is {current.sample_rate:g}."
+        )
+    if current.enabled and current.exclude_paths:
+        why.append(
+            "Requests whose path matches the exclude_paths option (STAGETRACE_EXCLUDE_PATHS) "
+            f"are not recorded: {', '.join(current.exclude_paths)}."
+        )
+    return " ".join(why)
+
+
 class StagetraceCapture:
     """The timelines that finished while it was active (as `stagetrace.capture()` collects
     them: from every thread, already analyzed), and assertions about them.
@@ -99,7 +120,7 @@ class StagetraceCapture:
                     f"(recorded: {', '.join(seen) or 'none'})"
                 )
         elif not timelines:
-            raise AssertionError(_NOT_RECORDED)
+            raise AssertionError(_not_recorded())
         return timelines
 
     @staticmethod
