@@ -206,6 +206,32 @@ def test_path_hint_only_when_the_path_would_match(mixed, capsys):
     assert "1 has that path (use --path)" in capsys.readouterr().err
 
 
+def test_a_line_with_a_malformed_summary_or_finding_is_one_bad_line(tmp_path):
+    """A line whose ``summary.by_kind`` entry or finding is not an object (a hand-edited or
+    corrupted file) is one bad line on standard error; the good lines after it are still
+    read, by every command, with no traceback."""
+    good = json.loads(line())
+    by_kind = json.loads(line())
+    by_kind["summary"]["by_kind"]["view"] = True
+    finding = json.loads(line())
+    finding["findings"].append("n_plus_one")
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, [json.dumps(d) for d in (by_kind, finding, good)])
+    html = tmp_path / "r.html"
+    for args in (["show"], ["summary"], ["report", "-o", str(html)]):
+        cmd = [sys.executable, "-m", "stagetrace", *args, str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 1
+        problems = [p for p in done.stderr.splitlines() if not p.startswith("stagetrace: wrote")]
+        assert problems == [
+            f"stagetrace: {path}:1: not a stagetrace timeline "
+            "(summary.by_kind.view: expected an object)",
+            f"stagetrace: {path}:2: not a stagetrace timeline (finding: expected an object)",
+        ]
+    assert html.exists()
+
+
 def test_show_follows_the_terminal_width(mixed):
     """Without --width, show follows COLUMNS (the terminal) like the demo; --width wins."""
     env = {**os.environ, "COLUMNS": "80"}

@@ -116,6 +116,16 @@ def test_recorded_timelines_match_the_schema(validator):
         (lambda d: d.update(status="200"), "'status' has the wrong type"),
         (lambda d: d.update(duration_ns=True), "'duration_ns' has the wrong type"),
         (lambda d: d["stages"][3].update(parent=5), "parent 5 does not precede it"),
+        (
+            lambda d: d["summary"]["by_kind"].update(view=True),
+            "summary.by_kind.view: expected an object",
+        ),
+        (
+            lambda d: d["summary"]["by_kind"].update(view="count"),
+            "summary.by_kind.view: expected an object",
+        ),
+        (lambda d: d["findings"].append(1), "finding: expected an object"),
+        (lambda d: d["findings"].append("kind"), "finding: expected an object"),
     ],
 )
 def test_from_dict_explains_what_is_wrong(mutate, message):

@@ -544,6 +544,8 @@ def _summarize(stages: Sequence[Stage]) -> dict[str, KindSummary]:
 
 
 def _need(d: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(d, Mapping):  # a corrupted file: `true` where an object belongs
+        raise SchemaError(f"{where}: expected an object")
     if key not in d:
         raise SchemaError(f"{where}: missing field {key!r}")
     value = d[key]
