@@ -194,6 +194,36 @@ def test_jobs_are_found_by_their_name(browser: Any, tmp_path: Path) -> None:
     assert console_errors(browser) == []
 
 
+def test_a_long_route_stays_inside_the_request_list(browser: Any, tmp_path: Path) -> None:
+    """A long route template (FastAPI's ``/api/v1/organizations/{organization_id}/...``, a
+    Django regex route) in the route menu and the findings table wraps or is cut inside the
+    request list: the list keeps its width, and the menu and the findings table are not drawn
+    over the waterfall beside it (the findings' messages squeezed to a few letters a line)."""
+    route = (
+        "/api/v1/organizations/{organization_id}/projects/{project_id}/members/{member_id}"
+        "/permissions"
+    )
+    data = sample_timeline(route=route, path="/api/v1/organizations/7/projects/3").to_dict()
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    page = tmp_path / "r.html"
+    assert cli.main(["report", str(src), "-o", str(page)]) == 0
+    load(browser, page)
+    browser.find_element("css selector", "#overview summary").click()
+    box = browser.execute_script(
+        "function right(e) { return e.getBoundingClientRect().right; }"
+        "var pane = document.getElementById('list-pane');"
+        "return {pane: right(pane), width: pane.getBoundingClientRect().width,"
+        " main: document.querySelector('main').getBoundingClientRect().width,"
+        " overview: right(document.querySelector('table.overview')),"
+        " route: right(document.getElementById('f-route'))};"
+    )
+    assert box["width"] <= 0.4 * box["main"], box  # the list keeps its 38 % column
+    for part in ("overview", "route"):
+        assert box[part] <= box["pane"] + 1, (part, box)
+    assert console_errors(browser) == []
+
+
 def test_dev_page_variant_loads(browser: Any, django_recording: Path, tmp_path: Path) -> None:
     """The page as the Django dev page serves it (a notice, a reload button, newest first)
     loads without console errors and lists the newest request first."""
