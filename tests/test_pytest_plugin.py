@@ -485,3 +485,16 @@ def test_plugin_loads_without_side_effects(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:django")
     result.assert_outcomes(passed=2)
     assert "stagetrace" not in result.stderr.str()
+
+
+@pytest.mark.parametrize("n", ["3", 2.5, -1, True, None])
+def test_assert_max_queries_refuses_a_count_that_is_not_one(n: object) -> None:
+    """`assert_max_queries` takes a whole number from 0 up, and says so as
+    `assert_stage_budget` does for its ``max_ms``: ``"3"`` raised a TypeError from inside the
+    plugin ('<=' not supported between 'int' and 'str') and ``-1`` failed every request."""
+    from stagetrace.pytest_plugin import StagetraceCapture
+
+    with StagetraceCapture() as captured:
+        pass
+    with pytest.raises(ValueError, match=r"^n must be a whole number of SQL queries >= 0, not "):
+        captured.assert_max_queries(n)  # type: ignore[arg-type]

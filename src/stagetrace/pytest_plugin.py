@@ -135,6 +135,8 @@ class StagetraceCapture:
         """Fail when the requests of this test (or of one `route`) ran more than `n` SQL
         statements in total."""
         __tracebackhide__ = True
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a whole number of SQL queries >= 0, not {n!r}")
         timelines = self._select(route)
         total = sum(self.query_count(t) for t in timelines)
         if total <= n:
