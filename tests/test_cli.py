@@ -232,6 +232,29 @@ def test_a_line_with_a_malformed_summary_or_finding_is_one_bad_line(tmp_path):
     assert html.exists()
 
 
+@pytest.mark.parametrize("compression", ["xz", "bz2"])
+def test_a_file_compressed_with_another_tool_is_one_clear_line(tmp_path, compression):
+    """A rotated file compressed with xz or bzip2 (logrotate's ``compresscmd``) is said to be
+    so in one line, not reported as a screenful of "not valid JSON" lines."""
+    import bz2
+    import lzma
+
+    data = "".join(line() + "\n" for _ in range(40)).encode()
+    packed = lzma.compress(data) if compression == "xz" else bz2.compress(data)
+    path = tmp_path / f"app.jsonl.1.{compression}"
+    path.write_bytes(packed)
+    name = "xz" if compression == "xz" else "bzip2"
+    for args in (["show"], ["summary"], ["report", "-o", str(tmp_path / "r.html")]):
+        cmd = [sys.executable, "-m", "stagetrace", *args, str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[0] == (
+            f"stagetrace: {path}:1: compressed with {name}, which stagetrace does not read "
+            "(gzip it, or decompress it into standard input: -)"
+        ), done.stderr
+        assert "not valid JSON" not in done.stderr
+
+
 def test_show_follows_the_terminal_width(mixed):
     """Without --width, show follows COLUMNS (the terminal) like the demo; --width wins."""
     env = {**os.environ, "COLUMNS": "80"}

@@ -223,6 +223,15 @@ def done_with_stdin(stream: IO[str]) -> None:
             pass
 
 
+#: The first bytes of files compressed by tools other than gzip, as the reader (which replaces
+#: undecodable bytes with U+FFFD) sees them: one clear problem, rather than "not valid JSON"
+#: for every line break among the compressed bytes.
+_OTHER_COMPRESSION = (
+    (re.compile("\ufffd7zXZ\x00"), "xz"),
+    (re.compile("BZh[1-9]1AY&SY"), "bzip2"),
+    (re.compile("\\(\ufffd/\ufffd"), "zstd"),
+)
+
 #: What reading a compressed file that ends early or is corrupt raises, line by line.
 _READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
@@ -253,6 +262,15 @@ def _read(stream: IO[str], to_end: bool) -> Iterator[Timeline | BadLine]:
     lineno = 0
     try:
         for lineno, line in enumerate(stream, 1):
+            if lineno == 1:
+                tool = next((t for magic, t in _OTHER_COMPRESSION if magic.match(line)), None)
+                if tool is not None:
+                    yield BadLine(
+                        1,
+                        f"compressed with {tool}, which stagetrace does not read "
+                        "(gzip it, or decompress it into standard input: -)",
+                    )
+                    return
             item = _parse(lineno, line)
             if item is not None:
                 yield item
