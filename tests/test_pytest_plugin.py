@@ -27,6 +27,7 @@ DJANGO_FILES = {
         ALLOWED_HOSTS = ["*"]
         USE_TZ = True
         ROOT_URLCONF = "djproj.urls"
+        STATIC_URL = "/static/"  # live_server serves static files too
         DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
         INSTALLED_APPS = [
             "django.contrib.contenttypes",
@@ -48,6 +49,7 @@ DJANGO_FILES = {
             path("n-plus-one/", views.n_plus_one),
             path("fixed/", views.fixed),
             path("page/", views.page),
+            path("hello/", views.hello),
         ]
     """,
     "shopapp/__init__.py": "",
@@ -78,6 +80,9 @@ DJANGO_FILES = {
 
         def page(request):
             return render(request, "page.html", {"books": Book.objects.all()})
+
+        def hello(request):
+            return JsonResponse({"hello": "world"})
     """,
     "shopapp/templates/page.html": (
         "{% for b in books %}<p>{{ b.title }} by {{ b.author.name }}</p>{% endfor %}"
@@ -252,6 +257,35 @@ def test_n_plus_one_threshold_is_the_assertions(django_project: pytest.Pytester)
     result = django_project.runpytest_subprocess("-p", "django")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_at_the_repeats*", "*1 N+1 query pattern found:"])
+
+
+def test_a_live_servers_request_is_captured_although_it_ends_after_the_response(
+    django_project: pytest.Pytester,
+) -> None:
+    """pytest-django's ``live_server`` runs the app on a thread of its own, which ends the
+    request's timeline when it closes the response — after the client has read all of it.
+    An assertion right after the request found no timeline (or, among several, missed the
+    last one and its queries); it now waits for the requests still finishing."""
+    django_project.makepyfile(
+        test_live="""
+        import time
+        from urllib.request import urlopen
+
+        from django.core.signals import request_finished
+
+        def slow_to_finish(**kwargs):
+            time.sleep(0.3)  # the timeline ends after this, the client has its response
+
+        request_finished.connect(slow_to_finish, weak=False)
+
+        def test_live(live_server, stagetrace_capture):
+            assert urlopen(live_server.url + "/hello/").read() == b'{"hello": "world"}'
+            assert len(stagetrace_capture) == 1
+            assert stagetrace_capture[0].route == "hello/"
+        """
+    )
+    result = django_project.runpytest_subprocess("-p", "django")
+    result.assert_outcomes(passed=1)
 
 
 def test_with_starlette_testclient(pytester: pytest.Pytester) -> None:

@@ -16,6 +16,8 @@ A failed assertion shows the offending request's waterfall and, for N+1 patterns
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -72,15 +74,20 @@ class StagetraceCapture:
         captured.assert_max_queries(1)
     """
 
+    #: How long an assertion waits, at most, for requests still finishing on another thread.
+    SETTLE_TIMEOUT = 2.0
+
     def __init__(self) -> None:
         self.timelines: list[Timeline] = []
         self._cm: Any = None
+        self._since = 0
 
     # --- collecting -----------------------------------------------------------------------
 
     def __enter__(self) -> StagetraceCapture:
         from . import capture
 
+        self._since = time.time_ns()
         self._cm = capture()
         self.timelines = self._cm.__enter__()
         return self
@@ -96,13 +103,43 @@ class StagetraceCapture:
             cm.__exit__(exc_type, exc, tb)
 
     def __len__(self) -> int:
+        self._settle()
         return len(self.timelines)
 
     def __iter__(self) -> Iterator[Timeline]:
+        self._settle()
         return iter(list(self.timelines))
 
     def __getitem__(self, index: int) -> Timeline:
+        self._settle()
         return self.timelines[index]
+
+    def _settle(self) -> None:
+        """Wait, at most `SETTLE_TIMEOUT` seconds, for the requests that began since the
+        capture did and are still finishing on another thread: a live server (pytest-django's
+        ``live_server``, a server thread of the test's own) ends a request's timeline just
+        after its client has the whole response, and an assertion made right then saw nothing
+        of it — or passed without its queries."""
+        from . import _recorder
+        from ._state import STATE
+
+        me = threading.get_ident()
+        deadline = time.monotonic() + self.SETTLE_TIMEOUT
+        while True:
+            waiting = False
+            for tl in list(STATE.in_flight):
+                try:
+                    if tl.wall0 < self._since:
+                        continue
+                    root = _recorder.root_of(tl)
+                    if root is not None and _recorder.root_attrs(root).get("thread.id") != me:
+                        waiting = True  # (one of this thread's own cannot end meanwhile)
+                        break
+                except Exception:  # it ended meanwhile
+                    continue
+            if not waiting or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
 
     def clear(self) -> None:
         """Forget the timelines collected so far (e.g. after the test's setup requests)."""
@@ -110,6 +147,7 @@ class StagetraceCapture:
 
     def _select(self, route: str | None) -> list[Timeline]:
         __tracebackhide__ = True
+        self._settle()
         timelines = list(self.timelines)
         if route is not None:
             timelines = [t for t in timelines if route in (_route(t), t.path)]

@@ -415,5 +415,7 @@ def end_http(
         attrs["http.response.status_code"] = tl.status
     if response_size is not None:
         attrs["http.response.body.size"] = response_size
-    STATE.in_flight.discard(tl)
-    _recorder.end(root, exc)
+    try:
+        _recorder.end(root, exc)
+    finally:  # after: whoever waits for it to end (the pytest plugin) then has it
+        STATE.in_flight.discard(tl)
