@@ -150,7 +150,14 @@ class StagetraceCapture:
         self._settle()
         timelines = list(self.timelines)
         if route is not None:
-            timelines = [t for t in timelines if route in (_route(t), t.path)]
+            # as `stagetrace show --route`: a leading or trailing "/" never matters (Django's
+            # route templates have none in front, Starlette's none behind)
+            wanted = route.strip("/")
+            timelines = [
+                t
+                for t in timelines
+                if any(v.strip("/") == wanted for v in (_route(t), t.path) if v)
+            ]
             if not timelines:
                 seen = sorted({_route(t) or t.path or t.name for t in self.timelines})
                 raise AssertionError(
@@ -179,7 +186,8 @@ class StagetraceCapture:
         total = sum(self.query_count(t) for t in timelines)
         if total <= n:
             return
-        lines = [f"expected at most {n} SQL queries, {total} ran in {_requests(timelines)}:"]
+        what = "SQL query" if n == 1 else "SQL queries"
+        lines = [f"expected at most {n} {what}, {total} ran in {_requests(timelines)}:"]
         lines.extend(
             f"  {self.query_count(t):>5}  {_title(t)}"
             for t in sorted(timelines, key=self.query_count, reverse=True)[:10]

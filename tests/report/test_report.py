@@ -98,7 +98,7 @@ def test_report_command(
     django_recording: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The command writes the page with every recorded timeline and the N+1 findings found
-    by the analyzers; --limit keeps the last N."""
+    by the analyzers; --limit keeps the newest N."""
     out = tmp_path / "report.html"
     assert cli.main(["report", str(django_recording), "-o", str(out)]) == 0
     err = capsys.readouterr().err
@@ -111,7 +111,34 @@ def test_report_command(
     assert cli.main(["report", str(django_recording), "-o", str(out), "--limit", "5"]) == 0
     data = page_data(out.read_text(encoding="utf-8"))
     assert data["total"] == 27 and len(data["timelines"]) == 5
-    assert "(the last 5 of 27)" in out.read_text(encoding="utf-8")
+    assert "(the newest 5 of 27)" in out.read_text(encoding="utf-8")
+
+
+def test_limit_keeps_the_newest_by_start_time(tmp_path: Path) -> None:
+    """--limit N keeps the N requests that started last, whatever the order of the lines:
+    ``stagetrace report app.jsonl*`` reads the current file before the rotated one, and kept
+    the rotated file's old requests."""
+    t0 = 1_795_000_000_000_000_000
+    current = tmp_path / "app.jsonl"
+    rotated = tmp_path / "app.jsonl.1"
+    current.write_text(
+        "".join(
+            json.dumps(sample_timeline(request_id=f"new{i}", start_unix_nano=t0 + 60 * 10**9 + i)
+                       .to_dict()) + "\n"
+            for i in (0, 1)
+        )
+    )  # fmt: skip
+    rotated.write_text(
+        "".join(
+            json.dumps(sample_timeline(request_id=f"old{i}", start_unix_nano=t0 + i).to_dict())
+            + "\n"
+            for i in (0, 1, 2)
+        )
+    )
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(current), str(rotated), "-o", str(out), "--limit", "3"]) == 0
+    data = page_data(out.read_text(encoding="utf-8"))
+    assert [t["request_id"] for t in data["timelines"]] == ["old2", "new0", "new1"]
 
 
 def test_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

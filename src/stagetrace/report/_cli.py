@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 import tempfile
-from collections import deque
 from typing import IO, Any
 
 from .._model import Timeline
@@ -13,7 +13,7 @@ from .._summary import problems, read_files
 from ._analyze import ensure_analyzed
 from ._html import page_meta, render_html
 
-#: Timelines kept in a report by default (the last ones read).
+#: Timelines kept in a report by default (the newest ones, by start time).
 DEFAULT_LIMIT = 2000
 
 
@@ -37,7 +37,7 @@ def add_arguments(parser: Any) -> None:
         type=int,
         default=DEFAULT_LIMIT,
         metavar="N",
-        help=f"keep the last N timelines read (default {DEFAULT_LIMIT})",
+        help=f"keep the N newest timelines, by start time (default {DEFAULT_LIMIT})",
     )
     parser.add_argument("--title", default="stagetrace report", help="the page's title")
     parser.add_argument(
@@ -60,19 +60,26 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
         if os.path.isdir(output):
             print(f"stagetrace: {output}: is a directory", file=err)
             return 2
-    kept: deque[Timeline] = deque(maxlen=args.limit)
+    # The N that started last (a min-heap by start time, then by order read), not the last N
+    # read: `stagetrace report app.jsonl*` reads the current file before the rotated one, and
+    # processes sharing a file append a timeline when it ends.
+    heap: list[tuple[int, int, Timeline]] = []
     total = 0
 
     def keep(tl: Timeline) -> None:
         nonlocal total
         total += 1
-        kept.append(tl)
+        if len(heap) < args.limit:
+            heapq.heappush(heap, (tl.start_unix_nano, total, tl))
+        else:
+            heapq.heappushpop(heap, (tl.start_unix_nano, total, tl))
 
     results = read_files(args.files, keep, err=err)
-    if not kept:
+    if not heap:
         print("stagetrace: no timelines to report; nothing written", file=err)
         return 1
-    timelines = list(kept) if args.no_analyze else [ensure_analyzed(t) for t in kept]
+    kept = [tl for _, _, tl in sorted(heap)]
+    timelines = kept if args.no_analyze else [ensure_analyzed(t) for t in kept]
     page = render_html(
         timelines,
         title=args.title,

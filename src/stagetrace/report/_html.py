@@ -230,7 +230,7 @@ def page_meta(count: int, total: int, sources: Sequence[str]) -> str:
     """The header line: how many requests, from where."""
     what = f"{count} request{'s' if count != 1 else ''}"
     if total > count:
-        what += f" (the last {count} of {total})"
+        what += f" (the newest {count} of {total})"
     if sources:
         what += " from " + ", ".join(sources[:3]) + (" …" if len(sources) > 3 else "")
     return what

@@ -97,7 +97,7 @@
     body.textContent = '';
     renderMore();
     $('count').textContent = filtered.length + ' of ' + TLS.length + ' requests' +
-      (DATA.total > TLS.length ? ' (' + DATA.total + ' read, the last ' + TLS.length + ' kept)' : '');
+      (DATA.total > TLS.length ? ' (' + DATA.total + ' read, the newest ' + TLS.length + ' kept)' : '');
   }
 
   function renderMore() {
