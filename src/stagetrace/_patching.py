@@ -84,7 +84,7 @@ class Patcher:
         ours = vars(owner).get(attr)
         if weak:
             try:
-                owner, original, ours = _weak(owner), _weak(original), _weak(ours)
+                owner, original, ours = (weakref.ref(o) for o in (owner, original, ours))
             except TypeError:  # takes no weak references: kept as it is
                 weak = False
         with self._lock:
@@ -141,14 +141,7 @@ class Patcher:
         """What this patcher replaced, oldest first: ``(owner, attribute, original, whether the
         owner had its own, ours)`` (None for `replace_wrapped`); an owner kept weakly that is
         gone is left out."""
-        out = []
-        for owner, attr, original, had_own, new, weak in self._undo:
-            if weak:
-                owner, original, new = owner(), original(), new()
-                if owner is None:
-                    continue
-            out.append((owner, attr, original, had_own, new))
-        return out
+        return [e for e in map(_resolved, list(self._undo)) if e[0] is not None]
 
     def undo(self) -> None:
         """Put back everything this patcher replaced, newest first.
@@ -159,11 +152,9 @@ class Patcher:
         self.applied = False
         self.generation += 1
         while self._undo:
-            owner, attr, original, had_own, new, weak = self._undo.pop()
-            if weak:
-                owner, original, new = owner(), original(), new()
-                if owner is None or new is None:  # gone, or ours gone from it: nothing to undo
-                    continue
+            owner, attr, original, had_own, new = _resolved(self._undo.pop())
+            if owner is None:  # gone, or ours gone from it: nothing to undo
+                continue
             if had_own is None:  # `replace_wrapped`
                 if owner.__wrapped__ is new:
                     owner.__wrapped__ = original
@@ -179,9 +170,16 @@ class Patcher:
                     pass
 
 
-def _weak(obj: Any) -> Callable[[], Any]:
-    """A weak reference to `obj` (TypeError if it takes none)."""
-    return weakref.ref(obj)
+def _resolved(entry: tuple[Any, str, Any, bool | None, Any, bool]) -> tuple[Any, ...]:
+    """An undo record as ``(owner, attribute, original, had_own, ours)``, its weak references
+    followed; the owner None when nothing is left to undo (the class is gone, or our wrapper
+    is gone from it)."""
+    owner, attr, original, had_own, ours, weak = entry
+    if weak:
+        owner, original, ours = owner(), original(), ours()
+        if ours is None:
+            owner = None
+    return owner, attr, original, had_own, ours
 
 
 class Objects:

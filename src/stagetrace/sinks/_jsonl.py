@@ -152,13 +152,13 @@ class BadLine:
     reason: str
 
 
-def text_of(raw: IO[bytes]) -> IO[str]:
-    """`raw`, a buffered binary stream (a file, a pipe), as text: gunzipped when it starts
-    with gzip's magic bytes — peeked at, never read, since a pipe cannot seek back — and
-    undecodable bytes replaced. Closing the text closes `raw`."""
+def text_of(raw: IO[bytes], owned: bool = True) -> IO[str]:
+    """`raw`, a buffered binary stream (a file, a pipe, standard input), as text: gunzipped
+    when it starts with gzip's magic bytes — peeked at, never read, since a pipe cannot seek
+    back — and undecodable bytes replaced. Closing the text closes `raw` when `owned`."""
     peek = getattr(raw, "peek", None)
     gzipped = peek is not None and _gzip_first(peek)
-    binary: Any = _Gunzip(raw, True) if gzipped else raw
+    binary: Any = _Gunzip(raw, owned) if gzipped else raw
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
 
 
@@ -204,12 +204,7 @@ def open_stdin() -> IO[str]:
     binary: Any = getattr(sys.stdin, "buffer", None)
     if getattr(binary, "peek", None) is None:
         return sys.stdin
-    return io.TextIOWrapper(
-        _Gunzip(binary, False) if _gzip_first(binary.peek) else binary,
-        encoding="utf-8",
-        errors="replace",
-        newline=None,
-    )
+    return text_of(binary, owned=False)  # `done_with_stdin` detaches it: stdin stays open
 
 
 def done_with_stdin(stream: IO[str]) -> None:
