@@ -1018,6 +1018,14 @@ def is_open_for(owner: object, kind: str) -> bool:
     return cur is not None and cur[OWNER] is owner and cur[KIND] == kind
 
 
+def here_is(kinds: frozenset[str], owner: object) -> bool:
+    """Whether the innermost open stage (one past `max_stages` too) is of one of `kinds` or
+    owned by `owner`: one look at the current stage, for a driver asking whether its call is
+    someone else's stage already (`stagetrace.dbapi`)."""
+    cur = _get()
+    return cur is not None and not cur[END] and (cur[KIND] in kinds or cur[OWNER] is owner)
+
+
 MAX_UNWIND = 64
 
 

@@ -162,24 +162,92 @@ async def test_an_error_loading_unrecorded_rows_is_not_chained_to_ours(
     assert stagetrace.stats()["internal_errors_by_site"]["sqlalchemy.fetch"] >= 1
 
 
+async def transactions(engine) -> None:
+    """A commit, a rollback, ``engine.begin()``, savepoints released and rolled back to, and
+    a session closed with its transaction still open."""
+    async with AsyncSession(engine) as s:
+        await s.execute(text("SELECT 1"))
+        await s.commit()
+    async with AsyncSession(engine) as s:
+        await s.execute(text("SELECT 2"))
+        await s.rollback()
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 3"))
+    async with AsyncSession(engine) as s:
+        async with s.begin_nested():
+            await s.execute(text("SELECT 4"))
+        nested = await s.begin_nested()
+        await s.execute(text("SELECT 5"))
+        await nested.rollback()
+        await s.commit()
+    async with AsyncSession(engine) as s:
+        await s.execute(text("SELECT 6"))
+
+
+def shape(tl) -> list[tuple[str, str, int | None]]:
+    return [(s.kind, s.name, s.parent) for s in tl.stages if s.kind != "orm.compile"]
+
+
 async def test_the_async_driver_underneath_adds_nothing(instrumented, engine, captured):
-    """asyncpg (and sqlite3 under aiosqlite) instrumented too: one `db.query` per statement;
-    asyncpg's own COMMIT shows inside SQLAlchemy's commit stage, not as a second query."""
+    """asyncpg (and sqlite3 under aiosqlite) instrumented too, as the web adapters install
+    them: one `db.query` per statement, and each COMMIT/ROLLBACK is SQLAlchemy's one
+    ``transaction`` stage, with nothing inside — as over a sync driver, and as without the
+    driver instrumented (asyncpg's own ``COMMIT;``/``ROLLBACK;`` used to be a second stage,
+    a ``db.query`` inside it)."""
+    await engine.dispose()
+    await job(lambda: transactions(engine))
     stagetrace.dbapi.instrument()
     try:
-        await engine.dispose()
+        await engine.dispose()  # new connections: made by the instrumented driver
+        await job(lambda: transactions(engine))
+    finally:
+        stagetrace.dbapi.uninstrument()
+    alone, both = captured
+    assert shape(both) == shape(alone)
+    tl = both
+    ends = [(s.name, s.parent) for s in tl.stages if s.kind == "transaction" and s.name != "begin"]
+    assert ends == [("commit", 0), ("rollback", 0), ("commit", 0), ("commit", 0), ("rollback", 0)]
+    txs = [s for s in tl.stages if s.kind == "transaction"]
+    assert [s.attrs for s in txs] == [s.attrs for s in alone.stages if s.kind == "transaction"]
+    for s in txs:
+        assert s.attrs["db.system.name"] == engine.dialect.name
+        assert [c for c in tl.stages if c.parent == s.id] == [], s.name
+    queries = [s.name for s in tl.stages if s.kind == "db.query" and s.parent == 0]
+    # savepoints are statements SQLAlchemy executes: queries of its own, recorded once too
+    assert queries == [
+        *("SELECT", "SELECT", "SELECT"),
+        *("SAVEPOINT", "SELECT", "RELEASE"),
+        *("SAVEPOINT", "SELECT", "ROLLBACK"),
+        "SELECT",
+    ]
+    assert all(tl.stages[s.parent].kind != "db.query" for s in tl.stages if s.kind == "db.query")
+
+
+async def test_a_failing_commit_is_the_commit_stages_error(instrumented, engine, captured):
+    """A COMMIT that PostgreSQL refuses (a deferred constraint) with asyncpg instrumented too:
+    the error is on SQLAlchemy's one ``commit`` stage, with no failed ``db.query`` beside it."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("deferred constraints are checked at COMMIT on PostgreSQL")
+    from sqlalchemy.exc import IntegrityError
+
+    stagetrace.dbapi.instrument()
+    try:
 
         async def run():
-            async with AsyncSession(engine) as s:
-                await s.execute(text("SELECT 1"))
-                await s.commit()
+            async with engine.connect() as conn:
+                await conn.execute(
+                    text("CREATE TEMP TABLE d (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+                )
+                await conn.execute(text("INSERT INTO d VALUES (1), (1)"))
+                with pytest.raises(IntegrityError):
+                    await conn.commit()
 
         await job(run)
     finally:
         stagetrace.dbapi.uninstrument()
     (tl,) = captured
-    queries = [s for s in tl.stages if s.kind == "db.query"]
-    assert queries[0].name == "SELECT"
-    for q in queries[1:]:
-        assert tl.stages[q.parent].kind == "transaction", q.name
-    assert all(tl.stages[q.parent].kind != "db.query" for q in queries)
+    (commit,) = [s for s in tl.stages if s.kind == "transaction" and s.name == "commit"]
+    assert commit.parent == 0 and commit.error is not None
+    assert [s for s in tl.stages if s.parent == commit.id] == []
+    assert [s.name for s in tl.stages if s.kind == "db.query"] == ["CREATE", "INSERT d"]
+    assert all(s.error is None for s in tl.stages if s.kind == "db.query")

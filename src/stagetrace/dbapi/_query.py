@@ -31,6 +31,15 @@ SYSTEMS = {
 #: again to time its wait.
 POOL_CHECKOUT = object()
 
+#: Owner of SQLAlchemy's ``transaction`` stages (begin, commit, rollback): what the driver
+#: executes in them is their work, not a query of its own (asyncpg sends ``COMMIT;`` and
+#: ``ROLLBACK;`` as statements, where psycopg and sqlite3 call their connection's ``commit()``
+#: and ``rollback()``, which are no queries).
+TRANSACTION = object()
+
+#: The stages whose driver work is theirs (`recorded_elsewhere`).
+_RECORDED = frozenset({"db.query", "db.connect"})
+
 
 def system_name(name: str) -> str:
     """``db.system.name`` for a driver's or dialect's name."""
@@ -48,15 +57,15 @@ def params_kwarg(kwargs: dict[str, Any]) -> Any:
 
 def recorded_elsewhere() -> bool:
     """Whether the database work starting now is recorded already: the current stage is a
-    ``db.query`` (the ORM's or Django's, around the driver's call), or a ``db.connect``
-    (Django's or SQLAlchemy's connect, whose initialization queries and driver-level connect
-    belong to it; SQLAlchemy's pool checkout, whose ``pool_pre_ping`` belongs to it — a new
-    connection it opens is SQLAlchemy's own nested ``connect``), kept or past `max_stages`. On
-    an internal error: True (record nothing)."""
+    ``db.query`` (the ORM's or Django's, around the driver's call), a ``db.connect`` (Django's
+    or SQLAlchemy's connect, whose initialization queries and driver-level connect belong to
+    it; SQLAlchemy's pool checkout, whose ``pool_pre_ping`` belongs to it — a new connection it
+    opens is SQLAlchemy's own nested ``connect``), or one of SQLAlchemy's ``transaction``
+    stages (whose COMMIT or ROLLBACK the driver is sending: one stage, as over a driver that
+    sends it without a statement), kept or past `max_stages`. On an internal error: True
+    (record nothing)."""
     try:
-        if _recorder.nearest_open("db.query", 1, dropped=True) is not None:
-            return True
-        return _recorder.nearest_open("db.connect", 1, dropped=True) is not None
+        return _recorder.here_is(_RECORDED, TRANSACTION)
     except Exception as exc:
         _recorder.internal_error("dbapi.nesting", exc)
         return True

@@ -23,6 +23,9 @@
   The pool events fire only after a checkout, so they cannot time it.
 * ``transaction`` — ``Connection._begin_impl``, ``_commit_impl``, ``_rollback_impl``: the
   engine's begin/commit/rollback events fire before the work and have no "after" counterpart.
+  What the driver sends in them is theirs: asyncpg's ``COMMIT;``/``ROLLBACK;`` is not a second
+  stage when the drivers are instrumented too (`stagetrace.dbapi`). Savepoints are statements
+  SQLAlchemy executes: ``db.query`` stages (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK``).
 
 All patches are reversible (`Patcher`). No event listener is added: an application's own
 listeners keep SQLAlchemy's event dispatch to themselves.
@@ -35,7 +38,7 @@ from typing import Any
 
 from .. import _recorder
 from .._names import remember
-from .._patching import Patcher, leave, timed
+from .._patching import Patcher, leave
 from ..dbapi import _query
 
 patcher = Patcher("sqlalchemy")
@@ -407,11 +410,41 @@ def _loader(how: str) -> Any:
     return make
 
 
+# --- transaction ---------------------------------------------------------------------------------
+
+_TRANSACTION = _query.TRANSACTION
+
+
+def _transaction(op: str) -> Any:
+    """``Connection._{op}_impl`` as a ``transaction`` stage owned by `_query.TRANSACTION`: the
+    driver's own COMMIT/ROLLBACK statement in it (asyncpg's) is its work, not a ``db.query``
+    (`_query.recorded_elsewhere`)."""
+
+    def make(orig: Any) -> Any:
+        def transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _recorder.current() is None or not patcher.applied:
+                return orig(self, *args, **kwargs)
+            try:
+                rec = _recorder.enter_owned(
+                    "transaction", op, _TRANSACTION, engine_attrs(self.engine)
+                )
+            except Exception as exc:
+                _recorder.internal_error("sqlalchemy.transaction", exc)
+                rec = None
+            try:
+                result = orig(self, *args, **kwargs)
+            except BaseException as exc:
+                leave("sqlalchemy.transaction", rec, exc)
+                raise
+            leave("sqlalchemy.transaction", rec)
+            return result
+
+        return transaction
+
+    return make
+
+
 # --- installation --------------------------------------------------------------------------------
-
-
-def _transaction_attrs(conn: Any, *rest: Any) -> dict[str, Any]:
-    return engine_attrs(conn.engine)
 
 
 def patch_core(module: Any) -> None:
@@ -442,11 +475,7 @@ def patch_core(module: Any) -> None:
             patcher.wrap(cls, "_do_get", _do_get)
     patcher.wrap(pool_base._ConnectionRecord, "_ConnectionRecord__connect", _new_connection)
     for op in ("begin", "commit", "rollback"):
-        patcher.wrap(
-            Connection,
-            f"_{op}_impl",
-            timed("transaction", op, _transaction_attrs, site="sqlalchemy.transaction"),
-        )
+        patcher.wrap(Connection, f"_{op}_impl", _transaction(op))
 
 
 def patch_orm(module: Any) -> None:
