@@ -8,8 +8,9 @@ application uses directly — sqlite3, psycopg 3 (sync and async) and asyncpg.
 
 Each driver is patched when it is imported (now, if it already is). Statements that Django's
 execute wrapper or SQLAlchemy already record are not recorded a second time: inside a
-``db.query`` stage the drivers add nothing, and a connection opened inside another
-``db.connect`` stage is that stage. Beside OpenTelemetry's DB-API instrumentation a query is
+``db.query`` stage the drivers add nothing, a connection opened inside another
+``db.connect`` stage is that stage, and so is the COMMIT or ROLLBACK asyncpg sends inside
+SQLAlchemy's ``transaction`` stage. Beside OpenTelemetry's DB-API instrumentation a query is
 stagetrace's stage and not a second span (`_otel`). The web adapters may `install` it for their
 requests; `uninstrument()` undoes `instrument()`. What each driver covers, and what it does
 not, is in its module (`_sqlite`, `_psycopg`, `_asyncpg`).
