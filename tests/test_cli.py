@@ -510,3 +510,51 @@ def test_demo_follows_the_terminal_width():
     assert "20× fetch shop.Author" in proc.stdout  # the N+1 collapsed
     # the N+1 is shown in its waterfall, not logged first, out of place (piped output too)
     assert "n_plus_one" in proc.stdout and "N+1" not in proc.stderr
+
+
+def _queries_timeline(repeats: dict[str, int], *, analyzed: bool) -> str:
+    """One JSON line: a job running each statement of `repeats` that many times, recorded with
+    the default analyzers on (its findings in the line) or off."""
+    import stagetrace
+
+    stagetrace.reset()
+    if not analyzed:
+        stagetrace.configure(analyzers=[])
+    with stagetrace.capture() as timelines, stagetrace.timeline("job"):
+        for sql, n in repeats.items():
+            for _ in range(n):
+                with stagetrace.stage("SELECT", kind="db.query", **{"db.query.text": sql}):
+                    pass
+    (tl,) = timelines
+    return json.dumps(tl.to_dict())
+
+
+def test_summary_threshold_applies_to_timelines_analyzed_when_recorded(tmp_path, capsys):
+    """`summary --threshold N` is the N+1 threshold of the summary, also for timelines that
+    carry the findings of the analyzers they were recorded with: 7 repeats recorded as an N+1
+    at the default 5 are none at 10, and 3 repeats (none at 5) are one at 3. It used to keep
+    the recorded findings and apply N only to timelines recorded without analyzers."""
+    author = 'SELECT * FROM "author" WHERE "id" = %s'
+    book = 'SELECT * FROM "book" WHERE "id" = %s'
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, [_queries_timeline({author: 7, book: 3}, analyzed=True)])
+    assert '"n_plus_one"' in path.read_text()  # recorded with its finding
+
+    def n_plus_one(*extra: str) -> list[dict]:
+        capsys.readouterr()
+        assert main(["summary", str(path), "--json", *extra]) == 0
+        found = json.loads(capsys.readouterr().out)["findings"]
+        return sorted((f for f in found if f["kind"] == "n_plus_one"), key=lambda f: f["message"])
+
+    (default,) = n_plus_one()
+    assert "7×" in default["message"]
+    assert n_plus_one("--threshold", "10") == []
+    assert [f["occurrences"] for f in n_plus_one("--threshold", "3")] == [3, 7]
+
+
+def test_summary_threshold_with_no_analyze_is_refused(tmp_path, capsys):
+    """`--threshold` with `--no-analyze` (only the recorded findings) would do nothing: refused
+    with one line, exit 2, before anything is read."""
+    assert main(["summary", str(tmp_path / "gone.jsonl"), "--no-analyze", "--threshold", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threshold" in err and "--no-analyze" in err

@@ -170,7 +170,12 @@ def _bounded(table: dict[str, Any], key: str, factory: Callable[[], Any]) -> Any
 class Summary:
     """Accumulates timelines, one at a time, into the summary's tables."""
 
-    def __init__(self, *, threshold: int = 5, analyze: bool = True) -> None:
+    def __init__(
+        self, *, threshold: int = 5, analyze: bool = True, reanalyze: bool = False
+    ) -> None:
+        """`threshold` is the N+1 threshold for timelines recorded without the analyzers (with
+        no finding of the kind); with `reanalyze`, every timeline's N+1 findings are those of
+        `threshold` (recorded ones are replaced), as ``summary --threshold N`` asks."""
         self.timelines = 0
         self.first_start = 0
         self.last_end = 0
@@ -180,6 +185,7 @@ class Summary:
         self.queries: dict[str, _Query] = {}
         self.findings: dict[tuple[str, str, str], _FindingGroup] = {}
         self._analyzers = (_n_plus_one(threshold), DuplicateQueries()) if analyze else ()
+        self._reanalyze = "n_plus_one" if analyze and reanalyze else None
 
     def add(self, tl: Timeline) -> None:
         self.timelines += 1
@@ -224,10 +230,13 @@ class Summary:
 
     def _add_findings(self, tl: Timeline, route: str) -> None:
         found: dict[tuple[str, str], Finding] = {}
+        again = self._reanalyze  # a kind found again, whatever the recording found
         for f in tl.findings:
-            found.setdefault((f.kind, _fp_or_message(f)), f)
+            if f.kind != again:
+                found.setdefault((f.kind, _fp_or_message(f)), f)
         for analyzer in self._analyzers:
-            if any(f.kind == _kind_of(analyzer) for f in tl.findings):
+            kind = _kind_of(analyzer)
+            if kind != again and any(f.kind == kind for f in tl.findings):
                 continue  # the recording was analyzed already
             for f in analyzer(tl):
                 found.setdefault((f.kind, _fp_or_message(f)), f)
@@ -653,10 +662,22 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
     if args.top < 1:
         print("stagetrace: --top must be at least 1", file=err)
         return 2
-    if args.threshold < 2:
+    if args.threshold is not None and args.threshold < 2:
         print("stagetrace: --threshold must be at least 2", file=err)
         return 2
-    summary = Summary(threshold=args.threshold, analyze=not args.no_analyze)
+    if args.threshold is not None and args.no_analyze:
+        # Only recorded findings are shown: a threshold would silently change nothing.
+        print(
+            "stagetrace: --threshold and --no-analyze cannot go together "
+            "(--no-analyze shows only the findings recorded in the files)",
+            file=err,
+        )
+        return 2
+    summary = Summary(
+        threshold=5 if args.threshold is None else args.threshold,
+        analyze=not args.no_analyze,
+        reanalyze=args.threshold is not None,
+    )
     results = read_files(args.files, summary.add, err=err)
     if args.json:
         json.dump(summary.to_dict([r.to_dict() for r in results]), out, indent=2)
@@ -701,9 +722,10 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--threshold",
         type=int,
-        default=5,
         metavar="N",
-        help="N+1 threshold for timelines recorded without analyzers (default 5)",
+        help="N+1 threshold: every timeline's N+1 findings are found again with it, "
+        "replacing those recorded (default: recorded findings kept; 5 for timelines "
+        "recorded without analyzers)",
     )
     parser.add_argument(
         "--no-analyze", action="store_true", help="only report findings recorded in the files"
