@@ -558,3 +558,59 @@ def test_summary_threshold_with_no_analyze_is_refused(tmp_path, capsys):
     assert main(["summary", str(tmp_path / "gone.jsonl"), "--no-analyze", "--threshold", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--threshold" in err and "--no-analyze" in err
+
+
+def _run_on(command, paths, tmp_path):
+    if command == "show":
+        (path,) = paths
+        return main(["show", path, "--color", "never"])
+    extra = ["-o", str(tmp_path / "r.html")] if command == "report" else []
+    return main([command, *paths, *extra])
+
+
+@pytest.mark.parametrize("command", ["show", "summary", "report"])
+@pytest.mark.parametrize("bad", ["not a directory", "symlink loop"])
+def test_a_path_that_cannot_be_opened_is_one_line_naming_it(command, bad, mixed, tmp_path, capsys):
+    """A path that cannot be opened for a reason other than a missing file or a directory (a
+    file taken for a directory, a symlink loop) is one line naming it, exit 1, among other
+    inputs too; `show` used to end with an OSError traceback."""
+    if bad == "not a directory":
+        path = str(mixed / "t.jsonl")
+    else:
+        path = str(tmp_path / "loop")
+        os.symlink(path, path)
+    paths = [path] if command == "show" else [str(mixed), path]
+    assert _run_on(command, paths, tmp_path) == 1
+    err = [e for e in capsys.readouterr().err.splitlines() if "wrote" not in e]
+    assert [e for e in err if path in e] == [
+        f"stagetrace: {path}: cannot be read "
+        + (
+            "(Not a directory)"
+            if bad == "not a directory"
+            else "(Too many levels of symbolic links)"
+        )
+    ], err
+
+
+@pytest.mark.parametrize("command", ["show", "summary", "report"])
+def test_a_blank_or_multiline_path_is_named_visibly_on_one_line(command, mixed, tmp_path, capsys):
+    """An empty argument (`stagetrace summary $UNSET a.jsonl`) was reported as
+    "stagetrace: : no such file", naming nothing, and a name with a line break split the
+    one-line message in two; both are named quoted, with escapes."""
+    for path, shown in (("", "''"), ("a\nb.jsonl", "'a\\nb.jsonl'"), (" x", "' x'")):
+        paths = [path] if command == "show" else [str(mixed), path]
+        assert _run_on(command, paths, tmp_path) == 1
+        err = [e for e in capsys.readouterr().err.splitlines() if "wrote" not in e]
+        assert err[-1 if command == "show" else 0] == f"stagetrace: {shown}: no such file", err
+        assert "b.jsonl" not in "\n".join(e for e in err if "no such file" not in e)
+
+
+@pytest.mark.parametrize("command", ["show", "summary", "report"])
+def test_a_closed_standard_input_is_one_line(command, mixed, tmp_path, monkeypatch, capsys):
+    """`-` with standard input closed (`stagetrace show - <&-`): one line naming <stdin>, exit
+    1, where a TypeError traceback ended the command."""
+    monkeypatch.setattr(sys, "stdin", None)
+    paths = ["-"] if command == "show" else [str(mixed), "-"]
+    assert _run_on(command, paths, tmp_path) == 1
+    err = [e for e in capsys.readouterr().err.splitlines() if "wrote" not in e]
+    assert err == ["stagetrace: <stdin>: standard input is closed"]

@@ -27,7 +27,15 @@ from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
 from .analyzers._queries import DuplicateQueries
 from .sinks._console import _clean, _encodable
-from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, read_jsonl, text_of
+from .sinks._jsonl import (
+    BadLine,
+    StdinClosed,
+    done_with_stdin,
+    open_stdin,
+    path_label,
+    read_jsonl,
+    text_of,
+)
 
 __all__ = ["EXACT", "MAX_KEYS", "Quantiles", "Summary", "main"]
 
@@ -601,11 +609,13 @@ def read_files(
     bar = _Progress(err, progress)
     results: list[FileResult] = []
     for path in paths:
-        name = "<stdin>" if path == "-" else path
-        result = FileResult(name)
+        result = FileResult("<stdin>" if path == "-" else path)
         results.append(result)
+        name = path_label(path)  # in messages: an empty name or a line break visible
         try:
             stream, position, size, close = _open(path)
+        except StdinClosed as exc:
+            result.error = exc.strerror
         except FileNotFoundError:
             result.error = "no such file"
         except IsADirectoryError:

@@ -25,7 +25,15 @@ from .sinks._console import (
     render_waterfall,
     terminal_width,
 )
-from .sinks._jsonl import BadLine, done_with_stdin, open_stdin, open_text, read_to_end
+from .sinks._jsonl import (
+    BadLine,
+    StdinClosed,
+    done_with_stdin,
+    open_stdin,
+    open_text,
+    path_label,
+    read_to_end,
+)
 
 
 class CliError(Exception):
@@ -171,16 +179,29 @@ def _describe(args: argparse.Namespace) -> str:
 
 
 def _open(path: str) -> IO[str]:
-    if path == "-":
-        return open_stdin()
-    if os.path.isdir(path):
-        raise CliError(f"{path} is a directory, not a JSON lines file")
+    name = path_label(path)
     try:
+        if path == "-":
+            return open_stdin()
+        if os.path.isdir(path):
+            raise CliError(f"{name}: is a directory, not a JSON lines file")
         return open_text(path)
+    except StdinClosed as exc:
+        raise CliError(f"{name}: {exc.strerror}") from None
     except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
+        raise CliError(f"{name}: no such file") from None
     except PermissionError:
-        raise CliError(f"{path}: permission denied") from None
+        raise CliError(f"{name}: permission denied") from None
+    except OSError as exc:  # not a directory, a symlink loop, a name too long, an I/O error
+        raise CliError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _reading(items: Iterator[Timeline | BadLine], name: str) -> Iterator[Timeline | BadLine]:
+    """`items`, with an error reading the file on (an I/O error) as one line naming it."""
+    try:
+        yield from items
+    except OSError as exc:
+        raise CliError(f"{name}: reading stopped: {exc.strerror or exc}") from None
 
 
 class Selection:
@@ -188,7 +209,7 @@ class Selection:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.name = "<stdin>" if args.file == "-" else args.file
+        self.name = path_label(args.file)
         self.bad: list[BadLine] = []
         self.total = 0
         self.matched = 0
@@ -205,8 +226,9 @@ class Selection:
         # the last N lines: `cat app.jsonl*` puts the current file before the rotated one, and
         # processes sharing a file append a timeline when it ends.
         kept: list[tuple[int, int, Timeline]] | None = [] if last else None
+        items = read_to_end(stream)
         try:
-            for item in read_to_end(stream):
+            for item in _reading(items, self.name):
                 if isinstance(item, BadLine):
                     self.bad.append(item)
                     continue
@@ -381,3 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # writing the output failed (a full disk): one line, no traceback
+        name = exc.filename
+        where = f"{path_label(os.fsdecode(name))}: " if isinstance(name, (str, bytes)) else ""
+        print(f"stagetrace: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

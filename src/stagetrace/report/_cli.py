@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from .._model import Timeline
 from .._summary import problems, read_files
+from ..sinks._jsonl import path_label
 from ._analyze import ensure_analyzed
 from ._html import page_meta, render_html
 
@@ -52,13 +53,14 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
         print("stagetrace: --limit must be at least 1", file=err)
         return 2
     output = args.output
+    shown = path_label(output)
     if output != "-":
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
-            print(f"stagetrace: {output}: directory {parent} does not exist", file=err)
+            print(f"stagetrace: {shown}: directory {path_label(parent)} does not exist", file=err)
             return 2
         if os.path.isdir(output):
-            print(f"stagetrace: {output}: is a directory", file=err)
+            print(f"stagetrace: {shown}: is a directory", file=err)
             return 2
     # The N that started last (a min-heap by start time, then by order read), not the last N
     # read: `stagetrace report app.jsonl*` reads the current file before the rotated one, and
@@ -92,10 +94,10 @@ def main(args: Any, out: IO[str], err: IO[str] | None = None) -> int:
         try:
             _write(output, page)
         except OSError as exc:
-            print(f"stagetrace: {output}: cannot write ({exc.strerror or exc})", file=err)
+            print(f"stagetrace: {shown}: cannot write ({exc.strerror or exc})", file=err)
             return 1
         print(
-            f"stagetrace: wrote {output} ({len(timelines)} requests, {len(page) // 1024} KiB)",
+            f"stagetrace: wrote {shown} ({len(timelines)} requests, {len(page) // 1024} KiB)",
             file=err,
         )
     return 1 if problems(results) else 0

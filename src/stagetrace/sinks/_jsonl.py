@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -7,6 +8,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,14 +199,44 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
         raise
 
 
+class StdinClosed(OSError):
+    """`open_stdin` with no standard input (the process started with it closed: ``<&-``)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EBADF, "standard input is closed")
+
+
 def open_stdin() -> IO[str]:
     """Standard input as `open_text` reads a file: plain or gzip-compressed (told by its first
     bytes), undecodable bytes replaced. Standard input replaced by a text stream without
-    bytes underneath (a test's) is read as it is."""
+    bytes underneath (a test's) is read as it is. `StdinClosed` when there is none."""
+    if sys.stdin is None:
+        raise StdinClosed
     binary: Any = getattr(sys.stdin, "buffer", None)
     if getattr(binary, "peek", None) is None:
         return sys.stdin
     return text_of(binary, owned=False)  # `done_with_stdin` detaches it: stdin stays open
+
+
+#: Characters that would make a path invisible or ambiguous in a one-line message: control
+#: characters (a line break splits the message), bidi controls, line and paragraph separators.
+_UNSHOWABLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
+def path_label(path: str) -> str:
+    """How the command line names an input (or output) path in its one-line messages:
+    ``<stdin>`` for ``-``; the path as it is, unless that would not show it — empty (an unset
+    shell variable), blank at either end, or with a control character, a line break or a bidi
+    control in it — then quoted, with escapes (``''``, ``'a\\nb.jsonl'``)."""
+    if path == "-":
+        return "<stdin>"
+    if (
+        path
+        and path.strip() == path
+        and not any(unicodedata.category(c) in _UNSHOWABLE for c in path)
+    ):
+        return path
+    return repr(path)
 
 
 def done_with_stdin(stream: IO[str]) -> None:
