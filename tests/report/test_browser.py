@@ -245,3 +245,56 @@ def test_dev_page_variant_loads(browser: Any, django_recording: Path, tmp_path: 
     assert browser.find_element("css selector", ".req-head h2").text.startswith(
         f"{newest.method} {newest.path}"
     )
+
+
+def _page_of(tmp_path: Path, datas: list[dict]) -> Path:
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in datas), encoding="utf-8")
+    page = tmp_path / "r.html"
+    assert cli.main(["report", str(src), "-o", str(page)]) == 0
+    return page
+
+
+def _request(path: str, status: int | None, errors: dict[int, tuple[str, str]]) -> dict:
+    """The sample timeline at `path` with `status`, exceptions on the stages of `errors` only."""
+    data = sample_timeline(path=path, status=status, request_id=path, findings=[]).to_dict()
+    for st in data["stages"]:
+        err = errors.get(st["id"])
+        st["error"] = None if err is None else {"type": err[0], "message": err[1]}
+    return data
+
+
+ERROR_REQUESTS = [
+    _request("/ok/", 200, {}),
+    _request(
+        "/books/999/", 404, {4: ("django.http.response.Http404", "No Book matches the query.")}
+    ),
+    _request("/denied/", 403, {}),
+    _request("/caught/", 200, {8: ("django.template.TemplateSyntaxError", "bad tag")}),
+    _request("/boom/", 500, {4: ("ValueError", "invalid literal for int() with base 10")}),
+    _request("/lost/", None, {0: ("RuntimeError", "worker lost mid-request"), 4: ("X", "y")}),
+]
+
+
+def _paths(browser: Any) -> list[str]:
+    """The paths of the requests listed (``GET /path`` in the request column)."""
+    return sorted(c.text.split(" ", 1)[1] for c in by_css(browser, "#list-body tr td:nth-child(2)"))
+
+
+def test_errors_filter_is_5xx_and_failed_requests_not_4xx(browser: Any, tmp_path: Path) -> None:
+    """The status menu's "errors" are what stagetrace calls errors elsewhere (the OpenTelemetry
+    mapping's server span, after the conventions): a 5xx, or an exception that ended the request
+    (on its root stage). A 404 from a view's Http404 (an exception the framework turned into the
+    answer) is the client's, under 4xx, as is a 403; an exception the app caught is no error of
+    the request. The 404 used to be listed among the errors."""
+    from selenium.webdriver.support.ui import Select
+
+    load(browser, _page_of(tmp_path, ERROR_REQUESTS))
+    status = Select(browser.find_element("id", "f-status"))
+    status.select_by_value("error")
+    assert _paths(browser) == ["/boom/", "/lost/"]
+    status.select_by_value("4xx")
+    assert _paths(browser) == ["/books/999/", "/denied/"]
+    status.select_by_value("5xx")
+    assert _paths(browser) == ["/boom/"]
+    assert console_errors(browser) == []

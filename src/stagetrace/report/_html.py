@@ -157,7 +157,10 @@ _PAGE = """<!DOCTYPE html>
 <select id="f-route" aria-label="Route"><option value="">all routes</option></select>
 <select id="f-status" aria-label="Status"><option value="">any status</option>
 <option value="2xx">2xx</option><option value="3xx">3xx</option><option value="4xx">4xx</option>
-<option value="5xx">5xx</option><option value="error">errors</option></select>
+<option value="5xx">5xx</option>
+<option value="error" title="a 5xx, or an exception that ended the request (not a 4xx)">
+errors</option>
+</select>
 <label><input type="checkbox" id="f-findings"> with findings</label>
 <select id="f-sort" aria-label="Sort"><option value="slowest">slowest first</option>
 <option value="fastest">fastest first</option><option value="newest">newest first</option>

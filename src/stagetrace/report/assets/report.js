@@ -28,6 +28,14 @@
   // What the route menu lists and filters by: the route template, or a job's name (a job has
   // no route; `summary` and `show --route` go by its name too).
   function routeOf(tl) { return tl.protocol === 'job' ? tl.name : tl.route; }
+  // An error of the request, as the OpenTelemetry mapping makes its server span one (and the
+  // otel sink's otel_keep_errors keeps it): an HTTP 5xx, or an exception that ended it (on the
+  // root stage). Not a 4xx — the client's — nor an exception the app or the framework turned
+  // into its answer (a view's Http404).
+  function isError(tl) {
+    if (tl.protocol === 'http' && tl.status !== null && tl.status >= 500) { return true; }
+    return tl.stages.some(function (st) { return st[1] === null && st[8]; });
+  }
 
   // --- derived fields, computed once ------------------------------------------------------
   TLS.forEach(function (tl, i) {
@@ -65,7 +73,7 @@
     if (status) {
       var s = tl.status === null ? '' : String(tl.status);
       if (status === 'error') {
-        if (!(s.charAt(0) === '5' || tl.stages.some(function (st) { return st[8]; }))) { return false; }
+        if (!isError(tl)) { return false; }
       } else if (s.charAt(0) !== status.charAt(0)) { return false; }
     }
     if (withFindings && !tl.findings.length) { return false; }
