@@ -298,3 +298,21 @@ def test_errors_filter_is_5xx_and_failed_requests_not_4xx(browser: Any, tmp_path
     status.select_by_value("5xx")
     assert _paths(browser) == ["/boom/"]
     assert console_errors(browser) == []
+
+
+def test_text_filter_finds_error_messages(browser: Any, tmp_path: Path) -> None:
+    """Part of an exception's type or message recorded on a stage finds its request (case
+    ignored), as a path or a finding's message does; it used to find nothing."""
+    load(browser, _page_of(tmp_path, ERROR_REQUESTS))
+    box = browser.find_element("id", "f-text")
+    for text, paths in (
+        ("no book matches", ["/books/999/"]),
+        ("Http404", ["/books/999/"]),
+        ("invalid literal", ["/boom/"]),
+        ("TemplateSyntaxError bad tag", ["/caught/"]),
+        ("worker lost", ["/lost/"]),
+    ):
+        box.clear()
+        box.send_keys(text)
+        assert _paths(browser) == paths, text
+    assert console_errors(browser) == []

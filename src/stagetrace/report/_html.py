@@ -153,7 +153,7 @@ _PAGE = """<!DOCTYPE html>
 <section id="list-pane">
 <div class="filters">
 <input type="search" id="f-text" aria-label="Filter"
- placeholder="Filter: path, route, status, request id…">
+ placeholder="Filter: path, route, status, request id, error…">
 <select id="f-route" aria-label="Route"><option value="">all routes</option></select>
 <select id="f-status" aria-label="Status"><option value="">any status</option>
 <option value="2xx">2xx</option><option value="3xx">3xx</option><option value="4xx">4xx</option>

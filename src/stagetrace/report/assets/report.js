@@ -43,6 +43,8 @@
     var words = [tl.method, tl.path, routeOf(tl), tl.status, tl.request_id, tl.trace_id,
                  tl.framework, tl.service];
     tl.findings.forEach(function (f) { words.push(f.kind, f.message); });
+    // exceptions recorded on the stages: their type and message
+    tl.stages.forEach(function (st) { if (st[8]) { words.push(st[8][0], st[8][1]); } });
     tl.search = words.join(' ').toLowerCase();
   });
 
