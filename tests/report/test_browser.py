@@ -316,3 +316,52 @@ def test_text_filter_finds_error_messages(browser: Any, tmp_path: Path) -> None:
         box.send_keys(text)
         assert _paths(browser) == paths, text
     assert console_errors(browser) == []
+
+
+@pytest.mark.parametrize("days", [1, 2])
+def test_request_list_fits_its_pane_without_sideways_scrolling(
+    browser: Any, tmp_path: Path, days: int
+) -> None:
+    """Long paths are cut with … inside the request list, which no longer scrolls sideways:
+    at 1400 and 1280 px (it did, the path cells taking their full width) and narrower, where the
+    request column keeps room to read; the findings badge stays in view at the cell's end.
+    Requests of one day show the time of day (the date heads the column); of several, the date
+    wraps above it in a narrow list."""
+    long = "/api/v1/organizations/7/projects/3/members/99/permissions/" + "x" * 80
+    day = 86_400 * 10**9
+    datas = [
+        sample_timeline(path=long, request_id="a", duration_ns=123_456_789_000).to_dict(),
+        sample_timeline(
+            path="/books/", request_id="b", start_unix_nano=1764000000000000000 + (days - 1) * day
+        ).to_dict(),
+    ]
+    page = _page_of(tmp_path, datas)
+    try:
+        for width in (1400, 1280, 1920, 1024, 800):
+            browser.set_window_size(width, 900)
+            load(browser, page)
+            box = browser.execute_script(
+                "var wrap = document.getElementById('list-wrap');"
+                "var rows = document.querySelectorAll('#list-body tr');"
+                "var cell = rows[0].querySelector('td:nth-child(2)');"
+                "var badge = cell.querySelector('.badge').getBoundingClientRect();"
+                "var c = cell.getBoundingClientRect();"
+                "return {scroll: wrap.scrollWidth, client: wrap.clientWidth,"
+                " page: document.documentElement.scrollWidth, inner: window.innerWidth,"
+                " cell: c.width, badge_in: badge.right <= c.right + 0.5 && badge.width > 0,"
+                " times: Array.from(rows).map(function (r) { return r.cells[0].textContent; }),"
+                " head: (document.getElementById('th-time') || {}).textContent};"
+            )
+            assert box["scroll"] <= box["client"], (width, box)
+            assert box["page"] <= box["inner"], (width, box)
+            assert box["cell"] >= (140 if width >= 1280 else 100), (width, box)
+            assert box["badge_in"], (width, box)
+            if days == 1:
+                assert box["times"] == ["16:00:00.000Z"] * 2, box
+                assert box["head"] == "time (UTC)2025-11-24", box
+            else:
+                assert box["times"] == ["2025-11-24 16:00:00.000Z", "2025-11-25 16:00:00.000Z"]
+                assert box["head"] == "time (UTC)", box
+            assert console_errors(browser) == []
+    finally:
+        browser.set_window_size(1400, 900)

@@ -153,7 +153,7 @@ _PAGE = """<!DOCTYPE html>
 <section id="list-pane">
 <div class="filters">
 <input type="search" id="f-text" aria-label="Filter"
- placeholder="Filter: path, route, status, request id, error…">
+ placeholder="Filter: path, route, status, id, error…">
 <select id="f-route" aria-label="Route"><option value="">all routes</option></select>
 <select id="f-status" aria-label="Status"><option value="">any status</option>
 <option value="2xx">2xx</option><option value="3xx">3xx</option><option value="4xx">4xx</option>
@@ -169,8 +169,8 @@ errors</option>
 <div id="count"></div>
 <details class="overview" id="overview"><summary>Findings</summary></details>
 <div id="list-wrap">
-<table class="list"><thead><tr><th>time (UTC)</th><th>request</th><th class="num">status</th>
-<th class="num">ms</th><th class="num">stages</th></tr></thead>
+<table class="list"><thead><tr><th id="th-time">time (UTC)</th><th>request</th>
+<th class="num">status</th><th class="num">ms</th><th class="num stages">stages</th></tr></thead>
 <tbody id="list-body"></tbody></table>
 <button class="more" id="more" hidden>Show more</button>
 </div>

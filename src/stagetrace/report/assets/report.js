@@ -48,6 +48,17 @@
     tl.search = words.join(' ').toLowerCase();
   });
 
+  // The day of every request when they are all of one ("2025-11-24"), else null.
+  var ONE_DAY = (function () {
+    var day = null;
+    for (var i = 0; i < TLS.length; i++) {
+      var parts = TLS[i].time.split(' ');
+      if (parts.length !== 2 || (day !== null && parts[0] !== day)) { return null; }
+      day = parts[0];
+    }
+    return day;
+  })();
+
   // --- request list -----------------------------------------------------------------------
   var filtered = [];
   var shown = 0;
@@ -125,14 +136,31 @@
     var tr = el('tr');
     tr.dataset.index = tl.index;
     if (selected === tl) { tr.className = 'selected'; }
-    tr.appendChild(el('td', 'mono', tl.time));
-    var what = el('td', null, label(tl));
+    // "2025-11-24 16:00:00.000Z": the time of day only when every request is of one day (the
+    // date is in the column's head), else the date wraps above it where the list is narrow.
+    var when = el('td', 'mono time');
+    var parts = tl.time.split(' ');
+    when.title = tl.time;
+    if (ONE_DAY !== null) {
+      when.textContent = parts[1];
+    } else if (parts.length === 2) {
+      when.appendChild(el('span', 'date', parts[0]));
+      when.appendChild(document.createTextNode(' '));
+      when.appendChild(el('span', null, parts[1]));
+    } else { when.textContent = tl.time; }
+    tr.appendChild(when);
+    // The request column takes the width the others leave, its text cut with an ellipsis
+    // (the whole of it in the tooltip) and the findings badge kept in view after it.
+    var what = el('td', 'what');
     what.title = label(tl) + (tl.route ? '\nroute ' + tl.route : '');
-    if (tl.findings.length) { what.appendChild(el('span', 'badge', tl.findings.length)); }
+    var line = el('div', 'what');
+    line.appendChild(el('span', 'label', label(tl)));
+    if (tl.findings.length) { line.appendChild(el('span', 'badge', tl.findings.length)); }
+    what.appendChild(line);
     tr.appendChild(what);
     tr.appendChild(el('td', 'num ' + statusClass(tl.status), tl.status === null ? '' : tl.status));
     tr.appendChild(el('td', 'num', ms(tl.duration_ns)));
-    tr.appendChild(el('td', 'num', tl.stages.length));
+    tr.appendChild(el('td', 'num stages', tl.stages.length));
     tr.addEventListener('click', function () { select(tl); });
     return tr;
   }
@@ -402,6 +430,7 @@
   // --- start ------------------------------------------------------------------------------
   if (DATA.sort) { $('f-sort').value = DATA.sort; }
   fillRoutes();
+  if (ONE_DAY !== null) { $('th-time').appendChild(el('div', 'day', ONE_DAY)); }
   ['f-route', 'f-status', 'f-findings', 'f-sort'].forEach(function (id) {
     $(id).addEventListener('change', applyFilters);
   });
