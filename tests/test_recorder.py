@@ -921,3 +921,34 @@ def test_a_stage_closed_from_elsewhere_leaves_that_context_where_it_was(captured
         ("db.query", "SELECT 1", 1),
     ]
     assert [s.kind for s in peek.stages] == ["gateway", "template"]
+
+
+def test_a_cut_query_gets_the_hash_of_its_whole_statement_when_sealed():
+    """A ``db.query`` stage whose text was cut (`note_cut`) gets ``stagetrace.db.query.hash``
+    when the timeline is sealed, not on the request path: a hash of the whole statement's
+    fingerprint, so values (here after the cut) change nothing and no value can be recovered
+    from it; the same in every process. A stage whose text was not cut gets none."""
+    import hashlib
+
+    from stagetrace.analyzers import fingerprint
+
+    head = "SELECT " + ", ".join(f"c{i}" for i in range(40)) + " FROM t"
+    whole = [f"{head} WHERE id = 1", f"{head} WHERE id = 2", f"{head} WHERE owner = 1"]
+    with stagetrace.capture() as got:
+        root = begin("job", framework="test")
+        for sql in whole:
+            attrs = {"db.query.text": sql[:50] + "…"}
+            rec = _recorder.enter("db.query", "SELECT", attrs)
+            _recorder.note_cut(rec, attrs, sql)
+            assert "stagetrace.db.query.hash" not in attrs  # not on the request path
+            _recorder.leave("test", rec)
+        short = {"db.query.text": "SELECT 1"}
+        _recorder.leave("test", _recorder.enter("db.query", "SELECT", short))
+        _recorder.end(root)
+    (tl,) = got
+    first, second, other, plain = [s for s in tl.stages if s.kind == "db.query"]
+    expected = hashlib.blake2b(fingerprint(whole[0]).encode(), digest_size=8).hexdigest()
+    assert first.attrs["stagetrace.db.query.hash"] == expected
+    assert second.attrs["stagetrace.db.query.hash"] == expected
+    assert other.attrs["stagetrace.db.query.hash"] != expected
+    assert "stagetrace.db.query.hash" not in plain.attrs

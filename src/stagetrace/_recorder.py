@@ -107,6 +107,7 @@ class Live(list):  # type: ignore[type-arg]
         "settings",
         "extra",
         "queries",
+        "cut_sql",
         "internal_errors",
         "sent",
         "deferred",
@@ -142,6 +143,9 @@ class Live(list):  # type: ignore[type-arg]
         self.last_exc: tuple[BaseException, tuple[str, str]] | None = None
         self.extra: dict[str, Any] | None = None
         self.queries: dict[Any, list[Any]] | None = None
+        #: (attribute dict, whole SQL) of the db.query stages whose recorded text was cut
+        #: (`note_cut`): the statement hash is computed when the timeline is sealed.
+        self.cut_sql: list[tuple[dict[str, Any], str]] | None = None
         self.internal_errors = 0
         self.sent = 0
         #: (function, plain argument) computing more root attributes when the timeline is
@@ -1302,13 +1306,15 @@ def enter_at(parent: Record, kind: str, name: Any, attrs: Any = None) -> Record 
 # --- SQL repeats (for N+1 and duplicate analysis) ---------------------------------------------
 
 
-def note_repeat(rec: Record | None, attrs: dict[str, Any], text: str, params: Any) -> None:
+def note_repeat(rec: Record | None, attrs: dict[str, Any], sql: str, params: Any) -> None:
     """After a ``db.query`` stage opened with the attribute dict `attrs`: mark it a duplicate
-    of an earlier statement with the same text and parameters (``stagetrace.duplicate_of``),
-    and once its text repeats, add the call site. Never raises: the stage is open, and a
-    failure here must not keep the caller from closing it."""
+    of an earlier statement with the same SQL and parameters (``stagetrace.duplicate_of``),
+    and once its SQL repeats, add the call site. `sql` is the whole statement, not the text
+    recorded (cut at ``max_sql_length``): two statements sharing their first characters are
+    different statements. Never raises: the stage is open, and a failure here must not keep
+    the caller from closing it."""
     try:
-        repeat, dup = note_query(rec, text, _sql.params_key(params))
+        repeat, dup = note_query(rec, sql, _sql.params_key(params))
         if dup is not None:
             attrs["stagetrace.duplicate_of"] = dup
         if repeat:
@@ -1318,9 +1324,11 @@ def note_repeat(rec: Record | None, attrs: dict[str, Any], text: str, params: An
 
 
 def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, int | None]:
-    """Remember that the db.query stage `rec` ran `text` with parameters hashing to
-    `params_key` (None: not hashable). Returns (first repeat of this text in the timeline,
-    index of an earlier stage with the same text and the same parameters, or None)."""
+    """Remember that the db.query stage `rec` ran `text` (the whole statement) with
+    parameters hashing to `params_key` (None: not hashable). Returns (first repeat of this
+    text in the timeline, index of an earlier stage with the same text and the same
+    parameters, or None). The text is only a dict key: a string's hash is computed once and
+    kept by the string, and the dict is dropped when the timeline is sealed."""
     if rec is None or rec[AUX] is _OVERFLOW:
         return False, None
     tl = rec[TL]
@@ -1340,6 +1348,39 @@ def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, in
         if dup is None:
             by_params[params_key] = index
     return entry[0] == 2, dup
+
+
+#: The attribute of a ``db.query`` stage whose recorded text was cut: a hash of the whole
+#: statement's fingerprint (`_sql.statement_hash`), by which the analyzers tell apart
+#: statements whose recorded texts are the same.
+QUERY_HASH = "stagetrace.db.query.hash"
+
+
+def note_cut(rec: Record | None, attrs: dict[str, Any], sql: str) -> None:
+    """After a ``db.query`` stage opened with the attribute dict `attrs` whose recorded text is
+    `sql` cut at ``max_sql_length``: keep `sql` (its first `MAX_KEPT_STRING` characters) until
+    the timeline is sealed, which adds `QUERY_HASH` to `attrs` — off the request path, as a
+    fingerprint costs about as much as the statement's length. Never raises."""
+    try:
+        if rec is None or rec[AUX] is _OVERFLOW:
+            return
+        tl = rec[TL]
+        cut = tl.cut_sql
+        if cut is None:
+            cut = tl.cut_sql = []
+        cut.append((attrs, sql if len(sql) <= MAX_KEPT_STRING else sql[:MAX_KEPT_STRING]))
+    except Exception as exc:
+        internal_error("recorder.note_cut", exc)
+
+
+def _hash_cut_sql(cut: list[tuple[dict[str, Any], str]]) -> None:
+    """Add the statement hash of each cut statement to its stage's attributes (at the seal)."""
+    done: dict[str, str] = {}  # a timeline repeats its statements: each is hashed once
+    for attrs, sql in cut:
+        h = done.get(sql)
+        if h is None:
+            h = done[sql] = _sql.statement_hash(sql)
+        attrs[QUERY_HASH] = h
 
 
 # --- sealing and loading -------------------------------------------------------------------
@@ -1445,6 +1486,7 @@ R_PARENT, R_KIND, R_NAME, R_START, R_END, R_ATTRS, R_ERROR, R_AUX = range(W)
 def dispose(tl: Live) -> None:
     """Forget a finished timeline nobody will seal (a full queue): release its records."""
     del tl[:]
+    tl.queries = tl.cut_sql = None
 
 
 def finished(tl: Live) -> Timeline:
@@ -1491,6 +1533,13 @@ def seal(tl: Live) -> Sealed:
         extend((pi, r[2], name, r[4], r[5], attrs, r[7], aux_))
     del tl[:]
     tl.queries = None
+    cut = tl.cut_sql
+    if cut is not None:
+        tl.cut_sql = None
+        try:
+            _hash_cut_sql(cut)
+        except Exception as exc:
+            internal_error("recorder.query_hash", exc)
     extra: dict[str, Any] = {}
     if tl.sent:
         extra["http.response.sent_ns"] = tl.sent

@@ -465,7 +465,8 @@ SQL_REQUESTS = {
 
 def _fastapi_sql() -> list[Any]:
     """The FastAPI + SQLAlchemy (aiosqlite) and FastAPI + sqlite3 examples, and a failing
-    statement on an instrumented sqlite3 connection inside a job."""
+    statement and one too long to be recorded whole on an instrumented sqlite3 connection
+    inside a job."""
     import contextvars
     import os
     import sqlite3
@@ -505,6 +506,8 @@ def _fastapi_sql() -> list[Any]:
                     conn.execute("SELECT * FROM missing")
                 except sqlite3.OperationalError as exc:
                     out.append(str(exc))
+                # longer than max_sql_length: its recorded text is cut (`note_cut`)
+                out.append(conn.execute("SELECT 1" + " " * 5000).fetchall())
             conn.close()
 
         # In a context of its own: a fault in the recorder's `end` leaves the job's own

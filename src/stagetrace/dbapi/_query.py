@@ -1,6 +1,7 @@
 """The ``db.query`` and ``db.connect`` stages, shared by the SQL integrations (DB-API drivers
 and SQLAlchemy): the same attributes, and the same bookkeeping for the N+1 and duplicate-query
-analyzers as the Django adapter's execute wrapper (`_recorder.note_query`, `_sql.call_site`).
+analyzers as the Django adapter's execute wrapper (`_recorder.note_query`, `_recorder.note_cut`,
+`_sql.call_site`).
 
 Parameter values are never recorded unless the ``record_sql_params`` option is on; the SQL
 text keeps its placeholders. Attributes follow OpenTelemetry's database conventions.
@@ -98,6 +99,8 @@ def enter_query(
     if tl is None:
         return None, None
     cfg = tl.settings
+    if type(sql) is bytes:
+        sql = sql.decode("utf-8", "replace")
     text, name, op = text_of(sql, cfg.max_sql_length)
     attrs = dict(base)
     attrs["db.query.text"] = text
@@ -113,8 +116,12 @@ def enter_query(
         rec = _recorder.enter("db.query", name, attrs)
     else:
         rec = _recorder.enter_owned("db.query", name, owner, attrs)
-    if rec is not None and not many and not text.startswith("<"):
-        _recorder.note_repeat(rec, attrs, text, params)
+    if rec is not None and type(sql) is str:
+        # The statement is its whole text, not the text recorded (cut at max_sql_length).
+        if sql is not text:
+            _recorder.note_cut(rec, attrs, sql)
+        if not many and not text.startswith("<"):
+            _recorder.note_repeat(rec, attrs, sql, params)
     return rec, attrs
 
 

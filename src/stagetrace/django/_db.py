@@ -112,8 +112,10 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
                 limit = cfg.max_sql_length
                 text = sql if len(sql) <= limit else sql[:limit] + "…"
                 name, op = _sql.describe(text)
+                key = sql  # the statement is its whole text, not the text recorded
             else:  # a composed SQL object: its str() may hold literal values
                 text, name, op = f"<{type(sql).__name__}>", "SQL", None
+                key = text
             attrs = _conn_attrs(conn)
             attrs["db.query.text"] = text
             if op:
@@ -125,8 +127,11 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
             if cfg.record_sql_params and params is not None:
                 attrs["db.query.parameters"] = _sql.params_text(params, cfg.max_sql_length)
             rec = _recorder.enter("db.query", name, attrs)
-            if rec is not None and not many:
-                _recorder.note_repeat(rec, attrs, text, params)
+            if rec is not None:
+                if key is not text:
+                    _recorder.note_cut(rec, attrs, key)
+                if not many:
+                    _recorder.note_repeat(rec, attrs, key, params)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         tl = None
