@@ -25,6 +25,7 @@ from typing import IO, Any
 from ._model import Finding, Timeline
 from .analyzers import fingerprint, short_sql, sql_text
 from .analyzers import n_plus_one as _n_plus_one
+from .analyzers._log import finding_key
 from .analyzers._queries import DuplicateQueries
 from .sinks._console import _clean, _encodable
 from .sinks._jsonl import (
@@ -241,13 +242,13 @@ class Summary:
         again = self._reanalyze  # a kind found again, whatever the recording found
         for f in tl.findings:
             if f.kind != again:
-                found.setdefault((f.kind, _fp_or_message(f)), f)
+                found.setdefault((f.kind, finding_key(f)), f)
         for analyzer in self._analyzers:
             kind = _kind_of(analyzer)
             if kind != again and any(f.kind == kind for f in tl.findings):
                 continue  # the recording was analyzed already
             for f in analyzer(tl):
-                found.setdefault((f.kind, _fp_or_message(f)), f)
+                found.setdefault((f.kind, finding_key(f)), f)
         for (kind, ident), f in found.items():
             key = (kind, route, ident)
             group = self.findings.get(key)
@@ -415,11 +416,6 @@ class Summary:
 
 def _kind_of(analyzer: Any) -> str:
     return "duplicate_query" if isinstance(analyzer, DuplicateQueries) else "n_plus_one"
-
-
-def _fp_or_message(f: Finding) -> str:
-    fp = f.attrs.get("fingerprint")
-    return fp if isinstance(fp, str) else f.message
 
 
 def _ms(ns: float) -> float:

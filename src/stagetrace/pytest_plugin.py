@@ -270,8 +270,9 @@ class StagetraceCapture:
 
 
 def _fp(f: Finding) -> str:
-    fp = f.attrs.get("fingerprint")
-    return fp if isinstance(fp, str) else f.message
+    from .analyzers._log import finding_key
+
+    return finding_key(f)
 
 
 def _repeats(f: Finding) -> float:

@@ -393,3 +393,39 @@ def test_analysis_reads_rows_without_building_stages_and_finds_the_same() -> Non
     assert list(record(_mixed_body).lineage(rows[0][0])) == [
         (s.kind, s.name) for s in lazy.ancestors(lazy.stage(rows[0][0]))
     ]
+
+
+def test_queries_cut_to_the_same_text_are_grouped_by_their_statement_hash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Queries whose recorded text was cut carry ``stagetrace.db.query.hash`` (of the whole
+    statement): the analyzers group by it, so two statements cut to one text are two N+1
+    patterns, each finding with its hash; without the attribute (short texts, older
+    recordings) grouping is by fingerprint alone, as before."""
+    cut = 'SELECT "shop_author"."id", "shop_author"."name" FROM "shop_a…'
+
+    def body() -> None:
+        for h in ("a" * 16, "b" * 16):
+            for _ in range(5):
+                with query(cut, **{"stagetrace.db.query.hash": h}):
+                    pass
+        for _ in range(5):
+            with query(cut):
+                pass
+
+    tl = record(body)
+    found = analyzers.n_plus_one()(tl)
+    assert sorted(f.attrs.get("stagetrace.db.query.hash", "-") for f in found) == [
+        "-",
+        "a" * 16,
+        "b" * 16,
+    ]
+    assert all(f.attrs["count"] == 5 for f in found)
+    assert len({f.attrs["fingerprint"] for f in found}) == 1
+    analyzers.reset_logged()  # each is logged: the hash is part of what is logged once
+    try:
+        with caplog.at_level(logging.WARNING, logger="stagetrace"):
+            assert analyzers.log_findings(tl.with_findings(found)) == 3
+    finally:
+        analyzers.reset_logged()
+    assert len([r for r in caplog.records if r.name == "stagetrace.findings"]) == 3

@@ -38,6 +38,7 @@ urlpatterns = [
     path("api/titles/", views.book_titles),
     path("api/names/", views.author_names),
     path("batch/", views.batch),
+    path("similar/", views.similar_statements),
     path("weird-cache/", views.weird_cache),
     path("stream-stage/", views.stream_with_stage),
     path("big/", views.big_page),

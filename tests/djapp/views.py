@@ -346,3 +346,16 @@ def batch(request):
         for sub in (first, second)
     ]
     return JsonResponse({"answers": answers})
+
+
+def similar_statements(request):
+    """Two different statements on one table that differ only after Django's long column list
+    (one by ``id``, one by ``author_id``): the first five times with five ids and once more
+    with the first id again, the second three times."""
+    ids = list(Book.objects.order_by("id").values_list("id", flat=True)[:5])
+    for pk in ids:
+        list(Book.objects.filter(pk=pk))
+    for pk in ids[:3]:
+        list(Book.objects.filter(author_id=pk))
+    list(Book.objects.filter(pk=ids[0]))
+    return JsonResponse({"ids": ids})

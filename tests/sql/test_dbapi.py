@@ -601,3 +601,48 @@ def test_a_commented_statement_is_recorded_under_postgresql(instrumented, pg_con
         assert conn.execute(sql).fetchall() == [(1,), (2,)]
     (query,) = queries(got[0])
     assert (query.name, query.attrs["db.query.text"]) == ("SQL", sql)
+
+
+def test_statements_sharing_their_recorded_text_are_told_apart(instrumented):
+    """Two statements that differ only after ``max_sql_length`` characters (a long column list,
+    then ``WHERE id = ?`` or ``WHERE owner = ?``) are recorded with the same cut text, but
+    are different statements: no duplicate marks between them, no N+1 or duplicate finding
+    that merges them. One statement repeated is still an N+1 and a duplicate; one whose
+    literal values differ after the cut is still one statement shape (an N+1)."""
+    stagetrace.configure(max_sql_length=60)
+    columns = ", ".join(f"column_number_{i}" for i in range(8))
+    head = f"SELECT {columns} FROM wide"
+    assert len(head) > 60
+    by_id, by_owner = f"{head} WHERE id = ?", f"{head} WHERE owner = ?"
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:")
+        conn.execute(f"CREATE TABLE wide (id INTEGER, owner INTEGER, {columns})")
+        for i in (1, 2, 3, 4, 5):
+            conn.execute(by_id, (i,)).fetchall()
+        for i in (1, 2, 3):
+            conn.execute(by_owner, (i,)).fetchall()
+        conn.execute(by_id, (1,)).fetchall()
+        for i in (7, 8, 9, 10, 11):  # literal values after the cut: one shape all the same
+            conn.execute(f"{head} WHERE owner > {i} AND id < 100").fetchall()
+        conn.close()
+    (tl,) = got
+    found = [q for q in queries(tl) if q.attrs["db.query.text"].startswith("SELECT column")]
+    assert len(found) == 14
+    ids, owners, again, literals = found[:5], found[5:8], found[8], found[9:]
+    assert {q.attrs["db.query.text"] for q in found} == {head[:60] + "…"}
+    assert [q for q in owners if "stagetrace.duplicate_of" in q.attrs] == []
+    assert again.attrs["stagetrace.duplicate_of"] == ids[0].id
+    assert [q for q in literals if "stagetrace.duplicate_of" in q.attrs] == []
+    assert all("owner >" not in str(q.attrs) for q in literals)  # nor the values after the cut
+
+    n_plus_one = sorted(
+        (sorted(f.stages) for f in tl.findings if f.kind == "n_plus_one"), key=lambda s: s[0]
+    )
+    assert n_plus_one == [
+        sorted(q.id for q in [*ids, again]),
+        [q.id for q in literals],
+    ], [f.message for f in tl.findings]
+    duplicates = [f for f in tl.findings if f.kind == "duplicate_query"]
+    assert [sorted(f.stages) for f in duplicates] == [[ids[0].id, again.id]], [
+        f.message for f in duplicates
+    ]

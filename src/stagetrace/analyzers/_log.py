@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from .._model import Timeline
+from .._model import Finding, Timeline
 from .._state import STATE
 
-__all__ = ["log_findings", "reset_logged"]
+__all__ = ["finding_key", "log_findings", "reset_logged"]
 
 #: A child of ``stagetrace``: findings can be silenced without silencing internal errors.
 logger = logging.getLogger("stagetrace.findings")
@@ -18,11 +18,23 @@ logger = logging.getLogger("stagetrace.findings")
 MAX_KEYS = 10_000
 
 
+def finding_key(f: Finding) -> str:
+    """What tells a finding from others of its kind: its ``fingerprint``, with the statement
+    hash (``stagetrace.db.query.hash``) when it has one — statements whose recorded text was
+    cut to the same characters share a fingerprint — or, without a fingerprint, its message."""
+    fp = f.attrs.get("fingerprint")
+    if not isinstance(fp, str):
+        return f.message
+    h = f.attrs.get("stagetrace.db.query.hash")
+    return fp if type(h) is not str else f"{fp} #{h}"
+
+
 def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) -> int:
     """Log each finding of `timeline` on logger ``stagetrace.findings`` at WARNING, once per
     process for each (route, kind, fingerprint) — later timelines with the same pattern are silent.
-    Findings without a ``fingerprint`` attribute are keyed by their message. `kinds` limits
-    which finding kinds are logged (all by default). Returns the number of lines logged.
+    Findings without a ``fingerprint`` attribute are keyed by their message (`finding_key`).
+    `kinds` limits which finding kinds are logged (all by default). Returns the number of lines
+    logged.
 
     The pipeline calls this for every analyzed timeline; call `reset_logged` to forget.
     """
@@ -33,8 +45,7 @@ def log_findings(timeline: Timeline, *, kinds: tuple[str, ...] | None = None) ->
     for f in timeline.findings:
         if kinds is not None and f.kind not in kinds:
             continue
-        fp = f.attrs.get("fingerprint")
-        key = (route, f.kind, fp if isinstance(fp, str) else f.message)
+        key = (route, f.kind, finding_key(f))
         logged_keys = STATE.logged_findings
         with STATE.lock:
             if key in logged_keys:

@@ -152,18 +152,33 @@ def forget_analyzed() -> None:
     _last = None
 
 
-def _group_queries(tl: Timeline) -> dict[str, list[Row]]:
-    groups: dict[str, list[Row]] = {}
+#: Recorded on a query whose text was cut at ``max_sql_length``: a hash of the whole
+#: statement's fingerprint. Two statements cut to the same text are told apart by it.
+_HASH: Final = "stagetrace.db.query.hash"
+
+
+def _statement(attrs: Mapping[str, Any], fp: str) -> Any:
+    """What identifies a query's statement: its fingerprint, and for a text that was cut the
+    hash of the whole statement's."""
+    h = attrs.get(_HASH)
+    return fp if type(h) is not str else (fp, h)
+
+
+def _group_queries(tl: Timeline) -> dict[Any, tuple[str, list[Row]]]:
+    """Queries by statement (`_statement`), each group with its fingerprint."""
+    groups: dict[Any, tuple[str, list[Row]]] = {}
     for row in _queries(tl):
-        text = _text(row[_ATTRS])
+        attrs = row[_ATTRS]
+        text = _text(attrs)
         if text is None:
             continue
         fp = fingerprint(text)
-        group = groups.get(fp)
+        key = _statement(attrs, fp)
+        group = groups.get(key)
         if group is None:
-            groups[fp] = [row]
+            groups[key] = (fp, [row])
         else:
-            group.append(row)
+            group[1].append(row)
     return groups
 
 
@@ -186,6 +201,9 @@ def _finding_attrs(tl: Timeline, fp: str, stages: Sequence[Row]) -> tuple[dict[s
                 site = found
     template, view = _context(tl, stages[0][_ID])
     attrs: dict[str, Any] = {"fingerprint": fp, "count": len(stages), "total_ns": total}
+    h = stages[0][_ATTRS].get(_HASH)
+    if type(h) is str:  # one of several statements this fingerprint (of a cut text) stands for
+        attrs[_HASH] = h
     if site is not None:
         path, line, func = site
         attrs["code.file.path"] = path
@@ -248,7 +266,7 @@ class NPlusOne:
         if _query_count(timeline) < self.threshold:
             return []
         found = []
-        for fp, stages in _group_queries(timeline).items():
+        for fp, stages in _group_queries(timeline).values():
             if len(stages) < self.threshold or _is_control(fp):
                 continue
             attrs, location, total = _finding_attrs(timeline, fp, stages)
@@ -292,17 +310,18 @@ class DuplicateQueries:
             return []
         # One finding per statement: an N+1 over a foreign key whose ids repeat has one group
         # of identical queries per id, and a finding each would bury the page in them.
-        by_fp: dict[str, list[list[Row]]] = {}
+        by_statement: dict[Any, tuple[str, list[list[Row]]]] = {}
         for group in _duplicate_groups(timeline):
             if len(group) < self.threshold:
                 continue
-            text = _text(group[0][_ATTRS])
+            first = group[0][_ATTRS]
+            text = _text(first)
             fp = fingerprint(text) if text is not None else group[0][_NAME]
             if _is_control(fp):  # a second transaction's BEGIN and COMMIT
                 continue
-            by_fp.setdefault(fp, []).append(group)
+            by_statement.setdefault(_statement(first, fp), (fp, []))[1].append(group)
         found = []
-        for fp, groups in by_fp.items():
+        for fp, groups in by_statement.values():
             stages = sorted((s for g in groups for s in g), key=lambda s: s[_ID])
             attrs, location, total = _finding_attrs(timeline, fp, stages)
             if len(groups) == 1:
