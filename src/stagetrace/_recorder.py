@@ -1306,31 +1306,41 @@ def enter_at(parent: Record, kind: str, name: Any, attrs: Any = None) -> Record 
 # --- SQL repeats (for N+1 and duplicate analysis) ---------------------------------------------
 
 
-def note_repeat(rec: Record | None, attrs: dict[str, Any], sql: str, params: Any) -> None:
-    """After a ``db.query`` stage opened with the attribute dict `attrs`: mark it a duplicate
-    of an earlier statement with the same SQL and parameters (``stagetrace.duplicate_of``),
-    and once its SQL repeats, add the call site. `sql` is the whole statement, not the text
-    recorded (cut at ``max_sql_length``): two statements sharing their first characters are
-    different statements. Never raises: the stage is open, and a failure here must not keep
-    the caller from closing it."""
+def note_repeat(
+    rec: Record | None, attrs: dict[str, Any], text: str, sql: str, params: Any
+) -> None:
+    """After a ``db.query`` stage opened with the attribute dict `attrs` for the statement
+    `sql`, recorded as `text` (`sql` itself, or `sql` cut at ``max_sql_length``): mark it a
+    duplicate of an earlier run of the same statement with the same parameters
+    (``stagetrace.duplicate_of``), and once its recorded text repeats, add the call site
+    (for the N+1 finding: where the loop is).
+
+    Two statements sharing their recorded text are different statements: for a cut one, its
+    whole text's length and (cached) hash join the parameters' key — the whole text is not
+    kept. Repeats are counted by the recorded text; a cut statement takes the call site at
+    every repeat, as which statement it is (`note_cut`'s hash) is known only at the seal. Never
+    raises: the stage is open, and a failure here must not keep the caller from closing it."""
     try:
-        repeat, dup = note_query(rec, sql, _sql.params_key(params))
+        key = _sql.params_key(params)
+        cut = sql is not text
+        if cut and key is not None:
+            key = (key, len(sql), hash(sql))
+        runs, dup = note_query(rec, text, key)
         if dup is not None:
             attrs["stagetrace.duplicate_of"] = dup
-        if repeat:
+        if runs == 2 or (cut and runs > 2):
             attrs.update(_sql.call_site())
     except Exception as exc:
         internal_error("recorder.note_query", exc)
 
 
-def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, int | None]:
-    """Remember that the db.query stage `rec` ran `text` (the whole statement) with
-    parameters hashing to `params_key` (None: not hashable). Returns (first repeat of this
-    text in the timeline, index of an earlier stage with the same text and the same
-    parameters, or None). The text is only a dict key: a string's hash is computed once and
-    kept by the string, and the dict is dropped when the timeline is sealed."""
+def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[int, int | None]:
+    """Remember that the db.query stage `rec` ran the statement recorded as `text` with
+    parameters hashing to `params_key` (None: not hashable). Returns (how many times this
+    text ran in the timeline, this one included — 0 for a stage not kept; the index of an
+    earlier stage with the same text and the same parameters, or None)."""
     if rec is None or rec[AUX] is _OVERFLOW:
-        return False, None
+        return 0, None
     tl = rec[TL]
     seen = tl.queries
     if seen is None:
@@ -1339,36 +1349,43 @@ def note_query(rec: Record | None, text: str, params_key: Any) -> tuple[bool, in
     index = len(tl) - 1 if tl[-1] is rec else None
     if entry is None:
         seen[text] = [1, {params_key: index} if params_key is not None else {}]
-        return False, None
-    entry[0] += 1
+        return 1, None
+    runs = entry[0] = entry[0] + 1
     dup = None
     if params_key is not None:
         by_params = entry[1]
         dup = by_params.get(params_key)
         if dup is None:
             by_params[params_key] = index
-    return entry[0] == 2, dup
+    return runs, dup
 
 
-#: The attribute of a ``db.query`` stage whose recorded text was cut: a hash of the whole
+#: The attribute of a ``db.query`` stage whose recorded text was cut: a hash of the
 #: statement's fingerprint (`_sql.statement_hash`), by which the analyzers tell apart
 #: statements whose recorded texts are the same.
 QUERY_HASH = "stagetrace.db.query.hash"
 
+#: How much of a cut statement `note_cut` keeps for its hash: twice ``max_sql_length``, and at
+#: least this many characters. Statements the same up to there share their hash. Bounded, so
+#: that a queued timeline never holds a statement's whole text (a bulk INSERT, an inline
+#: ``IN`` list of a million values) and the fingerprint at the seal stays a few milliseconds.
+MIN_HASHED_SQL = 8192
+
 
 def note_cut(rec: Record | None, attrs: dict[str, Any], sql: str) -> None:
     """After a ``db.query`` stage opened with the attribute dict `attrs` whose recorded text is
-    `sql` cut at ``max_sql_length``: keep `sql` (its first `MAX_KEPT_STRING` characters) until
-    the timeline is sealed, which adds `QUERY_HASH` to `attrs` — off the request path, as a
-    fingerprint costs about as much as the statement's length. Never raises."""
+    `sql` cut at ``max_sql_length``: keep the beginning of `sql` (`MIN_HASHED_SQL`) until the
+    timeline is sealed, which adds `QUERY_HASH` to `attrs` — off the request path, as a
+    fingerprint costs about as much as the text's length. Never raises."""
     try:
         if rec is None or rec[AUX] is _OVERFLOW:
             return
         tl = rec[TL]
+        keep = max(2 * tl.settings.max_sql_length, MIN_HASHED_SQL)
         cut = tl.cut_sql
         if cut is None:
             cut = tl.cut_sql = []
-        cut.append((attrs, sql if len(sql) <= MAX_KEPT_STRING else sql[:MAX_KEPT_STRING]))
+        cut.append((attrs, sql if len(sql) <= keep else sql[:keep]))
     except Exception as exc:
         internal_error("recorder.note_cut", exc)
 

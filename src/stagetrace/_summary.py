@@ -152,6 +152,8 @@ class _FindingGroup:
     route: str
     message: str
     fingerprint: str | None
+    #: ``stagetrace.db.query.hash``: for a statement whose recorded text was cut, which one
+    query_hash: str | None = None
     requests: int = 0
     occurrences: int = 0
 
@@ -258,8 +260,13 @@ class Summary:
                     group = self.findings.get(key)
                 if group is None:
                     fp = f.attrs.get("fingerprint")
+                    qh = f.attrs.get("stagetrace.db.query.hash")
                     group = self.findings[key] = _FindingGroup(
-                        kind, key[1], f.message, fp if isinstance(fp, str) else None
+                        kind,
+                        key[1],
+                        f.message,
+                        fp if isinstance(fp, str) else None,
+                        qh if isinstance(qh, str) and key[2] is not OTHER else None,
                     )
             group.requests += 1
             count = f.attrs.get("count")
@@ -328,6 +335,7 @@ class Summary:
                     "requests": g.requests,
                     "occurrences": g.occurrences,
                     "fingerprint": g.fingerprint,
+                    "query_hash": g.query_hash,
                     "message": g.message,
                 }
                 for g in findings

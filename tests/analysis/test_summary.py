@@ -182,6 +182,32 @@ def test_recorded_findings_are_not_counted_twice(
     assert len(data["findings"]) == 1
 
 
+def test_findings_of_statements_cut_to_one_text_stay_apart_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two N+1 findings whose statements were cut to the same recorded text (same
+    fingerprint, different ``stagetrace.db.query.hash``) are two groups in ``--json``, each
+    saying which statement it is by that hash (the groups used to look the same)."""
+    data = sample_timeline().to_dict()
+    fp = "SELECT column_number_0, column_number_1 …"
+    data["findings"] = [
+        {
+            "kind": "n_plus_one",
+            "message": f"N+1: {n}× {fp}",
+            "stages": [],
+            "attrs": {"fingerprint": fp, "count": n, "stagetrace.db.query.hash": h},
+        }
+        for n, h in ((6, "1111111111111111"), (5, "2222222222222222"))
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(data) + "\n")
+    got = json.loads(run_cli("summary", "--json", str(path), capsys=capsys)[1])
+    assert sorted((f["occurrences"], f["query_hash"]) for f in got["findings"]) == [
+        (5, "2222222222222222"),
+        (6, "1111111111111111"),
+    ]
+
+
 def test_bad_input_one_line_each_and_good_timelines_used(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -365,3 +365,27 @@ def test_request_list_fits_its_pane_without_sideways_scrolling(
             assert console_errors(browser) == []
     finally:
         browser.set_window_size(1400, 900)
+
+
+def test_findings_table_tells_cut_statements_apart_and_counts_requests(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The findings table groups a pattern by kind, route, fingerprint and — for statements
+    whose recorded text was cut — ``stagetrace.db.query.hash``, as the summary and the logs
+    do; and it counts requests: two findings of one pattern in one request are one request.
+    Two statements cut to the same text used to be one pattern, and counted twice."""
+    fp = "SELECT column_number_0, column_number_1 …"
+
+    def finding(hash_: str) -> dict:
+        attrs = {"fingerprint": fp, "count": 6, "stagetrace.db.query.hash": hash_}
+        return {"kind": "n_plus_one", "message": f"N+1: 6× {fp}", "stages": [], "attrs": attrs}
+
+    two = sample_timeline(path="/a/", request_id="a", findings=[]).to_dict()
+    two["findings"] = [finding("1111111111111111"), finding("2222222222222222")]
+    again = sample_timeline(path="/b/", request_id="b", findings=[]).to_dict()
+    again["findings"] = [finding("1111111111111111"), finding("1111111111111111")]
+    load(browser, _page_of(tmp_path, [two, again]))
+    browser.find_element("css selector", "#overview summary").click()
+    counts = sorted(c.text for c in by_css(browser, "table.overview tr td:first-child"))
+    assert counts == ["1×", "2×"], counts
+    assert console_errors(browser) == []

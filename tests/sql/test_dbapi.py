@@ -603,6 +603,33 @@ def test_a_commented_statement_is_recorded_under_postgresql(instrumented, pg_con
     assert (query.name, query.attrs["db.query.text"]) == ("SQL", sql)
 
 
+def test_a_timeline_waiting_for_the_worker_keeps_no_statement_whole(instrumented):
+    """A huge statement (an inline ``IN`` list of 200,000 values) cut at ``max_sql_length``:
+    until the worker seals its timeline, the request keeps only the recorded text and a
+    bounded beginning for the statement's hash — never the statement's whole text — and the
+    stages still get told apart and hashed at the seal."""
+    from stagetrace import _recorder
+
+    stagetrace.configure(max_sql_length=100)
+    values = ", ".join(str(i) for i in range(200_000))
+    big = f"SELECT 1 WHERE 1 IN ({values})"
+    held = {}
+    with stagetrace.capture() as got, stagetrace.timeline("job"):
+        conn = sqlite3.connect(":memory:")
+        for _ in range(3):
+            conn.execute(big).fetchall()
+        live = _recorder.live()
+        held["queries"] = sum(len(k) for k in live.queries if isinstance(k, str))
+        held["cut"] = [len(sql) for _, sql in live.cut_sql]
+        conn.close()
+    assert len(big) > 1_000_000
+    assert held["queries"] <= 101, held
+    assert held["cut"] == [_recorder.MIN_HASHED_SQL] * 3
+    (tl,) = got
+    hashes = {q.attrs.get("stagetrace.db.query.hash") for q in queries(tl)}
+    assert len(hashes) == 1 and None not in hashes
+
+
 def test_statements_sharing_their_recorded_text_are_told_apart(instrumented):
     """Two statements that differ only after ``max_sql_length`` characters (a long column list,
     then ``WHERE id = ?`` or ``WHERE owner = ?``) are recorded with the same cut text, but
@@ -642,6 +669,10 @@ def test_statements_sharing_their_recorded_text_are_told_apart(instrumented):
         sorted(q.id for q in [*ids, again]),
         [q.id for q in literals],
     ], [f.message for f in tl.findings]
+    # each N+1 says where its loop is (the call site is taken when the recorded text repeats)
+    for f in tl.findings:
+        if f.kind == "n_plus_one":
+            assert f.attrs.get("code.file.path") == __file__, f.attrs
     duplicates = [f for f in tl.findings if f.kind == "duplicate_query"]
     assert [sorted(f.stages) for f in duplicates] == [[ids[0].id, again.id]], [
         f.message for f in duplicates

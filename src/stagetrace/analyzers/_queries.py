@@ -238,8 +238,9 @@ class NPlusOne:
     """Finds N+1 query patterns: the same statement, up to its values (see
     `stagetrace.analyzers.fingerprint`), run at least `threshold` times in one timeline.
 
-    One finding per fingerprint, ``kind="n_plus_one"``, with attributes ``fingerprint``,
-    ``count``, ``total_ns``, the call site (``code.file.path``, ``code.line.number``,
+    One finding per fingerprint (and ``stagetrace.db.query.hash``, for statements whose recorded
+    text was cut), ``kind="n_plus_one"``, with attributes ``fingerprint``, ``count``,
+    ``total_ns``, that hash if any, the call site (``code.file.path``, ``code.line.number``,
     ``code.function.name`` and ``call_site`` as ``file:line``) when the recorder captured it,
     ``template`` when the queries ran while a template rendered, ``view``; its ``stages`` are
     the ids of the queries. Transaction-control statements (``BEGIN``, ``SAVEPOINT``, ...) are
@@ -288,12 +289,12 @@ class DuplicateQueries:
     recorder marked with ``stagetrace.duplicate_of`` (the id of the earlier, identical query;
     parameters are compared by hash, never stored).
 
-    One finding per statement (fingerprint) whose identical executions — same parameters —
-    number at least ``threshold`` for some set of parameters, ``kind="duplicate_query"``, with
-    ``fingerprint``, ``count`` (those executions, the first of each set included),
-    ``parameter_sets`` (when more than one set repeats), ``total_ns``, the call site when
-    captured, and the stage ids. Transaction-control statements (``BEGIN``, ``COMMIT``, ...),
-    the same in every transaction, are never reported.
+    One finding per statement (fingerprint, and hash for a cut text) whose identical
+    executions — same parameters — number at least ``threshold`` for some set of parameters,
+    ``kind="duplicate_query"``, with ``fingerprint``, ``count`` (those executions, the first of
+    each set included), ``parameter_sets`` (when more than one set repeats), ``total_ns``, the
+    call site when captured, and the stage ids. Transaction-control statements (``BEGIN``,
+    ``COMMIT``, ...), the same in every transaction, are never reported.
     """
 
     __slots__ = ("threshold",)

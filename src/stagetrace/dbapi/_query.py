@@ -121,7 +121,7 @@ def enter_query(
         if sql is not text:
             _recorder.note_cut(rec, attrs, sql)
         if not many and not text.startswith("<"):
-            _recorder.note_repeat(rec, attrs, sql, params)
+            _recorder.note_repeat(rec, attrs, text, sql, params)
     return rec, attrs
 
 

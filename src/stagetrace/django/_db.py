@@ -131,7 +131,7 @@ def execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: An
                 if key is not text:
                     _recorder.note_cut(rec, attrs, key)
                 if not many:
-                    _recorder.note_repeat(rec, attrs, key, params)
+                    _recorder.note_repeat(rec, attrs, text, key, params)
     except Exception as exc:
         _recorder.internal_error(_SITE, exc)
         tl = None

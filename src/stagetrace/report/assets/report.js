@@ -393,13 +393,20 @@
     var groups = {};
     var order = [];
     TLS.forEach(function (tl) {
+      var counted = {};  // a pattern counts once per request
       tl.findings.forEach(function (f) {
-        var key = f.kind + '\u0000' + (routeOf(tl) || '') + '\u0000' + (f.fingerprint || f.message);
+        // statements cut to the same recorded text are told apart by their hash
+        var hash = (f.attrs && f.attrs['stagetrace.db.query.hash']) || '';
+        var key = f.kind + '\u0000' + (routeOf(tl) || '') + '\u0000' +
+          (f.fingerprint || f.message) + '\u0000' + hash;
         if (!groups[key]) {
           groups[key] = {kind: f.kind, route: routeOf(tl), message: f.message, count: 0};
           order.push(key);
         }
-        groups[key].count += 1;
+        if (!counted[key]) {
+          counted[key] = true;
+          groups[key].count += 1;
+        }
       });
     });
     var box = $('overview');
