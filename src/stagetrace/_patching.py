@@ -239,11 +239,15 @@ def enter(site: str, kind: str, name: Any, attrs: Any = None) -> _recorder.Recor
 leave = _recorder.leave
 
 
-def timed(kind: str, name: Naming, attrs: Naming = None, site: str = "") -> Callable[[Any], Any]:
+def timed(
+    kind: str, name: Naming, attrs: Naming = None, site: str = "", owner: object = None
+) -> Callable[[Any], Any]:
     """A `Patcher.wrap` maker recording each call of a sync function as a `kind` stage.
 
     `name` and `attrs` are constants or functions of the call's positional arguments (``self``
-    first for methods). Outside a timeline the original is called straight away."""
+    first for methods). With `owner`, the stage is entered owned by it (`enter_owned`), so that
+    code running inside can tell whose stage it is in. Outside a timeline the original is
+    called straight away."""
     where = site or f"timed.{kind}"
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -251,7 +255,12 @@ def timed(kind: str, name: Naming, attrs: Naming = None, site: str = "") -> Call
             if _recorder.current() is None:
                 return orig(*args, **kwargs)
             try:
-                rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+                if owner is None:
+                    rec = _recorder.enter(kind, _resolve(name, args), _resolve(attrs, args))
+                else:
+                    rec = _recorder.enter_owned(
+                        kind, _resolve(name, args), owner, _resolve(attrs, args)
+                    )
             except Exception as e:
                 _recorder.internal_error(where, e)
                 rec = None

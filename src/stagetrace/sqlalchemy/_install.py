@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import _recorder
 from .._names import remember
-from .._patching import Patcher, leave
+from .._patching import Patcher, leave, timed
 from ..dbapi import _query
 
 patcher = Patcher("sqlalchemy")
@@ -412,36 +412,9 @@ def _loader(how: str) -> Any:
 
 # --- transaction ---------------------------------------------------------------------------------
 
-_TRANSACTION = _query.TRANSACTION
 
-
-def _transaction(op: str) -> Any:
-    """``Connection._{op}_impl`` as a ``transaction`` stage owned by `_query.TRANSACTION`: the
-    driver's own COMMIT/ROLLBACK statement in it (asyncpg's) is its work, not a ``db.query``
-    (`_query.recorded_elsewhere`)."""
-
-    def make(orig: Any) -> Any:
-        def transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _recorder.current() is None or not patcher.applied:
-                return orig(self, *args, **kwargs)
-            try:
-                rec = _recorder.enter_owned(
-                    "transaction", op, _TRANSACTION, engine_attrs(self.engine)
-                )
-            except Exception as exc:
-                _recorder.internal_error("sqlalchemy.transaction", exc)
-                rec = None
-            try:
-                result = orig(self, *args, **kwargs)
-            except BaseException as exc:
-                leave("sqlalchemy.transaction", rec, exc)
-                raise
-            leave("sqlalchemy.transaction", rec)
-            return result
-
-        return transaction
-
-    return make
+def _transaction_attrs(conn: Any, *rest: Any) -> dict[str, Any]:
+    return engine_attrs(conn.engine)
 
 
 # --- installation --------------------------------------------------------------------------------
@@ -475,7 +448,19 @@ def patch_core(module: Any) -> None:
             patcher.wrap(cls, "_do_get", _do_get)
     patcher.wrap(pool_base._ConnectionRecord, "_ConnectionRecord__connect", _new_connection)
     for op in ("begin", "commit", "rollback"):
-        patcher.wrap(Connection, f"_{op}_impl", _transaction(op))
+        # Owned by `_query.TRANSACTION`: what the driver sends in it (asyncpg's COMMIT or
+        # ROLLBACK statement) is its work, not a db.query (`_query.recorded_elsewhere`).
+        patcher.wrap(
+            Connection,
+            f"_{op}_impl",
+            timed(
+                "transaction",
+                op,
+                _transaction_attrs,
+                site="sqlalchemy.transaction",
+                owner=_query.TRANSACTION,
+            ),
+        )
 
 
 def patch_orm(module: Any) -> None:
