@@ -177,11 +177,14 @@ SERVERS: dict[str, dict[str, Any]] = {
             "benchmarks.overhead.djangoshop.wsgi:application",
         ],
     },
+    # One gthread worker: with two, one of them often took most of wrk's keep-alive
+    # connections (a gthread worker keeps the connections it accepted), so a run had one core
+    # busy and a third of the throughput — untraced too, at random per server start.
     "gunicorn gthread": {
         "app": "django",
         "path": "/api/products/",
         "argv": lambda port: [
-            *("-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4"),
+            *("-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "4"),
             *("--bind", f"127.0.0.1:{port}", "--log-level", "warning"),
             "benchmarks.overhead.djangoshop.wsgi:application",
         ],
@@ -353,7 +356,7 @@ def render_load(summary: dict[str, Any], write: Callable[[str], None]) -> None:
         write(f"== Load test: not run: {summary['error']} ==")
         return
     write(
-        "== Load test: real servers on loopback (gunicorn: 2 workers, gthread 4 threads each;"
+        "== Load test: real servers on loopback (gunicorn: 2 sync workers, 1 gthread worker of 4 threads;"
         f" uvicorn: 1 process), wrk with {summary['connections']}"
         f" connections for {summary['seconds']:g} s, median of {summary['rounds']} runs"
         " (fresh server per run, configurations interleaved) =="
