@@ -240,19 +240,25 @@ leave = _recorder.leave
 
 
 def timed(
-    kind: str, name: Naming, attrs: Naming = None, site: str = "", owner: object = None
+    kind: str,
+    name: Naming,
+    attrs: Naming = None,
+    site: str = "",
+    owner: object = None,
+    patcher: Patcher | None = None,
 ) -> Callable[[Any], Any]:
     """A `Patcher.wrap` maker recording each call of a sync function as a `kind` stage.
 
     `name` and `attrs` are constants or functions of the call's positional arguments (``self``
     first for methods). With `owner`, the stage is entered owned by it (`enter_owned`), so that
-    code running inside can tell whose stage it is in. Outside a timeline the original is
+    code running inside can tell whose stage it is in. Outside a timeline — or once `patcher`
+    is undone, where someone else's wrapper on top kept this one in place — the original is
     called straight away."""
     where = site or f"timed.{kind}"
 
     def make(orig: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _recorder.current() is None:
+            if _recorder.current() is None or (patcher is not None and not patcher.applied):
                 return orig(*args, **kwargs)
             try:
                 if owner is None:

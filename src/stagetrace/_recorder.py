@@ -145,7 +145,7 @@ class Live(list):  # type: ignore[type-arg]
         self.queries: dict[Any, list[Any]] | None = None
         #: (attribute dict, whole SQL) of the db.query stages whose recorded text was cut
         #: (`note_cut`): the statement hash is computed when the timeline is sealed.
-        self.cut_sql: list[tuple[dict[str, Any], str]] | None = None
+        self.cut_sql: dict[tuple[int, int], tuple[str, bool, list[dict[str, Any]]]] | None = None
         self.internal_errors = 0
         self.sent = 0
         #: (function, plain argument) computing more root attributes when the timeline is
@@ -1374,30 +1374,34 @@ MIN_HASHED_SQL = 8192
 
 def note_cut(rec: Record | None, attrs: dict[str, Any], sql: str) -> None:
     """After a ``db.query`` stage opened with the attribute dict `attrs` whose recorded text is
-    `sql` cut at ``max_sql_length``: keep the beginning of `sql` (`MIN_HASHED_SQL`) until the
-    timeline is sealed, which adds `QUERY_HASH` to `attrs` — off the request path, as a
-    fingerprint costs about as much as the text's length. Never raises."""
+    `sql` cut at ``max_sql_length``: keep the beginning of `sql` (`MIN_HASHED_SQL`), once per
+    statement of the timeline, until the timeline is sealed, which adds `QUERY_HASH` to
+    `attrs` — off the request path, as a fingerprint costs about as much as the text's length.
+    Never raises."""
     try:
         if rec is None or rec[AUX] is _OVERFLOW:
             return
         tl = rec[TL]
-        keep = max(2 * tl.settings.max_sql_length, MIN_HASHED_SQL)
         cut = tl.cut_sql
         if cut is None:
-            cut = tl.cut_sql = []
-        cut.append((attrs, sql if len(sql) <= keep else sql[:keep]))
+            cut = tl.cut_sql = {}
+        key = (len(sql), hash(sql))
+        entry = cut.get(key)
+        if entry is None:
+            keep = max(2 * tl.settings.max_sql_length, MIN_HASHED_SQL)
+            short = len(sql) > keep
+            entry = cut[key] = (sql[:keep] if short else sql, short, [])
+        entry[2].append(attrs)
     except Exception as exc:
         internal_error("recorder.note_cut", exc)
 
 
-def _hash_cut_sql(cut: list[tuple[dict[str, Any], str]]) -> None:
-    """Add the statement hash of each cut statement to its stage's attributes (at the seal)."""
-    done: dict[str, str] = {}  # a timeline repeats its statements: each is hashed once
-    for attrs, sql in cut:
-        h = done.get(sql)
-        if h is None:
-            h = done[sql] = _sql.statement_hash(sql)
-        attrs[QUERY_HASH] = h
+def _hash_cut_sql(cut: dict[tuple[int, int], tuple[str, bool, list[dict[str, Any]]]]) -> None:
+    """Add the statement hash of each cut statement to its stages' attributes (at the seal)."""
+    for sql, short, stages in cut.values():
+        h = _sql.statement_hash(sql, short)
+        for attrs in stages:
+            attrs[QUERY_HASH] = h
 
 
 # --- sealing and loading -------------------------------------------------------------------

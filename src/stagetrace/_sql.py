@@ -62,28 +62,37 @@ def describe(sql: str) -> tuple[str, str]:
 #: The longest SQL text `describe` keeps as a key of its cache.
 MAX_CACHED_TEXT = 16384
 
-_hashes: dict[tuple[int, int], str] = {}
+_hashes: dict[tuple[int, int, bool], str] = {}
 
 
-def statement_hash(sql: str) -> str:
+def statement_hash(sql: str, cut: bool = False) -> str:
     """16 hex digits identifying a statement up to its values: a BLAKE2b hash of its
     fingerprint (`stagetrace.analyzers.fingerprint`), the same in every process. Recorded for
     a statement whose text was cut at ``max_sql_length`` (``stagetrace.db.query.hash``), so
     that the analyzers tell apart statements sharing their recorded text. Holds nothing the
-    text does not: the fingerprint folds literal values. Run when a timeline is sealed, off
-    the request path; cached by the text's (64-bit) hash and length, keeping no text."""
-    key = (hash(sql), len(sql))
+    text does not: the fingerprint folds literal values. With `cut`, `sql` is the statement's
+    beginning only: a list of values it ends inside (``IN (1, 22, 333, …``, a multi-row
+    ``VALUES``), whose length there depends on the values' widths, is left out, as the
+    fingerprint folds a whole one. Run when a timeline is sealed, off the request path; cached
+    by the text's (64-bit) hash and length, keeping no text."""
+    key = (hash(sql), len(sql), cut)
     found = _hashes.get(key)
     if found is None:
         from .analyzers._fingerprint import fingerprint
 
         # Not through its cache, which is sized for recorded texts: these are longer.
         fp = fingerprint.__wrapped__(sql)
+        if cut:
+            fp = _OPEN_LIST_END.sub("", fp)
         found = hashlib.blake2b(fp.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         if len(_hashes) >= 2048:
             _hashes.clear()
         _hashes[key] = found
     return found
+
+
+#: The end of a fingerprint inside a list of values: placeholders, commas, parentheses.
+_OPEN_LIST_END = re.compile(r"[?,()\s]+$")
 
 
 def params_key(params: Any) -> Any:

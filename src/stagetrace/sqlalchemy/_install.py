@@ -459,6 +459,7 @@ def patch_core(module: Any) -> None:
                 _transaction_attrs,
                 site="sqlalchemy.transaction",
                 owner=_query.TRANSACTION,
+                patcher=patcher,
             ),
         )
 
