@@ -143,8 +143,9 @@ class Live(list):  # type: ignore[type-arg]
         self.last_exc: tuple[BaseException, tuple[str, str]] | None = None
         self.extra: dict[str, Any] | None = None
         self.queries: dict[Any, list[Any]] | None = None
-        #: (attribute dict, whole SQL) of the db.query stages whose recorded text was cut
-        #: (`note_cut`): the statement hash is computed when the timeline is sealed.
+        #: The statements whose recorded text was cut (`note_cut`), by length and hash: the
+        #: beginning kept for the statement hash (computed when the timeline is sealed),
+        #: whether it is only the beginning, and the attribute dicts of their stages.
         self.cut_sql: dict[tuple[int, int], tuple[str, bool, list[dict[str, Any]]]] | None = None
         self.internal_errors = 0
         self.sent = 0
