@@ -65,3 +65,24 @@ def test_the_records_of_classes_that_are_gone_are_dropped() -> None:
         gc.collect(0)
     assert len(patcher._undo) < 600
     assert patcher.patches() == []
+
+
+def test_a_timed_wrapper_left_in_place_goes_quiet_once_its_patcher_is_undone() -> None:
+    """A `timed` wrapper that someone else's wrapper on top kept in place after `undo()`
+    (SQLAlchemy's transaction stages, say) records nothing once its patcher is undone, and
+    records again while it is applied; the wrapped function runs either way."""
+    import stagetrace
+    from stagetrace._patching import timed
+
+    patcher = Patcher("test-timed")
+    wrapped = timed("transaction", "commit", patcher=patcher)(lambda: "done")
+
+    def kinds() -> list[str]:
+        with stagetrace.capture() as got, stagetrace.timeline("job"):
+            assert wrapped() == "done"
+        return [s.kind for s in got[0].stages]
+
+    patcher.start()
+    assert kinds() == ["task", "transaction"]
+    patcher.applied = False  # as `undo()` leaves it
+    assert kinds() == ["task"]

@@ -449,28 +449,3 @@ def test_a_huge_statement_is_named_from_its_cut_text(instrumented):
     assert compile_stage.name == "SELECT"
     limit = stagetrace.settings().max_sql_length
     assert max(len(k) for k in _sql._described) <= limit + 1
-
-
-def test_transaction_stages_go_quiet_when_uninstrumented_under_a_wrapper_on_top(tmp_path):
-    """Another tool wrapped ``Connection._commit_impl`` over ours, so uninstrumenting leaves
-    our wrapper in place: it must then record nothing — no ``transaction`` stage — as every
-    other SQLAlchemy wrapper does once undone."""
-    from sqlalchemy.engine import Connection
-
-    eng = create_engine(f"sqlite:///{tmp_path / 'top.db'}")
-    stagetrace.sqlalchemy.instrument()
-    ours = Connection._commit_impl
-
-    def on_top(self, *args, **kwargs):
-        return ours(self, *args, **kwargs)
-
-    Connection._commit_impl = on_top
-    try:
-        stagetrace.sqlalchemy.uninstrument()
-        with stagetrace.capture() as got, stagetrace.timeline("job"), eng.begin() as conn:
-            conn.execute(text("SELECT 1"))
-    finally:
-        Connection._commit_impl = getattr(ours, "__wrapped__", ours)
-        eng.dispose()
-    (tl,) = got
-    assert [s.kind for s in tl.stages if s.kind == "transaction"] == []
